@@ -1,0 +1,1 @@
+"""Discovery: who the agents are, from the Swarm API, DNS and known endpoints."""

@@ -1,0 +1,47 @@
+"""What one discovery method hands back for one round."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+
+from bridge.models import Agent
+
+__all__ = ["DnsRound", "SwarmRound", "endpoint_for", "host_agent_id"]
+
+
+def host_agent_id(host: str, port: int) -> str:
+    """Key of an agent found by DNS or listed as known: `dns-<ip with . and : as ->-<port>`."""
+    return f"dns-{host.replace('.', '-').replace(':', '-')}-{port}"
+
+
+def endpoint_for(host: str, port: int) -> str:
+    """`http://host:port`, with brackets around an IPv6 address."""
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            return f"http://[{host}]:{port}"
+    except ValueError:
+        pass
+    return f"http://{host}:{port}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SwarmRound:
+    """The running tasks of the service, as agents (first_seen and on_bus not yet set)."""
+
+    agents: tuple[Agent, ...]
+    # Tasks that are running but have no address on the configured network(s) yet.
+    without_address: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class DnsRound:
+    """Agents found by DNS names and known endpoints in one round.
+
+    `complete` is True when every name got an answer (an empty answer, NXDOMAIN, counts):
+    only a complete round may count an agent as missing.
+    """
+
+    agents: tuple[Agent, ...]
+    complete: bool
+    failures: dict[str, str] = dataclasses.field(default_factory=dict)

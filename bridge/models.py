@@ -1,0 +1,150 @@
+"""Every message that crosses the wire, as msgspec Structs (DESIGN.md, "The bus").
+
+Wire messages tolerate change: unknown fields are ignored and new fields get defaults, so
+older and newer peers interoperate. Encoders and decoders are built once, here, and reused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+__all__ = [
+    "ANNOUNCEMENT_DECODER",
+    "AGENT_DECODER",
+    "Ack",
+    "Agent",
+    "Announcement",
+    "BroadcastReport",
+    "Claim",
+    "CouncilOpportunity",
+    "ErrorReply",
+    "FailedDelivery",
+    "PresenceEntry",
+    "Role",
+    "encode",
+    "now_rfc3339",
+]
+
+Source = Literal["swarm", "dns", "static"]
+AnnounceEvent = Literal["joined", "updated", "left"]
+
+# DESIGN.md: an opportunity id is [A-Za-z0-9_-]{1,128}; a request is at most 64 KiB.
+OPPORTUNITY_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+MAX_OPPORTUNITY_BYTES = 64 * 1024
+
+
+def now_rfc3339() -> str:
+    """The current time as RFC 3339 UTC with microseconds and a Z suffix."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Agent(msgspec.Struct, kw_only=True, frozen=True):
+    """One agent in the agents bucket. Only facts: no per-round timestamps."""
+
+    id: str
+    endpoint: str
+    address: str
+    port: int
+    source: Source
+    service: str | None = None
+    network: str | None = None
+    task_id: str | None = None
+    slot: int | None = None
+    node_id: str | None = None
+    container_id: str | None = None
+    healthy: bool | None = None
+    on_bus: bool = False
+    first_seen: str = ""
+
+
+class Announcement(msgspec.Struct, kw_only=True, frozen=True):
+    """A change in the agents bucket, on `<prefix>.agents.announce`."""
+
+    event: AnnounceEvent
+    agent: Agent
+    at: str
+
+
+class PresenceEntry(msgspec.Struct, kw_only=True, frozen=True):
+    """What an agent on the bus keeps under its id in the presence bucket."""
+
+    agent_id: str
+    task_id: str | None = None
+    endpoint: str | None = None
+    roles: list[str] = msgspec.field(default_factory=list)
+    at: str = ""
+
+
+class Role(msgspec.Struct, kw_only=True, frozen=True):
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+    core: bool = False
+
+
+class CouncilOpportunity(msgspec.Struct, kw_only=True, frozen=True):
+    """A council offered to every agent."""
+
+    id: Annotated[str, msgspec.Meta(pattern=OPPORTUNITY_ID_PATTERN)]
+    roles: Annotated[list[Role], msgspec.Meta(min_length=1)]
+    project: str = ""
+    title: str = ""
+    deadline: str | None = None
+    details: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Ack(msgspec.Struct, kw_only=True, frozen=True):
+    """An agent on the bus confirms it received an opportunity."""
+
+    agent_id: str
+    opportunity_id: str
+
+
+class Claim(msgspec.Struct, kw_only=True, frozen=True):
+    """An agent claims a role of a council."""
+
+    role: str
+    agent_id: str
+
+
+class FailedDelivery(msgspec.Struct, kw_only=True, frozen=True):
+    agent_id: str
+    endpoint: str | None
+    error: str
+
+
+class BroadcastReport(msgspec.Struct, kw_only=True, frozen=True):
+    """Who got an opportunity, returned to the coordinator."""
+
+    opportunity_id: str
+    total_agents: int
+    success_count: int
+    via_bus: int
+    via_http: int
+    failed: list[FailedDelivery]
+    unregistered_acks: int
+    duration_ms: float
+    at: str
+
+
+class ErrorReply(msgspec.Struct, kw_only=True, frozen=True):
+    """The answer to a request that was refused; nothing was sent to anyone."""
+
+    error: str
+    field: str | None = None
+
+
+_ENCODER = msgspec.json.Encoder()
+AGENT_DECODER = msgspec.json.Decoder(Agent)
+ANNOUNCEMENT_DECODER = msgspec.json.Decoder(Announcement)
+PRESENCE_DECODER = msgspec.json.Decoder(PresenceEntry)
+OPPORTUNITY_DECODER = msgspec.json.Decoder(CouncilOpportunity)
+ACK_DECODER = msgspec.json.Decoder(Ack)
+CLAIM_DECODER = msgspec.json.Decoder(Claim)
+REPORT_DECODER = msgspec.json.Decoder(BroadcastReport | ErrorReply)
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    """JSON bytes of a wire message."""
+    return _ENCODER.encode(message)
