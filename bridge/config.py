@@ -164,7 +164,10 @@ def _listen(name: str, raw: str) -> tuple[str, int]:
     # Port 0 lets the OS choose, which tests and the demo rely on.
     if port.strip() == "0":
         return host.strip("[]"), 0
-    return host.strip("[]"), _port(name, port)
+    try:
+        return host.strip("[]"), _port(name, port)
+    except ConfigError:
+        raise ConfigError(name, raw, "expected HOST:PORT with a port from 1 to 65535") from None
 
 
 def _log_format(name: str, raw: str) -> Literal["json", "console"]:

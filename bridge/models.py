@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 __all__ = [
-    "ANNOUNCEMENT_DECODER",
     "AGENT_DECODER",
+    "ANNOUNCEMENT_DECODER",
     "Ack",
     "Agent",
     "Announcement",
@@ -142,7 +142,16 @@ PRESENCE_DECODER = msgspec.json.Decoder(PresenceEntry)
 OPPORTUNITY_DECODER = msgspec.json.Decoder(CouncilOpportunity)
 ACK_DECODER = msgspec.json.Decoder(Ack)
 CLAIM_DECODER = msgspec.json.Decoder(Claim)
-REPORT_DECODER = msgspec.json.Decoder(BroadcastReport | ErrorReply)
+REPORT_DECODER = msgspec.json.Decoder(BroadcastReport)
+ERROR_DECODER = msgspec.json.Decoder(ErrorReply)
+
+
+def decode_reply(data: bytes) -> BroadcastReport | ErrorReply:
+    """A broadcast's reply: its report, or the error that refused it."""
+    try:
+        return REPORT_DECODER.decode(data)
+    except msgspec.ValidationError:
+        return ERROR_DECODER.decode(data)
 
 
 def encode(message: msgspec.Struct) -> bytes:

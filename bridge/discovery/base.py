@@ -32,6 +32,8 @@ class SwarmRound:
     agents: tuple[Agent, ...]
     # Tasks that are running but have no address on the configured network(s) yet.
     without_address: tuple[str, ...] = ()
+    # Tasks desired running that are not running yet (preparing, starting): worth a quick re-check.
+    pending: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

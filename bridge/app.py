@@ -1,0 +1,178 @@
+"""`chorus-bridge run`: discovery, the agents bucket, presence, broadcasts, all in one TaskGroup."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import structlog
+from nats.aio.client import Client as NATS
+
+from bridge.bus import connect
+from bridge.config import Settings
+from bridge.discovery.dns import DnsDiscovery
+from bridge.discovery.events import EventFollower
+from bridge.discovery.methods import Discoverer
+from bridge.discovery.swarm import SwarmDiscovery
+from bridge.embedded import EmbeddedNats
+from bridge.errors import DockerAPIError
+from bridge.metrics import Metrics
+from bridge.registry import AgentRegistry
+from bridge.roster import Roster
+from bridge.subjects import Names
+
+__all__ = ["Bridge", "DiscoveryLoop", "nats_for"]
+
+log = structlog.get_logger(__name__)
+
+# A burst of Docker events (a scale of 10 makes dozens) becomes one round.
+DEBOUNCE = 0.1
+# While tasks are starting, re-check soon (no event says when a task turns running).
+FOLLOWUP_MIN, FOLLOWUP_MAX = 0.25, 5.0
+
+
+class DiscoveryLoop:
+    """Runs rounds on the poll interval, at once after Docker events, and soon after changes."""
+
+    def __init__(self, settings: Settings, discoverer: Discoverer, roster: Roster,
+                 registry: AgentRegistry) -> None:
+        self._settings = settings
+        self._discoverer = discoverer
+        self._roster = roster
+        self._registry = registry
+        self._wake = asyncio.Event()
+        self.rounds = 0
+        self.last_success: float | None = None
+        self.first_round = asyncio.Event()
+
+    def trigger(self) -> None:
+        """Ask for a round now (debounced)."""
+        self._wake.set()
+
+    async def run_round(self) -> int:
+        """One round, folded into the roster and written to the bucket; returns pending tasks."""
+        result = await self._discoverer.round()
+        self._roster.apply(swarm=result.swarm, dns=result.dns,
+                           swarm_expected=result.swarm_expected)
+        synced = await self._registry.sync(self._roster.agents)
+        self.rounds += 1
+        if result.error is None or result.dns is not None:
+            self.last_success = asyncio.get_running_loop().time()
+        if synced.writes or synced.failed:
+            log.info("agents_changed", joined=synced.joined, updated=synced.updated,
+                     left=synced.left, failed_writes=synced.failed,
+                     agents=len(self._registry.published),
+                     round_ms=round(result.duration_s * 1000, 1))
+        self.first_round.set()
+        return result.pending
+
+    async def run(self) -> None:
+        followup = FOLLOWUP_MIN
+        while True:
+            pending = await self.run_round()
+            if pending:
+                delay = min(followup, self._settings.poll_interval)
+                followup = min(followup * 2, FOLLOWUP_MAX)
+            else:
+                delay, followup = self._settings.poll_interval, FOLLOWUP_MIN
+            await self._wait(delay)
+
+    async def _wait(self, delay: float) -> None:
+        try:
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
+        except TimeoutError:
+            return
+        await asyncio.sleep(DEBOUNCE)  # let the rest of the burst arrive
+        self._wake.clear()
+
+
+@contextlib.asynccontextmanager
+async def nats_for(settings: Settings, state_dir: Path | None = None) -> AsyncIterator[str]:
+    """The NATS URL to use: NATS_URL, or an embedded nats-server started here."""
+    if settings.nats_url:
+        yield settings.nats_url
+        return
+    async with EmbeddedNats(store_dir=state_dir) as server:
+        log.info("nats_embedded", url=server.url, store_dir=str(server.store_dir),
+                 hint=f"NATS_URL={server.url} chorus-bridge agents")
+        yield server.url
+
+
+class Bridge:
+    """The running service. `run(stop)` returns when `stop` is set, after a clean shutdown."""
+
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None,
+                 dns: DnsDiscovery | None = None) -> None:
+        self.settings = settings
+        self.names = Names.from_settings(settings)
+        self.metrics = metrics or Metrics()
+        self._dns = dns or DnsDiscovery(settings)
+        self.nc: NATS | None = None
+        self.loop: DiscoveryLoop | None = None
+        self.registry: AgentRegistry | None = None
+        self.ready = asyncio.Event()
+
+    async def _check_engine(self, swarm: SwarmDiscovery) -> None:
+        try:
+            manager = await swarm.check_manager()
+        except DockerAPIError as exc:
+            log.warning("docker_engine_unavailable", kind=exc.kind, error=str(exc),
+                        fallback="dns" if self.settings.discovery_method != "dns" else None)
+            return
+        if manager:
+            log.info("docker_engine_manager", host=self.settings.docker_host)
+        else:
+            log.warning("docker_engine_not_manager", host=self.settings.docker_host,
+                        hint="the task list is manager-only: place the bridge on a manager node")
+
+    async def run(self, stop: asyncio.Event, nats_url: str) -> None:
+        settings = self.settings
+        swarm = SwarmDiscovery(settings) if settings.docker_active else None
+        log.info("bridge_starting", method=settings.discovery_method,
+                 docker=settings.docker_active, service=settings.service_name,
+                 networks=",".join(settings.network_names), bucket=settings.kv_bucket)
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                # trust_env=False: a proxy variable must never route calls to agents elsewhere.
+                http = await stack.enter_async_context(httpx.AsyncClient(
+                    timeout=settings.http_timeout, trust_env=False, limits=httpx.Limits(
+                        max_connections=settings.http_concurrency)))
+                nc = await stack.enter_async_context(connect(
+                    settings, nats_url, on_reconnect=self._resync,
+                    on_state=self.metrics.nats_connected.set))
+                self.nc = nc
+                registry = AgentRegistry(nc, self.names, metrics=self.metrics)
+                self.registry = registry
+                roster = Roster((await registry.open()).values())
+                discoverer = Discoverer(settings, swarm=swarm, dns=self._dns, http=http,
+                                        metrics=self.metrics)
+                self.loop = DiscoveryLoop(settings, discoverer, roster, registry)
+                if swarm is not None:
+                    await self._check_engine(swarm)
+                await self._serve(stop, swarm)
+        finally:
+            if swarm is not None:
+                swarm.close()
+        log.info("bridge_stopped")
+
+    async def _serve(self, stop: asyncio.Event, swarm: SwarmDiscovery | None) -> None:
+        assert self.loop is not None
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(self.loop.run(), name="discovery")]
+            if swarm is not None:
+                follower = EventFollower(swarm, self.settings.service_name, self.loop.trigger)
+                tasks.append(tg.create_task(follower.run(), name="docker-events"))
+            self.ready.set()
+            await stop.wait()
+            log.info("bridge_stopping")
+            for task in tasks:
+                task.cancel()
+
+    async def _resync(self) -> None:
+        # A round after a reconnect re-publishes whatever changed while NATS was away.
+        if self.loop is not None:
+            self.loop.trigger()

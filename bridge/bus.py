@@ -1,0 +1,92 @@
+"""The NATS connection of the bridge: authentication, reconnects, and what they log."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import nats
+import nats.errors
+import structlog
+from nats.aio.client import Client as NATS
+
+from bridge.config import Settings
+from bridge.errors import NatsError
+
+__all__ = ["connect"]
+
+log = structlog.get_logger(__name__)
+
+# Attempts of the first connection before giving up with a clear error; once connected,
+# the client reconnects forever (a NATS restart must never end the bridge).
+INITIAL_CONNECT_ATTEMPTS = 5
+RECONNECT_WAIT = 1.0
+
+
+def _auth(settings: Settings) -> dict[str, Any]:
+    if settings.nats_creds:
+        return {"user_credentials": settings.nats_creds}
+    if settings.nats_user:
+        return {"user": settings.nats_user, "password": settings.nats_password}
+    if settings.nats_token:
+        return {"token": settings.nats_token}
+    return {}
+
+
+@contextlib.asynccontextmanager
+async def connect(settings: Settings, url: str, *, name: str = "chorus-bridge",
+                  inbox_prefix: str = "_INBOX.bridge",
+                  on_reconnect: Callable[[], Awaitable[None]] | None = None,
+                  on_state: Callable[[bool], None] | None = None) -> AsyncIterator[NATS]:
+    """A connected client, drained and closed on exit.
+
+    on_reconnect runs after every reconnection (the registry re-publishes what changed while
+    the connection was down); on_state(connected) follows the connection's state.
+    """
+    last_error = {"text": ""}
+
+    async def disconnected() -> None:
+        log.warning("nats_disconnected", url=url)
+        if on_state is not None:
+            on_state(False)
+
+    async def reconnected() -> None:
+        last_error["text"] = ""
+        log.info("nats_reconnected", url=url)
+        if on_state is not None:
+            on_state(True)
+        if on_reconnect is not None:
+            await on_reconnect()
+
+    async def error(exc: Exception) -> None:
+        # nats-py reports each failed attempt here; one line per distinct error is enough.
+        text = str(exc) or repr(exc)
+        if text != last_error["text"]:
+            last_error["text"] = text
+            log.warning("nats_error", url=url, error=text)
+
+    try:
+        nc = await nats.connect(
+            url, name=name, inbox_prefix=inbox_prefix, connect_timeout=2,
+            max_reconnect_attempts=INITIAL_CONNECT_ATTEMPTS, reconnect_time_wait=RECONNECT_WAIT,
+            disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error,
+            **_auth(settings))
+    except (nats.errors.Error, OSError) as exc:
+        raise NatsError(f"cannot connect to NATS at {url} ({exc!r}); check NATS_URL and the "
+                        "credentials (NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_CREDS)") from exc
+    # From now on, never give up: nats-py reads this option at each reconnect.
+    nc.options["max_reconnect_attempts"] = -1
+    log.info("nats_connected", url=url, server=nc.connected_url.netloc if nc.connected_url
+             else None)
+    if on_state is not None:
+        on_state(True)
+    try:
+        yield nc
+    finally:
+        with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
+            await nc.drain()
+        if not nc.is_closed:
+            await nc.close()
+        if on_state is not None:
+            on_state(False)

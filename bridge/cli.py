@@ -1,0 +1,158 @@
+"""The `chorus-bridge` command: run, agents, watch, broadcast, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from bridge.config import Settings, load_settings
+from bridge.errors import BridgeError
+from bridge.logs import configure_logging
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Flags of `run` (and `demo`), each overriding the environment variable it names.
+_SETTING_FLAGS: tuple[tuple[str, str, str], ...] = (
+    ("--method", "DISCOVERY_METHOD", "swarm, dns or auto (default auto)."),
+    ("--docker-host", "WHOOSH_DOCKER_HOST", "Docker Engine address (unix:// or tcp://)."),
+    ("--service", "WHOOSH_SERVICE_NAME", "Swarm service whose tasks are the agents."),
+    ("--network", "WHOOSH_NETWORK_NAME", "Network(s) of the agent's address, comma-separated."),
+    ("--agent-port", "WHOOSH_AGENT_PORT", "The agents' HTTP port."),
+    ("--dns-names", "WHOOSH_DNS_NAMES", "Names resolved by the DNS fallback ({service} expands)."),
+    ("--known-endpoints", "WHOOSH_KNOWN_ENDPOINTS", "http://host:port agents always included."),
+    ("--nats-url", "NATS_URL", "NATS server; unset: start an embedded one."),
+    ("--prefix", "BRIDGE_SUBJECT_PREFIX", "First token of every subject."),
+    ("--bucket", "BRIDGE_KV_BUCKET", "The agents bucket."),
+    ("--poll-interval", "BRIDGE_POLL_INTERVAL", "Seconds between rounds if nothing triggers one."),
+    ("--listen", "BRIDGE_LISTEN", "HOST:PORT of /healthz and /metrics."),
+    ("--log-format", "BRIDGE_LOG_FORMAT", "json or console."),
+    ("--log-level", "BRIDGE_LOG_LEVEL", "debug, info, warning or error."),
+)
+
+
+def setting_flags(func: F) -> F:
+    """Add the flags of _SETTING_FLAGS to a command."""
+    for flag, variable, text in reversed(_SETTING_FLAGS):
+        func = click.option(flag, variable.lower(), default=None, metavar="VALUE",
+                            help=f"{text} [env {variable}]")(func)
+    return func
+
+
+def build_settings(flags: dict[str, Any], **defaults: str) -> Settings:
+    """Settings from the environment, then `defaults` (the command's own), then the flags."""
+    overrides = {k.upper(): str(v) for k, v in flags.items() if v is not None}
+    environ = {**defaults, **os.environ} if defaults else dict(os.environ)
+    try:
+        settings = load_settings(environ, overrides)
+    except BridgeError as exc:
+        fail(exc)
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+def fail(exc: BaseException) -> Any:
+    """One line on stderr, exit status 1."""
+    click.echo(f"chorus-bridge: {type(exc).__name__}: {exc}", err=True)
+    sys.exit(1)
+
+
+def run_until_signal(make: Callable[[asyncio.Event], Coroutine[Any, Any, Any]]) -> Any:
+    """Run a coroutine until it ends or SIGTERM/SIGINT asks it to stop (it gets the Event)."""
+
+    async def main() -> Any:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await make(stop)
+
+    try:
+        return asyncio.run(main())
+    except BridgeError as exc:
+        error: BaseException = exc
+    except BaseExceptionGroup as group:  # a TaskGroup's failure
+        matched, _ = group.split(BridgeError)
+        if matched is None:
+            raise
+        error = matched.exceptions[0]
+        while isinstance(error, BaseExceptionGroup):
+            error = error.exceptions[0]
+    return fail(error)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="chorus-bridge")
+def main() -> None:
+    """chorus-bridge: every replica of a Swarm service of agents, on a NATS bus.
+
+    It lists the service's running tasks through the Docker Engine API (falling back to DNS),
+    keeps the JetStream KV bucket `chorus_agents` equal to them, announces joins and leaves on
+    `chorus.agents.announce`, and delivers council opportunities to every agent, over the bus
+    or by HTTP. Configuration comes from environment variables (see README.md); flags override.
+    """
+
+
+@main.command()
+@setting_flags
+@click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where the embedded nats-server keeps its state (default: a temp dir).")
+def run(state_dir: Path | None, **flags: Any) -> None:
+    """Run the bridge until SIGTERM or SIGINT (then exit 0 after a clean shutdown).
+
+    With NATS_URL unset, an embedded nats-server with JetStream is started on 127.0.0.1
+    (port 4222, or a free one when it is taken) and its URL and state directory are logged.
+    """
+    from bridge.app import Bridge, nats_for
+
+    settings = build_settings(flags)
+
+    async def serve(stop: asyncio.Event) -> None:
+        async with nats_for(settings, state_dir) as url:
+            await Bridge(settings).run(stop, url)
+
+    run_until_signal(serve)
+
+
+def _client_settings(nats_url: str | None, prefix: str | None, bucket: str | None) -> Settings:
+    flags = {"nats_url": nats_url, "bridge_subject_prefix": prefix, "bridge_kv_bucket": bucket}
+    return build_settings(flags, BRIDGE_LOG_FORMAT="console", BRIDGE_LOG_LEVEL="warning")
+
+
+def client_options(func: F) -> F:
+    func = click.option("--bucket", default=None,
+                        help="The agents bucket [env BRIDGE_KV_BUCKET].")(func)
+    func = click.option("--prefix", default=None,
+                        help="Subject prefix [env BRIDGE_SUBJECT_PREFIX].")(func)
+    return click.option("--nats-url", default=None,
+                        help="NATS server [env NATS_URL, default nats://127.0.0.1:4222].")(func)
+
+
+@main.command()
+@client_options
+@click.option("--json", "as_json", is_flag=True, help="Print the agents as a JSON array.")
+def agents(nats_url: str | None, prefix: str | None, bucket: str | None, as_json: bool) -> None:
+    """Print the agents bucket as a table (or JSON)."""
+    from bridge.commands import print_agents
+
+    settings = _client_settings(nats_url, prefix, bucket)
+    run_until_signal(lambda stop: print_agents(settings, as_json=as_json))
+
+
+@main.command()
+@client_options
+@click.option("--json", "as_json", is_flag=True, help="Print each announcement as JSON.")
+def watch(nats_url: str | None, prefix: str | None, bucket: str | None, as_json: bool) -> None:
+    """Print announcements (joined, updated, left) as they come, until Ctrl-C."""
+    from bridge.commands import watch_announcements
+
+    settings = _client_settings(nats_url, prefix, bucket)
+    run_until_signal(lambda stop: watch_announcements(settings, stop, as_json=as_json))

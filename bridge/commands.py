@@ -1,0 +1,110 @@
+"""The client commands: read the agents bucket, follow announcements."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import click
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
+
+from bridge.config import Settings
+from bridge.errors import NatsError
+from bridge.models import ANNOUNCEMENT_DECODER, Agent, encode
+from bridge.registry import read_bucket
+from bridge.subjects import Names
+
+__all__ = ["client", "print_agents", "read_agents", "watch_announcements"]
+
+DEFAULT_CLIENT_URL = "nats://127.0.0.1:4222"
+
+
+@contextlib.asynccontextmanager
+async def client(settings: Settings, *, inbox_prefix: str = "_INBOX.coord") -> AsyncIterator[NATS]:
+    """A short-lived client for a command; fails fast with a clear error."""
+    from bridge.bus import _auth
+
+    url = settings.nats_url or DEFAULT_CLIENT_URL
+    try:
+        nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=1,
+                                allow_reconnect=False, inbox_prefix=inbox_prefix,
+                                name="chorus-bridge-cli", **_auth(settings))
+    except (nats.errors.Error, OSError) as exc:
+        raise NatsError(f"cannot connect to NATS at {url} ({exc!r}); is a bridge or NATS "
+                        "running there? Set NATS_URL or --nats-url") from None
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+async def read_agents(kv: KeyValue) -> list[Agent]:
+    """Every agent in the bucket (its current values), sorted by endpoint."""
+    agents, _invalid = await read_bucket(kv)
+    return sorted(agents.values(), key=lambda a: (a.endpoint, a.id))
+
+
+def _table(agents: list[Agent]) -> str:
+    header = ("ID", "ENDPOINT", "SOURCE", "SLOT", "NODE", "ON BUS", "HEALTHY", "FIRST SEEN")
+    rows = [header] + [
+        (a.id, a.endpoint, a.source, "" if a.slot is None else str(a.slot),
+         (a.node_id or "")[:12], "yes" if a.on_bus else "no",
+         "" if a.healthy is None else ("yes" if a.healthy else "no"), a.first_seen)
+        for a in agents]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    by_source = {s: sum(a.source == s for a in agents) for s in ("swarm", "dns", "static")}
+    lines.append(f"{len(agents)} agents ({by_source['swarm']} swarm, {by_source['dns']} dns, "
+                 f"{by_source['static']} static; {sum(a.on_bus for a in agents)} on the bus)")
+    return "\n".join(lines)
+
+
+async def print_agents(settings: Settings, *, as_json: bool) -> None:
+    names = Names.from_settings(settings)
+    async with client(settings) as nc:
+        try:
+            kv = await nc.jetstream().key_value(names.agents_bucket)
+        except nats.js.errors.BucketNotFoundError:
+            raise NatsError(f"no bucket {names.agents_bucket!r} on {nc.connected_url}: is the "
+                            "bridge running against this NATS?") from None
+        agents = await read_agents(kv)
+    click.echo(msgspec.json.format(encode_list(agents)).decode() if as_json else _table(agents))
+
+
+def encode_list(agents: list[Agent]) -> bytes:
+    return b"[" + b",".join(encode(a) for a in agents) + b"]"
+
+
+def _announcement_line(data: bytes) -> str | None:
+    try:
+        ann = ANNOUNCEMENT_DECODER.decode(data)
+    except msgspec.DecodeError:
+        return None
+    a = ann.agent
+    return (f"{ann.at}  {ann.event:<7}  {a.id}  {a.endpoint}  source={a.source}"
+            f"  on_bus={'yes' if a.on_bus else 'no'}")
+
+
+async def watch_announcements(settings: Settings, stop: asyncio.Event, *, as_json: bool) -> None:
+    """Print each announcement as it arrives, until `stop` is set."""
+    names = Names.from_settings(settings)
+    async with client(settings) as nc:
+
+        async def show(msg: Msg) -> None:
+            line = msg.data.decode(errors="replace") if as_json else _announcement_line(msg.data)
+            if line is not None:
+                click.echo(line)
+
+        sub = await nc.subscribe(names.announce, cb=show)
+        where = nc.connected_url.netloc if nc.connected_url else ""
+        click.echo(f"watching {names.announce} on {where} (Ctrl-C to stop)", err=True)
+        await stop.wait()
+        await sub.unsubscribe()

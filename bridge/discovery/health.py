@@ -1,0 +1,60 @@
+"""Health verification of discovered agents (WHOOSH_VERIFY_HEALTH=true).
+
+Policy: an agent whose `GET {endpoint}/health` does not answer 2xx within the HTTP timeout
+is still published, marked `healthy: false`, and left out of HTTP broadcasts; an agent that
+answers 2xx is `healthy: true`. With verification off, `healthy` stays null. Publishing a
+failing agent (rather than hiding it) keeps the registry a true picture of the fleet: an
+operator sees which replicas are sick, and an agent that recovers only changes one field.
+
+Checks run concurrently, at most `concurrency` at a time, each bounded by `timeout` in
+total (connect, headers and all), so a hung agent costs one timeout, not a stalled round.
+Only the status line is read; the body of /health is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+
+import httpx
+import msgspec
+
+from bridge.models import Agent
+
+__all__ = ["HEALTH_PATH", "check_health", "with_health"]
+
+HEALTH_PATH = "/health"
+
+
+async def check_health(client: httpx.AsyncClient, agents: Sequence[Agent], *,
+                       timeout: float, concurrency: int) -> dict[str, bool]:
+    """For each agent id, whether `GET {endpoint}/health` answered 2xx within `timeout`."""
+    limit = asyncio.Semaphore(concurrency)
+
+    async def check(agent: Agent) -> tuple[str, bool]:
+        async with limit:
+            return agent.id, await _healthy(client, agent.endpoint, timeout)
+
+    results = await asyncio.gather(*(check(agent) for agent in agents))
+    return dict(results)
+
+
+async def _healthy(client: httpx.AsyncClient, endpoint: str, timeout: float) -> bool:
+    url = endpoint.rstrip("/") + HEALTH_PATH
+    try:
+        # httpx's timeout applies per phase; asyncio.timeout bounds the whole call.
+        async with asyncio.timeout(timeout):
+            async with client.stream("GET", url, timeout=timeout) as response:
+                return response.is_success
+    except Exception:
+        # Refused, reset, timed out, bad URL, broken HTTP: all mean "not healthy".
+        return False
+
+
+def with_health(agents: Sequence[Agent], results: Mapping[str, bool]) -> tuple[Agent, ...]:
+    """The agents with `healthy` set from `results`; an agent not checked is unchanged."""
+    return tuple(
+        msgspec.structs.replace(agent, healthy=results[agent.id])
+        if agent.id in results else agent
+        for agent in agents
+    )

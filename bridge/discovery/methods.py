@@ -1,0 +1,133 @@
+"""DISCOVERY_METHOD semantics: which sources a round asks, and what a failure falls back to.
+
+- swarm: the Swarm API only; a round whose Swarm call fails falls back to DNS.
+- auto: the Swarm API and DNS together (the roster merges them; the Swarm record wins).
+- dns: DNS and known endpoints only; the Docker API is never opened.
+WHOOSH_DOCKER_ENABLED=false makes swarm and auto behave as dns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import httpx
+import structlog
+
+from bridge.config import Settings
+from bridge.discovery.base import DnsRound, SwarmRound
+from bridge.discovery.dns import DnsDiscovery
+from bridge.discovery.health import check_health, with_health
+from bridge.discovery.swarm import SwarmDiscovery
+from bridge.errors import DockerAPIError
+from bridge.metrics import Metrics
+
+__all__ = ["Discoverer", "RoundResult"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundResult:
+    """One discovery round, ready for Roster.apply."""
+
+    swarm: SwarmRound | None
+    dns: DnsRound | None
+    swarm_expected: bool
+    error: DockerAPIError | None
+    duration_s: float
+
+    @property
+    def pending(self) -> int:
+        """Tasks that will likely be running soon: worth a quick follow-up round."""
+        if self.swarm is None:
+            return 0
+        return self.swarm.pending + len(self.swarm.without_address)
+
+
+class Discoverer:
+    """Runs discovery rounds with the configured method; logs a Docker outage once."""
+
+    def __init__(self, settings: Settings, *, swarm: SwarmDiscovery | None,
+                 dns: DnsDiscovery, http: httpx.AsyncClient | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self._settings = settings
+        self._swarm = swarm if settings.docker_active else None
+        self._dns = dns
+        self._http = http
+        self._metrics = metrics
+        self._docker_error: str | None = None
+        self._logged_without_address: set[str] = set()
+
+    @property
+    def method(self) -> str:
+        return "dns" if self._swarm is None else self._settings.discovery_method
+
+    async def _swarm_round(self) -> tuple[SwarmRound | None, DockerAPIError | None]:
+        assert self._swarm is not None
+        try:
+            found = await self._swarm.discover()
+        except DockerAPIError as exc:
+            self._note_docker_error(exc)
+            return None, exc
+        self._note_docker_ok()
+        self._note_without_address(found)
+        return found, None
+
+    def _note_docker_error(self, exc: DockerAPIError) -> None:
+        if self._metrics is not None:
+            self._metrics.docker_errors.labels(kind=exc.kind).inc()
+        if self._docker_error != exc.kind:
+            fallback = "dns" if self.method == "swarm" else (
+                "dns only" if self.method == "auto" else "none")
+            log.warning("docker_api_failing", kind=exc.kind, error=str(exc),
+                        fallback=fallback, removals="suspended")
+            self._docker_error = exc.kind
+
+    def _note_docker_ok(self) -> None:
+        if self._docker_error is not None:
+            log.info("docker_api_recovered", after=self._docker_error)
+            self._docker_error = None
+
+    def _note_without_address(self, found: SwarmRound) -> None:
+        current = set(found.without_address)
+        for task_id in sorted(current - self._logged_without_address):
+            log.info("task_without_address", task_id=task_id,
+                     networks=",".join(self._settings.network_names) or "(any)")
+        self._logged_without_address = current
+
+    async def round(self) -> RoundResult:
+        """One round with the configured method."""
+        started = time.perf_counter()
+        swarm: SwarmRound | None = None
+        dns: DnsRound | None = None
+        error: DockerAPIError | None = None
+        if self.method == "dns":
+            dns = await self._dns.discover()
+        elif self.method == "auto":
+            (swarm, error), dns = await asyncio.gather(self._swarm_round(), self._dns.discover())
+        else:
+            swarm, error = await self._swarm_round()
+            if swarm is None:
+                dns = await self._dns.discover()
+        if self._settings.verify_health and self._http is not None:
+            swarm, dns = await self._verify(swarm, dns)
+        duration = time.perf_counter() - started
+        result = RoundResult(swarm=swarm, dns=dns, swarm_expected=self._swarm is not None,
+                             error=error, duration_s=duration)
+        if self._metrics is not None:
+            self._metrics.observe_round(self.method, result)
+        return result
+
+    async def _verify(self, swarm: SwarmRound | None, dns: DnsRound | None,
+                      ) -> tuple[SwarmRound | None, DnsRound | None]:
+        assert self._http is not None
+        agents = [*(swarm.agents if swarm else ()), *(dns.agents if dns else ())]
+        results = await check_health(self._http, agents, timeout=self._settings.http_timeout,
+                                     concurrency=self._settings.http_concurrency)
+        if swarm is not None:
+            swarm = dataclasses.replace(swarm, agents=with_health(swarm.agents, results))
+        if dns is not None:
+            dns = dataclasses.replace(dns, agents=with_health(dns.agents, results))
+        return swarm, dns

@@ -1,0 +1,69 @@
+"""The roster: who the agents are now, from discovery rounds and the removal policy.
+
+DESIGN.md's rules live here and nowhere else:
+- an address found both by the Swarm API and by DNS is one agent, and the Swarm record wins;
+- a successful Swarm round is authoritative: a Swarm agent it no longer lists is removed at once;
+- a DNS-only agent is removed after it is missing from 2 successful rounds in a row;
+- a failed round removes nothing, so an outage of the Docker API never empties the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from bridge.discovery.base import DnsRound, SwarmRound
+from bridge.models import Agent
+
+__all__ = ["DNS_MISSES_BEFORE_REMOVAL", "Roster"]
+
+DNS_MISSES_BEFORE_REMOVAL = 2
+
+
+class Roster:
+    """The agents that should be published, keyed by agent id."""
+
+    def __init__(self, agents: Iterable[Agent] = ()) -> None:
+        # Seeded from the bucket at start, so a restart during an outage keeps everyone.
+        self.agents: dict[str, Agent] = {a.id: a for a in agents}
+        self._misses: dict[str, int] = {}
+
+    def _swarm_addresses(self, swarm: SwarmRound | None) -> set[tuple[str, int]]:
+        if swarm is not None:
+            return {(a.address, a.port) for a in swarm.agents}
+        # The Swarm round failed: the Swarm records we already hold still win over DNS.
+        return {(a.address, a.port) for a in self.agents.values() if a.source == "swarm"}
+
+    def apply(self, *, swarm: SwarmRound | None, dns: DnsRound | None,
+              swarm_expected: bool) -> None:
+        """Fold one round in.
+
+        swarm: the Swarm round's result, or None when it failed or did not run.
+        dns: the DNS round's result, or None when DNS did not run.
+        swarm_expected: whether a Swarm round was attempted (False in dns mode).
+        """
+        found: dict[str, Agent] = {a.id: a for a in swarm.agents} if swarm else {}
+        taken = self._swarm_addresses(swarm)
+        if dns is not None:
+            found.update((a.id, a) for a in dns.agents if (a.address, a.port) not in taken)
+        swarm_ok = swarm is not None
+        dns_ok = dns is None or dns.complete
+        # Only a round that fully succeeded may count an agent as missing.
+        successful = dns_ok and (swarm_ok or not swarm_expected)
+        for agent_id, agent in list(self.agents.items()):
+            if agent_id in found:
+                continue
+            superseded = agent.source != "swarm" and swarm_ok and \
+                (agent.address, agent.port) in taken
+            if (agent.source == "swarm" and swarm_ok) or superseded:
+                self._remove(agent_id)
+            elif successful:
+                self._misses[agent_id] = self._misses.get(agent_id, 0) + 1
+                if self._misses[agent_id] >= DNS_MISSES_BEFORE_REMOVAL:
+                    self._remove(agent_id)
+        for agent_id in found:
+            self._misses.pop(agent_id, None)
+        self.agents.update(found)
+
+    def _remove(self, agent_id: str) -> None:
+        del self.agents[agent_id]
+        self._misses.pop(agent_id, None)

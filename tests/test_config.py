@@ -1,0 +1,98 @@
+"""Settings from the environment and flags."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.config import ENV_VARIABLES, Settings, load_settings
+from bridge.errors import ConfigError
+
+
+def test_defaults_match_the_design() -> None:
+    """With nothing set, every value is DESIGN.md's default."""
+    s = load_settings({})
+    assert s.discovery_method == "auto"
+    assert s.docker_enabled is True
+    assert s.docker_host == "unix:///var/run/docker.sock"
+    assert s.service_name == "CHORUS_chorus"
+    assert s.network_names == ("chorus_default",)
+    assert s.agent_port == 8080
+    assert s.verify_health is False
+    assert s.known_endpoints == ()
+    assert s.dns_names == ("tasks.CHORUS_chorus",)
+    assert s.nats_url is None
+    assert (s.subject_prefix, s.kv_bucket) == ("chorus", "chorus_agents")
+    assert (s.poll_interval, s.http_timeout, s.http_concurrency) == (30.0, 5.0, 256)
+    assert s.bus_ack_wait == 1.0
+    assert s.opportunity_path == "/api/v1/opportunities/council"
+    assert (s.listen_host, s.listen_port) == ("0.0.0.0", 8090)
+    assert (s.log_format, s.log_level) == ("json", "INFO")
+
+
+def test_values_parse_and_flags_win() -> None:
+    """Environment values parse into types, and a flag overrides its variable."""
+    env = {"DISCOVERY_METHOD": "SWARM", "WHOOSH_NETWORK_NAME": "a, b", "WHOOSH_AGENT_PORT": "9000",
+           "WHOOSH_SERVICE_NAME": "svc", "WHOOSH_DNS_NAMES": "tasks.{service},other",
+           "WHOOSH_KNOWN_ENDPOINTS": "http://127.0.0.5:81,http://agent-x:8080",
+           "BRIDGE_POLL_INTERVAL": "2.5", "WHOOSH_VERIFY_HEALTH": "true", "BRIDGE_LISTEN": ":9",
+           "BRIDGE_LOG_LEVEL": "debug", "PATH": "/bin"}
+    env["BRIDGE_LISTEN"] = "127.0.0.1:9100"
+    s = load_settings(env, {"BRIDGE_POLL_INTERVAL": "7"})
+    assert s.discovery_method == "swarm"
+    assert s.network_names == ("a", "b")
+    assert s.agent_port == 9000
+    assert s.dns_names == ("tasks.svc", "other")
+    assert s.known_endpoints == ("http://127.0.0.5:81", "http://agent-x:8080")
+    assert s.poll_interval == 7.0
+    assert s.verify_health is True
+    assert (s.listen_host, s.listen_port) == ("127.0.0.1", 9100)
+    assert s.log_level == "DEBUG"
+
+
+def test_empty_network_means_first_address() -> None:
+    """WHOOSH_NETWORK_NAME='' selects the task's first address."""
+    assert load_settings({"WHOOSH_NETWORK_NAME": ""}).network_names == ()
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("DISCOVERY_METHOD", "kubernetes"),
+    ("WHOOSH_DOCKER_ENABLED", "maybe"),
+    ("WHOOSH_DOCKER_HOST", "docker.sock"),
+    ("WHOOSH_SERVICE_NAME", "  "),
+    ("WHOOSH_AGENT_PORT", "abc"),
+    ("WHOOSH_AGENT_PORT", "0"),
+    ("WHOOSH_AGENT_PORT", "70000"),
+    ("WHOOSH_VERIFY_HEALTH", "yess"),
+    ("WHOOSH_KNOWN_ENDPOINTS", "10.0.0.1:8080"),
+    ("WHOOSH_KNOWN_ENDPOINTS", "http://host"),
+    ("NATS_URL", "http://localhost:4222"),
+    ("BRIDGE_SUBJECT_PREFIX", "a.b"),
+    ("BRIDGE_KV_BUCKET", "bad.bucket"),
+    ("BRIDGE_POLL_INTERVAL", "-1"),
+    ("BRIDGE_POLL_INTERVAL", "0"),
+    ("BRIDGE_POLL_INTERVAL", "nan"),
+    ("BRIDGE_HTTP_TIMEOUT", "soon"),
+    ("BRIDGE_HTTP_CONCURRENCY", "0"),
+    ("BRIDGE_HTTP_CONCURRENCY", "1.5"),
+    ("BRIDGE_BUS_ACK_WAIT", "-0.1"),
+    ("BRIDGE_OPPORTUNITY_PATH", "api/x"),
+    ("BRIDGE_LISTEN", "8090"),
+    ("BRIDGE_LISTEN", "0.0.0.0:http"),
+    ("BRIDGE_LOG_FORMAT", "xml"),
+    ("BRIDGE_LOG_LEVEL", "loud"),
+    ("DOCKER_TLS_VERIFY", "2"),
+])
+def test_bad_value_names_variable_and_value(variable: str, value: str) -> None:
+    """Every variable's bad value is refused with one message naming it and the value."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({variable: value})
+    message = str(info.value)
+    assert message.startswith(f"{variable}={value!r}: ")
+    assert "\n" not in message
+
+
+def test_every_variable_is_known() -> None:
+    """The table of variables covers DESIGN.md's, and nothing else is read."""
+    s = load_settings({"UNRELATED": "x", "HOME": "/root"})
+    assert s == Settings()
+    assert "NATS_TOKEN" in ENV_VARIABLES and "BRIDGE_LOG_FORMAT" in ENV_VARIABLES
