@@ -11,6 +11,8 @@ import httpx
 import structlog
 from nats.aio.client import Client as NATS
 
+from bridge.broadcast import Broadcaster, Target
+from bridge.broadcast_api import BroadcastService
 from bridge.bus import connect
 from bridge.config import Settings
 from bridge.discovery.dns import DnsDiscovery
@@ -19,7 +21,9 @@ from bridge.discovery.methods import Discoverer
 from bridge.discovery.swarm import SwarmDiscovery
 from bridge.embedded import EmbeddedNats
 from bridge.errors import DockerAPIError
+from bridge.http_api import serve_http
 from bridge.metrics import Metrics
+from bridge.presence import Presence
 from bridge.registry import AgentRegistry
 from bridge.roster import Roster
 from bridge.subjects import Names
@@ -103,7 +107,7 @@ async def nats_for(settings: Settings, state_dir: Path | None = None) -> AsyncIt
 
 
 class Bridge:
-    """The running service. `run(stop)` returns when `stop` is set, after a clean shutdown."""
+    """The running service. `run(stop, url)` returns when `stop` is set, after a clean shutdown."""
 
     def __init__(self, settings: Settings, *, metrics: Metrics | None = None,
                  dns: DnsDiscovery | None = None) -> None:
@@ -114,14 +118,18 @@ class Bridge:
         self.nc: NATS | None = None
         self.loop: DiscoveryLoop | None = None
         self.registry: AgentRegistry | None = None
+        self.presence: Presence | None = None
+        self.broadcaster: Broadcaster | None = None
+        self.http_port: int | None = None
         self.ready = asyncio.Event()
+        self._presence_changed = asyncio.Event()
 
     async def _check_engine(self, swarm: SwarmDiscovery) -> None:
         try:
             manager = await swarm.check_manager()
         except DockerAPIError as exc:
             log.warning("docker_engine_unavailable", kind=exc.kind, error=str(exc),
-                        fallback="dns" if self.settings.discovery_method != "dns" else None)
+                        fallback="dns")
             return
         if manager:
             log.info("docker_engine_manager", host=self.settings.docker_host)
@@ -140,17 +148,15 @@ class Bridge:
                 # trust_env=False: a proxy variable must never route calls to agents elsewhere.
                 http = await stack.enter_async_context(httpx.AsyncClient(
                     timeout=settings.http_timeout, trust_env=False, limits=httpx.Limits(
-                        max_connections=settings.http_concurrency)))
+                        max_connections=settings.http_concurrency,
+                        max_keepalive_connections=settings.http_concurrency)))
+                self.http_port = await stack.enter_async_context(serve_http(
+                    settings.listen_host, settings.listen_port, self.metrics, self.health))
                 nc = await stack.enter_async_context(connect(
                     settings, nats_url, on_reconnect=self._resync,
                     on_state=self.metrics.nats_connected.set))
                 self.nc = nc
-                registry = AgentRegistry(nc, self.names, metrics=self.metrics)
-                self.registry = registry
-                roster = Roster((await registry.open()).values())
-                discoverer = Discoverer(settings, swarm=swarm, dns=self._dns, http=http,
-                                        metrics=self.metrics)
-                self.loop = DiscoveryLoop(settings, discoverer, roster, registry)
+                await self._open(nc, http, swarm)
                 if swarm is not None:
                     await self._check_engine(swarm)
                 await self._serve(stop, swarm)
@@ -159,18 +165,80 @@ class Bridge:
                 swarm.close()
         log.info("bridge_stopped")
 
+    async def _open(self, nc: NATS, http: httpx.AsyncClient,
+                    swarm: SwarmDiscovery | None) -> None:
+        registry = AgentRegistry(nc, self.names, metrics=self.metrics)
+        presence = Presence(nc, self.names)
+        registry.bus_ids = presence.bus_ids
+        presence.changed = self._presence_changed.set
+        self.registry, self.presence = registry, presence
+        await presence.open()
+        roster = Roster((await registry.open()).values())
+        discoverer = Discoverer(self.settings, swarm=swarm, dns=self._dns, http=http,
+                                metrics=self.metrics)
+        self.loop = DiscoveryLoop(self.settings, discoverer, roster, registry)
+        self.broadcaster = Broadcaster(nc, self.names, self.settings, http, self.targets,
+                                       metrics=self.metrics)
+
     async def _serve(self, stop: asyncio.Event, swarm: SwarmDiscovery | None) -> None:
-        assert self.loop is not None
+        assert self.loop and self.presence and self.broadcaster and self.nc
+        api = BroadcastService(self.nc, self.names, self.broadcaster, metrics=self.metrics)
         async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(self.loop.run(), name="discovery")]
+            tasks = [tg.create_task(self.loop.run(), name="discovery"),
+                     tg.create_task(self.presence.run(), name="presence"),
+                     tg.create_task(self._follow_presence(), name="presence-sync"),
+                     tg.create_task(api.run(), name="broadcast-api")]
             if swarm is not None:
                 follower = EventFollower(swarm, self.settings.service_name, self.loop.trigger)
                 tasks.append(tg.create_task(follower.run(), name="docker-events"))
+            await api.subscribed.wait()
             self.ready.set()
             await stop.wait()
             log.info("bridge_stopping")
             for task in tasks:
                 task.cancel()
+
+    async def _follow_presence(self) -> None:
+        """Re-publish on_bus flags when presence changes (not a discovery round)."""
+        assert self.registry is not None and self.loop is not None
+        await self.loop.first_round.wait()
+        while True:
+            await self._presence_changed.wait()
+            await asyncio.sleep(DEBOUNCE)  # an agent fleet joining at once is one sync
+            self._presence_changed.clear()
+            await self.registry.sync()
+
+    def targets(self) -> list[Target]:
+        """Every agent to reach: the bucket's agents and the agents on the bus only."""
+        assert self.registry is not None and self.presence is not None
+        agents = list(self.registry.published.values())
+        matched = self.presence.match(agents)
+        targets = [Target(agent_id=a.id, endpoint=a.endpoint, healthy=a.healthy,
+                          bus_id=e.agent_id if (e := matched.by_agent.get(a.id)) else None)
+                   for a in agents]
+        targets += [Target(agent_id=e.agent_id, endpoint=e.endpoint, bus_id=e.agent_id)
+                    for e in matched.bus_only]
+        return targets
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        """Healthy when NATS is connected and a round succeeded within 3 poll intervals."""
+        reasons = []
+        nats_ok = self.nc is not None and self.nc.is_connected
+        if not nats_ok:
+            reasons.append("NATS is not connected")
+        last = self.loop.last_success if self.loop else None
+        now = asyncio.get_running_loop().time()
+        if last is None:
+            reasons.append("no discovery round has succeeded yet")
+        elif now - last > 3 * self.settings.poll_interval:
+            reasons.append(f"no discovery round has succeeded for {now - last:.0f}s")
+        details: dict[str, object] = {
+            "nats": "connected" if nats_ok else "disconnected",
+            "last_round_s_ago": None if last is None else round(now - last, 1),
+            "agents": len(self.registry.published) if self.registry else 0}
+        if reasons:
+            details["reasons"] = reasons
+        return not reasons, details
 
     async def _resync(self) -> None:
         # A round after a reconnect re-publishes whatever changed while NATS was away.

@@ -45,9 +45,11 @@ async def connect(settings: Settings, url: str, *, name: str = "chorus-bridge",
     the connection was down); on_state(connected) follows the connection's state.
     """
     last_error = {"text": ""}
+    closing = False  # our own drain and close are not worth a warning
 
     async def disconnected() -> None:
-        log.warning("nats_disconnected", url=url)
+        if not closing:
+            log.warning("nats_disconnected", url=url)
         if on_state is not None:
             on_state(False)
 
@@ -62,7 +64,7 @@ async def connect(settings: Settings, url: str, *, name: str = "chorus-bridge",
     async def error(exc: Exception) -> None:
         # nats-py reports each failed attempt here; one line per distinct error is enough.
         text = str(exc) or repr(exc)
-        if text != last_error["text"]:
+        if text != last_error["text"] and not closing:
             last_error["text"] = text
             log.warning("nats_error", url=url, error=text)
 
@@ -84,6 +86,7 @@ async def connect(settings: Settings, url: str, *, name: str = "chorus-bridge",
     try:
         yield nc
     finally:
+        closing = True
         with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
             await nc.drain()
         if not nc.is_closed:

@@ -156,3 +156,25 @@ def watch(nats_url: str | None, prefix: str | None, bucket: str | None, as_json:
 
     settings = _client_settings(nats_url, prefix, bucket)
     run_until_signal(lambda stop: watch_announcements(settings, stop, as_json=as_json))
+
+
+@main.command()
+@client_options
+@click.argument("file", type=click.File("rb"))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Seconds to wait for the report.")
+def broadcast(nats_url: str | None, prefix: str | None, bucket: str | None, file: Any,
+              as_json: bool, timeout: float) -> None:
+    """Send a council opportunity (JSON from FILE, or - for stdin) through a running bridge.
+
+    Prints the report: who got it via the bus, via HTTP, and who did not. Exit status: 0 when
+    every agent was reached, 1 when some were not, 2 when the request was refused.
+    """
+    from bridge.commands import send_broadcast
+
+    settings = _client_settings(nats_url, prefix, bucket)
+    data = file.read()
+    status = run_until_signal(
+        lambda stop: send_broadcast(settings, data, timeout=timeout, as_json=as_json))
+    sys.exit(status)

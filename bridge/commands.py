@@ -16,12 +16,21 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from bridge.config import Settings
-from bridge.errors import NatsError
-from bridge.models import ANNOUNCEMENT_DECODER, Agent, encode
+from bridge.errors import BridgeUnavailableError, NatsError
+from bridge.models import (
+    ANNOUNCEMENT_DECODER,
+    Agent,
+    BroadcastReport,
+    ErrorReply,
+    decode_reply,
+    encode,
+)
 from bridge.registry import read_bucket
 from bridge.subjects import Names
 
-__all__ = ["client", "print_agents", "read_agents", "watch_announcements"]
+__all__ = [
+    "client", "print_agents", "read_agents", "send_broadcast", "watch_announcements",
+]
 
 DEFAULT_CLIENT_URL = "nats://127.0.0.1:4222"
 
@@ -108,3 +117,43 @@ async def watch_announcements(settings: Settings, stop: asyncio.Event, *, as_jso
         click.echo(f"watching {names.announce} on {where} (Ctrl-C to stop)", err=True)
         await stop.wait()
         await sub.unsubscribe()
+
+
+def _report_table(report: BroadcastReport) -> str:
+    lines = [
+        f"opportunity   {report.opportunity_id}",
+        f"reached       {report.success_count} of {report.total_agents} agents "
+        f"({report.via_bus} via the bus, {report.via_http} via HTTP) in {report.duration_ms} ms",
+        f"failed        {len(report.failed)}",
+    ]
+    if report.unregistered_acks:
+        lines.append(f"acks from unknown agents: {report.unregistered_acks}")
+    for failure in report.failed:
+        lines.append(f"  {failure.agent_id}  {failure.endpoint or '-'}  {failure.error}")
+    return "\n".join(lines)
+
+
+async def send_broadcast(settings: Settings, data: bytes, *, timeout: float,
+                         as_json: bool) -> int:
+    """Send an opportunity through a running bridge; returns the exit status."""
+    names = Names.from_settings(settings)
+    async with client(settings) as nc:
+        try:
+            msg = await nc.request(names.broadcast, data, timeout=timeout)
+        except nats.errors.NoRespondersError:
+            url = settings.nats_url or DEFAULT_CLIENT_URL
+            raise BridgeUnavailableError(
+                f"no bridge is serving {names.broadcast} on {url}: is `chorus-bridge run` "
+                "running against this NATS?") from None
+        except nats.errors.TimeoutError:
+            raise BridgeUnavailableError(
+                f"no answer on {names.broadcast} within {timeout:g}s; raise --timeout, "
+                "or check the bridge's logs") from None
+    reply = decode_reply(msg.data)
+    if isinstance(reply, ErrorReply):
+        click.echo(f"refused: {reply.error} (field {reply.field})", err=True)
+        if as_json:
+            click.echo(msg.data.decode())
+        return 2
+    click.echo(msgspec.json.format(msg.data).decode() if as_json else _report_table(reply))
+    return 0 if reply.success_count == reply.total_agents else 1

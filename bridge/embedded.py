@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import shutil
 import socket
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -55,17 +57,20 @@ class EmbeddedNats:
     """Runs nats-server with JetStream on 127.0.0.1 for as long as the context is open.
 
     port=None means 4222 when it is free, else any free port; port=0 means any free port.
+    env adds variables to the server's environment (a config file's $VARIABLES come from there).
     Its stderr is drained for its whole life, so a chatty server never blocks on a full pipe.
     """
 
     def __init__(self, *, port: int | None = None, store_dir: Path | None = None,
                  host: str = "127.0.0.1", config_file: Path | None = None,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (),
+                 env: Mapping[str, str] | None = None) -> None:
         self._host = host
         self._requested_port = port
         self._store_dir = store_dir
         self._config_file = config_file
         self._extra_args = extra_args
+        self._env = dict(env) if env is not None else None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._drain: asyncio.Task[None] | None = None
@@ -96,7 +101,8 @@ class EmbeddedNats:
             args += ["-c", str(self._config_file)]
         self._proc = await asyncio.create_subprocess_exec(
             *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE)
+            stderr=asyncio.subprocess.PIPE,
+            env=None if self._env is None else {**os.environ, **self._env})
         try:
             await asyncio.wait_for(self._wait_ready(), _START_TIMEOUT)
         except (TimeoutError, EmbeddedServerError) as exc:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 
 import msgspec
 import nats.errors
@@ -110,7 +111,8 @@ class AgentRegistry:
         self._prefix = f"$KV.{names.agents_bucket}."
         self._desired: dict[str, Agent] = {}
         self._invalid: set[str] = set()
-        self.on_bus: Callable[[Agent], bool] = lambda _agent: False
+        # Which agents are on the bus: set by presence; nobody is, without it.
+        self.bus_ids: Callable[[Iterable[Agent]], AbstractSet[str]] = lambda _a: frozenset()
         self.published: dict[str, Agent] = {}
 
     def bucket_config(self) -> KeyValueConfig:
@@ -129,11 +131,11 @@ class AgentRegistry:
                  agents=len(self.published))
         return dict(self.published)
 
-    def _record(self, agent: Agent) -> Agent:
+    def _record(self, agent: Agent, on_bus: bool) -> Agent:
         previous = self.published.get(agent.id)
         first_seen = previous.first_seen if previous and previous.first_seen else (
             agent.first_seen or now_rfc3339())
-        return msgspec.structs.replace(agent, on_bus=self.on_bus(agent), first_seen=first_seen)
+        return msgspec.structs.replace(agent, on_bus=on_bus, first_seen=first_seen)
 
     async def sync(self, desired: Mapping[str, Agent] | None = None) -> SyncResult:
         """Make the bucket equal to `desired` (default: the last desired set, e.g. after a
@@ -142,8 +144,9 @@ class AgentRegistry:
             if desired is not None:
                 self._desired = dict(desired)
             puts: list[tuple[Agent | None, Agent]] = []
+            bus = self.bus_ids(self._desired.values())
             for agent in self._desired.values():
-                record = self._record(agent)
+                record = self._record(agent, agent.id in bus)
                 previous = self.published.get(agent.id)
                 if record != previous:
                     puts.append((previous, record))

@@ -1,0 +1,171 @@
+"""Presence: which agents are on the bus, followed through a watch of the presence bucket.
+
+Agents that speak NATS keep an entry under their own id, refreshed at least every 5 s; the
+bucket has a 15 s TTL with limit markers, so an entry that stops being refreshed expires and
+the watch sees it go. The bridge also treats an entry older than 15 s as absent by itself,
+in case no marker arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import time
+from collections.abc import Callable, Iterable
+
+import msgspec
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.kv import KeyValue
+
+from bridge.errors import NatsError
+from bridge.models import PRESENCE_DECODER, Agent, PresenceEntry
+from bridge.registry import open_bucket
+from bridge.subjects import Names
+
+__all__ = ["PRESENCE_TTL", "Presence", "match_presence"]
+
+log = structlog.get_logger(__name__)
+
+PRESENCE_TTL = 15.0
+# Markers left by expiries live this long, so a late watcher still sees the agent go.
+MARKER_TTL = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Matched:
+    """Presence entries matched to agents, and those that match none (on the bus only)."""
+
+    by_agent: dict[str, PresenceEntry]
+    bus_only: tuple[PresenceEntry, ...]
+
+
+def match_presence(agents: Iterable[Agent], entries: Iterable[PresenceEntry]) -> Matched:
+    """Match each entry to an agent: on task_id, then endpoint, then id (DESIGN.md)."""
+    agents = list(agents)
+    by_task = {a.task_id: a.id for a in agents if a.task_id}
+    by_endpoint = {a.endpoint: a.id for a in agents}
+    by_id = {a.id for a in agents}
+    matched: dict[str, PresenceEntry] = {}
+    bus_only: list[PresenceEntry] = []
+    for entry in entries:
+        agent_id = (
+            (entry.task_id and by_task.get(entry.task_id))
+            or (entry.endpoint and by_endpoint.get(entry.endpoint))
+            or (entry.agent_id if entry.agent_id in by_id else None))
+        if agent_id:
+            matched[agent_id] = entry
+        else:
+            bus_only.append(entry)
+    return Matched(by_agent=matched, bus_only=tuple(bus_only))
+
+
+def _timestamp(created: object) -> float:
+    if isinstance(created, dt.datetime):
+        return created.timestamp()
+    if isinstance(created, int | float) and created > 1e12:  # nanoseconds
+        return float(created) / 1e9
+    return float(created) if isinstance(created, int | float) else time.time()
+
+
+class Presence:
+    """The live presence entries, kept current by a watch; `changed` is called on each change."""
+
+    def __init__(self, nc: NATS, names: Names, *, replicas: int = 1,
+                 ttl: float = PRESENCE_TTL) -> None:
+        self._nc = nc
+        self._names = names
+        self._replicas = replicas
+        self._ttl = ttl
+        self._seen: dict[str, tuple[PresenceEntry, float]] = {}
+        self.changed: Callable[[], None] = lambda: None
+
+    def bucket_config(self) -> KeyValueConfig:
+        return KeyValueConfig(bucket=self._names.presence_bucket, history=1, ttl=self._ttl,
+                              limit_marker_ttl=MARKER_TTL, storage=StorageType.MEMORY,
+                              replicas=self._replicas,
+                              description="chorus-bridge: agents present on the bus")
+
+    async def open(self) -> KeyValue:
+        try:
+            return await open_bucket(self._nc.jetstream(), self.bucket_config())
+        except nats.js.errors.Error as exc:
+            raise NatsError(f"cannot open the presence bucket {self._names.presence_bucket!r}: "
+                            f"{exc} (limit markers need nats-server 2.11 or later)") from exc
+
+    def entries(self) -> list[PresenceEntry]:
+        """Entries refreshed within the TTL."""
+        now = time.time()
+        return [e for e, seen in self._seen.values() if now - seen < self._ttl]
+
+    def match(self, agents: Iterable[Agent]) -> Matched:
+        return match_presence(agents, self.entries())
+
+    def bus_ids(self, agents: Iterable[Agent]) -> frozenset[str]:
+        """Ids of the agents that are on the bus now."""
+        return frozenset(self.match(agents).by_agent)
+
+    async def run(self) -> None:
+        """Follow the bucket until cancelled; restart the watch if it fails."""
+        kv = await self.open()
+        while True:
+            try:
+                await self._follow(kv)
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                log.warning("presence_watch_lost", error=repr(exc), retry_in_s=1)
+                await asyncio.sleep(1.0)
+
+    async def _follow(self, kv: KeyValue) -> None:
+        watcher = await kv.watchall()
+        try:
+            while True:
+                try:
+                    entry = await watcher.updates(  # type: ignore[no-untyped-call]
+                        timeout=self._next_expiry())
+                except nats.errors.TimeoutError:
+                    self._expire()
+                    continue
+                if entry is not None:
+                    self._apply(entry.key, entry.value, entry.operation, entry.created)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+
+    def _next_expiry(self) -> float:
+        if not self._seen:
+            return self._ttl
+        oldest = min(seen for _, seen in self._seen.values())
+        return max(0.05, oldest + self._ttl - time.time())
+
+    def _apply(self, key: str, value: bytes | None, operation: str | None,
+               created: object) -> None:
+        if operation is not None or not value:
+            if self._seen.pop(key, None) is not None:
+                log.info("agent_left_bus", agent_id=key, reason=operation or "empty")
+                self.changed()
+            return
+        try:
+            entry = PRESENCE_DECODER.decode(value)
+        except msgspec.DecodeError:
+            log.warning("presence_entry_invalid", key=key)
+            return
+        seen = _timestamp(created)
+        if time.time() - seen >= self._ttl:
+            return
+        fresh = key not in self._seen
+        self._seen[key] = (entry, seen)
+        if fresh:
+            log.info("agent_on_bus", agent_id=entry.agent_id, task_id=entry.task_id)
+            self.changed()
+
+    def _expire(self) -> None:
+        now = time.time()
+        stale = [k for k, (_, seen) in self._seen.items() if now - seen >= self._ttl]
+        for key in stale:
+            del self._seen[key]
+            log.info("agent_left_bus", agent_id=key, reason="stale")
+        if stale:
+            self.changed()
