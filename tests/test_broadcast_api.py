@@ -41,7 +41,8 @@ def test_bad_requests_name_the_field(body: bytes, field: str, says: str) -> None
 
 def test_larger_than_64_kib_is_refused() -> None:
     """A 1 MiB request is refused before it is decoded."""
-    body = b'{"id": "c1", "roles": [{"name": "tpm"}], "details": {"x": "' + b"a" * (1 << 20) + b'"}}'
+    filler = b"a" * (1 << 20)
+    body = b'{"id": "c1", "roles": [{"name": "tpm"}], "details": {"x": "' + filler + b'"}}'
     reply = validate_request(body)
     assert isinstance(reply, ErrorReply)
     assert "64 KiB" in reply.error and reply.field == "$"
