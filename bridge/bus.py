@@ -87,9 +87,12 @@ async def connect(settings: Settings, url: str, *, name: str = "chorus-bridge",
         yield nc
     finally:
         closing = True
+        # Draining flushes what is buffered; when the server is gone, that cannot work and
+        # closing is all that is left.
         with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
             await nc.drain()
         if not nc.is_closed:
-            await nc.close()
+            with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
+                await nc.close()
         if on_state is not None:
             on_state(False)

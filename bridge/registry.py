@@ -153,6 +153,9 @@ class AgentRegistry:
             gone = [a for key, a in self.published.items() if key not in self._desired]
             if not puts and not gone and not self._invalid:
                 return SyncResult()
+            if not self._nc.is_connected:
+                # Nothing would be acked: keep it all pending; the reconnect triggers a sync.
+                return SyncResult(failed=len(puts) + len(gone))
             result = await self._write(puts, gone)
             if self._metrics is not None:
                 self._metrics.set_agents(self.published.values())

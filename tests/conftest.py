@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -11,9 +12,15 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from bridge.app import Bridge
+from bridge.config import Settings
+from bridge.discovery.dns import DnsDiscovery
 from bridge.embedded import EmbeddedNats
+from bridge.emulator import DockerEmulator, EmulatedSwarm
+from tests.dns_server import DnsTestServer
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "docker-engine-20.10"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FIXTURES = SHARED / "fixtures" / "docker-engine-20.10"
 
 
 @pytest.fixture
@@ -51,3 +58,79 @@ async def wait_for(predicate: Callable[[], bool | Awaitable[bool]], timeout: flo
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+# --- an emulated Docker Engine, a loopback DNS server, and a bridge running in-process ---
+
+
+
+@pytest.fixture
+def swarm() -> EmulatedSwarm:
+    """An emulated swarm manager with one service; its addresses are on loopback."""
+    return EmulatedSwarm(subnet="127.10.0.0/16")
+
+
+@pytest.fixture
+async def docker_api(tmp_path: Path, swarm: EmulatedSwarm) -> AsyncIterator[DockerEmulator]:
+    """The emulated Docker Engine API on a unix socket."""
+    async with DockerEmulator(tmp_path / "docker.sock", swarm) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+async def dns_server() -> AsyncIterator[DnsTestServer]:
+    """A DNS server on 127.0.0.1 (UDP and TCP) for the DNS fallback; no query leaves loopback."""
+    async with DnsTestServer() as server:
+        yield server
+
+
+def dns_discovery(settings: Settings, server: DnsTestServer) -> DnsDiscovery:
+    import dns.asyncresolver
+    import dns.nameserver
+
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    resolver.nameservers = [dns.nameserver.Do53Nameserver(server.host, server.port)]
+    return DnsDiscovery(settings, resolver, timeout=1.0)
+
+
+@pytest.fixture
+def settings(docker_api: DockerEmulator, unique: str) -> Settings:
+    """Settings of a bridge on the emulator, with names of its own and a slow poll (so a
+    change seen quickly was seen through events)."""
+    return Settings(docker_host=docker_api.base_url, discovery_method="swarm",
+                    subject_prefix=f"t{unique}", kv_bucket=f"agents_{unique}",
+                    poll_interval=60.0, listen_host="127.0.0.1", listen_port=0,
+                    docker_timeout=1.0, dns_names=())
+
+
+class RunningBridge:
+    """A Bridge running in a task of the test's loop; `stop()` shuts it down cleanly."""
+
+    def __init__(self, bridge: Bridge, task: asyncio.Task[None], stop: asyncio.Event) -> None:
+        self.bridge, self.task, self._stop = bridge, task, stop
+
+    async def stop(self) -> None:
+        self._stop.set()
+        async with asyncio.timeout(10):
+            await self.task
+
+
+@contextlib.asynccontextmanager
+async def run_bridge(settings: Settings, url: str, *, dns: DnsDiscovery | None = None,
+                     ) -> AsyncIterator[RunningBridge]:
+    """Start a bridge and wait until it is ready and its first round is done."""
+    stop = asyncio.Event()
+    bridge = Bridge(settings, dns=dns)
+    task = asyncio.create_task(bridge.run(stop, url))
+    running = RunningBridge(bridge, task, stop)
+    try:
+        async with asyncio.timeout(15):
+            await wait_for(lambda: task.done() or (
+                bridge.loop is not None and bridge.loop.first_round.is_set()
+                and bridge.ready.is_set()), timeout=15, what="the bridge to start")
+            if task.done():
+                task.result()
+        yield running
+    finally:
+        if not task.done():
+            await running.stop()

@@ -100,7 +100,8 @@ class EventFollower:
         """Follow events forever, reconnecting with exponential backoff."""
         while True:
             retrying = tenacity.AsyncRetrying(
-                wait=tenacity.wait_exponential_jitter(initial=0.5, max=self._max_backoff),
+                wait=tenacity.wait_exponential(multiplier=0.5, max=self._max_backoff)
+                + tenacity.wait_random(0, 0.5),
                 retry=tenacity.retry_if_exception_type((DockerAPIError, _StreamClosed)),
                 before_sleep=self._log_retry)
             try:
