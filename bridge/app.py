@@ -11,7 +11,7 @@ import httpx
 import structlog
 from nats.aio.client import Client as NATS
 
-from bridge.broadcast import Broadcaster, Target
+from bridge.broadcast import Broadcaster, Target, agent_client
 from bridge.broadcast_api import BroadcastService
 from bridge.bus import connect
 from bridge.config import Settings
@@ -145,11 +145,7 @@ class Bridge:
                  networks=",".join(settings.network_names), bucket=settings.kv_bucket)
         try:
             async with contextlib.AsyncExitStack() as stack:
-                # trust_env=False: a proxy variable must never route calls to agents elsewhere.
-                http = await stack.enter_async_context(httpx.AsyncClient(
-                    timeout=settings.http_timeout, trust_env=False, limits=httpx.Limits(
-                        max_connections=settings.http_concurrency,
-                        max_keepalive_connections=settings.http_concurrency)))
+                http = await stack.enter_async_context(agent_client(settings))
                 self.http_port = await stack.enter_async_context(serve_http(
                     settings.listen_host, settings.listen_port, self.metrics, self.health))
                 nc = await stack.enter_async_context(connect(

@@ -17,10 +17,12 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 
+import aiohttp
 import httpx
 import msgspec
 import nats.errors
 import structlog
+from httpx_aiohttp import AiohttpTransport
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -63,13 +65,31 @@ class _Delivery:
     unregistered_acks: int = 0
 
 
+def agent_client(settings: Settings) -> httpx.AsyncClient:
+    """The one pooled HTTP client for calls to agents (broadcasts and health checks).
+
+    httpx's API over aiohttp's transport: on a fan-out to many hosts, httpcore's pool costs
+    several times more CPU per call (bench/broadcast_http.py measures both).
+    trust_env=False: a proxy variable must never route calls to agents elsewhere.
+    """
+    limits = httpx.Limits(max_connections=settings.http_concurrency,
+                          max_keepalive_connections=settings.http_concurrency)
+    return httpx.AsyncClient(
+        timeout=settings.http_timeout, trust_env=False,
+        transport=AiohttpTransport(trust_env=False, limits=limits))
+
+
 def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, httpx.TimeoutException):
+    cause = exc.__cause__
+    if isinstance(exc, httpx.TimeoutException | TimeoutError) and not isinstance(
+            cause, aiohttp.ClientConnectionError | OSError):
         return "timeout"
-    if isinstance(exc, httpx.ConnectError):
-        return f"connection failed: {exc}" if str(exc) else "connection failed"
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
-        return "connection reset" if not str(exc) else f"connection reset: {exc}"
+    if isinstance(cause, aiohttp.ServerDisconnectedError | ConnectionResetError) or isinstance(
+            exc, httpx.RemoteProtocolError | httpx.ReadError):
+        return "connection reset"
+    if isinstance(exc, httpx.ConnectError) or isinstance(cause, aiohttp.ClientConnectorError):
+        reason = str(cause or exc)
+        return f"connection failed: {reason}" if reason else "connection failed"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -209,6 +229,10 @@ class Broadcaster:
                 raise httpx.ReadTimeout("timeout") from None
             except httpx.ConnectError:
                 if attempt == 2:
+                    raise
+            except httpx.TransportError as exc:
+                # aiohttp reports a refused or dropped connection as a connection error.
+                if attempt == 2 or not isinstance(exc.__cause__, aiohttp.ClientConnectionError):
                     raise
         raise AssertionError("unreachable")
 

@@ -178,3 +178,61 @@ def broadcast(nats_url: str | None, prefix: str | None, bucket: str | None, file
     status = run_until_signal(
         lambda stop: send_broadcast(settings, data, timeout=timeout, as_json=as_json))
     sys.exit(status)
+
+
+@main.command()
+@click.option("--agents", type=click.IntRange(1, 10_000), default=34, show_default=True,
+              help="Simulated agents (tasks of the emulated service).")
+@click.option("--on-bus", type=click.IntRange(0, 10_000), default=17, show_default=True,
+              help="How many of them are also on the bus (the rest are HTTP only).")
+def demo(agents: int, on_bus: int) -> None:
+    """The whole story on one machine: discovery, presence, a broadcast, its report.
+
+    Starts an embedded nats-server, an emulated Docker Engine API serving a service of
+    AGENTS tasks with loopback addresses, AGENTS simulated agents (ON-BUS of them on NATS),
+    and the real bridge; then sends one council opportunity and prints who got it and who
+    claimed the core roles. Ctrl-C stops it cleanly.
+    """
+    from bridge.demo import run_demo
+
+    if on_bus > agents:
+        fail(click.BadParameter(f"--on-bus {on_bus} is more than --agents {agents}"))
+    configure_logging("console", "WARNING")
+    try:
+        result = asyncio.run(run_demo(agents, on_bus))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BridgeError as exc:
+        fail(exc)
+    report = result.report
+    sys.exit(0 if report and report.success_count == report.total_agents else 1)
+
+
+@main.command("sim-agent")
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
+              help="Port to listen on.")
+@click.option("--agent-id", envvar="SIM_AGENT_ID", default=None,
+              help="The agent's id, e.g. {{.Task.ID}} in a stack [env SIM_AGENT_ID; "
+                   "default: the hostname].")
+@click.option("--index", envvar="SIM_AGENT_INDEX", type=click.IntRange(min=0), default=None,
+              help="Claim core role number INDEX of each opportunity [env SIM_AGENT_INDEX].")
+@click.option("--endpoint", envvar="SIM_AGENT_ENDPOINT", default=None,
+              help="The endpoint to advertise in presence [env SIM_AGENT_ENDPOINT].")
+def sim_agent(host: str, port: int, agent_id: str | None, index: int | None,
+              endpoint: str | None) -> None:
+    """Run one simulated agent: its HTTP API, and presence/acks on NATS when NATS_URL is set.
+
+    For trying a stack or a bridge against stand-in agents; it is not part of the bridge.
+    NATS_URL, NATS_USER/NATS_PASSWORD or NATS_TOKEN and BRIDGE_SUBJECT_PREFIX are read as
+    for the bridge.
+    """
+    from bridge.sim import run_single_agent
+    from bridge.subjects import Names
+
+    settings = build_settings({}, BRIDGE_LOG_FORMAT="console")
+    run_until_signal(lambda stop: run_single_agent(
+        names=Names.from_settings(settings), stop=stop, host=host, port=port,
+        agent_id=agent_id, nats_url=settings.nats_url, nats_user=settings.nats_user,
+        nats_password=settings.nats_password, nats_token=settings.nats_token,
+        opportunity_path=settings.opportunity_path, endpoint=endpoint, index=index))

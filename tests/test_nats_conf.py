@@ -1,0 +1,266 @@
+"""nats.conf, run by a real nats-server: each role can do its job and nothing it must not."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import nats.errors
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import KeyValueConfig
+from nats.js.kv import KeyValue
+
+from bridge.broadcast_api import BROADCAST_QUEUE
+from bridge.embedded import EmbeddedNats
+from bridge.presence import Presence
+from bridge.registry import AgentRegistry, open_bucket
+from bridge.sim.presence import ensure_presence_bucket
+from bridge.subjects import Names
+
+NATS_CONF = Path(__file__).resolve().parents[1] / "nats.conf"
+PASSWORDS = {"BRIDGE_PASS": "bridge-secret", "AGENT_PASS": "agent-secret",
+             "COORD_PASS": "coord-secret", "OPS_PASS": "ops-secret", "SYS_PASS": "sys-secret"}
+ROLES = {  # user -> (password variable, inbox prefix)
+    "bridge": ("BRIDGE_PASS", "_INBOX.bridge"),
+    "agent": ("AGENT_PASS", "_INBOX.agent"),
+    "coordinator": ("COORD_PASS", "_INBOX.coord"),
+}
+NAMES = Names(prefix="chorus", agents_bucket="chorus_agents")
+AGENTS, PRESENCE, LEADER = NAMES.agents_bucket, NAMES.presence_bucket, NAMES.leader_bucket
+DENIAL_WAIT = 5.0
+
+
+def _test_copy_of_conf(directory: Path) -> Path:
+    """nats.conf as shipped, less the two lines that only make sense in the container.
+
+    The server takes its store directory from EmbeddedNats's flags (a second store_dir is an
+    error), and monitoring is off so that nothing listens beyond loopback.
+    """
+    text = NATS_CONF.read_text()
+    for line in (r"^\s*store_dir: /data\s*$", r"^\s*http: 0\.0\.0\.0:8222\s*$"):
+        text, count = re.subn(line, "", text, flags=re.MULTILINE)
+        assert count == 1, f"nats.conf no longer has exactly one line matching {line!r}"
+    path = directory / "nats-test.conf"
+    path.write_text(text)
+    return path
+
+
+class Peer:
+    """A client connected as one role, collecting the permission violations the server reports."""
+
+    def __init__(self, nc: NATS, violations: asyncio.Queue[str]) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=2)
+        self._violations = violations
+
+    async def violation(self, kind: str, subject: str) -> None:
+        """Waits, with a deadline, for the server to report a denied `kind` on `subject`.
+
+        kind is "publish" or "subscription"; nats-py hands the message over in lower case.
+        """
+        async with asyncio.timeout(DENIAL_WAIT):
+            message = await self._violations.get()
+        assert f'permissions violation for {kind} to "{subject.lower()}"' in message.lower()
+
+    def no_violations(self) -> bool:
+        return self._violations.empty()
+
+
+@pytest.fixture
+async def secured_server(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
+    """A real nats-server running this repository's nats.conf with test passwords."""
+    conf = _test_copy_of_conf(tmp_path)
+    async with EmbeddedNats(port=0, store_dir=tmp_path / "nats", config_file=conf,
+                            env=PASSWORDS) as server:
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def _peer(server: EmbeddedNats, user: str) -> AsyncIterator[Peer]:
+    variable, inbox = ROLES[user]
+    violations: asyncio.Queue[str] = asyncio.Queue()
+
+    async def on_error(exc: Exception) -> None:
+        violations.put_nowait(str(exc))
+
+    nc = await nats.connect(server.url, user=user, password=PASSWORDS[variable],
+                            inbox_prefix=inbox, error_cb=on_error,
+                            max_reconnect_attempts=1, connect_timeout=2)
+    try:
+        yield Peer(nc, violations)
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+async def bridge(secured_server: EmbeddedNats) -> AsyncIterator[Peer]:
+    """The bridge's user, with the three buckets created as the bridge creates them."""
+    async with _peer(secured_server, "bridge") as peer:
+        await open_bucket(peer.js, AgentRegistry(peer.nc, NAMES).bucket_config())
+        await open_bucket(peer.js, Presence(peer.nc, NAMES).bucket_config())
+        await open_bucket(peer.js, KeyValueConfig(bucket=LEADER, history=1, ttl=10))
+        yield peer
+
+
+@pytest.fixture
+async def agent(secured_server: EmbeddedNats) -> AsyncIterator[Peer]:
+    """An agent's user."""
+    async with _peer(secured_server, "agent") as peer:
+        yield peer
+
+
+@pytest.fixture
+async def coordinator(secured_server: EmbeddedNats) -> AsyncIterator[Peer]:
+    """A coordinator's user."""
+    async with _peer(secured_server, "coordinator") as peer:
+        yield peer
+
+
+async def _next_value(watcher: KeyValue.KeyWatcher, key: str) -> bytes:
+    """The value of the next update of `key` a watcher sees (its end-of-history marker skipped)."""
+    async with asyncio.timeout(5):
+        while True:
+            entry = await watcher.updates(timeout=5)
+            if entry is not None and entry.key == key and entry.value:
+                value: bytes = entry.value
+                return value
+
+
+async def test_bridge_manages_its_three_buckets(bridge: Peer) -> None:
+    """The bridge can put, get, watch and delete in the agents, presence and leader buckets."""
+    for bucket in (AGENTS, PRESENCE, LEADER):
+        kv = await bridge.js.key_value(bucket)
+        watcher = await kv.watchall()
+        await kv.put("task1", b'{"id": "task1"}')
+        assert (await kv.get("task1")).value == b'{"id": "task1"}'
+        assert await _next_value(watcher, "task1") == b'{"id": "task1"}'
+        await kv.delete("task1")
+        with pytest.raises(nats.js.errors.KeyNotFoundError):
+            await kv.get("task1")
+        await watcher.stop()
+    assert bridge.no_violations()
+
+
+async def test_bridge_announces_and_serves_broadcast_requests(bridge: Peer,
+                                                              coordinator: Peer) -> None:
+    """The bridge publishes announcements and answers a coordinator's broadcast request."""
+    announcements = await coordinator.nc.subscribe("chorus.agents.announce")
+
+    async def serve(msg: Msg) -> None:
+        await msg.respond(b'{"opportunity_id": "council-1", "total_agents": 0}')
+
+    await bridge.nc.subscribe("chorus.bridge.broadcast", queue=BROADCAST_QUEUE, cb=serve)
+    await bridge.nc.flush()
+    await bridge.nc.publish("chorus.agents.announce", b'{"event": "joined"}')
+    assert (await announcements.next_msg(timeout=5)).data == b'{"event": "joined"}'
+    reply = await coordinator.nc.request("chorus.bridge.broadcast", b'{"id": "council-1"}',
+                                         timeout=5)
+    assert reply.data == b'{"opportunity_id": "council-1", "total_agents": 0}'
+    assert bridge.no_violations() and coordinator.no_violations()
+
+
+async def test_bridge_takes_broadcasts_only_in_its_queue_group(bridge: Peer) -> None:
+    """A plain subscription to the broadcast subject is refused: replicas share it in a queue."""
+    await bridge.nc.subscribe("chorus.bridge.broadcast")
+    await bridge.nc.flush()
+    await bridge.violation("subscription", "chorus.bridge.broadcast")
+
+
+async def test_agent_acks_opportunities_and_claims_roles(bridge: Peer, agent: Peer,
+                                                         coordinator: Peer) -> None:
+    """An agent receives an opportunity, acks it to the bridge and publishes a claim."""
+    claims = await coordinator.nc.subscribe("chorus.council.*.claims")
+
+    async def on_opportunity(msg: Msg) -> None:
+        await msg.respond(b'{"agent_id": "a1", "opportunity_id": "council-1"}')
+        await agent.nc.publish("chorus.council.council-1.claims", b'{"role": "tpm"}')
+
+    await agent.nc.subscribe("chorus.council.opportunities", cb=on_opportunity)
+    await agent.nc.flush()
+    ack = await bridge.nc.request("chorus.council.opportunities", b'{"id": "council-1"}',
+                                  timeout=5)
+    assert ack.data == b'{"agent_id": "a1", "opportunity_id": "council-1"}'
+    claim = await claims.next_msg(timeout=5)
+    assert (claim.subject, claim.data) == ("chorus.council.council-1.claims", b'{"role": "tpm"}')
+    assert agent.no_violations() and bridge.no_violations()
+
+
+async def test_agent_reads_agents_and_writes_its_presence(bridge: Peer, agent: Peer) -> None:
+    """An agent reads and watches the agents bucket, hears announcements, and puts presence."""
+    announcements = await agent.nc.subscribe("chorus.agents.announce")
+    agents = await agent.js.key_value(AGENTS)
+    watcher = await agents.watchall()
+    bridge_agents = await bridge.js.key_value(AGENTS)
+    await bridge_agents.put("task1", b'{"id": "task1"}')
+    await bridge.nc.publish("chorus.agents.announce", b'{"event": "joined"}')
+    assert await _next_value(watcher, "task1") == b'{"id": "task1"}'
+    assert (await agents.get("task1")).value == b'{"id": "task1"}'
+    assert (await announcements.next_msg(timeout=5)).data == b'{"event": "joined"}'
+    await watcher.stop()
+
+    await ensure_presence_bucket(agent.nc, NAMES)  # what a simulated agent does first
+    presence = await agent.js.key_value(PRESENCE)
+    await presence.put("task1", b'{"agent_id": "task1"}')
+    assert (await (await bridge.js.key_value(PRESENCE)).get("task1")).value == \
+        b'{"agent_id": "task1"}'
+    assert agent.no_violations()
+
+
+async def test_agent_cannot_write_the_agents_bucket(bridge: Peer, agent: Peer) -> None:
+    """An agent's put into the agents bucket is refused and leaves the bucket unchanged."""
+    agents = await agent.js.key_value(AGENTS)
+    with pytest.raises(nats.errors.TimeoutError):
+        await agents.put("forged", b'{"id": "forged"}')
+    await agent.violation("publish", "$KV.chorus_agents.forged")
+    with pytest.raises(nats.js.errors.KeyNotFoundError):
+        await (await bridge.js.key_value(AGENTS)).get("forged")
+
+
+async def test_agent_cannot_request_a_broadcast(bridge: Peer, agent: Peer) -> None:
+    """An agent's request on the broadcast subject is refused and never reaches the bridge."""
+    received: list[Msg] = []
+
+    async def serve(msg: Msg) -> None:
+        received.append(msg)
+        await msg.respond(b"{}")
+
+    await bridge.nc.subscribe("chorus.bridge.broadcast", queue=BROADCAST_QUEUE, cb=serve)
+    await bridge.nc.flush()
+    with pytest.raises(nats.errors.TimeoutError):
+        await agent.nc.request("chorus.bridge.broadcast", b'{"id": "council-1"}', timeout=1)
+    await agent.violation("publish", "chorus.bridge.broadcast")
+    await bridge.nc.flush()
+    assert received == []
+
+
+async def test_coordinator_reads_but_cannot_write_the_agents_bucket(bridge: Peer,
+                                                                    coordinator: Peer) -> None:
+    """A coordinator reads and watches the agents and presence buckets but cannot put."""
+    await (await bridge.js.key_value(AGENTS)).put("task1", b'{"id": "task1"}')
+    await (await bridge.js.key_value(PRESENCE)).put("task1", b'{"agent_id": "task1"}')
+    agents = await coordinator.js.key_value(AGENTS)
+    assert (await agents.get("task1")).value == b'{"id": "task1"}'
+    watcher = await agents.watchall()
+    assert await _next_value(watcher, "task1") == b'{"id": "task1"}'
+    await watcher.stop()
+    presence = await coordinator.js.key_value(PRESENCE)
+    assert (await presence.get("task1")).value == b'{"agent_id": "task1"}'
+    assert coordinator.no_violations()
+
+    with pytest.raises(nats.errors.TimeoutError):
+        await agents.put("task1", b'{"id": "forged"}')
+    await coordinator.violation("publish", "$KV.chorus_agents.task1")
+    assert (await (await bridge.js.key_value(AGENTS)).get("task1")).value == b'{"id": "task1"}'
+
+
+async def test_wrong_password_is_refused(secured_server: EmbeddedNats) -> None:
+    """A client with a wrong password cannot connect at all."""
+    with pytest.raises(nats.errors.Error, match=r"(?i)authorization violation"):
+        await nats.connect(secured_server.url, user="agent", password="guess",
+                           allow_reconnect=False, connect_timeout=2)
