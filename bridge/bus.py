@@ -14,17 +14,24 @@ from nats.aio.client import Client as NATS
 from bridge.config import Settings
 from bridge.errors import NatsError
 
-__all__ = ["connect"]
+__all__ = ["connect", "nats_auth", "nats_servers"]
 
 log = structlog.get_logger(__name__)
 
 # Attempts of the first connection before giving up with a clear error; once connected,
 # the client reconnects forever (a NATS restart must never end the bridge).
-INITIAL_CONNECT_ATTEMPTS = 5
-RECONNECT_WAIT = 1.0
+# 15 attempts 2 s apart: a bridge started with its NATS (a stack) waits ~30 s for it.
+INITIAL_CONNECT_ATTEMPTS = 15
+RECONNECT_WAIT = 2.0
 
 
-def _auth(settings: Settings) -> dict[str, Any]:
+def nats_servers(url: str) -> list[str]:
+    """NATS_URL may list several servers of a cluster, comma-separated."""
+    return [server.strip() for server in url.split(",") if server.strip()]
+
+
+def nats_auth(settings: Settings) -> dict[str, Any]:
+    """nats.connect() keyword arguments for the configured authentication."""
     if settings.nats_creds:
         return {"user_credentials": settings.nats_creds}
     if settings.nats_user:
@@ -70,10 +77,10 @@ async def connect(settings: Settings, url: str, *, name: str = "chorus-bridge",
 
     try:
         nc = await nats.connect(
-            url, name=name, inbox_prefix=inbox_prefix, connect_timeout=2,
+            nats_servers(url), name=name, inbox_prefix=inbox_prefix, connect_timeout=2,
             max_reconnect_attempts=INITIAL_CONNECT_ATTEMPTS, reconnect_time_wait=RECONNECT_WAIT,
             disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error,
-            **_auth(settings))
+            **nats_auth(settings))
     except (nats.errors.Error, OSError) as exc:
         raise NatsError(f"cannot connect to NATS at {url} ({exc!r}); check NATS_URL and the "
                         "credentials (NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_CREDS)") from exc

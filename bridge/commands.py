@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
+from bridge.bus import nats_auth, nats_servers
 from bridge.config import Settings
 from bridge.errors import BridgeUnavailableError, NatsError
 from bridge.models import (
@@ -38,15 +39,21 @@ DEFAULT_CLIENT_URL = "nats://127.0.0.1:4222"
 @contextlib.asynccontextmanager
 async def client(settings: Settings, *, inbox_prefix: str = "_INBOX.coord") -> AsyncIterator[NATS]:
     """A short-lived client for a command; fails fast with a clear error."""
-    from bridge.bus import _auth
-
     url = settings.nats_url or DEFAULT_CLIENT_URL
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        # Collected for the one line below, instead of nats-py's logged traceback.
+        errors.append(str(exc) or type(exc).__name__)
+
     try:
-        nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=1,
+        nc = await nats.connect(nats_servers(url), connect_timeout=2, max_reconnect_attempts=1,
                                 allow_reconnect=False, inbox_prefix=inbox_prefix,
-                                name="chorus-bridge-cli", **_auth(settings))
+                                name="chorus-bridge-cli", error_cb=on_error,
+                                **nats_auth(settings))
     except (nats.errors.Error, OSError) as exc:
-        raise NatsError(f"cannot connect to NATS at {url} ({exc!r}); is a bridge or NATS "
+        reason = errors[-1] if errors else repr(exc)
+        raise NatsError(f"cannot connect to NATS at {url} ({reason}); is a bridge or NATS "
                         "running there? Set NATS_URL or --nats-url") from None
     try:
         yield nc

@@ -1,0 +1,134 @@
+"""The chorus-bridge command as a user runs it: a real process, real signals, real output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bridge.embedded import EmbeddedNats
+from bridge.emulator import DockerEmulator, EmulatedSwarm
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def env(**extra: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "BRIDGE_",
+                                                                      "WHOOSH_", "DISCOVERY_"))}
+    return {**base, "BRIDGE_LOG_FORMAT": "json", **extra}
+
+
+async def command(*args: str, stdin: bytes | None = None, **extra: str,
+                  ) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", *args, env=env(**extra),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+class Service:
+    def __init__(self, proc: asyncio.subprocess.Process, lines: list[dict[str, object]]) -> None:
+        self.proc, self.lines = proc, lines
+
+    def events(self) -> list[object]:
+        return [line.get("event") for line in self.lines]
+
+
+async def _read(proc: asyncio.subprocess.Process, lines: list[dict[str, object]]) -> None:
+    assert proc.stderr is not None
+    async for raw in proc.stderr:
+        try:
+            lines.append(json.loads(raw))
+        except ValueError:
+            lines.append({"event": "raw", "text": raw.decode(errors="replace")})
+
+
+@pytest.fixture
+async def service(nats_server: EmbeddedNats, tmp_path: Path,
+                  unique: str) -> AsyncIterator[tuple[Service, DockerEmulator, EmulatedSwarm]]:
+    swarm = EmulatedSwarm()
+    swarm.add_tasks(4)
+    async with DockerEmulator(tmp_path / "docker.sock", swarm) as emulator:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bridge", "run", env=env(
+                NATS_URL=nats_server.url, WHOOSH_DOCKER_HOST=emulator.base_url,
+                DISCOVERY_METHOD="swarm", WHOOSH_DNS_NAMES="", BRIDGE_LISTEN="127.0.0.1:0",
+                BRIDGE_SUBJECT_PREFIX=f"c{unique}", BRIDGE_KV_BUCKET=f"agents_{unique}"),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        lines: list[dict[str, object]] = []
+        reader = asyncio.create_task(_read(proc, lines))
+        running = Service(proc, lines)
+        try:
+            await wait_for(lambda: "agents_changed" in running.events(), timeout=20,
+                           what="the first round")
+            yield running, emulator, swarm
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            await reader
+
+
+async def test_sigterm_shuts_down_cleanly(service: tuple[Service, DockerEmulator,
+                                                         EmulatedSwarm]) -> None:
+    """SIGTERM stops `run` with exit status 0, after its clean-shutdown line."""
+    running, _, _ = service
+    running.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(running.proc.wait(), 15) == 0
+    assert running.events()[-2:] == ["bridge_stopping", "bridge_stopped"]
+
+
+async def test_agents_and_broadcast_commands(service: tuple[Service, DockerEmulator,
+                                                            EmulatedSwarm],
+                                             nats_server: EmbeddedNats, unique: str) -> None:
+    """`agents --json` lists the running tasks; `broadcast` reports and sets its exit status."""
+    _, _, swarm = service
+    names = {"NATS_URL": nats_server.url, "BRIDGE_SUBJECT_PREFIX": f"c{unique}",
+             "BRIDGE_KV_BUCKET": f"agents_{unique}"}
+    code, out, _ = await command("agents", "--json", **names)
+    assert code == 0
+    assert {a["id"]: a["address"] for a in json.loads(out)} == {
+        t: swarm.address_of(t) for t in swarm.running_ids()}
+    code, out, _ = await command("agents", **names)
+    assert code == 0 and "4 agents (4 swarm, 0 dns, 0 static; 0 on the bus)" in out
+    # Nobody listens on the emulated tasks' loopback addresses: all 4 fail, exit status 1.
+    opportunity = b'{"id": "c-1", "roles": [{"name": "tpm", "core": true}]}'
+    code, out, _ = await command("broadcast", "-", "--json", stdin=opportunity, **names)
+    assert code == 1
+    report = json.loads(out)
+    assert (report["total_agents"], report["success_count"], len(report["failed"])) == (4, 0, 4)
+    code, _, err = await command("broadcast", "-", stdin=b'{"id": "c-1", "roles": []}', **names)
+    assert code == 2 and "refused" in err and "$.roles" in err
+
+
+async def test_bad_value_stops_with_one_line() -> None:
+    """A bad variable stops the start with one line naming it, exit status 1."""
+    code, out, err = await command("run", BRIDGE_POLL_INTERVAL="-5")
+    assert code == 1 and out == ""
+    assert err.strip().splitlines() == [
+        "chorus-bridge: ConfigError: BRIDGE_POLL_INTERVAL='-5': must be greater than 0"]
+
+
+async def test_client_commands_say_when_nothing_listens(unused_tcp_port: int) -> None:
+    """`agents` against a NATS that is not there fails with one clear line."""
+    code, _, err = await command("agents", NATS_URL=f"nats://127.0.0.1:{unused_tcp_port}")
+    assert code == 1
+    assert "cannot connect to NATS" in err and len(err.strip().splitlines()) == 1
+
+
+async def test_help_explains() -> None:
+    """`--help` of run lists the settings with their variables."""
+    code, out, _ = await command("run", "--help")
+    assert code == 0
+    for variable in ("DISCOVERY_METHOD", "NATS_URL", "WHOOSH_SERVICE_NAME", "BRIDGE_LISTEN"):
+        assert variable in out
