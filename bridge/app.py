@@ -20,8 +20,9 @@ from bridge.discovery.events import EventFollower
 from bridge.discovery.methods import Discoverer
 from bridge.discovery.swarm import SwarmDiscovery
 from bridge.embedded import EmbeddedNats
-from bridge.errors import DockerAPIError
+from bridge.errors import DockerAPIError, NatsError
 from bridge.http_api import serve_http
+from bridge.leader import LeaderElection
 from bridge.metrics import Metrics
 from bridge.presence import Presence
 from bridge.registry import AgentRegistry
@@ -120,6 +121,8 @@ class Bridge:
         self.registry: AgentRegistry | None = None
         self.presence: Presence | None = None
         self.broadcaster: Broadcaster | None = None
+        self.election: LeaderElection | None = None
+        self._discoverer: Discoverer | None = None
         self.http_port: int | None = None
         self.ready = asyncio.Event()
         self._presence_changed = asyncio.Event()
@@ -153,8 +156,6 @@ class Bridge:
                     on_state=self.metrics.nats_connected.set))
                 self.nc = nc
                 await self._open(nc, http, swarm)
-                if swarm is not None:
-                    await self._check_engine(swarm)
                 await self._serve(stop, swarm)
         finally:
             if swarm is not None:
@@ -169,35 +170,58 @@ class Bridge:
         presence.changed = self._presence_changed.set
         self.registry, self.presence = registry, presence
         await presence.open()
-        roster = Roster((await registry.open()).values())
-        discoverer = Discoverer(self.settings, swarm=swarm, dns=self._dns, http=http,
-                                metrics=self.metrics)
-        self.loop = DiscoveryLoop(self.settings, discoverer, roster, registry)
+        self._discoverer = Discoverer(self.settings, swarm=swarm, dns=self._dns, http=http,
+                                      metrics=self.metrics)
         self.broadcaster = Broadcaster(nc, self.names, self.settings, http, self.targets,
                                        metrics=self.metrics)
+        self.election = LeaderElection(nc, self.names, metrics=self.metrics)
 
     async def _serve(self, stop: asyncio.Event, swarm: SwarmDiscovery | None) -> None:
-        assert self.loop and self.presence and self.broadcaster and self.nc
-        api = BroadcastService(self.nc, self.names, self.broadcaster, metrics=self.metrics)
+        assert self.presence is not None and self.election is not None
         async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(self.loop.run(), name="discovery"),
-                     tg.create_task(self.presence.run(), name="presence"),
-                     tg.create_task(self._follow_presence(), name="presence-sync"),
-                     tg.create_task(api.run(), name="broadcast-api")]
-            if swarm is not None:
-                follower = EventFollower(swarm, self.settings.service_name, self.loop.trigger)
-                tasks.append(tg.create_task(follower.run(), name="docker-events"))
-            await api.subscribed.wait()
+            tasks = [tg.create_task(self.presence.run(), name="presence"),
+                     tg.create_task(self.election.run(), name="election"),
+                     tg.create_task(self._lead_when_elected(swarm), name="leadership")]
             self.ready.set()
             await stop.wait()
             log.info("bridge_stopping")
             for task in tasks:
                 task.cancel()
 
-    async def _follow_presence(self) -> None:
+    async def _lead_when_elected(self, swarm: SwarmDiscovery | None) -> None:
+        """Only the leader writes the agents bucket and answers broadcasts."""
+        assert self.election is not None
+        while True:
+            await self.election.is_leader.wait()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    duties = tg.create_task(self._lead(swarm))
+                    await self.election.lost.wait()
+                    duties.cancel()
+            except* NatsError as group:
+                # A NATS failure while taking up the duties: drop them and campaign again.
+                log.warning("leader_duties_failed", error=str(group.exceptions[0]))
+                await asyncio.sleep(1.0)
+
+    async def _lead(self, swarm: SwarmDiscovery | None) -> None:
+        assert self.registry and self.nc and self.broadcaster and self._discoverer
+        roster = Roster((await self.registry.open()).values())
+        self.loop = DiscoveryLoop(self.settings, self._discoverer, roster, self.registry)
+        api = BroadcastService(self.nc, self.names, self.broadcaster, metrics=self.metrics)
+        if swarm is not None:
+            await self._check_engine(swarm)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.loop.run(), name="discovery")
+            tg.create_task(self._follow_presence(self.loop), name="presence-sync")
+            tg.create_task(api.run(), name="broadcast-api")
+            if swarm is not None:
+                follower = EventFollower(swarm, self.settings.service_name, self.loop.trigger)
+                tg.create_task(follower.run(), name="docker-events")
+
+    async def _follow_presence(self, loop: DiscoveryLoop) -> None:
         """Re-publish on_bus flags when presence changes (not a discovery round)."""
-        assert self.registry is not None and self.loop is not None
-        await self.loop.first_round.wait()
+        assert self.registry is not None
+        await loop.first_round.wait()
         while True:
             await self._presence_changed.wait()
             await asyncio.sleep(DEBOUNCE)  # an agent fleet joining at once is one sync
@@ -222,13 +246,16 @@ class Bridge:
         nats_ok = self.nc is not None and self.nc.is_connected
         if not nats_ok:
             reasons.append("NATS is not connected")
-        last = self.loop.last_success if self.loop else None
+        leading = self.election is not None and self.election.is_leader.is_set()
+        last = self.loop.last_success if self.loop and leading else None
         now = asyncio.get_running_loop().time()
-        if last is None:
+        if leading and last is None:
             reasons.append("no discovery round has succeeded yet")
-        elif now - last > 3 * self.settings.poll_interval:
+        elif leading and last is not None and now - last > 3 * self.settings.poll_interval:
             reasons.append(f"no discovery round has succeeded for {now - last:.0f}s")
         details: dict[str, object] = {
+            "role": "leader" if leading else "standby",
+            "leader": self.election.leader if self.election else None,
             "nats": "connected" if nats_ok else "disconnected",
             "last_round_s_ago": None if last is None else round(now - last, 1),
             "agents": len(self.registry.published) if self.registry else 0}
