@@ -164,8 +164,9 @@ class Bridge:
 
     async def _open(self, nc: NATS, http: httpx.AsyncClient,
                     swarm: SwarmDiscovery | None) -> None:
-        registry = AgentRegistry(nc, self.names, metrics=self.metrics)
-        presence = Presence(nc, self.names)
+        replicas = self.settings.kv_replicas
+        registry = AgentRegistry(nc, self.names, replicas=replicas, metrics=self.metrics)
+        presence = Presence(nc, self.names, replicas=replicas)
         registry.bus_ids = presence.bus_ids
         presence.changed = self._presence_changed.set
         self.registry, self.presence = registry, presence
@@ -174,7 +175,8 @@ class Bridge:
                                       metrics=self.metrics)
         self.broadcaster = Broadcaster(nc, self.names, self.settings, http, self.targets,
                                        metrics=self.metrics)
-        self.election = LeaderElection(nc, self.names, metrics=self.metrics)
+        self.election = LeaderElection(nc, self.names, replicas=replicas,
+                                        metrics=self.metrics)
 
     async def _serve(self, stop: asyncio.Event, swarm: SwarmDiscovery | None) -> None:
         assert self.presence is not None and self.election is not None
@@ -226,7 +228,11 @@ class Bridge:
             await self._presence_changed.wait()
             await asyncio.sleep(DEBOUNCE)  # an agent fleet joining at once is one sync
             self._presence_changed.clear()
-            await self.registry.sync()
+            result = await self.registry.sync()
+            if result.writes:
+                on_bus = sum(a.on_bus for a in self.registry.published.values())
+                log.info("presence_changed", on_bus=on_bus, updated=result.updated,
+                         failed_writes=result.failed)
 
     def targets(self) -> list[Target]:
         """Every agent to reach: the bucket's agents and the agents on the bus only."""

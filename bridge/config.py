@@ -53,6 +53,7 @@ class Settings:
     nats_token: str | None = None
     subject_prefix: str = "chorus"
     kv_bucket: str = "chorus_agents"
+    kv_replicas: int = 1
     poll_interval: float = 30.0
     http_timeout: float = 5.0
     http_concurrency: int = 256
@@ -115,6 +116,13 @@ def _method(name: str, raw: str) -> DiscoveryMethod:
     if value == "auto":
         return "auto"
     raise ConfigError(name, raw, "expected swarm, dns or auto")
+
+
+def _replicas(name: str, raw: str) -> int:
+    replicas = _number(name, raw, int, minimum=1)
+    if replicas > 5:
+        raise ConfigError(name, raw, "JetStream keeps at most 5 replicas")
+    return replicas
 
 
 def _docker_host(name: str, raw: str) -> str:
@@ -211,6 +219,7 @@ ENV_VARIABLES: tuple[str, ...] = (
     "BRIDGE_SUBJECT_PREFIX", "BRIDGE_KV_BUCKET", "BRIDGE_POLL_INTERVAL", "BRIDGE_HTTP_TIMEOUT",
     "BRIDGE_HTTP_CONCURRENCY", "BRIDGE_BUS_ACK_WAIT", "BRIDGE_OPPORTUNITY_PATH", "BRIDGE_LISTEN",
     "BRIDGE_LOG_FORMAT", "BRIDGE_LOG_LEVEL", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH",
+    "BRIDGE_KV_REPLICAS",
 )
 
 
@@ -255,6 +264,7 @@ def load_settings(environ: Mapping[str, str], overrides: Mapping[str, str] | Non
     take("NATS_TOKEN", "nats_token", _text)
     take("BRIDGE_SUBJECT_PREFIX", "subject_prefix", _prefix)
     take("BRIDGE_KV_BUCKET", "kv_bucket", _bucket)
+    take("BRIDGE_KV_REPLICAS", "kv_replicas", _replicas)
     take("BRIDGE_POLL_INTERVAL", "poll_interval",
          lambda n, raw: _number(n, raw, float, minimum=0, strict=True))
     take("BRIDGE_HTTP_TIMEOUT", "http_timeout",

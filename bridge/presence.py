@@ -144,7 +144,7 @@ class Presence:
                created: object) -> None:
         if operation is not None or not value:
             if self._seen.pop(key, None) is not None:
-                log.info("agent_left_bus", agent_id=key, reason=operation or "empty")
+                log.debug("agent_left_bus", agent_id=key, reason=operation or "empty")
                 self.changed()
             return
         try:
@@ -158,7 +158,7 @@ class Presence:
         fresh = key not in self._seen
         self._seen[key] = (entry, seen)
         if fresh:
-            log.info("agent_on_bus", agent_id=entry.agent_id, task_id=entry.task_id)
+            log.debug("agent_on_bus", agent_id=entry.agent_id, task_id=entry.task_id)
             self.changed()
 
     def _expire(self) -> None:
@@ -166,6 +166,6 @@ class Presence:
         stale = [k for k, (_, seen) in self._seen.items() if now - seen >= self._ttl]
         for key in stale:
             del self._seen[key]
-            log.info("agent_left_bus", agent_id=key, reason="stale")
+            log.debug("agent_left_bus", agent_id=key, reason="stale")
         if stale:
             self.changed()

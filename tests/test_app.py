@@ -61,7 +61,7 @@ async def rounds_pass(running: RunningBridge, count: int = 2) -> None:
     for _ in range(count):
         target = loop.rounds + 1
         loop.trigger()
-        await wait_for(lambda: loop.rounds >= target, timeout=10, what="a round")
+        await wait_for(lambda t=target: loop.rounds >= t, timeout=10, what="a round")
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ def test_defaults_match_the_design() -> None:
     assert s.opportunity_path == "/api/v1/opportunities/council"
     assert (s.listen_host, s.listen_port) == ("0.0.0.0", 8090)
     assert (s.log_format, s.log_level) == ("json", "INFO")
+    assert s.kv_replicas == 1
 
 
 def test_values_parse_and_flags_win() -> None:
@@ -81,6 +82,8 @@ def test_empty_network_means_first_address() -> None:
     ("BRIDGE_LOG_FORMAT", "xml"),
     ("BRIDGE_LOG_LEVEL", "loud"),
     ("DOCKER_TLS_VERIFY", "2"),
+    ("BRIDGE_KV_REPLICAS", "7"),
+    ("BRIDGE_KV_REPLICAS", "0"),
 ])
 def test_bad_value_names_variable_and_value(variable: str, value: str) -> None:
     """Every variable's bad value is refused with one message naming it and the value."""
