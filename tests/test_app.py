@@ -267,3 +267,17 @@ async def test_stop_while_nats_is_down(settings: Settings, tmp_path: Any,
             assert not ok and details["nats"] == "disconnected"
             await running.stop()
             assert running.task.exception() is None
+
+
+async def test_event_stream_reconnects(running: RunningBridge, nc: NATS, settings: Settings,
+                                       swarm: EmulatedSwarm) -> None:
+    """When the daemon closes the event stream, the bridge reconnects and events work again."""
+    await wait_for(lambda: swarm.event_streams == 1, what="the event stream")
+    with structlog.testing.capture_logs() as logs:
+        swarm.close_event_streams()
+        await wait_for(lambda: any(e["event"] == "docker_events_connected" for e in logs),
+                       timeout=10, what="the stream to reconnect")
+    assert any(e["event"] == "docker_events_lost" for e in logs)
+    await wait_for(lambda: swarm.event_streams == 1, what="one open stream")
+    swarm.add_tasks(1)
+    await until_bucket_matches(nc, settings, swarm, timeout=3)
