@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import re
 from collections.abc import Callable, Mapping
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, cast, get_args
 from urllib.parse import urlsplit
 
 from bridge.errors import ConfigError
@@ -19,6 +19,7 @@ from bridge.errors import ConfigError
 __all__ = ["ENV_VARIABLES", "DiscoveryMethod", "Settings", "load_settings"]
 
 DiscoveryMethod = Literal["swarm", "dns", "auto"]
+LogFormat = Literal["json", "console"]
 
 # Docker API calls are bounded so that a hung daemon cannot freeze discovery.
 DOCKER_CALL_TIMEOUT = 10.0
@@ -61,7 +62,7 @@ class Settings:
     opportunity_path: str = "/api/v1/opportunities/council"
     listen_host: str = "0.0.0.0"
     listen_port: int = 8090
-    log_format: Literal["json", "console"] = "json"
+    log_format: LogFormat = "json"
     log_level: str = "INFO"
     docker_timeout: float = DOCKER_CALL_TIMEOUT
 
@@ -107,15 +108,15 @@ def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
-def _method(name: str, raw: str) -> DiscoveryMethod:
+def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
     value = raw.strip().lower()
-    if value == "swarm":
-        return "swarm"
-    if value == "dns":
-        return "dns"
-    if value == "auto":
-        return "auto"
-    raise ConfigError(name, raw, "expected swarm, dns or auto")
+    if value not in choices:
+        raise ConfigError(name, raw, f"expected {', '.join(choices[:-1])} or {choices[-1]}")
+    return value
+
+
+def _method(name: str, raw: str) -> DiscoveryMethod:
+    return cast(DiscoveryMethod, _choice(name, raw, get_args(DiscoveryMethod)))
 
 
 def _replicas(name: str, raw: str) -> int:
@@ -178,13 +179,8 @@ def _listen(name: str, raw: str) -> tuple[str, int]:
         raise ConfigError(name, raw, "expected HOST:PORT with a port from 1 to 65535") from None
 
 
-def _log_format(name: str, raw: str) -> Literal["json", "console"]:
-    value = raw.strip().lower()
-    if value == "json":
-        return "json"
-    if value == "console":
-        return "console"
-    raise ConfigError(name, raw, "expected json or console")
+def _log_format(name: str, raw: str) -> LogFormat:
+    return cast(LogFormat, _choice(name, raw, get_args(LogFormat)))
 
 
 def _log_level(name: str, raw: str) -> str:
