@@ -135,3 +135,22 @@ async def test_help_explains() -> None:
     assert code == 0
     for variable in ("DISCOVERY_METHOD", "NATS_URL", "WHOOSH_SERVICE_NAME", "BRIDGE_LISTEN"):
         assert variable in out
+
+
+async def test_watch_prints_announcements(service: tuple[Service, DockerEmulator,
+                                                         EmulatedSwarm],
+                                          nats_server: EmbeddedNats, unique: str) -> None:
+    """`watch` prints a line per announcement, and Ctrl-C ends it with status 0."""
+    _, _, swarm = service
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "watch", env=env(
+            NATS_URL=nats_server.url, BRIDGE_SUBJECT_PREFIX=f"c{unique}"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr is not None and proc.stdout is not None
+    first = await asyncio.wait_for(proc.stderr.readline(), 20)
+    assert b"watching" in first
+    (task,) = swarm.add_tasks(1)
+    line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
+    assert " joined " in line and task in line and swarm.address_of(task) in line
+    proc.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(proc.wait(), 10) == 0
