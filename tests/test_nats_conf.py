@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
 
 from bridge.broadcast_api import BROADCAST_QUEUE
+from bridge.config import Settings
 from bridge.embedded import EmbeddedNats
+from bridge.emulator import EmulatedSwarm
 from bridge.presence import Presence
 from bridge.registry import AgentRegistry, open_bucket
 from bridge.sim.presence import ensure_presence_bucket
@@ -264,3 +267,42 @@ async def test_wrong_password_is_refused(secured_server: EmbeddedNats) -> None:
     with pytest.raises(nats.errors.Error, match=r"(?i)authorization violation"):
         await nats.connect(secured_server.url, user="agent", password="guess",
                            allow_reconnect=False, connect_timeout=2)
+
+
+async def test_real_bridge_works_with_its_user_alone(
+        secured_server: EmbeddedNats, swarm: EmulatedSwarm, settings: Settings) -> None:
+    """The bridge as user `bridge`, agents as `agent`, a coordinator as `coordinator`: the
+    bucket fills, presence is seen, a broadcast reaches everyone, and nothing is denied."""
+    from bridge.models import BroadcastReport, decode_reply
+    from bridge.sim import SimFleet, allocate_addresses
+    from tests.conftest import run_bridge, wait_for
+
+    addresses = allocate_addresses(4, "127.28.0.1")
+    task_ids = swarm.add_tasks(4, addresses=addresses)
+    with socket.socket() as probe:  # the agents' port, known before they start
+        probe.bind((addresses[0], 0))
+        port = probe.getsockname()[1]
+    secured = settings.replace(
+        subject_prefix="chorus", kv_bucket="chorus_agents", nats_user="bridge",
+        nats_password=PASSWORDS["BRIDGE_PASS"], agent_port=port, bus_ack_wait=0.5)
+    # The bridge first: it creates the presence bucket, which agents may only use.
+    async with run_bridge(secured, secured_server.url) as running, \
+            SimFleet(4, on_bus={0, 1}, nats_url=secured_server.url, names=NAMES,
+                     base="127.28.0.1", port=port, task_ids=task_ids, nats_user="agent",
+                     nats_password=PASSWORDS["AGENT_PASS"],
+                     # One connection per agent, as real agents have: allow_responses lets
+                     # a connection answer each request once.
+                     connections=2), \
+            _peer(secured_server, "coordinator") as coordinator:
+        registry = running.bridge.registry
+        assert registry is not None
+        await wait_for(lambda: sum(a.on_bus for a in registry.published.values()) == 2,
+                       what="the two bus agents on the bus")
+        assert set(registry.published) == set(task_ids)
+        msg = await coordinator.nc.request(
+            NAMES.broadcast, b'{"id": "c-9", "roles": [{"name": "tpm", "core": true}]}',
+            timeout=10)
+        report = decode_reply(msg.data)
+        assert isinstance(report, BroadcastReport)
+        assert (report.success_count, report.via_bus, report.via_http) == (4, 2, 2)
+        assert coordinator.no_violations()
