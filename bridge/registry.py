@@ -32,6 +32,8 @@ log = structlog.get_logger(__name__)
 
 # How long one sync waits for the server's acks before leaving the rest for the next sync.
 ACK_TIMEOUT = 10.0
+# How long reading a whole bucket may take (10,000 agents take well under a second).
+READ_TIMEOUT = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,24 +79,54 @@ async def open_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
     return kv
 
 
-async def read_bucket(kv: KeyValue) -> tuple[dict[str, Agent], set[str]]:
-    """The agents a bucket holds now, and the keys whose value is not an Agent."""
+async def read_bucket(kv: KeyValue, *, timeout: float = READ_TIMEOUT,
+                      ) -> tuple[dict[str, Agent], set[str]]:
+    """The agents a bucket holds now, and the keys whose value is not an Agent.
+
+    nats-py's watcher can report "no more current values" before the first one when the
+    consumer is created under load; a bucket that holds messages is therefore read until the
+    entry with nothing pending after it, never trusted to be empty on that early marker.
+    """
     agents: dict[str, Agent] = {}
     invalid: set[str] = set()
+    holding = (await kv.status()).values
+    seen = False
     watcher = await kv.watchall()
     try:
-        async for entry in watcher:
-            if entry is None:  # the end of the current values
-                break
-            if entry.operation is not None or not entry.value:
-                continue
-            try:
-                agents[entry.key] = AGENT_DECODER.decode(entry.value)
-            except msgspec.DecodeError:
-                invalid.add(entry.key)
+        async with asyncio.timeout(timeout):
+            while True:
+                entry = await watcher.updates(timeout=timeout)  # type: ignore[no-untyped-call]
+                if entry is None:
+                    if holding == 0 or seen:
+                        break
+                    continue  # the early marker: the values are still on their way
+                seen = True
+                if entry.operation is None and entry.value:
+                    try:
+                        agents[entry.key] = AGENT_DECODER.decode(entry.value)
+                    except msgspec.DecodeError:
+                        invalid.add(entry.key)
+                if not entry.delta:
+                    break
+    except (TimeoutError, nats.errors.TimeoutError):
+        raise NatsError(f"reading a KV bucket took longer than {timeout:g}s; is the NATS "
+                        "server overloaded?") from None
     finally:
         await watcher.stop()  # type: ignore[no-untyped-call]
     return agents, invalid
+
+
+def _write_error(future: asyncio.Future[PubAck]) -> BaseException | None:
+    """Why a KV write was not confirmed (None: it was); an unacked write is given up on."""
+    if not future.done():
+        future.cancel()
+        return TimeoutError(f"no ack within {ACK_TIMEOUT:g}s")
+    if future.cancelled():
+        return asyncio.CancelledError("the write was cancelled")
+    error = future.exception()
+    if error is None or isinstance(error, nats.errors.Error | nats.js.errors.Error):
+        return error
+    raise error
 
 
 class AgentRegistry:
@@ -131,10 +163,10 @@ class AgentRegistry:
                  agents=len(self.published))
         return dict(self.published)
 
-    def _record(self, agent: Agent, on_bus: bool) -> Agent:
+    def _record(self, agent: Agent, on_bus: bool, now: str) -> Agent:
         previous = self.published.get(agent.id)
         first_seen = previous.first_seen if previous and previous.first_seen else (
-            agent.first_seen or now_rfc3339())
+            agent.first_seen or now)
         return msgspec.structs.replace(agent, on_bus=on_bus, first_seen=first_seen)
 
     async def sync(self, desired: Mapping[str, Agent] | None = None) -> SyncResult:
@@ -145,8 +177,9 @@ class AgentRegistry:
                 self._desired = dict(desired)
             puts: list[tuple[Agent | None, Agent]] = []
             bus = self.bus_ids(self._desired.values())
+            now = now_rfc3339()  # agents first seen in this sync share its time
             for agent in self._desired.values():
-                record = self._record(agent, agent.id in bus)
+                record = self._record(agent, agent.id in bus, now)
                 previous = self.published.get(agent.id)
                 if record != previous:
                     puts.append((previous, record))
@@ -171,25 +204,33 @@ class AgentRegistry:
         ops = [(prev, rec, False) for prev, rec in puts] + [(a, a, True) for a in gone]
         ops += [(None, Agent(id=k, endpoint="", address="", port=0, source="dns"), True)
                 for k in sorted(self._invalid)]
-        for previous, record, delete in ops:
-            try:
-                future = await self._js.publish_async(
-                    self._prefix + record.id, b"" if delete else encode(record),
-                    headers=del_header if delete else None, wait_stall=ACK_TIMEOUT)
-            except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
-                stalled = True
-                log.warning("kv_write_stalled", error=repr(exc), left_for_next_sync=True)
-                break
-            pending.append((previous, record, delete, future))
+        # One deadline for the whole batch, not a wait_stall per message: a per-message timeout
+        # makes nats-py yield to the loop after every publish, and then each message goes out
+        # in a send() of its own (three times slower at 10,000 agents).
+        try:
+            async with asyncio.timeout_at(deadline):
+                for previous, record, delete in ops:
+                    future = await self._js.publish_async(
+                        self._prefix + record.id, b"" if delete else encode(record),
+                        headers=del_header if delete else None)
+                    pending.append((previous, record, delete, future))
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+            stalled = True
+            log.warning("kv_write_stalled", error=repr(exc), left_for_next_sync=True)
+        if pending:
+            # All acks at once: awaiting each with its own timeout costs a loop turn per ack.
+            await asyncio.wait([p[3] for p in pending],
+                               timeout=max(0.0, deadline - loop.time()))
         joined = updated = left = failed = 0
+        # One timestamp per batch: formatting one per agent shows at 10,000 agents.
+        at = now_rfc3339()
         for previous, record, delete, future in pending:
-            try:
-                await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
-            except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            error = _write_error(future)
+            if error is not None:
                 failed += 1
                 self._count_write(delete, ok=False)
                 if failed == 1:
-                    log.warning("kv_write_failed", key=record.id, error=repr(exc),
+                    log.warning("kv_write_failed", key=record.id, error=repr(error),
                                 left_for_next_sync=True)
                 continue
             self._count_write(delete, ok=True)
@@ -199,13 +240,13 @@ class AgentRegistry:
             if delete:
                 self.published.pop(record.id, None)
                 left += 1
-                await self._announce("left", record)
+                await self._announce("left", record, at)
             else:
                 self.published[record.id] = record
                 event: AnnounceEvent = "joined" if previous is None else "updated"
                 joined += event == "joined"
                 updated += event == "updated"
-                await self._announce(event, record)
+                await self._announce(event, record, at)
         failed += len(ops) - len(pending) if stalled else 0
         return SyncResult(joined=joined, updated=updated, left=left, failed=failed)
 
@@ -214,10 +255,10 @@ class AgentRegistry:
             self._metrics.kv_writes.labels(op="delete" if delete else "put",
                                            outcome="ok" if ok else "error").inc()
 
-    async def _announce(self, event: AnnounceEvent, agent: Agent) -> None:
+    async def _announce(self, event: AnnounceEvent, agent: Agent, at: str) -> None:
         if self._metrics is not None:
             self._metrics.changes.labels(event=event).inc()
-        message = Announcement(event=event, agent=agent, at=now_rfc3339())
+        message = Announcement(event=event, agent=agent, at=at)
         try:
             await self._nc.publish(self._names.announce, encode(message))
         except (nats.errors.Error, OSError) as exc:

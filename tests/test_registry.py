@@ -91,3 +91,15 @@ async def test_existing_bucket_is_used_as_configured(nc: NATS, names: Names) -> 
     await registry.sync({A.id: A})
     kv = await js.key_value(names.agents_bucket)
     assert (await kv.status()).history == 5
+
+
+async def test_read_bucket_of_tombstones_only(nc: NATS, names: Names) -> None:
+    """A bucket whose keys were all deleted reads as empty, at once."""
+    registry = AgentRegistry(nc, names)
+    await registry.open()
+    await registry.sync({A.id: A, B.id: B})
+    await registry.sync({})
+    kv = await nc.jetstream().key_value(names.agents_bucket)
+    assert (await kv.status()).values > 0  # the tombstones
+    agents, invalid = await read_bucket(kv, timeout=2)
+    assert agents == {} and invalid == set()
