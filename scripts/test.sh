@@ -8,7 +8,8 @@
 #   CHORUS_SKIP_IMAGES=1    do not build the images; the stack tests are skipped
 #   CHORUS_REQUIRE_SWARM=1  fail (instead of skipping those tests) when the swarm cannot be had
 # The tests learn what is available from CHORUS_TEST_DOCKER_HOST (the engine, in swarm mode)
-# and CHORUS_TEST_{BRIDGE,NATS,AGENT}_IMAGE, which this script exports.
+# and CHORUS_TEST_{BRIDGE,NATS,AGENT}_IMAGE, which this script exports. Without them those tests
+# are skipped, except under CI=true (set by .ci/run), where they fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

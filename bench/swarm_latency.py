@@ -1,0 +1,283 @@
+"""How soon a new replica on a real swarm reaches the agents bucket.
+
+Claim: a new replica appears in the bucket within 2 s of Docker reporting it running (p95 over
+10 scale-ups), instead of waiting for the 30 s poll.
+
+The real bridge runs in this process (Swarm discovery only, no DNS, poll 30 s) against the
+Docker Engine and an embedded nats-server on loopback. A service of busybox httpd agents on the
+overlay network chorus_default (image and network from scripts/swarm-up.sh) is scaled up by one,
+SAMPLES times in a row. For each new task:
+  t_running  Status.Timestamp of the task once its Status.State is running (Docker API);
+  t_bucket   when a KV watch of the bucket saw the task's key (this host's wall clock,
+             the same clock the local engine stamps with);
+  latency    t_bucket - t_running.
+The agents' overlay addresses are only read from the Docker API; nothing connects to them.
+
+Usage: python bench/swarm_latency.py [--samples 10] [--target 2.0] [--docker-host URL]
+The engine defaults to $CHORUS_TEST_DOCKER_HOST, else unix:///var/run/docker.sock.
+Exit status: 0 PASS, 1 FAIL, 2 the engine or its test image/network is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import nats
+from docker.types import ServiceMode
+from nats.js.kv import KeyValue
+
+from bridge.app import Bridge
+from bridge.config import Settings
+from bridge.embedded import EmbeddedNats
+from bridge.logs import configure_logging
+
+AGENT_IMAGE = "chorus-agent:test"
+AGENT_COMMAND = ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"]
+NETWORK = "chorus_default"
+POLL_INTERVAL = 30.0
+# A sample that has not reached the bucket by then counts as a failure (past the poll, too).
+SAMPLE_DEADLINE = POLL_INTERVAL + 15.0
+DOCKER_POLL = 0.05
+
+
+class EngineUnavailable(Exception):
+    """The engine does not answer, is not a swarm manager, or lacks the test image/network."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    task_id: str
+    t_running: float
+    t_bucket: float | None
+
+    @property
+    def latency(self) -> float | None:
+        return None if self.t_bucket is None else self.t_bucket - self.t_running
+
+
+def docker_time(stamp: str) -> float:
+    """A Docker RFC 3339 timestamp (nanoseconds, Z) as a Unix time."""
+    head, _, rest = stamp.rstrip("Z").partition(".")
+    fraction = rest[:6].ljust(6, "0") if rest else "000000"
+    return datetime.fromisoformat(f"{head}.{fraction}+00:00").timestamp()
+
+
+def connect_engine(host: str) -> docker.DockerClient:
+    try:
+        client = docker.DockerClient(base_url=host, version="auto", timeout=60)
+        swarm = client.info().get("Swarm") or {}
+        client.images.get(AGENT_IMAGE)
+        client.networks.get(NETWORK)
+    except docker.errors.DockerException as exc:
+        raise EngineUnavailable(f"{host}: {exc} (run scripts/swarm-up.sh)") from exc
+    if not swarm.get("ControlAvailable"):
+        client.close()
+        raise EngineUnavailable(f"{host} is not a swarm manager (run scripts/swarm-up.sh)")
+    return client
+
+
+class BenchService:
+    """The agents' service; blocking Docker calls, run in a thread."""
+
+    def __init__(self, client: docker.DockerClient, name: str) -> None:
+        self.client, self.name = client, name
+
+    def create(self) -> None:
+        self.client.services.create(
+            AGENT_IMAGE, command=AGENT_COMMAND, name=self.name, labels={"chorus.test": "1"},
+            networks=[NETWORK], mode=ServiceMode("replicated", replicas=1),
+            stop_grace_period=1_000_000_000)
+
+    def tasks(self) -> list[dict[str, Any]]:
+        tasks: list[dict[str, Any]] = self.client.api.tasks(
+            filters={"service": self.name, "desired-state": "running"})
+        return tasks
+
+    def scale(self, replicas: int) -> None:
+        # The current spec as it is, only the count changed (as `docker service scale`): the
+        # SDK's Service.scale() adds defaults to the task template, which replaces every task.
+        current = self.client.api.inspect_service(self.name)
+        spec = current["Spec"]
+        self.client.api.update_service(
+            current["ID"], current["Version"]["Index"], name=spec["Name"],
+            labels=spec.get("Labels"), mode=ServiceMode("replicated", replicas=replicas),
+            task_template=spec["TaskTemplate"], update_config=spec.get("UpdateConfig"),
+            rollback_config=spec.get("RollbackConfig"), endpoint_spec=spec.get("EndpointSpec"))
+
+    def wait_new_running(self, known: set[str], deadline: float) -> tuple[str, float]:
+        """The first task not in `known` that runs: (id, Status.Timestamp as Unix time)."""
+        while time.monotonic() < deadline:
+            for task in self.tasks():
+                status = task["Status"]
+                if task["ID"] not in known and status["State"] == "running":
+                    return task["ID"], docker_time(status["Timestamp"])
+            time.sleep(DOCKER_POLL)
+        raise TimeoutError(f"no new task of {self.name} ran in time")
+
+    def remove(self) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self.client.api.remove_service(self.name)
+
+
+class BucketWatch:
+    """Records when each key first appears in the bucket (wall clock)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, float] = {}
+        self.changed = asyncio.Event()
+
+    async def run(self, kv: KeyValue) -> None:
+        watcher = await kv.watchall()
+        try:
+            async for entry in watcher:
+                if entry is not None and entry.operation is None:
+                    self.seen.setdefault(entry.key, time.time())
+                    self.changed.set()
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def wait_key(self, key: str, timeout: float) -> float | None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while key not in self.seen:
+                    self.changed.clear()
+                    await self.changed.wait()
+        return self.seen.get(key)
+
+
+@contextlib.asynccontextmanager
+async def running_bridge(settings: Settings, url: str) -> AsyncIterator[Bridge]:
+    stop = asyncio.Event()
+    bridge = Bridge(settings)
+    task = asyncio.create_task(bridge.run(stop, url))
+    try:
+        async with asyncio.timeout(30):
+            while not (bridge.loop is not None and bridge.loop.first_round.is_set()):
+                if task.done():
+                    task.result()
+                    raise RuntimeError("the bridge stopped before its first round")
+                await asyncio.sleep(0.05)
+        yield bridge
+    finally:
+        stop.set()
+        async with asyncio.timeout(15):
+            await task
+
+
+async def measure(service: BenchService, watch: BucketWatch, samples: int) -> list[Sample]:
+    results: list[Sample] = []
+    known = {t["ID"] for t in await asyncio.to_thread(service.tasks)}
+    for i in range(samples):
+        deadline = time.monotonic() + SAMPLE_DEADLINE
+        await asyncio.to_thread(service.scale, 2 + i)
+        task_id, t_running = await asyncio.to_thread(service.wait_new_running, known, deadline)
+        known.add(task_id)
+        t_bucket = await watch.wait_key(task_id, max(0.0, deadline - time.monotonic()))
+        sample = Sample(task_id, t_running, t_bucket)
+        results.append(sample)
+        shown = "missing" if sample.latency is None else f"{sample.latency:.3f} s"
+        print(f"  sample {i + 1:>2}/{samples}: task {task_id[:12]}  {shown}", flush=True)
+    return results
+
+
+def nearest_rank(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def clock(t: float) -> str:
+    return datetime.fromtimestamp(t).strftime("%H:%M:%S.%f")[:-3]
+
+
+def report(results: list[Sample], target: float) -> bool:
+    print()
+    print(f"{'#':>2}  {'task':<25}  {'running (Docker)':<14}  {'in bucket':<14}  latency")
+    for n, s in enumerate(results, 1):
+        seen = "-" if s.t_bucket is None else clock(s.t_bucket)
+        latency = "missing" if s.latency is None else f"{s.latency:7.3f} s"
+        print(f"{n:>2}  {s.task_id:<25}  {clock(s.t_running):<14}  {seen:<14}  {latency}")
+    latencies = [s.latency for s in results if s.latency is not None]
+    missing = len(results) - len(latencies)
+    if not latencies:
+        print("\nFAIL: no new replica reached the bucket")
+        return False
+    median, p95 = statistics.median(latencies), nearest_rank(latencies, 0.95)
+    print(f"\nmedian {median:.3f} s   p95 {p95:.3f} s (nearest rank of {len(results)})   "
+          f"max {max(latencies):.3f} s   missing {missing}")
+    print(f"poll-only baseline ({POLL_INTERVAL:g} s interval): up to {POLL_INTERVAL:g} s, "
+          f"{POLL_INTERVAL / 2:g} s on average; p95 is {POLL_INTERVAL / p95:.0f}x below the "
+          f"interval, the median {POLL_INTERVAL / 2 / median:.0f}x below the average")
+    passed = missing == 0 and p95 <= target
+    print(f"{'PASS' if passed else 'FAIL'}: p95 {p95:.3f} s {'<=' if passed else '>'} "
+          f"target {target:g} s" + (f", {missing} missing" if missing else ""))
+    return passed
+
+
+async def run(host: str, samples: int, target: float) -> bool:
+    client = await asyncio.to_thread(connect_engine, host)
+    token = uuid.uuid4().hex[:8]
+    service = BenchService(client, f"chorus-bench-{token}")
+    settings = Settings(docker_host=host, discovery_method="swarm", service_name=service.name,
+                        network_names=(NETWORK,), dns_names=(), poll_interval=POLL_INTERVAL,
+                        subject_prefix=f"bench{token}", kv_bucket=f"bench_{token}",
+                        listen_host="127.0.0.1", listen_port=0)
+    try:
+        await asyncio.to_thread(service.create)
+        await asyncio.to_thread(service.wait_new_running, set(), time.monotonic() + 90)
+        with tempfile.TemporaryDirectory(prefix="chorus-bench-") as state:
+            async with EmbeddedNats(port=0, store_dir=Path(state) / "nats") as server, \
+                    running_bridge(settings, server.url):
+                nc = await nats.connect(server.url)
+                watch = BucketWatch()
+                try:
+                    kv = await nc.jetstream().key_value(settings.kv_bucket)
+                    async with asyncio.TaskGroup() as tg:
+                        watching = tg.create_task(watch.run(kv))
+                        print(f"service {service.name}: scaling up by one, {samples} times "
+                              f"(bridge poll {POLL_INTERVAL:g} s)", flush=True)
+                        try:
+                            results = await measure(service, watch, samples)
+                        finally:
+                            watching.cancel()
+                finally:
+                    await nc.close()
+    finally:
+        await asyncio.to_thread(service.remove)
+        client.close()
+    return report(results, target)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--target", type=float, default=2.0, help="p95 target in seconds")
+    parser.add_argument("--docker-host", default=os.environ.get(
+        "CHORUS_TEST_DOCKER_HOST") or "unix:///var/run/docker.sock")
+    args = parser.parse_args()
+    configure_logging("console", "WARNING")
+    try:
+        passed = asyncio.run(run(args.docker_host, args.samples, args.target))
+    except EngineUnavailable as exc:
+        print(f"swarm_latency: no usable Docker swarm: {exc}", file=sys.stderr)
+        return 2
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

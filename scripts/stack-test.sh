@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# Deploys docker-compose.swarm.yml as a stack on the local swarm and checks it end to end:
+#   1. NATS, the bridge and 10 simulated agents (`chorus-bridge sim-agent`, in the bridge image)
+#      come up;
+#   2. the agents bucket, read from the host through NATS's host-mode port as the coordinator,
+#      lists exactly the 10 running tasks of the agents' service, all of them on the bus;
+#   3. a broadcast sent from the host (`chorus-bridge broadcast -`) reaches the 10.
+# The host talks only to 127.0.0.1 (the published ports); the bridge reaches the agents on the
+# stack's own overlay network. Whatever happens, the stack, its network, volume, secrets and
+# configs are removed at the end. Exit status 0 only when every check passed.
+#
+# Usage: scripts/stack-test.sh [--skip-build]
+#   --skip-build   use the images as they are (scripts/build-images.sh made them already)
+# Environment:
+#   STACK (chorus_stacktest)            stack name; its network is ${STACK}_net, never the
+#                                       chorus_default network of scripts/swarm-up.sh
+#   AGENT_REPLICAS (10)                 agents to deploy and expect
+#   BRIDGE_IMAGE (chorus-bridge:test), NATS_IMAGE (chorus-nats:test), AGENT_IMAGE (BRIDGE_IMAGE)
+#   STACK_DEADLINE (240)                seconds for the stack to converge
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STACK=${STACK:-chorus_stacktest}
+AGENT_REPLICAS=${AGENT_REPLICAS:-10}
+BRIDGE_IMAGE=${BRIDGE_IMAGE:-chorus-bridge:test}
+NATS_IMAGE=${NATS_IMAGE:-chorus-nats:test}
+AGENT_IMAGE=${AGENT_IMAGE:-$BRIDGE_IMAGE}
+STACK_DEADLINE=${STACK_DEADLINE:-240}
+CLEANUP_DEADLINE=90
+NETWORK=${STACK}_net
+
+build=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --skip-build) build=0; shift ;;
+        *) echo "usage: $0 [--skip-build]" >&2; exit 2 ;;
+    esac
+done
+
+started=$SECONDS
+say() { echo "stack-test: [$((SECONDS - started))s] $*"; }
+fail() { echo "stack-test: error: $*" >&2; exit 1; }
+
+if [ -x .venv/bin/chorus-bridge ]; then
+    CLI=.venv/bin/chorus-bridge
+    PY=.venv/bin/python
+else
+    CLI=$(command -v chorus-bridge) || fail "chorus-bridge is not installed (create .venv: pip install -e .)"
+    PY=python3
+fi
+
+free_port() {
+    "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+stack_containers() {
+    docker ps -aq --filter "label=com.docker.stack.namespace=$STACK"
+}
+
+# Removes the stack and everything it made; safe to run when nothing is there.
+remove_stack() {
+    if docker stack ls --format '{{.Name}}' | grep -qx "$STACK"; then
+        say "docker stack rm $STACK"
+        docker stack rm "$STACK" >/dev/null || true
+    fi
+    local deadline=$((SECONDS + CLEANUP_DEADLINE))
+    # The services go at once; their containers and the network follow asynchronously.
+    while [ -n "$(stack_containers)" ] || docker network inspect "$NETWORK" >/dev/null 2>&1; do
+        if [ $SECONDS -ge $deadline ]; then
+            echo "stack-test: warning: containers or network $NETWORK of $STACK still there" \
+                "after ${CLEANUP_DEADLINE}s" >&2
+            break
+        fi
+        if [ -z "$(stack_containers)" ]; then
+            docker network rm "$NETWORK" >/dev/null 2>&1 || true
+        fi
+        sleep 1
+    done
+    local leftovers
+    leftovers=$(docker volume ls -q --filter "label=com.docker.stack.namespace=$STACK")
+    if [ -n "$leftovers" ]; then
+        # shellcheck disable=SC2086  # one volume name per word
+        docker volume rm $leftovers >/dev/null || true
+    fi
+    leftovers=$(docker secret ls -q --filter "label=com.docker.stack.namespace=$STACK")
+    # shellcheck disable=SC2086
+    [ -z "$leftovers" ] || docker secret rm $leftovers >/dev/null || true
+    leftovers=$(docker config ls -q --filter "label=com.docker.stack.namespace=$STACK")
+    # shellcheck disable=SC2086
+    [ -z "$leftovers" ] || docker config rm $leftovers >/dev/null || true
+}
+
+diagnose() {
+    echo "----- docker stack ps $STACK" >&2
+    docker stack ps "$STACK" --no-trunc \
+        --format '{{.Name}} {{.CurrentState}} {{.Error}}' 2>&1 | head -n 30 >&2 || true
+    local service
+    for service in bridge nats; do
+        echo "----- docker service logs ${STACK}_$service (last 30 lines)" >&2
+        docker service logs --no-task-ids --tail 30 "${STACK}_$service" 2>&1 | tail -n 30 >&2 || true
+    done
+}
+
+secrets_dir=""
+deployed=0
+on_exit() {
+    local status=$?
+    trap - EXIT INT TERM
+    if [ "$status" -ne 0 ] && [ "$deployed" -eq 1 ]; then
+        diagnose
+    fi
+    remove_stack
+    [ -z "$secrets_dir" ] || rm -rf "$secrets_dir"
+    if [ "$status" -eq 0 ]; then
+        say "PASS (cleaned up)"
+    else
+        echo "stack-test: FAIL (exit $status; cleaned up)" >&2
+    fi
+    exit "$status"
+}
+trap on_exit EXIT
+trap 'exit 130' INT TERM
+
+# --- the swarm and the images -----------------------------------------------------------------
+bash scripts/swarm-up.sh >/dev/null || fail "the Docker swarm could not be brought up (scripts/swarm-up.sh)"
+if [ "$build" -eq 1 ]; then
+    say "building images"
+    bash scripts/build-images.sh >/dev/null || fail "the images could not be built (scripts/build-images.sh)"
+fi
+for image in "$BRIDGE_IMAGE" "$NATS_IMAGE" "$AGENT_IMAGE"; do
+    docker image inspect "$image" >/dev/null 2>&1 || fail "image $image is missing (scripts/build-images.sh)"
+done
+remove_stack  # a stack left by a run that was killed
+
+# --- secrets, ports, deploy ---------------------------------------------------------------------
+secrets_dir=$(mktemp -d /tmp/chorus-stack-secrets.XXXXXX)
+chmod 700 "$secrets_dir"
+for user in bridge agent coord ops sys; do
+    head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$secrets_dir/nats_${user}_password"
+done
+nats_port=$(free_port)
+bridge_port=$(free_port)
+while [ "$bridge_port" = "$nats_port" ]; do bridge_port=$(free_port); done
+
+say "docker stack deploy $STACK: $AGENT_REPLICAS agents, NATS on 127.0.0.1:$nats_port, bridge on 127.0.0.1:$bridge_port"
+deployed=1
+# STACK names the agents' service (${STACK}_agent) inside the compose file, too.
+export STACK
+CHORUS_NETWORK=$NETWORK CHORUS_SECRETS_DIR=$secrets_dir \
+    NATS_IMAGE=$NATS_IMAGE BRIDGE_IMAGE=$BRIDGE_IMAGE AGENT_IMAGE=$AGENT_IMAGE \
+    AGENT_REPLICAS=$AGENT_REPLICAS NATS_PUBLISHED_PORT=$nats_port \
+    BRIDGE_PUBLISHED_PORT=$bridge_port DOCKER_GID=$(stat -c %g /var/run/docker.sock) \
+    docker stack deploy --resolve-image never -c docker-compose.swarm.yml "$STACK" >/dev/null
+
+# The host's view of the bus: the coordinator user, through NATS's host-mode port.
+coordinator() {
+    env -u NATS_CREDS -u NATS_TOKEN NATS_URL="nats://127.0.0.1:$nats_port" \
+        NATS_USER=coordinator NATS_PASSWORD="$(cat "$secrets_dir/nats_coord_password")" \
+        BRIDGE_SUBJECT_PREFIX=chorus BRIDGE_KV_BUCKET=chorus_agents "$CLI" "$@"
+}
+
+running_agent_tasks() {
+    docker service ps "${STACK}_agent" --filter desired-state=running --no-trunc \
+        --format '{{.ID}} {{.CurrentState}}' 2>/dev/null | awk '$2 == "Running" {print $1}' | sort
+}
+
+# Prints "listed on_bus matches" for the bucket (JSON on stdin) against the running tasks ($1).
+compare_bucket() {
+    "$PY" -c '
+import json, sys
+agents = json.load(sys.stdin)
+tasks = set(sys.argv[1].split())
+ids = {a["id"] for a in agents}
+print(len(agents), sum(1 for a in agents if a["on_bus"]), int(ids == tasks and len(ids) == len(agents)))
+' "$1"
+}
+
+# --- check 1 and 2: the bucket lists the running agents, all on the bus -------------------------
+deadline=$((SECONDS + STACK_DEADLINE))
+say "waiting for the bucket to list the $AGENT_REPLICAS running agents, all on the bus"
+last=""
+while true; do
+    tasks=$(running_agent_tasks)
+    listing=$(coordinator agents --json 2>/dev/null) || listing=""
+    state="no bucket yet"
+    if [ -n "$listing" ]; then
+        read -r listed on_bus matches < <(compare_bucket "$tasks" <<<"$listing")
+        state="bucket $listed agents ($on_bus on the bus), $(wc -w <<<"$tasks") tasks running"
+        if [ "$listed" -eq "$AGENT_REPLICAS" ] && [ "$on_bus" -eq "$AGENT_REPLICAS" ] \
+            && [ "$matches" -eq 1 ]; then
+            break
+        fi
+    fi
+    [ "$state" = "$last" ] || say "$state"
+    last=$state
+    [ $SECONDS -lt $deadline ] || fail "after ${STACK_DEADLINE}s: $state (want $AGENT_REPLICAS, the running tasks, all on the bus)"
+    sleep 2
+done
+say "check: the bucket lists the $AGENT_REPLICAS running tasks of ${STACK}_agent, all on the bus"
+coordinator agents
+
+# --- check 3: a broadcast from the host reaches every agent -------------------------------------
+opportunity=$(printf '{"id": "stack-test-%s", "project": "chorus", "title": "stack test", "roles": [{"name": "tpm", "core": true}, {"name": "senior-software-architect", "core": true}, {"name": "qa-engineer", "core": false}], "details": {}}' "$(date +%s)")
+say "broadcast from the host as the coordinator"
+status=0
+report=$(coordinator broadcast --json - <<<"$opportunity") || status=$?
+echo "$report"
+[ "$status" -eq 0 ] || fail "chorus-bridge broadcast exited $status"
+read -r total reached failed < <("$PY" -c '
+import json, sys
+r = json.load(sys.stdin)
+print(r["total_agents"], r["success_count"], len(r["failed"]))' <<<"$report")
+if [ "$total" -ne "$AGENT_REPLICAS" ] || [ "$reached" -ne "$AGENT_REPLICAS" ] || [ "$failed" -ne 0 ]; then
+    fail "the broadcast reached $reached of $total agents ($failed failed); want $AGENT_REPLICAS of $AGENT_REPLICAS"
+fi
+say "check: the broadcast reached $reached of $total agents"
+
+# The bridge's own health, through its host-mode port on loopback.
+"$PY" -c 'import sys, urllib.request; urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/healthz", timeout=5)' \
+    "$bridge_port" || fail "the bridge's /healthz on 127.0.0.1:$bridge_port is not 200"
+say "check: the bridge's /healthz answers 200"

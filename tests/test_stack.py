@@ -1,0 +1,57 @@
+"""The Swarm stack, deployed for real by scripts/stack-test.sh: NATS, the bridge, 10 agents."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.swarm_support import connect_engine, engine_host, unavailable
+
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(900)]
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "stack-test.sh"
+IMAGE_VARIABLES = {"BRIDGE_IMAGE": "CHORUS_TEST_BRIDGE_IMAGE",
+                   "NATS_IMAGE": "CHORUS_TEST_NATS_IMAGE"}
+
+
+@pytest.fixture
+def stack_env(unique: str) -> dict[str, str]:
+    """The script's environment: the engine and the images that scripts/test.sh prepared."""
+    host = engine_host()
+    connect_engine(host).close()
+    images = {name: os.environ.get(variable, "") for name, variable in IMAGE_VARIABLES.items()}
+    missing = [IMAGE_VARIABLES[name] for name, image in images.items() if not image]
+    if missing:
+        unavailable(f"the stack's images were not built: {', '.join(missing)} not set "
+                    "(scripts/test.sh sets them after scripts/build-images.sh)")
+    return {**os.environ, **images, "DOCKER_HOST": host, "STACK": f"chorus_st{unique[:6]}"}
+
+
+def test_stack_brings_up_ten_agents_that_a_broadcast_reaches(stack_env: dict[str, str]) -> None:
+    """The deployed stack lists its 10 agents in the bucket, a broadcast reaches all 10, and
+    nothing of the stack is left afterwards."""
+    result = subprocess.run(["bash", str(SCRIPT), "--skip-build"], env=stack_env, cwd=ROOT,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, timeout=840, check=False)
+    sys.stdout.write(result.stdout)  # shown by pytest when the test fails
+    tail = "\n".join(result.stdout.splitlines()[-40:])
+    assert result.returncode == 0, f"scripts/stack-test.sh exited {result.returncode}:\n{tail}"
+    assert "check: the bucket lists the 10 running tasks" in result.stdout, tail
+    assert "check: the broadcast reached 10 of 10 agents" in result.stdout, tail
+
+    stack = stack_env["STACK"]
+    client = docker.DockerClient(base_url=stack_env["DOCKER_HOST"], version="auto")
+    try:
+        namespace = {"label": f"com.docker.stack.namespace={stack}"}
+        assert client.services.list(filters=namespace) == []
+        assert client.containers.list(all=True, filters=namespace) == []
+        assert client.volumes.list(filters=namespace) == []
+        assert client.networks.list(names=[f"{stack}_net"]) == []
+    finally:
+        client.close()
