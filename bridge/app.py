@@ -64,7 +64,10 @@ class DiscoveryLoop:
                            swarm_expected=result.swarm_expected)
         synced = await self._registry.sync(self._roster.agents)
         self.rounds += 1
-        if result.error is None or result.dns is not None:
+        # Healthy means the configured source answered: a DNS fallback keeps the bucket
+        # useful, but a broken Docker API must still show on /healthz.
+        if (result.error is None) if result.swarm_expected else bool(
+                result.dns and result.dns.complete):
             self.last_success = asyncio.get_running_loop().time()
         if synced.writes or synced.failed:
             log.info("agents_changed", joined=synced.joined, updated=synced.updated,

@@ -62,3 +62,24 @@ async def test_healthz_flips_when_nats_goes_away(settings: Settings, swarm: Emul
             body = (await client.get(url)).json()
     assert body["status"] == "unavailable"
     assert "NATS is not connected" in body["reasons"]
+
+
+async def test_healthz_flips_when_docker_fails(settings: Settings, swarm: EmulatedSwarm,
+                                               nats_server: EmbeddedNats) -> None:
+    """/healthz turns 503 when no Swarm round succeeded for 3 poll intervals, and back."""
+    swarm.add_tasks(1)
+    fast = settings.replace(poll_interval=0.3)
+    async with run_bridge(fast, nats_server.url) as running, \
+            httpx.AsyncClient(trust_env=False) as client:
+        url = f"http://127.0.0.1:{running.bridge.http_port}/healthz"
+
+        async def status(code: int) -> bool:
+            return (await client.get(url)).status_code == code
+
+        assert await status(200)
+        swarm.set_error("server_error")
+        await wait_for(lambda: status(503), what="/healthz to answer 503")
+        reasons = (await client.get(url)).json()["reasons"]
+        assert any("no discovery round has succeeded for" in r for r in reasons)
+        swarm.set_error(None)
+        await wait_for(lambda: status(200), what="/healthz to recover")
