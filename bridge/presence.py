@@ -34,6 +34,8 @@ log = structlog.get_logger(__name__)
 PRESENCE_TTL = 15.0
 # Markers left by expiries live this long, so a late watcher still sees the agent go.
 MARKER_TTL = 5
+# How often entries that went stale without a delete are looked for.
+SWEEP_INTERVAL = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,9 @@ class Matched:
 
 def match_presence(agents: Iterable[Agent], entries: Iterable[PresenceEntry]) -> Matched:
     """Match each entry to an agent: on task_id, then endpoint, then id (DESIGN.md)."""
+    entries = list(entries)
+    if not entries:  # nobody on the bus: no need to index thousands of agents
+        return Matched(by_agent={}, bus_only=())
     agents = list(agents)
     by_task = {a.task_id: a.id for a in agents if a.task_id}
     by_endpoint = {a.endpoint: a.id for a in agents}
@@ -121,24 +126,27 @@ class Presence:
 
     async def _follow(self, kv: KeyValue) -> None:
         watcher = await kv.watchall()
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time() + SWEEP_INTERVAL
         try:
             while True:
                 try:
-                    entry = await watcher.updates(  # type: ignore[no-untyped-call]
-                        timeout=self._next_expiry())
-                except nats.errors.TimeoutError:
-                    self._expire()
-                    continue
+                    # asyncio.timeout, not the watcher's own timeout: its wait_for can swallow
+                    # a cancellation (Python 3.11) while updates keep coming, and then the
+                    # bridge would never stop.
+                    async with asyncio.timeout_at(next_sweep):
+                        entry = await watcher.updates(timeout=None)  # type: ignore[no-untyped-call]
+                except TimeoutError:
+                    entry = None
                 if entry is not None:
                     self._apply(entry.key, entry.value, entry.operation, entry.created)
+                if loop.time() >= next_sweep:
+                    # Stale entries are swept once a second: scanning them all on every
+                    # update would cost O(n) per refresh with 10,000 agents on the bus.
+                    self._expire()
+                    next_sweep = loop.time() + SWEEP_INTERVAL
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
-
-    def _next_expiry(self) -> float:
-        if not self._seen:
-            return self._ttl
-        oldest = min(seen for _, seen in self._seen.values())
-        return max(0.05, oldest + self._ttl - time.time())
 
     def _apply(self, key: str, value: bytes | None, operation: str | None,
                created: object) -> None:

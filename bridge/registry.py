@@ -95,7 +95,9 @@ async def read_bucket(kv: KeyValue, *, timeout: float = READ_TIMEOUT,
     try:
         async with asyncio.timeout(timeout):
             while True:
-                entry = await watcher.updates(timeout=timeout)  # type: ignore[no-untyped-call]
+                # timeout=None: the enclosing asyncio.timeout bounds it, and nats-py's own
+                # wait_for can lose a cancellation (Python 3.11).
+                entry = await watcher.updates(timeout=None)  # type: ignore[no-untyped-call]
                 if entry is None:
                     if holding == 0 or seen:
                         break
@@ -108,7 +110,7 @@ async def read_bucket(kv: KeyValue, *, timeout: float = READ_TIMEOUT,
                         invalid.add(entry.key)
                 if not entry.delta:
                     break
-    except (TimeoutError, nats.errors.TimeoutError):
+    except TimeoutError:
         raise NatsError(f"reading a KV bucket took longer than {timeout:g}s; is the NATS "
                         "server overloaded?") from None
     finally:
