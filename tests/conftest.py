@@ -11,12 +11,14 @@ from pathlib import Path
 import nats
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from bridge.app import Bridge
 from bridge.config import Settings
 from bridge.discovery.dns import DnsDiscovery
 from bridge.embedded import EmbeddedNats
 from bridge.emulator import DockerEmulator, EmulatedSwarm
+from bridge.models import ANNOUNCEMENT_DECODER, Announcement
 from tests.dns_server import DnsTestServer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -42,6 +44,18 @@ async def nc(nats_server: EmbeddedNats) -> AsyncIterator[NATS]:
 def unique() -> str:
     """A short unique token, for subject prefixes and bucket names."""
     return uuid.uuid4().hex[:10]
+
+
+async def announcements(nc: NATS, settings: Settings) -> list[Announcement]:
+    """Subscribe to the announcements of `settings`'s prefix; the list fills as they come."""
+    seen: list[Announcement] = []
+
+    async def on(msg: Msg) -> None:
+        seen.append(ANNOUNCEMENT_DECODER.decode(msg.data))
+
+    await nc.subscribe(f"{settings.subject_prefix}.agents.announce", cb=on)
+    await nc.flush()
+    return seen
 
 
 async def wait_for(predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0,

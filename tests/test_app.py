@@ -12,9 +12,9 @@ from nats.aio.client import Client as NATS
 from bridge.config import Settings
 from bridge.embedded import EmbeddedNats
 from bridge.emulator import DockerEmulator, EmulatedSwarm
-from bridge.models import ANNOUNCEMENT_DECODER, Agent, Announcement
+from bridge.models import Agent
 from bridge.registry import read_bucket
-from tests.conftest import RunningBridge, dns_discovery, run_bridge, wait_for
+from tests.conftest import RunningBridge, announcements, dns_discovery, run_bridge, wait_for
 from tests.dns_server import DnsTestServer
 
 ALLOWED_DOCKER_PATHS = {"/_ping", "/version", "/info", "/tasks", "/events"}
@@ -33,17 +33,6 @@ def expected(swarm: EmulatedSwarm) -> dict[str, str]:
 
 async def addresses(nc: NATS, settings: Settings) -> dict[str, str]:
     return {key: agent.address for key, agent in (await bucket(nc, settings)).items()}
-
-
-async def announcements(nc: NATS, settings: Settings) -> list[Announcement]:
-    seen: list[Announcement] = []
-
-    async def on(msg: Any) -> None:
-        seen.append(ANNOUNCEMENT_DECODER.decode(msg.data))
-
-    await nc.subscribe(f"{settings.subject_prefix}.agents.announce", cb=on)
-    await nc.flush()
-    return seen
 
 
 async def until_bucket_matches(nc: NATS, settings: Settings, swarm: EmulatedSwarm,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from typing import Any
 
 import docker
 import pytest
@@ -17,9 +16,9 @@ from nats.aio.client import Client as NATS
 
 from bridge.config import Settings
 from bridge.embedded import EmbeddedNats
-from bridge.models import ANNOUNCEMENT_DECODER, Agent, Announcement
+from bridge.models import Agent
 from bridge.registry import read_bucket
-from tests.conftest import run_bridge, wait_for
+from tests.conftest import announcements, run_bridge, wait_for
 from tests.swarm_support import NETWORK, AgentService, connect_engine, engine_host
 
 pytestmark = [pytest.mark.swarm, pytest.mark.timeout(180)]
@@ -92,17 +91,6 @@ async def until_bucket_is(nc: NATS, settings: Settings, agents: AgentService, co
     await wait_for(same, timeout=timeout, interval=0.1,
                    what=f"the bucket to hold the {count} running tasks")
     return dict(seen)
-
-
-async def announcements(nc: NATS, settings: Settings) -> list[Announcement]:
-    seen: list[Announcement] = []
-
-    async def on(msg: Any) -> None:
-        seen.append(ANNOUNCEMENT_DECODER.decode(msg.data))
-
-    await nc.subscribe(f"{settings.subject_prefix}.agents.announce", cb=on)
-    await nc.flush()
-    return seen
 
 
 async def test_bucket_holds_the_running_tasks(real_settings: Settings, agents: AgentService,
