@@ -11,7 +11,12 @@ __all__ = ["Names"]
 
 @dataclasses.dataclass(frozen=True)
 class Names:
-    """The NATS names of one deployment (DESIGN.md, "The bus")."""
+    """The NATS names of one deployment (DESIGN.md, "The bus").
+
+    With the default prefix `chorus`: chorus.agents.announce, chorus.bridge.broadcast,
+    chorus.council.opportunities, chorus.council.<id>.claims, and the buckets chorus_agents
+    (BRIDGE_KV_BUCKET), chorus_presence and chorus_bridge (the leader lease).
+    """
 
     prefix: str
     agents_bucket: str
