@@ -31,9 +31,9 @@ import nats
 from common import Bench, Series, arguments, child_process, main, quiet_logs, timed
 from nats.aio.client import Client as NATS
 
-from bridge.app import DiscoveryLoop
 from bridge.config import Settings
 from bridge.discovery.dns import DnsDiscovery
+from bridge.discovery.loop import DiscoveryLoop
 from bridge.discovery.methods import Discoverer
 from bridge.discovery.swarm import SwarmDiscovery
 from bridge.embedded import EmbeddedNats
