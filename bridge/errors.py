@@ -3,7 +3,6 @@
     BridgeError
      +-- ConfigError (ValueError)     a variable or flag that does not parse; names it and its value
      +-- DockerAPIError               a Docker Engine API call failed; `kind` says how
-     +-- DNSDiscoveryError            no DNS name could be resolved in a round
      +-- NatsError                    NATS could not be reached or a bucket could not be used
      +-- EmbeddedServerError          the embedded nats-server did not start
      +-- BridgeUnavailableError       no bridge answered a request on the bus
@@ -18,7 +17,6 @@ __all__ = [
     "BridgeError",
     "BridgeUnavailableError",
     "ConfigError",
-    "DNSDiscoveryError",
     "DockerAPIError",
     "EmbeddedServerError",
     "NatsError",
@@ -50,10 +48,6 @@ class DockerAPIError(BridgeError):
     def __init__(self, kind: str, message: str) -> None:
         self.kind = kind
         super().__init__(message)
-
-
-class DNSDiscoveryError(BridgeError):
-    """A DNS round could not resolve its names."""
 
 
 class NatsError(BridgeError):
