@@ -148,6 +148,11 @@ class AgentRegistry:
         # Which agents are on the bus: set by presence; nobody is, without it.
         self.bus_ids: Callable[[Iterable[Agent]], AbstractSet[str]] = lambda _a: frozenset()
         self.published: dict[str, Agent] = {}
+        # The record last made from each desired agent: (that Agent object, on_bus, record).
+        # Discovery hands back the same Agent object for a task that did not change, so a
+        # quiet round finds every record here by identity instead of rebuilding and comparing
+        # 10,000 of them.
+        self._made: dict[str, tuple[Agent, bool, Agent]] = {}
 
     def bucket_config(self) -> KeyValueConfig:
         return KeyValueConfig(bucket=self._names.agents_bucket, history=1,
@@ -158,6 +163,7 @@ class AgentRegistry:
         """Open (or create) the bucket and read what it holds: the bridge resumes from it."""
         kv = await open_bucket(self._js, self.bucket_config())
         self.published, self._invalid = await read_bucket(kv)
+        self._made = {}  # records made against what the bucket held before
         if self._invalid:
             log.warning("kv_invalid_entries", bucket=self._names.agents_bucket,
                         keys=len(self._invalid), action="deleted at the first sync")
@@ -180,11 +186,19 @@ class AgentRegistry:
             puts: list[tuple[Agent | None, Agent]] = []
             bus = self.bus_ids(self._desired.values())
             now = now_rfc3339()  # agents first seen in this sync share its time
-            for agent in self._desired.values():
-                record = self._record(agent, agent.id in bus, now)
-                previous = self.published.get(agent.id)
-                if record != previous:
+            published, made, remade = self.published, self._made, {}
+            for agent_id, agent in self._desired.items():
+                on_bus = agent_id in bus
+                entry = made.get(agent_id)
+                if entry is None or entry[0] is not agent or entry[1] != on_bus:
+                    entry = (agent, on_bus, self._record(agent, on_bus, now))
+                remade[agent_id] = entry
+                record, previous = entry[2], published.get(agent_id)
+                if record is not previous and record != previous:
                     puts.append((previous, record))
+            # Only agents still desired keep an entry: one that left and comes back gets a
+            # record made afresh against what the bucket holds then.
+            self._made = remade
             gone = [a for key, a in self.published.items() if key not in self._desired]
             if not puts and not gone and not self._invalid:
                 return SyncResult()

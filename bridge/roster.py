@@ -42,6 +42,12 @@ class Roster:
         swarm_expected: whether a Swarm round was attempted (False in dns mode).
         """
         found: dict[str, Agent] = {a.id: a for a in swarm.agents} if swarm else {}
+        if swarm is not None and dns is None and self._only_swarm():
+            # The common round of a swarm-only fleet: the rules below come down to "the agents
+            # are the round's", and at 10,000 agents skipping them saves most of the cost.
+            self.agents = found
+            self._misses.clear()
+            return
         taken = self._swarm_addresses(swarm)
         if dns is not None:
             found.update((a.id, a) for a in dns.agents if (a.address, a.port) not in taken)
@@ -60,9 +66,13 @@ class Roster:
                 self._misses[agent_id] = self._misses.get(agent_id, 0) + 1
                 if self._misses[agent_id] >= DNS_MISSES_BEFORE_REMOVAL:
                     self._remove(agent_id)
-        for agent_id in found:
-            self._misses.pop(agent_id, None)
+        if self._misses:
+            for agent_id in found:
+                self._misses.pop(agent_id, None)
         self.agents.update(found)
+
+    def _only_swarm(self) -> bool:
+        return all(a.source == "swarm" for a in self.agents.values())
 
     def _remove(self, agent_id: str) -> None:
         del self.agents[agent_id]

@@ -56,6 +56,33 @@ async def test_writes_only_changes_and_announces_each(nc: NATS, names: Names) ->
     assert stored[B.id].first_seen == seen[1].agent.first_seen != ""
 
 
+async def test_the_same_agent_object_is_written_again_when_its_facts_change(
+        nc: NATS, names: Names) -> None:
+    """Records are reused by identity only while nothing they depend on changed: a flip of
+    on_bus, or a leave and a return of the very same Agent object, are still written."""
+    seen = await _announcements(nc, names)
+    registry = AgentRegistry(nc, names)
+    await registry.open()
+    on_bus: set[str] = set()
+    registry.bus_ids = lambda agents: frozenset(on_bus)
+    desired = {A.id: A, B.id: B}
+    assert (await registry.sync(desired)).joined == 2
+    on_bus.add(A.id)
+    assert (await registry.sync(desired)).updated == 1
+    assert registry.published[A.id].on_bus is True
+    assert (await registry.sync({B.id: B})).left == 1
+    back = await registry.sync(desired)
+    assert (back.joined, back.updated) == (1, 0)
+    assert (await registry.sync(desired)).writes == 0
+    await wait_for(lambda: len(seen) == 5, what="5 announcements")
+    assert [(s.event, s.agent.id, s.agent.on_bus) for s in seen[2:]] == [
+        ("updated", A.id, True), ("left", A.id, True), ("joined", A.id, True)]
+    stored, _ = await read_bucket(await nc.jetstream().key_value(names.agents_bucket))
+    assert stored[A.id].on_bus is True
+    # A newcomer after its leave: first seen again, not the first sighting of the old record.
+    assert seen[4].agent.first_seen >= seen[0].agent.first_seen
+
+
 async def test_restart_resumes_without_writes(nc: NATS, names: Names) -> None:
     """A new registry over the same bucket writes nothing for the same agents."""
     registry = AgentRegistry(nc, names)

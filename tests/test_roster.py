@@ -94,3 +94,15 @@ def test_dns_record_superseded_by_swarm_is_removed() -> None:
     assert set(roster.agents) == {dns_agent("127.0.0.1").id}
     roster.apply(swarm=swarm(A), dns=None, swarm_expected=True)
     assert set(roster.agents) == {"task-a"}
+
+
+def test_swarm_rounds_still_count_a_held_dns_agent_as_missing() -> None:
+    """A DNS agent held from an earlier fallback goes after 2 successful Swarm rounds, not 1,
+    and the Swarm agents are exactly the round's."""
+    roster = Roster([A, D])
+    roster.apply(swarm=swarm(B), dns=None, swarm_expected=True)
+    assert set(roster.agents) == {"task-b", D.id}
+    roster.apply(swarm=swarm(B), dns=None, swarm_expected=True)
+    assert set(roster.agents) == {"task-b"}
+    roster.apply(swarm=swarm(A, B), dns=None, swarm_expected=True)
+    assert roster.agents == {"task-a": A, "task-b": B}

@@ -20,101 +20,13 @@ import structlog
 from docker.tls import TLSConfig
 
 from bridge.config import Settings
-from bridge.discovery.base import SwarmRound, endpoint_for
+from bridge.discovery.base import SwarmRound
+from bridge.discovery.tasks import TaskListDecoder
 from bridge.errors import DockerAPIError
-from bridge.models import Agent
 
-__all__ = ["SwarmDiscovery", "agents_from_tasks", "classify_docker_error"]
+__all__ = ["SwarmDiscovery", "classify_docker_error"]
 
 log = structlog.get_logger(__name__)
-
-
-# gc=False: these only ever hold strings, numbers and each other, never a cycle. Untracked,
-# the ~10,000 tasks of a round cost the garbage collector nothing to traverse; tracked, a full
-# collection during a round walks every one of them.
-class _NetworkSpec(msgspec.Struct, gc=False):
-    Name: str = ""
-
-
-class _Network(msgspec.Struct, gc=False):
-    Spec: _NetworkSpec = msgspec.field(default_factory=_NetworkSpec)
-
-
-class _Attachment(msgspec.Struct, gc=False):
-    Network: _Network = msgspec.field(default_factory=_Network)
-    Addresses: tuple[str, ...] | None = None
-
-
-class _ContainerStatus(msgspec.Struct, gc=False):
-    ContainerID: str | None = None
-
-
-class _Status(msgspec.Struct, gc=False):
-    State: str = ""
-    ContainerStatus: _ContainerStatus | None = None
-
-
-class _Task(msgspec.Struct, gc=False):
-    """The fields of a Docker task that discovery reads; the rest is skipped while decoding."""
-
-    ID: str
-    Status: _Status = msgspec.field(default_factory=_Status)
-    DesiredState: str = ""
-    Slot: int | None = None
-    NodeID: str | None = None
-    NetworksAttachments: tuple[_Attachment, ...] | None = None
-
-
-# Built once: a typed decoder that reads only the fields above is what keeps a round of
-# 10,000 tasks cheap next to the fetch itself.
-_TASKS_DECODER = msgspec.json.Decoder(list[_Task])
-
-
-def _address(task: _Task, networks: tuple[str, ...]) -> tuple[str, str] | None:
-    """(address without its /prefix, network name) on the first configured network, in order."""
-    attachments = task.NetworksAttachments or ()
-    if not networks:
-        for attachment in attachments:
-            if attachment.Addresses:
-                return attachment.Addresses[0].split("/", 1)[0], attachment.Network.Spec.Name
-        return None
-    for wanted in networks:
-        for attachment in attachments:
-            if attachment.Addresses and attachment.Network.Spec.Name == wanted:
-                return attachment.Addresses[0].split("/", 1)[0], wanted
-    return None
-
-
-def _endpoint(address: str, port: int) -> str:
-    # Docker hands out IP literals: only an IPv6 one (it has a ':') needs endpoint_for's
-    # brackets, and its parse of an IPv4 address costs more than the rest of building an agent.
-    return endpoint_for(address, port) if ":" in address else f"http://{address}:{port}"
-
-
-def agents_from_tasks(tasks: list[_Task], settings: Settings) -> SwarmRound:
-    """Turn tasks into agents: running ones with an address on the configured network(s)."""
-    agents: list[Agent] = []
-    without_address: list[str] = []
-    pending = 0
-    for task in tasks:
-        if task.DesiredState != "running":
-            continue
-        if task.Status.State != "running":
-            pending += 1  # preparing, starting, ...: a later round picks it up
-            continue
-        found = _address(task, settings.network_names)
-        if found is None:
-            without_address.append(task.ID)
-            continue
-        address, network = found
-        status = task.Status.ContainerStatus
-        agents.append(Agent(
-            id=task.ID, endpoint=_endpoint(address, settings.agent_port), address=address,
-            port=settings.agent_port, source="swarm", service=settings.service_name,
-            network=network, task_id=task.ID, slot=task.Slot, node_id=task.NodeID or None,
-            container_id=(status.ContainerID or None) if status else None))
-    return SwarmRound(agents=tuple(agents), without_address=tuple(without_address),
-                      pending=pending)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -179,6 +91,7 @@ class SwarmDiscovery:
         self._client: docker.APIClient | None = None
         filters = {"service": [settings.service_name], "desired-state": ["running"]}
         self._task_params = {"filters": json.dumps(filters)}
+        self._tasks = TaskListDecoder(settings)
 
     def _connect(self) -> docker.APIClient:
         if self._client is None:
@@ -225,10 +138,14 @@ class SwarmDiscovery:
     def decode(self, body: bytes) -> SwarmRound:
         """Agents from a raw task list; DockerAPIError(bad_response) when it is not tasks JSON."""
         try:
-            tasks = _TASKS_DECODER.decode(body)
+            return self._tasks.decode(body)
         except msgspec.DecodeError as exc:
             raise classify_docker_error(exc, self.settings) from exc
-        return agents_from_tasks(tasks, self.settings)
+
+    @property
+    def decoded(self) -> int:
+        """Tasks the last decode() had to decode: those new or changed since the list before."""
+        return self._tasks.decoded
 
     async def discover(self) -> SwarmRound:
         """One round: fetch and decode the task list."""

@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--worker", action="store_true",
                         help="act as a worker node (the task list answers 503)")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible IDs")
+    parser.add_argument("--churn", type=int, default=0, metavar="N",
+                        help="replace the N oldest tasks before serving each task list "
+                             "(a fleet that never stands still; default 0)")
     return parser
 
 
@@ -37,7 +40,7 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with DockerEmulator(args.socket, swarm):
+    async with DockerEmulator(args.socket, swarm, churn=args.churn):
         await stop.wait()
 
 

@@ -57,9 +57,11 @@ class DockerEmulator:
     """Serves an EmulatedSwarm on a unix socket while the context is open."""
 
     def __init__(self, socket_path: str | os.PathLike[str],
-                 swarm: EmulatedSwarm | None = None) -> None:
+                 swarm: EmulatedSwarm | None = None, *, churn: int = 0) -> None:
         self.socket_path = Path(socket_path)
         self.swarm = swarm if swarm is not None else EmulatedSwarm()
+        # Tasks replaced before each task list is served: a fleet that never stands still.
+        self.churn = churn
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._change = asyncio.Event()
@@ -186,6 +188,8 @@ class DockerEmulator:
         args = parse_filters(request.query.get("filters"))
         if not (self.swarm.active and self.swarm.manager):
             raise EngineError(503, not_manager_message(self.swarm))
+        if self.churn:
+            self.swarm.replace_tasks(self.churn)
         return web.Response(body=self.swarm.tasks_body(args), content_type="application/json")
 
     async def _events(self, request: web.Request) -> web.StreamResponse:

@@ -1,0 +1,112 @@
+"""Task lists into agents: only new or changed tasks are decoded, and the answer is the same
+as decoding everything, whatever changed and in whatever order Docker lists the tasks."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import msgspec
+import pytest
+
+from bridge.config import Settings
+from bridge.discovery.base import SwarmRound
+from bridge.discovery.tasks import TaskListDecoder
+from bridge.emulator import EmulatedSwarm
+from bridge.emulator.filters import parse_filters
+from tests.conftest import FIXTURES
+
+RUNNING = parse_filters(json.dumps({"service": ["CHORUS_chorus"],
+                                    "desired-state": ["running"]}))
+
+
+def fresh(body: bytes) -> SwarmRound:
+    """What a decoder with no previous list makes of the body: every task decoded."""
+    return TaskListDecoder(Settings()).decode(body)
+
+
+def same_round(a: SwarmRound, b: SwarmRound) -> bool:
+    return (a.agents, sorted(a.without_address), a.pending) == (
+        b.agents, sorted(b.without_address), b.pending)
+
+
+@pytest.fixture
+def swarm() -> EmulatedSwarm:
+    fleet = EmulatedSwarm(seed=7)
+    fleet.add_tasks(40)
+    return fleet
+
+
+def test_an_identical_list_decodes_nothing() -> None:
+    body = (FIXTURES / "tasks_running_34.json").read_bytes()
+    decoder = TaskListDecoder(Settings())
+    first = decoder.decode(body)
+    assert decoder.decoded == 34 and len(first.agents) == 34
+    again = decoder.decode(bytes(bytearray(body)))  # equal bytes, another object
+    assert again is first
+    assert decoder.decoded == 0
+
+
+def test_only_the_changed_tasks_are_decoded(swarm: EmulatedSwarm) -> None:
+    decoder = TaskListDecoder(Settings())
+    before = decoder.decode(swarm.tasks_body(RUNNING))
+    ids = swarm.running_ids()
+    swarm.set_state(ids[5], "starting")
+    swarm.drop_address(ids[9])
+    swarm.remove_task(ids[20])
+    added = swarm.add_tasks(2)
+    body = swarm.tasks_body(RUNNING)
+
+    after = decoder.decode(body)
+
+    assert decoder.decoded == 4  # 2 changed, 2 new; the removed one is simply gone
+    assert same_round(after, fresh(body))
+    ids_now = {a.id for a in after.agents}
+    assert ids[5] not in ids_now and after.pending == 1
+    assert after.without_address == (ids[9],)
+    assert ids[20] not in ids_now and set(added) <= ids_now
+    # An unchanged task keeps its Agent object: the registry's diff relies on it.
+    kept = {a.id: a for a in before.agents}
+    assert all(kept[a.id] is a for a in after.agents if a.id in kept)
+
+
+def test_any_order_and_any_change_gives_what_a_full_decode_gives(swarm: EmulatedSwarm) -> None:
+    """Docker lists tasks in a stable order, but nothing breaks when it does not."""
+    rng = random.Random(3)
+    decoder = TaskListDecoder(Settings())
+    for _ in range(30):
+        ids = swarm.running_ids()
+        action = rng.choice(["scale", "state", "address", "replace", "nothing"])
+        if action == "scale":
+            swarm.scale(rng.randint(1, 60))
+        elif action == "state":
+            swarm.set_state(rng.choice(ids), rng.choice(["running", "starting", "preparing"]))
+        elif action == "address":
+            swarm.drop_address(rng.choice(ids))
+        elif action == "replace":
+            swarm.replace_tasks(rng.randint(1, 5))
+        tasks = msgspec.json.decode(swarm.tasks_body(RUNNING))
+        if rng.random() < 0.3:
+            rng.shuffle(tasks)
+        body = msgspec.json.encode(tasks)
+        assert same_round(decoder.decode(body), fresh(body)), action
+
+
+def test_a_bad_list_leaves_the_previous_one_in_place(swarm: EmulatedSwarm) -> None:
+    decoder = TaskListDecoder(Settings())
+    body = swarm.tasks_body(RUNNING)
+    first = decoder.decode(body)
+    for bad in (b"[{", b'{"ID": "x"}', b'[{"ID": 5}]', b"<html>"):
+        with pytest.raises(msgspec.DecodeError):
+            decoder.decode(bad)
+    assert decoder.decode(body) is first
+    assert decoder.decoded == 0
+
+
+def test_replacing_tasks_keeps_the_replica_count(swarm: EmulatedSwarm) -> None:
+    """The emulator's rolling replacement, which the discovery benchmark runs on."""
+    old = set(swarm.running_ids())
+    new = swarm.replace_tasks(3)
+    now = set(swarm.running_ids())
+    assert len(now) == 40 and len(new) == 3
+    assert set(new) == now - old and len(old - now) == 3
