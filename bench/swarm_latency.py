@@ -13,7 +13,11 @@ SAMPLES times in a row. For each new task:
   latency    t_bucket - t_running.
 The agents' overlay addresses are only read from the Docker API; nothing connects to them.
 
-Usage: python bench/swarm_latency.py [--samples 10] [--target 2.0] [--docker-host URL]
+Baseline, in the same run: the same bridge with its Docker events follower off (rounds on the
+30 s poll only), over --baseline-samples scale-ups (3 by default: each may take up to 30 s).
+
+Usage: python bench/swarm_latency.py [--samples 10] [--baseline-samples 3] [--target 2.0]
+                                     [--docker-host URL]
 The engine defaults to $CHORUS_TEST_DOCKER_HOST, else unix:///var/run/docker.sock.
 Exit status: 0 PASS, 1 FAIL, 2 the engine or its test image/network is missing.
 """
@@ -162,9 +166,10 @@ class BucketWatch:
 
 
 @contextlib.asynccontextmanager
-async def running_bridge(settings: Settings, url: str) -> AsyncIterator[Bridge]:
+async def running_bridge(settings: Settings, url: str, *,
+                         follow_events: bool = True) -> AsyncIterator[Bridge]:
     stop = asyncio.Event()
-    bridge = Bridge(settings)
+    bridge = Bridge(settings, follow_events=follow_events)
     task = asyncio.create_task(bridge.run(stop, url))
     try:
         async with asyncio.timeout(30):
@@ -183,9 +188,10 @@ async def running_bridge(settings: Settings, url: str) -> AsyncIterator[Bridge]:
 async def measure(service: BenchService, watch: BucketWatch, samples: int) -> list[Sample]:
     results: list[Sample] = []
     known = {t["ID"] for t in await asyncio.to_thread(service.tasks)}
+    replicas = len(known)
     for i in range(samples):
         deadline = time.monotonic() + SAMPLE_DEADLINE
-        await asyncio.to_thread(service.scale, 2 + i)
+        await asyncio.to_thread(service.scale, replicas + 1 + i)
         task_id, t_running = await asyncio.to_thread(service.wait_new_running, known, deadline)
         known.add(task_id)
         t_bucket = await watch.wait_key(task_id, max(0.0, deadline - time.monotonic()))
@@ -205,74 +211,101 @@ def clock(t: float) -> str:
     return datetime.fromtimestamp(t).strftime("%H:%M:%S.%f")[:-3]
 
 
-def report(results: list[Sample], target: float) -> bool:
+def summary(results: list[Sample]) -> tuple[float, float, float, int]:
+    """(median, p95, max, missing) of the latencies; nan when none arrived."""
+    latencies = [s.latency for s in results if s.latency is not None]
+    missing = len(results) - len(latencies)
+    if not latencies:
+        return math.nan, math.nan, math.nan, missing
+    return (statistics.median(latencies), nearest_rank(latencies, 0.95), max(latencies),
+            missing)
+
+
+def report(results: list[Sample], baseline: list[Sample], target: float) -> bool:
     print()
     print(f"{'#':>2}  {'task':<25}  {'running (Docker)':<14}  {'in bucket':<14}  latency")
     for n, s in enumerate(results, 1):
         seen = "-" if s.t_bucket is None else clock(s.t_bucket)
         latency = "missing" if s.latency is None else f"{s.latency:7.3f} s"
         print(f"{n:>2}  {s.task_id:<25}  {clock(s.t_running):<14}  {seen:<14}  {latency}")
-    latencies = [s.latency for s in results if s.latency is not None]
-    missing = len(results) - len(latencies)
-    if not latencies:
+    base_median = summary(baseline)[0]
+    print(f"\n{'':<32}{'median s':>10}{'p95 s':>10}{'max s':>10}{'n':>4}{'missing':>9}"
+          f"{'ratio':>10}")
+    for name, samples in (("bridge (events + poll)", results),
+                          (f"poll only, {POLL_INTERVAL:g} s (baseline)", baseline)):
+        median, p95, worst, lost = summary(samples)
+        print(f"{name:<32}{median:>10.3f}{p95:>10.3f}{worst:>10.3f}{len(samples):>4}"
+              f"{lost:>9}{median / base_median:>9.3f}x")
+    print("(ratio = median / the baseline's median)")
+    _, p95, _, missing = summary(results)
+    if math.isnan(p95):
         print("\nFAIL: no new replica reached the bucket")
         return False
-    median, p95 = statistics.median(latencies), nearest_rank(latencies, 0.95)
-    print(f"\nmedian {median:.3f} s   p95 {p95:.3f} s (nearest rank of {len(results)})   "
-          f"max {max(latencies):.3f} s   missing {missing}")
-    print(f"poll-only baseline ({POLL_INTERVAL:g} s interval): up to {POLL_INTERVAL:g} s, "
-          f"{POLL_INTERVAL / 2:g} s on average; p95 is {POLL_INTERVAL / p95:.0f}x below the "
-          f"interval, the median {POLL_INTERVAL / 2 / median:.0f}x below the average")
     passed = missing == 0 and p95 <= target
     print(f"{'PASS' if passed else 'FAIL'}: p95 {p95:.3f} s {'<=' if passed else '>'} "
           f"target {target:g} s" + (f", {missing} missing" if missing else ""))
     return passed
 
 
-async def run(host: str, samples: int, target: float) -> bool:
+async def phase(service: BenchService, settings: Settings, url: str, samples: int, *,
+                follow_events: bool) -> list[Sample]:
+    """A bridge on a bucket of its own; the service scaled up by one, `samples` times."""
+    async with running_bridge(settings, url, follow_events=follow_events):
+        nc = await nats.connect(url)
+        watch = BucketWatch()
+        try:
+            kv = await nc.jetstream().key_value(settings.kv_bucket)
+            async with asyncio.TaskGroup() as tg:
+                watching = tg.create_task(watch.run(kv))
+                what = "events + poll" if follow_events else "poll only (baseline)"
+                print(f"service {service.name}: scaling up by one, {samples} times; bridge: "
+                      f"{what}, poll {POLL_INTERVAL:g} s", flush=True)
+                try:
+                    return await measure(service, watch, samples)
+                finally:
+                    watching.cancel()
+        finally:
+            await nc.close()
+
+
+async def run(host: str, samples: int, baseline_samples: int, target: float) -> bool:
     client = await asyncio.to_thread(connect_engine, host)
     token = uuid.uuid4().hex[:8]
     service = BenchService(client, f"chorus-bench-{token}")
-    settings = Settings(docker_host=host, discovery_method="swarm", service_name=service.name,
+
+    def settings(kind: str) -> Settings:
+        return Settings(docker_host=host, discovery_method="swarm", service_name=service.name,
                         network_names=(NETWORK,), dns_names=(), poll_interval=POLL_INTERVAL,
-                        subject_prefix=f"bench{token}", kv_bucket=f"bench_{token}",
+                        subject_prefix=f"bench{kind}{token}", kv_bucket=f"bench_{kind}_{token}",
                         listen_host="127.0.0.1", listen_port=0)
+
     try:
         await asyncio.to_thread(service.create)
         await asyncio.to_thread(service.wait_new_running, set(), time.monotonic() + 90)
         with tempfile.TemporaryDirectory(prefix="chorus-bench-") as state:
-            async with EmbeddedNats(port=0, store_dir=Path(state) / "nats") as server, \
-                    running_bridge(settings, server.url):
-                nc = await nats.connect(server.url)
-                watch = BucketWatch()
-                try:
-                    kv = await nc.jetstream().key_value(settings.kv_bucket)
-                    async with asyncio.TaskGroup() as tg:
-                        watching = tg.create_task(watch.run(kv))
-                        print(f"service {service.name}: scaling up by one, {samples} times "
-                              f"(bridge poll {POLL_INTERVAL:g} s)", flush=True)
-                        try:
-                            results = await measure(service, watch, samples)
-                        finally:
-                            watching.cancel()
-                finally:
-                    await nc.close()
+            async with EmbeddedNats(port=0, store_dir=Path(state) / "nats") as server:
+                results = await phase(service, settings("events"), server.url, samples,
+                                      follow_events=True)
+                baseline = await phase(service, settings("poll"), server.url,
+                                       baseline_samples, follow_events=False)
     finally:
         await asyncio.to_thread(service.remove)
         client.close()
-    return report(results, target)
+    return report(results, baseline, target)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--baseline-samples", type=int, default=3)
     parser.add_argument("--target", type=float, default=2.0, help="p95 target in seconds")
     parser.add_argument("--docker-host", default=os.environ.get(
         "CHORUS_TEST_DOCKER_HOST") or "unix:///var/run/docker.sock")
     args = parser.parse_args()
     configure_logging("console", "WARNING")
     try:
-        passed = asyncio.run(run(args.docker_host, args.samples, args.target))
+        passed = asyncio.run(run(args.docker_host, args.samples, args.baseline_samples,
+                                     args.target))
     except EngineUnavailable as exc:
         print(f"swarm_latency: no usable Docker swarm: {exc}", file=sys.stderr)
         return 2

@@ -50,8 +50,11 @@ class Bridge:
     """The running service. `run(stop, url)` returns when `stop` is set, after a clean shutdown."""
 
     def __init__(self, settings: Settings, *, metrics: Metrics | None = None,
-                 dns: DnsDiscovery | None = None) -> None:
+                 dns: DnsDiscovery | None = None, follow_events: bool = True) -> None:
         self.settings = settings
+        # False: no Docker /events follower, rounds on the poll interval only (what
+        # bench/swarm_latency.py compares the bridge with).
+        self.follow_events = follow_events
         self.names = Names.from_settings(settings)
         self.metrics = metrics or Metrics()
         self._dns = dns or DnsDiscovery(settings)
@@ -155,7 +158,7 @@ class Bridge:
             tg.create_task(self.loop.run(), name="discovery")
             tg.create_task(self._follow_presence(self.loop), name="presence-sync")
             tg.create_task(api.run(), name="broadcast-api")
-            if swarm is not None:
+            if swarm is not None and self.follow_events:
                 follower = EventFollower(swarm, self.settings.service_name, self.loop.trigger)
                 tg.create_task(follower.run(), name="docker-events")
 

@@ -131,10 +131,10 @@ class RunningBridge:
 
 @contextlib.asynccontextmanager
 async def run_bridge(settings: Settings, url: str, *, dns: DnsDiscovery | None = None,
-                     ) -> AsyncIterator[RunningBridge]:
+                     follow_events: bool = True) -> AsyncIterator[RunningBridge]:
     """Start a bridge and wait until it is ready and its first round is done."""
     stop = asyncio.Event()
-    bridge = Bridge(settings, dns=dns)
+    bridge = Bridge(settings, dns=dns, follow_events=follow_events)
     task = asyncio.create_task(bridge.run(stop, url))
     running = RunningBridge(bridge, task, stop)
     try:

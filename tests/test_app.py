@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -71,6 +73,20 @@ async def test_running_tasks_are_published(running: RunningBridge, nc: NATS,
         assert agent.source == "swarm" and agent.first_seen
     assert set(swarm.requests) <= ALLOWED_DOCKER_PATHS
     assert swarm.unexpected == []
+
+
+async def test_without_the_events_follower_only_the_poll_finds_tasks(
+        nats_server: EmbeddedNats, nc: NATS, settings: Settings, swarm: EmulatedSwarm,
+        docker_api: DockerEmulator) -> None:
+    """follow_events=False (the latency benchmark's baseline): /events is never asked, and
+    a new task waits for the next poll."""
+    swarm.add_tasks(2)
+    quick = dataclasses.replace(settings, poll_interval=0.5)
+    async with run_bridge(quick, nats_server.url, follow_events=False):
+        new = swarm.add_tasks(1)
+        await wait_for(lambda: swarm.requests["/tasks"] >= 3, what="two more polls")
+        assert new[0] in await bucket(nc, settings)
+        assert swarm.requests["/events"] == 0
 
 
 async def test_join_and_leave_follow_events(running: RunningBridge, nc: NATS,
