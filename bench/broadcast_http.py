@@ -4,17 +4,19 @@ The agents (SimFleet) run in a process of their own, one listening socket per lo
 from 127.5.0.1, so their CPU is not the broadcaster's. For each latency (0, 10 and 50 ms per
 answer) the same 1,000 POSTs are made by:
 - the Broadcaster (its bus step runs against a real nats-server; with no agent on the bus it
-  costs next to nothing), with the bridge's client, `agent_client(settings)`;
-- a bare fan-out, asyncio.gather + Semaphore(256), with the same client configuration;
-- a bare fan-out with a default httpx.AsyncClient and the same limits;
-- the same fan-out straight on an aiohttp.ClientSession (no httpx): the floor, for reference;
-- one POST after another with the bridge's client (at 50 ms on a subset of 100 agents, the
-  time per call extrapolated to 1,000 and labelled so).
+  costs next to nothing), with the bridge's HTTP to agents, `AgentHTTP(settings)`;
+- a bare httpx fan-out, asyncio.gather + Semaphore(256) around `client.post`, on
+  `AgentHTTP.client` (the same transport and limits);
+- a bare httpx fan-out with a default httpx.AsyncClient and the same limits;
+- the same fan-out straight on an aiohttp.ClientSession (no httpx): for reference;
+- one POST after another with the same client: the Broadcaster itself with
+  BRIDGE_HTTP_CONCURRENCY=1 (at 50 ms on a subset of 100 agents, the time per call
+  extrapolated to 1,000 and labelled so).
 Every measurement uses a fresh client, so every run opens its connections as a broadcast does.
 The CPU time this process spends per run is printed too: where it is close to the wall time,
 the fan-out is bound by the client's CPU, not by the agents' latency.
 
-Targets: the Broadcaster's median within 1.5x of the faster bare fan-out at every latency;
+Targets: the Broadcaster's median within 1.5x of the faster bare httpx fan-out at every latency;
 and, where agents take time to answer (10 and 50 ms), at least 20x faster than sequential
 calls. With agents that answer at once a fan-out on loopback is bound by CPU (client and
 agents share 2 cores), so concurrency cannot buy much there: that ratio is reported, not judged.
@@ -25,6 +27,7 @@ agents share 2 cores), so concurrency cannot buy much there: that ratio is repor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -38,7 +41,8 @@ import nats
 from common import BENCH, Bench, Series, arguments, child_process, main, quiet_logs, timed
 from nats.aio.client import Client as NATS
 
-from bridge.broadcast import Broadcaster, Target, agent_client
+from bridge.agent_http import AgentHTTP
+from bridge.broadcast import Broadcaster, Target
 from bridge.config import Settings
 from bridge.embedded import EmbeddedNats
 from bridge.models import CouncilOpportunity, Role, encode
@@ -78,12 +82,14 @@ class Run:
         if ok != expected:
             self.unreached.append(f"{what}: {ok} of {expected}")
 
-    async def broadcaster(self) -> None:
-        async with agent_client(self.settings) as client:
-            broadcaster = Broadcaster(self.nc, self.names, self.settings, client,
-                                      lambda: self.targets)
+    async def _broadcast(self, settings: Settings, targets: list[Target], what: str) -> None:
+        async with AgentHTTP(settings) as http:
+            broadcaster = Broadcaster(self.nc, self.names, settings, http, lambda: targets)
             report = await broadcaster.broadcast(self._next())
-        self._check("broadcaster", report.success_count, len(self.targets))
+        self._check(what, report.success_count, len(targets))
+
+    async def broadcaster(self) -> None:
+        await self._broadcast(self.settings, self.targets, "broadcaster")
 
     def _default_client(self) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=self.settings.http_concurrency,
@@ -109,7 +115,7 @@ class Run:
         self._check(what, sum(results), len(self.targets))
 
     async def bare_same_client(self) -> None:
-        await self._fan_out(agent_client(self.settings), "bare fan-out, agent_client")
+        await self._fan_out(AgentHTTP(self.settings).client, "bare fan-out, AgentHTTP.client")
 
     async def bare_default_httpx(self) -> None:
         await self._fan_out(self._default_client(), "bare fan-out, default httpx")
@@ -135,17 +141,9 @@ class Run:
         self._check("bare fan-out, aiohttp", sum(results), len(self.targets))
 
     async def sequential(self, subset: int) -> None:
-        offer = self._next()
-        payload = encode(offer)
-        headers = {"Idempotency-Key": offer.id, "Content-Type": "application/json"}
-        path = self.settings.opportunity_path
-        ok = 0
-        async with agent_client(self.settings) as client:
-            for target in self.targets[:subset]:
-                response = await client.post(f"{target.endpoint}{path}", content=payload,
-                                             headers=headers)
-                ok += response.is_success
-        self._check("sequential", ok, subset)
+        """One POST after another: the Broadcaster with one call in flight."""
+        one_at_a_time = dataclasses.replace(self.settings, http_concurrency=1)
+        await self._broadcast(one_at_a_time, self.targets[:subset], "sequential")
 
 
 async def measure(bench: Bench, nc: NATS, delay: float, reps: int, seq_subset: int,
@@ -163,10 +161,10 @@ async def measure(bench: Bench, nc: NATS, delay: float, reps: int, seq_subset: i
         scale = AGENTS / seq_subset
         label = f"{delay * 1000:g} ms"
         broadcaster = Series("Broadcaster.broadcast")
-        same = Series("bare fan-out, agent_client (same config)")
-        default = Series("bare fan-out, default httpx.AsyncClient")
-        floor = Series("bare fan-out, aiohttp.ClientSession", note="(floor; no target)")
-        sequential = Series("sequential POSTs, agent_client",
+        same = Series("bare httpx fan-out, AgentHTTP.client")
+        default = Series("bare httpx fan-out, default httpx.AsyncClient")
+        floor = Series("bare fan-out, aiohttp.ClientSession", note="(no target)")
+        sequential = Series("sequential: Broadcaster, concurrency 1",
                             note=(f"EXTRAPOLATED: {seq_subset} agents x{scale:g}"
                                   if seq_subset < AGENTS else ""))
         fan_outs: list[tuple[Series, Callable[[], Awaitable[None]]]] = [

@@ -7,11 +7,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import structlog
 from nats.aio.client import Client as NATS
 
-from bridge.broadcast import Broadcaster, Target, agent_client
+from bridge.agent_http import AgentHTTP
+from bridge.broadcast import Broadcaster, Target
 from bridge.broadcast_api import BroadcastService
 from bridge.bus import connect
 from bridge.config import Settings
@@ -90,7 +90,7 @@ class Bridge:
                  networks=",".join(settings.network_names), bucket=settings.kv_bucket)
         try:
             async with contextlib.AsyncExitStack() as stack:
-                http = await stack.enter_async_context(agent_client(settings))
+                http = await stack.enter_async_context(AgentHTTP(settings))
                 self.http_port = await stack.enter_async_context(serve_http(
                     settings.listen_host, settings.listen_port, self.metrics, self.health))
                 nc = await stack.enter_async_context(connect(
@@ -104,7 +104,7 @@ class Bridge:
                 swarm.close()
         log.info("bridge_stopped")
 
-    async def _open(self, nc: NATS, http: httpx.AsyncClient,
+    async def _open(self, nc: NATS, http: AgentHTTP,
                     swarm: SwarmDiscovery | None) -> None:
         replicas = self.settings.kv_replicas
         registry = AgentRegistry(nc, self.names, replicas=replicas, metrics=self.metrics)
@@ -113,7 +113,7 @@ class Bridge:
         presence.changed = self._presence_changed.set
         self.registry, self.presence = registry, presence
         await presence.open()
-        self._discoverer = Discoverer(self.settings, swarm=swarm, dns=self._dns, http=http,
+        self._discoverer = Discoverer(self.settings, swarm=swarm, dns=self._dns, http=http.client,
                                       metrics=self.metrics)
         self.broadcaster = Broadcaster(nc, self.names, self.settings, http, self.targets,
                                        metrics=self.metrics)

@@ -22,10 +22,10 @@ import httpx
 import msgspec
 import nats.errors
 import structlog
-from httpx_aiohttp import AiohttpTransport
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from bridge.agent_http import AgentHTTP
 from bridge.config import Settings
 from bridge.metrics import Metrics
 from bridge.models import (
@@ -39,12 +39,9 @@ from bridge.models import (
 )
 from bridge.subjects import Names
 
-__all__ = ["MAX_RESPONSE_BYTES", "Broadcaster", "Target"]
+__all__ = ["Broadcaster", "Target"]
 
 log = structlog.get_logger(__name__)
-
-# An agent's HTTP answer is read up to this size: a huge body costs that agent nothing more.
-MAX_RESPONSE_BYTES = 64 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,20 +62,6 @@ class _Delivery:
     unregistered_acks: int = 0
 
 
-def agent_client(settings: Settings) -> httpx.AsyncClient:
-    """The one pooled HTTP client for calls to agents (broadcasts and health checks).
-
-    httpx's API over aiohttp's transport: on a fan-out to many hosts, httpcore's pool costs
-    several times more CPU per call (bench/broadcast_http.py measures both).
-    trust_env=False: a proxy variable must never route calls to agents elsewhere.
-    """
-    limits = httpx.Limits(max_connections=settings.http_concurrency,
-                          max_keepalive_connections=settings.http_concurrency)
-    return httpx.AsyncClient(
-        timeout=settings.http_timeout, trust_env=False,
-        transport=AiohttpTransport(trust_env=False, limits=limits))
-
-
 def _error_text(exc: BaseException) -> str:
     cause = exc.__cause__
     if isinstance(exc, httpx.TimeoutException | TimeoutError) and not isinstance(
@@ -96,7 +79,7 @@ def _error_text(exc: BaseException) -> str:
 class Broadcaster:
     """Sends opportunities to the targets that `targets()` returns at the time of the call."""
 
-    def __init__(self, nc: NATS, names: Names, settings: Settings, http: httpx.AsyncClient,
+    def __init__(self, nc: NATS, names: Names, settings: Settings, http: AgentHTTP,
                  targets: Callable[[], Sequence[Target]], *,
                  metrics: Metrics | None = None) -> None:
         self._nc = nc
@@ -176,6 +159,7 @@ class Broadcaster:
 
     async def _over_http(self, opportunity: CouncilOpportunity, payload: bytes,
                          targets: list[Target], result: _Delivery) -> None:
+        headers = self._http.post_headers(payload, {"Idempotency-Key": opportunity.id})
         calls = []
         for target in targets:
             if target.agent_id in result.via_bus:
@@ -189,15 +173,14 @@ class Broadcaster:
                     agent_id=target.agent_id, endpoint=None,
                     error="no ack on the bus and no endpoint")
             else:
-                calls.append(self._post(opportunity, payload, target, result))
+                calls.append(self._post(opportunity, payload, headers, target, result))
         if calls:
             await asyncio.gather(*calls)
 
-    async def _post(self, opportunity: CouncilOpportunity, payload: bytes, target: Target,
-                    result: _Delivery) -> None:
+    async def _post(self, opportunity: CouncilOpportunity, payload: bytes,
+                    headers: httpx.Headers, target: Target, result: _Delivery) -> None:
         assert target.endpoint is not None
         url = target.endpoint + self._settings.opportunity_path
-        headers = {"Idempotency-Key": opportunity.id, "Content-Type": "application/json"}
         async with self._limit:
             started = time.perf_counter()
             try:
@@ -216,7 +199,7 @@ class Broadcaster:
         result.via_http.add(target.agent_id)
         await self._republish_claim(opportunity, body)
 
-    async def _send(self, url: str, payload: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    async def _send(self, url: str, payload: bytes, headers: httpx.Headers) -> tuple[int, bytes]:
         """POST once, and once more if the connection failed; the body is read up to 64 KiB.
 
         The timeout covers the whole call, body included, so a slow trickle cannot hold a slot.
@@ -224,7 +207,7 @@ class Broadcaster:
         for attempt in (1, 2):
             try:
                 async with asyncio.timeout(self._settings.http_timeout):
-                    return await self._post_once(url, payload, headers)
+                    return await self._http.post(url, payload, headers)
             except TimeoutError:
                 raise httpx.ReadTimeout("timeout") from None
             except httpx.ConnectError:
@@ -235,16 +218,6 @@ class Broadcaster:
                 if attempt == 2 or not isinstance(exc.__cause__, aiohttp.ClientConnectionError):
                     raise
         raise AssertionError("unreachable")
-
-    async def _post_once(self, url: str, payload: bytes,
-                         headers: dict[str, str]) -> tuple[int, bytes]:
-        async with self._http.stream("POST", url, content=payload, headers=headers) as response:
-            body = bytearray()
-            async for chunk in response.aiter_raw():
-                body += chunk
-                if len(body) >= MAX_RESPONSE_BYTES:
-                    break
-            return response.status_code, bytes(body[:MAX_RESPONSE_BYTES])
 
     async def _republish_claim(self, opportunity: CouncilOpportunity, body: bytes) -> None:
         if not body.lstrip().startswith(b"{"):
