@@ -15,9 +15,12 @@ RUN python3 -m venv /opt/venv
 WORKDIR /src
 # Dependencies first, from the project metadata alone, so a change of the code reuses this layer.
 COPY pyproject.toml README.m[d] ./
+# The build tree goes too: setuptools keeps a built file that is newer than its source, and the
+# placeholder __init__.py is newer than the real one copied below.
 RUN mkdir bridge && touch bridge/__init__.py \
     && /opt/venv/bin/pip install . \
-    && /opt/venv/bin/pip uninstall -y chorus-bridge
+    && /opt/venv/bin/pip uninstall -y chorus-bridge \
+    && rm -rf build bridge *.egg-info
 COPY bridge ./bridge
 RUN /opt/venv/bin/pip install --no-deps . \
     && /opt/venv/bin/python -m compileall -q /opt/venv/lib

@@ -156,10 +156,10 @@ class TaskListDecoder:
     def _match(self, raws: list[msgspec.Raw]) -> list[Agent | Skipped]:
         """What each task is, reusing the previous list's answer for a task with equal bytes.
 
-        Docker lists tasks in a stable order, so the previous list is walked alongside: a task
-        that is equal to the next one there costs one comparison. A few tasks ahead are tried
-        too, which steps over tasks that went away; anything else (a new or changed task, or
-        a list in another order) is decoded.
+        Docker lists tasks sorted by ID (as in the recorded responses), so the previous list
+        is walked alongside: a task equal to the next one there costs one comparison. A few
+        tasks ahead are tried too, which steps over tasks that went away; anything else (a
+        new or changed task, or a list in another order) is decoded.
         """
         previous, answers, settings = self._raws, self._outcomes, self._settings
         outcomes: list[Agent | Skipped] = []

@@ -159,7 +159,9 @@ class EmulatedSwarm:
             body = self._bodies.get(query.key)
             if body is None:
                 encode = self._shape.encode
-                parts = [encode(r) for r in query.select(self._tasks.values())]
+                # Sorted by ID, as Docker lists them (its store is indexed by ID).
+                selected = sorted(query.select(self._tasks.values()), key=_by_id)
+                parts = [encode(r) for r in selected]
                 # The brackets go onto the end parts, so 13 MB of tasks are copied only once.
                 if parts:
                     parts[0] = b"[" + parts[0]
@@ -322,6 +324,10 @@ class EmulatedSwarm:
     def _notify(self) -> None:
         for callback in list(self._watchers):
             callback()
+
+
+def _by_id(record: TaskRecord) -> str:
+    return record.id
 
 
 def _check_state(state: str) -> None:
