@@ -27,8 +27,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="act as a worker node (the task list answers 503)")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible IDs")
     parser.add_argument("--churn", type=int, default=0, metavar="N",
-                        help="replace the N oldest tasks before serving each task list "
-                             "(a fleet that never stands still; default 0)")
+                        help="replace the N least recently changed tasks before serving each "
+                             "task list (a fleet that never stands still; default 0)")
     return parser
 
 

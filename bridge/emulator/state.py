@@ -12,6 +12,7 @@ import collections
 import itertools
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import attrgetter
 from typing import Any, Literal, get_args
 
 from bridge.emulator.addresses import AddressPool
@@ -160,7 +161,7 @@ class EmulatedSwarm:
             if body is None:
                 encode = self._shape.encode
                 # Sorted by ID, as Docker lists them (its store is indexed by ID).
-                selected = sorted(query.select(self._tasks.values()), key=_by_id)
+                selected = sorted(query.select(self._tasks.values()), key=attrgetter("id"))
                 parts = [encode(r) for r in selected]
                 # The brackets go onto the end parts, so 13 MB of tasks are copied only once.
                 if parts:
@@ -206,8 +207,8 @@ class EmulatedSwarm:
             return [r.id for r in gone]
 
     def replace_tasks(self, n: int) -> list[str]:
-        """Replace the n longest-running tasks with new ones in their slots (a rolling
-        update); returns the new tasks' IDs."""
+        """Replace the n least recently changed tasks with new ones in their slots (as a
+        rolling update does); returns the new tasks' IDs."""
         with self._lock:
             running = sorted(self._desired_running(), key=lambda r: r.version)[:n]
             self._remove(running)
@@ -324,10 +325,6 @@ class EmulatedSwarm:
     def _notify(self) -> None:
         for callback in list(self._watchers):
             callback()
-
-
-def _by_id(record: TaskRecord) -> str:
-    return record.id
 
 
 def _check_state(state: str) -> None:
