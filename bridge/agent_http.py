@@ -37,7 +37,7 @@ MAX_RESPONSE_BYTES = 64 * 1024
 USER_AGENT = f"chorus-bridge/{__version__}"
 # Agents' URLs seen lately, parsed once: a fleet gets every broadcast at the same URLs. Both
 # caches together take about 1.1 KB per URL (11 MB at 10,000 agents); a fleet larger than this
-# only loses the saving, about a tenth of a POST's CPU.
+# only loses the saving: parsing a new URL costs about 30 us, of a POST's 0.5 ms of CPU.
 _URL_CACHE = 16_384
 
 
