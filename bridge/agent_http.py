@@ -10,14 +10,16 @@ itself costs. So:
 - the broadcast's POST (`AgentHTTP.post`) builds its `httpx.Request` from parts made once per
   broadcast and sends it straight through the transport. What `AsyncClient.send` adds on top
   (cookie jar, auth, redirects, default headers, URL merging) is nothing a POST to an agent
-  needs: agents set no cookies we would send back, and a redirect is not followed anyway.
+  needs: a redirect is not followed anyway, and no cookie is ever kept.
 Health checks and anything else use `AgentHTTP.client`, an ordinary `httpx.AsyncClient` over
-the same transport.
+the same transport. Neither path keeps cookies: what one agent sets must not reach another.
 """
 
 from __future__ import annotations
 
 import functools
+import ssl
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
 from typing import Self
 
@@ -52,6 +54,12 @@ def _aiohttp_url(url: str) -> yarl.URL:
     return yarl.URL(url, encoded=True)
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    # Loading the CA bundle takes about 20 ms: once per process, not once per client.
+    return httpx.create_ssl_context(trust_env=False)
+
+
 @functools.lru_cache(maxsize=64)
 def _client_timeout(connect: float | None, read: float | None,
                     pool: float | None) -> aiohttp.ClientTimeout:
@@ -63,6 +71,14 @@ class AgentTransport(AiohttpTransport):
 
     The response streams from aiohttp as in httpx-aiohttp; only the way in is leaner.
     """
+
+    def get_client(self) -> aiohttp.ClientSession:
+        # No cookie jar: nothing an agent sets is ever sent back, to it or to another agent,
+        # and an empty jar would still be searched on every call.
+        connector = aiohttp.TCPConnector(limit=self.limits.max_connections or 0,
+                                         keepalive_timeout=self.limits.keepalive_expiry,
+                                         ssl=self.ssl_context)
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not isinstance(self.client, aiohttp.ClientSession):
@@ -97,9 +113,11 @@ class AgentHTTP:
     def __init__(self, settings: Settings) -> None:
         limits = httpx.Limits(max_connections=settings.http_concurrency,
                               max_keepalive_connections=settings.http_concurrency)
-        self.transport = AgentTransport(trust_env=False, limits=limits)
+        self.transport = AgentTransport(verify=_ssl_context(), trust_env=False, limits=limits)
+        # A jar whose policy takes no cookie: what one agent sets is never sent back.
+        no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
         self.client = httpx.AsyncClient(timeout=settings.http_timeout, trust_env=False,
-                                        transport=self.transport,
+                                        transport=self.transport, cookies=no_cookies,
                                         headers={"User-Agent": USER_AGENT})
         self._timeout = {"timeout": httpx.Timeout(settings.http_timeout).as_dict()}
 

@@ -38,11 +38,19 @@ async def agent() -> AsyncIterator[tuple[str, list[web.Request], list[bytes]]]:
     async def broken(_request: web.Request) -> web.Response:
         return web.Response(status=500, text="broken")
 
+    async def cookie(request: web.Request) -> web.Response:
+        seen.append(request)
+        response = web.Response(text="{}")
+        response.set_cookie("session", "agent-secret")
+        return response
+
     app = web.Application()
     app.router.add_post("/op", record)
     app.router.add_post("/huge", huge)
     app.router.add_post("/moved", moved)
     app.router.add_post("/broken", broken)
+    app.router.add_post("/cookie", cookie)
+    app.router.add_get("/cookie", cookie)
     app.router.add_post("/elsewhere", record)
     app.router.add_get("/health", record)
     runner = web.AppRunner(app, shutdown_timeout=0.1)
@@ -111,3 +119,19 @@ async def test_the_client_shares_the_transport(
         response = await http.client.get(f"{base}/health")
         assert response.status_code == 200 and response.json()["role"] == "tpm"
     assert seen[0].headers["User-Agent"] == USER_AGENT
+
+
+async def test_a_cookie_an_agent_sets_is_never_sent_back(
+        agent: tuple[str, list[web.Request], list[bytes]]) -> None:
+    """Neither path keeps cookies. By name (localhost, still loopback), because cookie jars
+    refuse cookies from IP addresses by themselves."""
+    base, seen, _ = agent
+    by_name = base.replace("127.0.0.1", "localhost")
+    async with agent_http() as http:
+        headers = http.post_headers(b"{}", {})
+        for _ in range(2):
+            await http.post(f"{by_name}/cookie", b"{}", headers)
+        for _ in range(2):
+            await http.client.get(f"{by_name}/cookie")
+    assert len(seen) == 4
+    assert [r.headers.get("Cookie") for r in seen] == [None] * 4
