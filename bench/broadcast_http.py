@@ -5,6 +5,8 @@ from 127.5.0.1, so their CPU is not the broadcaster's. For each latency (0, 10 a
 answer) the same 1,000 POSTs are made by:
 - the Broadcaster (its bus step runs against a real nats-server; with no agent on the bus it
   costs next to nothing), with the bridge's HTTP to agents, `AgentHTTP(settings)`;
+- the same with CPython's collector thresholds left as they are, for reference: what
+  `bridge.gc_tuning.fewer_collections` saves;
 - a bare httpx fan-out, asyncio.gather + Semaphore(256) around `client.post`, on
   `AgentHTTP.client` (the same transport and limits);
 - a bare httpx fan-out with a default httpx.AsyncClient and the same limits;
@@ -27,11 +29,13 @@ agents share 2 cores), so concurrency cannot buy much there: that ratio is repor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import statistics
 import sys
 import tempfile
 import time
+import unittest.mock
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -41,6 +45,7 @@ import nats
 from common import BENCH, Bench, Series, arguments, child_process, main, quiet_logs, timed
 from nats.aio.client import Client as NATS
 
+import bridge.broadcast
 from bridge.agent_http import AgentHTTP
 from bridge.broadcast import Broadcaster, Target
 from bridge.config import Settings
@@ -90,6 +95,13 @@ class Run:
 
     async def broadcaster(self) -> None:
         await self._broadcast(self.settings, self.targets, "broadcaster")
+
+    async def broadcaster_default_gc(self) -> None:
+        """The Broadcaster with CPython's collector thresholds as they are: what
+        bridge.gc_tuning.fewer_collections saves."""
+        with unittest.mock.patch.object(bridge.broadcast, "fewer_collections",
+                                        contextlib.nullcontext):
+            await self._broadcast(self.settings, self.targets, "broadcaster, default gc")
 
     def _default_client(self) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=self.settings.http_concurrency,
@@ -161,6 +173,7 @@ async def measure(bench: Bench, nc: NATS, delay: float, reps: int, seq_subset: i
         scale = AGENTS / seq_subset
         label = f"{delay * 1000:g} ms"
         broadcaster = Series("Broadcaster.broadcast")
+        default_gc = Series("Broadcaster, default gc thresholds", note="(no target)")
         same = Series("bare httpx fan-out, AgentHTTP.client")
         default = Series("bare httpx fan-out, default httpx.AsyncClient")
         floor = Series("bare fan-out, aiohttp.ClientSession", note="(no target)")
@@ -168,8 +181,9 @@ async def measure(bench: Bench, nc: NATS, delay: float, reps: int, seq_subset: i
                             note=(f"EXTRAPOLATED: {seq_subset} agents x{scale:g}"
                                   if seq_subset < AGENTS else ""))
         fan_outs: list[tuple[Series, Callable[[], Awaitable[None]]]] = [
-            (broadcaster, run.broadcaster), (same, run.bare_same_client),
-            (floor, run.bare_aiohttp), (default, run.bare_default_httpx)]
+            (broadcaster, run.broadcaster), (default_gc, run.broadcaster_default_gc),
+            (same, run.bare_same_client), (floor, run.bare_aiohttp),
+            (default, run.bare_default_httpx)]
         for _series, call in fan_outs:  # warm-up: imports, the server's first connections
             await call()
         await run.sequential(min(seq_subset, 20))
@@ -187,8 +201,8 @@ async def measure(bench: Bench, nc: NATS, delay: float, reps: int, seq_subset: i
             sequential.add(part.seconds[0] * scale)
 
     bench.table(f"{AGENTS:,} HTTP agents answering after {label}",
-                [broadcaster, same, default, floor, sequential], broadcaster)
-    for series in (broadcaster, same, floor):
+                [broadcaster, default_gc, same, default, floor, sequential], broadcaster)
+    for series in (broadcaster, default_gc, same, floor):
         spent = statistics.median(cpu[series.name])
         bench.info(f"[{label}] CPU of this process, {series.name}",
                    f"{spent * 1000:.0f} ms per run of {AGENTS:,} calls "

@@ -17,6 +17,7 @@ the same transport. Neither path keeps cookies: what one agent sets must not rea
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ssl
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -41,6 +42,10 @@ USER_AGENT = f"chorus-bridge/{__version__}"
 # caches together take about 1.1 KB per URL (11 MB at 10,000 agents); a fleet larger than this
 # only loses the saving: parsing a new URL costs about 30 us, of a POST's 0.5 ms of CPU.
 _URL_CACHE = 16_384
+# The broadcast's POST runs under one deadline of its own (AgentHTTP.post), so aiohttp is given
+# no timer per phase: each would be one more timer to set and cancel on every call.
+_ONE_DEADLINE: dict[str, object] = {
+    "timeout": {"connect": None, "read": None, "write": None, "pool": None}}
 
 
 @functools.lru_cache(maxsize=_URL_CACHE)
@@ -119,7 +124,7 @@ class AgentHTTP:
         self.client = httpx.AsyncClient(timeout=settings.http_timeout, trust_env=False,
                                         transport=self.transport, cookies=no_cookies,
                                         headers={"User-Agent": USER_AGENT})
-        self._timeout = {"timeout": httpx.Timeout(settings.http_timeout).as_dict()}
+        self._deadline = settings.http_timeout
 
     async def __aenter__(self) -> Self:
         await self.client.__aenter__()
@@ -138,9 +143,20 @@ class AgentHTTP:
 
     async def post(self, url: str, body: bytes, headers: httpx.Headers) -> tuple[int, bytes]:
         """POST `body` (with headers from post_headers) and read at most MAX_RESPONSE_BYTES of
-        the answer: (status, body). httpx errors as httpx raises them."""
+        the answer: (status, body). httpx errors as httpx raises them.
+
+        BRIDGE_HTTP_TIMEOUT covers the whole call, connection and body included, so a slow
+        trickle cannot hold a slot: past it, httpx.ReadTimeout("timeout").
+        """
         request = httpx.Request("POST", _httpx_url(url), headers=headers,
-                                stream=httpx.ByteStream(body), extensions=self._timeout)
+                                stream=httpx.ByteStream(body), extensions=_ONE_DEADLINE)
+        try:
+            async with asyncio.timeout(self._deadline):
+                return await self._exchange(request)
+        except TimeoutError:
+            raise httpx.ReadTimeout("timeout", request=request) from None
+
+    async def _exchange(self, request: httpx.Request) -> tuple[int, bytes]:
         response = await self.transport.handle_async_request(request)
         stream = response.stream
         assert isinstance(stream, httpx.AsyncByteStream)  # what AgentTransport returns

@@ -27,6 +27,7 @@ from nats.aio.msg import Msg
 
 from bridge.agent_http import AgentHTTP
 from bridge.config import Settings
+from bridge.gc_tuning import fewer_collections
 from bridge.metrics import Metrics
 from bridge.models import (
     ACK_DECODER,
@@ -96,8 +97,9 @@ class Broadcaster:
         targets = list({t.agent_id: t for t in self._targets()}.values())
         payload = encode(opportunity)
         result = _Delivery()
-        await self._over_bus(opportunity, payload, targets, result)
-        await self._over_http(opportunity, payload, targets, result)
+        with fewer_collections():
+            await self._over_bus(opportunity, payload, targets, result)
+            await self._over_http(opportunity, payload, targets, result)
         report = BroadcastReport(
             opportunity_id=opportunity.id, total_agents=len(targets),
             success_count=len(result.via_bus) + len(result.via_http),
@@ -160,7 +162,7 @@ class Broadcaster:
     async def _over_http(self, opportunity: CouncilOpportunity, payload: bytes,
                          targets: list[Target], result: _Delivery) -> None:
         headers = self._http.post_headers(payload, {"Idempotency-Key": opportunity.id})
-        calls = []
+        calls: list[Target] = []
         for target in targets:
             if target.agent_id in result.via_bus:
                 continue
@@ -173,9 +175,19 @@ class Broadcaster:
                     agent_id=target.agent_id, endpoint=None,
                     error="no ack on the bus and no endpoint")
             else:
-                calls.append(self._post(opportunity, payload, headers, target, result))
-        if calls:
-            await asyncio.gather(*calls)
+                calls.append(target)
+        # As many workers as calls may be in flight, each taking the next target: not a task
+        # per agent waiting on the semaphore. A thousand parked coroutines are a thousand more
+        # objects for every garbage collection during the fan-out to walk over.
+        pending = iter(calls)
+
+        async def worker() -> None:
+            for target in pending:
+                await self._post(opportunity, payload, headers, target, result)
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(self._settings.http_concurrency, len(calls))):
+                group.create_task(worker())
 
     async def _post(self, opportunity: CouncilOpportunity, payload: bytes,
                     headers: httpx.Headers, target: Target, result: _Delivery) -> None:
@@ -202,14 +214,11 @@ class Broadcaster:
     async def _send(self, url: str, payload: bytes, headers: httpx.Headers) -> tuple[int, bytes]:
         """POST once, and once more if the connection failed; the body is read up to 64 KiB.
 
-        The timeout covers the whole call, body included, so a slow trickle cannot hold a slot.
+        Each attempt has BRIDGE_HTTP_TIMEOUT for the whole call, body included (AgentHTTP.post).
         """
         for attempt in (1, 2):
             try:
-                async with asyncio.timeout(self._settings.http_timeout):
-                    return await self._http.post(url, payload, headers)
-            except TimeoutError:
-                raise httpx.ReadTimeout("timeout") from None
+                return await self._http.post(url, payload, headers)
             except httpx.ConnectError:
                 if attempt == 2:
                     raise
