@@ -176,9 +176,8 @@ class Broadcaster:
                     error="no ack on the bus and no endpoint")
             else:
                 calls.append(target)
-        # As many workers as calls may be in flight, each taking the next target: not a task
-        # per agent waiting on the semaphore. A thousand parked coroutines are a thousand more
-        # objects for every garbage collection during the fan-out to walk over.
+        # As many workers as calls may be in flight, each taking the next target: the tasks of
+        # a broadcast are bounded by BRIDGE_HTTP_CONCURRENCY, not by the size of the fleet.
         pending = iter(calls)
 
         async def worker() -> None:
