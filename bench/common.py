@@ -37,6 +37,10 @@ __all__ = [
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+# Benchmarks on the real swarm make their agents' service as the swarm tests do, with
+# tests/swarm_support.py: the repository must be importable, as it is when pytest runs.
+if str(REPO) not in sys.path:
+    sys.path.insert(1, str(REPO))
 # A child still running this long after it was asked to stop is killed.
 STOP_GRACE = 10.0
 _PR_SET_PDEATHSIG = 1

@@ -38,30 +38,21 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-import docker
-import docker.errors
+import common  # noqa: F401  (puts the repository on sys.path, for tests.swarm_support)
 import nats
-from docker.types import ServiceMode
 from nats.js.kv import KeyValue
 
 from bridge.app import Bridge
 from bridge.config import Settings
 from bridge.embedded import EmbeddedNats
 from bridge.logs import configure_logging
+from tests.swarm_support import NETWORK, AgentService, EngineUnavailable, open_engine
 
-AGENT_IMAGE = "chorus-agent:test"
-AGENT_COMMAND = ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"]
-NETWORK = "chorus_default"
 POLL_INTERVAL = 30.0
 # A sample that has not reached the bucket by then counts as a failure (past the poll, too).
 SAMPLE_DEADLINE = POLL_INTERVAL + 15.0
 DOCKER_POLL = 0.05
-
-
-class EngineUnavailable(Exception):
-    """The engine does not answer, is not a swarm manager, or lacks the test image/network."""
 
 
 @dataclass(frozen=True)
@@ -82,47 +73,8 @@ def docker_time(stamp: str) -> float:
     return datetime.fromisoformat(f"{head}.{fraction}+00:00").timestamp()
 
 
-def connect_engine(host: str) -> docker.DockerClient:
-    try:
-        client = docker.DockerClient(base_url=host, version="auto", timeout=60)
-        swarm = client.info().get("Swarm") or {}
-        client.images.get(AGENT_IMAGE)
-        client.networks.get(NETWORK)
-    except docker.errors.DockerException as exc:
-        raise EngineUnavailable(f"{host}: {exc} (run scripts/swarm-up.sh)") from exc
-    if not swarm.get("ControlAvailable"):
-        client.close()
-        raise EngineUnavailable(f"{host} is not a swarm manager (run scripts/swarm-up.sh)")
-    return client
-
-
-class BenchService:
-    """The agents' service; blocking Docker calls, run in a thread."""
-
-    def __init__(self, client: docker.DockerClient, name: str) -> None:
-        self.client, self.name = client, name
-
-    def create(self) -> None:
-        self.client.services.create(
-            AGENT_IMAGE, command=AGENT_COMMAND, name=self.name, labels={"chorus.test": "1"},
-            networks=[NETWORK], mode=ServiceMode("replicated", replicas=1),
-            stop_grace_period=1_000_000_000)
-
-    def tasks(self) -> list[dict[str, Any]]:
-        tasks: list[dict[str, Any]] = self.client.api.tasks(
-            filters={"service": self.name, "desired-state": "running"})
-        return tasks
-
-    def scale(self, replicas: int) -> None:
-        # The current spec as it is, only the count changed (as `docker service scale`): the
-        # SDK's Service.scale() adds defaults to the task template, which replaces every task.
-        current = self.client.api.inspect_service(self.name)
-        spec = current["Spec"]
-        self.client.api.update_service(
-            current["ID"], current["Version"]["Index"], name=spec["Name"],
-            labels=spec.get("Labels"), mode=ServiceMode("replicated", replicas=replicas),
-            task_template=spec["TaskTemplate"], update_config=spec.get("UpdateConfig"),
-            rollback_config=spec.get("RollbackConfig"), endpoint_spec=spec.get("EndpointSpec"))
+class BenchService(AgentService):
+    """The agents' service, as the swarm tests make it; blocking Docker calls, run in a thread."""
 
     def wait_new_running(self, known: set[str], deadline: float) -> tuple[str, float]:
         """The first task not in `known` that runs: (id, Status.Timestamp as Unix time)."""
@@ -133,10 +85,6 @@ class BenchService:
                     return task["ID"], docker_time(status["Timestamp"])
             time.sleep(DOCKER_POLL)
         raise TimeoutError(f"no new task of {self.name} ran in time")
-
-    def remove(self) -> None:
-        with contextlib.suppress(docker.errors.NotFound):
-            self.client.api.remove_service(self.name)
 
 
 class BucketWatch:
@@ -269,7 +217,7 @@ async def phase(service: BenchService, settings: Settings, url: str, samples: in
 
 
 async def run(host: str, samples: int, baseline_samples: int, target: float) -> bool:
-    client = await asyncio.to_thread(connect_engine, host)
+    client = await asyncio.to_thread(open_engine, host)
     token = uuid.uuid4().hex[:8]
     service = BenchService(client, f"chorus-bench-{token}")
 
@@ -280,7 +228,7 @@ async def run(host: str, samples: int, baseline_samples: int, target: float) -> 
                         listen_host="127.0.0.1", listen_port=0)
 
     try:
-        await asyncio.to_thread(service.create)
+        await asyncio.to_thread(service.create, 1)
         await asyncio.to_thread(service.wait_new_running, set(), time.monotonic() + 90)
         with tempfile.TemporaryDirectory(prefix="chorus-bench-") as state:
             async with EmbeddedNats(port=0, store_dir=Path(state) / "nats") as server:

@@ -17,13 +17,13 @@ from typing import Any, NoReturn
 
 import docker
 import docker.errors
-import pytest
 from docker.models.services import Service
 from docker.types import ServiceMode
 
 __all__ = [
     "AGENT_COMMAND", "AGENT_IMAGE", "ENGINE_VARIABLE", "NETWORK", "TEST_LABELS",
-    "AgentService", "connect_engine", "engine_host", "in_ci", "unavailable",
+    "AgentService", "EngineUnavailable", "connect_engine", "engine_host", "in_ci",
+    "open_engine", "unavailable",
 ]
 
 ENGINE_VARIABLE = "CHORUS_TEST_DOCKER_HOST"
@@ -40,6 +40,8 @@ def in_ci() -> bool:
 
 def unavailable(reason: str) -> NoReturn:
     """Skip the test, or fail it under CI=true (where the engine must be there)."""
+    import pytest  # here, not at the top: bench/swarm_latency.py uses this module without it
+
     if in_ci():
         pytest.fail(f"{reason}. CI=true: these tests must run in CI, where .ci/run brings the "
                     "engine up with scripts/swarm-up.sh; see its output above", pytrace=False)
@@ -55,24 +57,38 @@ def engine_host() -> str:
     return host
 
 
-def connect_engine(host: str) -> docker.DockerClient:
-    """A client of a swarm manager that has the agent image and the test network."""
+class EngineUnavailable(Exception):
+    """The engine does not answer, is not a swarm manager, or lacks the test image/network."""
+
+
+def open_engine(host: str) -> docker.DockerClient:
+    """A client of a swarm manager that has the agent image and the test network, or
+    EngineUnavailable saying what is missing."""
     try:
         client = docker.DockerClient(base_url=host, version="auto", timeout=60)
     except docker.errors.DockerException as exc:
-        unavailable(f"the Docker Engine at {host} does not answer ({exc})")
+        raise EngineUnavailable(f"the Docker Engine at {host} does not answer ({exc})") from exc
     try:
         swarm = client.info().get("Swarm") or {}
         if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
-            unavailable(f"the Docker Engine at {host} is not a swarm manager "
-                        "(run scripts/swarm-up.sh)")
+            raise EngineUnavailable(f"the Docker Engine at {host} is not a swarm manager "
+                                    "(run scripts/swarm-up.sh)")
         missing = _missing(client)
         if missing:
-            unavailable(f"the swarm at {host} has no {missing} (run scripts/swarm-up.sh)")
+            raise EngineUnavailable(f"the swarm at {host} has no {missing} "
+                                    "(run scripts/swarm-up.sh)")
     except BaseException:
         client.close()
         raise
     return client
+
+
+def connect_engine(host: str) -> docker.DockerClient:
+    """open_engine, or skip the test (fail it under CI=true)."""
+    try:
+        return open_engine(host)
+    except EngineUnavailable as exc:
+        unavailable(str(exc))
 
 
 def _missing(client: docker.DockerClient) -> str | None:
