@@ -21,8 +21,8 @@ from bridge.emulator import DockerEmulator, EmulatedSwarm
 from bridge.models import ANNOUNCEMENT_DECODER, Announcement
 from tests.dns_server import DnsTestServer
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FIXTURES = SHARED / "fixtures" / "docker-engine-20.10"
+# Responses recorded from a real Docker Engine 20.10 in swarm mode (their README says how).
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "docker-engine-20.10"
 
 
 @pytest.fixture
