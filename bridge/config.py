@@ -142,6 +142,14 @@ def _endpoint(name: str, raw: str) -> str:
         port = None
     if parts.scheme not in {"http", "https"} or not parts.hostname or port is None:
         raise ConfigError(name, raw, "each endpoint must look like http://host:port")
+    # DESIGN.md, "Trust": an endpoint is scheme, host and port. User info, a query, a fragment
+    # or a path would choose the URL the opportunity is posted to (a `#` drops the path).
+    if "@" in parts.netloc:
+        shown = f"{parts.scheme}://***@{parts.netloc.rpartition('@')[2]}"  # no password shown
+        raise ConfigError(name, shown, "an endpoint has no user info: http://host:port")
+    if "?" in raw or "#" in raw or parts.path not in {"", "/"}:
+        raise ConfigError(name, raw, "an endpoint has no path, query or fragment: "
+                          "http://host:port")
     return f"{parts.scheme}://{parts.netloc}"
 
 
@@ -161,7 +169,8 @@ def _bucket(name: str, raw: str) -> str:
 
 def _path(name: str, raw: str) -> str:
     value = raw.strip()
-    if not value.startswith("/") or any(c.isspace() for c in value):
+    if (not value.startswith("/") or any(c.isspace() for c in value)
+            or "?" in value or "#" in value):
         raise ConfigError(name, raw, "expected an absolute URL path such as /api/v1/x")
     return value
 

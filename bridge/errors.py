@@ -6,6 +6,7 @@
      +-- NatsError                    NATS could not be reached or a bucket could not be used
      +-- EmbeddedServerError          the embedded nats-server did not start
      +-- BridgeUnavailableError       no bridge answered a request on the bus
+     +-- AgentHTTPError               an HTTP call to an agent got no answer; `reason` says why
      +-- SimulationError              simulated agents could not be started
 
 Every message says what happened and what to do about it.
@@ -14,6 +15,7 @@ Every message says what happened and what to do about it.
 from __future__ import annotations
 
 __all__ = [
+    "AgentHTTPError",
     "BridgeError",
     "BridgeUnavailableError",
     "ConfigError",
@@ -60,6 +62,20 @@ class EmbeddedServerError(BridgeError):
 
 class BridgeUnavailableError(BridgeError):
     """No chorus-bridge answered a request on the bus."""
+
+
+class AgentHTTPError(BridgeError):
+    """An HTTP call to an agent failed before a status came back (or while reading the body).
+
+    `reason` is short and fixed in form ("timeout", "connection refused", "connection reset",
+    "connection failed: <os text>", "not an endpoint: ..."), fit for a report's `error`;
+    `retryable` is true when no answer came at all, so one more attempt is worth it.
+    """
+
+    def __init__(self, reason: str, *, retryable: bool) -> None:
+        self.reason = reason
+        self.retryable = retryable
+        super().__init__(reason)
 
 
 class SimulationError(BridgeError):

@@ -74,20 +74,19 @@ class _Connection:
             return
         for agent in self.agents:
             if agent.present:
-                await self._deliver(agent, opportunity, msg.reply)
+                await self._deliver(agent, opportunity)
 
-    async def _deliver(self, agent: SimAgent, opportunity: CouncilOpportunity,
-                       reply: str) -> None:
+    async def _deliver(self, agent: SimAgent, opportunity: CouncilOpportunity) -> None:
         agent.record("bus", opportunity)
-        if reply and agent.behaviour != "no_ack":
+        if agent.behaviour != "no_ack":
             ack = encode(Ack(agent_id=agent.id, opportunity_id=opportunity.id))
             for _ in range(2 if agent.behaviour == "double_ack" else 1):
-                await self.nc.publish(reply, ack)
+                await self.nc.publish(self._names.acks(opportunity.id, agent.id), ack)
                 agent.acks += 1
         role = self._claim_policy(agent, opportunity) if self._claim_policy else None
         if role is not None:
             claim = encode(Claim(role=role, agent_id=agent.id))
-            await self.nc.publish(self._names.claims(opportunity.id), claim)
+            await self.nc.publish(self._names.claims(opportunity.id, agent.id), claim)
 
 
 class BusAgents:
