@@ -4,6 +4,8 @@ the agent's id, opportunities, acks and claims on its own subjects, a clean leav
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import nats.js.errors
 import pytest
@@ -19,6 +21,7 @@ from bridge.models import CLAIM_DECODER, PRESENCE_DECODER, Claim, CouncilOpportu
 from bridge.subjects import Names
 from tests.conftest import wait_for
 from tests.test_broadcast import OPPORTUNITY, stage
+from tests.test_nats_conf import PASSWORDS, _peer, _test_copy_of_conf
 
 
 async def test_an_agent_joins_acks_claims_and_leaves(
@@ -84,3 +87,41 @@ def test_names_give_each_agent_its_own_subjects() -> None:
     assert names.agent_of("chorus.council.council-42.acks.t1", "council-42", "acks") == "t1"
     assert names.agent_of("chorus.council.council-42.acks.t1.x", "council-42", "acks") is None
     assert names.agent_of("chorus.council.other.acks.t1", "council-42", "acks") is None
+
+
+@pytest.fixture
+async def shipped_conf(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
+    """A nats-server running this repository's nats.conf (its users and permissions)."""
+    conf = _test_copy_of_conf(tmp_path)
+    async with EmbeddedNats(port=0, store_dir=tmp_path / "nats", config_file=conf,
+                            env=PASSWORDS) as server:
+        yield server
+
+
+async def test_an_agent_with_the_shipped_permissions_is_reached_on_the_bus(
+        settings: Settings, shipped_conf: EmbeddedNats, swarm: EmulatedSwarm) -> None:
+    """nats.conf as shipped: the bridge user hears the agent user's ack and claim on their
+    per-agent subjects, and the agent is reached on the bus, not by HTTP."""
+    secured = settings.replace(subject_prefix="chorus", kv_bucket="chorus_agents",
+                               nats_user="bridge", nats_password=PASSWORDS["BRIDGE_PASS"])
+    async with stage(secured, shipped_conf, swarm, 1, claim_policy=None) as s, _peer(
+            shipped_conf, "coordinator") as coordinator:
+        me = s.fleet.agents[0]
+        claims = await coordinator.nc.subscribe(s.names.claims(OPPORTUNITY.id))
+        async with connect_agent(shipped_conf.url, me.id, user="agent",
+                                 password=PASSWORDS["AGENT_PASS"]) as agent:
+            await wait_for(lambda: me.id in s.on_bus_in_bucket(), what="the agent on the bus")
+
+            async def answer() -> None:
+                async for opportunity in agent.opportunities():
+                    await agent.ack(opportunity.id)
+                    await agent.claim(opportunity.id, "tpm")
+
+            answering = asyncio.create_task(answer())
+            report = await s.broadcast(coordinator.nc)
+            claim = await claims.next_msg(timeout=5)
+        async with asyncio.timeout(5):
+            await answering
+    assert (report.via_bus, report.via_http, report.failed) == (1, 0, [])
+    assert claim.subject == s.names.claims(OPPORTUNITY.id, me.id)
+    assert coordinator.no_violations()
