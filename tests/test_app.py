@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -80,7 +79,7 @@ async def test_without_the_events_follower_only_the_poll_finds_tasks(
     """follow_events=False (the latency benchmark's baseline): /events is never asked, and
     a new task waits for the next poll."""
     swarm.add_tasks(2)
-    quick = dataclasses.replace(settings, poll_interval=0.5)
+    quick = settings.replace(poll_interval=0.5)
     async with run_bridge(quick, nats_server.url, follow_events=False):
         new = swarm.add_tasks(1)
         await wait_for(lambda: swarm.requests["/tasks"] >= 3, what="two more polls")
