@@ -50,7 +50,8 @@ async def rounds_pass(running: RunningBridge, count: int = 2) -> None:
     for _ in range(count):
         target = loop.rounds + 1
         loop.trigger()
-        await wait_for(lambda t=target: loop.rounds >= t, timeout=10, what="a round")
+        # B023: the lambda is awaited within this iteration, so it sees this iteration's target.
+        await wait_for(lambda: loop.rounds >= target, timeout=10, what="a round")  # noqa: B023
 
 
 @pytest.fixture
