@@ -6,7 +6,6 @@
      +-- NatsError                    NATS could not be reached or a bucket could not be used
      +-- EmbeddedServerError          the embedded nats-server did not start
      +-- BridgeUnavailableError       no bridge answered a request on the bus
-     +-- SimulationError              simulated agents could not be started
 
 Every message says what happened and what to do about it.
 """
@@ -20,7 +19,6 @@ __all__ = [
     "DockerAPIError",
     "EmbeddedServerError",
     "NatsError",
-    "SimulationError",
 ]
 
 
@@ -61,6 +59,3 @@ class EmbeddedServerError(BridgeError):
 class BridgeUnavailableError(BridgeError):
     """No chorus-bridge answered a request on the bus."""
 
-
-class SimulationError(BridgeError):
-    """Simulated agents could not be started (addresses, ports, file descriptors)."""
