@@ -228,13 +228,20 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     return sorted(k for k in environ if k.startswith(_OWN_PREFIXES) and k not in _VARIABLES)
 
 
+_BOUND = re.compile(r"^Expected `\w+` (?P<op>>=|>|<=|<) (?P<limit>\S+)")
+_BOUND_WORDS = {">=": "at least", ">": "greater than", "<=": "at most", "<": "less than"}
+
+
 def _reason(message: str, field: str) -> str:
+    """msgspec's message, in the words of someone setting a variable."""
     if field in _CHOICES:
         *first, last = _CHOICES[field]
         return f"expected {', '.join(first)} or {last}"
     text = _MSGSPEC_PATH.sub("", message)
-    if ", got `str`" in text:
-        text = text.replace(", got `str`", "")
+    bound = _BOUND.match(text)
+    if bound:
+        return f"must be {_BOUND_WORDS[bound['op']]} {float(bound['limit']):g}"
+    text = text.replace(", got `str`", "")
     for word, plain in _TYPE_WORDS.items():
         text = text.replace(word, plain)
     return text[:1].lower() + text[1:]
