@@ -29,12 +29,22 @@ from bridge.errors import (
     WriteRefusedError,
     WrongRevisionError,
 )
-from bridge.kv import Bucket, BucketSpec, Entry, RawBucket, Write, ensure_bucket, snapshot_of
+from bridge.kv import (
+    Bucket,
+    BucketSpec,
+    Entry,
+    RawBucket,
+    Write,
+    ensure_bucket,
+    open_bucket,
+    snapshot_of,
+)
 from bridge.metrics import Metrics
 from bridge.models import AGENT_DECODER, Agent, AnnounceEvent, Announcement, encode, now_rfc3339
 from bridge.subjects import Names
 
-__all__ = ["AgentRegistry", "SyncResult", "read_bucket"]
+# open_bucket: kept importable from here for tooling written against the earlier layout.
+__all__ = ["AgentRegistry", "SyncResult", "open_bucket", "read_bucket"]
 
 log = structlog.get_logger(__name__)
 
