@@ -381,13 +381,14 @@ async def ensure_bucket(nc: NATS, spec: BucketSpec) -> Bucket:
 def _check(spec: BucketSpec, config: StreamConfig) -> None:
     if spec.keeps_records and config.max_age:
         raise BucketSettingsError(
-            "max_age", f"bucket {spec.name!r} has a TTL (max age) of {config.max_age:g}s: "
+            "max_age", f"bucket {spec.name!r} has a TTL (max_age {config.max_age:g}s): "
             "records would expire; remove it or use another BRIDGE_KV_BUCKET")
     size = config.max_msg_size
     if size is not None and 0 < size < MIN_VALUE_SIZE:
         raise BucketSettingsError(
-            "max_value_size", f"bucket {spec.name!r} limits values to {size} bytes (below "
-            f"{MIN_VALUE_SIZE}): records would be refused")
+            "max_value_size", f"bucket {spec.name!r} has max_value_size {size} bytes (below "
+            f"{MIN_VALUE_SIZE}): records would be refused; raise it or use another "
+            "BRIDGE_KV_BUCKET")
     differ = {
         "history": (config.max_msgs_per_subject, 1),
         "replicas": (config.num_replicas, spec.replicas),

@@ -114,8 +114,10 @@ class AgentRegistry:
     """
 
     def __init__(self, nc: NATS, names: Names, *, replicas: int = 1,
-                 metrics: Metrics | None = None, fence: Fence = _no_fence) -> None:
+                 metrics: Metrics | None = None, fence: Fence = _no_fence,
+                 marker_ttl: int = PURGE_MARKER_TTL) -> None:
         self._nc = nc
+        self._marker_ttl = marker_ttl
         self._names = names
         self._metrics = metrics
         self._fence = fence
@@ -260,7 +262,7 @@ class AgentRegistry:
         assert self._bucket is not None
         writes = [Write(key, None if record is None else encode(record),
                         expect=self._revisions.get(key, 0),
-                        purge_ttl=PURGE_MARKER_TTL if self._bucket.msg_ttl else None)
+                        purge_ttl=self._marker_ttl if self._bucket.msg_ttl else None)
                   for _previous, record, key in plan]
         results = await self._bucket.write_batch(writes, ACK_TIMEOUT)
         return await self._apply(plan, results)
