@@ -16,6 +16,7 @@ import nats.errors
 import nats.js.errors
 
 from bridge.config import Settings
+from bridge.errors import NatsError
 from bridge.models import (
     REPORT_DECODER,
     Agent,
@@ -42,7 +43,8 @@ async def bucket_agents(url: str, settings: Settings) -> dict[str, Agent]:
         kv = await nc.jetstream().key_value(settings.kv_bucket)
         agents, _ = await read_bucket(kv, timeout=5)
         return agents
-    except Exception:  # noqa: BLE001 - any failure to read is "not there yet" to a poller
+    except (nats.errors.Error, nats.js.errors.Error, NatsError, OSError):
+        # Any failure to read is "not there yet" to a poller.
         return {}
     finally:
         await nc.close()
