@@ -46,6 +46,10 @@ log = structlog.get_logger(__name__)
 
 # A bucket that refuses values below this size would refuse agent records (DESIGN.md).
 MIN_VALUE_SIZE = 4096
+# Seconds one JetStream API request may take. Short, because callers retry: in a cluster a
+# request to a stream whose leader died gets no answer until a new one is elected, and a
+# quick retry reaches the new leader sooner than one long wait (nats-py's default is 5 s).
+API_TIMEOUT = 1.5
 _WRONG_REVISION = {10071, 10164}
 _NO_STREAM = 10059
 _DEL, _PURGE = "DEL", "PURGE"
@@ -193,14 +197,17 @@ class Watcher:
 class Bucket:
     """An opened bucket. Every method raises NatsError (or a subclass) on failure."""
 
-    def __init__(self, nc: NATS, kv: KeyValue, spec: BucketSpec, config: StreamConfig) -> None:
+    def __init__(self, nc: NATS, kv: KeyValue, spec: BucketSpec, config: StreamConfig,
+                 created: str) -> None:
         self._nc = nc
-        self._js = nc.jetstream()
+        self._js = nc.jetstream(timeout=API_TIMEOUT)
         self._kv = kv
         self.spec = spec
         self.name = spec.name
         self.stream = f"KV_{spec.name}"
         self._prefix = f"$KV.{spec.name}."
+        # When the stream was created: another value means the bucket was lost and made again.
+        self.created = created
         # Purge markers with a TTL need the stream's allow_msg_ttl (nats-py sets it; a bucket
         # made by another client may lack it: then the markers stay).
         self.msg_ttl = bool(config.allow_msg_ttl)
@@ -331,11 +338,12 @@ async def snapshot_of(kv: RawBucket, timeout: float = 30.0) -> dict[str, Entry]:
             finally:
                 with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, OSError):
                     await raw.stop()  # type: ignore[no-untyped-call]
+    except (nats.errors.Error, nats.js.errors.Error) as exc:
+        # Before TimeoutError: nats-py's own timeout is one too, and says less.
+        raise _mapped(exc, f"reading bucket {name!r}") from exc
     except TimeoutError:
         raise NatsError(f"reading bucket {name!r} took longer than {timeout:g}s; is the NATS "
                         "server overloaded?") from None
-    except (nats.errors.Error, nats.js.errors.Error) as exc:
-        raise _mapped(exc, f"reading bucket {name!r}") from exc
     return entries
 
 
@@ -353,7 +361,7 @@ async def ensure_bucket(nc: NATS, spec: BucketSpec) -> Bucket:
     """Open the bucket, creating it when missing. An existing bucket is used as it is (one
     warning naming settings that differ) unless a setting would lose or refuse records:
     then BucketSettingsError names it. Other failures: NatsError."""
-    js = nc.jetstream()
+    js = nc.jetstream(timeout=API_TIMEOUT)
     what = f"KV bucket {spec.name!r}"
     try:
         kv = await js.key_value(spec.name)
@@ -371,11 +379,12 @@ async def ensure_bucket(nc: NATS, spec: BucketSpec) -> Bucket:
         raise NatsError(f"cannot open {what}: {_mapped(exc, what)}; check that JetStream "
                         "is enabled and the user's permissions") from exc
     try:
-        config = (await kv.status()).stream_info.config
+        info = (await kv.status()).stream_info
     except (nats.errors.Error, nats.js.errors.Error) as exc:
         raise _mapped(exc, what) from exc
-    _check(spec, config)
-    return Bucket(nc, kv, spec, config)
+    _check(spec, info.config)
+    created = info.created.isoformat() if info.created else ""
+    return Bucket(nc, kv, spec, info.config, created)
 
 
 def _check(spec: BucketSpec, config: StreamConfig) -> None:

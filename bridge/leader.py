@@ -76,7 +76,6 @@ class LeaderElection:
                                replicas=replicas, keeps_records=False,
                                description="chorus-bridge: leader lease")
         self._bucket: Bucket | None = None
-        self._reconnects = -1
         self._revision = 0
         self._since = ""
         # Monotonic time until which the lease is surely ours (the last renewal's start +
@@ -128,9 +127,10 @@ class LeaderElection:
         return self._lease / 3 if self.is_leader.is_set() else self._retry
 
     async def _ensure(self) -> Bucket:
-        reconnects = int(self._nc.stats["reconnects"])
-        if self._bucket is None or reconnects != self._reconnects:
-            self._reconnects = reconnects
+        # Opened once; a bucket the server lost shows as BucketMissingError on the next
+        # write or read, and is ensured again then (not on every reconnect: in a cluster
+        # that would wait on a stream leader election for nothing).
+        if self._bucket is None:
             self._bucket = await ensure_bucket(self._nc, self.spec)
         return self._bucket
 
@@ -197,8 +197,18 @@ class LeaderElection:
             raise LeaseLostError("this bridge is not the leader")
         if self._now() >= self._valid_until:
             raise LeaseLostError("the lease ran out on this bridge's clock")
-        bucket = await self._ensure()
-        entry = await bucket.get(LEADER_KEY)
+        try:
+            bucket = await self._ensure()
+            entry = await bucket.get(LEADER_KEY)
+        except BucketMissingError:
+            self._bucket = None
+            raise
+        except NatsError as exc:
+            # No answer (a stream leader election): the clock check above already proves
+            # this bridge was not paused past its lease, and nobody can take a lease that
+            # has not run out.
+            log.debug("leader_confirm_by_clock", error=str(exc))
+            return
         if entry is None or entry.operation is not None:
             # The key is gone with a bucket the server lost: take it again, if nobody did.
             try:

@@ -48,8 +48,11 @@ __all__ = ["AgentRegistry", "SyncResult", "open_bucket", "read_bucket"]
 
 log = structlog.get_logger(__name__)
 
-# How long one batch waits for the server's answers before retrying the rest.
+# How long one batch waits for the server's answers before retrying the rest: a couple of
+# seconds (a stream leader election in a cluster is better met by a quick retry), more for
+# a large batch (10,000 writes are answered in well under a second on one server).
 ACK_TIMEOUT = 10.0
+ACK_TIMEOUT_MIN = 2.0
 # How long reading a whole bucket may take (10,000 agents take about a second).
 READ_TIMEOUT = 30.0
 # A departed agent's purge marker expires after this many seconds (DESIGN.md: about an hour).
@@ -57,7 +60,7 @@ PURGE_MARKER_TTL = 3600
 # How often the leader checks that nobody else wrote the bucket, and that it still exists.
 AUDIT_INTERVAL = 2.0
 # Retries of failed writes: the first soon, then doubling up to the cap.
-RETRY_FIRST, RETRY_MAX = 0.2, 5.0
+RETRY_FIRST, RETRY_MAX = 0.2, 2.0
 
 Fence = Callable[[], Awaitable[None]]
 
@@ -125,6 +128,7 @@ class AgentRegistry:
                                description="chorus-bridge: agents found by discovery")
         self._lock = asyncio.Lock()
         self._bucket: Bucket | None = None
+        self._created = ""  # creation time of the bucket last read (see Bucket.created)
         self._reconnects = -1  # the connection's reconnect count when the bucket was read
         self._desired: dict[str, Agent] = {}
         self._invalid: set[str] = set()
@@ -153,8 +157,10 @@ class AgentRegistry:
             await self._load()
         return dict(self.published)
 
-    async def _load(self) -> bool:
-        """(Re)open and re-read the bucket; False when its settings are refused."""
+    async def _load(self, *, reread: bool = False) -> bool:
+        """(Re)open the bucket and read it, unless it is the very bucket already read (after
+        a reconnect to a server that kept it) and `reread` is False. False when its
+        settings are refused."""
         self._reconnects = int(self._nc.stats["reconnects"])
         try:
             bucket = await ensure_bucket(self._nc, self.spec)
@@ -165,8 +171,14 @@ class AgentRegistry:
             self.problem = str(exc)
             self._bucket = None
             return False
+        if not reread and bucket.created and bucket.created == self._created:
+            # The very bucket read before (a "no stream" answer during a cluster's stream
+            # leader election, a reconnect to a server that kept it): nothing was lost, and
+            # the audit catches foreign writes.
+            self._bucket = bucket
+            return True
         entries = await bucket.snapshot(READ_TIMEOUT)
-        self._bucket = bucket
+        self._bucket, self._created = bucket, bucket.created
         self.problem = None  # a write the server still refuses sets it again
         self._revisions = {key: e.revision for key, e in entries.items()}
         self._last_seq = max(self._revisions.values(), default=0)
@@ -199,11 +211,11 @@ class AgentRegistry:
                 self._retry.set()
                 return SyncResult(failed=1)
             try:
-                # After a reconnect the server may have lost the bucket: ensure it and
-                # believe only what it holds now.
-                stale = (self._bucket is None
-                         or int(self._nc.stats["reconnects"]) != self._reconnects)
-                if stale and not await self._load():
+                if self._bucket is None and not await self._load():
+                    return SyncResult(failed=1)
+                if int(self._nc.stats["reconnects"]) != self._reconnects:
+                    await self._check_after_reconnect()
+                if self._bucket is None and not await self._load():
                     return SyncResult(failed=1)
                 result = await self._sync_once()
                 if self._bucket is None:  # the bucket was lost under the batch: refill it
@@ -218,6 +230,22 @@ class AgentRegistry:
             if self._metrics is not None:
                 self._metrics.set_agents(self.published.values())
             return result
+
+    async def _check_after_reconnect(self) -> None:
+        """The server may have lost the bucket (a restart without its state): then drop
+        the belief of what is published, so that everything is written again. A server
+        that does not answer yet (a cluster electing a leader) is not waited for: the
+        writes go out, and a "no stream" answer to them leads here again."""
+        assert self._bucket is not None
+        self._reconnects = int(self._nc.stats["reconnects"])
+        try:
+            await self._bucket.last_sequence()
+        except BucketMissingError:
+            log.warning("kv_bucket_missing", bucket=self.spec.name, action="created again")
+            self._bucket = None
+        except NatsError as exc:
+            log.debug("kv_check_after_reconnect_failed", bucket=self.spec.name,
+                      error=str(exc))
 
     def _plan(self) -> list[tuple[Agent | None, Agent | None, str]]:
         """The writes that make the bucket equal to the desired set:
@@ -264,7 +292,8 @@ class AgentRegistry:
                         expect=self._revisions.get(key, 0),
                         purge_ttl=self._marker_ttl if self._bucket.msg_ttl else None)
                   for _previous, record, key in plan]
-        results = await self._bucket.write_batch(writes, ACK_TIMEOUT)
+        timeout = min(ACK_TIMEOUT, ACK_TIMEOUT_MIN + len(writes) / 1000)
+        results = await self._bucket.write_batch(writes, timeout)
         return await self._apply(plan, results)
 
     async def _apply(self, plan: list[tuple[Agent | None, Agent | None, str]],
@@ -372,7 +401,7 @@ class AgentRegistry:
                     return False
                 log.warning("kv_bucket_changed_by_another_writer", bucket=self.spec.name,
                             last_seq=last, expected=self._last_seq, action="re-read")
-                return await self._load()
+                return await self._load(reread=True)
             except BucketMissingError:
                 log.warning("kv_bucket_missing", bucket=self.spec.name, action="created again")
                 self._bucket = None

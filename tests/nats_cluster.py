@@ -22,7 +22,7 @@ import nats.js.errors
 
 from bridge.embedded import find_nats_server
 
-__all__ = ["NatsCluster", "NatsProcess", "free_port", "nats_cluster", "nats_process"]
+__all__ = ["NatsCluster", "NatsProcess", "free_port", "nats_cluster", "nats_process", "settled"]
 
 
 def free_port() -> int:
@@ -133,7 +133,13 @@ class NatsCluster:
 
     @property
     def url(self) -> str:
+        """NATS_URL of the cluster (comma-separated)."""
         return ",".join(s.url for s in self.servers)
+
+    @property
+    def urls(self) -> list[str]:
+        """The servers, as nats.connect() takes them."""
+        return [s.url for s in self.servers]
 
     def by_name(self, name: str) -> NatsProcess:
         return next(s for s in self.servers if s.name == name)
@@ -150,7 +156,7 @@ class NatsCluster:
         raise AssertionError("no JetStream meta leader")
 
     async def stream_leader(self, stream: str) -> str:
-        nc = await nats.connect(self.url, connect_timeout=1)
+        nc = await nats.connect(self.urls, connect_timeout=1)
         try:
             info = await nc.jetstream().stream_info(stream)
         finally:
@@ -171,3 +177,27 @@ async def nats_cluster(root: Path) -> AsyncIterator[NatsCluster]:
     finally:
         for server in cluster.servers:
             await server.stop()
+
+
+async def settled(cluster: NatsCluster, streams: Sequence[str], timeout: float = 30.0) -> None:
+    """Wait until every stream has a leader and both followers are current again."""
+    async def ok() -> bool:
+        try:
+            nc = await nats.connect(cluster.urls, connect_timeout=1, allow_reconnect=False)
+        except (nats.errors.Error, OSError):
+            return False
+        try:
+            for stream in streams:
+                info = (await nc.jetstream().stream_info(stream)).cluster
+                if info is None or not info.leader or len(
+                        [p for p in info.replicas or [] if p.current and not p.offline]) < 2:
+                    return False
+            return True
+        except (nats.errors.Error, nats.js.errors.Error, OSError):
+            return False
+        finally:
+            await nc.close()
+
+    async with asyncio.timeout(timeout):
+        while not await ok():  # noqa: ASYNC110 - polls the server: no event to wait on
+            await asyncio.sleep(0.2)
