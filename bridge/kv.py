@@ -139,7 +139,8 @@ def _api_error(code: int, text: str, what: str) -> NatsError:
 def _ack(msg: Msg, what: str) -> int | NatsError:
     """The revision a write got, or why it got none."""
     if msg.headers and msg.headers.get("Status") == "503":
-        return BucketMissingError(f"{what}: no stream answers (the bucket is missing)")
+        return BucketMissingError(f"{what}: no stream answers (the bucket is missing, or "
+                                  "its stream is electing a leader)")
     try:
         answer = json.loads(msg.data)
     except ValueError:
@@ -220,10 +221,11 @@ class Bucket:
             raise _mapped(exc, f"bucket {self.name!r}") from exc
         return int(info.state.last_seq or 0)
 
-    async def get(self, key: str) -> Entry | None:
+    async def get(self, key: str, timeout: float = API_TIMEOUT) -> Entry | None:
         """The key's latest message (a tombstone too); None when it never had one."""
+        js = self._js if timeout == API_TIMEOUT else self._nc.jetstream(timeout=timeout)
         try:
-            msg = await self._js.get_msg(self.stream, subject=self._prefix + key)
+            msg = await js.get_msg(self.stream, subject=self._prefix + key)
         except nats.js.errors.NotFoundError as exc:
             if exc.err_code == _NO_STREAM:
                 raise _mapped(exc, f"bucket {self.name!r}") from exc
@@ -398,6 +400,9 @@ def _check(spec: BucketSpec, config: StreamConfig) -> None:
             "max_value_size", f"bucket {spec.name!r} has max_value_size {size} bytes (below "
             f"{MIN_VALUE_SIZE}): records would be refused; raise it or use another "
             "BRIDGE_KV_BUCKET")
+    if spec.keeps_records and not config.allow_msg_ttl:
+        log.warning("kv_bucket_without_message_ttl", bucket=spec.name,
+                    effect="departed agents' purge markers do not expire")
     differ = {
         "history": (config.max_msgs_per_subject, 1),
         "replicas": (config.num_replicas, spec.replicas),

@@ -42,6 +42,9 @@ LEADER_KEY = "leader"
 # Renewals that fail are retried this often, until the lease is this close to running out.
 RENEW_RETRY = 0.5
 MARGIN = 1.5
+# The fence's read of the key: normally a millisecond; without an answer (the lease stream
+# electing a leader) the clock decides, and a write batch should not wait long for that.
+CONFIRM_TIMEOUT = 0.5
 
 
 class Lease(msgspec.Struct, kw_only=True, frozen=True):
@@ -199,7 +202,7 @@ class LeaderElection:
             raise LeaseLostError("the lease ran out on this bridge's clock")
         try:
             bucket = await self._ensure()
-            entry = await bucket.get(LEADER_KEY)
+            entry = await bucket.get(LEADER_KEY, timeout=CONFIRM_TIMEOUT)
         except BucketMissingError:
             self._bucket = None
             raise

@@ -338,9 +338,16 @@ class AgentRegistry:
             self.problem = str(refused)
             log.error("kv_write_refused", bucket=self.spec.name, key=key, error=str(refused),
                       failed=len(failures))
-        elif refused is None:
-            log.warning("kv_write_failed", bucket=self.spec.name, key=key, error=str(first),
-                        failed=len(failures), retry=True)
+        elif any(not isinstance(e, WrongRevisionError) for _k, e in failures):
+            # /healthz says so while writes fail; one line when it starts, one when the
+            # next batch goes through (kv_writes_recovered).
+            if self.problem is None:
+                log.warning("kv_write_failed", bucket=self.spec.name, key=key,
+                            error=str(first), failed=len(failures), retry=True)
+            self.problem = f"writes to bucket {self.spec.name!r} are failing: {first}"
+        else:
+            log.info("kv_write_conflict", bucket=self.spec.name, keys=len(failures),
+                     action="re-read and written again")
         stale = [k for k, e in failures if isinstance(e, WrongRevisionError)]
         if stale and self._bucket is not None:
             await self._reread(stale)

@@ -5,8 +5,12 @@ bench/recovery.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import signal
+
+import nats
+import nats.errors
 
 from bridge.app import Bridge
 from bridge.config import Settings
@@ -73,10 +77,30 @@ async def measure(url: str, settings: Settings, swarm: EmulatedSwarm, label: str
     return found, answered
 
 
+async def _isolate(cluster: NatsCluster, fault: str, victim: str, settings: Settings) -> None:
+    """Move the agents stream's leader off the victim (a graceful step-down), so that the
+    kill costs what the fault named costs, not also an election of the agents stream."""
+    stream = streams_of(settings)["agents stream leader"]
+    if fault == "agents stream leader":
+        return
+    nc = await nats.connect(cluster.urls, connect_timeout=1)
+    try:
+        async with asyncio.timeout(30):
+            while await cluster.stream_leader(stream) == victim:
+                with contextlib.suppress(nats.errors.Error):
+                    await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", b"", timeout=2)
+                await asyncio.sleep(0.5)
+    finally:
+        await nc.close()
+    await settled(cluster, list(streams_of(settings).values()))
+
+
 async def kill_and_measure(cluster: NatsCluster, fault: str, bridge: Bridge,
                            settings: Settings, swarm: EmulatedSwarm) -> Gap:
     """kill -9 the server `fault` names, measure, then start it again and let it catch up."""
     name = await _victim(cluster, fault, bridge, settings)
+    await _isolate(cluster, fault, name, settings)
+    name = await _victim(cluster, fault, bridge, settings)  # a step-down may move others
     server = cluster.by_name(name)
     await server.stop(signal.SIGKILL)
     label = fault.replace(" ", "-")
