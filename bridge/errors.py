@@ -4,6 +4,11 @@
      +-- ConfigError (ValueError)     a variable or flag that does not parse; names it and its value
      +-- DockerAPIError               a Docker Engine API call failed; `kind` says how
      +-- NatsError                    NATS could not be reached or a bucket could not be used
+     |    +-- BucketMissingError       the bucket's stream is gone ("no stream")
+     |    +-- WrongRevisionError       a write raced another one (expected revision)
+     |    +-- WriteRefusedError        the server refused a write (its own text)
+     |    +-- BucketSettingsError      a bucket's setting would lose or refuse records
+     +-- LeaseLostError               this bridge is no longer the leader
      +-- EmbeddedServerError          the embedded nats-server did not start
      +-- BridgeUnavailableError       no bridge answered a request on the bus
 
@@ -15,10 +20,15 @@ from __future__ import annotations
 __all__ = [
     "BridgeError",
     "BridgeUnavailableError",
+    "BucketMissingError",
+    "BucketSettingsError",
     "ConfigError",
     "DockerAPIError",
     "EmbeddedServerError",
+    "LeaseLostError",
     "NatsError",
+    "WriteRefusedError",
+    "WrongRevisionError",
 ]
 
 
@@ -59,3 +69,26 @@ class EmbeddedServerError(BridgeError):
 class BridgeUnavailableError(BridgeError):
     """No chorus-bridge answered a request on the bus."""
 
+
+class BucketMissingError(NatsError):
+    """The bucket's stream is gone (a NATS restart that lost it, an operator's delete)."""
+
+
+class WrongRevisionError(NatsError):
+    """A write expected another revision of the key: someone else wrote it meanwhile."""
+
+
+class WriteRefusedError(NatsError):
+    """The server refused a write; the message carries the server's own text."""
+
+
+class BucketSettingsError(NatsError):
+    """An existing bucket has a setting that would lose or refuse records; `setting` names it."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        self.setting = setting
+        super().__init__(message)
+
+
+class LeaseLostError(BridgeError):
+    """This bridge no longer holds the leader lease: it must not write the agents bucket."""
