@@ -119,3 +119,13 @@ def test_socket_and_permission_errors_are_classified() -> None:
 def kind(exc: Exception, settings: Settings) -> str | None:
     error = docker_error(exc, settings)
     return None if error is None else error.kind
+
+
+def test_a_list_of_several_services_is_a_bad_response() -> None:
+    """A list mixing services, before the service's ID is known, fails the round (which
+    removes nothing) instead of publishing another service's tasks."""
+    own = json.loads((FIXTURES / "tasks_running_34.json").read_bytes())
+    other = [{**task, "ServiceID": "someotherservice00000000"} for task in own[:2]]
+    with pytest.raises(DockerAPIError) as info:
+        _swarm().decode(json.dumps(own + other).encode())
+    assert info.value.kind == "bad_response" and "service filter" in str(info.value)
