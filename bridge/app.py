@@ -17,14 +17,15 @@ from bridge.bus import connect
 from bridge.config import Settings
 from bridge.discovery.dns import DnsDiscovery
 from bridge.discovery.events import EventFollower
-from bridge.discovery.loop import DEBOUNCE, DiscoveryLoop
 from bridge.discovery.methods import Discoverer
 from bridge.discovery.swarm import SwarmDiscovery
+from bridge.docker_api import DockerAPI
 from bridge.embedded import EmbeddedNats
 from bridge.errors import DockerAPIError, NatsError
 from bridge.http_api import serve_http
 from bridge.leader import LeaderElection
 from bridge.metrics import Metrics
+from bridge.pipeline import DiscoveryPipeline
 from bridge.presence import Presence
 from bridge.registry import AgentRegistry
 from bridge.roster import Roster
@@ -33,6 +34,9 @@ from bridge.subjects import Names
 __all__ = ["Bridge", "nats_for"]
 
 log = structlog.get_logger(__name__)
+
+# Presence changes of a fleet joining at once are one sync.
+PRESENCE_DEBOUNCE = 0.1
 
 @contextlib.asynccontextmanager
 async def nats_for(settings: Settings, state_dir: Path | None = None) -> AsyncIterator[str]:
@@ -59,7 +63,7 @@ class Bridge:
         self.metrics = metrics or Metrics()
         self._dns = dns or DnsDiscovery(settings)
         self.nc: NATS | None = None
-        self.loop: DiscoveryLoop | None = None
+        self.loop: DiscoveryPipeline | None = None
         self.registry: AgentRegistry | None = None
         self.presence: Presence | None = None
         self.broadcaster: Broadcaster | None = None
@@ -84,7 +88,8 @@ class Bridge:
 
     async def run(self, stop: asyncio.Event, nats_url: str) -> None:
         settings = self.settings
-        swarm = SwarmDiscovery(settings) if settings.docker_active else None
+        docker_api = DockerAPI(settings) if settings.docker_active else None
+        swarm = SwarmDiscovery(settings, docker_api) if docker_api else None
         log.info("bridge_starting", method=settings.discovery_method,
                  docker=settings.docker_active, service=settings.service_name,
                  networks=",".join(settings.network_names), bucket=settings.kv_bucket)
@@ -100,8 +105,8 @@ class Bridge:
                 await self._open(nc, http, swarm)
                 await self._serve(stop, swarm)
         finally:
-            if swarm is not None:
-                swarm.close()
+            if docker_api is not None:
+                docker_api.close()
         log.info("bridge_stopped")
 
     async def _open(self, nc: NATS, http: AgentHTTP,
@@ -152,7 +157,7 @@ class Bridge:
     async def _lead(self, swarm: SwarmDiscovery | None) -> None:
         assert self.registry and self.nc and self.broadcaster and self._discoverer
         roster = Roster((await self.registry.open()).values())
-        self.loop = DiscoveryLoop(self.settings, self._discoverer, roster, self.registry)
+        self.loop = DiscoveryPipeline(self.settings, self._discoverer, roster, self.registry)
         api = BroadcastService(self.nc, self.names, self.broadcaster, metrics=self.metrics)
         if swarm is not None:
             await self._check_engine(swarm)
@@ -162,16 +167,16 @@ class Bridge:
             tg.create_task(api.run(), name="broadcast-api")
             tg.create_task(self.registry.run(), name="registry-audit")
             if swarm is not None and self.follow_events:
-                follower = EventFollower(swarm, self.settings.service_name, self.loop.trigger)
+                follower = EventFollower(swarm, self.loop.trigger)
                 tg.create_task(follower.run(), name="docker-events")
 
-    async def _follow_presence(self, loop: DiscoveryLoop) -> None:
+    async def _follow_presence(self, loop: DiscoveryPipeline) -> None:
         """Re-publish on_bus flags when presence changes (not a discovery round)."""
         assert self.registry is not None
         await loop.first_round.wait()
         while True:
             await self._presence_changed.wait()
-            await asyncio.sleep(DEBOUNCE)  # an agent fleet joining at once is one sync
+            await asyncio.sleep(PRESENCE_DEBOUNCE)
             self._presence_changed.clear()
             result = await self.registry.sync()
             if result.writes:

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from bridge.models import Agent
-
-if TYPE_CHECKING:
-    from bridge.discovery.methods import RoundResult
 
 __all__ = ["Metrics"]
 
@@ -53,15 +49,10 @@ class Metrics:
         self.nats_connected = Gauge("chorus_bridge_nats_connected",
                                     "1 while connected to NATS", registry=r)
 
-    def observe_round(self, method: str, result: RoundResult) -> None:
-        if result.error is None:
-            outcome = "ok"
-        elif result.dns is not None:
-            outcome = "fallback"
-        else:
-            outcome = "failed"
+    def observe_round(self, method: str, outcome: str, duration_s: float) -> None:
+        """Count one discovery round: method swarm|dns|auto, outcome ok|fallback|failed."""
         self.rounds.labels(method=method, outcome=outcome).inc()
-        self.round_duration.labels(method=method).observe(result.duration_s)
+        self.round_duration.labels(method=method).observe(duration_s)
 
     def set_agents(self, agents: Iterable[Agent]) -> None:
         counts = {"swarm": 0, "dns": 0, "static": 0}
