@@ -11,7 +11,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from bridge.agent_http import AgentHTTP
-from bridge.broadcast import Broadcaster, Target
+from bridge.broadcast import Broadcaster, Target, plan_targets
 from bridge.broadcast_api import BroadcastService
 from bridge.bus import connect
 from bridge.config import Settings
@@ -121,7 +121,7 @@ class Bridge:
         presence.changed = self._presence_changed.set
         self.registry, self.presence = registry, presence
         await presence.open()
-        self._discoverer = Discoverer(self.settings, swarm=swarm, dns=self._dns, http=http.client,
+        self._discoverer = Discoverer(self.settings, swarm=swarm, dns=self._dns, http=http,
                                       metrics=self.metrics)
         self.broadcaster = Broadcaster(nc, self.names, self.settings, http, self.targets,
                                        metrics=self.metrics)
@@ -187,14 +187,7 @@ class Bridge:
     def targets(self) -> list[Target]:
         """Every agent to reach: the bucket's agents and the agents on the bus only."""
         assert self.registry is not None and self.presence is not None
-        agents = list(self.registry.published.values())
-        matched = self.presence.match(agents)
-        targets = [Target(agent_id=a.id, endpoint=a.endpoint, healthy=a.healthy,
-                          bus_id=e.agent_id if (e := matched.by_agent.get(a.id)) else None)
-                   for a in agents]
-        targets += [Target(agent_id=e.agent_id, endpoint=e.endpoint, bus_id=e.agent_id)
-                    for e in matched.bus_only]
-        return targets
+        return plan_targets(self.registry.published.values(), self.presence.present_ids())
 
     def health(self) -> tuple[bool, dict[str, object]]:
         """Healthy when NATS is connected and a round succeeded within 3 poll intervals."""

@@ -11,6 +11,7 @@
      +-- LeaseLostError               this bridge is no longer the leader
      +-- EmbeddedServerError          the embedded nats-server did not start
      +-- BridgeUnavailableError       no bridge answered a request on the bus
+     +-- AgentHTTPError               an HTTP call to an agent got no answer; `reason` says why
 
 Every message says what happened and what to do about it.
 """
@@ -18,6 +19,7 @@ Every message says what happened and what to do about it.
 from __future__ import annotations
 
 __all__ = [
+    "AgentHTTPError",
     "BridgeError",
     "BridgeUnavailableError",
     "BucketMissingError",
@@ -92,3 +94,18 @@ class BucketSettingsError(NatsError):
 
 class LeaseLostError(BridgeError):
     """This bridge no longer holds the leader lease: it must not write the agents bucket."""
+
+
+class AgentHTTPError(BridgeError):
+    """An HTTP call to an agent failed before a status came back (or while reading the body).
+
+    `reason` is short and fixed in form ("timeout", "connection refused", "connection reset",
+    "connection failed: <os text>", "not an endpoint: ..."), fit for a report's `error`;
+    `retryable` is true when no answer came at all, so one more attempt is worth it.
+    """
+
+    def __init__(self, reason: str, *, retryable: bool) -> None:
+        self.reason = reason
+        self.retryable = retryable
+        super().__init__(reason)
+

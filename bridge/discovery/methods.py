@@ -16,9 +16,9 @@ import asyncio
 import dataclasses
 import time
 
-import httpx
 import structlog
 
+from bridge.agent_http import AgentHTTP
 from bridge.config import Settings
 from bridge.discovery.base import DnsRound, SwarmRound
 from bridge.discovery.dns import DnsDiscovery
@@ -59,7 +59,7 @@ class Discoverer:
     """Runs discovery rounds with the configured method; logs a Docker outage once."""
 
     def __init__(self, settings: Settings, *, swarm: SwarmDiscovery | None,
-                 dns: DnsDiscovery, http: httpx.AsyncClient | None = None,
+                 dns: DnsDiscovery, http: AgentHTTP | None = None,
                  metrics: Metrics | None = None) -> None:
         self._settings = settings
         self._swarm = swarm if settings.docker_active else None
