@@ -65,6 +65,12 @@ class Settings:
     log_format: LogFormat = "json"
     log_level: str = "INFO"
     docker_timeout: float = DOCKER_CALL_TIMEOUT
+    # The NATS auth callout (DESIGN.md, "Trust"): paths of the issuer's account seed, of the
+    # curve seed when the server encrypts callouts, and of the shared agent password.
+    auth_callout: bool = False
+    callout_issuer_seed: str | None = None
+    callout_xkey_seed: str | None = None
+    callout_agent_password_file: str | None = None
 
     @property
     def docker_active(self) -> bool:
@@ -215,7 +221,8 @@ ENV_VARIABLES: tuple[str, ...] = (
     "BRIDGE_SUBJECT_PREFIX", "BRIDGE_KV_BUCKET", "BRIDGE_POLL_INTERVAL", "BRIDGE_HTTP_TIMEOUT",
     "BRIDGE_HTTP_CONCURRENCY", "BRIDGE_BUS_ACK_WAIT", "BRIDGE_OPPORTUNITY_PATH", "BRIDGE_LISTEN",
     "BRIDGE_LOG_FORMAT", "BRIDGE_LOG_LEVEL", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH",
-    "BRIDGE_KV_REPLICAS",
+    "BRIDGE_KV_REPLICAS", "BRIDGE_AUTH_CALLOUT", "BRIDGE_CALLOUT_ISSUER_SEED",
+    "BRIDGE_CALLOUT_XKEY_SEED", "BRIDGE_CALLOUT_AGENT_PASSWORD_FILE",
 )
 
 
@@ -272,6 +279,13 @@ def load_settings(environ: Mapping[str, str], overrides: Mapping[str, str] | Non
     take("BRIDGE_OPPORTUNITY_PATH", "opportunity_path", _path)
     take("BRIDGE_LOG_FORMAT", "log_format", _log_format)
     take("BRIDGE_LOG_LEVEL", "log_level", _log_level)
+    take("BRIDGE_AUTH_CALLOUT", "auth_callout", _bool)
+    take("BRIDGE_CALLOUT_ISSUER_SEED", "callout_issuer_seed", _text)
+    take("BRIDGE_CALLOUT_XKEY_SEED", "callout_xkey_seed", _text)
+    take("BRIDGE_CALLOUT_AGENT_PASSWORD_FILE", "callout_agent_password_file", _text)
+    if kwargs.get("auth_callout") and "callout_issuer_seed" not in kwargs:
+        raise ConfigError("BRIDGE_CALLOUT_ISSUER_SEED", "",
+                          "must be set when BRIDGE_AUTH_CALLOUT is true")
     listen = get("BRIDGE_LISTEN")
     if listen is not None:
         kwargs["listen_host"], kwargs["listen_port"] = _listen("BRIDGE_LISTEN", listen)

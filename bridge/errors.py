@@ -7,6 +7,8 @@
      +-- EmbeddedServerError          the embedded nats-server did not start
      +-- BridgeUnavailableError       no bridge answered a request on the bus
      +-- SimulationError              simulated agents could not be started
+     +-- CalloutKeyError              a callout seed or key is not of the kind it must be
+     +-- CalloutRequestError          an auth callout request that cannot be trusted or read
 
 Every message says what happened and what to do about it.
 """
@@ -16,6 +18,8 @@ from __future__ import annotations
 __all__ = [
     "BridgeError",
     "BridgeUnavailableError",
+    "CalloutKeyError",
+    "CalloutRequestError",
     "ConfigError",
     "DockerAPIError",
     "EmbeddedServerError",
@@ -64,3 +68,11 @@ class BridgeUnavailableError(BridgeError):
 
 class SimulationError(BridgeError):
     """Simulated agents could not be started (addresses, ports, file descriptors)."""
+
+
+class CalloutKeyError(BridgeError):
+    """A seed or key of the auth callout is not of the kind it must be (never shows the seed)."""
+
+
+class CalloutRequestError(BridgeError):
+    """An auth callout request that cannot be trusted or read (signature, expiry, sealing)."""
