@@ -204,9 +204,13 @@ class Callout:
             log.warning("callout_requests_not_encrypted",
                         hint="add the xkey of BRIDGE_CALLOUT_XKEY_SEED to nats.conf's auth_callout")
         claims = decode_verified(data.decode(errors="replace"))
-        if (claims.get("aud") != "nats-authorization-request"
-                or claims.get("sub") != self._keys.issuer.public_key):
-            raise CalloutRequestError("not an authorization request for this issuer")
+        if claims.get("aud") != "nats-authorization-request":
+            raise CalloutRequestError(f"not an authorization request: {claims.get('aud')!r}")
+        if claims.get("sub") != self._keys.issuer.public_key:
+            raise CalloutRequestError(
+                f"the server's callout issuer is {claims.get('sub')}, not ours "
+                f"({self._keys.issuer.public_key}): BRIDGE_CALLOUT_ISSUER_SEED is not the seed "
+                "of nats-callout.conf's issuer")
         try:
             request = msgspec.convert(claims.get("nats"), AuthRequest)
         except msgspec.ValidationError as exc:
