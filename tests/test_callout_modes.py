@@ -10,7 +10,7 @@ import pytest
 import structlog
 
 from bridge.app import Bridge
-from bridge.config import Settings
+from bridge.config import Settings, load_settings
 from bridge.emulator import DockerEmulator, EmulatedSwarm
 from bridge.errors import ConfigError
 from bridge.nkeys_jwt import new_seed
@@ -106,3 +106,15 @@ def test_a_missing_seed_file_stops_the_start(tmp_path: Path, files: CalloutFiles
         callout_issuer_seed=str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match=r"BRIDGE_CALLOUT_ISSUER_SEED=.*No such file"):
         Bridge(settings)
+
+
+def test_the_callout_needs_its_issuer_seed() -> None:
+    """BRIDGE_AUTH_CALLOUT=true without BRIDGE_CALLOUT_ISSUER_SEED stops the start."""
+    with pytest.raises(ConfigError) as error:
+        load_settings({"BRIDGE_AUTH_CALLOUT": "true"})
+    assert error.value.variable == "BRIDGE_CALLOUT_ISSUER_SEED"
+    settings = load_settings({"BRIDGE_AUTH_CALLOUT": "yes", "BRIDGE_CALLOUT_ISSUER_SEED": "/s",
+                              "BRIDGE_CALLOUT_XKEY_SEED": "/x",
+                              "BRIDGE_CALLOUT_AGENT_PASSWORD_FILE": "/p"})
+    assert (settings.auth_callout, settings.callout_issuer_seed, settings.callout_xkey_seed,
+            settings.callout_agent_password_file) == (True, "/s", "/x", "/p")
