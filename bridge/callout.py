@@ -14,6 +14,8 @@ one queue group, so a leader change does not lock agents out (DESIGN.md, "Trust"
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import hmac
 import time
@@ -146,19 +148,28 @@ class Callout:
         self._warned_plain = False
 
     async def run(self) -> None:
-        """Subscribe in the replicas' queue group and answer until cancelled."""
-        sub = await self._nc.subscribe(AUTH_SUBJECT, queue=CALLOUT_QUEUE, cb=self._on_request)
-        log.info("callout_serving", subject=AUTH_SUBJECT, queue=CALLOUT_QUEUE,
-                 issuer=self._keys.issuer.public_key,
-                 xkey=self._keys.xkey.public_key if self._keys.xkey else None,
-                 password_checked=self._keys.agent_password is not None)
+        """Follow the agents bucket and, once its agents are loaded, answer requests in the
+        replicas' queue group until cancelled. A replica that cannot answer yet stays out of
+        the group, so it takes no request that a loaded replica would admit."""
+        sub = None
         try:
-            await self._agents.run()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._agents.run(), name="callout-agents")
+                await self._agents.loaded.wait()
+                sub = await self._nc.subscribe(AUTH_SUBJECT, queue=CALLOUT_QUEUE,
+                                               cb=self._on_request)
+                with contextlib.suppress(nats.errors.Error):
+                    await self._nc.flush(timeout=5)  # the server has the subscription now
+                log.info("callout_serving", subject=AUTH_SUBJECT, queue=CALLOUT_QUEUE,
+                         agents=len(self._agents), issuer=self._keys.issuer.public_key,
+                         xkey=self._keys.xkey.public_key if self._keys.xkey else None,
+                         password_checked=self._keys.agent_password is not None)
         finally:
-            try:
-                await sub.unsubscribe()
-            except nats.errors.Error as exc:
-                log.debug("callout_unsubscribe_failed", error=repr(exc))
+            if sub is not None:
+                try:
+                    await sub.unsubscribe()
+                except nats.errors.Error as exc:
+                    log.debug("callout_unsubscribe_failed", error=repr(exc))
 
     async def _on_request(self, msg: Msg) -> None:
         try:

@@ -82,7 +82,7 @@ async def test_standby_answers_the_callout_while_the_leader_is_down(
                 task = asyncio.create_task(standby.run(stop, server.url))
 
                 def standing_by() -> bool:
-                    loaded = any(e["event"] == "callout_agents_loaded" and e["agents"] == 1
+                    loaded = any(e["event"] == "callout_serving" and e["agents"] == 1
                                  for e in logs)
                     return loaded and standby.election is not None and (
                         standby.election.leader is not None)

@@ -60,8 +60,8 @@ async def test_encrypted_requests_without_the_xkey_seed_are_refused_with_a_hint(
     the bridge names the variable to set."""
     async with callout_server(tmp_path, files) as server, run_bridge(
             bridge_settings(settings, files, xkey=False), server.url):
-        await wait_for(lambda: any(e["event"] == "callout_agents_loaded" for e in logs),
-                       timeout=10, what="the callout to load the agents")
+        await wait_for(lambda: any(e["event"] == "callout_serving" for e in logs),
+                       timeout=10, what="the callout to serve")
         assert "Authorization Violation" in await refused(server, address)
     rejected = [str(e["error"]) for e in logs if e["event"] == "callout_request_rejected"]
     assert rejected and "BRIDGE_CALLOUT_XKEY_SEED" in rejected[0]
@@ -76,8 +76,8 @@ async def test_a_different_issuer_is_refused_with_a_hint(
     other.write_bytes(new_seed("account"))
     mine = bridge_settings(settings, files).replace(callout_issuer_seed=str(other))
     async with callout_server(tmp_path, files) as server, run_bridge(mine, server.url):
-        await wait_for(lambda: any(e["event"] == "callout_agents_loaded" for e in logs),
-                       timeout=10, what="the callout to load the agents")
+        await wait_for(lambda: any(e["event"] == "callout_serving" for e in logs),
+                       timeout=10, what="the callout to serve")
         assert "Authorization Violation" in await refused(server, address)
     rejected = [str(e["error"]) for e in logs if e["event"] == "callout_request_rejected"]
     assert rejected and "BRIDGE_CALLOUT_ISSUER_SEED" in rejected[0]
