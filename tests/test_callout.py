@@ -125,7 +125,8 @@ async def test_connection_from_an_address_no_agent_has_is_refused(
 
 async def test_bridge_coordinator_and_ops_are_unaffected(bridge: RunningBridge,
                                                          server: EmbeddedNats) -> None:
-    """With the callout on, the static users connect as before, with their own permissions."""
+    """With the callout on, the static users (bridge, coordinator, ops, sys) connect as before,
+    with their own permissions."""
     assert bridge.bridge.nc is not None and bridge.bridge.nc.is_connected
     coordinator = await user(server, "coordinator", "COORD_PASS", "_INBOX.coord")
     agents = await coordinator.jetstream().key_value("chorus_agents")
@@ -134,9 +135,11 @@ async def test_bridge_coordinator_and_ops_are_unaffected(bridge: RunningBridge,
     ops = await user(server, "ops", "OPS_PASS")
     await ops.publish("anything.at.all", b"")
     await ops.flush()
-    assert ops.is_connected and coordinator.is_connected
-    await ops.close()
-    await coordinator.close()
+    system = await user(server, "sys", "SYS_PASS")
+    await system.request("$SYS.REQ.SERVER.PING", b"", timeout=5)
+    assert ops.is_connected and coordinator.is_connected and system.is_connected
+    for client in (ops, coordinator, system):
+        await client.close()
 
 
 async def test_departed_agent_is_no_longer_admitted(bridge: RunningBridge,
