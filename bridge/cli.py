@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import structlog
 
-from bridge.config import Settings, load_settings
+from bridge.config import Settings, load_settings, unknown_variables
 from bridge.errors import BridgeError
 from bridge.logs import configure_logging
 
@@ -56,6 +57,10 @@ def build_settings(flags: dict[str, Any], **defaults: str) -> Settings:
     except BridgeError as exc:
         fail(exc)
     configure_logging(settings.log_format, settings.log_level)
+    for name in unknown_variables(environ):
+        structlog.get_logger(__name__).warning(
+            "config_unknown_variable", variable=name,
+            hint="not a chorus-bridge setting (a typo?); it is ignored")
     return settings
 
 

@@ -6,7 +6,6 @@
      +-- NatsError                    NATS could not be reached or a bucket could not be used
      +-- EmbeddedServerError          the embedded nats-server did not start
      +-- BridgeUnavailableError       no bridge answered a request on the bus
-     +-- SimulationError              simulated agents could not be started
      +-- CalloutKeyError              a callout seed or key is not of the kind it must be
      +-- CalloutRequestError          an auth callout request that cannot be trusted or read
 
@@ -24,7 +23,6 @@ __all__ = [
     "DockerAPIError",
     "EmbeddedServerError",
     "NatsError",
-    "SimulationError",
 ]
 
 
@@ -65,9 +63,6 @@ class EmbeddedServerError(BridgeError):
 class BridgeUnavailableError(BridgeError):
     """No chorus-bridge answered a request on the bus."""
 
-
-class SimulationError(BridgeError):
-    """Simulated agents could not be started (addresses, ports, file descriptors)."""
 
 
 class CalloutKeyError(BridgeError):

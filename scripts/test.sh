@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command: sets up .venv, brings up the real Docker Swarm the swarm tests
-# use (as root), builds the stack's images, then runs ruff, mypy and pytest.
+# use (as root), builds the stack's images, then runs ruff, mypy, import-linter and pytest.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k nats_conf -x`.
 #
 # Environment:
@@ -25,11 +25,11 @@ setup_venv() {
     # Reinstall only when the project's metadata changed: the install is editable, so code
     # changes need nothing, and a run on an installed tree starts at once.
     local stamp=.venv/.chorus-pyproject.sha256 want
-    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
     if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ] \
-        || ! .venv/bin/python -c 'import bridge, pytest, mypy, ruff' >/dev/null 2>&1; then
-        say "pip install -e '.[dev]'"
-        .venv/bin/python -m pip install -q -e '.[dev]'
+        || ! .venv/bin/python -c 'import bridge, pytest, mypy, ruff, importlinter' >/dev/null 2>&1; then
+        say "pip install -c constraints.txt -e '.[dev]'"
+        .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
         echo "$want" >"$stamp"
     fi
 }
@@ -81,6 +81,8 @@ say "ruff check ."
 ruff check . || failed+=(ruff)
 say "mypy"
 mypy || failed+=(mypy)
+say "lint-imports (the import contracts in pyproject.toml)"
+lint-imports --no-cache || failed+=(lint-imports)
 say "pytest $*"
 pytest_status=0
 pytest "$@" || pytest_status=$?

@@ -130,7 +130,10 @@ async def test_bridge_coordinator_and_ops_are_unaffected(bridge: RunningBridge,
     assert bridge.bridge.nc is not None and bridge.bridge.nc.is_connected
     coordinator = await user(server, "coordinator", "COORD_PASS", "_INBOX.coord")
     agents = await coordinator.jetstream().key_value("chorus_agents")
-    await wait_for(lambda: agents.keys(), timeout=10, what="the bridge to write its agents")
+    async def written() -> bool:
+        return bool(await agents.keys())
+
+    await wait_for(written, timeout=10, what="the bridge to write its agents")
     assert len(await agents.keys()) == 2
     ops = await user(server, "ops", "OPS_PASS")
     await ops.publish("anything.at.all", b"")

@@ -73,7 +73,10 @@ async def test_standby_answers_the_callout_while_the_leader_is_down(
                 pass  # the leader is up and answers
             coordinator = await user(server, "coordinator", "COORD_PASS", "_INBOX.coord")
             agents = await coordinator.jetstream().key_value("chorus_agents")
-            await wait_for(lambda: agents.keys(), timeout=10, what="the leader's agents")
+            async def written() -> bool:
+                return bool(await agents.keys())
+
+            await wait_for(written, timeout=10, what="the leader's agents")
             await coordinator.close()
 
             stop = asyncio.Event()

@@ -3,8 +3,9 @@ seed files that are not seeds."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -48,14 +49,14 @@ async def test_requests_in_the_clear_without_xkey(tmp_path: Path, settings: Sett
 
 
 @pytest.fixture
-async def logs() -> AsyncIterator[list[dict[str, object]]]:
+async def logs() -> AsyncIterator[list[MutableMapping[str, Any]]]:
     with structlog.testing.capture_logs() as captured:
         yield captured
 
 
 async def test_encrypted_requests_without_the_xkey_seed_are_refused_with_a_hint(
         tmp_path: Path, settings: Settings, files: CalloutFiles, address: str,
-        logs: list[dict[str, object]]) -> None:
+        logs: list[MutableMapping[str, Any]]) -> None:
     """The server seals requests but the bridge has no curve seed: the agent is refused and
     the bridge names the variable to set."""
     async with callout_server(tmp_path, files) as server, run_bridge(
@@ -69,7 +70,7 @@ async def test_encrypted_requests_without_the_xkey_seed_are_refused_with_a_hint(
 
 async def test_a_different_issuer_is_refused_with_a_hint(
         tmp_path: Path, settings: Settings, files: CalloutFiles, address: str,
-        logs: list[dict[str, object]]) -> None:
+        logs: list[MutableMapping[str, Any]]) -> None:
     """A bridge whose issuer seed is not the one nats-callout.conf names admits no one, and
     says which variable does not match."""
     other = tmp_path / "other.seed"
