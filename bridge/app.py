@@ -14,6 +14,8 @@ from bridge.agent_http import AgentHTTP
 from bridge.broadcast import Broadcaster, Target, plan_targets
 from bridge.broadcast_api import BroadcastService
 from bridge.bus import connect
+from bridge.callout import Callout, CalloutKeys
+from bridge.callout_agents import AgentAddresses
 from bridge.config import Settings
 from bridge.discovery.dns import DnsDiscovery
 from bridge.discovery.events import EventFollower
@@ -62,6 +64,8 @@ class Bridge:
         self.names = Names.from_settings(settings)
         self.metrics = metrics or Metrics()
         self._dns = dns or DnsDiscovery(settings)
+        # Read at construction: a bad seed file stops the start with one line naming it.
+        self._callout_keys = CalloutKeys.load(settings) if settings.auth_callout else None
         self.nc: NATS | None = None
         self.loop: DiscoveryPipeline | None = None
         self.registry: AgentRegistry | None = None
@@ -133,6 +137,11 @@ class Bridge:
             tasks = [tg.create_task(self.presence.run(), name="presence"),
                      tg.create_task(self.election.run(), name="election"),
                      tg.create_task(self._lead_when_elected(swarm), name="leadership")]
+            if self._callout_keys is not None and self.nc is not None:
+                # Every replica answers the NATS auth callout, leader or standby.
+                callout = Callout(self.nc, self.names, self._callout_keys,
+                                  AgentAddresses(self.nc, self.names))
+                tasks.append(tg.create_task(callout.run(), name="auth-callout"))
             self.ready.set()
             await stop.wait()
             log.info("bridge_stopping")

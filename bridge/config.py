@@ -77,6 +77,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     log_format: LogFormat = "json"
     log_level: str = "INFO"
     docker_timeout: Seconds = DOCKER_CALL_TIMEOUT
+    # The NATS auth callout (DESIGN.md, "Trust"): paths of the issuer's account seed, of the
+    # curve seed when the server encrypts callouts, and of the shared agent password.
+    auth_callout: bool = False
+    callout_issuer_seed: str | None = None
+    callout_xkey_seed: str | None = None
+    callout_agent_password_file: str | None = None
 
     @property
     def docker_active(self) -> bool:
@@ -215,6 +221,10 @@ _VARIABLES: dict[str, Parser] = {
     "BRIDGE_KV_REPLICAS": _as("kv_replicas"),
     "DOCKER_TLS_VERIFY": _with("docker_tls_verify", _bool),
     "DOCKER_CERT_PATH": _with("docker_cert_path", _text),
+    "BRIDGE_AUTH_CALLOUT": _with("auth_callout", _bool),
+    "BRIDGE_CALLOUT_ISSUER_SEED": _with("callout_issuer_seed", _text),
+    "BRIDGE_CALLOUT_XKEY_SEED": _with("callout_xkey_seed", _text),
+    "BRIDGE_CALLOUT_AGENT_PASSWORD_FILE": _with("callout_agent_password_file", _text),
 }
 ENV_VARIABLES: tuple[str, ...] = tuple(_VARIABLES)
 _DEFAULTS = Settings()
@@ -291,4 +301,7 @@ def load_settings(environ: Mapping[str, str], overrides: Mapping[str, str] | Non
     fields["dns_names"] = tuple(str(n).replace("{service}", service) for n in names)
     if "nats_user" in fields and "nats_password" not in fields:
         raise ConfigError("NATS_PASSWORD", "", "must be set when NATS_USER is set")
+    if fields.get("auth_callout") and "callout_issuer_seed" not in fields:
+        raise ConfigError("BRIDGE_CALLOUT_ISSUER_SEED", "",
+                          "must be set when BRIDGE_AUTH_CALLOUT is true")
     return _convert(fields, raw_of)

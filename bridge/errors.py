@@ -12,6 +12,8 @@
      +-- EmbeddedServerError          the embedded nats-server did not start
      +-- BridgeUnavailableError       no bridge answered a request on the bus
      +-- AgentHTTPError               an HTTP call to an agent got no answer; `reason` says why
+     +-- CalloutKeyError              a callout seed or key is not of the kind it must be
+     +-- CalloutRequestError          an auth callout request that cannot be trusted or read
 
 Every message says what happened and what to do about it.
 """
@@ -24,6 +26,8 @@ __all__ = [
     "BridgeUnavailableError",
     "BucketMissingError",
     "BucketSettingsError",
+    "CalloutKeyError",
+    "CalloutRequestError",
     "ConfigError",
     "DockerAPIError",
     "EmbeddedServerError",
@@ -109,3 +113,9 @@ class AgentHTTPError(BridgeError):
         self.retryable = retryable
         super().__init__(reason)
 
+class CalloutKeyError(BridgeError):
+    """A seed or key of the auth callout is not of the kind it must be (never shows the seed)."""
+
+
+class CalloutRequestError(BridgeError):
+    """An auth callout request that cannot be trusted or read (signature, expiry, sealing)."""
