@@ -306,3 +306,58 @@ async def test_real_bridge_works_with_its_user_alone(
         assert isinstance(report, BroadcastReport)
         assert (report.success_count, report.via_bus, report.via_http) == (4, 2, 2)
         assert coordinator.no_violations()
+
+
+async def test_coordinator_reads_the_leader_key(bridge: Peer, coordinator: Peer) -> None:
+    """`nats kv get chorus_bridge leader` as coordinator: the leader bucket is readable."""
+    await (await bridge.js.key_value(LEADER)).put("leader", b'{"id": "bridge-1"}')
+    leader = await coordinator.js.key_value(LEADER)
+    assert (await leader.get("leader")).value == b'{"id": "bridge-1"}'
+    assert coordinator.no_violations()
+    with pytest.raises(nats.errors.TimeoutError):
+        await leader.put("leader", b'{"id": "forged"}')
+    await coordinator.violation("publish", "$KV.chorus_bridge.leader")
+
+
+async def test_coordinator_finds_the_bridges_micro_service(secured_server: EmbeddedNats,
+                                                          bridge: Peer,
+                                                          coordinator: Peer) -> None:
+    """The bridge's user runs the micro service; a coordinator pings, gets its info and stats."""
+    from nats import micro
+
+    async def serve(request: micro.Request) -> None:
+        await request.respond(b"{}")
+
+    service = await micro.add_service(bridge.nc, name="chorus-bridge", version="1.0.0",
+                                      queue_group=BROADCAST_QUEUE)
+    await service.add_endpoint(name="broadcast", subject="chorus.bridge.broadcast",
+                               handler=serve)
+    for verb in ("PING", "INFO", "STATS"):
+        reply = await coordinator.nc.request(f"$SRV.{verb}.chorus-bridge", b"", timeout=5)
+        assert b'"name": "chorus-bridge"' in reply.data
+    assert (await coordinator.nc.request("chorus.bridge.broadcast", b"{}", timeout=5)).data == b"{}"
+    await service.stop()
+    assert bridge.no_violations() and coordinator.no_violations()
+
+
+async def test_cli_names_the_user_and_subject_it_was_denied(secured_server: EmbeddedNats,
+                                                           bridge: Peer) -> None:
+    """`broadcast` as agent: exit status 3 and one line naming the user and the subject;
+    `agents` as agent reads the bucket (its inbox prefix follows the user)."""
+    from tests.test_cli import command
+
+    as_agent = {"NATS_URL": secured_server.url, "NATS_USER": "agent",
+                "NATS_PASSWORD": PASSWORDS["AGENT_PASS"]}
+    code, _, err = await command("broadcast", "-", stdin=b'{"id": "c", "roles": [{"name": "a"}]}',
+                                 **as_agent)
+    assert code == 3
+    assert err.strip().splitlines() == [
+        f"chorus-bridge: NatsError: permission denied: NATS user 'agent' may not publish to "
+        f"chorus.bridge.broadcast on {secured_server.url} (see the user's permissions in "
+        "nats.conf)"]
+    code, out, err = await command("agents", **as_agent)
+    assert code == 0, err
+    assert out.strip().endswith("0 agents (0 swarm, 0 dns, 0 static; 0 on the bus)")
+    code, _, err = await command("agents", "--inbox-prefix", "_INBOX.coord", **as_agent)
+    assert code == 3 and len(err.strip().splitlines()) == 1
+    assert "NATS user 'agent' may not subscribe to _INBOX.coord." in err
