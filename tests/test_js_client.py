@@ -1,0 +1,102 @@
+"""The operators' and coordinators' side, driven by the official JavaScript NATS client under
+nats.conf's users: the contract is not Python-only (tests/js/operator.mjs)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from bridge.config import Settings
+from bridge.embedded import EmbeddedNats
+from bridge.emulator import EmulatedSwarm
+from bridge.sim import SimFleet, allocate_addresses
+from tests.conftest import RunningBridge, run_bridge, wait_for
+from tests.js_support import JS_DIR, node_or_skip
+from tests.test_nats_conf import NAMES, PASSWORDS, secured_server
+
+__all__ = ["secured_server"]
+
+pytestmark = pytest.mark.timeout(120)
+
+OPPORTUNITY = {"id": "council-js", "roles": [{"name": "tpm", "core": True}]}
+
+
+@pytest.fixture
+async def fleet_bridge(secured_server: EmbeddedNats, swarm: EmulatedSwarm,
+                       settings: Settings) -> AsyncIterator[tuple[RunningBridge, list[str]]]:
+    """The bridge as user `bridge`, 4 agents (2 on the bus, as user `agent`)."""
+    addresses = allocate_addresses(4, "127.29.0.1")
+    task_ids = swarm.add_tasks(4, addresses=addresses)
+    with socket.socket() as probe:
+        probe.bind((addresses[0], 0))
+        port = probe.getsockname()[1]
+    secured = settings.replace(
+        subject_prefix="chorus", kv_bucket="chorus_agents", nats_user="bridge",
+        nats_password=PASSWORDS["BRIDGE_PASS"], agent_port=port, bus_ack_wait=0.5)
+    async with run_bridge(secured, secured_server.url) as running, \
+            SimFleet(4, on_bus={0, 1}, nats_url=secured_server.url, names=NAMES,
+                     base="127.29.0.1", port=port, task_ids=task_ids, nats_user="agent",
+                     nats_password=PASSWORDS["AGENT_PASS"], connections=2):
+        registry = running.bridge.registry
+        assert registry is not None
+        await wait_for(lambda: sum(a.on_bus for a in registry.published.values()) == 2,
+                       what="the two bus agents on the bus")
+        yield running, task_ids
+
+
+async def _operator(server: EmbeddedNats, swarm: EmulatedSwarm, user: str, password: str,
+                    inbox_prefix: str) -> dict[str, dict[str, Any]]:
+    """Run operator.mjs as `user`; a task joins once it watches. Its steps, by name."""
+    proc = await asyncio.create_subprocess_exec(
+        node_or_skip(), str(JS_DIR / "operator.mjs"), cwd=JS_DIR,
+        env={"PATH": "/usr/bin:/bin", "NATS_URL": server.url, "NATS_USER": user,
+             "NATS_PASSWORD": password, "INBOX_PREFIX": inbox_prefix,
+             "OPPORTUNITY": json.dumps(OPPORTUNITY)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    steps: dict[str, dict[str, Any]] = {}
+    async with asyncio.timeout(60):
+        async for raw in proc.stdout:
+            line = json.loads(raw)
+            assert "error" not in line, f"{user}: {line['error']}"
+            steps[line["step"]] = line
+            if line["step"] == "watching":
+                steps["joined"] = {"id": swarm.add_tasks(1)[0]}
+        err = await proc.stderr.read()
+        assert await proc.wait() == 0, err.decode()
+    return steps
+
+
+@pytest.mark.parametrize(("user", "password", "inbox_prefix"), [
+    ("ops", PASSWORDS["OPS_PASS"], ""),
+    ("coordinator", PASSWORDS["COORD_PASS"], "_INBOX.coord"),
+])
+async def test_operator_side_with_the_js_client(
+        secured_server: EmbeddedNats, swarm: EmulatedSwarm,
+        fleet_bridge: tuple[RunningBridge, list[str]],
+        user: str, password: str, inbox_prefix: str) -> None:
+    """List and read the bucket and the leader key, find the micro service, request a
+    broadcast and read its report (and a refusal), watch an announcement."""
+    running, task_ids = fleet_bridge
+    steps = await _operator(secured_server, swarm, user, password, inbox_prefix)
+    assert {"chorus_agents", "chorus_bridge", "chorus_presence"} <= set(steps["buckets"]["names"])
+    assert steps["agents"]["keys"] == sorted(task_ids)
+    assert {a["id"] for a in steps["agents"]["agents"]} == set(task_ids)
+    assert running.bridge.election is not None
+    assert steps["leader"]["value"] is not None
+    assert steps["micro"]["pings"] == ["chorus-bridge"]
+    assert steps["micro"]["endpoints"] == [["broadcast", "chorus.bridge.broadcast",
+                                            "chorus-bridge"]]
+    report = steps["broadcast"]["report"]
+    assert (report["opportunity_id"], report["total_agents"], report["success_count"],
+            report["via_bus"], report["via_http"]) == ("council-js", 4, 4, 2, 2)
+    assert steps["broadcast"]["refused_code"] == "400"
+    assert steps["broadcast"]["refused"]["field"] == "$.id"
+    announcement = steps["announcement"]["announcement"]
+    assert (announcement["event"], announcement["agent"]["id"]) == ("joined",
+                                                                    steps["joined"]["id"])
