@@ -261,6 +261,21 @@ def demo(agents: int, on_bus: int) -> None:
     sys.exit(0 if report and report.success_count == report.total_agents else 1)
 
 
+@main.command()
+@click.option("--prefix", default=None, help="Subject prefix [env BRIDGE_SUBJECT_PREFIX].")
+@click.option("--bucket", default=None, help="The agents bucket [env BRIDGE_KV_BUCKET].")
+def asyncapi(prefix: str | None, bucket: str | None) -> None:
+    """Print the AsyncAPI 3.0 document of every subject, bucket and payload (YAML).
+
+    Generated from the wire models; docs/asyncapi.yaml is its output for the default names.
+    """
+    from bridge.asyncapi import asyncapi_yaml
+    from bridge.subjects import Names
+
+    settings = _client_settings(None, prefix, bucket)
+    click.echo(asyncapi_yaml(Names.from_settings(settings)), nl=False)
+
+
 @main.command("sim-agent")
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,

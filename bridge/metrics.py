@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["DOCKER_ERROR_KINDS", "Metrics"]
 
 # No `*_created` series: the start time is process_start_time_seconds, once.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # The label values each labelled metric can take.
 METHODS = ("swarm", "dns", "auto")
