@@ -238,25 +238,31 @@ def broadcast(nats_url: str | None, prefix: str | None, bucket: str | None,
               help="Simulated agents (tasks of the emulated service).")
 @click.option("--on-bus", type=click.IntRange(0, 10_000), default=17, show_default=True,
               help="How many of them are also on the bus (the rest are HTTP only).")
-def demo(agents: int, on_bus: int) -> None:
+@click.option("--keep", is_flag=True,
+              help="Keep everything running after the broadcast, and print the nats commands "
+                   "to explore it, until Ctrl-C.")
+def demo(agents: int, on_bus: int, keep: bool) -> None:
     """The whole story on one machine: discovery, presence, a broadcast, its report.
 
     Starts an embedded nats-server, an emulated Docker Engine API serving a service of
     AGENTS tasks with loopback addresses, AGENTS simulated agents (ON-BUS of them on NATS),
     and the real bridge; then sends one council opportunity and prints who got it and who
-    claimed the core roles. Ctrl-C stops it cleanly.
+    claimed each role. Ctrl-C stops it cleanly.
     """
     from bridge.demo import run_demo
 
     if on_bus > agents:
         fail(click.BadParameter(f"--on-bus {on_bus} is more than --agents {agents}"))
     configure_logging("console", "WARNING")
-    try:
-        result = asyncio.run(run_demo(agents, on_bus))
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except BridgeError as exc:
-        fail(exc)
+    if keep:
+        result = run_until_signal(lambda stop: run_demo(agents, on_bus, keep=stop))
+    else:
+        try:
+            result = asyncio.run(run_demo(agents, on_bus))
+        except KeyboardInterrupt:
+            sys.exit(130)
+        except BridgeError as exc:
+            fail(exc)
     report = result.report
     sys.exit(0 if report and report.success_count == report.total_agents else 1)
 
