@@ -100,6 +100,8 @@ class _Commands(click.Group):
         except click.Abort:
             click.echo("chorus-bridge: aborted", err=True)
             sys.exit(130)
+        except Exception as exc:  # a bug: still one line, never a traceback
+            fail(exc)
         sys.exit(status if isinstance(status, int) else 0)
 
 

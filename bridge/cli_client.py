@@ -67,6 +67,11 @@ class Reported:
     def __init__(self) -> None:
         self.violations: asyncio.Queue[str] = asyncio.Queue()
         self.errors: list[str] = []
+        self.lost = asyncio.Event()
+
+    async def on_disconnect(self) -> None:
+        # Commands do not reconnect: a lost connection ends what they wait for.
+        self.lost.set()
 
     async def on_error(self, exc: Exception) -> None:
         # Collected for one line, instead of nats-py's logged traceback.
@@ -87,6 +92,7 @@ class Session:
         self._settings = settings
         self._names = tuple(names)
         self._violations = reported.violations
+        self._lost = reported.lost
 
     def denial(self, text: str) -> NatsError:
         """The one-line error of a permission violation."""
@@ -100,19 +106,23 @@ class Session:
 
     async def guard(self, operation: Awaitable[T]) -> T:
         """Await `operation`, unless the server refuses this client something meanwhile: then
-        raise NatsError naming the user and the subject (instead of waiting for a timeout)."""
+        raise NatsError naming the user and the subject (instead of waiting for a timeout);
+        NatsError too when the connection is lost meanwhile."""
         work = asyncio.ensure_future(operation)
         denied = asyncio.ensure_future(self._violations.get())
+        lost = asyncio.ensure_future(self._lost.wait())
         try:
-            await asyncio.wait({work, denied}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({work, denied, lost}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (work, denied):
+            for task in (work, denied, lost):
                 task.cancel()
+        if work.done() and not work.cancelled():
+            return work.result()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await work
         if denied.done() and not denied.cancelled():
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await work
             raise self.denial(denied.result())
-        return work.result()
+        raise NatsError(f"lost the connection to NATS at {redact_url(self.url)}")
 
     async def settle(self) -> None:
         """Round-trip to the server, so that a refusal of what was just sent is known."""
@@ -131,7 +141,8 @@ async def open_session(settings: Settings, names: Iterable[str], *,
         nc = await nats.connect(
             nats_servers(url), connect_timeout=2, max_reconnect_attempts=1,
             allow_reconnect=False, inbox_prefix=inbox_prefix or inbox_prefix_for(settings),
-            name="chorus-bridge-cli", error_cb=reported.on_error, **nats_auth(settings))
+            name="chorus-bridge-cli", error_cb=reported.on_error,
+            disconnected_cb=reported.on_disconnect, **nats_auth(settings))
     except (nats.errors.Error, OSError) as exc:
         last = reported.errors[-1] if reported.errors else (str(exc) or type(exc).__name__)
         reason = redact_text(last)

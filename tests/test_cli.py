@@ -205,3 +205,18 @@ async def test_watch_prints_announcements(service: tuple[Service, DockerEmulator
     assert " joined " in line and task in line and swarm.address_of(task) in line
     proc.send_signal(signal.SIGINT)
     assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_watch_ends_when_nats_goes_away(tmp_path: Path) -> None:
+    """`watch` whose NATS stops: one line, exit status 3 (not a hang)."""
+    async with EmbeddedNats(port=0, store_dir=tmp_path / "n", supervise=False) as server:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bridge", "watch", env=env(NATS_URL=server.url),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert proc.stderr is not None
+        assert b"watching" in await asyncio.wait_for(proc.stderr.readline(), 20)
+        await server.__aexit__(None, None, None)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 3
+    assert err.decode().strip().splitlines() == [
+        f"chorus-bridge: NatsError: lost the connection to NATS at {server.url}"]
