@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,10 +13,9 @@ import pytest
 from bridge.config import Settings
 from bridge.embedded import EmbeddedNats
 from bridge.emulator import EmulatedSwarm
-from bridge.sim import SimFleet, allocate_addresses
-from tests.conftest import RunningBridge, run_bridge, wait_for
+from tests.conftest import RunningBridge
 from tests.js_support import JS_DIR, node_or_skip
-from tests.test_nats_conf import NAMES, PASSWORDS, secured_server
+from tests.test_nats_conf import PASSWORDS, secured_fleet, secured_server
 
 __all__ = ["secured_server"]
 
@@ -30,23 +28,8 @@ OPPORTUNITY = {"id": "council-js", "roles": [{"name": "tpm", "core": True}]}
 async def fleet_bridge(secured_server: EmbeddedNats, swarm: EmulatedSwarm,
                        settings: Settings) -> AsyncIterator[tuple[RunningBridge, list[str]]]:
     """The bridge as user `bridge`, 4 agents (2 on the bus, as user `agent`)."""
-    addresses = allocate_addresses(4, "127.29.0.1")
-    task_ids = swarm.add_tasks(4, addresses=addresses)
-    with socket.socket() as probe:
-        probe.bind((addresses[0], 0))
-        port = probe.getsockname()[1]
-    secured = settings.replace(
-        subject_prefix="chorus", kv_bucket="chorus_agents", nats_user="bridge",
-        nats_password=PASSWORDS["BRIDGE_PASS"], agent_port=port, bus_ack_wait=0.5)
-    async with run_bridge(secured, secured_server.url) as running, \
-            SimFleet(4, on_bus={0, 1}, nats_url=secured_server.url, names=NAMES,
-                     base="127.29.0.1", port=port, task_ids=task_ids, nats_user="agent",
-                     nats_password=PASSWORDS["AGENT_PASS"], connections=2):
-        registry = running.bridge.registry
-        assert registry is not None
-        await wait_for(lambda: sum(a.on_bus for a in registry.published.values()) == 2,
-                       what="the two bus agents on the bus")
-        yield running, task_ids
+    async with secured_fleet(secured_server, swarm, settings, "127.29.0.1") as running:
+        yield running
 
 
 async def _operator(server: EmbeddedNats, swarm: EmulatedSwarm, user: str, password: str,

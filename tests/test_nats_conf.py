@@ -23,8 +23,10 @@ from bridge.embedded import EmbeddedNats
 from bridge.emulator import EmulatedSwarm
 from bridge.presence import Presence
 from bridge.registry import AgentRegistry, open_bucket
+from bridge.sim import SimFleet, allocate_addresses
 from bridge.sim.presence import ensure_presence_bucket
 from bridge.subjects import Names
+from tests.conftest import RunningBridge, run_bridge, wait_for
 
 NATS_CONF = Path(__file__).resolve().parents[1] / "nats.conf"
 PASSWORDS = {"BRIDGE_PASS": "bridge-secret", "AGENT_PASS": "agent-secret",
@@ -269,15 +271,12 @@ async def test_wrong_password_is_refused(secured_server: EmbeddedNats) -> None:
                            allow_reconnect=False, connect_timeout=2)
 
 
-async def test_real_bridge_works_with_its_user_alone(
-        secured_server: EmbeddedNats, swarm: EmulatedSwarm, settings: Settings) -> None:
-    """The bridge as user `bridge`, agents as `agent`, a coordinator as `coordinator`: the
-    bucket fills, presence is seen, a broadcast reaches everyone, and nothing is denied."""
-    from bridge.models import BroadcastReport, decode_reply
-    from bridge.sim import SimFleet, allocate_addresses
-    from tests.conftest import run_bridge, wait_for
-
-    addresses = allocate_addresses(4, "127.28.0.1")
+@contextlib.asynccontextmanager
+async def secured_fleet(server: EmbeddedNats, swarm: EmulatedSwarm, settings: Settings,
+                        base: str) -> AsyncIterator[tuple[RunningBridge, list[str]]]:
+    """A real bridge as user `bridge`, and 4 agents (2 on the bus, as user `agent`) on
+    loopback addresses from `base`; yields once both bus agents are seen on the bus."""
+    addresses = allocate_addresses(4, base)
     task_ids = swarm.add_tasks(4, addresses=addresses)
     with socket.socket() as probe:  # the agents' port, known before they start
         probe.bind((addresses[0], 0))
@@ -286,18 +285,30 @@ async def test_real_bridge_works_with_its_user_alone(
         subject_prefix="chorus", kv_bucket="chorus_agents", nats_user="bridge",
         nats_password=PASSWORDS["BRIDGE_PASS"], agent_port=port, bus_ack_wait=0.5)
     # The bridge first: it creates the presence bucket, which agents may only use.
-    async with run_bridge(secured, secured_server.url) as running, \
-            SimFleet(4, on_bus={0, 1}, nats_url=secured_server.url, names=NAMES,
-                     base="127.28.0.1", port=port, task_ids=task_ids, nats_user="agent",
+    async with run_bridge(secured, server.url) as running, \
+            SimFleet(4, on_bus={0, 1}, nats_url=server.url, names=NAMES, base=base,
+                     port=port, task_ids=task_ids, nats_user="agent",
                      nats_password=PASSWORDS["AGENT_PASS"],
                      # One connection per agent, as real agents have: allow_responses lets
                      # a connection answer each request once.
-                     connections=2), \
-            _peer(secured_server, "coordinator") as coordinator:
+                     connections=2):
         registry = running.bridge.registry
         assert registry is not None
         await wait_for(lambda: sum(a.on_bus for a in registry.published.values()) == 2,
                        what="the two bus agents on the bus")
+        yield running, task_ids
+
+
+async def test_real_bridge_works_with_its_user_alone(
+        secured_server: EmbeddedNats, swarm: EmulatedSwarm, settings: Settings) -> None:
+    """The bridge as user `bridge`, agents as `agent`, a coordinator as `coordinator`: the
+    bucket fills, presence is seen, a broadcast reaches everyone, and nothing is denied."""
+    from bridge.models import BroadcastReport, decode_reply
+
+    async with secured_fleet(secured_server, swarm, settings, "127.28.0.1") as (
+            running, task_ids), _peer(secured_server, "coordinator") as coordinator:
+        registry = running.bridge.registry
+        assert registry is not None
         assert set(registry.published) == set(task_ids)
         msg = await coordinator.nc.request(
             NAMES.broadcast, b'{"id": "c-9", "roles": [{"name": "tpm", "core": true}]}',
