@@ -8,7 +8,8 @@ from urllib.parse import urlsplit, urlunsplit
 __all__ = ["redact_text", "redact_url"]
 
 # scheme://user:password@host -> scheme://host, wherever it appears in a text.
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s'\"]*@")
+# Greedy up to the authority's last "@": a password may contain "@" itself.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s'\"]*@")
 
 
 def redact_url(url: str) -> str:
