@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from bridge.broadcast_api import SERVICE_NAME
 from bridge.leader import Lease
 from bridge.models import (
     Ack,
@@ -28,6 +29,61 @@ from bridge.models import (
 from bridge.subjects import Names
 
 __all__ = ["asyncapi_document", "asyncapi_yaml"]
+
+
+# The NATS micro protocol's answers (ADR-32) as nats-py sends them for the service
+# chorus-bridge; nats-py has no msgspec models of them, so they are described here.
+class MicroEndpointInfo(msgspec.Struct, kw_only=True):
+    name: str
+    subject: str
+    queue_group: str
+    metadata: dict[str, str] | None = None
+
+
+class MicroInfo(msgspec.Struct, kw_only=True):
+    """`nats micro info chorus-bridge`: the service and its endpoint."""
+
+    type: str = "io.nats.micro.v1.info_response"
+    name: str
+    id: str
+    version: str
+    description: str | None = None
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+    endpoints: list[MicroEndpointInfo] = msgspec.field(default_factory=list)
+
+
+class MicroEndpointStats(msgspec.Struct, kw_only=True):
+    name: str
+    subject: str
+    queue_group: str
+    num_requests: int
+    num_errors: int
+    last_error: str
+    processing_time: int  # nanoseconds
+    average_processing_time: int  # nanoseconds
+    data: dict[str, int] | None = None
+
+
+class MicroStats(msgspec.Struct, kw_only=True):
+    """`nats micro stats chorus-bridge`: requests, errors and time of the endpoint."""
+
+    type: str = "io.nats.micro.v1.stats_response"
+    name: str
+    id: str
+    version: str
+    started: str
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+    endpoints: list[MicroEndpointStats] = msgspec.field(default_factory=list)
+
+
+class MicroPing(msgspec.Struct, kw_only=True):
+    """`nats micro ls`, `nats micro ping`: one answer per running instance."""
+
+    type: str = "io.nats.micro.v1.ping_response"
+    name: str
+    id: str
+    version: str
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
 
 OPPORTUNITY_ID, AGENT_ID = "{opportunityId}", "{agentId}"
 _PLACEHOLDERS = (OPPORTUNITY_ID, AGENT_ID)
@@ -82,6 +138,11 @@ def _channels(names: Names) -> dict[str, Any]:
                          f"`{names.leader_bucket}`, key `leader`: the lease of the bridge "
                          "that leads.", (Lease,)),
     }
+    for verb, model in (("PING", MicroPing), ("INFO", MicroInfo), ("STATS", MicroStats)):
+        spec[f"micro{verb.title()}"] = (
+            f"$SRV.{verb}.{SERVICE_NAME}", f"NATS micro discovery ({verb}) of the service "
+            f"{SERVICE_NAME}; the request is empty, the leader answers on the requester's "
+            "inbox.", (model,))
     channels: dict[str, Any] = {}
     for channel_id, (address, description, models) in spec.items():
         channel: dict[str, Any] = {
@@ -106,6 +167,9 @@ _OPERATIONS = (
     ("writeAgent", "send", "agentsBucket", "Put (or delete) an agent in the agents bucket."),
     ("watchPresence", "receive", "presenceBucket", "Follow the agents on the bus."),
     ("holdLease", "send", "leaderBucket", "Take and renew the leader lease."),
+    ("answerMicroPing", "send", "microPing", "Answer a micro PING while leading."),
+    ("answerMicroInfo", "send", "microInfo", "Answer a micro INFO while leading."),
+    ("answerMicroStats", "send", "microStats", "Answer a micro STATS while leading."),
 )
 
 
@@ -128,7 +192,7 @@ def _operations(channels: dict[str, Any]) -> dict[str, Any]:
 
 _MODELS: tuple[type[msgspec.Struct], ...] = (
     Agent, Announcement, PresenceEntry, CouncilOpportunity, Ack, Claim, BroadcastReport,
-    ErrorReply, Lease)
+    ErrorReply, Lease, MicroPing, MicroInfo, MicroStats)
 
 
 def _components() -> dict[str, Any]:

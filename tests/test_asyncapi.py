@@ -50,6 +50,9 @@ def test_every_subject_bucket_and_payload() -> None:
         "$KV.chorus_agents.{agentId}": "Agent",
         "$KV.chorus_presence.{agentId}": "PresenceEntry",
         "$KV.chorus_bridge.leader": "Lease",
+        "$SRV.PING.chorus-bridge": "MicroPing",
+        "$SRV.INFO.chorus-bridge": "MicroInfo",
+        "$SRV.STATS.chorus-bridge": "MicroStats",
     }
     for address, message in expected.items():
         assert list(channels[address]["messages"]) == [message], address

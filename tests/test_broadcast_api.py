@@ -7,11 +7,13 @@ import asyncio
 import json
 from typing import Any
 
+import msgspec
 import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 
 from bridge.app import Bridge
+from bridge.asyncapi import MicroInfo, MicroPing, MicroStats
 from bridge.broadcast_api import BROADCAST_QUEUE, SERVICE_NAME, validate_request
 from bridge.config import Settings
 from bridge.embedded import EmbeddedNats
@@ -73,6 +75,8 @@ async def test_micro_service_is_found_with_its_counts(
     carries the micro error headers and the JSON error, and counts as a request and an error."""
     async with run_bridge(settings, nats_server.url):
         info = await _ask(nc, f"$SRV.INFO.{SERVICE_NAME}")
+        msgspec.convert(info, MicroInfo)  # what docs/asyncapi.yaml says it is
+        msgspec.convert(await _ask(nc, f"$SRV.PING.{SERVICE_NAME}"), MicroPing)
         assert info["type"] == "io.nats.micro.v1.info_response"
         assert info["name"] == "chorus-bridge"
         assert [(e["name"], e["subject"], e["queue_group"]) for e in info["endpoints"]] == [
@@ -87,6 +91,7 @@ async def test_micro_service_is_found_with_its_counts(
                               b'{"id": "c2", "roles": [{"name": "tpm"}]}', timeout=10)
         assert not ok.headers and json.loads(ok.data)["opportunity_id"] == "c2"
         stats = await _ask(nc, f"$SRV.STATS.{SERVICE_NAME}.{info['id']}")
+        msgspec.convert(stats, MicroStats)
         (endpoint,) = stats["endpoints"]
         assert (endpoint["num_requests"], endpoint["num_errors"]) == (2, 1)
         assert "length >= 1" in endpoint["last_error"]
