@@ -359,8 +359,12 @@ async def test_cli_names_the_user_and_subject_it_was_denied(secured_server: Embe
 
     as_agent = {"NATS_URL": secured_server.url, "NATS_USER": "agent",
                 "NATS_PASSWORD": PASSWORDS["AGENT_PASS"]}
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     code, _, err = await command("broadcast", "-", stdin=b'{"id": "c", "roles": [{"name": "a"}]}',
                                  **as_agent)
+    print(f"broadcast as agent: denied, exit {code}, after {loop.time() - started:.2f} s "
+          "(the command's timeout is 60 s)")
     assert code == 3
     assert err.strip().splitlines() == [
         f"chorus-bridge: NatsError: permission denied: NATS user 'agent' may not publish to "
