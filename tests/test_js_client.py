@@ -33,26 +33,28 @@ async def fleet_bridge(secured_server: EmbeddedNats, swarm: EmulatedSwarm,
 
 
 async def _operator(server: EmbeddedNats, swarm: EmulatedSwarm, user: str, password: str,
-                    inbox_prefix: str) -> dict[str, dict[str, Any]]:
-    """Run operator.mjs as `user`; a task joins once it watches. Its steps, by name."""
+                    inbox_prefix: str, steps: str = "") -> dict[str, dict[str, Any]]:
+    """Run operator.mjs as `user` (`steps`: all by default); a task joins once it watches.
+    Its steps' lines, by name."""
     proc = await asyncio.create_subprocess_exec(
         node_or_skip(), str(JS_DIR / "operator.mjs"), cwd=JS_DIR,
         env={"PATH": "/usr/bin:/bin", "NATS_URL": server.url, "NATS_USER": user,
              "NATS_PASSWORD": password, "INBOX_PREFIX": inbox_prefix,
-             "OPPORTUNITY": json.dumps(OPPORTUNITY)},
+             "OPPORTUNITY": json.dumps(OPPORTUNITY), "STEPS": steps, "AGENTS": "4",
+             "ON_BUS": "2"},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
-    steps: dict[str, dict[str, Any]] = {}
+    lines: dict[str, dict[str, Any]] = {}
     async with asyncio.timeout(60):
         async for raw in proc.stdout:
             line = json.loads(raw)
             assert "error" not in line, f"{user}: {line['error']}"
-            steps[line["step"]] = line
+            lines[line["step"]] = line
             if line["step"] == "watching":
-                steps["joined"] = {"id": swarm.add_tasks(1)[0]}
+                lines["joined"] = {"id": swarm.add_tasks(1)[0]}
         err = await proc.stderr.read()
         assert await proc.wait() == 0, err.decode()
-    return steps
+    return lines
 
 
 @pytest.mark.parametrize(("user", "password", "inbox_prefix"), [
@@ -70,6 +72,8 @@ async def test_operator_side_with_the_js_client(
     assert {"chorus_agents", "chorus_bridge", "chorus_presence"} <= set(steps["buckets"]["names"])
     assert steps["agents"]["keys"] == sorted(task_ids)
     assert {a["id"] for a in steps["agents"]["agents"]} == set(task_ids)
+    assert steps["watch chorus_agents"]["keys"] == sorted(task_ids)
+    assert steps["watch chorus_presence"]["keys"] == sorted(task_ids[:2])
     assert running.bridge.election is not None
     assert steps["leader"]["value"] is not None
     assert steps["micro"]["pings"] == ["chorus-bridge"]
@@ -83,3 +87,16 @@ async def test_operator_side_with_the_js_client(
     announcement = steps["announcement"]["announcement"]
     assert (announcement["event"], announcement["agent"]["id"]) == ("joined",
                                                                     steps["joined"]["id"])
+
+
+async def test_agent_side_with_the_js_client(
+        secured_server: EmbeddedNats, swarm: EmulatedSwarm,
+        fleet_bridge: tuple[RunningBridge, list[str]]) -> None:
+    """As user `agent`, what README names for agents: list, read and watch the agents bucket,
+    its info, and the announcements."""
+    _, task_ids = fleet_bridge
+    steps = await _operator(secured_server, swarm, "agent", PASSWORDS["AGENT_PASS"],
+                            "_INBOX.agent", steps="agents,watch_agents,watch")
+    assert steps["agents"]["keys"] == sorted(task_ids)
+    assert steps["watch chorus_agents"]["keys"] == sorted(task_ids)
+    assert steps["announcement"]["announcement"]["agent"]["id"] == steps["joined"]["id"]

@@ -4,6 +4,7 @@
 //
 // Environment: NATS_URL, NATS_USER, NATS_PASSWORD, INBOX_PREFIX (the user's, as in nats.conf),
 // PREFIX (subject prefix, default chorus), OPPORTUNITY (JSON of a council opportunity).
+// STEPS: the steps to run, comma-separated (default: all), for users that may not do all.
 // After the line {"step": "watching"} it waits (20 s at most) for one announcement.
 import { connect } from "@nats-io/transport-node";
 import { Kvm } from "@nats-io/kv";
@@ -31,6 +32,22 @@ async function agents(kvm) {
   const agents = [];
   for (const key of keys) agents.push((await kv.get(key)).json());
   say({ step: "agents", keys, agents });
+}
+
+// `nats kv watch BUCKET`: the current values first; stops after `count` of them (20 s at most).
+async function watchBucket(kvm, bucket, count) {
+  const kv = await kvm.open(bucket);
+  const watcher = await kv.watch();
+  const keys = [];
+  const timer = setTimeout(() => watcher.stop(), 20000);
+  for await (const entry of watcher) {
+    if (entry.operation === "PUT") keys.push(entry.key);
+    if (keys.length >= count) break;
+  }
+  clearTimeout(timer);
+  watcher.stop();
+  const status = await kv.status();  // `nats kv info BUCKET`
+  say({ step: `watch ${bucket}`, keys: keys.sort(), values: status.values });
 }
 
 async function leader(kvm) {
@@ -76,14 +93,20 @@ async function main() {
     servers: env.NATS_URL, user: env.NATS_USER, pass: env.NATS_PASSWORD,
     inboxPrefix: env.INBOX_PREFIX || undefined, timeout: 5000, reconnect: false,
   });
+  const kvm = new Kvm(nc);
+  const steps = {
+    buckets: () => buckets(kvm),
+    agents: () => agents(kvm),
+    watch_agents: () => watchBucket(kvm, `${prefix}_agents`, Number(env.AGENTS ?? 1)),
+    watch_presence: () => watchBucket(kvm, `${prefix}_presence`, Number(env.ON_BUS ?? 1)),
+    leader: () => leader(kvm),
+    micro: () => micro(nc),
+    broadcast: () => broadcast(nc),
+    watch: () => watch(nc),
+  };
+  const wanted = env.STEPS ? env.STEPS.split(",") : Object.keys(steps);
   try {
-    const kvm = new Kvm(nc);
-    await buckets(kvm);
-    await agents(kvm);
-    await leader(kvm);
-    await micro(nc);
-    await broadcast(nc);
-    await watch(nc);
+    for (const name of wanted) await steps[name]();
   } finally {
     await nc.close();
   }
