@@ -13,16 +13,17 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python3 -m venv /opt/venv
 WORKDIR /src
-# Dependencies first, from the project metadata alone, so a change of the code reuses this layer.
-COPY pyproject.toml README.m[d] ./
+# Dependencies first, from the project metadata and the lock alone, so a change of the code
+# reuses this layer. constraints.txt pins every package to the versions the tests ran with.
+COPY pyproject.toml constraints.txt README.m[d] ./
 # The build tree goes too: setuptools keeps a built file that is newer than its source, and the
 # placeholder __init__.py is newer than the real one copied below.
 RUN mkdir bridge && touch bridge/__init__.py \
-    && /opt/venv/bin/pip install . \
+    && /opt/venv/bin/pip install -c constraints.txt . \
     && /opt/venv/bin/pip uninstall -y chorus-bridge \
     && rm -rf build bridge *.egg-info
 COPY bridge ./bridge
-RUN /opt/venv/bin/pip install --no-deps . \
+RUN /opt/venv/bin/pip install --no-deps -c constraints.txt . \
     && /opt/venv/bin/python -m compileall -q /opt/venv/lib
 
 FROM ${BASE_IMAGE}

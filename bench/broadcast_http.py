@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import statistics
 import sys
 import tempfile
@@ -159,7 +158,7 @@ class Run:
 
     async def sequential(self, subset: int) -> None:
         """One POST after another: the Broadcaster with one call in flight."""
-        one_at_a_time = dataclasses.replace(self.settings, http_concurrency=1)
+        one_at_a_time = self.settings.replace(http_concurrency=1)
         await self._broadcast(one_at_a_time, self.targets[:subset], "sequential")
 
 

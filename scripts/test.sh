@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command: sets up .venv, brings up the real Docker Swarm the swarm tests
-# use (as root), builds the stack's images, then runs ruff, mypy and pytest.
+# use (as root), builds the stack's images, then runs ruff, mypy, import-linter and pytest.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k nats_conf -x`.
 #
 # Environment:
@@ -25,11 +25,27 @@ setup_venv() {
     # Reinstall only when the project's metadata changed: the install is editable, so code
     # changes need nothing, and a run on an installed tree starts at once.
     local stamp=.venv/.chorus-pyproject.sha256 want
-    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
     if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ] \
-        || ! .venv/bin/python -c 'import bridge, pytest, mypy, ruff' >/dev/null 2>&1; then
-        say "pip install -e '.[dev]'"
-        .venv/bin/python -m pip install -q -e '.[dev]'
+        || ! .venv/bin/python -c 'import bridge, pytest, mypy, ruff, importlinter' >/dev/null 2>&1; then
+        say "pip install -c constraints.txt -e '.[dev]'"
+        .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+        echo "$want" >"$stamp"
+    fi
+}
+
+setup_js() {
+    # The official JavaScript NATS clients and AsyncAPI parser of tests/js, pinned by its
+    # package-lock.json; reinstalled only when the lock file changed.
+    if ! command -v npm >/dev/null 2>&1; then
+        say "no npm: the JavaScript client tests are skipped (they fail under CI=true)"
+        return
+    fi
+    local stamp=tests/js/node_modules/.chorus-lock.sha256 want
+    want=$(sha256sum tests/js/package-lock.json | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+        say "npm ci (tests/js)"
+        (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
         echo "$want" >"$stamp"
     fi
 }
@@ -72,6 +88,7 @@ setup_swarm() {
 }
 
 setup_venv
+setup_js
 # shellcheck source=/dev/null
 . .venv/bin/activate
 setup_swarm
@@ -81,6 +98,8 @@ say "ruff check ."
 ruff check . || failed+=(ruff)
 say "mypy"
 mypy || failed+=(mypy)
+say "lint-imports (the import contracts in pyproject.toml)"
+lint-imports --no-cache || failed+=(lint-imports)
 say "pytest $*"
 pytest_status=0
 pytest "$@" || pytest_status=$?

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.config import ENV_VARIABLES, Settings, load_settings
+from bridge.config import ENV_VARIABLES, Settings, load_settings, unknown_variables
 from bridge.errors import ConfigError
 
 
@@ -99,3 +99,33 @@ def test_every_variable_is_known() -> None:
     s = load_settings({"UNRELATED": "x", "HOME": "/root"})
     assert s == Settings()
     assert "NATS_TOKEN" in ENV_VARIABLES and "BRIDGE_LOG_FORMAT" in ENV_VARIABLES
+
+
+@pytest.mark.parametrize("endpoint", [
+    "http://user:secret@127.0.0.5:8080",
+    "http://127.0.0.5:8080/admin/drop-all",
+    "http://127.0.0.5:8080?confirm=yes",
+    "http://127.0.0.5:8080#",
+])
+def test_known_endpoint_is_host_and_port_only(endpoint: str) -> None:
+    """An endpoint with user info, a path, a query or a fragment is refused where it enters,
+    naming it: only host and port may decide where a POST goes."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({"WHOOSH_KNOWN_ENDPOINTS": f"http://127.0.0.4:8080,{endpoint}"})
+    assert str(info.value).startswith("WHOOSH_KNOWN_ENDPOINTS=")
+    assert repr(endpoint) in str(info.value)
+
+
+def test_unknown_own_variables_are_named() -> None:
+    """A WHOOSH_*/BRIDGE_* variable the bridge does not read is a likely typo: it is named
+    (the command warns), and it changes nothing."""
+    env = {"BRIDGE_POLL_INTERVALL": "5", "WHOOSH_SERVICE": "x", "BRIDGE_LISTEN": "127.0.0.1:1",
+           "HOME": "/root", "NATS_URLS": "nats://x"}
+    assert unknown_variables(env) == ["BRIDGE_POLL_INTERVALL", "WHOOSH_SERVICE"]
+    assert load_settings(env).poll_interval == Settings().poll_interval
+
+
+def test_choices_are_listed() -> None:
+    """A value outside a fixed set names the choices."""
+    with pytest.raises(ConfigError, match="expected swarm, dns or auto"):
+        load_settings({"DISCOVERY_METHOD": "kubernetes"})

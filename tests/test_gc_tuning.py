@@ -27,7 +27,7 @@ def test_raises_generation_zero_and_restores(default_thresholds: tuple[int, int,
 
 def test_collections_are_rarer_within_the_block() -> None:
     def collections_while_allocating() -> int:
-        before = gc.get_stats()[0]["collections"]
+        before = int(gc.get_stats()[0]["collections"])
         keep = [[index] for index in range(20_000)]  # tracked objects that stay alive
         del keep
         return int(gc.get_stats()[0]["collections"]) - before

@@ -14,7 +14,6 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
 from bridge.embedded import EmbeddedNats
-from bridge.errors import SimulationError
 from bridge.models import (
     ACK_DECODER,
     CLAIM_DECODER,
@@ -35,6 +34,7 @@ from bridge.sim import (
     run_single_agent,
     spread_on_bus,
 )
+from bridge.sim.errors import SimulationError
 from bridge.subjects import Names
 from tests.conftest import wait_for
 

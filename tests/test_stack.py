@@ -34,8 +34,9 @@ def stack_env(unique: str) -> dict[str, str]:
 
 
 def test_stack_brings_up_ten_agents_that_a_broadcast_reaches(stack_env: dict[str, str]) -> None:
-    """The deployed stack lists its 10 agents in the bucket, a broadcast reaches all 10, and
-    nothing of the stack is left afterwards."""
+    """The deployed stack lists its 10 agents in the bucket, admits each through the auth
+    callout as itself only, a broadcast reaches all 10, and nothing of the stack is left
+    afterwards."""
     result = subprocess.run(["bash", str(SCRIPT), "--skip-build"], env=stack_env, cwd=ROOT,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, timeout=840, check=False)
@@ -44,6 +45,11 @@ def test_stack_brings_up_ten_agents_that_a_broadcast_reaches(stack_env: dict[str
     assert result.returncode == 0, f"scripts/stack-test.sh exited {result.returncode}:\n{tail}"
     assert "check: the bucket lists the 10 running tasks" in result.stdout, tail
     assert "check: the broadcast reached 10 of 10 agents" in result.stdout, tail
+    # The NATS auth callout is on in the stack: each agent is admitted as itself only.
+    assert ("check: NATS sees the 10 agents at their task addresses, each admitted as itself"
+            in result.stdout), tail
+    assert ("check: an agent publishes as itself; as another agent, 3 of 3 publishes are denied"
+            in result.stdout), tail
 
     stack = stack_env["STACK"]
     client = docker.DockerClient(base_url=stack_env["DOCKER_HOST"], version="auto")

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from bridge.errors import SimulationError
+from bridge.sim.errors import SimulationError
 
 __all__ = ["bind_all", "close_all", "ensure_fd_limit"]
 
