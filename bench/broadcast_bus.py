@@ -115,7 +115,7 @@ async def bare_broadcast(nc: NATS, offer: CouncilOpportunity) -> int:
         if len(acked) >= AGENTS:
             everyone.set()
 
-    sub = await nc.subscribe(NAMES.acks(offer.id), cb=on_ack)
+    sub = await nc.subscribe(NAMES.acks(offer.id, "*"), cb=on_ack)
     try:
         await nc.publish(NAMES.opportunities, encode(offer))
         async with asyncio.timeout(REQUEST_TIMEOUT):

@@ -149,7 +149,7 @@ class Broadcaster:
                 strangers.add(agent_id)
                 result.unregistered_acks += 1
 
-        sub = await self._nc.subscribe(self._names.acks(opportunity.id), cb=on_ack)
+        sub = await self._nc.subscribe(self._names.acks(opportunity.id, "*"), cb=on_ack)
         try:
             await self._nc.publish(self._names.opportunities, payload)
             # Without bus agents, an unregistered listener may still ack: keep the window short.

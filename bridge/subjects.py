@@ -20,7 +20,7 @@ class Names:
 
     Acks and claims name their agent in the subject's last token: that is the agent they count
     for (DESIGN.md, "Trust"), and what the NATS server's permissions can hold an agent to.
-    Without `agent_id`, `acks`/`claims` give the subject that matches every agent's.
+    With `agent_id="*"`, `acks`/`claims` give the subject that matches every agent's.
     """
 
     prefix: str
@@ -42,11 +42,11 @@ class Names:
     def opportunities(self) -> str:
         return f"{self.prefix}.council.opportunities"
 
-    def acks(self, opportunity_id: str, agent_id: str = "*") -> str:
+    def acks(self, opportunity_id: str, agent_id: str) -> str:
         """`<prefix>.council.<opportunity id>.acks.<agent id>` (`*`: every agent's)."""
         return f"{self.prefix}.council.{opportunity_id}.acks.{agent_id}"
 
-    def claims(self, opportunity_id: str, agent_id: str = "*") -> str:
+    def claims(self, opportunity_id: str, agent_id: str) -> str:
         """`<prefix>.council.<opportunity id>.claims.<agent id>` (`*`: every agent's)."""
         return f"{self.prefix}.council.{opportunity_id}.claims.{agent_id}"
 

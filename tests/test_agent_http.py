@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
@@ -61,6 +61,37 @@ async def agent() -> AsyncIterator[tuple[str, list[web.Request], list[bytes]]]:
         yield f"http://127.0.0.1:{runner.addresses[0][1]}", seen, bodies
     finally:
         await runner.cleanup()
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def raw_agent(handler: Handler) -> AsyncIterator[str]:
+    """A TCP server on 127.0.0.1 that runs `handler` on each connection (then closes it);
+    yields its base URL. On exit, every connection it accepted is closed."""
+    done: list[asyncio.Event] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        finished = asyncio.Event()
+        done.append(finished)
+        try:
+            await handler(reader, writer)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            finished.set()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await server.wait_closed()
+        async with asyncio.timeout(5):
+            for finished in done:
+                await finished.wait()
 
 
 @contextlib.asynccontextmanager
@@ -120,40 +151,24 @@ async def test_a_refused_connection_is_our_error_with_a_short_reason() -> None:
 
 async def test_a_silent_agent_is_a_timeout_not_retried() -> None:
     """An agent that accepts the connection and never answers: "timeout", after the deadline."""
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def silent(reader: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> None:
         await reader.read()  # until the bridge gives up and closes
-        writer.close()
 
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with AgentHTTP(Settings(http_timeout=0.3)) as http:
-            with pytest.raises(AgentHTTPError) as caught:
-                await http.post(agent_url(f"http://127.0.0.1:{port}", "/op"), b"{}",
-                                http.post_headers(b"{}", {}))
-        assert (caught.value.reason, caught.value.retryable) == ("timeout", False)
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with raw_agent(silent) as base, AgentHTTP(Settings(http_timeout=0.3)) as http:
+        with pytest.raises(AgentHTTPError) as caught:
+            await http.post(agent_url(base, "/op"), b"{}", http.post_headers(b"{}", {}))
+    assert (caught.value.reason, caught.value.retryable) == ("timeout", False)
 
 
 async def test_a_dropped_connection_is_a_reset() -> None:
     """An agent that reads the request and closes without an answer: "connection reset"."""
-    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def drop(reader: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.close()
 
-    server = await asyncio.start_server(drop, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with agent_http() as http:
-            with pytest.raises(AgentHTTPError) as caught:
-                await http.post(agent_url(f"http://127.0.0.1:{port}", "/op"), b"{}",
-                                http.post_headers(b"{}", {}))
-        assert (caught.value.reason, caught.value.retryable) == ("connection reset", True)
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with raw_agent(drop) as base, agent_http() as http:
+        with pytest.raises(AgentHTTPError) as caught:
+            await http.post(agent_url(base, "/op"), b"{}", http.post_headers(b"{}", {}))
+    assert (caught.value.reason, caught.value.retryable) == ("connection reset", True)
 
 
 async def test_an_answer_that_is_not_http_is_reported_as_such() -> None:
@@ -161,20 +176,12 @@ async def test_an_answer_that_is_not_http_is_reported_as_such() -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
         await writer.drain()
-        writer.close()
 
-    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with agent_http() as http:
-            with pytest.raises(AgentHTTPError) as caught:
-                await http.post(agent_url(f"http://127.0.0.1:{port}", "/op"), b"{}",
-                                http.post_headers(b"{}", {}))
-        assert caught.value.reason.startswith("not HTTP"), caught.value.reason
-        assert not caught.value.retryable
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with raw_agent(garbage) as base, agent_http() as http:
+        with pytest.raises(AgentHTTPError) as caught:
+            await http.post(agent_url(base, "/op"), b"{}", http.post_headers(b"{}", {}))
+    assert caught.value.reason.startswith("not HTTP"), caught.value.reason
+    assert not caught.value.retryable
 
 
 @pytest.mark.parametrize("endpoint", [

@@ -178,7 +178,7 @@ async def test_http_claims_are_republished(settings: Settings, nats_server: Embe
         claims.append(CLAIM_DECODER.decode(msg.data))
 
     async with stage(settings, nats_server, swarm, 2) as s:
-        await nc.subscribe(s.names.claims("council-42"), cb=on_claim)
+        await nc.subscribe(s.names.claims("council-42", "*"), cb=on_claim)
         await nc.flush()
         await s.broadcast(nc)
         await wait_for(lambda: len(claims) == 2, what="2 claims")

@@ -77,7 +77,7 @@ async def presence_entries(nc: NATS, names: Names) -> dict[str, PresenceEntry]:
             break
         if entry.operation is None and entry.value:
             entries[entry.key] = PRESENCE_DECODER.decode(entry.value)
-    await watcher.stop()
+    await watcher.stop()  # type: ignore[no-untyped-call]
     return entries
 
 
@@ -89,7 +89,7 @@ async def collect_acks(nc: NATS, names: Names, opportunity: CouncilOpportunity,
     With one connection, agents answer in index order over one socket, so the last agent's
     ack comes after every ack the others sent.
     """
-    sub = await nc.subscribe(names.acks(opportunity.id))
+    sub = await nc.subscribe(names.acks(opportunity.id, "*"))
     await nc.publish(names.opportunities, encode(opportunity))
     acks: list[Ack] = []
     async with asyncio.timeout(deadline):
@@ -292,7 +292,7 @@ class TestBusAgents:
     async def test_agents_ack_and_claim(self, nats_server: EmbeddedNats, nc: NATS,
                                         names: Names) -> None:
         """Every present agent acks once; no_ack never acks; double_ack acks twice."""
-        claims = await nc.subscribe(names.claims(OPPORTUNITY.id))
+        claims = await nc.subscribe(names.claims(OPPORTUNITY.id, "*"))
         async with SimFleet(5, on_bus=5, nats_url=nats_server.url, names=names,
                             base="127.60.12.1", connections=1,
                             behaviours={2: "no_ack", 3: "double_ack"}) as fleet:
@@ -312,7 +312,7 @@ class TestBusAgents:
         """Bus agents are split over the requested connections and all of them ack."""
         async with SimFleet(7, on_bus=7, nats_url=nats_server.url, names=names,
                             base="127.60.13.1", connections=3) as fleet:
-            sub = await nc.subscribe(names.acks(OPPORTUNITY.id))
+            sub = await nc.subscribe(names.acks(OPPORTUNITY.id, "*"))
             await nc.publish(names.opportunities, encode(OPPORTUNITY))
             acked = {(await sub.next_msg(timeout=5)).subject.rsplit(".", 1)[1]
                      for _ in range(7)}
@@ -348,7 +348,7 @@ class TestBusAgents:
                 async for entry in watcher:
                     if entry is not None and entry.operation == "PURGE":
                         break
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]
 
             assert set(await presence_entries(nc, names)) == {"sim-0"}
 

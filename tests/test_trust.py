@@ -164,7 +164,7 @@ async def test_an_http_claim_is_republished_as_the_agent_that_answered(
     async def on_claim(msg: Msg) -> None:
         claims.append((msg.subject, CLAIM_DECODER.decode(msg.data)))
 
-    await nc.subscribe(names.claims(OPPORTUNITY.id), cb=on_claim)
+    await nc.subscribe(names.claims(OPPORTUNITY.id, "*"), cb=on_claim)
     await nc.flush()
     async with recorder("127.40.0.51") as (port, seen):
         settings = Settings(subject_prefix=names.prefix, bus_ack_wait=0.1,

@@ -36,7 +36,7 @@ async def test_an_agent_joins_acks_claims_and_leaves(
 
     async with stage(settings, nats_server, swarm, 2, claim_policy=None) as s:
         me = s.fleet.agents[0]
-        await nc.subscribe(s.names.claims(OPPORTUNITY.id), cb=on_claim)
+        await nc.subscribe(s.names.claims(OPPORTUNITY.id, "*"), cb=on_claim)
         received: list[CouncilOpportunity] = []
 
         async def answer(agent: BusAgent) -> None:
@@ -107,7 +107,7 @@ async def test_an_agent_with_the_shipped_permissions_is_reached_on_the_bus(
     async with stage(secured, shipped_conf, swarm, 1, claim_policy=None) as s, _peer(
             shipped_conf, "coordinator") as coordinator:
         me = s.fleet.agents[0]
-        claims = await coordinator.nc.subscribe(s.names.claims(OPPORTUNITY.id))
+        claims = await coordinator.nc.subscribe(s.names.claims(OPPORTUNITY.id, "*"))
         async with connect_agent(shipped_conf.url, me.id, user="agent",
                                  password=PASSWORDS["AGENT_PASS"]) as agent:
             await wait_for(lambda: me.id in s.on_bus_in_bucket(), what="the agent on the bus")
