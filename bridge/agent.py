@@ -128,9 +128,9 @@ class BusAgent:
     async def __aenter__(self) -> Self:
         try:
             await self.write_presence()
+            self._stack.push_async_callback(self._purge)
             sub = await self._nc.subscribe(self.names.opportunities, cb=self._received)
             self._stack.push_async_callback(sub.unsubscribe)
-            self._stack.push_async_callback(self._purge)
             refresher = asyncio.create_task(self._refresh(), name=f"presence-{self.id}")
             self._stack.push_async_callback(_cancel, refresher)
         except BaseException:
