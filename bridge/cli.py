@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import structlog
 
 from bridge.config import Settings, load_settings
 from bridge.errors import BridgeError, BridgeUnavailableError, ConfigError, NatsError
@@ -126,6 +127,7 @@ def run_until_signal(make: Callable[[asyncio.Event], Coroutine[Any, Any, Any]]) 
             error = error.exceptions[0]
     except Exception as exc:  # a bug: still one line; BRIDGE_LOG_LEVEL=debug has more
         error = exc
+    structlog.get_logger(__name__).debug("command_failed", exc_info=error)
     return fail(error)
 
 
