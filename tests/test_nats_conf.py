@@ -376,3 +376,15 @@ async def test_cli_names_the_user_and_subject_it_was_denied(secured_server: Embe
     code, _, err = await command("agents", "--inbox-prefix", "_INBOX.coord", **as_agent)
     assert code == 3 and len(err.strip().splitlines()) == 1
     assert "NATS user 'agent' may not subscribe to _INBOX.coord." in err
+
+
+async def test_cli_says_which_user_was_refused(secured_server: EmbeddedNats) -> None:
+    """A wrong password, in the URL: exit status 3, one line naming the user, no password."""
+    from tests.test_cli import command
+
+    url = secured_server.url.replace("nats://", "nats://coordinator:not-the-password@")
+    code, _, err = await command("agents", NATS_URL=url)
+    assert code == 3
+    assert err.strip().splitlines() == [
+        f"chorus-bridge: NatsError: NATS at {secured_server.url} refused user 'coordinator' "
+        "(Authorization Violation): check NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_CREDS"]
