@@ -156,6 +156,7 @@ async def test_bridge_announces_and_serves_broadcast_requests(bridge: Peer,
                                                               coordinator: Peer) -> None:
     """The bridge publishes announcements and answers a coordinator's broadcast request."""
     announcements = await coordinator.nc.subscribe("chorus.agents.announce")
+    await coordinator.nc.flush()  # subscribed on the server before anyone publishes
 
     async def serve(msg: Msg) -> None:
         await msg.respond(b'{"opportunity_id": "council-1", "total_agents": 0}')
@@ -181,6 +182,7 @@ async def test_agent_acks_opportunities_and_claims_roles(bridge: Peer, agent: Pe
                                                          coordinator: Peer) -> None:
     """An agent receives an opportunity, acks it to the bridge and publishes a claim."""
     claims = await coordinator.nc.subscribe("chorus.council.*.claims")
+    await coordinator.nc.flush()  # subscribed on the server before anyone publishes
 
     async def on_opportunity(msg: Msg) -> None:
         await msg.respond(b'{"agent_id": "a1", "opportunity_id": "council-1"}')
@@ -199,6 +201,7 @@ async def test_agent_acks_opportunities_and_claims_roles(bridge: Peer, agent: Pe
 async def test_agent_reads_agents_and_writes_its_presence(bridge: Peer, agent: Peer) -> None:
     """An agent reads and watches the agents bucket, hears announcements, and puts presence."""
     announcements = await agent.nc.subscribe("chorus.agents.announce")
+    await agent.nc.flush()  # subscribed on the server before anyone publishes
     agents = await agent.js.key_value(AGENTS)
     watcher = await agents.watchall()
     bridge_agents = await bridge.js.key_value(AGENTS)
