@@ -72,8 +72,11 @@ async def test_event_stream_outage_is_one_line_each_way(
         nats_server: EmbeddedNats) -> None:
     """The daemon gone for a while: one `docker_events_lost` line, whatever the retries, one
     line when the stream is back, and no advice to set WHOOSH_DOCKER_HOST (it is set)."""
-    async with run_bridge(settings, nats_server.url):
-        await wait_for(lambda: swarm.event_streams == 1, what="the event stream")
+    async with run_bridge(settings, nats_server.url) as running:
+        follower = running.bridge.follower
+        assert follower is not None
+        # Connected as the bridge sees it (its first line is written by then).
+        await wait_for(follower.connected.is_set, what="the event stream")
         with structlog.testing.capture_logs() as logs:
             await docker_api.stop()
             await wait_for(lambda: any(e["event"] == "docker_events_lost" for e in logs),
