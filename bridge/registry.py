@@ -31,6 +31,7 @@ from bridge.errors import (
 )
 from bridge.kv import (
     Bucket,
+    BucketConfig,
     BucketSpec,
     Entry,
     RawBucket,
@@ -146,7 +147,7 @@ class AgentRegistry:
         # 10,000 of them.
         self._made: dict[str, tuple[Agent, bool, Agent]] = {}
 
-    def bucket_config(self) -> object:
+    def bucket_config(self) -> BucketConfig:
         """nats-py's KeyValueConfig of the bucket (for tooling that creates it)."""
         return self.spec.config()
 

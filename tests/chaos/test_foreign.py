@@ -17,15 +17,14 @@ from tests.chaos.support import healthz
 from tests.conftest import run_bridge, wait_for
 
 
-@pytest.mark.parametrize(("setting", "config"), [
-    ("max_age", {"ttl": 4}),
-    ("max_value_size", {"max_value_size": 100}),
-])
+@pytest.mark.parametrize("setting", ["max_age", "max_value_size"])
 async def test_a_bucket_that_would_lose_records_is_refused(
-        setting: str, config: dict[str, int], settings: Settings, nats_server: EmbeddedNats,
+        setting: str, settings: Settings, nats_server: EmbeddedNats,
         nc: NATS, swarm: EmulatedSwarm, docker_api: DockerEmulator) -> None:
     """The bridge names the setting once, writes nothing there, and /healthz is 503 with it."""
-    await nc.jetstream().create_key_value(KeyValueConfig(bucket=settings.kv_bucket, **config))
+    config = (KeyValueConfig(bucket=settings.kv_bucket, ttl=4) if setting == "max_age"
+              else KeyValueConfig(bucket=settings.kv_bucket, max_value_size=100))
+    await nc.jetstream().create_key_value(config)
     swarm.add_tasks(3)
     with structlog.testing.capture_logs() as logs:
         async with run_bridge(settings, nats_server.url) as running:
