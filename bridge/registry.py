@@ -155,7 +155,8 @@ class AgentRegistry:
         """Open (or create) the bucket and read what it holds: the bridge resumes from it.
         A bucket whose settings would lose records is not used (see `problem`)."""
         async with self._lock:
-            await self._load()
+            # Always read: another leader may have written since this bridge last led.
+            await self._load(reread=True)
         return dict(self.published)
 
     async def _load(self, *, reread: bool = False) -> bool:
