@@ -311,8 +311,8 @@ class AgentRegistry:
             self._count_write(record is None, ok=True)
             self._revisions[key] = result
             self._last_seq = max(self._last_seq, result)
+            self._invalid.discard(key)  # whatever odd value it held is gone
             if record is None:
-                self._invalid.discard(key)
                 if self.published.pop(key, None) is not None and previous is not None:
                     left += 1
                     await self._announce("left", previous, at)
