@@ -17,7 +17,9 @@ from tests.conftest import run_bridge, wait_for
 from tests.nats_cluster import nats_cluster, settled
 
 # The target is 3 s; a loaded CI machine gets some slack, the figures are printed.
-BOUND = 10.0
+# A kill of the agents stream's own leader waits for its election (nats-server followers wait
+# 4 to 9 s to campaign), then for the bridge's next retry (at most 2 s apart).
+BOUND, ELECTION_BOUND = 5.0, 15.0
 
 
 async def test_kills_in_a_cluster_of_three(tmp_path: Path, settings: Settings,
@@ -28,7 +30,8 @@ async def test_kills_in_a_cluster_of_three(tmp_path: Path, settings: Settings,
     with structlog.testing.capture_logs() as logs:
         gaps = await _kills(tmp_path, settings, swarm)
     for gap in gaps:
-        assert gap.discovery_s < BOUND and gap.broadcast_s < BOUND, gap
+        bound = ELECTION_BOUND if gap.fault == "agents stream leader" else BOUND
+        assert gap.discovery_s < bound and gap.broadcast_s < BOUND, gap
     # The lease survived the elections: renewals are retried within it. (Only the lease
     # stream's own election may outlast the 7.5 s left to retry: nats-server followers wait
     # 4 to 9 s before they campaign; the bridge then steps down and leads again.)
