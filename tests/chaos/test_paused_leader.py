@@ -17,7 +17,7 @@ from bridge.emulator import DockerEmulator, EmulatedSwarm
 from bridge.leader import Lease
 from bridge.models import now_rfc3339
 from tests.chaos.bridges import bridge_process
-from tests.chaos.support import bucket_agents
+from tests.chaos.support import bucket_agents, on_the_bus
 from tests.conftest import run_bridge, wait_for
 
 
@@ -27,11 +27,15 @@ async def test_a_resumed_leader_writes_nothing(tmp_path: Path, settings: Setting
                                                docker_api: DockerEmulator) -> None:
     url = nats_server.url
     swarm.add_tasks(4)
+    on_bus = swarm.running_ids()[1]
 
     async def matches() -> bool:
-        return set(await bucket_agents(url, settings)) == set(swarm.running_ids())
+        agents = await bucket_agents(url, settings)
+        return (set(agents) == set(swarm.running_ids())
+                and agents[on_bus].on_bus is True)
 
-    async with bridge_process(settings, url, tmp_path / "a.log") as first:
+    async with on_the_bus(url, settings, on_bus), \
+            bridge_process(settings, url, tmp_path / "a.log") as first:
         async def first_leads() -> bool:
             return await first.role() == "leader"
 
@@ -71,7 +75,7 @@ async def test_a_resumed_leader_writes_nothing(tmp_path: Path, settings: Setting
             await wait_for(lambda: second.proc is not None and second.proc.poll() is None,
                            what="the new leader still running")
             assert writes == [], f"writes after the old leader resumed: {writes}"
-            assert await matches()
+            assert await matches()  # the agent on the bus is still on_bus
             assert await second.role() == "leader"
     log = (tmp_path / "a.log").read_text()
     assert "leader_lease_lost" in log
