@@ -300,7 +300,7 @@ class Bucket:
     async def snapshot(self, timeout: float = 30.0) -> dict[str, Entry]:
         """Every key's latest message, tombstones included (their revisions matter to
         writes that expect one). Raises NatsError when it takes longer than `timeout`."""
-        return await snapshot_of(self._kv, timeout)
+        return await snapshot_of(self._kv, timeout, self.name)
 
     @contextlib.asynccontextmanager
     async def watch(self) -> AsyncIterator[Watcher]:
@@ -317,9 +317,10 @@ class Bucket:
                 await raw.stop()  # type: ignore[no-untyped-call]
 
 
-async def snapshot_of(kv: RawBucket, timeout: float = 30.0) -> dict[str, Entry]:
-    """Every key's latest message in a bucket bound by nats-py (`js.key_value(name)`)."""
-    name = str(kv._name)  # nats-py keeps no public name on KeyValue
+async def snapshot_of(kv: RawBucket, timeout: float = 30.0, name: str = "?",
+                      ) -> dict[str, Entry]:
+    """Every key's latest message in a bucket bound by nats-py (`js.key_value(name)`);
+    `name` is for messages only (nats-py's KeyValue has no public name)."""
     entries: dict[str, Entry] = {}
     try:
         holding = int((await kv.status()).values)
