@@ -80,8 +80,7 @@ async def test_odd_keys_are_reconciled_without_churn(settings: Settings,
     await kv.put("junk", b"{not json")
     seen = await announcements(nc, settings)
     async with run_bridge(settings, nats_server.url) as running:
-        loop = running.bridge.loop
-        assert loop is not None
+        loop = running.bridge.pipeline
         target = loop.rounds + 3
 
         def rounds_done() -> bool:
