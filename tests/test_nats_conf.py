@@ -13,6 +13,7 @@ import nats
 import nats.errors
 import pytest
 from nats import micro
+from nats.micro.request import Request
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig
@@ -339,7 +340,7 @@ async def test_coordinator_finds_the_bridges_micro_service(secured_server: Embed
                                                           coordinator: Peer) -> None:
     """The bridge's user runs the micro service; a coordinator pings, gets its info and stats."""
 
-    async def serve(request: micro.Request) -> None:
+    async def serve(request: Request) -> None:
         await request.respond(b"{}")
 
     service = await micro.add_service(bridge.nc, name="chorus-bridge", version="1.0.0",
