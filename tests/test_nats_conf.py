@@ -13,11 +13,11 @@ import nats
 import nats.errors
 import pytest
 from nats import micro
-from nats.micro.request import Request
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
+from nats.micro.request import Request
 
 from bridge.broadcast_api import BROADCAST_QUEUE
 from bridge.config import Settings
