@@ -39,8 +39,20 @@ from bridge.errors import (
     WrongRevisionError,
 )
 
-__all__ = ["MIN_VALUE_SIZE", "Bucket", "BucketConfig", "BucketSpec", "Entry", "RawBucket",
-           "Watcher", "Write", "ensure_bucket", "open_bucket", "snapshot_of"]
+__all__ = [
+    "MIN_VALUE_SIZE",
+    "Bucket",
+    "BucketConfig",
+    "BucketSpec",
+    "Entry",
+    "RawBucket",
+    "Watcher",
+    "Write",
+    "bind_bucket",
+    "ensure_bucket",
+    "open_bucket",
+    "snapshot_of",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -352,6 +364,15 @@ async def snapshot_of(kv: RawBucket, timeout: float = 30.0, name: str = "?",
         raise NatsError(f"reading bucket {name!r} took longer than {timeout:g}s; is the NATS "
                         "server overloaded?") from None
     return entries
+
+
+async def bind_bucket(nc: NATS, name: str, timeout: float = API_TIMEOUT) -> RawBucket:
+    """nats-py's handle of an existing bucket (read-only tooling: `chorus-bridge agents`, the
+    auth callout). Raises BucketMissingError when there is none, NatsError otherwise."""
+    try:
+        return await nc.jetstream(timeout=timeout).key_value(name)
+    except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+        raise _mapped(exc, f"opening bucket {name!r}") from exc
 
 
 async def open_bucket(js: JetStreamContext, config: KeyValueConfig) -> RawBucket:
