@@ -116,9 +116,13 @@ class Write:
     value: bytes | None
     expect: int | None = None
     purge_ttl: int | None = None
+    # A put that expires after this many seconds (the stream must allow message TTLs).
+    ttl: int | None = None
 
     def headers(self) -> dict[str, str] | None:
         headers: dict[str, str] = {}
+        if self.value is not None and self.ttl is not None:
+            headers["Nats-TTL"] = str(self.ttl)
         if self.value is None:
             headers["KV-Operation"] = _DEL if self.purge_ttl is None else _PURGE
             if self.purge_ttl is not None:
@@ -274,40 +278,7 @@ class Bucket:
 
         All writes share one deadline of `timeout` seconds; one reply subject per batch.
         """
-        results: list[int | NatsError | None] = [None] * len(writes)
-        inbox = self._nc.new_inbox()
-        answered = asyncio.Event()
-        missing = len(writes)
-
-        async def on_answer(msg: Msg) -> None:
-            nonlocal missing
-            index = int(msg.subject.rpartition(".")[2])
-            if results[index] is None:
-                results[index] = _ack(msg, f"writing {writes[index].key!r} in {self.name!r}")
-                missing -= 1
-                if missing == 0:
-                    answered.set()
-
-        failure: NatsError | None = None
-        try:
-            sub = await self._nc.subscribe(f"{inbox}.*", cb=on_answer)
-        except (nats.errors.Error, OSError) as exc:
-            return [_mapped(exc, f"writing to {self.name!r}")] * len(writes)
-        try:
-            async with asyncio.timeout(timeout):
-                for index, write in enumerate(writes):
-                    await self._nc.publish(self._prefix + write.key, write.value or b"",
-                                           reply=f"{inbox}.{index}", headers=write.headers())
-                if writes:
-                    await answered.wait()
-        except TimeoutError:
-            failure = NatsError(f"writing to {self.name!r}: no answer within {timeout:g}s")
-        except (nats.errors.Error, OSError) as exc:
-            failure = _mapped(exc, f"writing to {self.name!r}")
-        finally:
-            with contextlib.suppress(nats.errors.Error, OSError):
-                await sub.unsubscribe()
-        return [r if r is not None else failure or NatsError("no answer") for r in results]
+        return await write_batch(self._nc, self.name, writes, timeout)
 
     async def snapshot(self, timeout: float = 30.0) -> dict[str, Entry]:
         """Every key's latest message, tombstones included (their revisions matter to
@@ -327,6 +298,49 @@ class Bucket:
         finally:
             with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, OSError):
                 await raw.stop()  # type: ignore[no-untyped-call]
+
+
+async def write_batch(nc: NATS, bucket: str, writes: Sequence[Write], timeout: float,
+                      ) -> list[int | NatsError]:
+    """Write to `bucket` on its `$KV.` subjects and collect each answer: a revision or our
+    error, in order (nats-py's publish_async never resolves a write the server refuses, so
+    the answers are read here). One deadline of `timeout` seconds for the batch. Needs no
+    handle of the bucket: agents that may only publish their own keys use it too."""
+    prefix = f"$KV.{bucket}."
+    results: list[int | NatsError | None] = [None] * len(writes)
+    inbox = nc.new_inbox()
+    answered = asyncio.Event()
+    missing = len(writes)
+
+    async def on_answer(msg: Msg) -> None:
+        nonlocal missing
+        index = int(msg.subject.rpartition(".")[2])
+        if results[index] is None:
+            results[index] = _ack(msg, f"writing {writes[index].key!r} in {bucket!r}")
+            missing -= 1
+            if missing == 0:
+                answered.set()
+
+    failure: NatsError | None = None
+    try:
+        sub = await nc.subscribe(f"{inbox}.*", cb=on_answer)
+    except (nats.errors.Error, OSError) as exc:
+        return [_mapped(exc, f"writing to {bucket!r}")] * len(writes)
+    try:
+        async with asyncio.timeout(timeout):
+            for index, write in enumerate(writes):
+                await nc.publish(prefix + write.key, write.value or b"",
+                                       reply=f"{inbox}.{index}", headers=write.headers())
+            if writes:
+                await answered.wait()
+    except TimeoutError:
+        failure = NatsError(f"writing to {bucket!r}: no answer within {timeout:g}s")
+    except (nats.errors.Error, OSError) as exc:
+        failure = _mapped(exc, f"writing to {bucket!r}")
+    finally:
+        with contextlib.suppress(nats.errors.Error, OSError):
+            await sub.unsubscribe()
+    return [r if r is not None else failure or NatsError("no answer") for r in results]
 
 
 async def snapshot_of(kv: RawBucket, timeout: float = 30.0, name: str = "?",
