@@ -111,7 +111,10 @@ class Bridge:
     async def _open(self, nc: NATS, http: AgentHTTP,
                     swarm: SwarmDiscovery | None) -> None:
         replicas = self.settings.kv_replicas
-        registry = AgentRegistry(nc, self.names, replicas=replicas, metrics=self.metrics)
+        election = LeaderElection(nc, self.names, replicas=replicas, metrics=self.metrics)
+        # The lease fences the registry's writes: a bridge that lost it writes nothing.
+        registry = AgentRegistry(nc, self.names, replicas=replicas, metrics=self.metrics,
+                                 fence=election.confirm)
         presence = Presence(nc, self.names, replicas=replicas)
         registry.bus_ids = presence.bus_ids
         presence.changed = self._presence_changed.set
@@ -121,8 +124,7 @@ class Bridge:
                                       metrics=self.metrics)
         self.broadcaster = Broadcaster(nc, self.names, self.settings, http, self.targets,
                                        metrics=self.metrics)
-        self.election = LeaderElection(nc, self.names, replicas=replicas,
-                                        metrics=self.metrics)
+        self.election = election
 
     async def _serve(self, stop: asyncio.Event, swarm: SwarmDiscovery | None) -> None:
         assert self.presence is not None and self.election is not None
@@ -133,7 +135,8 @@ class Bridge:
             if self._callout_keys is not None and self.nc is not None:
                 # Every replica answers the NATS auth callout, leader or standby.
                 callout = Callout(self.nc, self.names, self._callout_keys,
-                                  AgentAddresses(self.nc, self.names))
+                                  AgentAddresses(self.nc, self.names,
+                                                 replicas=self.settings.kv_replicas))
                 tasks.append(tg.create_task(callout.run(), name="auth-callout"))
             self.ready.set()
             await stop.wait()
@@ -167,6 +170,7 @@ class Bridge:
             tg.create_task(self.loop.run(), name="discovery")
             tg.create_task(self._follow_presence(self.loop), name="presence-sync")
             tg.create_task(api.run(), name="broadcast-api")
+            tg.create_task(self.registry.run(), name="registry-audit")
             if swarm is not None and self.follow_events:
                 follower = EventFollower(swarm, self.settings.service_name, self.loop.trigger)
                 tg.create_task(follower.run(), name="docker-events")
@@ -210,6 +214,8 @@ class Bridge:
             reasons.append("no discovery round has succeeded yet")
         elif leading and last is not None and now - last > 3 * self.settings.poll_interval:
             reasons.append(f"no discovery round has succeeded for {now - last:.0f}s")
+        if leading and self.registry is not None and self.registry.problem:
+            reasons.append(self.registry.problem)
         details: dict[str, object] = {
             "role": "leader" if leading else "standby",
             "leader": self.election.leader if self.election else None,

@@ -4,6 +4,11 @@
      +-- ConfigError (ValueError)     a variable or flag that does not parse; names it and its value
      +-- DockerAPIError               a Docker Engine API call failed; `kind` says how
      +-- NatsError                    NATS could not be reached or a bucket could not be used
+     |    +-- BucketMissingError       the bucket's stream is gone ("no stream")
+     |    +-- WrongRevisionError       a write raced another one (expected revision)
+     |    +-- WriteRefusedError        the server refused a write (its own text)
+     |    +-- BucketSettingsError      a bucket's setting would lose or refuse records
+     +-- LeaseLostError               this bridge is no longer the leader
      +-- EmbeddedServerError          the embedded nats-server did not start
      +-- BridgeUnavailableError       no bridge answered a request on the bus
      +-- CalloutKeyError              a callout seed or key is not of the kind it must be
@@ -17,12 +22,17 @@ from __future__ import annotations
 __all__ = [
     "BridgeError",
     "BridgeUnavailableError",
+    "BucketMissingError",
+    "BucketSettingsError",
     "CalloutKeyError",
     "CalloutRequestError",
     "ConfigError",
     "DockerAPIError",
     "EmbeddedServerError",
+    "LeaseLostError",
     "NatsError",
+    "WriteRefusedError",
+    "WrongRevisionError",
 ]
 
 
@@ -64,10 +74,33 @@ class BridgeUnavailableError(BridgeError):
     """No chorus-bridge answered a request on the bus."""
 
 
-
 class CalloutKeyError(BridgeError):
     """A seed or key of the auth callout is not of the kind it must be (never shows the seed)."""
 
 
 class CalloutRequestError(BridgeError):
     """An auth callout request that cannot be trusted or read (signature, expiry, sealing)."""
+
+
+class BucketMissingError(NatsError):
+    """The bucket's stream is gone (a NATS restart that lost it, an operator's delete)."""
+
+
+class WrongRevisionError(NatsError):
+    """A write expected another revision of the key: someone else wrote it meanwhile."""
+
+
+class WriteRefusedError(NatsError):
+    """The server refused a write; the message carries the server's own text."""
+
+
+class BucketSettingsError(NatsError):
+    """An existing bucket has a setting that would lose or refuse records; `setting` names it."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        self.setting = setting
+        super().__init__(message)
+
+
+class LeaseLostError(BridgeError):
+    """This bridge no longer holds the leader lease: it must not write the agents bucket."""

@@ -2,10 +2,16 @@
 
 The lease is the key `leader` in the bucket `<prefix>_bridge`, whose messages expire after
 LEASE seconds (the bucket's max age). A bridge becomes leader by creating the key (atomic: it
-fails when the key exists), renews it every LEASE/3 with an update on its last revision
-(which fails if anyone else wrote it meanwhile), and deletes it when it stops. When a leader
-dies, its key expires within LEASE seconds and a standby, retrying every RETRY seconds, takes
-over: at most LEASE + RETRY (12 s) after the last renewal.
+fails when the key holds a value), renews it every LEASE/3 with a write that expects its last
+revision (which fails if anyone else wrote it meanwhile), and deletes it when it stops. When a
+leader dies, its key expires within LEASE seconds and a standby, retrying every RETRY seconds,
+takes over: at most LEASE + RETRY (12 s) after the last renewal.
+
+A renewal that fails for want of an answer (a NATS restart, a stream leader election in a
+cluster) is retried until the lease would run out on this bridge's own clock, less a margin;
+only then does the leader step down. A bucket lost with the server is created again and the
+lease taken again at once when nobody else took it. `confirm()` is the fence the registry
+calls before each write batch: a bridge that was paused past its lease finds out there.
 """
 
 from __future__ import annotations
@@ -17,16 +23,13 @@ import socket
 import uuid
 
 import msgspec
-import nats.errors
-import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.kv import KeyValue
 
+from bridge.errors import BucketMissingError, LeaseLostError, NatsError, WrongRevisionError
+from bridge.kv import Bucket, BucketSpec, Write, ensure_bucket
 from bridge.metrics import Metrics
 from bridge.models import now_rfc3339
-from bridge.registry import open_bucket
 from bridge.subjects import Names
 
 __all__ = ["LEASE", "LeaderElection", "Lease"]
@@ -36,13 +39,21 @@ log = structlog.get_logger(__name__)
 LEASE = 10.0
 RETRY = 2.0
 LEADER_KEY = "leader"
+# Renewals that fail are retried this often, until the lease is this close to running out.
+RENEW_RETRY = 0.5
+MARGIN = 1.5
+# The fence's read of the key: normally a millisecond; without an answer (the lease stream
+# electing a leader) the clock decides, and a write batch should not wait long for that.
+CONFIRM_TIMEOUT = 0.5
 
 
 class Lease(msgspec.Struct, kw_only=True, frozen=True):
-    """The value of the leader key: who leads, since when."""
+    """The value of the leader key: who leads, since when (set once per term), and when the
+    lease was last renewed (RFC 3339 UTC)."""
 
     bridge_id: str
     since: str
+    renewed_at: str | None = None
 
 
 _LEASE_DECODER = msgspec.json.Decoder(Lease)
@@ -60,78 +71,167 @@ class LeaderElection:
                  replicas: int = 1, metrics: Metrics | None = None,
                  lease: float = LEASE, retry: float = RETRY) -> None:
         self._nc = nc
-        self._names = names
         self.identity = identity or bridge_identity()
-        self._replicas = replicas
         self._metrics = metrics
         self._lease = lease
         self._retry = retry
-        self._revision: int | None = None
+        self.spec = BucketSpec(name=names.leader_bucket, ttl=lease, memory=True,
+                               replicas=replicas, keeps_records=False,
+                               description="chorus-bridge: leader lease")
+        self._bucket: Bucket | None = None
+        self._revision = 0
+        self._since = ""
+        # Monotonic time until which the lease is surely ours (the last renewal's start +
+        # LEASE): the server's expiry counts from a later instant.
+        self._valid_until = 0.0
+        self._failing = False
         self.is_leader = asyncio.Event()
         self.lost = asyncio.Event()
         self.leader: str | None = None
 
-    def bucket_config(self) -> KeyValueConfig:
-        return KeyValueConfig(bucket=self._names.leader_bucket, history=1, ttl=self._lease,
-                              storage=StorageType.MEMORY, replicas=self._replicas,
-                              description="chorus-bridge: leader lease")
+    def bucket_config(self) -> object:
+        """nats-py's KeyValueConfig of the lease bucket (for tooling that creates it)."""
+        return self.spec.config()
 
     async def run(self) -> None:
         """Campaign and renew until cancelled; on cancellation, give the lease up."""
-        kv = await open_bucket(self._nc.jetstream(), self.bucket_config())
         try:
             while True:
-                if self.is_leader.is_set():
-                    await self._renew(kv)
-                    await asyncio.sleep(self._lease / 3)
-                else:
-                    await self._campaign(kv)
-                    if not self.is_leader.is_set():
-                        await asyncio.sleep(self._retry)
+                delay = await self._step()
+                await asyncio.sleep(delay)
         finally:
-            await self._resign(kv)
+            await self._resign()
 
-    async def _campaign(self, kv: KeyValue) -> None:
-        value = msgspec.json.encode(Lease(bridge_id=self.identity, since=now_rfc3339()))
+    async def _step(self) -> float:
+        """One campaign or renewal; the seconds until the next."""
         try:
-            self._revision = await kv.create(LEADER_KEY, value)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            await self._note_leader(kv)
+            bucket = await self._ensure()
+            if self.is_leader.is_set():
+                await self._renew(bucket)
+            else:
+                await self._campaign(bucket)
+        except BucketMissingError:
+            self._bucket = None
+            return 0.1 if not self._failing else RENEW_RETRY
+        except NatsError as exc:
+            if not self._failing:
+                log.warning("leader_lease_unreachable", error=str(exc),
+                            leading=self.is_leader.is_set())
+            self._failing = True
+            if self.is_leader.is_set():
+                if self._now() < self._valid_until - MARGIN:
+                    return RENEW_RETRY
+                log.warning("leader_lease_lost", reason="no renewal within the lease")
+                self._become(False)
+            return self._retry
+        if self._failing:
+            log.info("leader_lease_reachable", leading=self.is_leader.is_set())
+            self._failing = False
+        return self._lease / 3 if self.is_leader.is_set() else self._retry
+
+    async def _ensure(self) -> Bucket:
+        # Opened once; a bucket the server lost shows as BucketMissingError on the next
+        # write or read, and is ensured again then (not on every reconnect: in a cluster
+        # that would wait on a stream leader election for nothing).
+        if self._bucket is None:
+            self._bucket = await ensure_bucket(self._nc, self.spec)
+        return self._bucket
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _value(self) -> bytes:
+        return msgspec.json.encode(Lease(bridge_id=self.identity, since=self._since,
+                                         renewed_at=now_rfc3339()))
+
+    async def _campaign(self, bucket: Bucket) -> None:
+        started = self._now()
+        self._since = now_rfc3339()
+        try:
+            self._revision = await bucket.create(LEADER_KEY, self._value())
+        except WrongRevisionError:
+            await self._note_leader(bucket)
             return
-        except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
-            log.warning("leader_campaign_failed", error=repr(exc))
-            return
+        self._valid_until = started + self._lease
         self._become(True)
 
-    async def _note_leader(self, kv: KeyValue) -> None:
-        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, msgspec.DecodeError):
-            entry = await kv.get(LEADER_KEY)
-            if entry.value:
-                leader = _LEASE_DECODER.decode(entry.value).bridge_id
-                if leader != self.leader:
-                    self.leader = leader
-                    log.info("bridge_standby", leader=leader, me=self.identity)
-
-    async def _renew(self, kv: KeyValue) -> None:
-        value = msgspec.json.encode(Lease(bridge_id=self.identity, since=now_rfc3339()))
+    async def _note_leader(self, bucket: Bucket) -> None:
+        entry = await bucket.get(LEADER_KEY)
+        if entry is None or entry.operation is not None or not entry.value:
+            return
         try:
-            self._revision = await kv.update(LEADER_KEY, value, last=self._revision)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            log.warning("leader_lease_lost", reason="another bridge holds the lease")
-            self._become(False)
-        except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
-            # Without a renewal the lease may expire and a standby take over: step down now
-            # rather than risk two leaders writing the bucket.
-            log.warning("leader_lease_lost", reason=repr(exc))
-            self._become(False)
+            leader = _LEASE_DECODER.decode(entry.value).bridge_id
+        except msgspec.DecodeError:
+            return
+        if leader != self.leader:
+            self.leader = leader
+            log.info("bridge_standby", leader=leader, me=self.identity)
 
-    async def _resign(self, kv: KeyValue) -> None:
+    async def _renew(self, bucket: Bucket) -> None:
+        started = self._now()
+        if started >= self._valid_until:
+            # Paused (or starved) past the lease: a standby may lead by now.
+            log.warning("leader_lease_lost", reason="the lease ran out before its renewal")
+            self._become(False)
+            return
+        try:
+            self._revision = await bucket.write(
+                Write(LEADER_KEY, self._value(), expect=self._revision),
+                timeout=max(0.5, self._valid_until - started - MARGIN))
+        except WrongRevisionError:
+            # Nobody may hold it (the bucket was created again, the key expired): then take
+            # it again at once; else another bridge leads.
+            try:
+                self._revision = await bucket.create(LEADER_KEY, self._value())
+            except WrongRevisionError:
+                log.warning("leader_lease_lost", reason="another bridge holds the lease")
+                self._become(False)
+                await self._note_leader(bucket)
+                return
+        except BucketMissingError:
+            self._bucket = bucket = await ensure_bucket(self._nc, self.spec)
+            self._revision = await bucket.create(LEADER_KEY, self._value())
+        self._valid_until = started + self._lease
+
+    async def confirm(self) -> None:
+        """Raise LeaseLostError unless this bridge holds the lease now (its own clock, then
+        the key's revision in the bucket). NatsError when the bucket cannot be read."""
+        if not self.is_leader.is_set():
+            raise LeaseLostError("this bridge is not the leader")
+        if self._now() >= self._valid_until:
+            raise LeaseLostError("the lease ran out on this bridge's clock")
+        try:
+            bucket = await self._ensure()
+            entry = await bucket.get(LEADER_KEY, timeout=CONFIRM_TIMEOUT)
+        except BucketMissingError:
+            self._bucket = None
+            raise
+        except NatsError as exc:
+            # No answer (a stream leader election): the clock check above already proves
+            # this bridge was not paused past its lease, and nobody can take a lease that
+            # has not run out.
+            log.debug("leader_confirm_by_clock", error=str(exc))
+            return
+        if entry is None or entry.operation is not None:
+            # The key is gone with a bucket the server lost: take it again, if nobody did.
+            try:
+                self._revision = await bucket.create(LEADER_KEY, self._value())
+            except WrongRevisionError:
+                raise LeaseLostError("another bridge took the lease") from None
+            log.info("leader_lease_restored", me=self.identity)
+            return
+        if entry.revision != self._revision:
+            raise LeaseLostError("the lease key was written by another bridge")
+
+    async def _resign(self) -> None:
         if not self.is_leader.is_set():
             return
         self._become(False)
-        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, OSError):
-            await kv.delete(LEADER_KEY, last=self._revision)
-            log.info("leader_resigned", me=self.identity)
+        if self._bucket is not None:
+            with contextlib.suppress(NatsError):
+                await self._bucket.write(Write(LEADER_KEY, None, expect=self._revision),
+                                         timeout=2.0)
+                log.info("leader_resigned", me=self.identity)
 
     def _become(self, leader: bool) -> None:
         if self._metrics is not None:
@@ -140,7 +240,7 @@ class LeaderElection:
             self.leader = self.identity
             self.lost.clear()
             self.is_leader.set()
-            log.info("bridge_leader", me=self.identity)
+            log.info("bridge_leader", me=self.identity, since=self._since)
         else:
             self.is_leader.clear()
             self.lost.set()

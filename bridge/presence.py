@@ -15,16 +15,12 @@ import time
 from collections.abc import Callable, Iterable
 
 import msgspec
-import nats.errors
-import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.kv import KeyValue
 
-from bridge.errors import NatsError
+from bridge.errors import BucketSettingsError, NatsError
+from bridge.kv import Bucket, BucketSpec, ensure_bucket
 from bridge.models import PRESENCE_DECODER, Agent, PresenceEntry
-from bridge.registry import open_bucket
 from bridge.subjects import Names
 
 __all__ = ["PRESENCE_TTL", "Presence", "match_presence"]
@@ -89,16 +85,23 @@ class Presence:
         self._seen: dict[str, tuple[PresenceEntry, float]] = {}
         self.changed: Callable[[], None] = lambda: None
 
-    def bucket_config(self) -> KeyValueConfig:
-        return KeyValueConfig(bucket=self._names.presence_bucket, history=1, ttl=self._ttl,
-                              limit_marker_ttl=MARKER_TTL, storage=StorageType.MEMORY,
-                              replicas=self._replicas,
-                              description="chorus-bridge: agents present on the bus")
+    def bucket_spec(self) -> BucketSpec:
+        return BucketSpec(name=self._names.presence_bucket, ttl=self._ttl,
+                          marker_ttl=MARKER_TTL, memory=True, replicas=self._replicas,
+                          keeps_records=False,
+                          description="chorus-bridge: agents present on the bus")
 
-    async def open(self) -> KeyValue:
+    def bucket_config(self) -> object:
+        """nats-py's KeyValueConfig of the bucket (for tooling that creates it)."""
+        return self.bucket_spec().config()
+
+    async def open(self) -> Bucket:
+        """Open (or create) the presence bucket. Raises NatsError."""
         try:
-            return await open_bucket(self._nc.jetstream(), self.bucket_config())
-        except nats.js.errors.Error as exc:
+            return await ensure_bucket(self._nc, self.bucket_spec())
+        except BucketSettingsError:
+            raise
+        except NatsError as exc:
             raise NatsError(f"cannot open the presence bucket {self._names.presence_bucket!r}: "
                             f"{exc} (limit markers need nats-server 2.11 or later)") from exc
 
@@ -115,27 +118,33 @@ class Presence:
         return frozenset(self.match(agents).by_agent)
 
     async def run(self) -> None:
-        """Follow the bucket until cancelled; restart the watch if it fails."""
-        kv = await self.open()
+        """Follow the bucket until cancelled. The bucket is ensured again and the watch
+        started again after a failure (a lost bucket, a NATS restart) and after every
+        reconnect, since a watch of a bucket the server lost would wait for good."""
+        lost = False
         while True:
             try:
-                await self._follow(kv)
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
-                log.warning("presence_watch_lost", error=repr(exc), retry_in_s=1)
+                bucket = await self.open()
+                if lost:
+                    log.info("presence_watch_restored", bucket=bucket.name)
+                    lost = False
+                await self._follow(bucket)
+            except NatsError as exc:
+                if not lost:
+                    log.warning("presence_watch_lost", error=str(exc), retry_in_s=1)
+                lost = True
                 await asyncio.sleep(1.0)
 
-    async def _follow(self, kv: KeyValue) -> None:
-        watcher = await kv.watchall()
+    async def _follow(self, bucket: Bucket) -> None:
+        """Apply the watch's entries until the connection reconnects (then return)."""
+        reconnects = self._nc.stats["reconnects"]
         loop = asyncio.get_running_loop()
         next_sweep = loop.time() + SWEEP_INTERVAL
-        try:
-            while True:
+        async with bucket.watch() as watcher:
+            while self._nc.stats["reconnects"] == reconnects:
                 try:
-                    # asyncio.timeout, not the watcher's own timeout: its wait_for can swallow
-                    # a cancellation (Python 3.11) while updates keep coming, and then the
-                    # bridge would never stop.
                     async with asyncio.timeout_at(next_sweep):
-                        entry = await watcher.updates(timeout=None)  # type: ignore[no-untyped-call]
+                        entry = await watcher.next()
                 except TimeoutError:
                     entry = None
                 if entry is not None:
@@ -145,8 +154,6 @@ class Presence:
                     # update would cost O(n) per refresh with 10,000 agents on the bus.
                     self._expire()
                     next_sweep = loop.time() + SWEEP_INTERVAL
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
 
     def _apply(self, key: str, value: bytes | None, operation: str | None,
                created: object) -> None:

@@ -1,39 +1,72 @@
 """The agents bucket: kept equal to the roster, one KV write per changed agent.
 
-What is confirmed in the bucket (`published`) is only updated on the server's ack, so a write
-lost to a disconnection stays pending and goes out again on the next sync (every reconnect
-triggers one). Each write is followed by an announcement on `<prefix>.agents.announce`.
+What is confirmed in the bucket (`published`) is only updated on the server's answer. Writes
+are fenced and conditional: before each batch the leader lease is confirmed, and each write
+names the revision it expects the key to have, so a bridge that lost the lease (paused, cut
+off) cannot overwrite a newer record. A failed write is retried with backoff by `run()`, which
+also checks the bucket every AUDIT_INTERVAL seconds: a lost bucket is created again and refilled
+from the roster, a write by anyone else makes the bridge re-read the bucket and repair it.
+Each write is followed by an announcement on `<prefix>.agents.announce`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 
 import msgspec
 import nats.errors
-import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, PubAck, StorageType
-from nats.js.kv import KV_DEL, KV_OP, KeyValue
 
-from bridge.errors import NatsError
+from bridge.errors import (
+    BucketMissingError,
+    BucketSettingsError,
+    LeaseLostError,
+    NatsError,
+    WriteRefusedError,
+    WrongRevisionError,
+)
+from bridge.kv import (
+    Bucket,
+    BucketSpec,
+    Entry,
+    RawBucket,
+    Write,
+    ensure_bucket,
+    open_bucket,
+    snapshot_of,
+)
 from bridge.metrics import Metrics
 from bridge.models import AGENT_DECODER, Agent, AnnounceEvent, Announcement, encode, now_rfc3339
 from bridge.subjects import Names
 
+# open_bucket: kept importable from here for tooling written against the earlier layout.
 __all__ = ["AgentRegistry", "SyncResult", "open_bucket", "read_bucket"]
 
 log = structlog.get_logger(__name__)
 
-# How long one sync waits for the server's acks before leaving the rest for the next sync.
+# How long one batch waits for the server's answers before retrying the rest: a couple of
+# seconds (a stream leader election in a cluster is better met by a quick retry), more for
+# a large batch (10,000 writes are answered in well under a second on one server).
 ACK_TIMEOUT = 10.0
-# How long reading a whole bucket may take (10,000 agents take well under a second).
+ACK_TIMEOUT_MIN = 2.0
+# How long reading a whole bucket may take (10,000 agents take about a second).
 READ_TIMEOUT = 30.0
+# A departed agent's purge marker expires after this many seconds (DESIGN.md: about an hour).
+PURGE_MARKER_TTL = 3600
+# How often the leader checks that nobody else wrote the bucket, and that it still exists.
+AUDIT_INTERVAL = 2.0
+# Retries of failed writes: the first soon, then doubling up to the cap.
+RETRY_FIRST, RETRY_MAX = 0.2, 2.0
+
+Fence = Callable[[], Awaitable[None]]
+
+
+async def _no_fence() -> None:
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,128 +81,116 @@ class SyncResult:
         return self.joined + self.updated + self.left
 
 
-async def open_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
-    """Bind to the bucket, creating it when missing; an existing one is used as configured.
-
-    A bucket made by an operator (other history, replicas, ...) is never re-created: nats-py
-    cannot update a bucket, and deleting one would lose its data.
-    """
-    assert config.bucket is not None
+def _decode(entry: Entry) -> Agent | None:
+    """The Agent a live entry holds under its own key; None for anything else."""
+    if entry.operation is not None or not entry.value:
+        return None
     try:
-        kv = await js.key_value(config.bucket)
-    except nats.js.errors.BucketNotFoundError:
-        try:
-            kv = await js.create_key_value(config)
-        except nats.js.errors.Error as exc:
-            raise NatsError(f"cannot create KV bucket {config.bucket!r}: {exc}; check that "
-                            "JetStream is enabled and the user may create it") from exc
-        log.info("kv_bucket_created", bucket=config.bucket, history=config.history,
-                 replicas=config.replicas)
-        return kv
-    except (nats.errors.Error, nats.js.errors.Error) as exc:
-        raise NatsError(f"cannot open KV bucket {config.bucket!r}: {exc}; check that JetStream "
-                        "is enabled and the user's permissions") from exc
-    status = await kv.status()
-    replicas = status.stream_info.config.num_replicas
-    if (status.history, replicas) != (config.history, config.replicas):
-        log.warning("kv_bucket_settings_differ", bucket=config.bucket,
-                    history=status.history, replicas=replicas,
-                    expected_history=config.history, expected_replicas=config.replicas,
-                    action="kept as it is")
-    return kv
+        agent = AGENT_DECODER.decode(entry.value)
+    except msgspec.DecodeError:
+        return None
+    return agent if agent.id == entry.key else None
 
 
-async def read_bucket(kv: KeyValue, *, timeout: float = READ_TIMEOUT,
+async def read_bucket(kv: Bucket | RawBucket, *, timeout: float = READ_TIMEOUT,
                       ) -> tuple[dict[str, Agent], set[str]]:
-    """The agents a bucket holds now, and the keys whose value is not an Agent.
-
-    nats-py's watcher can report "no more current values" before the first one when the
-    consumer is created under load; a bucket that holds messages is therefore read until the
-    entry with nothing pending after it, never trusted to be empty on that early marker.
-    """
+    """The agents a bucket holds now, and the live keys whose value is not an Agent stored
+    under its own id. Raises NatsError."""
+    entries = await (kv.snapshot(timeout) if isinstance(kv, Bucket)
+                     else snapshot_of(kv, timeout))
     agents: dict[str, Agent] = {}
     invalid: set[str] = set()
-    holding = (await kv.status()).values
-    seen = False
-    watcher = await kv.watchall()
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                # timeout=None: the enclosing asyncio.timeout bounds it, and nats-py's own
-                # wait_for can lose a cancellation (Python 3.11).
-                entry = await watcher.updates(timeout=None)  # type: ignore[no-untyped-call]
-                if entry is None:
-                    if holding == 0 or seen:
-                        break
-                    continue  # the early marker: the values are still on their way
-                seen = True
-                if entry.operation is None and entry.value:
-                    try:
-                        agents[entry.key] = AGENT_DECODER.decode(entry.value)
-                    except msgspec.DecodeError:
-                        invalid.add(entry.key)
-                if not entry.delta:
-                    break
-    except TimeoutError:
-        raise NatsError(f"reading a KV bucket took longer than {timeout:g}s; is the NATS "
-                        "server overloaded?") from None
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+    for key, entry in entries.items():
+        agent = _decode(entry)
+        if agent is not None:
+            agents[key] = agent
+        elif entry.operation is None:
+            invalid.add(key)
     return agents, invalid
 
 
-def _write_error(future: asyncio.Future[PubAck]) -> BaseException | None:
-    """Why a KV write was not confirmed (None: it was); an unacked write is given up on."""
-    if not future.done():
-        future.cancel()
-        return TimeoutError(f"no ack within {ACK_TIMEOUT:g}s")
-    if future.cancelled():
-        return asyncio.CancelledError("the write was cancelled")
-    error = future.exception()
-    if error is None or isinstance(error, nats.errors.Error | nats.js.errors.Error):
-        return error
-    raise error
-
-
 class AgentRegistry:
-    """Writes the roster into the agents bucket and announces each change."""
+    """Writes the roster into the agents bucket and announces each change.
+
+    `fence()` raises LeaseLostError when this bridge may not write (default: always may).
+    `problem` says why the bucket cannot be written now (a refused setting or write), or None.
+    """
 
     def __init__(self, nc: NATS, names: Names, *, replicas: int = 1,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, fence: Fence = _no_fence,
+                 marker_ttl: int = PURGE_MARKER_TTL) -> None:
         self._nc = nc
-        self._js = nc.jetstream()
+        self._marker_ttl = marker_ttl
         self._names = names
-        self._replicas = replicas
         self._metrics = metrics
+        self._fence = fence
+        self.spec = BucketSpec(name=names.agents_bucket, replicas=replicas,
+                               description="chorus-bridge: agents found by discovery")
         self._lock = asyncio.Lock()
-        self._prefix = f"$KV.{names.agents_bucket}."
+        self._bucket: Bucket | None = None
+        self._created = ""  # creation time of the bucket last read (see Bucket.created)
+        self._reconnects = -1  # the connection's reconnect count when the bucket was read
         self._desired: dict[str, Agent] = {}
         self._invalid: set[str] = set()
+        # Last known revision of every key, tombstones included: writes expect it.
+        self._revisions: dict[str, int] = {}
+        self._last_seq = 0  # the bucket's last sequence as far as this bridge knows
+        self._retry = asyncio.Event()
         # Which agents are on the bus: set by presence; nobody is, without it.
         self.bus_ids: Callable[[Iterable[Agent]], AbstractSet[str]] = lambda _a: frozenset()
         self.published: dict[str, Agent] = {}
+        self.problem: str | None = None
         # The record last made from each desired agent: (that Agent object, on_bus, record).
         # Discovery hands back the same Agent object for a task that did not change, so a
         # quiet round finds every record here by identity instead of rebuilding and comparing
         # 10,000 of them.
         self._made: dict[str, tuple[Agent, bool, Agent]] = {}
 
-    def bucket_config(self) -> KeyValueConfig:
-        return KeyValueConfig(bucket=self._names.agents_bucket, history=1,
-                              storage=StorageType.FILE, replicas=self._replicas,
-                              description="chorus-bridge: agents found by discovery")
+    def bucket_config(self) -> object:
+        """nats-py's KeyValueConfig of the bucket (for tooling that creates it)."""
+        return self.spec.config()
 
     async def open(self) -> dict[str, Agent]:
-        """Open (or create) the bucket and read what it holds: the bridge resumes from it."""
-        kv = await open_bucket(self._js, self.bucket_config())
-        self.published, self._invalid = await read_bucket(kv)
+        """Open (or create) the bucket and read what it holds: the bridge resumes from it.
+        A bucket whose settings would lose records is not used (see `problem`)."""
+        async with self._lock:
+            await self._load()
+        return dict(self.published)
+
+    async def _load(self, *, reread: bool = False) -> bool:
+        """(Re)open the bucket and read it, unless it is the very bucket already read (after
+        a reconnect to a server that kept it) and `reread` is False. False when its
+        settings are refused."""
+        self._reconnects = int(self._nc.stats["reconnects"])
+        try:
+            bucket = await ensure_bucket(self._nc, self.spec)
+        except BucketSettingsError as exc:
+            if self.problem != str(exc):
+                log.error("kv_bucket_refused", bucket=self.spec.name, setting=exc.setting,
+                          error=str(exc), action="nothing is written there")
+            self.problem = str(exc)
+            self._bucket = None
+            return False
+        if not reread and bucket.created and bucket.created == self._created:
+            # The very bucket read before (a "no stream" answer during a cluster's stream
+            # leader election, a reconnect to a server that kept it): nothing was lost, and
+            # the audit catches foreign writes.
+            self._bucket = bucket
+            return True
+        entries = await bucket.snapshot(READ_TIMEOUT)
+        self._bucket, self._created = bucket, bucket.created
+        self.problem = None  # a write the server still refuses sets it again
+        self._revisions = {key: e.revision for key, e in entries.items()}
+        self._last_seq = max(self._revisions.values(), default=0)
+        self.published = {key: a for key, e in entries.items() if (a := _decode(e))}
+        self._invalid = {k for k, e in entries.items()
+                         if e.operation is None and k not in self.published}
         self._made = {}  # records made against what the bucket held before
         if self._invalid:
-            log.warning("kv_invalid_entries", bucket=self._names.agents_bucket,
-                        keys=len(self._invalid), action="deleted at the first sync")
-        log.info("kv_bucket_loaded", bucket=self._names.agents_bucket,
-                 agents=len(self.published))
-        return dict(self.published)
+            log.warning("kv_invalid_entries", bucket=self.spec.name, keys=len(self._invalid),
+                        action="deleted at the next sync")
+        log.info("kv_bucket_loaded", bucket=self.spec.name, agents=len(self.published))
+        return True
 
     def _record(self, agent: Agent, on_bus: bool, now: str) -> Agent:
         previous = self.published.get(agent.id)
@@ -179,100 +200,222 @@ class AgentRegistry:
 
     async def sync(self, desired: Mapping[str, Agent] | None = None) -> SyncResult:
         """Make the bucket equal to `desired` (default: the last desired set, e.g. after a
-        reconnect or a presence change). Unchanged agents cost nothing."""
+        reconnect or a presence change). Unchanged agents cost nothing. Failed writes are
+        counted in the result and retried by `run()`."""
         async with self._lock:
             if desired is not None:
                 self._desired = dict(desired)
-            puts: list[tuple[Agent | None, Agent]] = []
-            bus = self.bus_ids(self._desired.values())
-            now = now_rfc3339()  # agents first seen in this sync share its time
-            published, made = self.published, self._made
-            for agent_id, agent in self._desired.items():
-                on_bus = agent_id in bus
-                entry = made.get(agent_id)
-                if entry is None or entry[0] is not agent or entry[1] != on_bus:
-                    entry = made[agent_id] = (agent, on_bus, self._record(agent, on_bus, now))
-                record, previous = entry[2], published.get(agent_id)
-                if record is previous:
-                    continue
-                if record == previous:
-                    # Equal but another object (read from the bucket at start): keep ours,
-                    # so that the next diff of this agent is by identity.
-                    published[agent_id] = record
-                else:
-                    puts.append((previous, record))
-            if len(made) > len(self._desired):
-                # Only agents still desired keep an entry: one that left and comes back gets
-                # a record made afresh against what the bucket holds then.
-                for agent_id in made.keys() - self._desired.keys():
-                    del made[agent_id]
-            # A set difference: at 10,000 agents, looking each key up in Python costs more.
-            gone = [published[key] for key in sorted(published.keys() - self._desired.keys())]
-            if not puts and not gone and not self._invalid:
-                return SyncResult()
             if not self._nc.is_connected:
-                # Nothing would be acked: keep it all pending; the reconnect triggers a sync.
-                return SyncResult(failed=len(puts) + len(gone))
-            result = await self._write(puts, gone)
+                # Nothing would be answered; the reconnect triggers a sync, and run()
+                # retries meanwhile.
+                self._retry.set()
+                return SyncResult(failed=1)
+            try:
+                if self._bucket is None and not await self._load():
+                    return SyncResult(failed=1)
+                if int(self._nc.stats["reconnects"]) != self._reconnects:
+                    await self._check_after_reconnect()
+                if self._bucket is None and not await self._load():
+                    return SyncResult(failed=1)
+                result = await self._sync_once()
+                if self._bucket is None:  # the bucket was lost under the batch: refill it
+                    await self._load()
+                    result = await self._sync_once()
+            except NatsError as exc:
+                log.warning("kv_sync_failed", bucket=self.spec.name, error=str(exc))
+                self._retry.set()
+                return SyncResult(failed=1)
+            if result.failed:
+                self._retry.set()
             if self._metrics is not None:
                 self._metrics.set_agents(self.published.values())
             return result
 
-    async def _write(self, puts: list[tuple[Agent | None, Agent]], gone: list[Agent],
-                     ) -> SyncResult:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + ACK_TIMEOUT
-        pending: list[tuple[Agent | None, Agent, bool, asyncio.Future[PubAck]]] = []
-        stalled = False
-        del_header = {KV_OP: KV_DEL}
-        ops = [(prev, rec, False) for prev, rec in puts] + [(a, a, True) for a in gone]
-        ops += [(None, Agent(id=k, endpoint="", address="", port=0, source="dns"), True)
-                for k in sorted(self._invalid)]
-        # One deadline for the whole batch, not a wait_stall per message: a per-message timeout
-        # makes nats-py yield to the loop after every publish, and then each message goes out
-        # in a send() of its own (three times slower at 10,000 agents).
+    async def _check_after_reconnect(self) -> None:
+        """The server may have lost the bucket (a restart without its state): then drop
+        the belief of what is published, so that everything is written again. A server
+        that does not answer yet (a cluster electing a leader) is not waited for: the
+        writes go out, and a "no stream" answer to them leads here again."""
+        assert self._bucket is not None
+        self._reconnects = int(self._nc.stats["reconnects"])
         try:
-            async with asyncio.timeout_at(deadline):
-                for previous, record, delete in ops:
-                    future = await self._js.publish_async(
-                        self._prefix + record.id, b"" if delete else encode(record),
-                        headers=del_header if delete else None)
-                    pending.append((previous, record, delete, future))
-        except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as exc:
-            stalled = True
-            log.warning("kv_write_stalled", error=repr(exc), left_for_next_sync=True)
-        if pending:
-            # All acks at once: awaiting each with its own timeout costs a loop turn per ack.
-            await asyncio.wait([p[3] for p in pending],
-                               timeout=max(0.0, deadline - loop.time()))
-        joined = updated = left = failed = 0
-        # One timestamp per batch: formatting one per agent shows at 10,000 agents.
-        at = now_rfc3339()
-        for previous, record, delete, future in pending:
-            error = _write_error(future)
-            if error is not None:
-                failed += 1
-                self._count_write(delete, ok=False)
-                if failed == 1:
-                    log.warning("kv_write_failed", key=record.id, error=repr(error),
-                                left_for_next_sync=True)
+            await self._bucket.last_sequence()
+        except BucketMissingError:
+            log.warning("kv_bucket_missing", bucket=self.spec.name, action="created again")
+            self._bucket = None
+        except NatsError as exc:
+            log.debug("kv_check_after_reconnect_failed", bucket=self.spec.name,
+                      error=str(exc))
+
+    def _plan(self) -> list[tuple[Agent | None, Agent | None, str]]:
+        """The writes that make the bucket equal to the desired set:
+        (what is published, the new record or None for a delete, key)."""
+        plan: list[tuple[Agent | None, Agent | None, str]] = []
+        bus = self.bus_ids(self._desired.values())
+        now = now_rfc3339()  # agents first seen in this sync share its time
+        published, made = self.published, self._made
+        for agent_id, agent in self._desired.items():
+            on_bus = agent_id in bus
+            entry = made.get(agent_id)
+            if entry is None or entry[0] is not agent or entry[1] != on_bus:
+                entry = made[agent_id] = (agent, on_bus, self._record(agent, on_bus, now))
+            record, previous = entry[2], published.get(agent_id)
+            if record is previous:
                 continue
-            self._count_write(delete, ok=True)
-            if record.id in self._invalid:
-                self._invalid.discard(record.id)
-                continue
-            if delete:
-                self.published.pop(record.id, None)
-                left += 1
-                await self._announce("left", record, at)
+            if record == previous:
+                # Equal but another object (read from the bucket): keep ours, so that the
+                # next diff of this agent is by identity.
+                published[agent_id] = record
             else:
-                self.published[record.id] = record
+                plan.append((previous, record, agent_id))
+        if len(made) > len(self._desired):
+            for agent_id in made.keys() - self._desired.keys():
+                del made[agent_id]
+        # A set difference: at 10,000 agents, looking each key up in Python costs more.
+        for key in sorted(published.keys() - self._desired.keys()):
+            plan.append((published[key], None, key))
+        plan += [(None, None, key) for key in sorted(self._invalid - self._desired.keys())]
+        return plan
+
+    async def _sync_once(self) -> SyncResult:
+        plan = self._plan()
+        if not plan:
+            return SyncResult()
+        try:
+            await self._fence()
+        except LeaseLostError as exc:
+            log.warning("kv_write_fenced", bucket=self.spec.name, writes=len(plan),
+                        reason=str(exc))
+            return SyncResult(failed=len(plan))
+        assert self._bucket is not None
+        writes = [Write(key, None if record is None else encode(record),
+                        expect=self._revisions.get(key, 0),
+                        purge_ttl=self._marker_ttl if self._bucket.msg_ttl else None)
+                  for _previous, record, key in plan]
+        timeout = min(ACK_TIMEOUT, ACK_TIMEOUT_MIN + len(writes) / 1000)
+        results = await self._bucket.write_batch(writes, timeout)
+        return await self._apply(plan, results)
+
+    async def _apply(self, plan: list[tuple[Agent | None, Agent | None, str]],
+                     results: list[int | NatsError]) -> SyncResult:
+        joined = updated = left = 0
+        failures: list[tuple[str, NatsError]] = []
+        at = now_rfc3339()  # one timestamp per batch: one per agent shows at 10,000
+        for (previous, record, key), result in zip(plan, results, strict=True):
+            if isinstance(result, NatsError):
+                failures.append((key, result))
+                self._count_write(record is None, ok=False)
+                continue
+            self._count_write(record is None, ok=True)
+            self._revisions[key] = result
+            self._last_seq = max(self._last_seq, result)
+            if record is None:
+                self._invalid.discard(key)
+                if self.published.pop(key, None) is not None and previous is not None:
+                    left += 1
+                    await self._announce("left", previous, at)
+            else:
+                self.published[key] = record
                 event: AnnounceEvent = "joined" if previous is None else "updated"
                 joined += event == "joined"
                 updated += event == "updated"
                 await self._announce(event, record, at)
-        failed += len(ops) - len(pending) if stalled else 0
-        return SyncResult(joined=joined, updated=updated, left=left, failed=failed)
+        await self._note_failures(failures)
+        return SyncResult(joined=joined, updated=updated, left=left, failed=len(failures))
+
+    async def _note_failures(self, failures: list[tuple[str, NatsError]]) -> None:
+        """Log a batch's failures once, and learn what the conflicting keys hold now."""
+        if not failures:
+            if self.problem is not None and self._bucket is not None:
+                log.info("kv_writes_recovered", bucket=self.spec.name)
+                self.problem = None
+            return
+        key, first = failures[0]
+        if any(isinstance(e, BucketMissingError) for _k, e in failures):
+            self._bucket = None
+        refused = next((e for _k, e in failures if isinstance(e, WriteRefusedError)), None)
+        if refused is not None and self.problem != str(refused):
+            self.problem = str(refused)
+            log.error("kv_write_refused", bucket=self.spec.name, key=key, error=str(refused),
+                      failed=len(failures))
+        elif any(not isinstance(e, WrongRevisionError) for _k, e in failures):
+            # /healthz says so while writes fail; one line when it starts, one when the
+            # next batch goes through (kv_writes_recovered).
+            if self.problem is None:
+                log.warning("kv_write_failed", bucket=self.spec.name, key=key,
+                            error=str(first), failed=len(failures), retry=True)
+            self.problem = f"writes to bucket {self.spec.name!r} are failing: {first}"
+        else:
+            log.info("kv_write_conflict", bucket=self.spec.name, keys=len(failures),
+                     action="re-read and written again")
+        stale = [k for k, e in failures if isinstance(e, WrongRevisionError)]
+        if stale and self._bucket is not None:
+            await self._reread(stale)
+
+    async def _reread(self, keys: list[str]) -> None:
+        """Someone else wrote these keys: believe what they hold now."""
+        assert self._bucket is not None
+        for key in keys:
+            entry = await self._bucket.get(key)
+            if entry is None:
+                self._revisions.pop(key, None)
+                self.published.pop(key, None)
+                continue
+            self._revisions[key] = entry.revision
+            agent = _decode(entry)
+            if agent is not None:
+                self.published[key] = agent
+            else:
+                self.published.pop(key, None)
+                if entry.operation is None:
+                    self._invalid.add(key)
+
+    async def run(self) -> None:
+        """While leading: retry failed writes with backoff, and check the bucket every
+        AUDIT_INTERVAL seconds (lost, refused settings fixed, written by someone else)."""
+        delay = RETRY_FIRST
+        while True:
+            retry = await self._wait(AUDIT_INTERVAL)
+            if retry:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                await self.sync()
+                continue
+            delay = RETRY_FIRST
+            if await self._audit():
+                await self.sync()
+
+    async def _wait(self, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._retry.wait()
+        except TimeoutError:
+            return False
+        self._retry.clear()
+        return True
+
+    async def _audit(self) -> bool:
+        """True when the bucket must be re-read: gone, written by someone else, or refused
+        before and maybe fixed since."""
+        if not self._nc.is_connected:
+            return False
+        async with self._lock:
+            try:
+                if self._bucket is None:
+                    return await self._load()
+                last = await self._bucket.last_sequence()
+                if last == self._last_seq:
+                    return False
+                log.warning("kv_bucket_changed_by_another_writer", bucket=self.spec.name,
+                            last_seq=last, expected=self._last_seq, action="re-read")
+                return await self._load(reread=True)
+            except BucketMissingError:
+                log.warning("kv_bucket_missing", bucket=self.spec.name, action="created again")
+                self._bucket = None
+                return await self._load()
+            except NatsError as exc:
+                log.debug("kv_audit_failed", bucket=self.spec.name, error=str(exc))
+                return False
 
     def _count_write(self, delete: bool, *, ok: bool) -> None:
         if self._metrics is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -11,12 +12,17 @@ import time
 from pathlib import Path
 
 import httpx
+import msgspec
+import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
 
 from bridge.embedded import EmbeddedNats
 from bridge.emulator import DockerEmulator, EmulatedSwarm
+from bridge.errors import LeaseLostError
+from bridge.leader import LeaderElection, Lease
 from bridge.registry import read_bucket
+from bridge.subjects import Names
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -106,3 +112,67 @@ async def test_standby_takes_over_after_sigkill(nats_server: EmbeddedNats, nc: N
                     await asyncio.wait_for(bridge.proc.wait(), 15)
                 await bridge.reader
         assert second.proc.returncode == 0
+
+
+async def _wait_leader(election: LeaderElection) -> None:
+    async with asyncio.timeout(10):
+        await election.is_leader.wait()
+
+
+async def test_lease_value_says_since_once_per_term(nc: NATS, unique: str) -> None:
+    """`since` is set when the term starts and stays; `renewed_at` moves with each renewal."""
+    names = Names(prefix=f"l{unique}", agents_bucket=f"agents_{unique}")
+    election = LeaderElection(nc, names, lease=1.5, retry=0.2)
+    task = asyncio.create_task(election.run())
+    try:
+        await _wait_leader(election)
+        kv = await nc.jetstream().key_value(names.leader_bucket)
+        first = msgspec.json.decode((await kv.get("leader")).value or b"", type=Lease)
+
+        async def renewed() -> bool:
+            value = (await kv.get("leader")).value or b""
+            return msgspec.json.decode(value, type=Lease).renewed_at != first.renewed_at
+
+        await wait_for(renewed, timeout=5, what="a renewal")
+        later = msgspec.json.decode((await kv.get("leader")).value or b"", type=Lease)
+        assert later.since == first.since and later.bridge_id == election.identity
+        assert later.renewed_at is not None and later.renewed_at > first.since
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_leader_keeps_its_term_when_the_lease_bucket_is_lost(nc: NATS,
+                                                                  unique: str) -> None:
+    """The lease bucket deleted under a leader (a NATS restart of a memory bucket): it is
+    created again and the lease retaken, without stepping down; a foreign write to the
+    key then fences the leader's writes."""
+    names = Names(prefix=f"l{unique}", agents_bucket=f"agents_{unique}")
+    election = LeaderElection(nc, names, lease=3.0, retry=0.2)
+    task = asyncio.create_task(election.run())
+    try:
+        await _wait_leader(election)
+        await election.confirm()
+        js = nc.jetstream()
+        await js.delete_stream(f"KV_{names.leader_bucket}")
+
+        async def retaken() -> bool:
+            try:
+                kv = await js.key_value(names.leader_bucket)
+                entry = await kv.get("leader")
+            except nats.js.errors.Error:
+                return False
+            return bool(entry.value)
+
+        await wait_for(retaken, timeout=8, what="the lease to be taken again")
+        assert election.is_leader.is_set() and not election.lost.is_set()
+        await election.confirm()
+        kv = await js.key_value(names.leader_bucket)
+        await kv.put("leader", msgspec.json.encode(Lease(bridge_id="someone-else", since="x")))
+        with pytest.raises(LeaseLostError):
+            await election.confirm()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig
 
-from bridge.models import ANNOUNCEMENT_DECODER, Announcement
+from bridge.errors import LeaseLostError
+from bridge.models import ANNOUNCEMENT_DECODER, Announcement, encode
 from bridge.registry import AgentRegistry, read_bucket
 from bridge.subjects import Names
 from tests.conftest import wait_for
@@ -130,3 +134,95 @@ async def test_read_bucket_of_tombstones_only(nc: NATS, names: Names) -> None:
     assert (await kv.status()).values > 0  # the tombstones
     agents, invalid = await read_bucket(kv, timeout=2)
     assert agents == {} and invalid == set()
+
+
+async def test_reconcile_is_by_key(nc: NATS, names: Names) -> None:
+    """A running task's Agent under another key, an empty value and garbage: the odd keys go,
+    the agent is written under its own id once, and later syncs write nothing."""
+    seen = await _announcements(nc, names)
+    registry = AgentRegistry(nc, names)
+    await registry.open()
+    kv = await nc.jetstream().key_value(names.agents_bucket)
+    await kv.put("elsewhere", encode(A))
+    await kv.put("empty", b"")
+    await kv.put("junk", b"not json")
+    registry = AgentRegistry(nc, names)
+    await registry.open()
+    first = await registry.sync({A.id: A})
+    assert (first.joined, first.failed) == (1, 0)
+    for _ in range(3):
+        assert (await registry.sync({A.id: A})).writes == 0
+    stored, invalid = await read_bucket(kv)
+    assert set(stored) == {A.id} and invalid == set()
+    await wait_for(lambda: len(seen) == 1, what="one announcement")
+    assert [(s.event, s.agent.id) for s in seen] == [("joined", A.id)]
+
+
+async def test_departed_agents_leave_markers_that_expire(nc: NATS, names: Names) -> None:
+    """Deletes are purges whose markers expire: the stream comes back to the live keys."""
+    registry = AgentRegistry(nc, names, marker_ttl=1)
+    await registry.open()
+    kv = await nc.jetstream().key_value(names.agents_bucket)
+    for round_ in range(5):  # five rolling updates of two agents
+        agents = [msgspec.structs.replace(A, id=f"a{round_}-{i}", task_id=f"a{round_}-{i}")
+                  for i in range(2)]
+        assert (await registry.sync({a.id: a for a in agents})).failed == 0
+
+    async def near_live() -> bool:
+        return (await kv.status()).values == 2
+
+    await wait_for(near_live, timeout=10, what="the stream to hold the two live keys only")
+
+
+async def test_foreign_writes_are_repaired(nc: NATS, names: Names) -> None:
+    """Someone else overwrites one record and deletes another: the registry notices within
+    seconds and writes them back."""
+    registry = AgentRegistry(nc, names)
+    await registry.open()
+    await registry.sync({A.id: A, B.id: B})
+    kv = await nc.jetstream().key_value(names.agents_bucket)
+    audit = asyncio.create_task(registry.run())
+    try:
+        await kv.put(A.id, encode(msgspec.structs.replace(A, address="127.9.9.9")))
+        await kv.delete(B.id)
+
+        async def repaired() -> bool:
+            stored, _ = await read_bucket(kv)
+            return set(stored) == {A.id, B.id} and stored[A.id].address == A.address
+
+        await wait_for(repaired, timeout=8, what="the foreign writes to be repaired")
+    finally:
+        audit.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await audit
+
+
+async def test_fenced_registry_writes_nothing(nc: NATS, names: Names) -> None:
+    """A bridge that lost the lease writes nothing, whatever discovery says."""
+    async def lost() -> None:
+        raise LeaseLostError("another bridge leads")
+
+    registry = AgentRegistry(nc, names, fence=lost)
+    await registry.open()
+    result = await registry.sync({A.id: A})
+    assert result.writes == 0 and result.failed == 1
+    kv = await nc.jetstream().key_value(names.agents_bucket)
+    assert (await kv.status()).values == 0
+
+
+async def test_a_racing_write_fails_on_its_expected_revision(nc: NATS, names: Names) -> None:
+    """A record written by another bridge after this one read the bucket is not overwritten
+    blindly: the write fails, the key is re-read, and the next sync writes on its revision."""
+    registry = AgentRegistry(nc, names)
+    await registry.open()
+    await registry.sync({A.id: A})
+    kv = await nc.jetstream().key_value(names.agents_bucket)
+    newer = msgspec.structs.replace(A, address="127.9.9.9")
+    await kv.put(A.id, encode(newer))
+    moved = msgspec.structs.replace(A, address="127.0.0.7")
+    first = await registry.sync({A.id: moved})
+    assert first.failed == 1
+    assert registry.published[A.id].address == "127.9.9.9"  # what the bucket holds now
+    assert (await registry.sync({A.id: moved})).updated == 1
+    stored, _ = await read_bucket(kv)
+    assert stored[A.id].address == "127.0.0.7"

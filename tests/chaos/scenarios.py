@@ -1,0 +1,111 @@
+"""Faults and what they cost, measured as an operator sees it: seconds until a new task is in
+the bucket (discovery) and until a broadcast gets a report. Shared by tests/chaos and
+bench/recovery.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+
+import nats
+import nats.errors
+
+from bridge.app import Bridge
+from bridge.config import Settings
+from bridge.emulator import EmulatedSwarm
+from tests.chaos.support import has_key, try_broadcast
+from tests.nats_cluster import NatsCluster, settled
+
+__all__ = ["KILLS", "Gap", "kill_and_measure", "measure", "streams_of"]
+
+# What to kill: the server the bridge is connected to, the JetStream meta leader, and the
+# stream leader of each bucket.
+KILLS = ("connected", "meta leader", "agents stream leader", "lease stream leader",
+         "presence stream leader")
+
+
+@dataclasses.dataclass(frozen=True)
+class Gap:
+    """What one fault cost, in seconds from the fault."""
+
+    fault: str
+    server: str
+    discovery_s: float
+    broadcast_s: float
+
+
+def streams_of(settings: Settings) -> dict[str, str]:
+    prefix = settings.subject_prefix
+    return {"agents stream leader": f"KV_{settings.kv_bucket}",
+            "lease stream leader": f"KV_{prefix}_bridge",
+            "presence stream leader": f"KV_{prefix}_presence"}
+
+
+async def _victim(cluster: NatsCluster, fault: str, bridge: Bridge, settings: Settings) -> str:
+    if fault == "connected":
+        assert bridge.nc is not None and bridge.nc.connected_url is not None
+        port = bridge.nc.connected_url.port
+        return next(s.name for s in cluster.servers if s.port == port)
+    if fault == "meta leader":
+        return await cluster.meta_leader()
+    return await cluster.stream_leader(streams_of(settings)[fault])
+
+
+async def measure(url: str, settings: Settings, swarm: EmulatedSwarm, label: str,
+                  timeout: float = 60.0) -> tuple[float, float]:
+    """Add a task now; seconds until it is in the bucket, and until a broadcast is reported."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    new = swarm.add_tasks(1)[0]
+
+    async def discovered() -> float:
+        while not await has_key(url, settings, new):  # noqa: ASYNC110 - polls the server: no event to wait on
+            await asyncio.sleep(0.05)
+        return loop.time() - start
+
+    async def reported() -> float:
+        attempt = 0
+        while await try_broadcast(url, settings, f"{label}-{attempt}", timeout=2) is None:
+            attempt += 1
+            await asyncio.sleep(0.05)
+        return loop.time() - start
+
+    async with asyncio.timeout(timeout):
+        found, answered = await asyncio.gather(discovered(), reported())
+    return found, answered
+
+
+async def _isolate(cluster: NatsCluster, fault: str, victim: str, settings: Settings) -> None:
+    """Move the agents stream's leader off the victim (a graceful step-down), so that the
+    kill costs what the fault named costs, not also an election of the agents stream."""
+    stream = streams_of(settings)["agents stream leader"]
+    if fault == "agents stream leader":
+        return
+    nc = await nats.connect(cluster.urls, connect_timeout=1)
+    try:
+        async with asyncio.timeout(30):
+            while await cluster.stream_leader(stream) == victim:
+                with contextlib.suppress(nats.errors.Error):
+                    await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", b"", timeout=2)
+                await asyncio.sleep(0.5)
+    finally:
+        await nc.close()
+    await settled(cluster, list(streams_of(settings).values()))
+
+
+async def kill_and_measure(cluster: NatsCluster, fault: str, bridge: Bridge,
+                           settings: Settings, swarm: EmulatedSwarm) -> Gap:
+    """kill -9 the server `fault` names, measure, then start it again and let it catch up."""
+    name = await _victim(cluster, fault, bridge, settings)
+    await _isolate(cluster, fault, name, settings)
+    name = await _victim(cluster, fault, bridge, settings)  # a step-down may move others
+    server = cluster.by_name(name)
+    await server.stop(signal.SIGKILL)
+    label = fault.replace(" ", "-")
+    found, answered = await measure(cluster.url, settings, swarm, label)
+    server.start()
+    await server.ready(30)
+    await settled(cluster, list(streams_of(settings).values()))
+    return Gap(fault=fault, server=name, discovery_s=found, broadcast_s=answered)

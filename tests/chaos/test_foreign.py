@@ -1,0 +1,62 @@
+"""Buckets made by someone else with settings that would lose or refuse records, and writes
+the server refuses: said at once, with the setting or the server's words, on /healthz too."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js.api import KeyValueConfig
+
+from bridge.config import Settings
+from bridge.embedded import EmbeddedNats
+from bridge.emulator import DockerEmulator, EmulatedSwarm
+from tests.chaos.support import healthz
+from tests.conftest import run_bridge, wait_for
+
+
+@pytest.mark.parametrize(("setting", "config"), [
+    ("max_age", {"ttl": 4}),
+    ("max_value_size", {"max_value_size": 100}),
+])
+async def test_a_bucket_that_would_lose_records_is_refused(
+        setting: str, config: dict[str, int], settings: Settings, nats_server: EmbeddedNats,
+        nc: NATS, swarm: EmulatedSwarm, docker_api: DockerEmulator) -> None:
+    """The bridge names the setting once, writes nothing there, and /healthz is 503 with it."""
+    await nc.jetstream().create_key_value(KeyValueConfig(bucket=settings.kv_bucket, **config))
+    swarm.add_tasks(3)
+    with structlog.testing.capture_logs() as logs:
+        async with run_bridge(settings, nats_server.url) as running:
+            assert running.bridge.http_port is not None
+            status, body = await healthz(running.bridge.http_port)
+            assert status == 503
+            assert any(setting in r for r in body["reasons"]), body
+            kv = await nc.jetstream().key_value(settings.kv_bucket)
+            assert (await kv.status()).values == 0
+    refused = [e for e in logs if e["event"] == "kv_bucket_refused"]
+    assert len(refused) == 1 and refused[0]["setting"] == setting
+
+
+async def test_a_refused_write_says_why_at_once(settings: Settings, nats_server: EmbeddedNats,
+                                                nc: NATS, swarm: EmulatedSwarm,
+                                                docker_api: DockerEmulator) -> None:
+    """A bucket too small for the fleet: the server's own text, no ack-timeout stall, and
+    /healthz 503 while writes fail."""
+    await nc.jetstream().create_key_value(
+        KeyValueConfig(bucket=settings.kv_bucket, max_bytes=1200))
+    swarm.add_tasks(8)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with structlog.testing.capture_logs() as logs:
+        async with run_bridge(settings, nats_server.url) as running:
+            await wait_for(lambda: any(e["event"] == "kv_write_refused" for e in logs),
+                           timeout=5, what="the refusal")
+            took = loop.time() - started
+            assert running.bridge.http_port is not None
+            status, body = await healthz(running.bridge.http_port)
+    refused = next(e for e in logs if e["event"] == "kv_write_refused")
+    assert "maximum bytes" in refused["error"] or "resources" in refused["error"], refused
+    assert took < 5  # the old path waited 10 s for an ack that never came
+    assert status == 503 and any("refused" in r for r in body["reasons"]), body
