@@ -2,7 +2,7 @@
 
 The emulated Docker Engine runs in its own process (`python -m bridge.emulator`), so serving
 13 MB of tasks does not share this process's GIL. The round is the bridge's own
-`DiscoveryLoop.run_round`: GET /tasks through the docker SDK, decode, `Roster.apply`, and
+`DiscoveryPipeline.run_round`: GET /tasks through the docker SDK, decode, `Roster.apply`, and
 `AgentRegistry.sync` on a real nats-server whose bucket already holds the 10,000 agents.
 
 Two kinds of round, each against its own emulator:
@@ -37,11 +37,12 @@ from nats.aio.client import Client as NATS
 
 from bridge.config import Settings
 from bridge.discovery.dns import DnsDiscovery
-from bridge.discovery.loop import DiscoveryLoop
 from bridge.discovery.methods import Discoverer
 from bridge.discovery.swarm import SwarmDiscovery
+from bridge.docker_api import DockerAPI
 from bridge.embedded import EmbeddedNats
 from bridge.metrics import Metrics
+from bridge.pipeline import DiscoveryPipeline
 from bridge.presence import Presence
 from bridge.registry import AgentRegistry
 from bridge.roster import Roster
@@ -136,7 +137,8 @@ async def _measure(bench: Bench, url: str, sock: str, warmup: int, rounds: int,
     names = Names(prefix="bench", agents_bucket="bench_agents")
     metrics = Metrics()
     nc = await nats.connect(url, name="bench-discovery")
-    swarm = SwarmDiscovery(settings)
+    api = DockerAPI(settings)
+    swarm = SwarmDiscovery(settings, api)
     raw = RawFetch(sock, settings)
     try:
         # Wired as the bridge wires them: presence decides on_bus, metrics are recorded.
@@ -147,7 +149,7 @@ async def _measure(bench: Bench, url: str, sock: str, warmup: int, rounds: int,
         roster = Roster((await registry.open()).values())
         discoverer = Discoverer(settings, swarm=swarm, dns=DnsDiscovery(settings),
                                 metrics=metrics)
-        loop = DiscoveryLoop(settings, discoverer, roster, registry)
+        loop = DiscoveryPipeline(settings, discoverer, roster, registry)
 
         started = time.perf_counter()
         await loop.run_round()
@@ -164,7 +166,7 @@ async def _measure(bench: Bench, url: str, sock: str, warmup: int, rounds: int,
 
         sdk = Series("sdk fetch (SwarmDiscovery.fetch_tasks)")
         rawf = Series("raw fetch (http.client, unix socket)")
-        whole = Series(f"round (DiscoveryLoop.run_round), {kind} list")
+        whole = Series(f"round (DiscoveryPipeline.run_round), {kind} list")
         stages = {k: Series(f"  stage: {k}") for k in ("fetch", "decode", "apply", "sync")}
         writes: list[int] = []
         decoded: list[int] = []
@@ -228,7 +230,7 @@ async def _measure(bench: Bench, url: str, sock: str, warmup: int, rounds: int,
         return ok
     finally:
         raw.close()
-        swarm.close()
+        api.close()
         await nc.drain()
 
 

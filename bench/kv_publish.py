@@ -33,7 +33,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig
 
 from bridge.config import Settings
-from bridge.discovery.swarm import SwarmDiscovery
+from bridge.discovery.tasks import TaskListDecoder
 from bridge.embedded import EmbeddedNats
 from bridge.emulator import EmulatedSwarm
 from bridge.emulator.filters import parse_filters
@@ -54,7 +54,7 @@ def emulated_agents(n: int) -> list[Agent]:
     swarm.add_tasks(n)
     filters = json.dumps({"service": [swarm.service], "desired-state": ["running"]})
     body = swarm.tasks_body(parse_filters(filters))
-    return list(SwarmDiscovery(Settings()).decode(body).agents)
+    return list(TaskListDecoder(Settings()).decode(body).agents)
 
 
 def bucket_config(nc: NATS, bucket: str) -> KeyValueConfig:

@@ -11,7 +11,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from bridge.agent_http import AgentHTTP
-from bridge.broadcast import Broadcaster, Target
+from bridge.broadcast import Broadcaster, Target, plan_targets
 from bridge.broadcast_api import BroadcastService
 from bridge.bus import connect
 from bridge.callout import Callout, CalloutKeys
@@ -19,14 +19,15 @@ from bridge.callout_agents import AgentAddresses
 from bridge.config import Settings
 from bridge.discovery.dns import DnsDiscovery
 from bridge.discovery.events import EventFollower
-from bridge.discovery.loop import DEBOUNCE, DiscoveryLoop
 from bridge.discovery.methods import Discoverer
 from bridge.discovery.swarm import SwarmDiscovery
+from bridge.docker_api import DockerAPI
 from bridge.embedded import EmbeddedNats
 from bridge.errors import DockerAPIError, NatsError
 from bridge.http_api import serve_http
 from bridge.leader import LeaderElection
 from bridge.metrics import Metrics
+from bridge.pipeline import DiscoveryPipeline
 from bridge.presence import Presence
 from bridge.registry import AgentRegistry
 from bridge.roster import Roster
@@ -35,6 +36,9 @@ from bridge.subjects import Names
 __all__ = ["Bridge", "nats_for"]
 
 log = structlog.get_logger(__name__)
+
+# Presence changes of a fleet joining at once are one sync.
+PRESENCE_DEBOUNCE = 0.1
 
 @contextlib.asynccontextmanager
 async def nats_for(settings: Settings, state_dir: Path | None = None) -> AsyncIterator[str]:
@@ -63,7 +67,7 @@ class Bridge:
         # Read at construction: a bad seed file stops the start with one line naming it.
         self._callout_keys = CalloutKeys.load(settings) if settings.auth_callout else None
         self.nc: NATS | None = None
-        self.loop: DiscoveryLoop | None = None
+        self.loop: DiscoveryPipeline | None = None
         self.registry: AgentRegistry | None = None
         self.presence: Presence | None = None
         self.broadcaster: Broadcaster | None = None
@@ -88,7 +92,8 @@ class Bridge:
 
     async def run(self, stop: asyncio.Event, nats_url: str) -> None:
         settings = self.settings
-        swarm = SwarmDiscovery(settings) if settings.docker_active else None
+        docker_api = DockerAPI(settings) if settings.docker_active else None
+        swarm = SwarmDiscovery(settings, docker_api) if docker_api else None
         log.info("bridge_starting", method=settings.discovery_method,
                  docker=settings.docker_active, service=settings.service_name,
                  networks=",".join(settings.network_names), bucket=settings.kv_bucket)
@@ -104,8 +109,8 @@ class Bridge:
                 await self._open(nc, http, swarm)
                 await self._serve(stop, swarm)
         finally:
-            if swarm is not None:
-                swarm.close()
+            if docker_api is not None:
+                docker_api.close()
         log.info("bridge_stopped")
 
     async def _open(self, nc: NATS, http: AgentHTTP,
@@ -120,7 +125,7 @@ class Bridge:
         presence.changed = self._presence_changed.set
         self.registry, self.presence = registry, presence
         await presence.open()
-        self._discoverer = Discoverer(self.settings, swarm=swarm, dns=self._dns, http=http.client,
+        self._discoverer = Discoverer(self.settings, swarm=swarm, dns=self._dns, http=http,
                                       metrics=self.metrics)
         self.broadcaster = Broadcaster(nc, self.names, self.settings, http, self.targets,
                                        metrics=self.metrics)
@@ -162,7 +167,7 @@ class Bridge:
     async def _lead(self, swarm: SwarmDiscovery | None) -> None:
         assert self.registry and self.nc and self.broadcaster and self._discoverer
         roster = Roster((await self.registry.open()).values())
-        self.loop = DiscoveryLoop(self.settings, self._discoverer, roster, self.registry)
+        self.loop = DiscoveryPipeline(self.settings, self._discoverer, roster, self.registry)
         api = BroadcastService(self.nc, self.names, self.broadcaster, metrics=self.metrics)
         if swarm is not None:
             await self._check_engine(swarm)
@@ -172,16 +177,16 @@ class Bridge:
             tg.create_task(api.run(), name="broadcast-api")
             tg.create_task(self.registry.run(), name="registry-audit")
             if swarm is not None and self.follow_events:
-                follower = EventFollower(swarm, self.settings.service_name, self.loop.trigger)
+                follower = EventFollower(swarm, self.loop.trigger)
                 tg.create_task(follower.run(), name="docker-events")
 
-    async def _follow_presence(self, loop: DiscoveryLoop) -> None:
+    async def _follow_presence(self, loop: DiscoveryPipeline) -> None:
         """Re-publish on_bus flags when presence changes (not a discovery round)."""
         assert self.registry is not None
         await loop.first_round.wait()
         while True:
             await self._presence_changed.wait()
-            await asyncio.sleep(DEBOUNCE)  # an agent fleet joining at once is one sync
+            await asyncio.sleep(PRESENCE_DEBOUNCE)
             self._presence_changed.clear()
             result = await self.registry.sync()
             if result.writes:
@@ -192,14 +197,7 @@ class Bridge:
     def targets(self) -> list[Target]:
         """Every agent to reach: the bucket's agents and the agents on the bus only."""
         assert self.registry is not None and self.presence is not None
-        agents = list(self.registry.published.values())
-        matched = self.presence.match(agents)
-        targets = [Target(agent_id=a.id, endpoint=a.endpoint, healthy=a.healthy,
-                          bus_id=e.agent_id if (e := matched.by_agent.get(a.id)) else None)
-                   for a in agents]
-        targets += [Target(agent_id=e.agent_id, endpoint=e.endpoint, bus_id=e.agent_id)
-                    for e in matched.bus_only]
-        return targets
+        return plan_targets(self.registry.published.values(), self.presence.present_ids())
 
     def health(self) -> tuple[bool, dict[str, object]]:
         """Healthy when NATS is connected and a round succeeded within 3 poll intervals."""

@@ -1,13 +1,19 @@
 """The broadcaster: a council opportunity reaches every agent, over the bus or by HTTP.
 
-1. The opportunity is published on `<prefix>.council.opportunities` with a reply inbox; agents on
-   the bus ack there. Acks are gathered until every agent on the bus has acked, or
-   BRIDGE_BUS_ACK_WAIT passes.
-2. Every agent not on the bus, and every bus agent that did not ack, gets an HTTP POST (one pooled
-   client, BRIDGE_HTTP_CONCURRENCY in flight, BRIDGE_HTTP_TIMEOUT each, `Idempotency-Key`, one
-   retry on a connection error). A role claim in the answer is republished on the claims subject.
+1. The opportunity is published on `<prefix>.council.opportunities`; agents on the bus ack on
+   `<prefix>.council.<id>.acks.<agent id>`. Acks are gathered until every agent on the bus has
+   acked, or BRIDGE_BUS_ACK_WAIT passes.
+2. Every discovered agent not on the bus, and every one on the bus that did not ack, gets an
+   HTTP POST at its discovered endpoint (one pooled client, BRIDGE_HTTP_CONCURRENCY in flight,
+   BRIDGE_HTTP_TIMEOUT each, `Idempotency-Key`, one retry when no answer came). A role claim in
+   the answer is republished on `<prefix>.council.<id>.claims.<agent id>` of the agent that
+   answered.
 3. The report counts each agent once, whatever paths reached it.
 Agents marked `healthy: false` are not called: they are reported as failed, "unhealthy".
+
+Trust (DESIGN.md): an ack counts for the agent its subject names, whatever its body says; the
+only URLs called are discovered endpoints (`Target.endpoint`, never a presence entry's); an agent
+is `via_bus` only by its own ack and `via_http` only by its own endpoint's 2xx.
 """
 
 from __future__ import annotations
@@ -15,24 +21,24 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
-import aiohttp
-import httpx
 import msgspec
 import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from bridge.agent_http import AgentHTTP
+from bridge.agent_http import AgentHTTP, AgentURL, PostHeaders, agent_url
 from bridge.config import Settings
+from bridge.errors import AgentHTTPError
 from bridge.gc_tuning import fewer_collections
 from bridge.metrics import Metrics
 from bridge.models import (
-    ACK_DECODER,
     CLAIM_DECODER,
+    Agent,
     BroadcastReport,
+    Claim,
     CouncilOpportunity,
     FailedDelivery,
     encode,
@@ -40,19 +46,33 @@ from bridge.models import (
 )
 from bridge.subjects import Names
 
-__all__ = ["Broadcaster", "Target"]
+__all__ = ["Broadcaster", "Target", "plan_targets"]
 
 log = structlog.get_logger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """One agent to reach. `bus_id` is its presence id when it is on the bus."""
+    """One agent to reach. `endpoint` is the one discovery found (None: an agent on the bus
+    only, never called by HTTP); `on_bus`: its presence entry is live, so an ack is awaited."""
 
     agent_id: str
     endpoint: str | None
-    bus_id: str | None = None
+    on_bus: bool = False
     healthy: bool | None = None
+
+
+def plan_targets(agents: Iterable[Agent], present: Iterable[str]) -> list[Target]:
+    """Every agent to reach: each discovered agent at its discovered endpoint (on the bus if
+    its id is a present key), then each present key that is no discovered agent, with no
+    endpoint. Nothing a presence entry says inside is used (DESIGN.md, "Trust")."""
+    present = set(present)
+    targets = [Target(agent_id=a.id, endpoint=a.endpoint, on_bus=a.id in present,
+                      healthy=a.healthy) for a in agents]
+    known = {t.agent_id for t in targets}
+    targets += [Target(agent_id=key, endpoint=None, on_bus=True)
+                for key in sorted(present - known)]
+    return targets
 
 
 @dataclasses.dataclass
@@ -61,20 +81,6 @@ class _Delivery:
     via_http: set[str] = dataclasses.field(default_factory=set)
     failed: dict[str, FailedDelivery] = dataclasses.field(default_factory=dict)
     unregistered_acks: int = 0
-
-
-def _error_text(exc: BaseException) -> str:
-    cause = exc.__cause__
-    if isinstance(exc, httpx.TimeoutException | TimeoutError) and not isinstance(
-            cause, aiohttp.ClientConnectionError | OSError):
-        return "timeout"
-    if isinstance(cause, aiohttp.ServerDisconnectedError | ConnectionResetError) or isinstance(
-            exc, httpx.RemoteProtocolError | httpx.ReadError):
-        return "connection reset"
-    if isinstance(exc, httpx.ConnectError) or isinstance(cause, aiohttp.ClientConnectorError):
-        reason = str(cause or exc)
-        return f"connection failed: {reason}" if reason else "connection failed"
-    return f"{type(exc).__name__}: {exc}"
 
 
 class Broadcaster:
@@ -122,31 +128,30 @@ class Broadcaster:
 
     async def _over_bus(self, opportunity: CouncilOpportunity, payload: bytes,
                         targets: list[Target], result: _Delivery) -> None:
-        waiting = {t.bus_id: t.agent_id for t in targets if t.bus_id}
-        known = set(waiting)
-        inbox = self._nc.new_inbox()
+        waiting = {t.agent_id for t in targets if t.on_bus}
+        known = {t.agent_id for t in targets}
+        strangers: set[str] = set()
         everyone = asyncio.Event()
         if not waiting:
             everyone.set()
 
         async def on_ack(msg: Msg) -> None:
-            try:
-                ack = ACK_DECODER.decode(msg.data)
-            except msgspec.DecodeError:
+            # The subject names the agent; the body is that agent's word and decides nothing.
+            agent_id = self._names.agent_of(msg.subject, opportunity.id, "acks")
+            if agent_id is None:
                 return
-            if ack.opportunity_id != opportunity.id:
-                return
-            agent_id = waiting.pop(ack.agent_id, None)
-            if agent_id is not None:
-                result.via_bus.add(agent_id)
+            if agent_id in known:
+                result.via_bus.add(agent_id)  # its own ack, even if it was not seen on the bus
+                waiting.discard(agent_id)
                 if not waiting:
                     everyone.set()
-            elif ack.agent_id not in known:
-                result.unregistered_acks += 1  # a second ack of a known agent is not counted
+            elif agent_id not in strangers:
+                strangers.add(agent_id)
+                result.unregistered_acks += 1
 
-        sub = await self._nc.subscribe(inbox, cb=on_ack)
+        sub = await self._nc.subscribe(self._names.acks(opportunity.id), cb=on_ack)
         try:
-            await self._nc.publish(self._names.opportunities, payload, reply=inbox)
+            await self._nc.publish(self._names.opportunities, payload)
             # Without bus agents, an unregistered listener may still ack: keep the window short.
             wait = self._settings.bus_ack_wait if waiting else 0.0
             try:
@@ -172,8 +177,7 @@ class Broadcaster:
                     error="unhealthy: not called")
             elif not target.endpoint:
                 result.failed[target.agent_id] = FailedDelivery(
-                    agent_id=target.agent_id, endpoint=None,
-                    error="no ack on the bus and no endpoint")
+                    agent_id=target.agent_id, endpoint=None, error="no ack on the bus")
             else:
                 calls.append(target)
         # As many workers as calls may be in flight, each taking the next target: the tasks of
@@ -189,16 +193,16 @@ class Broadcaster:
                 group.create_task(worker())
 
     async def _post(self, opportunity: CouncilOpportunity, payload: bytes,
-                    headers: httpx.Headers, target: Target, result: _Delivery) -> None:
+                    headers: PostHeaders, target: Target, result: _Delivery) -> None:
         assert target.endpoint is not None
-        url = target.endpoint + self._settings.opportunity_path
         async with self._limit:
             started = time.perf_counter()
             try:
+                url = agent_url(target.endpoint, self._settings.opportunity_path)
                 status, body = await self._send(url, payload, headers)
-            except (httpx.HTTPError, OSError) as exc:
+            except AgentHTTPError as exc:
                 result.failed[target.agent_id] = FailedDelivery(
-                    agent_id=target.agent_id, endpoint=target.endpoint, error=_error_text(exc))
+                    agent_id=target.agent_id, endpoint=target.endpoint, error=exc.reason)
                 return
             finally:
                 if self._metrics is not None:
@@ -208,34 +212,36 @@ class Broadcaster:
                 agent_id=target.agent_id, endpoint=target.endpoint, error=f"HTTP {status}")
             return
         result.via_http.add(target.agent_id)
-        await self._republish_claim(opportunity, body)
+        await self._republish_claim(opportunity, target.agent_id, body)
 
-    async def _send(self, url: str, payload: bytes, headers: httpx.Headers) -> tuple[int, bytes]:
-        """POST once, and once more if the connection failed; the body is read up to 64 KiB.
-
-        Each attempt has BRIDGE_HTTP_TIMEOUT for the whole call, body included (AgentHTTP.post).
+    async def _send(self, url: AgentURL, payload: bytes,
+                    headers: PostHeaders) -> tuple[int, bytes]:
+        """POST once, and once more if no answer came (refused, reset); the body is read up
+        to 64 KiB. Each attempt has BRIDGE_HTTP_TIMEOUT for the whole call (AgentHTTP.post).
         """
-        for attempt in (1, 2):
-            try:
-                return await self._http.post(url, payload, headers)
-            except httpx.ConnectError:
-                if attempt == 2:
-                    raise
-            except httpx.TransportError as exc:
-                # aiohttp reports a refused or dropped connection as a connection error.
-                if attempt == 2 or not isinstance(exc.__cause__, aiohttp.ClientConnectionError):
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return await self._http.post(url, payload, headers)
+        except AgentHTTPError as exc:
+            if not exc.retryable:
+                raise
+        return await self._http.post(url, payload, headers)
 
-    async def _republish_claim(self, opportunity: CouncilOpportunity, body: bytes) -> None:
+    async def _republish_claim(self, opportunity: CouncilOpportunity, agent_id: str,
+                               body: bytes) -> None:
+        """A claim in an HTTP answer, on the claims subject of the agent that answered, and in
+        its name: whatever agent the body names, that is who claimed."""
         if not body.lstrip().startswith(b"{"):
             return
         try:
-            claim = CLAIM_DECODER.decode(body)
+            claimed = CLAIM_DECODER.decode(body)
         except msgspec.DecodeError:
             return  # an answer that is not a claim is just an acknowledgement
+        if claimed.agent_id != agent_id:
+            log.warning("claim_names_another_agent", opportunity_id=opportunity.id,
+                        agent_id=agent_id, named=claimed.agent_id[:128])
+        claim = Claim(role=claimed.role, agent_id=agent_id)
         try:
-            await self._nc.publish(self._names.claims(opportunity.id), encode(claim))
+            await self._nc.publish(self._names.claims(opportunity.id, agent_id), encode(claim))
         except (nats.errors.Error, OSError) as exc:
             log.warning("claim_republish_failed", opportunity_id=opportunity.id,
-                        agent_id=claim.agent_id, error=repr(exc))
+                        agent_id=agent_id, error=repr(exc))

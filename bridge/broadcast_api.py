@@ -2,19 +2,25 @@
 
 A request is validated before anything is sent: one that is not JSON, breaks the schema, or is
 larger than 64 KiB gets `{"error": ..., "field": ...}` back and reaches no agent. Requests are
-served concurrently, each in a task owned by the service's TaskGroup.
+served concurrently, each in a task owned by the service's TaskGroup. The endpoint belongs to
+the NATS micro service `chorus-bridge`, so `nats micro ls|info|stats` find it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.metadata
 import re
+import time
 
 import msgspec
 import nats.errors
 import structlog
+from nats import micro
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
+from nats.micro.request import Request
+from nats.micro.service import EndpointStats
 
 from bridge.broadcast import Broadcaster
 from bridge.metrics import Metrics
@@ -27,12 +33,16 @@ from bridge.models import (
 )
 from bridge.subjects import Names
 
-__all__ = ["BROADCAST_QUEUE", "BroadcastService", "validate_request"]
+__all__ = ["BROADCAST_QUEUE", "ENDPOINT_NAME", "SERVICE_NAME", "BroadcastService",
+           "validate_request"]
 
 log = structlog.get_logger(__name__)
 
 # Several bridges may subscribe; the queue group hands each request to one of them.
 BROADCAST_QUEUE = "chorus-bridge"
+# The NATS micro service (`nats micro ls`) and its one endpoint (DESIGN.md, "Running it").
+SERVICE_NAME = "chorus-bridge"
+ENDPOINT_NAME = "broadcast"
 _AT_PATH = re.compile(r" - at `(?P<path>[^`]*)`$")
 
 
@@ -55,8 +65,39 @@ def validate_request(data: bytes) -> CouncilOpportunity | ErrorReply:
         return ErrorReply(error=f"request is not valid JSON: {exc}", field="$")
 
 
+class _Counts:
+    """The endpoint's own counts: requests are answered from tasks, after nats.micro's
+    handler has returned, so its timing and error counts would miss them."""
+
+    def __init__(self) -> None:
+        self.requests = self.errors = 0
+        self.processing_ns = 0
+        self.last_error = ""
+
+    def done(self, started_ns: int, error: str | None = None) -> None:
+        self.requests += 1
+        self.processing_ns += time.perf_counter_ns() - started_ns
+        if error is not None:
+            self.errors += 1
+            self.last_error = error
+
+    def fill(self, stats: EndpointStats) -> dict[str, int]:
+        """The stats_handler of nats.micro: our counts into the STATS answer."""
+        stats.num_requests, stats.num_errors = self.requests, self.errors
+        stats.processing_time = self.processing_ns
+        stats.average_processing_time = self.processing_ns // max(self.requests, 1)
+        stats.last_error = self.last_error or None
+        return {"refused": self.errors}
+
+
 class BroadcastService:
-    """Answers broadcast requests with a BroadcastReport or an ErrorReply."""
+    """The NATS micro service `chorus-bridge`, endpoint `broadcast`: answers each request with
+    a BroadcastReport, or refuses it with an ErrorReply and the micro error headers
+    (Nats-Service-Error-Code 400 for a bad request, 500 for a failure of the bridge).
+
+    Its endpoint is in queue group `chorus-bridge`, and the service runs only while this
+    bridge leads, so one bridge answers each request and `nats micro ls` shows the leader.
+    """
 
     def __init__(self, nc: NATS, names: Names, broadcaster: Broadcaster, *,
                  metrics: Metrics | None = None) -> None:
@@ -64,45 +105,76 @@ class BroadcastService:
         self._names = names
         self._broadcaster = broadcaster
         self._metrics = metrics
+        self._counts = _Counts()
         self.subscribed = asyncio.Event()
 
     async def run(self) -> None:
-        sub = await self._nc.subscribe(self._names.broadcast, queue=BROADCAST_QUEUE)
-        self.subscribed.set()
-        log.info("broadcast_api_ready", subject=self._names.broadcast)
+        """Serve until cancelled; the service is gone from the bus when this returns."""
+        service = await micro.add_service(
+            self._nc, name=SERVICE_NAME, version=_version(), queue_group=BROADCAST_QUEUE,
+            description="Council opportunities to every agent, over the bus or HTTP",
+            metadata={"prefix": self._names.prefix}, stats_handler=self._counts.fill)
         try:
             async with asyncio.TaskGroup() as tg:
-                async for msg in sub.messages:
-                    tg.create_task(self._handle(msg))
+                async def handle(request: Request) -> None:
+                    # Returns at once: a broadcast takes seconds and must not hold up the next.
+                    tg.create_task(self._handle(request))
+
+                await service.add_endpoint(name=ENDPOINT_NAME, subject=self._names.broadcast,
+                                           handler=handle)
+                self.subscribed.set()
+                log.info("broadcast_api_ready", subject=self._names.broadcast,
+                         service=SERVICE_NAME, service_id=service.id)
+                await asyncio.Event().wait()  # until cancelled
         finally:
             self.subscribed.clear()
-            await sub.unsubscribe()
+            with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
+                await asyncio.wait_for(service.stop(), 5.0)
 
-    async def _handle(self, msg: Msg) -> None:
-        request = validate_request(msg.data)
-        if isinstance(request, ErrorReply):
-            log.info("broadcast_refused", error=request.error, field=request.field)
+    async def _handle(self, request: Request) -> None:
+        started = time.perf_counter_ns()
+        opportunity = validate_request(request.data)
+        if isinstance(opportunity, ErrorReply):
+            log.info("broadcast_refused", error=opportunity.error, field=opportunity.field)
             self._count("refused")
-            await self._reply(msg, encode(request))
+            self._counts.done(started, opportunity.error)
+            await self._reply(request, encode(opportunity), code="400",
+                              description=opportunity.error)
             return
         try:
-            report = await self._broadcaster.broadcast(request)
+            report = await self._broadcaster.broadcast(opportunity)
         except Exception as exc:  # a bug must cost this request, never the bridge
-            log.exception("broadcast_failed", opportunity_id=request.id)
+            log.exception("broadcast_failed", opportunity_id=opportunity.id)
             self._count("error")
-            await self._reply(msg, encode(ErrorReply(error=f"broadcast failed: {exc!r}")))
+            self._counts.done(started, repr(exc))
+            error = ErrorReply(error=f"broadcast failed: {exc!r}")
+            await self._reply(request, encode(error), code="500", description=error.error)
             return
         self._count("ok")
-        await self._reply(msg, encode(report))
+        self._counts.done(started)
+        await self._reply(request, encode(report))
 
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:
             self._metrics.broadcasts.labels(outcome=outcome).inc()
 
-    async def _reply(self, msg: Msg, data: bytes) -> None:
-        if not msg.reply:
-            return  # a publish without a reply inbox: nobody to answer
+    async def _reply(self, request: Request, data: bytes, *, code: str | None = None,
+                     description: str = "") -> None:
         try:
-            await msg.respond(data)
+            if code is None:
+                await request.respond(data)
+            else:
+                # Header values are one line: the description is the error's first line.
+                first = description.splitlines()[0] if description else "refused"
+                await request.respond_error(code, first, data=data)
+        except ValueError:
+            return  # a publish without a reply inbox: nobody to answer
         except (nats.errors.Error, OSError) as exc:
             log.warning("broadcast_reply_failed", error=repr(exc))
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("chorus-bridge")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0"

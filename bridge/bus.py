@@ -13,6 +13,7 @@ from nats.aio.client import Client as NATS
 
 from bridge.config import Settings
 from bridge.errors import NatsError
+from bridge.redact import redact_url
 
 __all__ = ["connect", "nats_auth", "nats_servers"]
 
@@ -86,8 +87,8 @@ async def connect(settings: Settings, url: str, *, name: str = "chorus-bridge",
                         "credentials (NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_CREDS)") from exc
     # From now on, never give up: nats-py reads this option at each reconnect.
     nc.options["max_reconnect_attempts"] = -1
-    log.info("nats_connected", url=url, server=nc.connected_url.netloc if nc.connected_url
-             else None)
+    log.info("nats_connected", url=redact_url(url),
+             server=nc.connected_url.netloc.rpartition("@")[2] if nc.connected_url else None)
     if on_state is not None:
         on_state(True)
     try:

@@ -14,8 +14,9 @@ import click
 import structlog
 
 from bridge.config import Settings, load_settings, unknown_variables
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, BridgeUnavailableError, ConfigError, NatsError
 from bridge.logs import configure_logging
+from bridge.redact import redact_text
 
 __all__ = ["main"]
 
@@ -64,10 +65,49 @@ def build_settings(flags: dict[str, Any], **defaults: str) -> Settings:
     return settings
 
 
+# Exit statuses (DESIGN.md, "Running it"): 0 and 1 are the command's own answer (for
+# `broadcast`: every agent reached, some not), 2 the bridge refused the request.
+EXIT_FAILED = 1
+EXIT_NO_ANSWER = 3  # NATS unreachable, permission denied, no bridge serving
+EXIT_USAGE = 64  # a missing file, a bad flag or variable (sysexits.h EX_USAGE)
+
+
+def exit_status(exc: BaseException) -> int:
+    """The exit status a failure ends a command with."""
+    if isinstance(exc, ConfigError | click.UsageError):
+        return EXIT_USAGE
+    if isinstance(exc, NatsError | BridgeUnavailableError):
+        return EXIT_NO_ANSWER
+    return EXIT_FAILED
+
+
 def fail(exc: BaseException) -> Any:
-    """One line on stderr, exit status 1."""
-    click.echo(f"chorus-bridge: {type(exc).__name__}: {exc}", err=True)
-    sys.exit(1)
+    """One line on stderr (never a password, never a traceback), then the exit status."""
+    text = " ".join(str(exc).split()) or "(no detail)"
+    click.echo(redact_text(f"chorus-bridge: {type(exc).__name__}: {text}"), err=True)
+    sys.exit(exit_status(exc))
+
+
+class _Commands(click.Group):
+    """The command group, with DESIGN.md's exit statuses for usage errors (64, not click's 2)
+    and one line for any failure a command did not foresee."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            status = super().main(*args, **kwargs)
+        except click.UsageError as exc:
+            exc.show()
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as exc:  # e.g. a FILE that cannot be opened
+            exc.show()
+            sys.exit(EXIT_USAGE)
+        except click.Abort:
+            click.echo("chorus-bridge: aborted", err=True)
+            sys.exit(130)
+        except Exception as exc:  # a bug: still one line, never a traceback
+            fail(exc)
+        sys.exit(status if isinstance(status, int) else 0)
 
 
 def run_until_signal(make: Callable[[asyncio.Event], Coroutine[Any, Any, Any]]) -> Any:
@@ -86,15 +126,16 @@ def run_until_signal(make: Callable[[asyncio.Event], Coroutine[Any, Any, Any]]) 
         error: BaseException = exc
     except BaseExceptionGroup as group:  # a TaskGroup's failure
         matched, _ = group.split(BridgeError)
-        if matched is None:
-            raise
-        error = matched.exceptions[0]
+        error = (matched or group).exceptions[0]
         while isinstance(error, BaseExceptionGroup):
             error = error.exceptions[0]
+    except Exception as exc:  # a bug: still one line; BRIDGE_LOG_LEVEL=debug has more
+        error = exc
     return fail(error)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=_Commands,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="chorus-bridge")
 def main() -> None:
     """chorus-bridge: every replica of a Swarm service of agents, on a NATS bus.
@@ -133,6 +174,9 @@ def _client_settings(nats_url: str | None, prefix: str | None, bucket: str | Non
 
 
 def client_options(func: F) -> F:
+    func = click.option("--inbox-prefix", default=None,
+                        help="Inbox prefix of the NATS user (default: _INBOX.agent for user "
+                             "agent, _INBOX.bridge for bridge, else _INBOX.coord).")(func)
     func = click.option("--bucket", default=None,
                         help="The agents bucket [env BRIDGE_KV_BUCKET].")(func)
     func = click.option("--prefix", default=None,
@@ -144,23 +188,33 @@ def client_options(func: F) -> F:
 @main.command()
 @client_options
 @click.option("--json", "as_json", is_flag=True, help="Print the agents as a JSON array.")
-def agents(nats_url: str | None, prefix: str | None, bucket: str | None, as_json: bool) -> None:
-    """Print the agents bucket as a table (or JSON)."""
+def agents(nats_url: str | None, prefix: str | None, bucket: str | None,
+           inbox_prefix: str | None, as_json: bool) -> None:
+    """Print the agents bucket as a table (or JSON).
+
+    Exit status: 0 printed, 3 NATS or the bucket could not be had (or was denied), 64 usage.
+    """
     from bridge.commands import print_agents
 
     settings = _client_settings(nats_url, prefix, bucket)
-    run_until_signal(lambda stop: print_agents(settings, as_json=as_json))
+    run_until_signal(lambda stop: print_agents(settings, as_json=as_json,
+                                               inbox_prefix=inbox_prefix))
 
 
 @main.command()
 @client_options
 @click.option("--json", "as_json", is_flag=True, help="Print each announcement as JSON.")
-def watch(nats_url: str | None, prefix: str | None, bucket: str | None, as_json: bool) -> None:
-    """Print announcements (joined, updated, left) as they come, until Ctrl-C."""
+def watch(nats_url: str | None, prefix: str | None, bucket: str | None,
+          inbox_prefix: str | None, as_json: bool) -> None:
+    """Print announcements (joined, updated, left) as they come, until Ctrl-C.
+
+    Exit status: 0 after Ctrl-C, 3 NATS could not be had (or was denied), 64 usage.
+    """
     from bridge.commands import watch_announcements
 
     settings = _client_settings(nats_url, prefix, bucket)
-    run_until_signal(lambda stop: watch_announcements(settings, stop, as_json=as_json))
+    run_until_signal(lambda stop: watch_announcements(settings, stop, as_json=as_json,
+                                                      inbox_prefix=inbox_prefix))
 
 
 @main.command()
@@ -169,19 +223,20 @@ def watch(nats_url: str | None, prefix: str | None, bucket: str | None, as_json:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="Seconds to wait for the report.")
-def broadcast(nats_url: str | None, prefix: str | None, bucket: str | None, file: Any,
-              as_json: bool, timeout: float) -> None:
+def broadcast(nats_url: str | None, prefix: str | None, bucket: str | None,
+              inbox_prefix: str | None, file: Any, as_json: bool, timeout: float) -> None:
     """Send a council opportunity (JSON from FILE, or - for stdin) through a running bridge.
 
-    Prints the report: who got it via the bus, via HTTP, and who did not. Exit status: 0 when
-    every agent was reached, 1 when some were not, 2 when the request was refused.
+    Prints the report: who got it via the bus, via HTTP, and who did not. Exit status: 0 every
+    agent was reached, 1 some were not, 2 the bridge refused the request, 3 no answer could be
+    had (NATS unreachable, permission denied, no bridge serving), 64 a usage error.
     """
     from bridge.commands import send_broadcast
 
     settings = _client_settings(nats_url, prefix, bucket)
     data = file.read()
-    status = run_until_signal(
-        lambda stop: send_broadcast(settings, data, timeout=timeout, as_json=as_json))
+    status = run_until_signal(lambda stop: send_broadcast(
+        settings, data, timeout=timeout, as_json=as_json, inbox_prefix=inbox_prefix))
     sys.exit(status)
 
 
@@ -190,27 +245,48 @@ def broadcast(nats_url: str | None, prefix: str | None, bucket: str | None, file
               help="Simulated agents (tasks of the emulated service).")
 @click.option("--on-bus", type=click.IntRange(0, 10_000), default=17, show_default=True,
               help="How many of them are also on the bus (the rest are HTTP only).")
-def demo(agents: int, on_bus: int) -> None:
+@click.option("--keep", is_flag=True,
+              help="Keep everything running after the broadcast, and print the nats commands "
+                   "to explore it, until Ctrl-C.")
+def demo(agents: int, on_bus: int, keep: bool) -> None:
     """The whole story on one machine: discovery, presence, a broadcast, its report.
 
     Starts an embedded nats-server, an emulated Docker Engine API serving a service of
     AGENTS tasks with loopback addresses, AGENTS simulated agents (ON-BUS of them on NATS),
     and the real bridge; then sends one council opportunity and prints who got it and who
-    claimed the core roles. Ctrl-C stops it cleanly.
+    claimed each role. Ctrl-C stops it cleanly.
     """
     from bridge.demo import run_demo
 
     if on_bus > agents:
         fail(click.BadParameter(f"--on-bus {on_bus} is more than --agents {agents}"))
     configure_logging("console", "WARNING")
-    try:
-        result = asyncio.run(run_demo(agents, on_bus))
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except BridgeError as exc:
-        fail(exc)
+    if keep:
+        result = run_until_signal(lambda stop: run_demo(agents, on_bus, keep=stop))
+    else:
+        try:
+            result = asyncio.run(run_demo(agents, on_bus))
+        except KeyboardInterrupt:
+            sys.exit(130)
+        except BridgeError as exc:
+            fail(exc)
     report = result.report
     sys.exit(0 if report and report.success_count == report.total_agents else 1)
+
+
+@main.command()
+@click.option("--prefix", default=None, help="Subject prefix [env BRIDGE_SUBJECT_PREFIX].")
+@click.option("--bucket", default=None, help="The agents bucket [env BRIDGE_KV_BUCKET].")
+def asyncapi(prefix: str | None, bucket: str | None) -> None:
+    """Print the AsyncAPI 3.0 document of every subject, bucket and payload (YAML).
+
+    Generated from the wire models; docs/asyncapi.yaml is its output for the default names.
+    """
+    from bridge.asyncapi import asyncapi_yaml
+    from bridge.subjects import Names
+
+    settings = _client_settings(None, prefix, bucket)
+    click.echo(asyncapi_yaml(Names.from_settings(settings)), nl=False)
 
 
 @main.command("sim-agent")

@@ -8,14 +8,12 @@ from collections.abc import AsyncIterator
 
 import click
 import msgspec
-import nats
 import nats.errors
 import nats.js.errors
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
-from bridge.bus import nats_auth, nats_servers
+from bridge.cli_client import Session, open_session
 from bridge.config import Settings
 from bridge.errors import BridgeUnavailableError, NatsError
 from bridge.models import (
@@ -26,39 +24,29 @@ from bridge.models import (
     decode_reply,
     encode,
 )
+from bridge.redact import redact_text, redact_url
 from bridge.registry import read_bucket
 from bridge.subjects import Names
 
-__all__ = [
-    "client", "print_agents", "read_agents", "send_broadcast", "watch_announcements",
-]
+__all__ = ["print_agents", "read_agents", "send_broadcast", "watch_announcements"]
 
-DEFAULT_CLIENT_URL = "nats://127.0.0.1:4222"
+
+def _names_of(names: Names) -> tuple[str, ...]:
+    """The names a refused subject may contain, to give it back its case."""
+    return (names.prefix, names.agents_bucket, names.presence_bucket, names.leader_bucket,
+            names.announce, names.broadcast)
 
 
 @contextlib.asynccontextmanager
-async def client(settings: Settings, *, inbox_prefix: str = "_INBOX.coord") -> AsyncIterator[NATS]:
-    """A short-lived client for a command; fails fast with a clear error."""
-    url = settings.nats_url or DEFAULT_CLIENT_URL
-    errors: list[str] = []
-
-    async def on_error(exc: Exception) -> None:
-        # Collected for the one line below, instead of nats-py's logged traceback.
-        errors.append(str(exc) or type(exc).__name__)
-
-    try:
-        nc = await nats.connect(nats_servers(url), connect_timeout=2, max_reconnect_attempts=1,
-                                allow_reconnect=False, inbox_prefix=inbox_prefix,
-                                name="chorus-bridge-cli", error_cb=on_error,
-                                **nats_auth(settings))
-    except (nats.errors.Error, OSError) as exc:
-        reason = errors[-1] if errors else repr(exc)
-        raise NatsError(f"cannot connect to NATS at {url} ({reason}); is a bridge or NATS "
-                        "running there? Set NATS_URL or --nats-url") from None
-    try:
-        yield nc
-    finally:
-        await nc.close()
+async def session(settings: Settings, names: Names,
+                  inbox_prefix: str | None) -> AsyncIterator[Session]:
+    """A Session whose NATS failures, whatever nats-py raises, are one NatsError line."""
+    async with open_session(settings, _names_of(names), inbox_prefix=inbox_prefix) as s:
+        try:
+            yield s
+        except (nats.errors.Error, TimeoutError) as exc:
+            text = redact_text(str(exc) or type(exc).__name__)
+            raise NatsError(f"NATS at {redact_url(s.url)} failed: {text}") from None
 
 
 async def read_agents(kv: KeyValue) -> list[Agent]:
@@ -83,15 +71,17 @@ def _table(agents: list[Agent]) -> str:
     return "\n".join(lines)
 
 
-async def print_agents(settings: Settings, *, as_json: bool) -> None:
+async def print_agents(settings: Settings, *, as_json: bool,
+                       inbox_prefix: str | None = None) -> None:
+    """Print the agents bucket; NatsError when it cannot be read."""
     names = Names.from_settings(settings)
-    async with client(settings) as nc:
+    async with session(settings, names, inbox_prefix) as s:
         try:
-            kv = await nc.jetstream().key_value(names.agents_bucket)
+            kv = await s.guard(s.nc.jetstream(timeout=5).key_value(names.agents_bucket))
         except nats.js.errors.BucketNotFoundError:
-            raise NatsError(f"no bucket {names.agents_bucket!r} on {nc.connected_url}: is the "
-                            "bridge running against this NATS?") from None
-        agents = await read_agents(kv)
+            raise NatsError(f"no bucket {names.agents_bucket!r} on {redact_url(s.url)}: is "
+                            "the bridge running against this NATS?") from None
+        agents = await s.guard(read_agents(kv))
     click.echo(msgspec.json.format(encode_list(agents)).decode() if as_json else _table(agents))
 
 
@@ -109,20 +99,22 @@ def _announcement_line(data: bytes) -> str | None:
             f"  on_bus={'yes' if a.on_bus else 'no'}")
 
 
-async def watch_announcements(settings: Settings, stop: asyncio.Event, *, as_json: bool) -> None:
+async def watch_announcements(settings: Settings, stop: asyncio.Event, *, as_json: bool,
+                              inbox_prefix: str | None = None) -> None:
     """Print each announcement as it arrives, until `stop` is set."""
     names = Names.from_settings(settings)
-    async with client(settings) as nc:
+    async with session(settings, names, inbox_prefix) as s:
 
         async def show(msg: Msg) -> None:
             line = msg.data.decode(errors="replace") if as_json else _announcement_line(msg.data)
             if line is not None:
                 click.echo(line)
 
-        sub = await nc.subscribe(names.announce, cb=show)
-        where = nc.connected_url.netloc if nc.connected_url else ""
-        click.echo(f"watching {names.announce} on {where} (Ctrl-C to stop)", err=True)
-        await stop.wait()
+        sub = await s.nc.subscribe(names.announce, cb=show)
+        await s.settle()
+        click.echo(f"watching {names.announce} on {redact_url(s.url)} (Ctrl-C to stop)",
+                   err=True)
+        await s.guard(stop.wait())
         await sub.unsubscribe()
 
 
@@ -141,17 +133,18 @@ def _report_table(report: BroadcastReport) -> str:
 
 
 async def send_broadcast(settings: Settings, data: bytes, *, timeout: float,
-                         as_json: bool) -> int:
-    """Send an opportunity through a running bridge; returns the exit status."""
+                         as_json: bool, inbox_prefix: str | None = None) -> int:
+    """Send an opportunity through a running bridge; returns the exit status (0 every agent
+    reached, 1 some not, 2 refused). NatsError or BridgeUnavailableError when no answer could
+    be had."""
     names = Names.from_settings(settings)
-    async with client(settings) as nc:
+    async with session(settings, names, inbox_prefix) as s:
         try:
-            msg = await nc.request(names.broadcast, data, timeout=timeout)
+            msg = await s.guard(s.nc.request(names.broadcast, data, timeout=timeout))
         except nats.errors.NoRespondersError:
-            url = settings.nats_url or DEFAULT_CLIENT_URL
             raise BridgeUnavailableError(
-                f"no bridge is serving {names.broadcast} on {url}: is `chorus-bridge run` "
-                "running against this NATS?") from None
+                f"no bridge is serving {names.broadcast} on {redact_url(s.url)}: is "
+                "`chorus-bridge run` running against this NATS?") from None
         except nats.errors.TimeoutError:
             raise BridgeUnavailableError(
                 f"no answer on {names.broadcast} within {timeout:g}s; raise --timeout, "

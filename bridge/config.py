@@ -36,7 +36,8 @@ Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Token = Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9_-]+$")]
 # JetStream keeps at most 5 replicas of a stream.
 Replicas = Annotated[int, msgspec.Meta(ge=1, le=5)]
-UrlPath = Annotated[str, msgspec.Meta(pattern=r"^/\S*$")]
+# A path and nothing more: a query or a fragment would change the URL agents are posted to.
+UrlPath = Annotated[str, msgspec.Meta(pattern=r"^/[^\s?#]*$")]
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -145,10 +146,14 @@ def _endpoint(name: str, raw: str) -> str:
         port = None
     if parts.scheme not in {"http", "https"} or not parts.hostname or port is None:
         raise ConfigError(name, raw, "each endpoint must look like http://host:port")
-    if parts.username is not None or parts.password is not None or parts.query \
-            or parts.fragment or parts.path not in {"", "/"} or "#" in raw or "?" in raw:
-        raise ConfigError(name, raw, f"endpoint {raw.strip()!r} has user info, a path, a query "
-                          "or a fragment; an endpoint is http://host:port and nothing more")
+    # DESIGN.md, "Trust": an endpoint is scheme, host and port. User info, a query, a fragment
+    # or a path would choose the URL the opportunity is posted to (a `#` drops the path).
+    if "@" in parts.netloc:
+        shown = f"{parts.scheme}://***@{parts.netloc.rpartition('@')[2]}"  # no password shown
+        raise ConfigError(name, shown, "an endpoint has no user info: http://host:port")
+    if "?" in raw or "#" in raw or parts.path not in {"", "/"}:
+        raise ConfigError(name, raw, "an endpoint has no path, query or fragment: "
+                          "http://host:port")
     return f"{parts.scheme}://{parts.netloc}"
 
 

@@ -20,6 +20,7 @@ import click
 import nats
 import structlog
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from bridge.app import Bridge
 from bridge.config import Settings
@@ -35,7 +36,7 @@ from bridge.models import (
     decode_reply,
     encode,
 )
-from bridge.sim import SimFleet, allocate_addresses
+from bridge.sim import SimAgent, SimFleet, allocate_addresses
 from bridge.subjects import Names
 
 __all__ = ["DemoResult", "run_demo"]
@@ -53,14 +54,22 @@ OPPORTUNITY = CouncilOpportunity(
 
 
 class DemoResult:
-    """What the demo saw, for its caller (and its tests)."""
+    """What the demo saw, for its caller (and its tests). `claims`: role -> the agents that
+    claimed it, in the order their claims arrived."""
 
     def __init__(self) -> None:
         self.discovered = 0
         self.discovery_ms = 0.0
         self.on_bus = 0
         self.report: BroadcastReport | None = None
-        self.claims: dict[str, str] = {}
+        self.claims: dict[str, list[str]] = {}
+        self.nats_url = ""
+
+
+def claim_every_role(agent: SimAgent, opportunity: CouncilOpportunity) -> str | None:
+    """Agent i claims role i, core roles first: a fleet fills the core roles, then the others."""
+    roles = sorted(opportunity.roles, key=lambda role: not role.core)
+    return roles[agent.index].name if agent.index < len(roles) else None
 
 
 Say = Callable[[str], None]
@@ -117,28 +126,34 @@ async def _stage(agents: int, on_bus: int, say: Say,
             say(f"Starting {agents} simulated agents ({on_bus} of them on the bus)...")
             fleet = await stack.enter_async_context(SimFleet(
                 agents, on_bus=on_bus, nats_url=server.url, names=names, base=AGENT_BASE,
-                task_ids=task_ids, progress=_Progress(say, agents)))
+                task_ids=task_ids, progress=_Progress(say, agents),
+                claim_policy=claim_every_role))
             yield server, swarm, docker_api, fleet, names
 
 
 async def _broadcast(nc: NATS, names: Names, result: DemoResult, say: Say) -> None:
-    claims: dict[str, str] = {}
+    claims: dict[str, list[str]] = {}
 
-    async def on_claim(msg: object) -> None:
-        claim = CLAIM_DECODER.decode(msg.data)  # type: ignore[attr-defined]
-        claims.setdefault(claim.role, claim.agent_id)
+    async def on_claim(msg: Msg) -> None:
+        # <prefix>.council.<id>.claims[.<agent id>]: the id in the subject is the one that counts.
+        tokens = msg.subject.split(".")
+        if len(tokens) < 4 or tokens[3] != "claims":
+            return
+        claim = CLAIM_DECODER.decode(msg.data)
+        agent_id = tokens[4] if len(tokens) > 4 else claim.agent_id
+        claims.setdefault(claim.role, []).append(agent_id)
 
-    sub = await nc.subscribe(names.claims(OPPORTUNITY.id), cb=on_claim)
+    sub = await nc.subscribe(f"{names.prefix}.council.{OPPORTUNITY.id}.>", cb=on_claim)
     say(f"\nBroadcast of {OPPORTUNITY.id!r} ({', '.join(r.name for r in OPPORTUNITY.roles)}) "
         f"through {names.broadcast}...")
     msg = await nc.request(names.broadcast, encode(OPPORTUNITY), timeout=STEP_TIMEOUT)
     reply = decode_reply(msg.data)
     if isinstance(reply, ErrorReply):
         raise BridgeError(f"the bridge refused the demo's opportunity: {reply.error}")
-    core = [r.name for r in OPPORTUNITY.roles if r.core]
+    wanted = [r.name for r in OPPORTUNITY.roles][:result.discovered]
     await nc.flush()
     with contextlib.suppress(BridgeError):
-        await _until(lambda: all(role in claims for role in core), "the core roles' claims")
+        await _until(lambda: all(role in claims for role in wanted), "the roles' claims")
     await sub.unsubscribe()
     result.report, result.claims = reply, claims
     say(f"  reached {reply.success_count} of {reply.total_agents} agents in "
@@ -146,12 +161,35 @@ async def _broadcast(nc: NATS, names: Names, result: DemoResult, say: Say) -> No
         f"{len(reply.failed)} failed")
     for failure in reply.failed:
         say(f"    failed: {failure.agent_id} {failure.endpoint} ({failure.error})")
-    for role in core:
-        say(f"  core role {role:<26} claimed by {claims.get(role, '(nobody)')}")
+    for role in OPPORTUNITY.roles:
+        kind = "core role" if role.core else "role     "
+        by = ", ".join(claims.get(role.name, [])) or "(nobody)"
+        say(f"  {kind} {role.name:<26} claimed by {by}")
 
 
-async def run_demo(agents: int = 34, on_bus: int = 17, *, say: Say = _say) -> DemoResult:
-    """Run the demo; returns what it saw."""
+_NEXT = '{"id": "council-43", "roles": [{"name": "tpm", "core": true}]}'
+_NATS_COMMANDS = ("kv ls chorus_agents", "kv get chorus_agents {first_id}",
+                  "kv watch chorus_presence", "kv get chorus_bridge leader",
+                  "sub chorus.agents.announce", "sub 'chorus.council.>'", "micro ls",
+                  "micro stats chorus-bridge", f"req chorus.bridge.broadcast '{_NEXT}'")
+
+
+def _explore(url: str, http_port: int | None, first_id: str, say: Say) -> None:
+    """The commands to explore the running demo with."""
+    lines = ["", "The demo keeps running until Ctrl-C. Explore it with the nats CLI:"]
+    lines += [f"  nats --server {url} " + c.replace("{first_id}", first_id) for c in _NATS_COMMANDS]
+    lines += ["or with this command:", f"  NATS_URL={url} chorus-bridge agents",
+              f"  NATS_URL={url} chorus-bridge watch",
+              f"  echo '{_NEXT}' | NATS_URL={url} chorus-bridge broadcast -",
+              f"and the bridge's own HTTP: http://127.0.0.1:{http_port}/healthz and /metrics"]
+    for line in lines:
+        say(line)
+
+
+async def run_demo(agents: int = 34, on_bus: int = 17, *, say: Say = _say,
+                   keep: asyncio.Event | None = None) -> DemoResult:
+    """Run the demo; returns what it saw. With `keep`, everything stays up after the
+    broadcast, with the commands to explore it printed, until `keep` is set (Ctrl-C)."""
     if not 1 <= agents <= 10_000 or not 0 <= on_bus <= agents:
         raise BridgeError(f"--agents must be 1..10000 and --on-bus 0..agents "
                           f"(got {agents} and {on_bus})")
@@ -184,6 +222,11 @@ async def run_demo(agents: int = 34, on_bus: int = 17, *, say: Say = _say) -> De
                 f"{agents - result.on_bus} reachable by HTTP only")
             async with _client(server.url) as nc:
                 await _broadcast(nc, names, result, say)
+            result.nats_url = server.url
+            if keep is not None:
+                _explore(server.url, bridge.http_port, min(registry.published), say)
+                await keep.wait()
+                say("\nStopping...")
             halt.set()
         say("\nDone: the bridge, the agents, Docker's stand-in and NATS stopped cleanly.")
     return result

@@ -27,6 +27,8 @@ DEFAULT_PORT = 4222
 _READY = "Server is ready"
 _LISTEN_RE = re.compile(r"Listening for client connections on ([^\s]+):(\d+)")
 _START_TIMEOUT = 15.0
+# Failed restarts in a row before the embedded server is given up for dead.
+MAX_RESTARTS = 5
 
 
 def find_nats_server() -> str:
@@ -59,22 +61,34 @@ class EmbeddedNats:
     port=None means 4222 when it is free, else any free port; port=0 means any free port.
     env adds variables to the server's environment (a config file's $VARIABLES come from there).
     Its stderr is drained for its whole life, so a chatty server never blocks on a full pipe.
+
+    The server runs in a session of its own, so a Ctrl-C in the terminal reaches the bridge
+    only, and the bridge stops before its NATS. With supervise=True (the default), a server
+    that dies is started again on the same port and store; when it cannot be (MAX_RESTARTS
+    failures in a row), the task that opened the context is cancelled and the context exits
+    with EmbeddedServerError, so the process ends non-zero and its own supervisor takes over.
     """
 
     def __init__(self, *, port: int | None = None, store_dir: Path | None = None,
                  host: str = "127.0.0.1", config_file: Path | None = None,
                  extra_args: tuple[str, ...] = (),
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, supervise: bool = True) -> None:
         self._host = host
         self._requested_port = port
         self._store_dir = store_dir
         self._config_file = config_file
         self._extra_args = extra_args
         self._env = dict(env) if env is not None else None
+        self._supervise = supervise
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._drain: asyncio.Task[None] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._owner: asyncio.Task[object] | None = None
+        self._fatal: EmbeddedServerError | None = None
+        self._stopping = False
         self.port = 0
+        self.restarts = 0
         self.lines: list[str] = []
 
     @property
@@ -86,6 +100,11 @@ class EmbeddedNats:
         assert self._store_dir is not None, "the server is not started"
         return self._store_dir
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id (a new one after each restart)."""
+        return self._proc.pid if self._proc is not None else None
+
     def _choose_port(self) -> int:
         if self._requested_port is None:
             return DEFAULT_PORT if _port_is_free(self._host, DEFAULT_PORT) else -1
@@ -95,23 +114,34 @@ class EmbeddedNats:
         if self._store_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="chorus-bridge-nats-")
             self._store_dir = Path(self._tmp.name)
-        args = [find_nats_server(), "-a", self._host, "-p", str(self._choose_port()),
+        try:
+            await self._start(self._choose_port())
+        except EmbeddedServerError:
+            self._cleanup_tmp()
+            raise
+        if self._supervise:
+            self._owner = asyncio.current_task()
+            self._supervisor = asyncio.create_task(self._watch(), name="nats-supervisor")
+        return self
+
+    async def _start(self, port: int) -> None:
+        """Start the server and wait until it is ready; EmbeddedServerError if it is not."""
+        args = [find_nats_server(), "-a", self._host, "-p", str(port),
                 "-js", "-sd", str(self._store_dir), *self._extra_args]
         if self._config_file is not None:
             args += ["-c", str(self._config_file)]
+        self.lines = []
         self._proc = await asyncio.create_subprocess_exec(
             *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True,
             env=None if self._env is None else {**os.environ, **self._env})
         try:
             await asyncio.wait_for(self._wait_ready(), _START_TIMEOUT)
         except (TimeoutError, EmbeddedServerError) as exc:
-            await self._stop()
+            await self._stop_process()
             tail = "\n".join(self.lines[-10:])
             raise EmbeddedServerError(f"nats-server did not start: {exc}\n{tail}") from None
-        self._drain = asyncio.create_task(self._drain_stderr())
-        return self
-
+        self._drain = asyncio.create_task(self._drain_stderr(self._proc))
     async def _wait_ready(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
         while True:
@@ -126,12 +156,49 @@ class EmbeddedNats:
             if _READY in line:
                 return
 
-    async def _drain_stderr(self) -> None:
-        assert self._proc is not None and self._proc.stderr is not None
-        while await self._proc.stderr.readline():
+    @staticmethod
+    async def _drain_stderr(proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        while await proc.stderr.readline():
             pass
 
-    async def _stop(self) -> None:
+    async def _watch(self) -> None:
+        """Start the server again whenever it dies; give up after MAX_RESTARTS failures."""
+        while True:
+            assert self._proc is not None
+            status = await self._proc.wait()
+            if self._stopping:
+                return
+            log.warning("nats_embedded_died", status=status, pid=self._proc.pid, url=self.url,
+                        store_dir=str(self._store_dir), action="restarting")
+            await self._restart()
+            if self._fatal is not None:
+                return
+
+    async def _restart(self) -> None:
+        """Start on the same port and store, with a short backoff between failed attempts."""
+        for attempt in range(1, MAX_RESTARTS + 1):
+            try:
+                await self._start(self.port)
+            except EmbeddedServerError as exc:
+                log.warning("nats_embedded_restart_failed", attempt=attempt, error=str(exc))
+                if attempt == MAX_RESTARTS:
+                    self._fatal = EmbeddedServerError(
+                        f"the embedded nats-server died and could not be restarted on port "
+                        f"{self.port} with its state in {self._store_dir} ({MAX_RESTARTS} "
+                        f"attempts): {exc}")
+                    log.error("nats_embedded_gave_up", error=str(self._fatal))
+                    if self._owner is not None:
+                        self._owner.cancel()
+                    return
+                await asyncio.sleep(min(0.25 * 2 ** attempt, 2.0))
+                continue
+            self.restarts += 1
+            log.info("nats_embedded_restarted", pid=self.pid, url=self.url,
+                     restarts=self.restarts)
+            return
+
+    async def _stop_process(self) -> None:
         proc = self._proc
         if proc is not None and proc.returncode is None:
             proc.terminate()
@@ -144,9 +211,24 @@ class EmbeddedNats:
             self._drain.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._drain
+            self._drain = None
+
+    def _cleanup_tmp(self) -> None:
         if self._tmp is not None:
             self._tmp.cleanup()
+            self._tmp = None
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self._stop()
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+        await self._stop_process()
+        self._cleanup_tmp()
+        if self._fatal is not None and exc_type is asyncio.CancelledError \
+                and self._owner is not None and self._owner.uncancel() == 0:
+            # Our own cancellation (see _restart): end with the reason, not a cancellation.
+            raise self._fatal

@@ -11,6 +11,7 @@
      +-- LeaseLostError               this bridge is no longer the leader
      +-- EmbeddedServerError          the embedded nats-server did not start
      +-- BridgeUnavailableError       no bridge answered a request on the bus
+     +-- AgentHTTPError               an HTTP call to an agent got no answer; `reason` says why
      +-- CalloutKeyError              a callout seed or key is not of the kind it must be
      +-- CalloutRequestError          an auth callout request that cannot be trusted or read
 
@@ -20,6 +21,7 @@ Every message says what happened and what to do about it.
 from __future__ import annotations
 
 __all__ = [
+    "AgentHTTPError",
     "BridgeError",
     "BridgeUnavailableError",
     "BucketMissingError",
@@ -74,14 +76,6 @@ class BridgeUnavailableError(BridgeError):
     """No chorus-bridge answered a request on the bus."""
 
 
-class CalloutKeyError(BridgeError):
-    """A seed or key of the auth callout is not of the kind it must be (never shows the seed)."""
-
-
-class CalloutRequestError(BridgeError):
-    """An auth callout request that cannot be trusted or read (signature, expiry, sealing)."""
-
-
 class BucketMissingError(NatsError):
     """The bucket's stream is gone (a NATS restart that lost it, an operator's delete)."""
 
@@ -104,3 +98,25 @@ class BucketSettingsError(NatsError):
 
 class LeaseLostError(BridgeError):
     """This bridge no longer holds the leader lease: it must not write the agents bucket."""
+
+
+class AgentHTTPError(BridgeError):
+    """An HTTP call to an agent failed before a status came back (or while reading the body).
+
+    `reason` is short and fixed in form ("timeout", "connection refused", "connection reset",
+    "connection failed: <os text>", "not an endpoint: ..."), fit for a report's `error`;
+    `retryable` is true when no answer came at all, so one more attempt is worth it.
+    """
+
+    def __init__(self, reason: str, *, retryable: bool) -> None:
+        self.reason = reason
+        self.retryable = retryable
+        super().__init__(reason)
+
+
+class CalloutKeyError(BridgeError):
+    """A seed or key of the auth callout is not of the kind it must be (never shows the seed)."""
+
+
+class CalloutRequestError(BridgeError):
+    """An auth callout request that cannot be trusted or read (signature, expiry, sealing)."""

@@ -7,8 +7,19 @@ import sys
 from typing import Literal
 
 import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+from bridge.redact import redact_text
 
 __all__ = ["configure_logging"]
+
+
+def redact_urls(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
+    """No password in a log line: every URL in a string field loses its user info."""
+    for key, value in event.items():
+        if isinstance(value, str) and "@" in value:
+            event[key] = redact_text(value)
+    return event
 
 
 def configure_logging(fmt: Literal["json", "console"], level: str) -> None:
@@ -20,6 +31,7 @@ def configure_logging(fmt: Literal["json", "console"], level: str) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            redact_urls,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.dict_tracebacks if fmt == "json"

@@ -1,18 +1,45 @@
-"""Prometheus metrics of the bridge, on a registry of their own (tests make a fresh one)."""
+"""Prometheus metrics of the bridge, on a registry of their own (tests make a fresh one).
+
+Every labelled counter starts at 0 for each label value it can take, so that
+`increase(...[10m])` sees the first error too (a series that appears at 1 has no increase).
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 from bridge.models import Agent
 
-if TYPE_CHECKING:
-    from bridge.discovery.methods import RoundResult
+__all__ = ["DOCKER_ERROR_KINDS", "Metrics"]
 
-__all__ = ["Metrics"]
+# No `*_created` series: the start time is process_start_time_seconds, once.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# The label values each labelled metric can take.
+METHODS = ("swarm", "dns", "auto")
+ROUND_OUTCOMES = ("ok", "fallback", "failed")
+SOURCES = ("swarm", "dns", "static")
+EVENTS = ("joined", "updated", "left")
+# DockerAPIError.kind (bridge/errors.py).
+DOCKER_ERROR_KINDS = ("socket_missing", "permission_denied", "not_manager", "service_not_found",
+                      "server_error", "bad_response", "timeout", "unreachable", "api_error")
+KV_WRITES = (("put", "ok"), ("put", "error"), ("delete", "ok"), ("delete", "error"))
+BROADCAST_OUTCOMES = ("ok", "refused", "error")
+DELIVERIES = (("bus", "ok"), ("http", "ok"), ("any", "failed"))
 
 
 class Metrics:
@@ -52,16 +79,42 @@ class Metrics:
                             registry=r)
         self.nats_connected = Gauge("chorus_bridge_nats_connected",
                                     "1 while connected to NATS", registry=r)
+        self.build = Info("chorus_bridge_build", "Version of the bridge and of its runtime",
+                          registry=r)
+        self.build.info({"version": _version(), "python": platform.python_version(),
+                         "nats_py": _version("nats-py")})
+        self._register_runtime(r)
+        self._start_at_zero()
 
-    def observe_round(self, method: str, result: RoundResult) -> None:
-        if result.error is None:
-            outcome = "ok"
-        elif result.dns is not None:
-            outcome = "fallback"
-        else:
-            outcome = "failed"
+    @staticmethod
+    def _register_runtime(registry: CollectorRegistry) -> None:
+        """process_*, python_info and python_gc_*, on this registry (not the global one)."""
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+
+    def _start_at_zero(self) -> None:
+        for method in METHODS:
+            self.round_duration.labels(method=method)
+            for outcome in ROUND_OUTCOMES:
+                self.rounds.labels(method=method, outcome=outcome)
+        for source in SOURCES:
+            self.agents.labels(source=source)
+        for event in EVENTS:
+            self.changes.labels(event=event)
+        for kind in DOCKER_ERROR_KINDS:
+            self.docker_errors.labels(kind=kind)
+        for op, outcome in KV_WRITES:
+            self.kv_writes.labels(op=op, outcome=outcome)
+        for outcome in BROADCAST_OUTCOMES:
+            self.broadcasts.labels(outcome=outcome)
+        for path, outcome in DELIVERIES:
+            self.deliveries.labels(path=path, outcome=outcome)
+
+    def observe_round(self, method: str, outcome: str, duration_s: float) -> None:
+        """Count one discovery round: method swarm|dns|auto, outcome ok|fallback|failed."""
         self.rounds.labels(method=method, outcome=outcome).inc()
-        self.round_duration.labels(method=method).observe(result.duration_s)
+        self.round_duration.labels(method=method).observe(duration_s)
 
     def set_agents(self, agents: Iterable[Agent]) -> None:
         counts = {"swarm": 0, "dns": 0, "static": 0}
@@ -72,3 +125,10 @@ class Metrics:
         for source, count in counts.items():
             self.agents.labels(source=source).set(count)
         self.agents_on_bus.set(on_bus)
+
+
+def _version(distribution: str = "chorus-bridge") -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

@@ -2,15 +2,21 @@
 
 Agents that speak NATS keep an entry under their own id, refreshed at least every 5 s; the
 bucket has a 15 s TTL with limit markers, so an entry that stops being refreshed expires and
-the watch sees it go. The bridge also treats an entry older than 15 s as absent by itself,
-in case no marker arrives.
+the watch sees it go. The bridge also treats an entry it has not received for 15 s as absent
+by itself, in case no marker arrives.
+
+Matching rules (DESIGN.md, "The bus" and "Trust"):
+- by key only: an entry's key is the id of the agent it is about. The `task_id`, `endpoint`
+  and `agent_id` written inside are the agent's own words, kept as information: they never
+  make an entry count for another agent, and never give the bridge an address to call;
+- freshness on the bridge's own monotonic clock, from when the bridge received the entry: the
+  server's timestamp is never compared with the bridge's clock (they may disagree by minutes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime as dt
 import time
 from collections.abc import Callable, Iterable
 
@@ -36,41 +42,20 @@ SWEEP_INTERVAL = 1.0
 
 @dataclasses.dataclass(frozen=True)
 class Matched:
-    """Presence entries matched to agents, and those that match none (on the bus only)."""
+    """Present ids split into discovered agents on the bus, and ids on the bus only."""
 
-    by_agent: dict[str, PresenceEntry]
-    bus_only: tuple[PresenceEntry, ...]
-
-
-def match_presence(agents: Iterable[Agent], entries: Iterable[PresenceEntry]) -> Matched:
-    """Match each entry to an agent: on task_id, then endpoint, then id (DESIGN.md)."""
-    entries = list(entries)
-    if not entries:  # nobody on the bus: no need to index thousands of agents
-        return Matched(by_agent={}, bus_only=())
-    agents = list(agents)
-    by_task = {a.task_id: a.id for a in agents if a.task_id}
-    by_endpoint = {a.endpoint: a.id for a in agents}
-    by_id = {a.id for a in agents}
-    matched: dict[str, PresenceEntry] = {}
-    bus_only: list[PresenceEntry] = []
-    for entry in entries:
-        agent_id = (
-            (entry.task_id and by_task.get(entry.task_id))
-            or (entry.endpoint and by_endpoint.get(entry.endpoint))
-            or (entry.agent_id if entry.agent_id in by_id else None))
-        if agent_id:
-            matched[agent_id] = entry
-        else:
-            bus_only.append(entry)
-    return Matched(by_agent=matched, bus_only=tuple(bus_only))
+    on_bus: frozenset[str]
+    bus_only: tuple[str, ...]
 
 
-def _timestamp(created: object) -> float:
-    if isinstance(created, dt.datetime):
-        return created.timestamp()
-    if isinstance(created, int | float) and created > 1e12:  # nanoseconds
-        return float(created) / 1e9
-    return float(created) if isinstance(created, int | float) else time.time()
+def match_presence(agents: Iterable[Agent], present: Iterable[str]) -> Matched:
+    """Match present ids (presence keys) to agents by id, and by nothing else."""
+    present = list(present)
+    if not present:  # nobody on the bus: no need to index thousands of agents
+        return Matched(on_bus=frozenset(), bus_only=())
+    ids = {a.id for a in agents}
+    return Matched(on_bus=frozenset(k for k in present if k in ids),
+                   bus_only=tuple(sorted(k for k in present if k not in ids)))
 
 
 class Presence:
@@ -82,6 +67,7 @@ class Presence:
         self._names = names
         self._replicas = replicas
         self._ttl = ttl
+        # key -> (entry, time.monotonic() when the bridge received it)
         self._seen: dict[str, tuple[PresenceEntry, float]] = {}
         self.changed: Callable[[], None] = lambda: None
 
@@ -105,17 +91,22 @@ class Presence:
             raise NatsError(f"cannot open the presence bucket {self._names.presence_bucket!r}: "
                             f"{exc} (limit markers need nats-server 2.11 or later)") from exc
 
-    def entries(self) -> list[PresenceEntry]:
-        """Entries refreshed within the TTL."""
-        now = time.time()
-        return [e for e, seen in self._seen.values() if now - seen < self._ttl]
+    def entries(self) -> dict[str, PresenceEntry]:
+        """Entries received within the TTL, by key (the agent id)."""
+        now = time.monotonic()
+        return {key: e for key, (e, seen) in self._seen.items() if now - seen < self._ttl}
+
+    def present_ids(self) -> frozenset[str]:
+        """Keys of the entries received within the TTL: the agents on the bus."""
+        now = time.monotonic()
+        return frozenset(key for key, (_, seen) in self._seen.items() if now - seen < self._ttl)
 
     def match(self, agents: Iterable[Agent]) -> Matched:
-        return match_presence(agents, self.entries())
+        return match_presence(agents, self.present_ids())
 
     def bus_ids(self, agents: Iterable[Agent]) -> frozenset[str]:
         """Ids of the agents that are on the bus now."""
-        return frozenset(self.match(agents).by_agent)
+        return self.match(agents).on_bus
 
     async def run(self) -> None:
         """Follow the bucket until cancelled. The bucket is ensured again and the watch
@@ -148,15 +139,14 @@ class Presence:
                 except TimeoutError:
                     entry = None
                 if entry is not None:
-                    self._apply(entry.key, entry.value, entry.operation, entry.created)
+                    self._apply(entry.key, entry.value, entry.operation)
                 if loop.time() >= next_sweep:
                     # Stale entries are swept once a second: scanning them all on every
                     # update would cost O(n) per refresh with 10,000 agents on the bus.
                     self._expire()
                     next_sweep = loop.time() + SWEEP_INTERVAL
 
-    def _apply(self, key: str, value: bytes | None, operation: str | None,
-               created: object) -> None:
+    def _apply(self, key: str, value: bytes | None, operation: str | None) -> None:
         if operation is not None or not value:
             if self._seen.pop(key, None) is not None:
                 log.debug("agent_left_bus", agent_id=key, reason=operation or "empty")
@@ -167,17 +157,15 @@ class Presence:
         except msgspec.DecodeError:
             log.warning("presence_entry_invalid", key=key)
             return
-        seen = _timestamp(created)
-        if time.time() - seen >= self._ttl:
-            return
+        # The server's TTL expires what was not refreshed; what arrives is fresh from now.
         fresh = key not in self._seen
-        self._seen[key] = (entry, seen)
+        self._seen[key] = (entry, time.monotonic())
         if fresh:
-            log.debug("agent_on_bus", agent_id=entry.agent_id, task_id=entry.task_id)
+            log.debug("agent_on_bus", agent_id=key, task_id=entry.task_id)
             self.changed()
 
     def _expire(self) -> None:
-        now = time.time()
+        now = time.monotonic()
         stale = [k for k, (_, seen) in self._seen.items() if now - seen >= self._ttl]
         for key in stale:
             del self._seen[key]

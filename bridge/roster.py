@@ -1,7 +1,8 @@
 """The roster: who the agents are now, from discovery rounds and the removal policy.
 
 DESIGN.md's rules live here and nowhere else:
-- an address found both by the Swarm API and by DNS is one agent, and the Swarm record wins;
+- one task is one agent: an address that DNS (or a known endpoint) gives and that belongs to
+  any of a task's network attachments, on any network, is that task, and the Swarm record wins;
 - a successful Swarm round is authoritative: a Swarm agent it no longer lists is removed at once;
 - a DNS-only agent is removed after it is missing from 2 successful rounds in a row;
 - a failed round removes nothing, so an outage of the Docker API never empties the registry.
@@ -26,12 +27,16 @@ class Roster:
         # Seeded from the bucket at start, so a restart during an outage keeps everyone.
         self.agents: dict[str, Agent] = {a.id: a for a in agents}
         self._misses: dict[str, int] = {}
+        # Every address of the tasks of the last successful Swarm round, any network.
+        self._task_addresses: frozenset[str] = frozenset()
 
-    def _swarm_addresses(self, swarm: SwarmRound | None) -> set[tuple[str, int]]:
+    def _swarm_addresses(self, swarm: SwarmRound | None) -> set[str]:
         if swarm is not None:
-            return {(a.address, a.port) for a in swarm.agents}
+            self._task_addresses = swarm.addresses
+            return {a.address for a in swarm.agents} | swarm.addresses
         # The Swarm round failed: the Swarm records we already hold still win over DNS.
-        return {(a.address, a.port) for a in self.agents.values() if a.source == "swarm"}
+        held = {a.address for a in self.agents.values() if a.source == "swarm"}
+        return held | self._task_addresses
 
     def apply(self, *, swarm: SwarmRound | None, dns: DnsRound | None,
               swarm_expected: bool) -> None:
@@ -47,10 +52,11 @@ class Roster:
             # are the round's", and at 10,000 agents skipping them saves most of the cost.
             self.agents = found
             self._misses.clear()
+            self._task_addresses = swarm.addresses
             return
         taken = self._swarm_addresses(swarm)
         if dns is not None:
-            found.update((a.id, a) for a in dns.agents if (a.address, a.port) not in taken)
+            found.update((a.id, a) for a in dns.agents if a.address not in taken)
         swarm_ok = swarm is not None
         dns_ok = dns is None or dns.complete
         # Only a round that fully succeeded may count an agent as missing.
@@ -58,8 +64,7 @@ class Roster:
         for agent_id, agent in list(self.agents.items()):
             if agent_id in found:
                 continue
-            superseded = agent.source != "swarm" and swarm_ok and \
-                (agent.address, agent.port) in taken
+            superseded = agent.source != "swarm" and swarm_ok and agent.address in taken
             if (agent.source == "swarm" and swarm_ok) or superseded:
                 self._remove(agent_id)
             elif successful:

@@ -14,8 +14,13 @@ class Names:
     """The NATS names of one deployment (DESIGN.md, "The bus").
 
     With the default prefix `chorus`: chorus.agents.announce, chorus.bridge.broadcast,
-    chorus.council.opportunities, chorus.council.<id>.claims, and the buckets chorus_agents
-    (BRIDGE_KV_BUCKET), chorus_presence and chorus_bridge (the leader lease).
+    chorus.council.opportunities, chorus.council.<id>.acks.<agent id>,
+    chorus.council.<id>.claims.<agent id>, and the buckets chorus_agents (BRIDGE_KV_BUCKET),
+    chorus_presence and chorus_bridge (the leader lease).
+
+    Acks and claims name their agent in the subject's last token: that is the agent they count
+    for (DESIGN.md, "Trust"), and what the NATS server's permissions can hold an agent to.
+    Without `agent_id`, `acks`/`claims` give the subject that matches every agent's.
     """
 
     prefix: str
@@ -37,8 +42,20 @@ class Names:
     def opportunities(self) -> str:
         return f"{self.prefix}.council.opportunities"
 
-    def claims(self, opportunity_id: str) -> str:
-        return f"{self.prefix}.council.{opportunity_id}.claims"
+    def acks(self, opportunity_id: str, agent_id: str = "*") -> str:
+        """`<prefix>.council.<opportunity id>.acks.<agent id>` (`*`: every agent's)."""
+        return f"{self.prefix}.council.{opportunity_id}.acks.{agent_id}"
+
+    def claims(self, opportunity_id: str, agent_id: str = "*") -> str:
+        """`<prefix>.council.<opportunity id>.claims.<agent id>` (`*`: every agent's)."""
+        return f"{self.prefix}.council.{opportunity_id}.claims.{agent_id}"
+
+    def agent_of(self, subject: str, opportunity_id: str, kind: str) -> str | None:
+        """The agent id an ack (`kind="acks"`) or claim subject names, or None if `subject`
+        is not one of that opportunity's."""
+        head = f"{self.prefix}.council.{opportunity_id}.{kind}."
+        agent_id = subject[len(head):] if subject.startswith(head) else ""
+        return agent_id if agent_id and "." not in agent_id else None
 
     @property
     def presence_bucket(self) -> str:

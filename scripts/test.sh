@@ -34,6 +34,22 @@ setup_venv() {
     fi
 }
 
+setup_js() {
+    # The official JavaScript NATS clients and AsyncAPI parser of tests/js, pinned by its
+    # package-lock.json; reinstalled only when the lock file changed.
+    if ! command -v npm >/dev/null 2>&1; then
+        say "no npm: the JavaScript client tests are skipped (they fail under CI=true)"
+        return
+    fi
+    local stamp=tests/js/node_modules/.chorus-lock.sha256 want
+    want=$(sha256sum tests/js/package-lock.json | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+        say "npm ci (tests/js)"
+        (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
+        echo "$want" >"$stamp"
+    fi
+}
+
 swarm_wanted() {
     [ "${CHORUS_SKIP_SWARM:-0}" != 1 ] || return 1
     # swarm-up needs root to install packages and start dockerd, unless an engine answers.
@@ -72,6 +88,7 @@ setup_swarm() {
 }
 
 setup_venv
+setup_js
 # shellcheck source=/dev/null
 . .venv/bin/activate
 setup_swarm

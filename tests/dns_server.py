@@ -2,7 +2,8 @@
 
 It answers A and AAAA queries from a table of names, and can misbehave the ways a real
 resolver does: UDP answers over 512 bytes are truncated with the TC bit set (as Docker's
-embedded DNS does for a client without EDNS), and a name can be made to answer NXDOMAIN,
+embedded DNS does for a client without EDNS), or without it (`set_tc = False`, as some
+resolvers do), and a name can be made to answer NXDOMAIN,
 SERVFAIL, REFUSED, or nothing at all (the client times out).
 """
 
@@ -58,6 +59,8 @@ class DnsTestServer:
         self.records: dict[str, list[str]] = {}
         self.behaviour: dict[str, Behaviour] = {}
         self.truncate_udp = True
+        # False: cut UDP answers without setting TC, as some resolvers do.
+        self.set_tc = True
         self.udp_queries = 0
         self.tcp_queries = 0
         self._udp: asyncio.DatagramTransport | None = None
@@ -144,7 +147,8 @@ class DnsTestServer:
         addresses = _of_type(self.records.get(key, []), question.rdtype)
         if not udp or not self.truncate_udp:
             return _with_answer(response, question.name, question.rdtype, addresses)
-        return _truncated(response, question.name, question.rdtype, addresses)
+        return _truncated(response, question.name, question.rdtype, addresses,
+                          set_tc=self.set_tc)
 
 
 def _key(name: str) -> str:
@@ -166,13 +170,13 @@ def _with_answer(response: dns.message.Message, name: dns.name.Name, rdtype: int
 
 
 def _truncated(response: dns.message.Message, name: dns.name.Name, rdtype: int,
-               addresses: list[str]) -> bytes:
+               addresses: list[str], *, set_tc: bool) -> bytes:
     # Keep as many records as fit and set TC, as Docker does: a client that ignores TC
     # silently sees only the first ~30 of the addresses.
     for count in range(len(addresses), -1, -1):
         wire = _with_answer(response, name, rdtype, addresses[:count])
         if len(wire) <= UDP_LIMIT:
-            if count < len(addresses):
+            if count < len(addresses) and set_tc:
                 response.flags |= dns.flags.TC
                 wire = response.to_wire()
             return wire

@@ -139,6 +139,26 @@ class AgentService:
             task_template=spec["TaskTemplate"], update_config=spec.get("UpdateConfig"),
             rollback_config=spec.get("RollbackConfig"), endpoint_spec=spec.get("EndpointSpec"))
 
+    def force_update(self, order: str = "stop-first") -> None:
+        """A rolling restart of every task, one at a time, as `docker service update --force
+        --update-order ORDER` does (stop-first: the old task stops before its replacement
+        starts; start-first: the other way round)."""
+        current = self.client.api.inspect_service(self.name)
+        spec = current["Spec"]
+        template = dict(spec["TaskTemplate"])
+        template["ForceUpdate"] = int(template.get("ForceUpdate") or 0) + 1
+        update = {**(spec.get("UpdateConfig") or {}), "Parallelism": 1, "Order": order}
+        self.client.api.update_service(
+            current["ID"], current["Version"]["Index"], name=spec["Name"],
+            labels=spec.get("Labels"), mode=spec["Mode"], task_template=template,
+            update_config=update, rollback_config=spec.get("RollbackConfig"),
+            endpoint_spec=spec.get("EndpointSpec"))
+
+    def update_done(self) -> bool:
+        """Whether the last update of the service has completed."""
+        status = self.client.api.inspect_service(self.name).get("UpdateStatus") or {}
+        return status.get("State") == "completed"
+
     def tasks(self) -> list[dict[str, Any]]:
         """Tasks whose desired state is running (what `docker service ps` shows as current)."""
         tasks: list[dict[str, Any]] = self.client.api.tasks(

@@ -3,15 +3,16 @@ bridge reads back, and how failures surface."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 from aiohttp import web
 
-from bridge.agent_http import MAX_RESPONSE_BYTES, USER_AGENT, AgentHTTP
+from bridge.agent_http import MAX_RESPONSE_BYTES, USER_AGENT, AgentHTTP, agent_url
 from bridge.config import Settings
+from bridge.errors import AgentHTTPError
 
 
 @pytest.fixture
@@ -75,7 +76,7 @@ async def test_post_sends_the_body_and_headers_and_reads_the_answer(
     async with agent_http() as http:
         headers = http.post_headers(body, {"Idempotency-Key": "council-1"})
         for _ in range(2):  # the same URL twice: parsed once, sent twice
-            status, answer = await http.post(f"{base}/op", body, headers)
+            status, answer = await http.post(agent_url(base, "/op"), body, headers)
             assert (status, answer) == (200, b'{"role": "tpm", "agent_id": "a1"}')
     assert bodies == [body, body]
     sent = seen[0].headers
@@ -90,7 +91,8 @@ async def test_an_answer_is_read_no_further_than_64_kib(
         agent: tuple[str, list[web.Request], list[bytes]]) -> None:
     base, _, _ = agent
     async with agent_http() as http:
-        status, answer = await http.post(f"{base}/huge", b"{}", http.post_headers(b"{}", {}))
+        status, answer = await http.post(agent_url(base, "/huge"), b"{}",
+                                         http.post_headers(b"{}", {}))
     assert status == 200 and len(answer) == MAX_RESPONSE_BYTES
 
 
@@ -99,16 +101,104 @@ async def test_statuses_come_back_as_they_are_and_redirects_are_not_followed(
     base, seen, _ = agent
     async with agent_http() as http:
         headers = http.post_headers(b"{}", {})
-        assert (await http.post(f"{base}/broken", b"{}", headers))[0] == 500
-        assert (await http.post(f"{base}/moved", b"{}", headers))[0] == 302
+        assert (await http.post(agent_url(base, "/broken"), b"{}", headers))[0] == 500
+        assert (await http.post(agent_url(base, "/moved"), b"{}", headers))[0] == 302
     assert seen == []  # /elsewhere was never called
 
 
-async def test_a_refused_connection_is_an_httpx_error() -> None:
+async def test_a_refused_connection_is_our_error_with_a_short_reason() -> None:
     async with agent_http() as http:
-        with pytest.raises(httpx.TransportError):
+        with pytest.raises(AgentHTTPError) as caught:
             # Port 1 on loopback: nothing listens there.
-            await http.post("http://127.0.0.1:1/op", b"{}", http.post_headers(b"{}", {}))
+            await http.post(agent_url("http://127.0.0.1:1", "/op"), b"{}",
+                            http.post_headers(b"{}", {}))
+        assert (caught.value.reason, caught.value.retryable) == ("connection refused", True)
+        with pytest.raises(AgentHTTPError) as caught:
+            await http.get_status(agent_url("http://127.0.0.1:1", "/health"))
+        assert caught.value.reason == "connection refused"
+
+
+async def test_a_silent_agent_is_a_timeout_not_retried() -> None:
+    """An agent that accepts the connection and never answers: "timeout", after the deadline."""
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the bridge gives up and closes
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with AgentHTTP(Settings(http_timeout=0.3)) as http:
+            with pytest.raises(AgentHTTPError) as caught:
+                await http.post(agent_url(f"http://127.0.0.1:{port}", "/op"), b"{}",
+                                http.post_headers(b"{}", {}))
+        assert (caught.value.reason, caught.value.retryable) == ("timeout", False)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_dropped_connection_is_a_reset() -> None:
+    """An agent that reads the request and closes without an answer: "connection reset"."""
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(drop, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with agent_http() as http:
+            with pytest.raises(AgentHTTPError) as caught:
+                await http.post(agent_url(f"http://127.0.0.1:{port}", "/op"), b"{}",
+                                http.post_headers(b"{}", {}))
+        assert (caught.value.reason, caught.value.retryable) == ("connection reset", True)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_an_answer_that_is_not_http_is_reported_as_such() -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with agent_http() as http:
+            with pytest.raises(AgentHTTPError) as caught:
+                await http.post(agent_url(f"http://127.0.0.1:{port}", "/op"), b"{}",
+                                http.post_headers(b"{}", {}))
+        assert caught.value.reason.startswith("not HTTP"), caught.value.reason
+        assert not caught.value.retryable
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("endpoint", [
+    "http://127.40.0.50:8080/admin/drop-all?confirm=yes#",
+    "http://user:secret@127.0.0.1:8080", "http://127.0.0.1:8080?x=1", "http://127.0.0.1:8080#",
+    "http://127.0.0.1:8080/admin", "ftp://127.0.0.1:21", "not a url"])
+def test_an_endpoint_with_more_than_scheme_host_and_port_is_refused(endpoint: str) -> None:
+    with pytest.raises(AgentHTTPError) as caught:
+        agent_url(endpoint, "/api/v1/opportunities/council")
+    assert caught.value.reason.startswith("not an endpoint")
+
+
+def test_the_url_is_the_endpoint_with_the_path() -> None:
+    assert str(agent_url("http://127.0.0.1:8080", "/api/v1/opportunities/council")) == (
+        "http://127.0.0.1:8080/api/v1/opportunities/council")
+    assert str(agent_url("http://127.0.0.1:8080/", "/health")) == "http://127.0.0.1:8080/health"
+
+
+async def test_get_status_reads_the_status_only(
+        agent: tuple[str, list[web.Request], list[bytes]]) -> None:
+    base, seen, _ = agent
+    async with agent_http() as http:
+        assert await http.get_status(agent_url(base, "/health")) == 200
+    assert seen[0].headers["User-Agent"] == USER_AGENT
 
 
 async def test_the_client_shares_the_transport(
@@ -130,7 +220,7 @@ async def test_a_cookie_an_agent_sets_is_never_sent_back(
     async with agent_http() as http:
         headers = http.post_headers(b"{}", {})
         for _ in range(2):
-            await http.post(f"{by_name}/cookie", b"{}", headers)
+            await http.post(agent_url(by_name, "/cookie"), b"{}", headers)
         for _ in range(2):
             await http.client.get(f"{by_name}/cookie")
     assert len(seen) == 4

@@ -211,12 +211,15 @@ async def test_dns_method_never_opens_docker(settings: Settings, nats_server: Em
 async def test_auto_merges_an_address_found_both_ways(
         settings: Settings, nats_server: EmbeddedNats, nc: NATS, swarm: EmulatedSwarm,
         dns_server: DnsTestServer) -> None:
-    """In auto mode an address from Swarm and DNS is one agent, the Swarm record."""
+    """In auto mode an address from Swarm and DNS is one agent, the Swarm record.
+
+    (A name other than the service's own tasks.<service>, which a Swarm round replaces.)
+    """
     tasks = swarm.add_tasks(2)
     both = swarm.address_of(tasks[0])
     assert both is not None
-    dns_server.set("tasks.CHORUS_chorus", [both, "127.20.0.5"])
-    auto = settings.replace(discovery_method="auto", dns_names=("tasks.CHORUS_chorus",))
+    dns_server.set("agents.example", [both, "127.20.0.5"])
+    auto = settings.replace(discovery_method="auto", dns_names=("agents.example",))
     async with run_bridge(auto, nats_server.url, dns=dns_discovery(auto, dns_server)):
         agents = await bucket(nc, settings)
     assert set(agents) == {*tasks, "dns-127-20-0-5-8080"}

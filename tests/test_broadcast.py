@@ -110,7 +110,7 @@ async def test_bus_agent_without_ack_gets_http(settings: Settings, nats_server: 
 
 
 @pytest.mark.parametrize(("behaviour", "error"), [
-    ("down", "connection failed"), ("hang", "timeout"), ("reset", "connection reset"),
+    ("down", "connection refused"), ("hang", "timeout"), ("reset", "connection reset"),
     ("500", "HTTP 500")])
 async def test_misbehaving_agent_costs_its_own_timeout(
         settings: Settings, nats_server: EmbeddedNats, swarm: EmulatedSwarm, nc: NATS,

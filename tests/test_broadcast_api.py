@@ -1,11 +1,24 @@
-"""Validation of broadcast requests (DESIGN.md: id, roles, size)."""
+"""The broadcast API: validation of requests (DESIGN.md: id, roles, size), and the NATS
+micro service that serves them."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import json
+from typing import Any
 
-from bridge.broadcast_api import validate_request
+import msgspec
+import nats.errors
+import pytest
+from nats.aio.client import Client as NATS
+
+from bridge.app import Bridge
+from bridge.asyncapi import MicroInfo, MicroPing, MicroStats
+from bridge.broadcast_api import BROADCAST_QUEUE, SERVICE_NAME, validate_request
+from bridge.config import Settings
+from bridge.embedded import EmbeddedNats
 from bridge.models import CouncilOpportunity, ErrorReply
+from tests.conftest import run_bridge, wait_for
 
 GOOD = (b'{"id": "council-42", "project": "whoosh", "title": "Build the API", "roles": '
         b'[{"name": "tpm", "core": true}, {"name": "qa-engineer", "core": false}], '
@@ -46,3 +59,64 @@ def test_larger_than_64_kib_is_refused() -> None:
     reply = validate_request(body)
     assert isinstance(reply, ErrorReply)
     assert "64 KiB" in reply.error and reply.field == "$"
+
+
+# --- the NATS micro service, served by a real bridge on a real nats-server ---
+
+async def _ask(nc: NATS, subject: str) -> dict[str, Any]:
+    reply = await nc.request(subject, b"", timeout=5)
+    answer: dict[str, Any] = json.loads(reply.data)
+    return answer
+
+
+async def test_micro_service_is_found_with_its_counts(
+        nats_server: EmbeddedNats, nc: NATS, settings: Settings) -> None:
+    """`nats micro info|stats` find chorus-bridge and its broadcast endpoint; a refusal
+    carries the micro error headers and the JSON error, and counts as a request and an error."""
+    async with run_bridge(settings, nats_server.url):
+        info = await _ask(nc, f"$SRV.INFO.{SERVICE_NAME}")
+        msgspec.convert(info, MicroInfo)  # what docs/asyncapi.yaml says it is
+        msgspec.convert(await _ask(nc, f"$SRV.PING.{SERVICE_NAME}"), MicroPing)
+        assert info["type"] == "io.nats.micro.v1.info_response"
+        assert info["name"] == "chorus-bridge"
+        assert [(e["name"], e["subject"], e["queue_group"]) for e in info["endpoints"]] == [
+            ("broadcast", f"{settings.subject_prefix}.bridge.broadcast", BROADCAST_QUEUE)]
+        refused = await nc.request(f"{settings.subject_prefix}.bridge.broadcast",
+                                   b'{"id": "c1", "roles": []}', timeout=10)
+        assert refused.headers is not None
+        assert refused.headers["Nats-Service-Error-Code"] == "400"
+        assert "length >= 1" in refused.headers["Nats-Service-Error"]
+        assert json.loads(refused.data)["field"] == "$.roles"
+        ok = await nc.request(f"{settings.subject_prefix}.bridge.broadcast",
+                              b'{"id": "c2", "roles": [{"name": "tpm"}]}', timeout=10)
+        assert not ok.headers and json.loads(ok.data)["opportunity_id"] == "c2"
+        stats = await _ask(nc, f"$SRV.STATS.{SERVICE_NAME}.{info['id']}")
+        msgspec.convert(stats, MicroStats)
+        (endpoint,) = stats["endpoints"]
+        assert (endpoint["num_requests"], endpoint["num_errors"]) == (2, 1)
+        assert "length >= 1" in endpoint["last_error"]
+        assert endpoint["processing_time"] > 0
+    with pytest.raises(nats.errors.NoRespondersError):  # stopped: gone from the bus
+        await nc.request(f"$SRV.PING.{SERVICE_NAME}", b"", timeout=2)
+
+
+async def test_only_the_leader_serves(nats_server: EmbeddedNats, nc: NATS,
+                                      settings: Settings) -> None:
+    """Two bridges: one instance of the micro service answers pings, the leader's."""
+    async with run_bridge(settings, nats_server.url) as first:
+        stop = asyncio.Event()
+        standby = Bridge(settings)
+        task = asyncio.create_task(standby.run(stop, nats_server.url))
+        await wait_for(lambda: standby.ready.is_set() and standby.election is not None
+                       and standby.election.leader is not None, what="the standby")
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        await nc.publish(f"$SRV.PING.{SERVICE_NAME}", b"", reply=inbox)
+        pings = [json.loads((await sub.next_msg(timeout=5)).data)]
+        with pytest.raises(nats.errors.TimeoutError):
+            pings.append(await sub.next_msg(timeout=0.5))
+        assert first.bridge.election is not None and first.bridge.election.is_leader.is_set()
+        assert standby.election is not None and not standby.election.is_leader.is_set()
+        assert pings[0]["name"] == SERVICE_NAME
+        stop.set()
+        await asyncio.wait_for(task, 10)

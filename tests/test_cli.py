@@ -115,9 +115,9 @@ async def test_agents_and_broadcast_commands(service: tuple[Service, DockerEmula
 
 
 async def test_bad_value_stops_with_one_line() -> None:
-    """A bad variable stops the start with one line naming it, exit status 1."""
+    """A bad variable stops the start with one line naming it, exit status 64 (usage)."""
     code, out, err = await command("run", BRIDGE_POLL_INTERVAL="-5")
-    assert code == 1 and out == ""
+    assert code == 64 and out == ""
     assert err.strip().splitlines() == [
         "chorus-bridge: ConfigError: BRIDGE_POLL_INTERVAL='-5': must be greater than 0"]
 
@@ -125,8 +125,59 @@ async def test_bad_value_stops_with_one_line() -> None:
 async def test_client_commands_say_when_nothing_listens(unused_tcp_port: int) -> None:
     """`agents` against a NATS that is not there fails with one clear line."""
     code, _, err = await command("agents", NATS_URL=f"nats://127.0.0.1:{unused_tcp_port}")
-    assert code == 1
+    assert code == 3
     assert "cannot connect to NATS" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args", [("broadcast", "/nonexistent/opportunity.json"),
+                                  ("broadcast", "-", "--timeout", "soon"),
+                                  ("agents", "--no-such-flag"),
+                                  ("no-such-command",)])
+async def test_usage_errors_exit_64(args: tuple[str, ...]) -> None:
+    """A missing file, a bad flag value, an unknown flag or command: exit status 64, and
+    nothing sent anywhere."""
+    code, out, err = await command(*args, NATS_URL="nats://127.0.0.1:9")
+    assert code == 64, err
+    assert out == "" and "Traceback" not in err
+
+
+async def test_broadcast_without_nats_exits_3(unused_tcp_port: int) -> None:
+    """NATS unreachable: exit status 3 (no answer could be had), not 1 (some agents missed)."""
+    code, _, err = await command("broadcast", "-", stdin=b'{"id": "c", "roles": [{"name": "a"}]}',
+                                 NATS_URL=f"nats://127.0.0.1:{unused_tcp_port}")
+    assert code == 3 and len(err.strip().splitlines()) == 1
+
+
+async def test_broadcast_with_no_bridge_exits_3(nats_server: EmbeddedNats) -> None:
+    """A NATS where no bridge serves broadcasts: one line that says so, exit status 3."""
+    code, _, err = await command("broadcast", "-", stdin=b'{"id": "c", "roles": [{"name": "a"}]}',
+                                 NATS_URL=nats_server.url)
+    assert code == 3
+    assert err.strip().splitlines() == [
+        f"chorus-bridge: BridgeUnavailableError: no bridge is serving chorus.bridge.broadcast "
+        f"on {nats_server.url}: is `chorus-bridge run` running against this NATS?"]
+
+
+async def test_passwords_are_never_printed(nats_server: EmbeddedNats,
+                                           unused_tcp_port: int) -> None:
+    """A NATS URL with a password: no command prints the password, whatever happens."""
+    with_password = nats_server.url.replace("nats://", "nats://ops:s3cret-pw@")
+    outputs = [await command("agents", NATS_URL=with_password),  # no bucket there
+               await command("agents", NATS_URL=f"nats://ops:s3cret-pw@127.0.0.1:"
+                                                f"{unused_tcp_port}"),
+               await command("run", NATS_URL="http://ops:s3cret-pw@nowhere:1")]
+    for code, out, err in outputs:
+        assert code != 0
+        assert "s3cret-pw" not in out + err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1, err
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "watch", env=env(NATS_URL=with_password),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr is not None
+    first = (await asyncio.wait_for(proc.stderr.readline(), 20)).decode()
+    assert f"watching chorus.agents.announce on {nats_server.url} " in first
+    proc.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(proc.wait(), 10) == 0
 
 
 async def test_help_explains() -> None:
@@ -154,3 +205,18 @@ async def test_watch_prints_announcements(service: tuple[Service, DockerEmulator
     assert " joined " in line and task in line and swarm.address_of(task) in line
     proc.send_signal(signal.SIGINT)
     assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_watch_ends_when_nats_goes_away(tmp_path: Path) -> None:
+    """`watch` whose NATS stops: one line, exit status 3 (not a hang)."""
+    async with EmbeddedNats(port=0, store_dir=tmp_path / "n", supervise=False) as server:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bridge", "watch", env=env(NATS_URL=server.url),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert proc.stderr is not None
+        assert b"watching" in await asyncio.wait_for(proc.stderr.readline(), 20)
+        await server.__aexit__(None, None, None)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 3
+    assert err.decode().strip().splitlines() == [
+        f"chorus-bridge: NatsError: lost the connection to NATS at {server.url}"]

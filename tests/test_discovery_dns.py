@@ -198,3 +198,29 @@ async def test_failure_and_recovery_are_logged_once(server: DnsTestServer) -> No
 
     events = [(e["event"], e["name"]) for e in logs if e["event"].startswith("dns_name")]
     assert events == [("dns_name_failing", TASKS), ("dns_name_recovered", TASKS)]
+
+
+async def test_answer_cut_without_tc_still_gives_every_task(server: DnsTestServer) -> None:
+    """A resolver that cuts a 40-record UDP answer at 512 bytes without setting TC: the
+    tasks.<service> name still gives 40 agents (it is asked over TCP)."""
+    forty = [f"10.0.2.{n}" for n in range(2, 42)]
+    server.set(TASKS, forty)
+    server.set_tc = False
+    query = dns.message.make_query(TASKS, "A")
+    udp = await dns.asyncquery.udp(query, server.host, port=server.port, timeout=2)
+    assert not udp.flags & dns.flags.TC and len(udp.answer[0]) < 40  # cut, silently
+
+    result = await discovery(server, TASKS).discover()
+
+    assert sorted(a.address for a in result.agents) == sorted(forty)
+    assert result.complete
+
+
+async def test_own_tasks_name_can_be_left_out(server: DnsTestServer) -> None:
+    """discover(own=False) asks every name but the service's own tasks.<service>."""
+    server.set(TASKS, ["10.0.3.2"])
+    server.set("agents.example", ["10.0.3.3"])
+    found = await discovery(server, TASKS, "agents.example").discover(own=False)
+    assert [a.address for a in found.agents] == ["10.0.3.3"]
+    everything = await discovery(server, TASKS, "agents.example").discover()
+    assert sorted(a.address for a in everything.agents) == ["10.0.3.2", "10.0.3.3"]

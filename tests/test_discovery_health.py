@@ -7,9 +7,10 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import httpx
 from aiohttp import web
 
+from bridge.agent_http import AgentHTTP
+from bridge.config import Settings
 from bridge.discovery.base import endpoint_for, host_agent_id
 from bridge.discovery.health import check_health, with_health
 from bridge.models import Agent
@@ -69,7 +70,7 @@ async def test_health_of_ok_error_hung_and_closed_agents() -> None:
         agents = [agent("127.0.0.2", ok_port), agent("127.0.0.3", broken_port),
                   agent("127.0.0.5", ok_port), *hung]  # nothing listens on 127.0.0.5
         started = time.monotonic()
-        async with httpx.AsyncClient(trust_env=False) as client:
+        async with AgentHTTP(Settings()) as client:
             results = await check_health(client, agents, timeout=1.0, concurrency=16)
         elapsed = time.monotonic() - started
 
@@ -84,7 +85,7 @@ async def test_concurrency_bounds_the_checks_in_flight() -> None:
     async with hanging_server("127.0.0.6") as port:
         agents = [agent("127.0.0.6", port, f"hung-{n}") for n in range(3)]
         started = time.monotonic()
-        async with httpx.AsyncClient(trust_env=False) as client:
+        async with AgentHTTP(Settings()) as client:
             results = await check_health(client, agents, timeout=0.3, concurrency=1)
         elapsed = time.monotonic() - started
 
@@ -102,7 +103,7 @@ async def test_health_is_checked_on_the_health_path() -> None:
 
     async with agent_server("127.0.0.7", no_content) as port:
         target = agent("127.0.0.7", port)
-        async with httpx.AsyncClient(trust_env=False) as client:
+        async with AgentHTTP(Settings()) as client:
             results = await check_health(client, [target], timeout=2.0, concurrency=4)
 
     assert results == {target.id: True}

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 
-import docker.errors
 import pytest
 import requests
 
 from bridge.config import Settings
-from bridge.discovery.swarm import SwarmDiscovery, classify_docker_error
+from bridge.discovery.swarm import SwarmDiscovery
+from bridge.docker_api import DockerAPI, docker_error, status_error
 from bridge.errors import DockerAPIError
 from tests.conftest import FIXTURES
 
 
+def _swarm(settings: Settings | None = None) -> SwarmDiscovery:
+    settings = settings or Settings()
+    return SwarmDiscovery(settings, DockerAPI(settings))
+
+
 def _decode(name: str, settings: Settings | None = None):  # type: ignore[no-untyped-def]
-    return SwarmDiscovery(settings or Settings()).decode((FIXTURES / name).read_bytes())
+    return _swarm(settings).decode((FIXTURES / name).read_bytes())
 
 
 def test_recorded_34_running_tasks_become_34_agents() -> None:
@@ -70,19 +75,18 @@ def test_network_list_first_match_and_empty_means_first() -> None:
 def test_malformed_task_json_is_a_bad_response() -> None:
     """Truncated or wrongly shaped task JSON gives a clear bad_response error."""
     body = (FIXTURES / "tasks_running_34.json").read_bytes()
-    swarm = SwarmDiscovery(Settings())
+    swarm = _swarm()
     for broken in (body[: len(body) // 2], b'{"message": "not a list"}', b'[{"ID": 5}]'):
         with pytest.raises(DockerAPIError) as info:
             swarm.decode(broken)
         assert info.value.kind == "bad_response"
 
 
-def _api_error(status: int, body_file: str) -> docker.errors.APIError:
+def _answer(status: int, body_file: str) -> requests.Response:
     response = requests.Response()
     response.status_code = status
     response._content = (FIXTURES / body_file).read_bytes()
-    message = json.loads(response._content)["message"]
-    return docker.errors.APIError(f"{status} error", response=response, explanation=message)
+    return response
 
 
 @pytest.mark.parametrize(("status", "body", "kind", "says"), [
@@ -93,9 +97,10 @@ def _api_error(status: int, body_file: str) -> docker.errors.APIError:
 def test_recorded_error_answers_are_classified(status: int, body: str, kind: str,
                                                says: str) -> None:
     """The recorded 503, 404 and 500 answers map to errors that say what to do."""
-    error = classify_docker_error(_api_error(status, body), Settings())
+    answer = _answer(status, body)
+    error = status_error(answer, Settings())
     assert error.kind == kind
-    assert says in str(error)
+    assert says in str(error) and json.loads(answer.content)["message"] in str(error)
 
 
 def test_socket_and_permission_errors_are_classified() -> None:
@@ -106,6 +111,21 @@ def test_socket_and_permission_errors_are_classified() -> None:
         OSError("Connection aborted.", PermissionError(13, "Permission denied")))
     timeout = requests.exceptions.ReadTimeout("read timed out")
     settings = Settings()
-    assert classify_docker_error(missing, settings).kind == "socket_missing"
-    assert classify_docker_error(denied, settings).kind == "permission_denied"
-    assert classify_docker_error(timeout, settings).kind == "timeout"
+    assert kind(missing, settings) == "socket_missing"
+    assert kind(denied, settings) == "permission_denied"
+    assert kind(timeout, settings) == "timeout"
+
+
+def kind(exc: Exception, settings: Settings) -> str | None:
+    error = docker_error(exc, settings)
+    return None if error is None else error.kind
+
+
+def test_a_list_of_several_services_is_a_bad_response() -> None:
+    """A list mixing services, before the service's ID is known, fails the round (which
+    removes nothing) instead of publishing another service's tasks."""
+    own = json.loads((FIXTURES / "tasks_running_34.json").read_bytes())
+    other = [{**task, "ServiceID": "someotherservice00000000"} for task in own[:2]]
+    with pytest.raises(DockerAPIError) as info:
+        _swarm().decode(json.dumps(own + other).encode())
+    assert info.value.kind == "bad_response" and "service filter" in str(info.value)

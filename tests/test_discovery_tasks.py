@@ -11,7 +11,7 @@ import pytest
 
 from bridge.config import Settings
 from bridge.discovery.base import SwarmRound
-from bridge.discovery.tasks import TaskListDecoder
+from bridge.discovery.tasks import MixedServicesError, TaskListDecoder
 from bridge.emulator import EmulatedSwarm
 from bridge.emulator.filters import parse_filters
 from tests.conftest import FIXTURES
@@ -62,7 +62,7 @@ def test_only_the_changed_tasks_are_decoded(swarm: EmulatedSwarm) -> None:
     assert decoder.decoded == 4  # 2 changed, 2 new; the removed one is simply gone
     assert same_round(after, fresh(body))
     ids_now = {a.id for a in after.agents}
-    assert ids[5] not in ids_now and after.pending == 1
+    assert ids[5] not in ids_now and after.pending == (ids[5],)
     assert after.without_address == (ids[9],)
     assert ids[20] not in ids_now and set(added) <= ids_now
     # An unchanged task keeps its Agent object: the registry's diff relies on it.
@@ -110,3 +110,40 @@ def test_replacing_tasks_keeps_the_replica_count(swarm: EmulatedSwarm) -> None:
     now = set(swarm.running_ids())
     assert len(now) == 40 and len(new) == 3
     assert set(new) == now - old and len(old - now) == 3
+
+
+def test_no_network_configured_skips_ingress() -> None:
+    """WHOOSH_NETWORK_NAME empty: the first address not on ingress (no container can be
+    reached there), even when Docker lists ingress first."""
+    fleet = EmulatedSwarm(seed=11)
+    (task,) = fleet.add_tasks(1)
+    fleet.attach(task, "ingress", "127.60.0.2", before=True)
+    found = TaskListDecoder(Settings(network_names=())).decode(fleet.tasks_body(RUNNING))
+    (agent,) = found.agents
+    assert agent.address == fleet.address_of(task) and agent.network == "chorus_default"
+    assert found.addresses == {"127.60.0.2", agent.address}
+
+
+def test_tasks_of_another_service_are_ignored() -> None:
+    """Whatever the engine's filter let through, only the service's own tasks count: its ID
+    is learned from a list of its own tasks, or from Docker events."""
+    ours, theirs = EmulatedSwarm(seed=12), EmulatedSwarm(service="CHORUS_other", seed=13)
+    own = ours.add_tasks(2)
+    theirs.add_tasks(2, addresses=["127.10.9.2", "127.10.9.3"])
+    mixed = _join(ours.tasks_body(RUNNING), theirs.tasks_body({}))
+
+    decoder = TaskListDecoder(Settings())
+    decoder.decode(ours.tasks_body(RUNNING))
+    assert {a.id for a in decoder.decode(mixed).agents} == set(own)
+    assert "127.10.9.2" not in decoder.decode(mixed).addresses
+
+    told = TaskListDecoder(Settings())
+    told.note_service_id(ours.service_id)
+    assert {a.id for a in told.decode(mixed).agents} == set(own)
+
+    with pytest.raises(MixedServicesError):
+        TaskListDecoder(Settings()).decode(mixed)
+
+
+def _join(*bodies: bytes) -> bytes:
+    return msgspec.json.encode([t for b in bodies for t in msgspec.json.decode(b)])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
 from pathlib import Path
 
 import httpx
@@ -40,6 +42,40 @@ async def test_metrics_parse_and_count(settings: Settings, swarm: EmulatedSwarm,
     assert samples[("chorus_bridge_leader", ())] == 1
     assert samples[("chorus_bridge_discovery_rounds_total",
                     (("method", "swarm"), ("outcome", "ok")))] >= 1
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_metrics() -> list[str]:
+    text = README.read_text()
+    table = text[text.index("<!-- metrics:begin -->"):text.index("<!-- metrics:end -->")]
+    return re.findall(r"^\| `([a-z_]+)` \|", table, flags=re.MULTILINE)
+
+
+async def test_readme_lists_exactly_what_metrics_serves(settings: Settings, swarm: EmulatedSwarm,
+                                                       nats_server: EmbeddedNats) -> None:
+    """README's metric table names every metric /metrics serves, and nothing else; errors
+    counters are already there at 0, and the build is described."""
+    swarm.add_tasks(1)
+    async with run_bridge(settings, nats_server.url) as running, \
+            httpx.AsyncClient(trust_env=False) as client:
+        text = (await client.get(f"http://127.0.0.1:{running.bridge.http_port}/metrics")).text
+    served = re.findall(r"^# TYPE (\S+) ", text, flags=re.MULTILINE)
+    listed = _readme_metrics()
+    assert sorted(listed) == sorted(served)
+    assert len(listed) == len(set(listed))
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    for kind in ("socket_missing", "timeout", "not_manager", "api_error"):
+        assert samples[("chorus_bridge_docker_api_errors_total", (("kind", kind),))] == 0
+    assert samples[("chorus_bridge_kv_writes_total", (("op", "put"), ("outcome", "error")))] == 0
+    assert samples[("chorus_bridge_broadcasts_total", (("outcome", "refused"),))] == 0
+    failed = (("outcome", "failed"), ("path", "any"))
+    assert samples[("chorus_bridge_deliveries_total", failed)] == 0
+    (build,) = [labels for (name, labels) in samples if name == "chorus_bridge_build_info"]
+    assert dict(build)["version"] == importlib.metadata.version("chorus-bridge")
+    assert samples[("process_open_fds", ())] > 0
 
 
 async def test_healthz_flips_when_nats_goes_away(settings: Settings, swarm: EmulatedSwarm,

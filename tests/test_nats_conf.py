@@ -23,8 +23,10 @@ from bridge.embedded import EmbeddedNats
 from bridge.emulator import EmulatedSwarm
 from bridge.presence import Presence
 from bridge.registry import AgentRegistry, open_bucket
+from bridge.sim import SimFleet, allocate_addresses
 from bridge.sim.presence import ensure_presence_bucket
 from bridge.subjects import Names
+from tests.conftest import RunningBridge, run_bridge, wait_for
 
 NATS_CONF = Path(__file__).resolve().parents[1] / "nats.conf"
 PASSWORDS = {"BRIDGE_PASS": "bridge-secret", "AGENT_PASS": "agent-secret",
@@ -269,15 +271,12 @@ async def test_wrong_password_is_refused(secured_server: EmbeddedNats) -> None:
                            allow_reconnect=False, connect_timeout=2)
 
 
-async def test_real_bridge_works_with_its_user_alone(
-        secured_server: EmbeddedNats, swarm: EmulatedSwarm, settings: Settings) -> None:
-    """The bridge as user `bridge`, agents as `agent`, a coordinator as `coordinator`: the
-    bucket fills, presence is seen, a broadcast reaches everyone, and nothing is denied."""
-    from bridge.models import BroadcastReport, decode_reply
-    from bridge.sim import SimFleet, allocate_addresses
-    from tests.conftest import run_bridge, wait_for
-
-    addresses = allocate_addresses(4, "127.28.0.1")
+@contextlib.asynccontextmanager
+async def secured_fleet(server: EmbeddedNats, swarm: EmulatedSwarm, settings: Settings,
+                        base: str) -> AsyncIterator[tuple[RunningBridge, list[str]]]:
+    """A real bridge as user `bridge`, and 4 agents (2 on the bus, as user `agent`) on
+    loopback addresses from `base`; yields once both bus agents are seen on the bus."""
+    addresses = allocate_addresses(4, base)
     task_ids = swarm.add_tasks(4, addresses=addresses)
     with socket.socket() as probe:  # the agents' port, known before they start
         probe.bind((addresses[0], 0))
@@ -286,18 +285,30 @@ async def test_real_bridge_works_with_its_user_alone(
         subject_prefix="chorus", kv_bucket="chorus_agents", nats_user="bridge",
         nats_password=PASSWORDS["BRIDGE_PASS"], agent_port=port, bus_ack_wait=0.5)
     # The bridge first: it creates the presence bucket, which agents may only use.
-    async with run_bridge(secured, secured_server.url) as running, \
-            SimFleet(4, on_bus={0, 1}, nats_url=secured_server.url, names=NAMES,
-                     base="127.28.0.1", port=port, task_ids=task_ids, nats_user="agent",
+    async with run_bridge(secured, server.url) as running, \
+            SimFleet(4, on_bus={0, 1}, nats_url=server.url, names=NAMES, base=base,
+                     port=port, task_ids=task_ids, nats_user="agent",
                      nats_password=PASSWORDS["AGENT_PASS"],
                      # One connection per agent, as real agents have: allow_responses lets
                      # a connection answer each request once.
-                     connections=2), \
-            _peer(secured_server, "coordinator") as coordinator:
+                     connections=2):
         registry = running.bridge.registry
         assert registry is not None
         await wait_for(lambda: sum(a.on_bus for a in registry.published.values()) == 2,
                        what="the two bus agents on the bus")
+        yield running, task_ids
+
+
+async def test_real_bridge_works_with_its_user_alone(
+        secured_server: EmbeddedNats, swarm: EmulatedSwarm, settings: Settings) -> None:
+    """The bridge as user `bridge`, agents as `agent`, a coordinator as `coordinator`: the
+    bucket fills, presence is seen, a broadcast reaches everyone, and nothing is denied."""
+    from bridge.models import BroadcastReport, decode_reply
+
+    async with secured_fleet(secured_server, swarm, settings, "127.28.0.1") as (
+            running, task_ids), _peer(secured_server, "coordinator") as coordinator:
+        registry = running.bridge.registry
+        assert registry is not None
         assert set(registry.published) == set(task_ids)
         msg = await coordinator.nc.request(
             NAMES.broadcast, b'{"id": "c-9", "roles": [{"name": "tpm", "core": true}]}',
@@ -306,3 +317,62 @@ async def test_real_bridge_works_with_its_user_alone(
         assert isinstance(report, BroadcastReport)
         assert (report.success_count, report.via_bus, report.via_http) == (4, 2, 2)
         assert coordinator.no_violations()
+
+
+async def test_coordinator_reads_the_leader_key(bridge: Peer, coordinator: Peer) -> None:
+    """`nats kv get chorus_bridge leader` as coordinator: the leader bucket is readable."""
+    await (await bridge.js.key_value(LEADER)).put("leader", b'{"id": "bridge-1"}')
+    leader = await coordinator.js.key_value(LEADER)
+    assert (await leader.get("leader")).value == b'{"id": "bridge-1"}'
+    assert coordinator.no_violations()
+    with pytest.raises(nats.errors.TimeoutError):
+        await leader.put("leader", b'{"id": "forged"}')
+    await coordinator.violation("publish", "$KV.chorus_bridge.leader")
+
+
+async def test_coordinator_finds_the_bridges_micro_service(secured_server: EmbeddedNats,
+                                                          bridge: Peer,
+                                                          coordinator: Peer) -> None:
+    """The bridge's user runs the micro service; a coordinator pings, gets its info and stats."""
+    from nats import micro
+
+    async def serve(request: micro.Request) -> None:
+        await request.respond(b"{}")
+
+    service = await micro.add_service(bridge.nc, name="chorus-bridge", version="1.0.0",
+                                      queue_group=BROADCAST_QUEUE)
+    await service.add_endpoint(name="broadcast", subject="chorus.bridge.broadcast",
+                               handler=serve)
+    for verb in ("PING", "INFO", "STATS"):
+        reply = await coordinator.nc.request(f"$SRV.{verb}.chorus-bridge", b"", timeout=5)
+        assert b'"name": "chorus-bridge"' in reply.data
+    assert (await coordinator.nc.request("chorus.bridge.broadcast", b"{}", timeout=5)).data == b"{}"
+    await service.stop()
+    assert bridge.no_violations() and coordinator.no_violations()
+
+
+async def test_cli_names_the_user_and_subject_it_was_denied(secured_server: EmbeddedNats,
+                                                           bridge: Peer) -> None:
+    """`broadcast` as agent: exit status 3 and one line naming the user and the subject;
+    `agents` as agent reads the bucket (its inbox prefix follows the user)."""
+    from tests.test_cli import command
+
+    as_agent = {"NATS_URL": secured_server.url, "NATS_USER": "agent",
+                "NATS_PASSWORD": PASSWORDS["AGENT_PASS"]}
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    code, _, err = await command("broadcast", "-", stdin=b'{"id": "c", "roles": [{"name": "a"}]}',
+                                 **as_agent)
+    print(f"broadcast as agent: denied, exit {code}, after {loop.time() - started:.2f} s "
+          "(the command's timeout is 60 s)")
+    assert code == 3
+    assert err.strip().splitlines() == [
+        f"chorus-bridge: NatsError: permission denied: NATS user 'agent' may not publish to "
+        f"chorus.bridge.broadcast on {secured_server.url} (see the user's permissions in "
+        "nats.conf)"]
+    code, out, err = await command("agents", **as_agent)
+    assert code == 0, err
+    assert out.strip().endswith("0 agents (0 swarm, 0 dns, 0 static; 0 on the bus)")
+    code, _, err = await command("agents", "--inbox-prefix", "_INBOX.coord", **as_agent)
+    assert code == 3 and len(err.strip().splitlines()) == 1
+    assert "NATS user 'agent' may not subscribe to _INBOX.coord." in err

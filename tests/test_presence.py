@@ -1,9 +1,11 @@
-"""Presence: matching entries to agents, and entries that go stale without a delete."""
+"""Presence: entries matched to agents by key only, and freshness on the bridge's own clock."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
+import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig
 
@@ -14,15 +16,71 @@ from tests.conftest import wait_for
 from tests.test_roster import A, B, D
 
 
-def test_match_on_task_id_then_endpoint_then_id() -> None:
-    """Each entry goes to the agent with its task id, else its endpoint, else its id."""
-    by_task = PresenceEntry(agent_id="hostname-1", task_id=A.task_id, endpoint="http://x:1")
-    by_endpoint = PresenceEntry(agent_id="hostname-2", endpoint=B.endpoint)
-    by_id = PresenceEntry(agent_id=D.id)
-    stranger = PresenceEntry(agent_id="elsewhere", endpoint="http://127.9.9.9:8080")
-    matched = match_presence([A, B, D], [by_task, by_endpoint, by_id, stranger])
-    assert matched.by_agent == {A.id: by_task, B.id: by_endpoint, D.id: by_id}
-    assert matched.bus_only == (stranger,)
+def test_match_by_key_only() -> None:
+    """A key that is an agent's id puts that agent on the bus; a key that is none is on the bus
+    only. What an entry says inside (task id, endpoint) is never matched."""
+    matched = match_presence([A, B, D], [A.id, D.id, "elsewhere"])
+    assert matched.on_bus == {A.id, D.id}
+    assert matched.bus_only == ("elsewhere",)
+    assert match_presence([A], []).on_bus == frozenset()
+
+
+async def _present(nc: NATS, names: Names, presence: Presence,
+                   entries: dict[str, PresenceEntry]) -> None:
+    kv = await nc.jetstream().key_value(names.presence_bucket)
+    for key, entry in entries.items():
+        await kv.put(key, encode(entry))
+    await wait_for(lambda: set(presence.entries()) == set(entries), what="the entries")
+
+
+async def test_an_entry_naming_another_agent_counts_for_its_key_only(
+        nc: NATS, unique: str) -> None:
+    """An entry under key X that carries agent B's task id and endpoint (and says it is B)
+    puts X on the bus, not B."""
+    names = Names(prefix=f"p{unique}", agents_bucket=f"agents_{unique}")
+    presence = Presence(nc, names)
+    task = asyncio.create_task(presence.run())
+    try:
+        await wait_for(lambda: _bucket_exists(nc, names), what="the presence bucket")
+        liar = PresenceEntry(agent_id=B.id, task_id=B.task_id, endpoint=B.endpoint,
+                             at=now_rfc3339())
+        await _present(nc, names, presence, {"intruder": liar})
+        assert presence.bus_ids([A, B]) == frozenset()
+        assert presence.match([A, B]).bus_only == ("intruder",)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _bucket_exists(nc: NATS, names: Names) -> bool:
+    try:
+        await nc.jetstream().key_value(names.presence_bucket)
+    except Exception:
+        return False
+    return True
+
+
+async def test_freshness_is_measured_from_receipt_not_by_the_servers_clock(
+        nc: NATS, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bridge's wall clock an hour ahead of the server's (and an entry's `at` a day old):
+    the entry still counts as present when it arrives, and goes absent a TTL after it."""
+    names = Names(prefix=f"p{unique}", agents_bucket=f"agents_{unique}")
+    kv = await nc.jetstream().create_key_value(KeyValueConfig(bucket=names.presence_bucket))
+    wall = time.time
+    monkeypatch.setattr(time, "time", lambda: wall() + 3600)
+    presence = Presence(nc, names, ttl=2.0)
+    task = asyncio.create_task(presence.run())
+    try:
+        old = PresenceEntry(agent_id=A.id, at="2026-01-01T00:00:00Z")
+        await kv.put(A.id, encode(old))
+        await wait_for(lambda: presence.bus_ids([A]) == {A.id}, what="the agent on the bus")
+        arrived = time.monotonic()
+        await wait_for(lambda: presence.bus_ids([A]) == frozenset(), timeout=5,
+                       what="the entry to go stale")
+        assert time.monotonic() - arrived >= 1.5
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_stale_entry_counts_as_absent_without_a_delete(nc: NATS, unique: str) -> None:

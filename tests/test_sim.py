@@ -30,6 +30,7 @@ from bridge.sim import (
     Behaviour,
     SimFleet,
     allocate_addresses,
+    presence_bucket_config,
     run_single_agent,
     spread_on_bus,
 )
@@ -82,18 +83,21 @@ async def presence_entries(nc: NATS, names: Names) -> dict[str, PresenceEntry]:
 
 async def collect_acks(nc: NATS, names: Names, opportunity: CouncilOpportunity,
                        last_id: str, deadline: float = 5.0) -> list[Ack]:
-    """Publish with a reply inbox; gather acks until `last_id` (the last agent) has acked.
+    """Publish; gather acks on the opportunity's ack subjects until `last_id` (the last agent)
+    has acked. Each ack's subject names the agent that sent it, as its body does.
 
     With one connection, agents answer in index order over one socket, so the last agent's
     ack comes after every ack the others sent.
     """
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    await nc.publish(names.opportunities, encode(opportunity), reply=inbox)
+    sub = await nc.subscribe(names.acks(opportunity.id))
+    await nc.publish(names.opportunities, encode(opportunity))
     acks: list[Ack] = []
     async with asyncio.timeout(deadline):
         while not acks or acks[-1].agent_id != last_id:
-            acks.append(ACK_DECODER.decode((await sub.next_msg(timeout=deadline)).data))
+            msg = await sub.next_msg(timeout=deadline)
+            ack = ACK_DECODER.decode(msg.data)
+            assert msg.subject == names.acks(opportunity.id, ack.agent_id)
+            acks.append(ack)
     await sub.unsubscribe()
     return acks
 
@@ -308,10 +312,9 @@ class TestBusAgents:
         """Bus agents are split over the requested connections and all of them ack."""
         async with SimFleet(7, on_bus=7, nats_url=nats_server.url, names=names,
                             base="127.60.13.1", connections=3) as fleet:
-            inbox = nc.new_inbox()
-            sub = await nc.subscribe(inbox)
-            await nc.publish(names.opportunities, encode(OPPORTUNITY), reply=inbox)
-            acked = {ACK_DECODER.decode((await sub.next_msg(timeout=5)).data).agent_id
+            sub = await nc.subscribe(names.acks(OPPORTUNITY.id))
+            await nc.publish(names.opportunities, encode(OPPORTUNITY))
+            acked = {(await sub.next_msg(timeout=5)).subject.rsplit(".", 1)[1]
                      for _ in range(7)}
 
             assert fleet.connections == 3
@@ -414,6 +417,8 @@ class TestSingleAgent:
             probe.bind(("127.60.30.1", 0))
             port = probe.getsockname()[1]
         stop = asyncio.Event()
+        # The bridge creates the presence bucket; an agent only writes its own key.
+        await nc.jetstream().create_key_value(presence_bucket_config(names))
         runner = asyncio.create_task(run_single_agent(
             names=names, stop=stop, host="127.60.30.1", port=port, agent_id="task0abc",
             nats_url=nats_server.url, index=0, endpoint=f"http://127.60.30.1:{port}"))

@@ -32,8 +32,16 @@ class SwarmRound:
     agents: tuple[Agent, ...]
     # Tasks that are running but have no address on the configured network(s) yet.
     without_address: tuple[str, ...] = ()
-    # Tasks desired running that are not running yet (preparing, starting): worth a quick re-check.
-    pending: int = 0
+    # Tasks desired running that are not running yet (preparing, starting): worth a re-check.
+    pending: tuple[str, ...] = ()
+    # Every address of the service's listed tasks, on any network: an address DNS returns
+    # that is one of these is that task, never an agent of its own.
+    addresses: frozenset[str] = frozenset()
+
+    @property
+    def not_running(self) -> tuple[str, ...]:
+        """Tasks that should be agents soon: not running yet, or running without address."""
+        return self.pending + self.without_address
 
 
 @dataclasses.dataclass(frozen=True)

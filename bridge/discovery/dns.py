@@ -6,9 +6,10 @@ configured name is resolved concurrently, for A and AAAA records; a name may als
 literal IP address.
 
 Swarm's embedded DNS truncates UDP answers at 512 bytes (about 30 addresses) and sets the
-TC bit. dnspython's resolver then retries the query over TCP on the same server, which is
-what keeps 34 agents from becoming 29; the tests check it against a server that truncates
-over UDP and answers in full over TCP.
+TC bit, and some resolvers cut them without setting it. So `tasks.*` names, whose answers
+are the long ones, are asked over TCP, where nothing is cut: 40 tasks stay 40 agents. Other
+names go over UDP, and a TC answer makes dnspython retry over TCP. The tests check both
+against a server that truncates over UDP, with and without TC.
 
 How a name's answer counts for the round:
 - addresses, an empty answer or NXDOMAIN: the name answered (an empty answer is a fact);
@@ -65,6 +66,7 @@ class DnsDiscovery:
                  resolver: dns.asyncresolver.Resolver | None = None, *,
                  timeout: float = DNS_NAME_TIMEOUT) -> None:
         self._names = settings.dns_names
+        self._own = f"tasks.{settings.service_name}".lower()
         self._port = settings.agent_port
         self._static = tuple(_static_agent(url) for url in settings.known_endpoints)
         self._resolver = resolver
@@ -72,12 +74,22 @@ class DnsDiscovery:
         self._timeout = timeout
         self._failing: dict[str, str] = {}
 
-    async def discover(self) -> DnsRound:
-        """One round: every name resolved concurrently, plus the known endpoints."""
-        results = await asyncio.gather(*(self._lookup(name) for name in self._names))
+    def is_own(self, name: str) -> bool:
+        """Whether `name` is the service's own `tasks.<service>` (what a Swarm round covers)."""
+        return name.rstrip(".").lower() == self._own
+
+    async def discover(self, *, own: bool = True) -> DnsRound:
+        """One round: the names resolved concurrently, plus the known endpoints.
+
+        own=False leaves out the service's own `tasks.<service>`: when a Swarm round
+        succeeded, Swarm is the authority on the service's tasks, and that name only adds
+        addresses Swarm's DNS still answers for tasks that are gone.
+        """
+        names = self._names if own else tuple(n for n in self._names if not self.is_own(n))
+        results = await asyncio.gather(*(self._lookup(name) for name in names))
         failures: dict[str, str] = {}
         addresses: set[str] = set()
-        for name, (found, failure) in zip(self._names, results, strict=True):
+        for name, (found, failure) in zip(names, results, strict=True):
             addresses.update(found)
             if failure is not None:
                 failures[name] = failure
@@ -111,8 +123,8 @@ class DnsDiscovery:
     async def _query(self, resolver: dns.asyncresolver.Resolver, name: str,
                      rdtype: dns.rdatatype.RdataType) -> list[str]:
         try:
-            # tcp=False: UDP first; a truncated (TC) answer makes dnspython retry over TCP.
-            answer = await resolver.resolve(name, rdtype, tcp=False, lifetime=self._timeout,
+            answer = await resolver.resolve(name, rdtype, tcp=_over_tcp(name),
+                                            lifetime=self._timeout,
                                             raise_on_no_answer=False)
         except dns.resolver.NXDOMAIN:
             return []
@@ -142,6 +154,13 @@ class DnsDiscovery:
             self._failing.pop(name, None)
         else:
             self._failing[name] = failure
+
+
+def _over_tcp(name: str) -> bool:
+    """`tasks.<service>` names are asked over TCP: their answers are the long ones, and some
+    resolvers cut a UDP answer at 512 bytes without setting TC, which no retry can notice.
+    Other names go over UDP, where a TC answer makes dnspython retry over TCP."""
+    return name.lower().startswith("tasks.")
 
 
 def _merge(static: tuple[Agent, ...], resolved: list[Agent]) -> tuple[Agent, ...]:

@@ -3,119 +3,114 @@
 Swarm emits `service` events (scope swarm) and node-local `container` events labelled with the
 service name; there are no task events, so the poll stays as the safety net. One stream carries
 both types and is filtered here: Docker ANDs filter keys, so a single query cannot ask for
-"service events of S or container events labelled S". A broken or closed stream reconnects with
-exponential backoff and never stops discovery.
+"service events of S or container events labelled S".
+
+A stream that cannot be opened, breaks or is closed by the daemon is opened again with
+backoff (from RETRY_MIN up to RETRY_MAX seconds, so the bucket catches up within seconds of a
+restarted daemon answering). It never stops discovery and never delays shutdown (the Docker
+edge bounds every read). An outage of the stream is logged once when it starts and once when
+it ends, and the reconnection triggers a round for whatever happened in between.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
+import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
-import tenacity
 
-from bridge.discovery.swarm import SwarmDiscovery, classify_docker_error
+from bridge.discovery.swarm import SwarmDiscovery
+from bridge.docker_api import DockerAPI
 from bridge.errors import DockerAPIError
 
-__all__ = ["EventFollower", "is_relevant"]
+__all__ = ["RETRY_MAX", "RETRY_MIN", "EventFollower", "is_relevant"]
 
 log = structlog.get_logger(__name__)
 
 _SERVICE_LABEL = "com.docker.swarm.service.name"
-# A stream that stayed up this long counts as healthy: the next failure starts backoff afresh.
-_HEALTHY_STREAM_SECONDS = 30.0
-
-
-class _StreamClosed(Exception):
-    """The daemon closed the event stream (e.g. it restarted)."""
-
-
-class _HealthyStreamEnded(Exception):
-    """A stream that had been up for a while ended: reconnect with the backoff reset."""
+_SERVICE_ID_LABEL = "com.docker.swarm.service.id"
+_FILTERS = json.dumps({"type": ["service", "container"]})
+# Seconds between attempts to open the stream again: doubling, with jitter, up to the max.
+RETRY_MIN, RETRY_MAX = 0.1, 2.0
+# A stream that stayed up this long was healthy: the next outage starts backoff afresh.
+_HEALTHY_STREAM_SECONDS = 10.0
 
 
 def is_relevant(event: Mapping[str, Any], service: str) -> bool:
     """Whether an event concerns the service: its own service events or its tasks' containers."""
+    return service_id_of(event, service) is not None
+
+
+def service_id_of(event: Mapping[str, Any], service: str) -> str | None:
+    """The service's ID as the event tells it, when the event concerns the service."""
     actor = event.get("Actor") or {}
     attributes = actor.get("Attributes") or {}
     kind = event.get("Type")
-    if kind == "service":
-        return bool(attributes.get("name") == service)
-    if kind == "container":
-        return bool(attributes.get(_SERVICE_LABEL) == service)
-    return False
+    if kind == "service" and attributes.get("name") == service:
+        return str(actor.get("ID") or "")
+    if kind == "container" and attributes.get(_SERVICE_LABEL) == service:
+        return str(attributes.get(_SERVICE_ID_LABEL) or "")
+    return None
 
 
 class EventFollower:
     """Calls `trigger()` (on the event loop) for each relevant event, until cancelled."""
 
-    def __init__(self, swarm: SwarmDiscovery, service: str, trigger: Callable[[], None],
-                 *, max_backoff: float = 30.0) -> None:
+    def __init__(self, swarm: SwarmDiscovery, trigger: Callable[[], None]) -> None:
+        self._api: DockerAPI = swarm.api
         self._swarm = swarm
-        self._service = service
+        self._service = swarm.settings.service_name
         self._trigger = trigger
-        self._max_backoff = max_backoff
         self.connected = asyncio.Event()
-
-    def _consume(self, stream: Any, loop: asyncio.AbstractEventLoop) -> None:
-        for event in stream:
-            if isinstance(event, dict) and is_relevant(event, self._service):
-                loop.call_soon_threadsafe(self._trigger)
-        raise _StreamClosed("the Docker daemon closed the event stream")
-
-    async def _follow_once(self) -> None:
-        loop = asyncio.get_running_loop()
-
-        def open_stream() -> Any:
-            return self._swarm.client().events(
-                decode=True, filters={"type": ["service", "container"]})
-
-        try:
-            stream = await asyncio.to_thread(open_stream)
-        except Exception as exc:
-            raise classify_docker_error(exc, self._swarm.settings) from exc
-        log.info("docker_events_connected", service=self._service)
-        self.connected.set()
-        opened = loop.time()
-        # Events may have been missed while disconnected: one round catches up.
-        self._trigger()
-        try:
-            await asyncio.to_thread(self._consume, stream, loop)
-        except Exception as exc:
-            lost = exc if isinstance(exc, _StreamClosed) else classify_docker_error(
-                exc, self._swarm.settings)
-            if loop.time() - opened >= _HEALTHY_STREAM_SECONDS:
-                raise _HealthyStreamEnded(str(lost)) from exc
-            raise lost from exc
-        finally:
-            self.connected.clear()
-            # Closing the response unblocks the thread that is reading it.
-            with contextlib.suppress(Exception):
-                stream.close()
+        self._lost_at: float | None = None  # when the current outage began (loop time)
+        self._lost_kind: str | None = None
 
     async def run(self) -> None:
-        """Follow events forever, reconnecting with exponential backoff."""
+        """Follow events for ever, opening the stream again after each loss."""
+        loop = asyncio.get_running_loop()
+        delay = RETRY_MIN
         while True:
-            retrying = tenacity.AsyncRetrying(
-                wait=tenacity.wait_exponential(multiplier=0.5, max=self._max_backoff)
-                + tenacity.wait_random(0, 0.5),
-                retry=tenacity.retry_if_exception_type((DockerAPIError, _StreamClosed)),
-                before_sleep=self._log_retry)
+            opened = loop.time()
             try:
-                async for attempt in retrying:
-                    with attempt:
-                        await self._follow_once()
-            except _HealthyStreamEnded as exc:
-                # A stream that lived long reconnects at once, with the backoff reset.
-                log.warning("docker_events_lost", service=self._service, error=str(exc),
-                            retry_in_s=0)
+                await self._follow()
+            except DockerAPIError as exc:
+                if self.connected.is_set():
+                    self._trigger()  # a round tells whether the whole API is down
+                self.connected.clear()
+                self._note_lost(exc, loop.time())
+            if loop.time() - opened >= _HEALTHY_STREAM_SECONDS:
+                delay = RETRY_MIN
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # jitter
+            delay = min(delay * 2, RETRY_MAX)
 
-    def _log_retry(self, state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0.0
-        # One line per reconnect attempt: a state change of the stream, not a per-round line.
-        log.warning("docker_events_lost", service=self._service, error=str(exc),
-                    attempt=state.attempt_number, retry_in_s=round(wait, 2))
+    async def _follow(self) -> None:
+        async with self._api.events(_FILTERS) as stream:
+            self._note_connected()
+            self.connected.set()
+            # Events may have been missed while the stream was down: one round catches up.
+            self._trigger()
+            async for event in stream:
+                service_id = service_id_of(event, self._service)
+                if service_id is not None:
+                    self._swarm.note_service_id(service_id)
+                    self._trigger()
+
+    def _note_lost(self, exc: DockerAPIError, now: float) -> None:
+        if self._lost_at is None:
+            log.warning("docker_events_lost", service=self._service, kind=exc.kind,
+                        error=str(exc), retry="with backoff, up to "
+                        f"{RETRY_MAX:g}s apart; the poll carries on meanwhile")
+            self._lost_at, self._lost_kind = now, exc.kind
+
+    def _note_connected(self) -> None:
+        if self._lost_at is None:
+            if not self.connected.is_set():
+                log.info("docker_events_connected", service=self._service)
+            return
+        outage = asyncio.get_running_loop().time() - self._lost_at
+        log.info("docker_events_connected", service=self._service, was=self._lost_kind,
+                 outage_s=round(outage, 1))
+        self._lost_at = self._lost_kind = None

@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 
-import httpx
 import msgspec
 
+from bridge.agent_http import AgentHTTP, agent_url
+from bridge.errors import AgentHTTPError
 from bridge.models import Agent
 
 __all__ = ["HEALTH_PATH", "check_health", "with_health"]
@@ -26,29 +27,26 @@ __all__ = ["HEALTH_PATH", "check_health", "with_health"]
 HEALTH_PATH = "/health"
 
 
-async def check_health(client: httpx.AsyncClient, agents: Sequence[Agent], *,
+async def check_health(http: AgentHTTP, agents: Sequence[Agent], *,
                        timeout: float, concurrency: int) -> dict[str, bool]:
     """For each agent id, whether `GET {endpoint}/health` answered 2xx within `timeout`."""
     limit = asyncio.Semaphore(concurrency)
 
     async def check(agent: Agent) -> tuple[str, bool]:
         async with limit:
-            return agent.id, await _healthy(client, agent.endpoint, timeout)
+            return agent.id, await _healthy(http, agent.endpoint, timeout)
 
     results = await asyncio.gather(*(check(agent) for agent in agents))
     return dict(results)
 
 
-async def _healthy(client: httpx.AsyncClient, endpoint: str, timeout: float) -> bool:
-    url = endpoint.rstrip("/") + HEALTH_PATH
+async def _healthy(http: AgentHTTP, endpoint: str, timeout: float) -> bool:
     try:
-        # httpx's timeout applies per phase; asyncio.timeout bounds the whole call.
-        async with asyncio.timeout(timeout):
-            async with client.stream("GET", url, timeout=timeout) as response:
-                return response.is_success
-    except Exception:
-        # Refused, reset, timed out, bad URL, broken HTTP: all mean "not healthy".
+        status = await http.get_status(agent_url(endpoint, HEALTH_PATH), timeout=timeout)
+    except AgentHTTPError:
+        # Refused, reset, timed out, not an endpoint, broken HTTP: all mean "not healthy".
         return False
+    return 200 <= status < 300
 
 
 def with_health(agents: Sequence[Agent], results: Mapping[str, bool]) -> tuple[Agent, ...]:

@@ -1,7 +1,11 @@
 """DISCOVERY_METHOD semantics: which sources a round asks, and what a failure falls back to.
 
 - swarm: the Swarm API only; a round whose Swarm call fails falls back to DNS.
-- auto: the Swarm API and DNS together (the roster merges them; the Swarm record wins).
+- auto: the Swarm API, plus the DNS names other than the service's own `tasks.<service>`,
+  plus the known endpoints (the roster merges them; the Swarm record wins). When the Swarm
+  round succeeds it is the authority on the service's tasks, so `tasks.<service>` is not
+  asked (Swarm's DNS keeps answering a gone task's address for a while: a ghost); when it
+  fails, `tasks.<service>` is the fallback, as in swarm.
 - dns: DNS and known endpoints only; the Docker API is never opened.
 WHOOSH_DOCKER_ENABLED=false makes swarm and auto behave as dns.
 """
@@ -12,9 +16,9 @@ import asyncio
 import dataclasses
 import time
 
-import httpx
 import structlog
 
+from bridge.agent_http import AgentHTTP
 from bridge.config import Settings
 from bridge.discovery.base import DnsRound, SwarmRound
 from bridge.discovery.dns import DnsDiscovery
@@ -39,18 +43,23 @@ class RoundResult:
     duration_s: float
 
     @property
-    def pending(self) -> int:
-        """Tasks that will likely be running soon: worth a quick follow-up round."""
-        if self.swarm is None:
-            return 0
-        return self.swarm.pending + len(self.swarm.without_address)
+    def not_running(self) -> tuple[str, ...]:
+        """Tasks that should be agents soon (not running yet, or without an address)."""
+        return () if self.swarm is None else self.swarm.not_running
+
+    @property
+    def outcome(self) -> str:
+        """ok, fallback (the Swarm call failed, DNS answered instead) or failed."""
+        if self.error is None:
+            return "ok"
+        return "fallback" if self.dns is not None else "failed"
 
 
 class Discoverer:
     """Runs discovery rounds with the configured method; logs a Docker outage once."""
 
     def __init__(self, settings: Settings, *, swarm: SwarmDiscovery | None,
-                 dns: DnsDiscovery, http: httpx.AsyncClient | None = None,
+                 dns: DnsDiscovery, http: AgentHTTP | None = None,
                  metrics: Metrics | None = None) -> None:
         self._settings = settings
         self._swarm = swarm if settings.docker_active else None
@@ -58,7 +67,6 @@ class Discoverer:
         self._http = http
         self._metrics = metrics
         self._docker_error: str | None = None
-        self._logged_without_address: set[str] = set()
 
     @property
     def method(self) -> str:
@@ -72,7 +80,6 @@ class Discoverer:
             self._note_docker_error(exc)
             return None, exc
         self._note_docker_ok()
-        self._note_without_address(found)
         return found, None
 
     def _note_docker_error(self, exc: DockerAPIError) -> None:
@@ -90,12 +97,12 @@ class Discoverer:
             log.info("docker_api_recovered", after=self._docker_error)
             self._docker_error = None
 
-    def _note_without_address(self, found: SwarmRound) -> None:
-        current = set(found.without_address)
-        for task_id in sorted(current - self._logged_without_address):
-            log.info("task_without_address", task_id=task_id,
-                     networks=",".join(self._settings.network_names) or "(any)")
-        self._logged_without_address = current
+    async def _auto(self) -> tuple[SwarmRound | None, DockerAPIError | None, DnsRound]:
+        (swarm, error), dns = await asyncio.gather(self._swarm_round(),
+                                                   self._dns.discover(own=False))
+        if swarm is None:
+            dns = await self._dns.discover()  # the service's own name is the fallback
+        return swarm, error, dns
 
     async def round(self) -> RoundResult:
         """One round with the configured method."""
@@ -106,7 +113,7 @@ class Discoverer:
         if self.method == "dns":
             dns = await self._dns.discover()
         elif self.method == "auto":
-            (swarm, error), dns = await asyncio.gather(self._swarm_round(), self._dns.discover())
+            swarm, error, dns = await self._auto()
         else:
             swarm, error = await self._swarm_round()
             if swarm is None:
@@ -117,7 +124,7 @@ class Discoverer:
         result = RoundResult(swarm=swarm, dns=dns, swarm_expected=self._swarm is not None,
                              error=error, duration_s=duration)
         if self._metrics is not None:
-            self._metrics.observe_round(self.method, result)
+            self._metrics.observe_round(self.method, result.outcome, duration)
         return result
 
     async def _verify(self, swarm: SwarmRound | None, dns: DnsRound | None,

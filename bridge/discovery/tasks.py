@@ -21,13 +21,14 @@ from bridge.config import Settings
 from bridge.discovery.base import SwarmRound, endpoint_for
 from bridge.models import Agent
 
-__all__ = ["Skipped", "TaskListDecoder", "classify_task"]
+__all__ = ["MixedServicesError", "Skipped", "TaskListDecoder", "classify_task"]
 
 
 # gc=False: these only ever hold strings, numbers and each other, never a cycle, so the
 # garbage collector need not traverse them.
 class _NetworkSpec(msgspec.Struct, gc=False):
     Name: str = ""
+    Ingress: bool = False
 
 
 class _Network(msgspec.Struct, gc=False):
@@ -52,6 +53,7 @@ class _Task(msgspec.Struct, gc=False):
     """The fields of a Docker task that discovery reads; the rest is skipped while decoding."""
 
     ID: str
+    ServiceID: str = ""
     Status: _Status = msgspec.field(default_factory=_Status)
     DesiredState: str = ""
     Slot: int | None = None
@@ -77,12 +79,37 @@ class Skipped:
     reason: Literal["not_desired", "pending", "without_address"]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What one task of a list is: an agent or why not, its service, all its addresses."""
+
+    result: Agent | Skipped
+    service_id: str
+    addresses: tuple[str, ...]
+
+
+class MixedServicesError(ValueError):
+    """The list holds tasks of several services and the service's own ID is not known."""
+
+
+def _is_ingress(spec: _NetworkSpec) -> bool:
+    # No container is reachable at its address on the routing mesh's network.
+    return spec.Ingress or spec.Name == "ingress"
+
+
+def _all_addresses(task: _Task) -> tuple[str, ...]:
+    """Every address of the task, on every network, without its /prefix."""
+    return tuple(address.split("/", 1)[0] for attachment in task.NetworksAttachments or ()
+                 for address in attachment.Addresses or ())
+
+
 def _address(task: _Task, networks: tuple[str, ...]) -> tuple[str, str] | None:
-    """(address without its /prefix, network name) on the first configured network, in order."""
+    """(address without its /prefix, network name) on the first configured network, in order;
+    with no network configured, the first address that is not on the ingress network."""
     attachments = task.NetworksAttachments or ()
     if not networks:
         for attachment in attachments:
-            if attachment.Addresses:
+            if attachment.Addresses and not _is_ingress(attachment.Network.Spec):
                 return attachment.Addresses[0].split("/", 1)[0], attachment.Network.Spec.Name
         return None
     for wanted in networks:
@@ -116,11 +143,18 @@ def classify_task(task: _Task, settings: Settings) -> Agent | Skipped:
         container_id=(status.ContainerID or None) if status else None)
 
 
+def _outcome(task: _Task, settings: Settings) -> _Outcome:
+    return _Outcome(classify_task(task, settings), task.ServiceID, _all_addresses(task))
+
+
 class TaskListDecoder:
     """Turns task lists (GET /tasks bodies) into SwarmRounds, reusing the previous list's work.
 
-    decode() raises msgspec.DecodeError when the body is not a JSON list of tasks; the state
-    of the previous list is then kept as it was.
+    Only tasks of the service count, whatever the engine's filter let through: the service's
+    ID is learned from a list whose tasks all share one (the engine resolved the name), or
+    told by note_service_id() (Docker events name it). decode() raises msgspec.DecodeError
+    when the body is not a JSON list of tasks, and MixedServicesError when it mixes services
+    whose own ID is not known yet; the state of the previous list is then kept as it was.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -129,8 +163,14 @@ class TaskListDecoder:
         self._round: SwarmRound | None = None
         # The previous list's tasks (views into its body) and what each of them was.
         self._raws: list[msgspec.Raw] = []
-        self._outcomes: list[Agent | Skipped] = []
+        self._outcomes: list[_Outcome] = []
+        self.service_id: str | None = None
         self.decoded = 0  # tasks decoded by the last decode(): 0 when nothing changed
+
+    def note_service_id(self, service_id: str) -> None:
+        """The service's ID, as Docker events tell it."""
+        if service_id and service_id != self.service_id:
+            self.service_id, self._round = service_id, None
 
     def decode(self, body: bytes) -> SwarmRound:
         if self._round is not None and body == self._body:
@@ -138,22 +178,45 @@ class TaskListDecoder:
             return self._round
         raws = _SPLIT.decode(body)
         outcomes = self._match(raws)
-        agents: list[Agent] = []
-        without_address: list[str] = []
-        pending = 0
-        for outcome in outcomes:
-            if isinstance(outcome, Agent):
-                agents.append(outcome)
-            elif outcome.reason == "pending":
-                pending += 1  # a later round picks it up
-            elif outcome.reason == "without_address":
-                without_address.append(outcome.task_id)
-        found = SwarmRound(agents=tuple(agents), without_address=tuple(without_address),
-                           pending=pending)
+        found = self._round_of(outcomes)
         self._body, self._round, self._raws, self._outcomes = body, found, raws, outcomes
         return found
 
-    def _match(self, raws: list[msgspec.Raw]) -> list[Agent | Skipped]:
+    def _own_service(self, outcomes: list[_Outcome]) -> str | None:
+        """The ID whose tasks count (None: the list is empty)."""
+        if not outcomes:
+            return self.service_id
+        first = outcomes[0].service_id
+        if all(o.service_id == first for o in outcomes):
+            self.service_id = first
+            return first
+        if self.service_id is None:
+            raise MixedServicesError(
+                f"the task list holds tasks of {len({o.service_id for o in outcomes})} "
+                f"services, and the ID of {self._settings.service_name!r} is not known yet")
+        return self.service_id
+
+    def _round_of(self, outcomes: list[_Outcome]) -> SwarmRound:
+        own = self._own_service(outcomes)
+        agents: list[Agent] = []
+        without_address: list[str] = []
+        pending: list[str] = []
+        addresses: list[str] = []
+        for outcome in outcomes:
+            if outcome.service_id != own:
+                continue  # another service's task: the engine's filter let it through
+            result = outcome.result
+            if isinstance(result, Agent):
+                agents.append(result)
+            elif result.reason == "pending":
+                pending.append(result.task_id)
+            elif result.reason == "without_address":
+                without_address.append(result.task_id)
+            addresses.extend(outcome.addresses)
+        return SwarmRound(agents=tuple(agents), without_address=tuple(without_address),
+                          pending=tuple(pending), addresses=frozenset(addresses))
+
+    def _match(self, raws: list[msgspec.Raw]) -> list[_Outcome]:
         """What each task is, reusing the previous list's answer for a task with equal bytes.
 
         Docker lists tasks sorted by ID (as in the recorded responses), so the previous list
@@ -162,7 +225,7 @@ class TaskListDecoder:
         new or changed task, or a list in another order) is decoded.
         """
         previous, answers, settings = self._raws, self._outcomes, self._settings
-        outcomes: list[Agent | Skipped] = []
+        outcomes: list[_Outcome] = []
         at, end, decoded = 0, len(previous), 0
         append = outcomes.append
         for raw in raws:
@@ -176,7 +239,7 @@ class TaskListDecoder:
                     at = index + 1
                     break
             else:
-                append(classify_task(_TASK.decode(raw), settings))
+                append(_outcome(_TASK.decode(raw), settings))
                 decoded += 1
         self.decoded = decoded
         return outcomes

@@ -9,6 +9,7 @@ events.
 from __future__ import annotations
 
 import collections
+import ipaddress
 import itertools
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -258,6 +259,18 @@ class EmulatedSwarm:
             record = self._get(task_id)
             self._addresses.release(record.address)
             record.address = self._addresses.claim(ip)
+            record.touch(self._next_version())
+            self._changed()
+
+    def attach(self, task_id: str, network: str, ip: str, *, before: bool = False) -> None:
+        """Attach the task to another network too, at this address ("IP/prefix"); `before`
+        lists that attachment first (as Docker lists `ingress`)."""
+        bare = ip.split("/", 1)[0]
+        self._addresses.check(ipaddress.IPv4Address(bare))
+        with self._lock:
+            record = self._get(task_id)
+            address = ip if "/" in ip else f"{ip}/24"
+            record.extra = (*record.extra, (network, address, before))
             record.touch(self._next_version())
             self._changed()
 

@@ -91,6 +91,8 @@ class TaskRecord:
     err: str = ""
     exit_code: int = 0
     keep_attachment: bool = False  # without an address: keep the attachment, omit Addresses
+    # Attachments on other networks: (network name, "IP/prefix", listed before the service's).
+    extra: tuple[tuple[str, str, bool], ...] = ()
     encoded: bytes | None = None  # cached JSON of this task; None after a change
 
     def touch(self, version: int) -> None:
@@ -102,6 +104,15 @@ class TaskRecord:
     def task_name(self, service: str) -> str:
         """The name Docker gives the task (and its container): SERVICE.SLOT.ID."""
         return f"{service}.{self.slot}.{self.id}"
+
+
+def _other_network(name: str) -> dict[str, Any]:
+    """A network attachment's Network of another network (ingress is marked as Docker does)."""
+    spec: dict[str, Any] = {"Name": name, "Labels": {},
+                            "DriverConfiguration": {"Name": "overlay"}, "Scope": "swarm"}
+    if name == "ingress":
+        spec["Ingress"] = True
+    return {"ID": f"{name}-network", "Spec": spec}
 
 
 class TaskShape:
@@ -146,10 +157,16 @@ class TaskShape:
             "DesiredState": record.desired,
         }
         # Go omits empty slices: no attachment, or an attachment without Addresses.
+        attachments: list[dict[str, Any]] = []
         if record.address is not None:
-            task["NetworksAttachments"] = [{"Network": network, "Addresses": [record.address]}]
+            attachments = [{"Network": network, "Addresses": [record.address]}]
         elif record.keep_attachment:
-            task["NetworksAttachments"] = [{"Network": network}]
+            attachments = [{"Network": network}]
+        for name, address, before in record.extra:
+            other = {"Network": _other_network(name), "Addresses": [address]}
+            attachments.insert(0 if before else len(attachments), other)
+        if attachments:
+            task["NetworksAttachments"] = attachments
         return task
 
     def _status(self, record: TaskRecord) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """Simulated agents on the bus: presence, acks of council opportunities, claims.
 
-Agents share a few NATS connections (by default one per 500 agents): each connection has one
-subscription to the opportunities subject that answers for all its agents, and its agents'
-presence entries are written in batches, so 10,000 agents cost a handful of connections.
+Each agent speaks as the agent library (`bridge.agent`) does: the same presence key, ack and
+claim subjects and messages. Unlike a real agent, agents share a few NATS connections (by
+default one per 500 agents): each connection has one subscription to the opportunities
+subject that answers for all its agents, and its agents' presence entries are written in
+batches, so 10,000 agents cost a handful of connections.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from bridge.agent import AGENT_INBOX_PREFIX, PRESENCE_INTERVAL, ack_message, claim_message
 from bridge.bus import connect
 from bridge.config import Settings
 from bridge.errors import NatsError
-from bridge.models import OPPORTUNITY_DECODER, Ack, Claim, CouncilOpportunity, encode
+from bridge.models import OPPORTUNITY_DECODER, CouncilOpportunity
 from bridge.sim.agent import ClaimPolicy, SimAgent
 from bridge.sim.presence import PresenceWriter, ensure_presence_bucket
 from bridge.subjects import Names
@@ -33,9 +36,6 @@ __all__ = ["AGENTS_PER_CONNECTION", "PRESENCE_INTERVAL", "BusAgents", "BusAuth"]
 log = structlog.get_logger(__name__)
 
 AGENTS_PER_CONNECTION = 500
-# DESIGN.md: each agent on the bus rewrites its presence at least every 5 s.
-PRESENCE_INTERVAL = 5.0
-AGENT_INBOX_PREFIX = "_INBOX.agent"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -74,20 +74,19 @@ class _Connection:
             return
         for agent in self.agents:
             if agent.present:
-                await self._deliver(agent, opportunity, msg.reply)
+                await self._deliver(agent, opportunity)
 
-    async def _deliver(self, agent: SimAgent, opportunity: CouncilOpportunity,
-                       reply: str) -> None:
+    async def _deliver(self, agent: SimAgent, opportunity: CouncilOpportunity) -> None:
         agent.record("bus", opportunity)
-        if reply and agent.behaviour != "no_ack":
-            ack = encode(Ack(agent_id=agent.id, opportunity_id=opportunity.id))
+        # The agent library's messages: each agent acks and claims on its own subjects.
+        if agent.behaviour != "no_ack":
+            subject, ack = ack_message(self._names, opportunity.id, agent.id)
             for _ in range(2 if agent.behaviour == "double_ack" else 1):
-                await self.nc.publish(reply, ack)
+                await self.nc.publish(subject, ack)
                 agent.acks += 1
         role = self._claim_policy(agent, opportunity) if self._claim_policy else None
         if role is not None:
-            claim = encode(Claim(role=role, agent_id=agent.id))
-            await self.nc.publish(self._names.claims(opportunity.id), claim)
+            await self.nc.publish(*claim_message(self._names, opportunity.id, agent.id, role))
 
 
 class BusAgents:

@@ -15,6 +15,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, PubAck
 
+from bridge.agent import PURGE_HEADERS, presence_subject
 from bridge.errors import NatsError
 from bridge.models import encode
 from bridge.sim.agent import SimAgent
@@ -36,7 +37,6 @@ PRESENCE_TTL = 15
 PRESENCE_MARKER_TTL = 5
 CONFIRM_TIMEOUT = 10
 _STREAM_IN_USE = 10058  # "stream name already in use with a different configuration"
-_PURGE_HEADERS = {"KV-Operation": "PURGE", "Nats-Rollup": "sub"}
 
 
 def presence_bucket_config(names: Names) -> KeyValueConfig:
@@ -83,14 +83,14 @@ class PresenceWriter:
             raise ValueError(f"presence ttl={ttl}: NATS accepts whole seconds, at least 1")
         self._nc = nc
         self._js = nc.jetstream()
-        self._prefix = f"$KV.{names.presence_bucket}."
+        self._names = names
         self._ttl = ttl
         self._ttl_headers = {"Nats-TTL": str(ttl)} if ttl is not None else None
 
     async def write(self, agents: Sequence[SimAgent]) -> None:
         """Write the entries and wait until the server has stored every one of them."""
         # Lazily, so an agent that leaves while the batch goes out is not written back.
-        await self._confirmed((self._prefix + agent.id, encode(agent.presence_entry()), None)
+        await self._confirmed((self._subject(agent), encode(agent.presence_entry()), None)
                               for agent in agents if agent.present)
 
     async def refresh(self, agents: Sequence[SimAgent]) -> None:
@@ -102,13 +102,16 @@ class PresenceWriter:
         for agent in agents:
             if not agent.present:
                 continue  # it left while this batch was going out
-            await self._nc.publish(self._prefix + agent.id, encode(agent.presence_entry()),
+            await self._nc.publish(self._subject(agent), encode(agent.presence_entry()),
                                    headers=self._ttl_headers)
         await self._nc.flush(timeout=CONFIRM_TIMEOUT)
 
     async def purge(self, agents: Sequence[SimAgent]) -> None:
         """Remove the entries (a PURGE, which watchers see as the agent leaving)."""
-        await self._confirmed((self._prefix + agent.id, b"", _PURGE_HEADERS) for agent in agents)
+        await self._confirmed((self._subject(agent), b"", PURGE_HEADERS) for agent in agents)
+
+    def _subject(self, agent: SimAgent) -> str:
+        return presence_subject(self._names, agent.id)
 
     async def _confirmed(self, messages: Iterable[tuple[str, bytes, dict[str, str] | None]],
                          ) -> None:

@@ -8,9 +8,10 @@ import socket
 
 import structlog
 
+from bridge.agent import AGENT_INBOX_PREFIX, PRESENCE_INTERVAL, BusAgent, connect_agent
 from bridge.errors import NatsError
 from bridge.sim.agent import Behaviour, ClaimPolicy, SimAgent, claim_core_role
-from bridge.sim.bus_agents import AGENT_INBOX_PREFIX, BusAgents, BusAuth
+from bridge.sim.bus_agents import BusAuth
 from bridge.sim.http_agents import DEFAULT_OPPORTUNITY_PATH, HttpAgents
 from bridge.subjects import Names
 
@@ -19,7 +20,7 @@ __all__ = ["run_single_agent"]
 log = structlog.get_logger(__name__)
 
 # Backoff between attempts to reach NATS, in seconds.
-RETRY_MIN, RETRY_MAX = 1.0, 30.0
+RETRY_MIN, RETRY_MAX = 1.0, 10.0
 
 
 async def run_single_agent(*, names: Names, stop: asyncio.Event, host: str = "0.0.0.0",
@@ -76,16 +77,39 @@ async def _serve(agent: SimAgent, *, names: Names, port: int, opportunity_path: 
 
 async def _stay_on_bus(agent: SimAgent, *, names: Names, nats_url: str, auth: BusAuth,
                        policy: ClaimPolicy | None, inbox_prefix: str) -> None:
-    """On the bus until cancelled; a NATS server that cannot be reached is retried."""
+    """On the bus, through the agent library, until cancelled; a NATS server that cannot be
+    reached (or a presence bucket that is not there yet) is retried with a backoff."""
     delay = RETRY_MIN
+    # "leave": the presence entry is written once and left to expire.
+    interval = 1e9 if agent.behaviour == "leave" else PRESENCE_INTERVAL
+    last_error = ""
     while True:
         try:
-            async with BusAgents([agent], nats_url=nats_url, names=names, auth=auth,
-                                 claim_policy=policy, inbox_prefix=inbox_prefix,
-                                 client_name=f"chorus-sim-{agent.id}", resilient=True):
-                await asyncio.Event().wait()
+            async with connect_agent(
+                    nats_url, agent.id, prefix=names.prefix, user=auth.user,
+                    password=auth.password, token=auth.token, task_id=agent.task_id,
+                    endpoint=agent.advertised_endpoint, presence_interval=interval,
+                    inbox_prefix=inbox_prefix) as bus:
+                agent.present = True
+                delay, last_error = RETRY_MIN, ""
+                await _answer(agent, bus, policy)
         except NatsError as exc:
-            log.warning("sim_agent_bus_unavailable", agent_id=agent.id, error=str(exc),
-                        retry_in=delay)
+            if str(exc) != last_error:  # one line per outage, not one per attempt
+                last_error = str(exc)
+                log.warning("sim_agent_bus_unavailable", agent_id=agent.id, error=last_error)
+        finally:
+            agent.present = False
         await asyncio.sleep(delay)
         delay = min(delay * 2, RETRY_MAX)
+
+
+async def _answer(agent: SimAgent, bus: BusAgent, policy: ClaimPolicy | None) -> None:
+    async for opportunity in bus.opportunities():
+        agent.record("bus", opportunity)
+        if agent.behaviour != "no_ack":
+            for _ in range(2 if agent.behaviour == "double_ack" else 1):
+                await bus.ack(opportunity.id)
+                agent.acks += 1
+        role = policy(agent, opportunity) if policy is not None else None
+        if role is not None:
+            await bus.claim(opportunity.id, role)

@@ -1,0 +1,86 @@
+"""The agent library (`bridge.agent`) against a real bridge and nats-server: presence under
+the agent's id, opportunities, acks and claims on its own subjects, a clean leave."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats.js.errors
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from bridge.agent import BusAgent, check_agent_id, connect_agent
+from bridge.config import Settings
+from bridge.embedded import EmbeddedNats
+from bridge.emulator import EmulatedSwarm
+from bridge.errors import NatsError
+from bridge.models import CLAIM_DECODER, PRESENCE_DECODER, Claim, CouncilOpportunity
+from bridge.subjects import Names
+from tests.conftest import wait_for
+from tests.test_broadcast import OPPORTUNITY, stage
+
+
+async def test_an_agent_joins_acks_claims_and_leaves(
+        settings: Settings, nats_server: EmbeddedNats, swarm: EmulatedSwarm, nc: NATS) -> None:
+    """A discovered agent that joins through the library is on the bus under its own id, is
+    reached by its own ack (no HTTP), claims as itself, and is off the bus as soon as it
+    leaves (not after the 15 s TTL)."""
+    claims: list[tuple[str, Claim]] = []
+
+    async def on_claim(msg: Msg) -> None:
+        claims.append((msg.subject, CLAIM_DECODER.decode(msg.data)))
+
+    async with stage(settings, nats_server, swarm, 2, claim_policy=None) as s:
+        me = s.fleet.agents[0]
+        await nc.subscribe(s.names.claims(OPPORTUNITY.id), cb=on_claim)
+        received: list[CouncilOpportunity] = []
+
+        async def answer(agent: BusAgent) -> None:
+            async for opportunity in agent.opportunities():
+                received.append(opportunity)
+                await agent.ack(opportunity.id)
+                await agent.claim(opportunity.id, "tpm")
+
+        async with connect_agent(nats_server.url, me.id, prefix=s.names.prefix,
+                                 task_id=me.id, endpoint=me.endpoint, roles=["tpm"]) as agent:
+            kv = await nc.jetstream().key_value(s.names.presence_bucket)
+            entry = PRESENCE_DECODER.decode((await kv.get(me.id)).value or b"")
+            assert (entry.agent_id, entry.task_id, entry.roles) == (me.id, me.id, ["tpm"])
+            await wait_for(lambda: me.id in s.on_bus_in_bucket(), what="the agent on the bus")
+            answering = asyncio.create_task(answer(agent))
+            report = await s.broadcast(nc)
+            await wait_for(lambda: len(claims) == 1, what="the claim")
+        async with asyncio.timeout(5):
+            await answering  # opportunities() ends when the agent leaves
+        await wait_for(lambda: me.id not in s.on_bus_in_bucket(), timeout=5,
+                       what="the agent off the bus after leaving")
+        with pytest.raises(nats.js.errors.KeyNotFoundError):
+            await kv.get(me.id)  # purged, not left to expire
+    assert [o.id for o in received] == [OPPORTUNITY.id]
+    assert (report.via_bus, report.via_http, report.failed) == (1, 1, [])
+    assert me.got(OPPORTUNITY.id) == []  # reached on the bus: no HTTP fallback
+    assert claims == [(s.names.claims(OPPORTUNITY.id, me.id), Claim(role="tpm", agent_id=me.id))]
+
+
+async def test_joining_without_a_presence_bucket_says_what_to_check(
+        nats_server: EmbeddedNats, unique: str) -> None:
+    """No bridge has created the presence bucket: a clear NatsError, nothing left behind."""
+    with pytest.raises(NatsError, match="check that the bridge runs"):
+        async with connect_agent(nats_server.url, "agent-1", prefix=f"t{unique}"):
+            pass
+
+
+@pytest.mark.parametrize("agent_id", ["", "a.b", "a b", "a*", "a>", "é"])
+def test_an_agent_id_must_be_a_key_and_a_subject_token(agent_id: str) -> None:
+    with pytest.raises(ValueError, match="agent id"):
+        check_agent_id(agent_id)
+
+
+def test_names_give_each_agent_its_own_subjects() -> None:
+    names = Names(prefix="chorus", agents_bucket="chorus_agents")
+    assert names.acks("council-42", "t1") == "chorus.council.council-42.acks.t1"
+    assert names.claims("council-42", "t1") == "chorus.council.council-42.claims.t1"
+    assert names.agent_of("chorus.council.council-42.acks.t1", "council-42", "acks") == "t1"
+    assert names.agent_of("chorus.council.council-42.acks.t1.x", "council-42", "acks") is None
+    assert names.agent_of("chorus.council.other.acks.t1", "council-42", "acks") is None
