@@ -291,14 +291,20 @@ status=0
 report=$(coordinator broadcast --json - <<<"$opportunity") || status=$?
 echo "$report"
 [ "$status" -eq 0 ] || fail "chorus-bridge broadcast exited $status"
-read -r total reached failed < <("$PY" -c '
+read -r total reached failed via_bus < <("$PY" -c '
 import json, sys
 r = json.load(sys.stdin)
-print(r["total_agents"], r["success_count"], len(r["failed"]))' <<<"$report")
+print(r["total_agents"], r["success_count"], len(r["failed"]), r["via_bus"])' <<<"$report")
 if [ "$total" -ne "$AGENT_REPLICAS" ] || [ "$reached" -ne "$AGENT_REPLICAS" ] || [ "$failed" -ne 0 ]; then
     fail "the broadcast reached $reached of $total agents ($failed failed); want $AGENT_REPLICAS of $AGENT_REPLICAS"
 fi
 say "check: the broadcast reached $reached of $total agents"
+if [ "$AUTH_CALLOUT" = true ]; then
+    # Each agent acks on its own subject, which only the user the callout gave it may use.
+    [ "$via_bus" -eq "$AGENT_REPLICAS" ] \
+        || fail "$via_bus of $AGENT_REPLICAS agents acked on the bus as themselves"
+    say "check: $via_bus of $AGENT_REPLICAS agents acked on the bus, each on its own subject"
+fi
 
 # The bridge's own health, through its host-mode port on loopback.
 "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/healthz", timeout=5)' \

@@ -50,6 +50,7 @@ def test_stack_brings_up_ten_agents_that_a_broadcast_reaches(stack_env: dict[str
             in result.stdout), tail
     assert ("check: an agent publishes as itself; as another agent, 3 of 3 publishes are denied"
             in result.stdout), tail
+    assert "check: 10 of 10 agents acked on the bus, each on its own subject" in result.stdout, tail
 
     stack = stack_env["STACK"]
     client = docker.DockerClient(base_url=stack_env["DOCKER_HOST"], version="auto")
