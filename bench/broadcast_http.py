@@ -46,12 +46,13 @@ from nats.aio.client import Client as NATS
 
 import bridge.broadcast
 from bridge.agent_http import AgentHTTP
-from bridge.broadcast import Broadcaster, Target
+from bridge.broadcast import Broadcaster
 from bridge.config import Settings
 from bridge.embedded import EmbeddedNats
 from bridge.models import CouncilOpportunity, Role, encode
 from bridge.sim import allocate_addresses
 from bridge.subjects import Names
+from bridge.targets import Target
 
 AGENTS = 1_000
 BASE = "127.5.0.1"

@@ -144,15 +144,14 @@ async def _measure(bench: Bench, url: str, sock: str, warmup: int, rounds: int,
         # Wired as the bridge wires them: presence decides on_bus, metrics are recorded.
         presence = Presence(nc, names)
         await presence.open()
-        registry = AgentRegistry(nc, names, metrics=metrics)
-        registry.bus_ids = presence.bus_ids
+        registry = AgentRegistry(nc, names, metrics=metrics, bus_ids=presence.bus_ids)
         roster = Roster((await registry.open()).values())
         discoverer = Discoverer(settings, swarm=swarm, dns=DnsDiscovery(settings),
                                 metrics=metrics)
-        loop = DiscoveryPipeline(settings, discoverer, roster, registry)
+        loop = DiscoveryPipeline(settings, discoverer, registry)
 
         started = time.perf_counter()
-        await loop.run_round()
+        await loop.run_round(roster)
         first = time.perf_counter() - started
         published = len(registry.published)
         bench.info(f"[{kind}] first round", f"{first * 1000:.0f} ms, {published:,} agents in "
@@ -195,7 +194,7 @@ async def _measure(bench: Bench, url: str, sock: str, warmup: int, rounds: int,
         steps = [
             (sdk, swarm.fetch_tasks),
             (rawf, lambda: asyncio.to_thread(raw.fetch)),
-            (whole, loop.run_round),
+            (whole, lambda: loop.run_round(roster)),
             (Series("staged"), staged_round),
         ]
         for index in range(warmup + rounds):

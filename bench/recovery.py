@@ -57,7 +57,7 @@ def settings_for(sock: Path, replicas: int = 1) -> Settings:
 
 async def until_started(bridge: Bridge, task: asyncio.Task[None]) -> None:
     async with asyncio.timeout(TIMEOUT):
-        while not (bridge.loop is not None and bridge.loop.first_round.is_set()):
+        while not (bridge.pipeline is not None and bridge.pipeline.first_round.is_set()):
             if task.done():
                 task.result()
             await asyncio.sleep(0.05)

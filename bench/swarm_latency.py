@@ -134,7 +134,7 @@ async def running_bridge(settings: Settings, url: str, *,
     task = asyncio.create_task(bridge.run(stop, url))
     try:
         async with asyncio.timeout(30):
-            while not (bridge.loop is not None and bridge.loop.first_round.is_set()):
+            while not (bridge.pipeline is not None and bridge.pipeline.first_round.is_set()):
                 if task.done():
                     task.result()
                     raise RuntimeError("the bridge stopped before its first round")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 import nats.errors
@@ -36,7 +36,6 @@ from bridge.gc_tuning import fewer_collections
 from bridge.metrics import Metrics
 from bridge.models import (
     CLAIM_DECODER,
-    Agent,
     BroadcastReport,
     Claim,
     CouncilOpportunity,
@@ -45,34 +44,11 @@ from bridge.models import (
     now_rfc3339,
 )
 from bridge.subjects import Names
+from bridge.targets import Target
 
-__all__ = ["Broadcaster", "Target", "plan_targets"]
+__all__ = ["Broadcaster"]
 
 log = structlog.get_logger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """One agent to reach. `endpoint` is the one discovery found (None: an agent on the bus
-    only, never called by HTTP); `on_bus`: its presence entry is live, so an ack is awaited."""
-
-    agent_id: str
-    endpoint: str | None
-    on_bus: bool = False
-    healthy: bool | None = None
-
-
-def plan_targets(agents: Iterable[Agent], present: Iterable[str]) -> list[Target]:
-    """Every agent to reach: each discovered agent at its discovered endpoint (on the bus if
-    its id is a present key), then each present key that is no discovered agent, with no
-    endpoint. Nothing a presence entry says inside is used (DESIGN.md, "Trust")."""
-    present = set(present)
-    targets = [Target(agent_id=a.id, endpoint=a.endpoint, on_bus=a.id in present,
-                      healthy=a.healthy) for a in agents]
-    known = {t.agent_id for t in targets}
-    targets += [Target(agent_id=key, endpoint=None, on_bus=True)
-                for key in sorted(present - known)]
-    return targets
 
 
 @dataclasses.dataclass

@@ -157,13 +157,13 @@ def run(state_dir: Path | None, **flags: Any) -> None:
     With NATS_URL unset, an embedded nats-server with JetStream is started on 127.0.0.1
     (port 4222, or a free one when it is taken) and its URL and state directory are logged.
     """
-    from bridge.app import Bridge, nats_for
+    from bridge.app import nats_for, run_bridge
 
     settings = build_settings(flags)
 
     async def serve(stop: asyncio.Event) -> None:
         async with nats_for(settings, state_dir) as url:
-            await Bridge(settings).run(stop, url)
+            await run_bridge(settings, url, stop)
 
     run_until_signal(serve)
 

@@ -208,7 +208,7 @@ async def run_demo(agents: int = 34, on_bus: int = 17, *, say: Say = _say,
             await _until(lambda: task.done() or (
                 bridge.registry is not None and len(bridge.registry.published) >= agents),
                 "discovery")
-            assert bridge.registry is not None and bridge.loop is not None
+            assert bridge.registry is not None and bridge.pipeline is not None
             result.discovery_ms = (time.perf_counter() - started) * 1000
             result.discovered = len(bridge.registry.published)
             say(f"  discovered {result.discovered} of {agents} agents via the Swarm API in "

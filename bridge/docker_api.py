@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -172,10 +173,14 @@ class DockerAPI:
         except docker.errors.DockerException as exc:
             raise ConfigError("WHOOSH_DOCKER_HOST", settings.docker_host, str(exc)) from exc
         self._timeout = settings.docker_timeout
+        self._socket_path = host.removeprefix("unix://") if host.startswith("unix://") else None
 
     def _get(self, path: str, params: Mapping[str, str] | None = None, *,
              stream: bool = False) -> requests.Response:
         """GET an unversioned path; a non-2xx answer raises DockerAPIError."""
+        if self._socket_path is not None and not os.path.exists(self._socket_path):
+            # Asked first: the SDK's unix connection leaks its socket when connect() fails.
+            raise self._mapped(FileNotFoundError(2, "No such file", self._socket_path))
         try:
             response: requests.Response = self._client.get(
                 self._client.base_url + path, params=params, stream=stream,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import structlog
@@ -13,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bridge.errors import ConfigError
 from bridge.metrics import Metrics
 
-__all__ = ["serve_http"]
+__all__ = ["listening_socket", "serve_http"]
 
 log = structlog.get_logger(__name__)
 
@@ -36,21 +37,43 @@ def _app(metrics: Metrics, health: HealthCheck) -> web.Application:
     return app
 
 
-@contextlib.asynccontextmanager
-async def serve_http(host: str, port: int, metrics: Metrics,
-                     health: HealthCheck) -> AsyncIterator[int]:
-    """Serve /healthz and /metrics while the context is open; yields the bound port."""
-    runner = web.AppRunner(_app(metrics, health), access_log=None, handle_signals=False)
-    await runner.setup()
+@contextlib.contextmanager
+def listening_socket(host: str, port: int) -> Iterator[socket.socket]:
+    """A TCP socket bound to BRIDGE_LISTEN (port 0: one the OS chooses), closed on exit.
+
+    Bound before the bridge is built, so the bridge knows its port from the start. Raises
+    ConfigError naming BRIDGE_LISTEN when the address cannot be bound.
+    """
     try:
-        site = web.TCPSite(runner, host, port)
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        family, kind, proto, _name, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError("BRIDGE_LISTEN", f"{host}:{port}",
+                          f"cannot listen there ({exc.strerror or exc})") from exc
+    with sock:
         try:
-            await site.start()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(128)
         except OSError as exc:
             raise ConfigError("BRIDGE_LISTEN", f"{host}:{port}",
                               f"cannot listen there ({exc.strerror or exc})") from exc
-        bound = runner.addresses[0][1] if runner.addresses else port
-        log.info("http_listening", host=host, port=bound, paths="/healthz,/metrics")
-        yield bound
+        sock.setblocking(False)
+        yield sock
+
+
+@contextlib.asynccontextmanager
+async def serve_http(sock: socket.socket, metrics: Metrics,
+                     health: HealthCheck) -> AsyncIterator[None]:
+    """Serve /healthz and /metrics on `sock` (see listening_socket) while the context is open."""
+    runner = web.AppRunner(_app(metrics, health), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock).start()
+        host, port = sock.getsockname()[:2]
+        log.info("http_listening", host=host, port=port, paths="/healthz,/metrics")
+        yield
     finally:
         await runner.cleanup()

@@ -29,11 +29,10 @@ log = structlog.get_logger(__name__)
 class DiscoveryPipeline:
     """Runs rounds and folds each into the roster and the bucket, until cancelled."""
 
-    def __init__(self, settings: Settings, discoverer: Discoverer, roster: Roster,
+    def __init__(self, settings: Settings, discoverer: Discoverer,
                  registry: AgentRegistry) -> None:
         self._settings = settings
         self._discoverer = discoverer
-        self._roster = roster
         self._registry = registry
         self._wake = asyncio.Event()
         self._followups = FollowUps(settings.poll_interval)
@@ -47,12 +46,11 @@ class DiscoveryPipeline:
         self._followups.restart(asyncio.get_running_loop().time())
         self._wake.set()
 
-    async def run_round(self) -> RoundResult:
+    async def run_round(self, roster: Roster) -> RoundResult:
         """One round, folded into the roster and written to the bucket."""
         result = await self._discoverer.round()
-        self._roster.apply(swarm=result.swarm, dns=result.dns,
-                           swarm_expected=result.swarm_expected)
-        synced = await self._registry.sync(self._roster.agents)
+        roster.apply(swarm=result.swarm, dns=result.dns, swarm_expected=result.swarm_expected)
+        synced = await self._registry.sync(roster.agents)
         self.rounds += 1
         # Healthy means the configured source answered: a DNS fallback keeps the bucket
         # useful, but a broken Docker API must still show on /healthz.
@@ -67,12 +65,13 @@ class DiscoveryPipeline:
         self.first_round.set()
         return result
 
-    async def run(self) -> None:
+    async def run(self, roster: Roster) -> None:
+        """Rounds into `roster` (a leader's term: seeded from the bucket) until cancelled."""
         loop = asyncio.get_running_loop()
         while True:
             # Cleared before the round: whatever asks while it runs gets a round after it.
             self._wake.clear()
-            result = await self.run_round()
+            result = await self.run_round(roster)
             delay = self._followups.after_round(
                 result.not_running, loop.time(), round_s=result.duration_s,
                 failed=result.swarm_expected and result.swarm is None)

@@ -59,17 +59,19 @@ def match_presence(agents: Iterable[Agent], present: Iterable[str]) -> Matched:
 
 
 class Presence:
-    """The live presence entries, kept current by a watch; `changed` is called on each change."""
+    """The live presence entries, kept current by a watch; `on_change()` is called (on the
+    event loop) whenever the set of live entries changes."""
 
     def __init__(self, nc: NATS, names: Names, *, replicas: int = 1,
-                 ttl: float = PRESENCE_TTL) -> None:
+                 ttl: float = PRESENCE_TTL, on_change: Callable[[], None] = lambda: None,
+                 ) -> None:
         self._nc = nc
         self._names = names
         self._replicas = replicas
         self._ttl = ttl
         # key -> (entry, time.monotonic() when the bridge received it)
         self._seen: dict[str, tuple[PresenceEntry, float]] = {}
-        self.changed: Callable[[], None] = lambda: None
+        self._changed = on_change
 
     def bucket_spec(self) -> BucketSpec:
         return BucketSpec(name=self._names.presence_bucket, ttl=self._ttl,
@@ -150,7 +152,7 @@ class Presence:
         if operation is not None or not value:
             if self._seen.pop(key, None) is not None:
                 log.debug("agent_left_bus", agent_id=key, reason=operation or "empty")
-                self.changed()
+                self._changed()
             return
         try:
             entry = PRESENCE_DECODER.decode(value)
@@ -162,7 +164,7 @@ class Presence:
         self._seen[key] = (entry, time.monotonic())
         if fresh:
             log.debug("agent_on_bus", agent_id=key, task_id=entry.task_id)
-            self.changed()
+            self._changed()
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -171,4 +173,4 @@ class Presence:
             del self._seen[key]
             log.debug("agent_left_bus", agent_id=key, reason="stale")
         if stale:
-            self.changed()
+            self._changed()

@@ -118,7 +118,9 @@ class AgentRegistry:
 
     def __init__(self, nc: NATS, names: Names, *, replicas: int = 1,
                  metrics: Metrics | None = None, fence: Fence = _no_fence,
-                 marker_ttl: int = PURGE_MARKER_TTL) -> None:
+                 marker_ttl: int = PURGE_MARKER_TTL,
+                 bus_ids: Callable[[Iterable[Agent]], AbstractSet[str]] = lambda _a: frozenset(),
+                 ) -> None:
         self._nc = nc
         self._marker_ttl = marker_ttl
         self._names = names
@@ -136,8 +138,8 @@ class AgentRegistry:
         self._revisions: dict[str, int] = {}
         self._last_seq = 0  # the bucket's last sequence as far as this bridge knows
         self._retry = asyncio.Event()
-        # Which agents are on the bus: set by presence; nobody is, without it.
-        self.bus_ids: Callable[[Iterable[Agent]], AbstractSet[str]] = lambda _a: frozenset()
+        # Which agents are on the bus (Presence.bus_ids); nobody is, without it.
+        self._bus_ids = bus_ids
         self.published: dict[str, Agent] = {}
         self.problem: str | None = None
         # The record last made from each desired agent: (that Agent object, on_bus, record).
@@ -251,7 +253,7 @@ class AgentRegistry:
         """The writes that make the bucket equal to the desired set:
         (what is published, the new record or None for a delete, key)."""
         plan: list[tuple[Agent | None, Agent | None, str]] = []
-        bus = self.bus_ids(self._desired.values())
+        bus = self._bus_ids(self._desired.values())
         now = now_rfc3339()  # agents first seen in this sync share its time
         published, made = self.published, self._made
         for agent_id, agent in self._desired.items():

@@ -13,7 +13,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from bridge.app import Bridge
+from bridge.app import Bridge, open_bridge
 from bridge.config import Settings
 from bridge.discovery.dns import DnsDiscovery
 from bridge.embedded import EmbeddedNats
@@ -117,6 +117,17 @@ def settings(docker_api: DockerEmulator, unique: str) -> Settings:
                     docker_timeout=1.0, dns_names=())
 
 
+async def rounds_pass(running: RunningBridge, count: int = 2) -> None:
+    """Wait until `count` more discovery rounds have run, asking for each one."""
+    pipeline = running.bridge.pipeline
+    for _ in range(count):
+        target = pipeline.rounds + 1
+        pipeline.trigger()
+        # B023: awaited within this iteration, so the lambda sees this iteration's target.
+        await wait_for(lambda: pipeline.rounds >= target, timeout=10,  # noqa: B023
+                       what="a round")
+
+
 class RunningBridge:
     """A Bridge running in a task of the test's loop; `stop()` shuts it down cleanly."""
 
@@ -129,22 +140,48 @@ class RunningBridge:
             await self.task
 
 
+async def unless_stopped(task: asyncio.Task[None], awaitable: Awaitable[object],
+                         what: str, timeout: float = 15.0) -> None:
+    """Wait for `awaitable`, unless the bridge's task ends first (its error is raised then)."""
+    waiter = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task, waiter}, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if waiter in done:
+        return
+    if task.done():
+        task.result()
+        raise AssertionError(f"the bridge stopped before {what}")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
 @contextlib.asynccontextmanager
 async def run_bridge(settings: Settings, url: str, *, dns: DnsDiscovery | None = None,
-                     follow_events: bool = True) -> AsyncIterator[RunningBridge]:
-    """Start a bridge and wait until it is ready and its first round is done."""
+                     follow_events: bool = True,
+                     first_round: bool = True) -> AsyncIterator[RunningBridge]:
+    """Start a bridge and wait until it is ready and (first_round) a leader's first round is
+    done; a standby has none: pass first_round=False."""
     stop = asyncio.Event()
-    bridge = Bridge(settings, dns=dns, follow_events=follow_events)
-    task = asyncio.create_task(bridge.run(stop, url))
-    running = RunningBridge(bridge, task, stop)
+    opened: asyncio.Future[Bridge] = asyncio.get_running_loop().create_future()
+
+    async def serve() -> None:
+        async with open_bridge(settings, url, dns=dns, follow_events=follow_events) as bridge:
+            opened.set_result(bridge)
+            await bridge.run(stop)
+
+    task = asyncio.create_task(serve(), name="bridge")
     try:
-        async with asyncio.timeout(15):
-            await wait_for(lambda: task.done() or (
-                bridge.loop is not None and bridge.loop.first_round.is_set()
-                and bridge.ready.is_set()), timeout=15, what="the bridge to start")
-            if task.done():
-                task.result()
+        await unless_stopped(task, opened, "the bridge to open")
+        bridge = opened.result()
+        running = RunningBridge(bridge, task, stop)
+        await unless_stopped(task, bridge.ready.wait(), "the bridge to be ready")
+        if first_round:
+            await unless_stopped(task, bridge.pipeline.first_round.wait(), "a first round")
         yield running
     finally:
         if not task.done():
-            await running.stop()
+            stop.set()
+            async with asyncio.timeout(10):
+                await task

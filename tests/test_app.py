@@ -14,7 +14,14 @@ from bridge.embedded import EmbeddedNats
 from bridge.emulator import DockerEmulator, EmulatedSwarm
 from bridge.models import Agent
 from bridge.registry import read_bucket
-from tests.conftest import RunningBridge, announcements, dns_discovery, run_bridge, wait_for
+from tests.conftest import (
+    RunningBridge,
+    announcements,
+    dns_discovery,
+    rounds_pass,
+    run_bridge,
+    wait_for,
+)
 from tests.dns_server import DnsTestServer
 
 ALLOWED_DOCKER_PATHS = {"/_ping", "/version", "/info", "/tasks", "/events"}
@@ -42,16 +49,6 @@ async def until_bucket_matches(nc: NATS, settings: Settings, swarm: EmulatedSwar
 
     await wait_for(same, timeout=timeout, what="the bucket to match the running tasks")
 
-
-async def rounds_pass(running: RunningBridge, count: int = 2) -> None:
-    """Wait until `count` more discovery rounds have run."""
-    loop = running.bridge.loop
-    assert loop is not None
-    for _ in range(count):
-        target = loop.rounds + 1
-        loop.trigger()
-        # B023: the lambda is awaited within this iteration, so it sees this iteration's target.
-        await wait_for(lambda: loop.rounds >= target, timeout=10, what="a round")  # noqa: B023
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ micro service that serves them."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -12,7 +11,6 @@ import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 
-from bridge.app import Bridge
 from bridge.asyncapi import MicroInfo, MicroPing, MicroStats
 from bridge.broadcast_api import BROADCAST_QUEUE, SERVICE_NAME, validate_request
 from bridge.config import Settings
@@ -103,20 +101,16 @@ async def test_micro_service_is_found_with_its_counts(
 async def test_only_the_leader_serves(nats_server: EmbeddedNats, nc: NATS,
                                       settings: Settings) -> None:
     """Two bridges: one instance of the micro service answers pings, the leader's."""
-    async with run_bridge(settings, nats_server.url) as first:
-        stop = asyncio.Event()
-        standby = Bridge(settings)
-        task = asyncio.create_task(standby.run(stop, nats_server.url))
-        await wait_for(lambda: standby.ready.is_set() and standby.election is not None
-                       and standby.election.leader is not None, what="the standby")
+    async with (run_bridge(settings, nats_server.url) as first,
+                run_bridge(settings, nats_server.url, first_round=False) as second):
+        standby = second.bridge
+        await wait_for(lambda: standby.election.leader is not None, what="the standby")
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
         await nc.publish(f"$SRV.PING.{SERVICE_NAME}", b"", reply=inbox)
         pings = [json.loads((await sub.next_msg(timeout=5)).data)]
         with pytest.raises(nats.errors.TimeoutError):
             pings.append(await sub.next_msg(timeout=0.5))
-        assert first.bridge.election is not None and first.bridge.election.is_leader.is_set()
-        assert standby.election is not None and not standby.election.is_leader.is_set()
+        assert first.bridge.election.is_leader.is_set()
+        assert not standby.election.is_leader.is_set()
         assert pings[0]["name"] == SERVICE_NAME
-        stop.set()
-        await asyncio.wait_for(task, 10)

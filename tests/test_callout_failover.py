@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import structlog
 
-from bridge.app import Bridge
 from bridge.config import Settings
 from bridge.embedded import EmbeddedNats
 from bridge.emulator import DockerEmulator, EmulatedSwarm
@@ -25,7 +24,7 @@ from tests.callout_support import (
     make_keys,
     user,
 )
-from tests.conftest import wait_for
+from tests.conftest import run_bridge, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -79,28 +78,23 @@ async def test_standby_answers_the_callout_while_the_leader_is_down(
             await wait_for(written, timeout=10, what="the leader's agents")
             await coordinator.close()
 
-            stop = asyncio.Event()
-            standby = Bridge(bridge_settings(settings, files))
             with structlog.testing.capture_logs() as logs:
-                task = asyncio.create_task(standby.run(stop, server.url))
+                async with run_bridge(bridge_settings(settings, files), server.url,
+                                      first_round=False) as running:
+                    standby = running.bridge
 
-                def standing_by() -> bool:
-                    loaded = any(e["event"] == "callout_serving" and e["agents"] == 1
-                                 for e in logs)
-                    return loaded and standby.election is not None and (
-                        standby.election.leader is not None)
+                    def standing_by() -> bool:
+                        return standby.election.leader is not None and any(
+                            e["event"] == "callout_serving" and e["agents"] == 1 for e in logs)
 
-                await wait_for(standing_by, timeout=15, what="the standby to load the agents")
-                assert not standby.election or not standby.election.is_leader.is_set()
+                    await wait_for(standing_by, timeout=15,
+                                   what="the standby to load the agents")
+                    assert not standby.election.is_leader.is_set()
 
-                leader.kill()  # SIGKILL: no resignation, the lease stays until it expires
-                async with asyncio.timeout(10):
-                    await leader.wait()
-                async with admitted(server, address, timeout=10):
-                    assert standby.election is not None
-                    assert not standby.election.is_leader.is_set(), "the lease expired first"
-                stop.set()
-                async with asyncio.timeout(15):
-                    await task
+                    leader.kill()  # SIGKILL: no resignation, the lease stays until it expires
+                    async with asyncio.timeout(10):
+                        await leader.wait()
+                    async with admitted(server, address, timeout=10):
+                        assert not standby.election.is_leader.is_set(), "the lease expired first"
     answered = [e for e in logs if e["event"] == "callout_admitted"]
     assert [(e["agent_id"], e["address"]) for e in answered] == [(me, address)]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import structlog
 
-from bridge.app import Bridge
+from bridge.app import open_bridge
 from bridge.config import Settings, load_settings
 from bridge.emulator import DockerEmulator, EmulatedSwarm
 from bridge.errors import ConfigError
@@ -84,29 +84,35 @@ async def test_a_different_issuer_is_refused_with_a_hint(
     assert rejected and "BRIDGE_CALLOUT_ISSUER_SEED" in rejected[0]
 
 
+# Nothing listens there: the seed files are read before any connection is tried.
+UNREACHABLE = "nats://127.0.0.1:9"
+
+
 @pytest.mark.parametrize(("field", "variable", "content"), [
     ("callout_issuer_seed", "BRIDGE_CALLOUT_ISSUER_SEED", new_seed("curve")),
     ("callout_xkey_seed", "BRIDGE_CALLOUT_XKEY_SEED", new_seed("account")),
     ("callout_issuer_seed", "BRIDGE_CALLOUT_ISSUER_SEED", b"not a seed at all"),
 ])
-def test_a_seed_file_of_the_wrong_kind_stops_the_start(
+async def test_a_seed_file_of_the_wrong_kind_stops_the_start(
         tmp_path: Path, files: CalloutFiles, field: str, variable: str, content: bytes) -> None:
     """A seed file that is not the seed it must be stops the bridge, naming the variable."""
     bad = tmp_path / "bad.seed"
     bad.write_bytes(content)
     settings = bridge_settings(Settings(), files).replace(**{field: str(bad)})
     with pytest.raises(ConfigError) as error:
-        Bridge(settings)
+        async with open_bridge(settings, UNREACHABLE):
+            pass
     assert error.value.variable == variable and str(bad) in str(error.value)
     assert content.decode() not in str(error.value)  # never a seed in a message
 
 
-def test_a_missing_seed_file_stops_the_start(tmp_path: Path, files: CalloutFiles) -> None:
+async def test_a_missing_seed_file_stops_the_start(tmp_path: Path, files: CalloutFiles) -> None:
     """A seed path that cannot be read stops the bridge with the variable and the reason."""
     settings = bridge_settings(Settings(), files).replace(
         callout_issuer_seed=str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match=r"BRIDGE_CALLOUT_ISSUER_SEED=.*No such file"):
-        Bridge(settings)
+        async with open_bridge(settings, UNREACHABLE):
+            pass
 
 
 def test_the_callout_needs_its_issuer_seed() -> None:

@@ -13,7 +13,7 @@ from bridge.embedded import EmbeddedNats
 from bridge.emulator import DockerEmulator, EmulatedSwarm
 from bridge.models import Agent
 from bridge.registry import read_bucket
-from tests.conftest import RunningBridge, dns_discovery, run_bridge, wait_for
+from tests.conftest import dns_discovery, rounds_pass, run_bridge, wait_for
 from tests.dns_server import DnsTestServer
 
 TASKS_NAME = "tasks.CHORUS_chorus"
@@ -26,15 +26,6 @@ async def bucket(nc: NATS, settings: Settings) -> dict[str, Agent]:
     return agents
 
 
-async def rounds_pass(running: RunningBridge, count: int = 3) -> None:
-    """Wait until `count` more discovery rounds have run."""
-    loop = running.bridge.loop
-    assert loop is not None
-    for _ in range(count):
-        target = loop.rounds + 1
-        loop.trigger()
-        await wait_for(lambda t=target: loop.rounds >= t, timeout=10, what="a round")
-
 
 async def test_auto_publishes_no_dns_ghost(
         settings: Settings, docker_api: DockerEmulator, swarm: EmulatedSwarm,
@@ -45,7 +36,7 @@ async def test_auto_publishes_no_dns_ghost(
     dns_server.set(TASKS_NAME, [*(swarm.address_of(t) or "" for t in tasks), GHOST])
     auto = settings.replace(discovery_method="auto", dns_names=(TASKS_NAME,))
     async with run_bridge(auto, nats_server.url, dns=dns_discovery(auto, dns_server)) as running:
-        await rounds_pass(running)
+        await rounds_pass(running, 3)
         assert set(await bucket(nc, auto)) == set(tasks)
 
         swarm.set_error("server_error")
@@ -64,7 +55,7 @@ async def test_one_task_is_one_agent_on_any_of_its_networks(
     dns_server.set(TASKS_NAME, ["127.51.0.2"])
     auto = settings.replace(discovery_method="auto", dns_names=("agents.backend",))
     async with run_bridge(auto, nats_server.url, dns=dns_discovery(auto, dns_server)) as running:
-        await rounds_pass(running)
+        await rounds_pass(running, 3)
         agents = await bucket(nc, auto)
     assert set(agents) == {task}
     assert agents[task].address == swarm.address_of(task)
@@ -73,7 +64,7 @@ async def test_one_task_is_one_agent_on_any_of_its_networks(
     async with run_bridge(fallback, nats_server.url,
                           dns=dns_discovery(fallback, dns_server)) as running:
         swarm.set_error("server_error")
-        await rounds_pass(running)
+        await rounds_pass(running, 3)
         assert set(await bucket(nc, fallback)) == {task}
 
 
@@ -86,8 +77,7 @@ async def test_stuck_task_is_logged_once_and_backs_off(
     quick = settings.replace(poll_interval=1.0)
     with structlog.testing.capture_logs() as logs:
         async with run_bridge(quick, nats_server.url) as running:
-            loop = running.bridge.loop
-            assert loop is not None
+            loop = running.bridge.pipeline
             await wait_for(lambda: any(e["event"] == "task_not_running" for e in logs),
                            timeout=10, what="the stuck task to be logged")
             start, started = loop.rounds, asyncio.get_running_loop().time()

@@ -87,14 +87,13 @@ async def test_stale_entry_counts_as_absent_without_a_delete(nc: NATS, unique: s
     """In a bucket without TTL (no marker ever comes), an entry not refreshed goes absent."""
     names = Names(prefix=f"p{unique}", agents_bucket=f"agents_{unique}")
     kv = await nc.jetstream().create_key_value(KeyValueConfig(bucket=names.presence_bucket))
-    presence = Presence(nc, names, ttl=1.0)
     changes = 0
 
     def changed() -> None:
         nonlocal changes
         changes += 1
 
-    presence.changed = changed
+    presence = Presence(nc, names, ttl=1.0, on_change=changed)
     task = asyncio.create_task(presence.run())
     try:
         entry = PresenceEntry(agent_id=A.id, task_id=A.task_id, at=now_rfc3339())

@@ -65,10 +65,9 @@ async def test_the_same_agent_object_is_written_again_when_its_facts_change(
     """Records are reused by identity only while nothing they depend on changed: a flip of
     on_bus, or a leave and a return of the very same Agent object, are still written."""
     seen = await _announcements(nc, names)
-    registry = AgentRegistry(nc, names)
-    await registry.open()
     on_bus: set[str] = set()
-    registry.bus_ids = lambda agents: frozenset(on_bus)
+    registry = AgentRegistry(nc, names, bus_ids=lambda agents: frozenset(on_bus))
+    await registry.open()
     desired = {A.id: A, B.id: B}
     assert (await registry.sync(desired)).joined == 2
     on_bus.add(A.id)

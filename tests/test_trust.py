@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from bridge.agent_http import AgentHTTP
-from bridge.broadcast import Broadcaster, Target
+from bridge.broadcast import Broadcaster
 from bridge.config import Settings, load_settings
 from bridge.embedded import EmbeddedNats
 from bridge.emulator import EmulatedSwarm
@@ -32,6 +32,7 @@ from bridge.models import (
     now_rfc3339,
 )
 from bridge.subjects import Names
+from bridge.targets import Target
 from tests.conftest import wait_for
 from tests.test_broadcast import OPPORTUNITY, Stage, stage
 
