@@ -17,10 +17,9 @@ import time
 import msgspec
 import nats.errors
 import structlog
-from nats import micro
 from nats.aio.client import Client as NATS
 from nats.micro.request import Request
-from nats.micro.service import EndpointStats
+from nats.micro.service import EndpointStats, Service, ServiceConfig
 
 from bridge.broadcast import Broadcaster
 from bridge.metrics import Metrics
@@ -110,18 +109,21 @@ class BroadcastService:
 
     async def run(self) -> None:
         """Serve until cancelled; the service is gone from the bus when this returns."""
-        service = await micro.add_service(
-            self._nc, name=SERVICE_NAME, version=_version(), queue_group=BROADCAST_QUEUE,
+        service = Service(self._nc, ServiceConfig(
+            name=SERVICE_NAME, version=_version(), queue_group=BROADCAST_QUEUE,
             description="Council opportunities to every agent, over the bus or HTTP",
-            metadata={"prefix": self._names.prefix}, stats_handler=self._counts.fill)
+            metadata={"prefix": self._names.prefix}, stats_handler=self._counts.fill))
         try:
             async with asyncio.TaskGroup() as tg:
                 async def handle(request: Request) -> None:
                     # Returns at once: a broadcast takes seconds and must not hold up the next.
                     tg.create_task(self._handle(request))
 
+                # The endpoint first, then $SRV discovery (start() subscribes and flushes):
+                # requests are taken from the earliest moment, as a plain subscription was.
                 await service.add_endpoint(name=ENDPOINT_NAME, subject=self._names.broadcast,
                                            handler=handle)
+                await service.start()
                 self.subscribed.set()
                 log.info("broadcast_api_ready", subject=self._names.broadcast,
                          service=SERVICE_NAME, service_id=service.id)

@@ -131,6 +131,7 @@ def run_until_signal(make: Callable[[asyncio.Event], Coroutine[Any, Any, Any]]) 
             error = error.exceptions[0]
     except Exception as exc:  # a bug: still one line; BRIDGE_LOG_LEVEL=debug has more
         error = exc
+    structlog.get_logger(__name__).debug("command_failed", exc_info=error)
     return fail(error)
 
 

@@ -12,6 +12,7 @@ import contextlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import nats
 import nats.errors
@@ -39,17 +40,30 @@ _API_TOKENS = ("$JS", "API", "INFO", "STREAM", "CONSUMER", "CREATE", "DELETE", "
                "FC", "ACK")
 
 
+def _user(settings: Settings) -> str | None:
+    """The NATS user name: NATS_USER, or the user of NATS_URL (nats://user:password@host)."""
+    if settings.nats_user:
+        return settings.nats_user
+    try:
+        parts = urlsplit((settings.nats_url or "").split(",")[0].strip())
+    except ValueError:
+        return None
+    # nats://user:password@host names a user; nats://secret@host is a token.
+    return parts.username if parts.password is not None else None
+
+
 def inbox_prefix_for(settings: Settings) -> str:
     """The inbox prefix nats.conf lets this user subscribe to."""
-    return INBOX_PREFIXES.get(settings.nats_user or "", "_INBOX.coord")
+    return INBOX_PREFIXES.get(_user(settings) or "", "_INBOX.coord")
 
 
 def who(settings: Settings) -> str:
     """The NATS identity of these settings, as an operator would name it (never a secret)."""
     if settings.nats_creds:
         return f"the user of {settings.nats_creds}"
-    if settings.nats_user:
-        return f"user {settings.nats_user!r}"
+    user = _user(settings)
+    if user:
+        return f"user {user!r}"
     return "the token user" if settings.nats_token else "the anonymous user"
 
 
@@ -145,10 +159,12 @@ async def open_session(settings: Settings, names: Iterable[str], *,
             disconnected_cb=reported.on_disconnect, **nats_auth(settings))
     except (nats.errors.Error, OSError) as exc:
         last = reported.errors[-1] if reported.errors else (str(exc) or type(exc).__name__)
-        reason = redact_text(last)
-        raise NatsError(f"cannot connect to NATS at {redact_url(url)} as {who(settings)} "
-                        f"({reason}); is NATS running there? Set NATS_URL or --nats-url, and "
-                        "NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_CREDS") from None
+        reason = redact_text(last).removeprefix("nats: ").strip("'")
+        if "authorization violation" in reason.lower():
+            raise NatsError(f"NATS at {redact_url(url)} refused {who(settings)} ({reason}): "
+                            "check NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_CREDS") from None
+        raise NatsError(f"cannot connect to NATS at {redact_url(url)} ({reason}); is NATS "
+                        "running there? Set NATS_URL or --nats-url") from None
     try:
         yield Session(nc, settings, url, names, reported)
     finally:

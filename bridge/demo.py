@@ -22,7 +22,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from bridge.app import Bridge
+from bridge.app import running_bridge
 from bridge.config import Settings
 from bridge.embedded import EmbeddedNats
 from bridge.emulator import DockerEmulator, EmulatedSwarm
@@ -199,23 +199,17 @@ async def run_demo(agents: int = 34, on_bus: int = 17, *, say: Say = _say,
             discovery_method="swarm", docker_host=docker_api.base_url, dns_names=(),
             agent_port=fleet.port, listen_host="127.0.0.1", listen_port=0,
             log_format="console", log_level="WARNING")
-        bridge = Bridge(settings)
-        halt = asyncio.Event()
         say("\nStarting the bridge (discovery through the Swarm API)...")
         started = time.perf_counter()
-        async with asyncio.TaskGroup() as tg:
-            task = tg.create_task(bridge.run(halt, server.url))
-            await _until(lambda: task.done() or (
-                bridge.registry is not None and len(bridge.registry.published) >= agents),
-                "discovery")
-            assert bridge.registry is not None and bridge.pipeline is not None
+        async with running_bridge(settings, server.url) as bridge:
+            registry = bridge.registry
+            await _until(lambda: len(registry.published) >= agents, "discovery")
             result.discovery_ms = (time.perf_counter() - started) * 1000
-            result.discovered = len(bridge.registry.published)
+            result.discovered = len(registry.published)
             say(f"  discovered {result.discovered} of {agents} agents via the Swarm API in "
                 f"{result.discovery_ms:.0f} ms (a DNS lookup of the service name would have "
                 "found its one virtual IP)")
-            registry = bridge.registry
-            await _until(lambda: task.done() or sum(
+            await _until(lambda: sum(
                 a.on_bus for a in registry.published.values()) >= on_bus, "presence")
             result.on_bus = sum(a.on_bus for a in registry.published.values())
             say(f"  presence: {result.on_bus} agents on the bus, "
@@ -227,7 +221,6 @@ async def run_demo(agents: int = 34, on_bus: int = 17, *, say: Say = _say,
                 _explore(server.url, bridge.http_port, min(registry.published), say)
                 await keep.wait()
                 say("\nStopping...")
-            halt.set()
         say("\nDone: the bridge, the agents, Docker's stand-in and NATS stopped cleanly.")
     return result
 

@@ -121,8 +121,8 @@ async def test_a_refused_connection_is_our_error_with_a_short_reason() -> None:
 async def test_a_silent_agent_is_a_timeout_not_retried() -> None:
     """An agent that accepts the connection and never answers: "timeout", after the deadline."""
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()  # until the bridge gives up and closes
-        writer.close()
+        with contextlib.closing(writer):
+            await reader.read()  # until the bridge gives up and closes
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -140,8 +140,8 @@ async def test_a_silent_agent_is_a_timeout_not_retried() -> None:
 async def test_a_dropped_connection_is_a_reset() -> None:
     """An agent that reads the request and closes without an answer: "connection reset"."""
     async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.close()
+        with contextlib.closing(writer):
+            await reader.readuntil(b"\r\n\r\n")
 
     server = await asyncio.start_server(drop, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -158,10 +158,10 @@ async def test_a_dropped_connection_is_a_reset() -> None:
 
 async def test_an_answer_that_is_not_http_is_reported_as_such() -> None:
     async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
-        await writer.drain()
-        writer.close()
+        with contextlib.closing(writer):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
+            await writer.drain()
 
     server = await asyncio.start_server(garbage, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]

@@ -156,6 +156,7 @@ async def test_bridge_announces_and_serves_broadcast_requests(bridge: Peer,
                                                               coordinator: Peer) -> None:
     """The bridge publishes announcements and answers a coordinator's broadcast request."""
     announcements = await coordinator.nc.subscribe("chorus.agents.announce")
+    await coordinator.nc.flush()  # subscribed on the server before anyone publishes
 
     async def serve(msg: Msg) -> None:
         await msg.respond(b'{"opportunity_id": "council-1", "total_agents": 0}')
@@ -181,6 +182,7 @@ async def test_agent_acks_opportunities_and_claims_roles(bridge: Peer, agent: Pe
                                                          coordinator: Peer) -> None:
     """An agent receives an opportunity, acks it to the bridge and publishes a claim."""
     claims = await coordinator.nc.subscribe("chorus.council.*.claims")
+    await coordinator.nc.flush()  # subscribed on the server before anyone publishes
 
     async def on_opportunity(msg: Msg) -> None:
         await msg.respond(b'{"agent_id": "a1", "opportunity_id": "council-1"}')
@@ -199,6 +201,7 @@ async def test_agent_acks_opportunities_and_claims_roles(bridge: Peer, agent: Pe
 async def test_agent_reads_agents_and_writes_its_presence(bridge: Peer, agent: Peer) -> None:
     """An agent reads and watches the agents bucket, hears announcements, and puts presence."""
     announcements = await agent.nc.subscribe("chorus.agents.announce")
+    await agent.nc.flush()  # subscribed on the server before anyone publishes
     agents = await agent.js.key_value(AGENTS)
     watcher = await agents.watchall()
     bridge_agents = await bridge.js.key_value(AGENTS)
@@ -376,3 +379,15 @@ async def test_cli_names_the_user_and_subject_it_was_denied(secured_server: Embe
     code, _, err = await command("agents", "--inbox-prefix", "_INBOX.coord", **as_agent)
     assert code == 3 and len(err.strip().splitlines()) == 1
     assert "NATS user 'agent' may not subscribe to _INBOX.coord." in err
+
+
+async def test_cli_says_which_user_was_refused(secured_server: EmbeddedNats) -> None:
+    """A wrong password, in the URL: exit status 3, one line naming the user, no password."""
+    from tests.test_cli import command
+
+    url = secured_server.url.replace("nats://", "nats://coordinator:not-the-password@")
+    code, _, err = await command("agents", NATS_URL=url)
+    assert code == 3
+    assert err.strip().splitlines() == [
+        f"chorus-bridge: NatsError: NATS at {secured_server.url} refused user 'coordinator' "
+        "(Authorization Violation): check NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_CREDS"]

@@ -4,7 +4,6 @@ discovering and answering broadcasts, and the bucket is right after."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import structlog
@@ -23,7 +22,7 @@ BOUND = 10.0
 async def test_kills_in_a_cluster_of_three(tmp_path: Path, settings: Settings,
                                            swarm: EmulatedSwarm,
                                            docker_api: DockerEmulator) -> None:
-    settings = dataclasses.replace(settings, kv_replicas=3, bus_ack_wait=0.2)
+    settings = settings.replace(kv_replicas=3, bus_ack_wait=0.2)
     swarm.add_tasks(3)
     with structlog.testing.capture_logs() as logs:
         gaps = await _kills(tmp_path, settings, swarm)
