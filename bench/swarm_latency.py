@@ -48,7 +48,7 @@ import common  # noqa: F401  (puts the repository on sys.path, for tests.swarm_s
 import nats
 from nats.js.kv import KeyValue
 
-from bridge.app import Bridge
+from bridge.app import Bridge, running_bridge
 from bridge.config import Settings
 from bridge.embedded import EmbeddedNats
 from bridge.logs import configure_logging
@@ -127,23 +127,13 @@ class BucketWatch:
 
 
 @contextlib.asynccontextmanager
-async def running_bridge(settings: Settings, url: str, *,
-                         follow_events: bool = True) -> AsyncIterator[Bridge]:
-    stop = asyncio.Event()
-    bridge = Bridge(settings, follow_events=follow_events)
-    task = asyncio.create_task(bridge.run(stop, url))
-    try:
+async def bridge_after_first_round(settings: Settings, url: str, *,
+                                   follow_events: bool) -> AsyncIterator[Bridge]:
+    """The bridge running, once its first round is done (within 30 s)."""
+    async with running_bridge(settings, url, follow_events=follow_events) as bridge:
         async with asyncio.timeout(30):
-            while not (bridge.pipeline is not None and bridge.pipeline.first_round.is_set()):
-                if task.done():
-                    task.result()
-                    raise RuntimeError("the bridge stopped before its first round")
-                await asyncio.sleep(0.05)
+            await bridge.pipeline.first_round.wait()
         yield bridge
-    finally:
-        stop.set()
-        async with asyncio.timeout(15):
-            await task
 
 
 async def measure(service: BenchService, watch: BucketWatch, samples: int) -> list[Sample]:
@@ -227,7 +217,7 @@ def report(results: list[Sample], baseline: list[Sample], target: float) -> bool
 async def phase(service: BenchService, settings: Settings, url: str, samples: int, *,
                 follow_events: bool) -> list[Sample]:
     """A bridge on a bucket of its own; the service scaled up by one, `samples` times."""
-    async with running_bridge(settings, url, follow_events=follow_events):
+    async with bridge_after_first_round(settings, url, follow_events=follow_events):
         nc = await nats.connect(url)
         watch = BucketWatch()
         try:

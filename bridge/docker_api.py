@@ -238,15 +238,16 @@ class EventStream:
     HTTP response, and the stream is opened again at once with `since` set to the daemon's
     time of that moment: a silent daemon is asked again (a hung one then fails to answer,
     which raises), and no event between the two responses is lost. The daemon's time is
-    its `Date` header plus the time elapsed here, so the two clocks need not agree.
+    its `Date` header plus the time elapsed here (so the two clocks need not agree), and
+    never before the last event read plus 1 ns (so no event comes twice).
     """
 
     def __init__(self, api: DockerAPI, filters: str) -> None:
         self._api = api
         self._filters = filters
         self._queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
-        self._response: requests.Response | None = None
         self._daemon_clock: tuple[float, float] | None = None  # (Date, monotonic) at open
+        self._last_event_ns = 0  # the daemon's timeNano of the last event read
         self._closed = False
 
     async def open(self, since: str | None = None) -> None:
@@ -261,7 +262,6 @@ class EventStream:
         date = response.headers.get("Date")
         stamp = email.utils.parsedate_to_datetime(date).timestamp() if date else time.time()
         self._daemon_clock = (stamp, time.monotonic())
-        self._response = response
         loop = asyncio.get_running_loop()
         threading.Thread(target=self._read, args=(response, loop), name="docker-events",
                          daemon=True).start()
@@ -272,6 +272,8 @@ class EventStream:
         buffer = b""
         try:
             for chunk in response.iter_content(chunk_size=None):
+                if self._closed:
+                    return
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
@@ -282,14 +284,18 @@ class EventStream:
             end = None if _is_timeout(exc) else self._api._mapped(exc)
         finally:
             response.close()
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._queue.put_nowait, end)
+        if not self._closed:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody reads
+                loop.call_soon_threadsafe(self._queue.put_nowait, end)
 
     def _since(self) -> str:
-        """The daemon's time now, less a second for its Date header's rounding."""
+        """The daemon's time now, less a second for its Date header's rounding, but never
+        before the last event read (which would come again)."""
         assert self._daemon_clock is not None
         stamp, at = self._daemon_clock
-        return f"{stamp + (time.monotonic() - at) - 1.0:.9f}"
+        estimate = int((stamp + (time.monotonic() - at) - 1.0) * 1e9)
+        since = max(estimate, self._last_event_ns + 1)
+        return f"{since // 1_000_000_000}.{since % 1_000_000_000:09d}"
 
     def __aiter__(self) -> EventStream:
         return self
@@ -303,14 +309,17 @@ class EventStream:
             if isinstance(item, BaseException):
                 raise item
             try:
-                return _OBJECT.decode(item)
+                event = _OBJECT.decode(item)
             except msgspec.DecodeError as exc:
                 raise DockerAPIError("bad_response", f"the Docker event stream sent a line "
                                      f"that is not a JSON object ({exc})") from exc
+            stamp = event.get("timeNano")
+            if isinstance(stamp, int):
+                self._last_event_ns = max(self._last_event_ns, stamp)
+            return event
 
     def close(self) -> None:
-        """Stop reading: closing the response unblocks the reader thread."""
+        """Stop reading. The reader thread closes the response itself when its current read
+        returns (within `timeout`): closing it from here would wait for that read anyway,
+        since the reader holds the response's buffer, and it would block the event loop."""
         self._closed = True
-        if self._response is not None:
-            with contextlib.suppress(Exception):
-                self._response.close()

@@ -129,3 +129,14 @@ def test_a_list_of_several_services_is_a_bad_response() -> None:
     with pytest.raises(DockerAPIError) as info:
         _swarm().decode(json.dumps(own + other).encode())
     assert info.value.kind == "bad_response" and "service filter" in str(info.value)
+
+
+def test_socket_missing_advice_depends_on_whether_the_host_was_set() -> None:
+    """Setting WHOOSH_DOCKER_HOST is advised only when it was not set."""
+    missing = requests.exceptions.ConnectionError(
+        OSError("Connection aborted.", FileNotFoundError(2, "No such file or directory")))
+    default = docker_error(missing, Settings())
+    chosen = docker_error(missing, Settings(docker_host="unix:///run/other/docker.sock"))
+    assert default is not None and chosen is not None
+    assert "set WHOOSH_DOCKER_HOST" in str(default)
+    assert "set WHOOSH_DOCKER_HOST" not in str(chosen) and "WHOOSH_DOCKER_HOST" in str(chosen)

@@ -356,7 +356,6 @@ async def test_dockerd_restart_under_a_running_bridge(
     with structlog.testing.capture_logs() as logs:
         async with run_bridge(real_settings, nats_server.url):
             before = set(await until_bucket_is(nc, real_settings, agents, 3, timeout=5))
-            connected = sum(e["event"] == "docker_events_connected" for e in logs)
             await asyncio.to_thread(stop_dockerd)
             try:
                 # Down: sample the bucket for a while; nothing may leave it.
@@ -372,8 +371,9 @@ async def test_dockerd_restart_under_a_running_bridge(
             await sampler.until(lambda: sampler.keys == sampler.running, timeout=60)
             caught_up = asyncio.get_running_loop().time() - answered
             await starting
-            await wait_for(lambda: sum(e["event"] == "docker_events_connected" for e in logs)
-                           > connected, timeout=10, what="the event stream to come back")
+            await wait_for(lambda: any(e["event"] == "docker_events_connected" and "was" in e
+                                       for e in logs),
+                           timeout=10, what="the event stream to come back")
             # The swarm settles (Swarm replaces the tasks that stopped with the daemon): the
             # bucket follows it, in step, to 3 running tasks.
             await sampler.until(lambda: len(sampler.running) == 3

@@ -2,8 +2,9 @@
 
 Swarm emits no event when a task turns running, so a task that is not running yet (pending,
 starting) or has no address yet is re-checked. On the real engine a new task is listed
-running 10 to 90 ms after its container's `start` event, so for FAST_WINDOW seconds after
-any Docker event it is re-checked every FAST seconds (one GET /tasks each); otherwise, and
+running 10 to 130 ms after its container's `start` event, so for FAST_WINDOW seconds after
+any Docker event it is re-checked every FAST seconds (one GET /tasks each, and never more
+than half the time spent fetching: a round that takes longer waits as long); otherwise, and
 after that window, with a backoff that doubles from BACKOFF_START up to the poll interval, so
 that a task stuck for good costs what the poll costs. Every Docker event starts the schedule
 over, and a task newly seen not running starts the backoff over. A failed round is retried
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 __all__ = ["BACKOFF_START", "FAST", "FAST_WINDOW", "FollowUps"]
 
-FAST = 0.025
+FAST = 0.01
 FAST_WINDOW = 0.5
 BACKOFF_START = 0.1
 # A failed round is tried again after this, doubling up to the poll interval.

@@ -85,12 +85,14 @@ class Discoverer:
     def _note_docker_error(self, exc: DockerAPIError) -> None:
         if self._metrics is not None:
             self._metrics.docker_errors.labels(kind=exc.kind).inc()
-        if self._docker_error != exc.kind:
+        # One line per outage, however its cause changes on the way (a daemon that stops
+        # closes its socket, then the socket is gone): the recovery line names the last one.
+        if self._docker_error is None:
             fallback = "dns" if self.method == "swarm" else (
                 "dns only" if self.method == "auto" else "none")
             log.warning("docker_api_failing", kind=exc.kind, error=str(exc),
                         fallback=fallback, removals="suspended")
-            self._docker_error = exc.kind
+        self._docker_error = exc.kind
 
     def _note_docker_ok(self) -> None:
         if self._docker_error is not None:

@@ -9,6 +9,7 @@ attributes are sorted here too.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import threading
 import time
@@ -119,22 +120,33 @@ class Subscription:
             self._loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
+# Docker keeps the last events in memory, for streams opened with `since`.
+_HISTORY = 1024
+
+
 class EventHub:
     """Fans events out to every open stream; safe to publish from any thread."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subscriptions: set[Subscription] = set()
+        self._history: collections.deque[tuple[Event, bytes]] = collections.deque(
+            maxlen=_HISTORY)
 
     @property
     def count(self) -> int:
         """How many event streams are open."""
         return len(self._subscriptions)
 
-    def subscribe(self, args: FilterArgs) -> Subscription:
-        """Open a stream on the running loop (call from the server's loop)."""
+    def subscribe(self, args: FilterArgs, since_ns: int | None = None) -> Subscription:
+        """Open a stream on the running loop (call from the server's loop); with `since_ns`,
+        the remembered events from then on come first, as Docker replays them."""
         subscription = Subscription(args, asyncio.get_running_loop())
         with self._lock:
+            if since_ns is not None:
+                for event, line in self._history:
+                    if event["timeNano"] >= since_ns:
+                        subscription.offer(event, line)
             self._subscriptions.add(subscription)
         return subscription
 
@@ -143,15 +155,13 @@ class EventHub:
             self._subscriptions.discard(subscription)
 
     def publish(self, events: Iterable[Event]) -> None:
-        """Send events, in order, to the streams whose filters they pass."""
-        with self._lock:
-            subscriptions = list(self._subscriptions)
-        if not subscriptions:
-            return
-        for event in events:
-            line = msgspec.json.encode(event) + b"\n"
-            for subscription in subscriptions:
-                subscription.offer(event, line)
+        """Send events, in order, to the streams whose filters they pass, and remember them."""
+        with self._lock:  # a stream opening meanwhile gets each event once
+            for event in events:
+                line = msgspec.json.encode(event) + b"\n"
+                self._history.append((event, line))
+                for subscription in self._subscriptions:
+                    subscription.offer(event, line)
 
     def close_all(self) -> None:
         """End every open stream (clients see the daemon close the connection)."""

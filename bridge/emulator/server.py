@@ -195,7 +195,7 @@ class DockerEmulator:
     async def _events(self, request: web.Request) -> web.StreamResponse:
         args = parse_filters(request.query.get("filters"))
         # Subscribe before the headers go out: a client that saw them must see what follows.
-        subscription = self.swarm.hub.subscribe(args)
+        subscription = self.swarm.hub.subscribe(args, _since_ns(request.query.get("since")))
         try:
             response = web.StreamResponse(headers={"Content-Type": "application/json"})
             response.enable_chunked_encoding()
@@ -208,6 +208,17 @@ class DockerEmulator:
             return response
         finally:
             self.swarm.hub.unsubscribe(subscription)
+
+
+def _since_ns(raw: str | None) -> int | None:
+    """Docker's `since` ("SECONDS[.NANOSECONDS]") in nanoseconds; None when absent."""
+    if not raw:
+        return None
+    seconds, _, fraction = raw.partition(".")
+    try:
+        return int(seconds) * 1_000_000_000 + int(fraction[:9].ljust(9, "0") or 0)
+    except ValueError:
+        raise EngineError(400, f"failed to parse value {raw} as a timestamp") from None
 
 
 @contextlib.contextmanager
