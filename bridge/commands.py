@@ -9,13 +9,12 @@ from collections.abc import AsyncIterator
 import click
 import msgspec
 import nats.errors
-import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js.kv import KeyValue
 
 from bridge.cli_client import Session, open_session
 from bridge.config import Settings
-from bridge.errors import BridgeUnavailableError, NatsError
+from bridge.errors import BridgeUnavailableError, BucketMissingError, NatsError
+from bridge.kv import RawBucket, bind_bucket
 from bridge.models import (
     ANNOUNCEMENT_DECODER,
     Agent,
@@ -49,7 +48,7 @@ async def session(settings: Settings, names: Names,
             raise NatsError(f"NATS at {redact_url(s.url)} failed: {text}") from None
 
 
-async def read_agents(kv: KeyValue) -> list[Agent]:
+async def read_agents(kv: RawBucket) -> list[Agent]:
     """Every agent in the bucket (its current values), sorted by endpoint."""
     agents, _invalid = await read_bucket(kv)
     return sorted(agents.values(), key=lambda a: (a.endpoint, a.id))
@@ -77,8 +76,8 @@ async def print_agents(settings: Settings, *, as_json: bool,
     names = Names.from_settings(settings)
     async with session(settings, names, inbox_prefix) as s:
         try:
-            kv = await s.guard(s.nc.jetstream(timeout=5).key_value(names.agents_bucket))
-        except nats.js.errors.BucketNotFoundError:
+            kv = await s.guard(bind_bucket(s.nc, names.agents_bucket, timeout=5))
+        except BucketMissingError:
             raise NatsError(f"no bucket {names.agents_bucket!r} on {redact_url(s.url)}: is "
                             "the bridge running against this NATS?") from None
         agents = await s.guard(read_agents(kv))

@@ -39,8 +39,20 @@ from bridge.errors import (
     WrongRevisionError,
 )
 
-__all__ = ["MIN_VALUE_SIZE", "Bucket", "BucketSpec", "Entry", "RawBucket", "Watcher", "Write",
-           "ensure_bucket", "open_bucket", "snapshot_of"]
+__all__ = [
+    "MIN_VALUE_SIZE",
+    "Bucket",
+    "BucketConfig",
+    "BucketSpec",
+    "Entry",
+    "RawBucket",
+    "Watcher",
+    "Write",
+    "bind_bucket",
+    "ensure_bucket",
+    "open_bucket",
+    "snapshot_of",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -54,8 +66,12 @@ _WRONG_REVISION = {10071, 10164}
 _NO_STREAM = 10059
 _DEL, _PURGE = "DEL", "PURGE"
 Operation = Literal["DEL", "PURGE"] | None
-# A bucket bound by nats-py itself, for tooling that reads a bucket it did not open here.
+# A bucket bound by nats-py itself, for tooling that reads a bucket it did not open here;
+# and nats-py's bucket configuration, for tooling that creates one as the bridge would.
 RawBucket = KeyValue
+BucketConfig = KeyValueConfig
+# Buckets whose differing settings were already named: the warning is said once per process.
+_warned: set[tuple[str, str]] = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +87,7 @@ class BucketSpec:
     marker_ttl: int | None = None
     keeps_records: bool = True
 
-    def config(self) -> KeyValueConfig:
+    def config(self) -> BucketConfig:
         return KeyValueConfig(
             bucket=self.name, description=self.description, history=1, ttl=self.ttl,
             limit_marker_ttl=self.marker_ttl, replicas=self.replicas,
@@ -296,7 +312,7 @@ class Bucket:
     async def snapshot(self, timeout: float = 30.0) -> dict[str, Entry]:
         """Every key's latest message, tombstones included (their revisions matter to
         writes that expect one). Raises NatsError when it takes longer than `timeout`."""
-        return await snapshot_of(self._kv, timeout)
+        return await snapshot_of(self._kv, timeout, self.name)
 
     @contextlib.asynccontextmanager
     async def watch(self) -> AsyncIterator[Watcher]:
@@ -313,9 +329,10 @@ class Bucket:
                 await raw.stop()  # type: ignore[no-untyped-call]
 
 
-async def snapshot_of(kv: RawBucket, timeout: float = 30.0) -> dict[str, Entry]:
-    """Every key's latest message in a bucket bound by nats-py (`js.key_value(name)`)."""
-    name = str(kv._name)  # nats-py keeps no public name on KeyValue
+async def snapshot_of(kv: RawBucket, timeout: float = 30.0, name: str = "?",
+                      ) -> dict[str, Entry]:
+    """Every key's latest message in a bucket bound by nats-py (`js.key_value(name)`);
+    `name` is for messages only (nats-py's KeyValue has no public name)."""
     entries: dict[str, Entry] = {}
     try:
         holding = int((await kv.status()).values)
@@ -347,6 +364,15 @@ async def snapshot_of(kv: RawBucket, timeout: float = 30.0) -> dict[str, Entry]:
         raise NatsError(f"reading bucket {name!r} took longer than {timeout:g}s; is the NATS "
                         "server overloaded?") from None
     return entries
+
+
+async def bind_bucket(nc: NATS, name: str, timeout: float = API_TIMEOUT) -> RawBucket:
+    """nats-py's handle of an existing bucket (read-only tooling: `chorus-bridge agents`, the
+    auth callout). Raises BucketMissingError when there is none, NatsError otherwise."""
+    try:
+        return await nc.jetstream(timeout=timeout).key_value(name)
+    except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+        raise _mapped(exc, f"opening bucket {name!r}") from exc
 
 
 async def open_bucket(js: JetStreamContext, config: KeyValueConfig) -> RawBucket:
@@ -400,7 +426,8 @@ def _check(spec: BucketSpec, config: StreamConfig) -> None:
             "max_value_size", f"bucket {spec.name!r} has max_value_size {size} bytes (below "
             f"{MIN_VALUE_SIZE}): records would be refused; raise it or use another "
             "BRIDGE_KV_BUCKET")
-    if spec.keeps_records and not config.allow_msg_ttl:
+    if spec.keeps_records and not config.allow_msg_ttl and (spec.name, "ttl") not in _warned:
+        _warned.add((spec.name, "ttl"))
         log.warning("kv_bucket_without_message_ttl", bucket=spec.name,
                     effect="departed agents' purge markers do not expire")
     differ = {
@@ -409,6 +436,8 @@ def _check(spec: BucketSpec, config: StreamConfig) -> None:
         "storage": (getattr(config.storage, "value", config.storage),
                     "memory" if spec.memory else "file")}
     differ = {k: v for k, v in differ.items() if v[0] != v[1]}
-    if differ:
+    said = (spec.name, repr(sorted(differ.items())))
+    if differ and said not in _warned:
+        _warned.add(said)
         log.warning("kv_bucket_settings_differ", bucket=spec.name, action="used as it is",
                     **{k: f"{v[0]} (expected {v[1]})" for k, v in differ.items()})

@@ -2,7 +2,7 @@
 
 The lease is the key `leader` in the bucket `<prefix>_bridge`, whose messages expire after
 LEASE seconds (the bucket's max age). A bridge becomes leader by creating the key (atomic: it
-fails when the key holds a value), renews it every LEASE/3 with a write that expects its last
+fails when the key holds a value), renews it every LEASE/5 with a write that expects its last
 revision (which fails if anyone else wrote it meanwhile), and deletes it when it stops. When a
 leader dies, its key expires within LEASE seconds and a standby, retrying every RETRY seconds,
 takes over: at most LEASE + RETRY (12 s) after the last renewal.
@@ -27,7 +27,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from bridge.errors import BucketMissingError, LeaseLostError, NatsError, WrongRevisionError
-from bridge.kv import Bucket, BucketSpec, Write, ensure_bucket
+from bridge.kv import Bucket, BucketConfig, BucketSpec, Write, ensure_bucket
 from bridge.metrics import Metrics
 from bridge.models import now_rfc3339
 from bridge.subjects import Names
@@ -39,9 +39,12 @@ log = structlog.get_logger(__name__)
 LEASE = 10.0
 RETRY = 2.0
 LEADER_KEY = "leader"
-# Renewals that fail are retried this often, until the lease is this close to running out.
+# Renewals per lease. A failed renewal is retried every RENEW_RETRY seconds until the lease is
+# MARGIN seconds from running out: with a 10 s lease that leaves 7.5 s, which covers most
+# stream leader elections in a cluster (nats-server followers wait 4 to 9 s to campaign).
+RENEWALS = 5
 RENEW_RETRY = 0.5
-MARGIN = 1.5
+MARGIN = 0.5
 # The fence's read of the key: normally a millisecond; without an answer (the lease stream
 # electing a leader) the clock decides, and a write batch should not wait long for that.
 CONFIRM_TIMEOUT = 0.5
@@ -89,7 +92,7 @@ class LeaderElection:
         self.lost = asyncio.Event()
         self.leader: str | None = None
 
-    def bucket_config(self) -> object:
+    def bucket_config(self) -> BucketConfig:
         """nats-py's KeyValueConfig of the lease bucket (for tooling that creates it)."""
         return self.spec.config()
 
@@ -127,7 +130,7 @@ class LeaderElection:
         if self._failing:
             log.info("leader_lease_reachable", leading=self.is_leader.is_set())
             self._failing = False
-        return self._lease / 3 if self.is_leader.is_set() else self._retry
+        return self._lease / RENEWALS if self.is_leader.is_set() else self._retry
 
     async def _ensure(self) -> Bucket:
         # Opened once; a bucket the server lost shows as BucketMissingError on the next

@@ -25,7 +25,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from bridge.errors import BucketSettingsError, NatsError
-from bridge.kv import Bucket, BucketSpec, ensure_bucket
+from bridge.kv import Bucket, BucketConfig, BucketSpec, ensure_bucket
 from bridge.models import PRESENCE_DECODER, Agent, PresenceEntry
 from bridge.subjects import Names
 
@@ -79,7 +79,7 @@ class Presence:
                           keeps_records=False,
                           description="chorus-bridge: agents present on the bus")
 
-    def bucket_config(self) -> object:
+    def bucket_config(self) -> BucketConfig:
         """nats-py's KeyValueConfig of the bucket (for tooling that creates it)."""
         return self.bucket_spec().config()
 

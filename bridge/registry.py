@@ -21,29 +21,21 @@ import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 
+from bridge.agents_bucket import AgentsBucket, read_bucket
 from bridge.errors import (
     BucketMissingError,
-    BucketSettingsError,
     LeaseLostError,
     NatsError,
     WriteRefusedError,
     WrongRevisionError,
 )
-from bridge.kv import (
-    Bucket,
-    BucketSpec,
-    Entry,
-    RawBucket,
-    Write,
-    ensure_bucket,
-    open_bucket,
-    snapshot_of,
-)
+from bridge.kv import BucketConfig, BucketSpec, Write, open_bucket
 from bridge.metrics import Metrics
-from bridge.models import AGENT_DECODER, Agent, AnnounceEvent, Announcement, encode, now_rfc3339
+from bridge.models import Agent, AnnounceEvent, Announcement, encode, now_rfc3339
 from bridge.subjects import Names
 
-# open_bucket: kept importable from here for tooling written against the earlier layout.
+# open_bucket, read_bucket: kept importable from here for tooling written against the
+# earlier layout.
 __all__ = ["AgentRegistry", "SyncResult", "open_bucket", "read_bucket"]
 
 log = structlog.get_logger(__name__)
@@ -53,8 +45,6 @@ log = structlog.get_logger(__name__)
 # a large batch (10,000 writes are answered in well under a second on one server).
 ACK_TIMEOUT = 10.0
 ACK_TIMEOUT_MIN = 2.0
-# How long reading a whole bucket may take (10,000 agents take about a second).
-READ_TIMEOUT = 30.0
 # A departed agent's purge marker expires after this many seconds (DESIGN.md: about an hour).
 PURGE_MARKER_TTL = 3600
 # How often the leader checks that nobody else wrote the bucket, and that it still exists.
@@ -81,34 +71,6 @@ class SyncResult:
         return self.joined + self.updated + self.left
 
 
-def _decode(entry: Entry) -> Agent | None:
-    """The Agent a live entry holds under its own key; None for anything else."""
-    if entry.operation is not None or not entry.value:
-        return None
-    try:
-        agent = AGENT_DECODER.decode(entry.value)
-    except msgspec.DecodeError:
-        return None
-    return agent if agent.id == entry.key else None
-
-
-async def read_bucket(kv: Bucket | RawBucket, *, timeout: float = READ_TIMEOUT,
-                      ) -> tuple[dict[str, Agent], set[str]]:
-    """The agents a bucket holds now, and the live keys whose value is not an Agent stored
-    under its own id. Raises NatsError."""
-    entries = await (kv.snapshot(timeout) if isinstance(kv, Bucket)
-                     else snapshot_of(kv, timeout))
-    agents: dict[str, Agent] = {}
-    invalid: set[str] = set()
-    for key, entry in entries.items():
-        agent = _decode(entry)
-        if agent is not None:
-            agents[key] = agent
-        elif entry.operation is None:
-            invalid.add(key)
-    return agents, invalid
-
-
 class AgentRegistry:
     """Writes the roster into the agents bucket and announces each change.
 
@@ -129,26 +91,28 @@ class AgentRegistry:
         self.spec = BucketSpec(name=names.agents_bucket, replicas=replicas,
                                description="chorus-bridge: agents found by discovery")
         self._lock = asyncio.Lock()
-        self._bucket: Bucket | None = None
-        self._created = ""  # creation time of the bucket last read (see Bucket.created)
-        self._reconnects = -1  # the connection's reconnect count when the bucket was read
+        self._view = AgentsBucket(nc, self.spec)
         self._desired: dict[str, Agent] = {}
-        self._invalid: set[str] = set()
-        # Last known revision of every key, tombstones included: writes expect it.
-        self._revisions: dict[str, int] = {}
-        self._last_seq = 0  # the bucket's last sequence as far as this bridge knows
         self._retry = asyncio.Event()
         # Which agents are on the bus (Presence.bus_ids); nobody is, without it.
         self._bus_ids = bus_ids
-        self.published: dict[str, Agent] = {}
-        self.problem: str | None = None
         # The record last made from each desired agent: (that Agent object, on_bus, record).
         # Discovery hands back the same Agent object for a task that did not change, so a
         # quiet round finds every record here by identity instead of rebuilding and comparing
         # 10,000 of them.
         self._made: dict[str, tuple[Agent, bool, Agent]] = {}
 
-    def bucket_config(self) -> object:
+    @property
+    def published(self) -> dict[str, Agent]:
+        """The records this bridge believes the bucket holds, by key."""
+        return self._view.published
+
+    @property
+    def problem(self) -> str | None:
+        """Why the bucket cannot be written now (a refused setting or write), or None."""
+        return self._view.problem
+
+    def bucket_config(self) -> BucketConfig:
         """nats-py's KeyValueConfig of the bucket (for tooling that creates it)."""
         return self.spec.config()
 
@@ -156,43 +120,10 @@ class AgentRegistry:
         """Open (or create) the bucket and read what it holds: the bridge resumes from it.
         A bucket whose settings would lose records is not used (see `problem`)."""
         async with self._lock:
-            await self._load()
+            # Always read: another leader may have written since this bridge last led.
+            await self._view.load(reread=True)
+            self._made = {}  # records made against what the bucket held before
         return dict(self.published)
-
-    async def _load(self, *, reread: bool = False) -> bool:
-        """(Re)open the bucket and read it, unless it is the very bucket already read (after
-        a reconnect to a server that kept it) and `reread` is False. False when its
-        settings are refused."""
-        self._reconnects = int(self._nc.stats["reconnects"])
-        try:
-            bucket = await ensure_bucket(self._nc, self.spec)
-        except BucketSettingsError as exc:
-            if self.problem != str(exc):
-                log.error("kv_bucket_refused", bucket=self.spec.name, setting=exc.setting,
-                          error=str(exc), action="nothing is written there")
-            self.problem = str(exc)
-            self._bucket = None
-            return False
-        if not reread and bucket.created and bucket.created == self._created:
-            # The very bucket read before (a "no stream" answer during a cluster's stream
-            # leader election, a reconnect to a server that kept it): nothing was lost, and
-            # the audit catches foreign writes.
-            self._bucket = bucket
-            return True
-        entries = await bucket.snapshot(READ_TIMEOUT)
-        self._bucket, self._created = bucket, bucket.created
-        self.problem = None  # a write the server still refuses sets it again
-        self._revisions = {key: e.revision for key, e in entries.items()}
-        self._last_seq = max(self._revisions.values(), default=0)
-        self.published = {key: a for key, e in entries.items() if (a := _decode(e))}
-        self._invalid = {k for k, e in entries.items()
-                         if e.operation is None and k not in self.published}
-        self._made = {}  # records made against what the bucket held before
-        if self._invalid:
-            log.warning("kv_invalid_entries", bucket=self.spec.name, keys=len(self._invalid),
-                        action="deleted at the next sync")
-        log.info("kv_bucket_loaded", bucket=self.spec.name, agents=len(self.published))
-        return True
 
     def _record(self, agent: Agent, on_bus: bool, now: str) -> Agent:
         previous = self.published.get(agent.id)
@@ -212,16 +143,15 @@ class AgentRegistry:
                 # retries meanwhile.
                 self._retry.set()
                 return SyncResult(failed=1)
+            view = self._view
             try:
-                if self._bucket is None and not await self._load():
-                    return SyncResult(failed=1)
-                if int(self._nc.stats["reconnects"]) != self._reconnects:
-                    await self._check_after_reconnect()
-                if self._bucket is None and not await self._load():
+                if view.reconnected:
+                    await view.check_after_reconnect()
+                if view.bucket is None and not await view.load():
                     return SyncResult(failed=1)
                 result = await self._sync_once()
-                if self._bucket is None:  # the bucket was lost under the batch: refill it
-                    await self._load()
+                if view.bucket is None:  # the bucket was lost under the batch: refill it
+                    await view.load()
                     result = await self._sync_once()
             except NatsError as exc:
                 log.warning("kv_sync_failed", bucket=self.spec.name, error=str(exc))
@@ -232,22 +162,6 @@ class AgentRegistry:
             if self._metrics is not None:
                 self._metrics.set_agents(self.published.values())
             return result
-
-    async def _check_after_reconnect(self) -> None:
-        """The server may have lost the bucket (a restart without its state): then drop
-        the belief of what is published, so that everything is written again. A server
-        that does not answer yet (a cluster electing a leader) is not waited for: the
-        writes go out, and a "no stream" answer to them leads here again."""
-        assert self._bucket is not None
-        self._reconnects = int(self._nc.stats["reconnects"])
-        try:
-            await self._bucket.last_sequence()
-        except BucketMissingError:
-            log.warning("kv_bucket_missing", bucket=self.spec.name, action="created again")
-            self._bucket = None
-        except NatsError as exc:
-            log.debug("kv_check_after_reconnect_failed", bucket=self.spec.name,
-                      error=str(exc))
 
     def _plan(self) -> list[tuple[Agent | None, Agent | None, str]]:
         """The writes that make the bucket equal to the desired set:
@@ -276,7 +190,8 @@ class AgentRegistry:
         # A set difference: at 10,000 agents, looking each key up in Python costs more.
         for key in sorted(published.keys() - self._desired.keys()):
             plan.append((published[key], None, key))
-        plan += [(None, None, key) for key in sorted(self._invalid - self._desired.keys())]
+        plan += [(None, None, key)
+                 for key in sorted(self._view.invalid - self._desired.keys())]
         return plan
 
     async def _sync_once(self) -> SyncResult:
@@ -289,13 +204,14 @@ class AgentRegistry:
             log.warning("kv_write_fenced", bucket=self.spec.name, writes=len(plan),
                         reason=str(exc))
             return SyncResult(failed=len(plan))
-        assert self._bucket is not None
+        bucket, revisions = self._view.bucket, self._view.revisions
+        assert bucket is not None
+        purge_ttl = self._marker_ttl if bucket.msg_ttl else None
         writes = [Write(key, None if record is None else encode(record),
-                        expect=self._revisions.get(key, 0),
-                        purge_ttl=self._marker_ttl if self._bucket.msg_ttl else None)
+                        expect=revisions.get(key, 0), purge_ttl=purge_ttl)
                   for _previous, record, key in plan]
         timeout = min(ACK_TIMEOUT, ACK_TIMEOUT_MIN + len(writes) / 1000)
-        results = await self._bucket.write_batch(writes, timeout)
+        results = await bucket.write_batch(writes, timeout)
         return await self._apply(plan, results)
 
     async def _apply(self, plan: list[tuple[Agent | None, Agent | None, str]],
@@ -309,15 +225,12 @@ class AgentRegistry:
                 self._count_write(record is None, ok=False)
                 continue
             self._count_write(record is None, ok=True)
-            self._revisions[key] = result
-            self._last_seq = max(self._last_seq, result)
+            self._view.written(key, result, record)
             if record is None:
-                self._invalid.discard(key)
-                if self.published.pop(key, None) is not None and previous is not None:
+                if previous is not None:
                     left += 1
                     await self._announce("left", previous, at)
             else:
-                self.published[key] = record
                 event: AnnounceEvent = "joined" if previous is None else "updated"
                 joined += event == "joined"
                 updated += event == "updated"
@@ -327,50 +240,33 @@ class AgentRegistry:
 
     async def _note_failures(self, failures: list[tuple[str, NatsError]]) -> None:
         """Log a batch's failures once, and learn what the conflicting keys hold now."""
+        view = self._view
         if not failures:
-            if self.problem is not None and self._bucket is not None:
+            if view.problem is not None and view.bucket is not None:
                 log.info("kv_writes_recovered", bucket=self.spec.name)
-                self.problem = None
+                view.problem = None
             return
         key, first = failures[0]
         if any(isinstance(e, BucketMissingError) for _k, e in failures):
-            self._bucket = None
+            view.bucket = None
         refused = next((e for _k, e in failures if isinstance(e, WriteRefusedError)), None)
-        if refused is not None and self.problem != str(refused):
-            self.problem = str(refused)
+        if refused is not None and view.problem != str(refused):
+            view.problem = str(refused)
             log.error("kv_write_refused", bucket=self.spec.name, key=key, error=str(refused),
                       failed=len(failures))
         elif any(not isinstance(e, WrongRevisionError) for _k, e in failures):
             # /healthz says so while writes fail; one line when it starts, one when the
             # next batch goes through (kv_writes_recovered).
-            if self.problem is None:
+            if view.problem is None:
                 log.warning("kv_write_failed", bucket=self.spec.name, key=key,
                             error=str(first), failed=len(failures), retry=True)
-            self.problem = f"writes to bucket {self.spec.name!r} are failing: {first}"
+            view.problem = f"writes to bucket {self.spec.name!r} are failing: {first}"
         else:
             log.info("kv_write_conflict", bucket=self.spec.name, keys=len(failures),
                      action="re-read and written again")
         stale = [k for k, e in failures if isinstance(e, WrongRevisionError)]
-        if stale and self._bucket is not None:
-            await self._reread(stale)
-
-    async def _reread(self, keys: list[str]) -> None:
-        """Someone else wrote these keys: believe what they hold now."""
-        assert self._bucket is not None
-        for key in keys:
-            entry = await self._bucket.get(key)
-            if entry is None:
-                self._revisions.pop(key, None)
-                self.published.pop(key, None)
-                continue
-            self._revisions[key] = entry.revision
-            agent = _decode(entry)
-            if agent is not None:
-                self.published[key] = agent
-            else:
-                self.published.pop(key, None)
-                if entry.operation is None:
-                    self._invalid.add(key)
+        if stale and view.bucket is not None:
+            await view.reread(stale)
 
     async def run(self) -> None:
         """While leading: retry failed writes with backoff, and check the bucket every
@@ -397,27 +293,11 @@ class AgentRegistry:
         return True
 
     async def _audit(self) -> bool:
-        """True when the bucket must be re-read: gone, written by someone else, or refused
-        before and maybe fixed since."""
+        """True when the bucket was read afresh and must be synced again."""
         if not self._nc.is_connected:
             return False
         async with self._lock:
-            try:
-                if self._bucket is None:
-                    return await self._load()
-                last = await self._bucket.last_sequence()
-                if last == self._last_seq:
-                    return False
-                log.warning("kv_bucket_changed_by_another_writer", bucket=self.spec.name,
-                            last_seq=last, expected=self._last_seq, action="re-read")
-                return await self._load(reread=True)
-            except BucketMissingError:
-                log.warning("kv_bucket_missing", bucket=self.spec.name, action="created again")
-                self._bucket = None
-                return await self._load()
-            except NatsError as exc:
-                log.debug("kv_audit_failed", bucket=self.spec.name, error=str(exc))
-                return False
+            return await self._view.audit()
 
     def _count_write(self, delete: bool, *, ok: bool) -> None:
         if self._metrics is not None:

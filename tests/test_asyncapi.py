@@ -73,7 +73,7 @@ def test_subjects_come_from_names() -> None:
 
     @dataclasses.dataclass(frozen=True)
     class Renamed(Names):
-        def acks(self, opportunity_id: str, agent_id: str) -> str:
+        def acks(self, opportunity_id: str, agent_id: str = "*") -> str:
             return f"{self.prefix}.acks.{agent_id}.{opportunity_id}"
 
     doc = asyncapi_document(Renamed(prefix="p", agents_bucket="b"))

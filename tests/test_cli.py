@@ -25,13 +25,15 @@ def env(**extra: str) -> dict[str, str]:
     return {**base, "BRIDGE_LOG_FORMAT": "json", **extra}
 
 
-async def command(*args: str, stdin: bytes | None = None, **extra: str,
+async def command(*args: str, stdin: bytes | str | None = None, **extra: str,
                   ) -> tuple[int, str, str]:
+    """Run `python -m bridge ARGS` with `extra` added to its environment; (status, out, err)."""
+    data = stdin.encode() if isinstance(stdin, str) else stdin
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bridge", *args, env=env(**extra),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
+    out, err = await asyncio.wait_for(proc.communicate(data), 60)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 
@@ -202,7 +204,9 @@ async def test_watch_prints_announcements(service: tuple[Service, DockerEmulator
     assert b"watching" in first
     (task,) = swarm.add_tasks(1)
     line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
-    assert " joined " in line and task in line and swarm.address_of(task) in line
+    address = swarm.address_of(task)
+    assert address is not None
+    assert " joined " in line and task in line and address in line
     proc.send_signal(signal.SIGINT)
     assert await asyncio.wait_for(proc.wait(), 10) == 0
 

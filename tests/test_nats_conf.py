@@ -12,10 +12,12 @@ from pathlib import Path
 import nats
 import nats.errors
 import pytest
+from nats import micro
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
+from nats.micro.request import Request
 
 from bridge.broadcast_api import BROADCAST_QUEUE
 from bridge.config import Settings
@@ -131,7 +133,7 @@ async def _next_value(watcher: KeyValue.KeyWatcher, key: str) -> bytes:
     """The value of the next update of `key` a watcher sees (its end-of-history marker skipped)."""
     async with asyncio.timeout(5):
         while True:
-            entry = await watcher.updates(timeout=5)
+            entry = await watcher.updates(timeout=5)  # type: ignore[no-untyped-call]
             if entry is not None and entry.key == key and entry.value:
                 value: bytes = entry.value
                 return value
@@ -148,7 +150,7 @@ async def test_bridge_manages_its_three_buckets(bridge: Peer) -> None:
         await kv.delete("task1")
         with pytest.raises(nats.js.errors.KeyNotFoundError):
             await kv.get("task1")
-        await watcher.stop()
+        await watcher.stop()  # type: ignore[no-untyped-call]
     assert bridge.no_violations()
 
 
@@ -210,7 +212,7 @@ async def test_agent_reads_agents_and_writes_its_presence(bridge: Peer, agent: P
     assert await _next_value(watcher, "task1") == b'{"id": "task1"}'
     assert (await agents.get("task1")).value == b'{"id": "task1"}'
     assert (await announcements.next_msg(timeout=5)).data == b'{"event": "joined"}'
-    await watcher.stop()
+    await watcher.stop()  # type: ignore[no-untyped-call]
 
     await ensure_presence_bucket(agent.nc, NAMES)  # what a simulated agent does first
     presence = await agent.js.key_value(PRESENCE)
@@ -256,7 +258,7 @@ async def test_coordinator_reads_but_cannot_write_the_agents_bucket(bridge: Peer
     assert (await agents.get("task1")).value == b'{"id": "task1"}'
     watcher = await agents.watchall()
     assert await _next_value(watcher, "task1") == b'{"id": "task1"}'
-    await watcher.stop()
+    await watcher.stop()  # type: ignore[no-untyped-call]
     presence = await coordinator.js.key_value(PRESENCE)
     assert (await presence.get("task1")).value == b'{"agent_id": "task1"}'
     assert coordinator.no_violations()
@@ -337,9 +339,8 @@ async def test_coordinator_finds_the_bridges_micro_service(secured_server: Embed
                                                           bridge: Peer,
                                                           coordinator: Peer) -> None:
     """The bridge's user runs the micro service; a coordinator pings, gets its info and stats."""
-    from nats import micro
 
-    async def serve(request: micro.Request) -> None:
+    async def serve(request: Request) -> None:
         await request.respond(b"{}")
 
     service = await micro.add_service(bridge.nc, name="chorus-bridge", version="1.0.0",

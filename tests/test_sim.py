@@ -77,7 +77,7 @@ async def presence_entries(nc: NATS, names: Names) -> dict[str, PresenceEntry]:
             break
         if entry.operation is None and entry.value:
             entries[entry.key] = PRESENCE_DECODER.decode(entry.value)
-    await watcher.stop()
+    await watcher.stop()  # type: ignore[no-untyped-call]
     return entries
 
 
@@ -348,7 +348,7 @@ class TestBusAgents:
                 async for entry in watcher:
                     if entry is not None and entry.operation == "PURGE":
                         break
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]
 
             assert set(await presence_entries(nc, names)) == {"sim-0"}
 

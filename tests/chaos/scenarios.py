@@ -78,21 +78,23 @@ async def measure(url: str, settings: Settings, swarm: EmulatedSwarm, label: str
 
 
 async def _isolate(cluster: NatsCluster, fault: str, victim: str, settings: Settings) -> None:
-    """Move the agents stream's leader off the victim (a graceful step-down), so that the
-    kill costs what the fault named costs, not also an election of the agents stream."""
-    stream = streams_of(settings)["agents stream leader"]
-    if fault == "agents stream leader":
-        return
+    """Move the agents and lease streams' leaders off the victim (a graceful step-down)
+    unless the fault is theirs, so that a kill costs what the fault named costs."""
+    streams = streams_of(settings)
     nc = await nats.connect(cluster.urls, connect_timeout=1)
     try:
-        async with asyncio.timeout(30):
-            while await cluster.stream_leader(stream) == victim:
-                with contextlib.suppress(nats.errors.Error):
-                    await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", b"", timeout=2)
-                await asyncio.sleep(0.5)
+        for role in ("agents stream leader", "lease stream leader"):
+            if fault == role:
+                continue
+            async with asyncio.timeout(30):
+                while await cluster.stream_leader(streams[role]) == victim:
+                    with contextlib.suppress(nats.errors.Error):
+                        await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{streams[role]}",
+                                         b"", timeout=2)
+                    await asyncio.sleep(0.5)
     finally:
         await nc.close()
-    await settled(cluster, list(streams_of(settings).values()))
+    await settled(cluster, list(streams.values()))
 
 
 async def kill_and_measure(cluster: NatsCluster, fault: str, bridge: Bridge,

@@ -16,7 +16,9 @@ from tests.conftest import run_bridge, wait_for
 from tests.nats_cluster import nats_cluster, settled
 
 # The target is 3 s; a loaded CI machine gets some slack, the figures are printed.
-BOUND = 10.0
+# A kill of the agents stream's own leader waits for its election (nats-server followers wait
+# 4 to 9 s to campaign), then for the bridge's next retry (at most 2 s apart).
+BOUND, ELECTION_BOUND = 5.0, 15.0
 
 
 async def test_kills_in_a_cluster_of_three(tmp_path: Path, settings: Settings,
@@ -26,10 +28,18 @@ async def test_kills_in_a_cluster_of_three(tmp_path: Path, settings: Settings,
     swarm.add_tasks(3)
     with structlog.testing.capture_logs() as logs:
         gaps = await _kills(tmp_path, settings, swarm)
-    # The lease survived every stream leader election: renewals were retried within it.
-    assert not [e for e in logs if e["event"] == "leader_lease_lost"]
     for gap in gaps:
-        assert gap.discovery_s < BOUND and gap.broadcast_s < BOUND, gap
+        bound = ELECTION_BOUND if gap.fault == "agents stream leader" else BOUND
+        assert gap.discovery_s < bound and gap.broadcast_s < BOUND, gap
+    # The lease survived the elections: renewals are retried within it. (Only the lease
+    # stream's own election may outlast the 7.5 s left to retry: nats-server followers wait
+    # 4 to 9 s before they campaign; the bridge then steps down and leads again.)
+    lost = [e for e in logs if e["event"] in ("leader_lease_lost", "kill")]
+    kills_before_loss = [e["fault"] for e in lost if e["event"] == "kill"]
+    for index, event in enumerate(lost):
+        if event["event"] == "leader_lease_lost":
+            fault = [e["fault"] for e in lost[:index] if e["event"] == "kill"][-1]
+            assert fault == "lease stream leader", (fault, kills_before_loss)
 
 
 async def _kills(tmp_path: Path, settings: Settings, swarm: EmulatedSwarm) -> list[Gap]:
@@ -37,8 +47,10 @@ async def _kills(tmp_path: Path, settings: Settings, swarm: EmulatedSwarm) -> li
             run_bridge(settings, cluster.url) as running:
         await settled(cluster, list(streams_of(settings).values()))
         base = await measure(cluster.url, settings, swarm, "baseline")
-        gaps = [await kill_and_measure(cluster, fault, running.bridge, settings, swarm)
-                for fault in KILLS]
+        gaps = []
+        for fault in KILLS:
+            structlog.get_logger(__name__).info("kill", fault=fault)
+            gaps.append(await kill_and_measure(cluster, fault, running.bridge, settings, swarm))
         print(f"\n{'fault':<24} {'server':<6} {'discovery s':>11} {'broadcast s':>11}")
         print(f"{'none (baseline)':<24} {'-':<6} {base[0]:>11.2f} {base[1]:>11.2f}")
         for gap in gaps:

@@ -6,15 +6,19 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import msgspec
+import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from bridge.config import Settings
 from bridge.embedded import EmbeddedNats
 from bridge.emulator import DockerEmulator, EmulatedSwarm
+from bridge.leader import Lease
+from bridge.models import now_rfc3339
 from tests.chaos.bridges import bridge_process
-from tests.chaos.support import bucket_agents
-from tests.conftest import wait_for
+from tests.chaos.support import bucket_agents, on_the_bus
+from tests.conftest import run_bridge, wait_for
 
 
 async def test_a_resumed_leader_writes_nothing(tmp_path: Path, settings: Settings,
@@ -23,11 +27,15 @@ async def test_a_resumed_leader_writes_nothing(tmp_path: Path, settings: Setting
                                                docker_api: DockerEmulator) -> None:
     url = nats_server.url
     swarm.add_tasks(4)
+    on_bus = swarm.running_ids()[1]
 
     async def matches() -> bool:
-        return set(await bucket_agents(url, settings)) == set(swarm.running_ids())
+        agents = await bucket_agents(url, settings)
+        return (set(agents) == set(swarm.running_ids())
+                and agents[on_bus].on_bus is True)
 
-    async with bridge_process(settings, url, tmp_path / "a.log") as first:
+    async with on_the_bus(url, settings, on_bus), \
+            bridge_process(settings, url, tmp_path / "a.log") as first:
         async def first_leads() -> bool:
             return await first.role() == "leader"
 
@@ -67,7 +75,36 @@ async def test_a_resumed_leader_writes_nothing(tmp_path: Path, settings: Setting
             await wait_for(lambda: second.proc is not None and second.proc.poll() is None,
                            what="the new leader still running")
             assert writes == [], f"writes after the old leader resumed: {writes}"
-            assert await matches()
+            assert await matches()  # the agent on the bus is still on_bus
             assert await second.role() == "leader"
     log = (tmp_path / "a.log").read_text()
     assert "leader_lease_lost" in log
+
+
+async def test_a_leader_that_lost_its_lease_unawares_writes_nothing(
+        settings: Settings, nats_server: EmbeddedNats, nc: NATS, swarm: EmulatedSwarm,
+        docker_api: DockerEmulator) -> None:
+    """Another bridge took the lease and this one has not renewed since (what a pause or a
+    partition leaves behind): a change of the fleet reaches its discovery at once, and the
+    fence keeps its write from the bucket until it finds out and stands by."""
+    swarm.add_tasks(2)
+    with structlog.testing.capture_logs() as logs:
+        async with run_bridge(settings, nats_server.url) as running:
+            election = running.bridge.election
+            assert election is not None and election.is_leader.is_set()
+            lease = await nc.jetstream().key_value(f"{settings.subject_prefix}_bridge")
+            await lease.put("leader", msgspec.json.encode(
+                Lease(bridge_id="another-bridge", since=now_rfc3339())))
+            writes: list[str] = []
+
+            async def on_write(msg: Msg) -> None:
+                writes.append(msg.subject)
+
+            await nc.subscribe(f"$KV.{settings.kv_bucket}.>", cb=on_write)
+            await nc.flush()
+            swarm.add_tasks(1)
+            await wait_for(lambda: any(e["event"] == "kv_write_fenced" for e in logs),
+                           timeout=5, what="a round that tried to write")
+            await wait_for(lambda: not election.is_leader.is_set(), timeout=8,
+                           what="the bridge to stand by")
+            assert writes == []
