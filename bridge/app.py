@@ -228,7 +228,8 @@ async def open_bridge(settings: Settings, nats_url: str, *, metrics: Metrics | N
             api=BroadcastService(nc, names, broadcaster, metrics=metrics), swarm=swarm,
             follower=EventFollower(swarm, pipeline.trigger)
             if swarm is not None and follow_events else None,
-            callout=Callout(nc, names, callout_keys, AgentAddresses(nc, names))
+            callout=Callout(nc, names, callout_keys,
+                            AgentAddresses(nc, names, replicas=replicas))
             if callout_keys is not None else None,
             reconnected=reconnected, presence_changed=presence_changed,
             http_port=sock.getsockname()[1])

@@ -1,9 +1,10 @@
 """The discovered agents by address, for the auth callout: a watch of the agents bucket.
 
 Every bridge replica keeps this index, leader or standby: the bucket is the record of what
-discovery found, and any replica can read it. The watch is started again after an error or
-a reconnection (a NATS restart may have lost the bucket, which the leader then writes anew);
-the index it builds replaces the old one only once the bucket's current values are in.
+discovery found, and any replica can read it (and creates it, as the leader would, when it is
+missing). The watch is started again after an error or a reconnection (a NATS restart may
+have lost the bucket, which the leader then writes anew); the index it builds replaces the
+old one only once the bucket's current values are in.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import ipaddress
 import re
 
 import msgspec
-import nats.errors
-import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
-from nats.js.kv import KeyValue
 
+from bridge.errors import NatsError
+from bridge.kv import Bucket, BucketSpec, ensure_bucket
 from bridge.models import AGENT_DECODER
 from bridge.subjects import Names
 
@@ -73,9 +73,11 @@ class _Index:
 class AgentAddresses:
     """Which discovered agent has which address; `run()` keeps it current until cancelled."""
 
-    def __init__(self, nc: NATS, names: Names) -> None:
+    def __init__(self, nc: NATS, names: Names, *, replicas: int = 1) -> None:
         self._nc = nc
-        self._bucket = names.agents_bucket
+        # The agents bucket as the registry makes it, should this replica be the first.
+        self._spec = BucketSpec(name=names.agents_bucket, replicas=replicas,
+                                description="chorus-bridge: agents found by discovery")
         self._index = _Index()
         self.loaded = asyncio.Event()
 
@@ -105,40 +107,29 @@ class AgentAddresses:
         return agent_id, ""
 
     async def run(self) -> None:
-        """Follow the bucket until cancelled; errors are logged and the watch started again."""
-        waiting = False
+        """Follow the bucket until cancelled; a failure is logged once and the watch started
+        again a moment later."""
+        failing = ""
         while True:
             try:
-                kv = await self._nc.jetstream().key_value(self._bucket)
-            except nats.js.errors.BucketNotFoundError:
-                if not waiting:  # a standby can start before the leader made the bucket
-                    log.info("callout_waiting_for_bucket", bucket=self._bucket)
-                waiting = True
-                await asyncio.sleep(RETRY_WAIT)
-                continue
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
-                log.warning("callout_bucket_unavailable", bucket=self._bucket, error=repr(exc))
-                await asyncio.sleep(RETRY_WAIT)
-                continue
-            waiting = False
-            try:
-                await self._follow(kv)
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
-                log.warning("callout_watch_lost", bucket=self._bucket, error=repr(exc),
-                            retry_in_s=RETRY_WAIT)
+                await self._follow(await ensure_bucket(self._nc, self._spec))
+                failing = ""
+            except NatsError as exc:
+                if str(exc) != failing:
+                    log.warning("callout_watch_lost", bucket=self._spec.name, error=str(exc),
+                                retry_in_s=RETRY_WAIT)
+                failing = str(exc)
                 await asyncio.sleep(RETRY_WAIT)
 
-    async def _follow(self, kv: KeyValue) -> None:
+    async def _follow(self, bucket: Bucket) -> None:
         """One watch, until it fails or the connection was re-established."""
         reconnects = self._nc.stats["reconnects"]
         fresh: _Index | None = _Index()
-        watcher = await kv.watchall()
-        try:
+        async with bucket.watch() as watcher:
             while self._nc.stats["reconnects"] == reconnects:
                 try:
-                    # asyncio.timeout, not nats-py's: its wait_for can lose a cancellation.
                     async with asyncio.timeout(RECONNECT_CHECK):
-                        entry = await watcher.updates(timeout=None)  # type: ignore[no-untyped-call]
+                        entry = await watcher.next()
                 except TimeoutError:
                     continue
                 index = fresh or self._index
@@ -151,9 +142,4 @@ class AgentAddresses:
                     index.put(entry.key, entry.value)
                 else:
                     index.delete(entry.key)
-            log.info("callout_watch_restarted", reason="NATS reconnected")
-        finally:
-            try:
-                await watcher.stop()  # type: ignore[no-untyped-call]
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
-                log.debug("callout_watch_stop_failed", error=repr(exc))
+        log.info("callout_watch_restarted", reason="NATS reconnected")

@@ -113,6 +113,7 @@ class AgentHTTPError(BridgeError):
         self.retryable = retryable
         super().__init__(reason)
 
+
 class CalloutKeyError(BridgeError):
     """A seed or key of the auth callout is not of the kind it must be (never shows the seed)."""
 

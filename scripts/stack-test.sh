@@ -25,6 +25,7 @@
 #                                       reports the addresses NATS sees)
 #   NATS_ENDPOINT_MODE (dnsrr)          vip: clients reach NATS through the service's virtual
 #                                       IP (to measure which address NATS then sees)
+#   CLUSTER (0)                         1: with docker-compose.cluster.yml, three NATS servers
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +37,7 @@ AGENT_IMAGE=${AGENT_IMAGE:-$BRIDGE_IMAGE}
 STACK_DEADLINE=${STACK_DEADLINE:-240}
 AUTH_CALLOUT=${AUTH_CALLOUT:-true}
 NATS_ENDPOINT_MODE=${NATS_ENDPOINT_MODE:-dnsrr}
+CLUSTER=${CLUSTER:-0}
 CLEANUP_DEADLINE=90
 NETWORK=${STACK}_net
 
@@ -145,15 +147,21 @@ remove_stack  # a stack left by a run that was killed
 # --- secrets, ports, deploy ---------------------------------------------------------------------
 secrets_dir=$(mktemp -d /tmp/chorus-stack-secrets.XXXXXX)
 chmod 700 "$secrets_dir"
-for user in bridge agent coord ops sys; do
+for user in bridge agent coord ops sys route; do
     head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$secrets_dir/nats_${user}_password"
 done
 "$PY" scripts/callout-keys.py "$secrets_dir" >/dev/null || fail "scripts/callout-keys.py failed"
 nats_port=$(free_port)
 bridge_port=$(free_port)
 while [ "$bridge_port" = "$nats_port" ]; do bridge_port=$(free_port); done
+compose=(-c docker-compose.swarm.yml)
+if [ "$CLUSTER" = 1 ]; then
+    compose+=(-c docker-compose.cluster.yml)
+    NATS_PUBLISHED_PORT_2=$(free_port) NATS_PUBLISHED_PORT_3=$(free_port)
+    export NATS_PUBLISHED_PORT_2 NATS_PUBLISHED_PORT_3
+fi
 
-say "docker stack deploy $STACK: $AGENT_REPLICAS agents, NATS on 127.0.0.1:$nats_port, bridge on 127.0.0.1:$bridge_port, auth callout $AUTH_CALLOUT, NATS endpoint mode $NATS_ENDPOINT_MODE"
+say "docker stack deploy $STACK: $AGENT_REPLICAS agents, NATS on 127.0.0.1:$nats_port, bridge on 127.0.0.1:$bridge_port, auth callout $AUTH_CALLOUT, NATS endpoint mode $NATS_ENDPOINT_MODE, cluster $CLUSTER"
 deployed=1
 # STACK names the agents' service (${STACK}_agent) inside the compose file, too.
 export STACK
@@ -162,7 +170,7 @@ CHORUS_NETWORK=$NETWORK CHORUS_SECRETS_DIR=$secrets_dir \
     AGENT_REPLICAS=$AGENT_REPLICAS NATS_PUBLISHED_PORT=$nats_port \
     BRIDGE_PUBLISHED_PORT=$bridge_port DOCKER_GID=$(stat -c %g /var/run/docker.sock) \
     AUTH_CALLOUT=$AUTH_CALLOUT NATS_ENDPOINT_MODE=$NATS_ENDPOINT_MODE \
-    docker stack deploy --resolve-image never -c docker-compose.swarm.yml "$STACK" >/dev/null
+    docker stack deploy --resolve-image never "${compose[@]}" "$STACK" >/dev/null
 
 # The host's view of the bus: the coordinator user, through NATS's host-mode port.
 coordinator() {
@@ -215,15 +223,24 @@ coordinator agents
 container_of() {
     docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_$1" | head -n 1
 }
-nats_container=$(container_of nats)
-[ -n "$nats_container" ] || fail "no running container of ${STACK}_nats"
-# Monitoring is never published: it is read inside the NATS container, on its own loopback.
-connz=$(docker exec "$nats_container" wget -qO- 'http://127.0.0.1:8222/connz?auth=true&limit=4096') \
-    || fail "could not read /connz inside the NATS container"
+# Monitoring is never published: it is read inside each NATS container, on its own loopback;
+# with the cluster, an agent is connected to one of the three servers.
+connz="[]"
+for service in nats nats-1 nats-2 nats-3; do
+    container=$(container_of "$service")
+    [ -n "$container" ] || continue
+    one=$(docker exec "$container" wget -qO- 'http://127.0.0.1:8222/connz?auth=true&limit=4096') \
+        || fail "could not read /connz inside the container of ${STACK}_$service"
+    connz=$("$PY" -c '
+import json, sys
+print(json.dumps(json.loads(sys.argv[1]) + (json.loads(sys.argv[2])["connections"] or [])))' \
+        "$connz" "$one")
+done
+[ "$connz" != "[]" ] || fail "no NATS container of $STACK answered"
 listing=$(coordinator agents --json)
 view=$("$PY" -c '
 import json, sys
-conns = json.loads(sys.argv[1])["connections"] or []
+conns = json.loads(sys.argv[1])
 agents = {a["id"]: a["address"] for a in json.loads(sys.argv[2])}
 static = {"bridge", "coordinator", "ops", "sys"}
 seen = [(c.get("authorized_user", ""), c["ip"]) for c in conns
@@ -247,7 +264,7 @@ if [ "$AUTH_CALLOUT" = true ]; then
 import json, sys
 print(next(a["id"] for a in json.loads(sys.argv[1]) if a["id"] != sys.argv[2]))' "$listing" "$me")
     probe=$(docker exec "$agent_container" python3 -c '
-import asyncio, json, sys
+import asyncio, json, os, sys
 import nats
 
 async def main(me, other):
@@ -255,7 +272,7 @@ async def main(me, other):
     async def on_error(exc):
         errors.append(str(exc))
     password = open("/run/secrets/nats_agent_password").read().strip()
-    nc = await nats.connect("nats://nats:4222", user="agent", password=password,
+    nc = await nats.connect(os.environ["NATS_URL"].split(","), user="agent", password=password,
                             inbox_prefix="_INBOX.agent", error_cb=on_error,
                             allow_reconnect=False, connect_timeout=5)
     await nc.publish(f"chorus.council.stack-probe.acks.{me}", b"{}")
@@ -291,14 +308,20 @@ status=0
 report=$(coordinator broadcast --json - <<<"$opportunity") || status=$?
 echo "$report"
 [ "$status" -eq 0 ] || fail "chorus-bridge broadcast exited $status"
-read -r total reached failed < <("$PY" -c '
+read -r total reached failed via_bus < <("$PY" -c '
 import json, sys
 r = json.load(sys.stdin)
-print(r["total_agents"], r["success_count"], len(r["failed"]))' <<<"$report")
+print(r["total_agents"], r["success_count"], len(r["failed"]), r["via_bus"])' <<<"$report")
 if [ "$total" -ne "$AGENT_REPLICAS" ] || [ "$reached" -ne "$AGENT_REPLICAS" ] || [ "$failed" -ne 0 ]; then
     fail "the broadcast reached $reached of $total agents ($failed failed); want $AGENT_REPLICAS of $AGENT_REPLICAS"
 fi
 say "check: the broadcast reached $reached of $total agents"
+if [ "$AUTH_CALLOUT" = true ]; then
+    # Each agent acks on its own subject, which only the user the callout gave it may use.
+    [ "$via_bus" -eq "$AGENT_REPLICAS" ] \
+        || fail "$via_bus of $AGENT_REPLICAS agents acked on the bus as themselves"
+    say "check: $via_bus of $AGENT_REPLICAS agents acked on the bus, each on its own subject"
+fi
 
 # The bridge's own health, through its host-mode port on loopback.
 "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/healthz", timeout=5)' \

@@ -94,7 +94,13 @@ async def test_a_nats_restart_that_lost_the_bucket_is_followed(tmp_path: Path,
         await wait_for(lambda: index.agent_at("127.20.1.1")[0] == "a1", what="a1")
     async with EmbeddedNats(port=port, store_dir=tmp_path / "two"):
         await wait_for(lambda: nc.is_connected, timeout=10, what="the reconnection")
-        kv = await nc.jetstream().create_key_value(config)
+
+        async def made_again() -> bool:  # by the index's own watch, as the leader would
+            streams = await nc.jetstream().streams_info()
+            return f"KV_{names.agents_bucket}" in [info.config.name for info in streams]
+
+        await wait_for(made_again, timeout=10, what="the bucket made again")
+        kv = await nc.jetstream().key_value(names.agents_bucket)
         await kv.put("b1", agent("b1", "127.20.1.2"))
         await wait_for(lambda: index.agent_at("127.20.1.2")[0] == "b1", timeout=10,
                        what="the agent written after the restart")
@@ -103,3 +109,4 @@ async def test_a_nats_restart_that_lost_the_bucket_is_followed(tmp_path: Path,
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await nc.close()
+

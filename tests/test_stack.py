@@ -33,11 +33,11 @@ def stack_env(unique: str) -> dict[str, str]:
     return {**os.environ, **images, "DOCKER_HOST": host, "STACK": f"chorus_st{unique[:6]}"}
 
 
-def test_stack_brings_up_ten_agents_that_a_broadcast_reaches(stack_env: dict[str, str]) -> None:
-    """The deployed stack lists its 10 agents in the bucket, admits each through the auth
-    callout as itself only, a broadcast reaches all 10, and nothing of the stack is left
-    afterwards."""
-    result = subprocess.run(["bash", str(SCRIPT), "--skip-build"], env=stack_env, cwd=ROOT,
+def _run_stack(env: dict[str, str]) -> str:
+    """scripts/stack-test.sh's output, after checking what every variant must show: the 10
+    agents in the bucket, each admitted through the auth callout as itself only, a broadcast
+    that reaches (and is acked by) all 10, and nothing of the stack left afterwards."""
+    result = subprocess.run(["bash", str(SCRIPT), "--skip-build"], env=env, cwd=ROOT,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, timeout=840, check=False)
     sys.stdout.write(result.stdout)  # shown by pytest when the test fails
@@ -50,9 +50,10 @@ def test_stack_brings_up_ten_agents_that_a_broadcast_reaches(stack_env: dict[str
             in result.stdout), tail
     assert ("check: an agent publishes as itself; as another agent, 3 of 3 publishes are denied"
             in result.stdout), tail
+    assert "check: 10 of 10 agents acked on the bus, each on its own subject" in result.stdout, tail
 
-    stack = stack_env["STACK"]
-    client = docker.DockerClient(base_url=stack_env["DOCKER_HOST"], version="auto")
+    stack = env["STACK"]
+    client = docker.DockerClient(base_url=env["DOCKER_HOST"], version="auto")
     try:
         namespace = {"label": f"com.docker.stack.namespace={stack}"}
         assert client.services.list(filters=namespace) == []
@@ -61,3 +62,18 @@ def test_stack_brings_up_ten_agents_that_a_broadcast_reaches(stack_env: dict[str
         assert client.networks.list(names=[f"{stack}_net"]) == []
     finally:
         client.close()
+    return result.stdout
+
+
+def test_stack_brings_up_ten_agents_that_a_broadcast_reaches(stack_env: dict[str, str]) -> None:
+    """The deployed stack (one NATS server) admits its 10 agents through the auth callout,
+    each as itself, and a broadcast reaches all 10."""
+    _run_stack(stack_env)
+
+
+def test_stack_on_a_nats_cluster_admits_agents_through_the_callout(
+        stack_env: dict[str, str]) -> None:
+    """With docker-compose.cluster.yml (three NATS servers running nats-cluster-callout.conf),
+    the same holds: agents on any member are admitted by the bridge, each as itself."""
+    output = _run_stack({**stack_env, "CLUSTER": "1"})
+    assert "cluster 1" in output
