@@ -30,12 +30,17 @@ from bridge.subjects import Names
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--agents", type=int, required=True)
     parser.add_argument("--base", required=True, help="first loopback address")
-    parser.add_argument("--delay", type=float, default=0.0,
-                        help="seconds each agent takes to answer an HTTP opportunity")
+    parser.add_argument(
+        "--delay",
+        type=float,
+        default=0.0,
+        help="seconds each agent takes to answer an HTTP opportunity",
+    )
     parser.add_argument("--on-bus", type=int, default=0)
     parser.add_argument("--connections", type=int, default=None)
     parser.add_argument("--nats-url", default=None)
@@ -62,18 +67,29 @@ async def serve(args: argparse.Namespace) -> None:
     _stop_on_eof(loop, stop)
     names = Names(prefix=args.prefix, agents_bucket=f"{args.prefix}_agents")
     behaviours: dict[int, Behaviour] = (
-        dict.fromkeys(range(args.agents), "slow") if args.delay > 0 else {})
+        dict.fromkeys(range(args.agents), "slow") if args.delay > 0 else {}
+    )
     async with contextlib.AsyncExitStack() as stack:
         task_ids = None
         if args.emulator_socket:
             swarm = EmulatedSwarm()
-            task_ids = swarm.add_tasks(args.agents,
-                                       addresses=allocate_addresses(args.agents, args.base))
+            task_ids = swarm.add_tasks(
+                args.agents, addresses=allocate_addresses(args.agents, args.base)
+            )
             await stack.enter_async_context(DockerEmulator(Path(args.emulator_socket), swarm))
-        fleet = await stack.enter_async_context(SimFleet(
-            args.agents, on_bus=args.on_bus, nats_url=args.nats_url, names=names,
-            base=args.base, behaviours=behaviours, slow_delay=args.delay,
-            task_ids=task_ids, connections=args.connections))
+        fleet = await stack.enter_async_context(
+            SimFleet(
+                args.agents,
+                on_bus=args.on_bus,
+                nats_url=args.nats_url,
+                names=names,
+                base=args.base,
+                behaviours=behaviours,
+                slow_delay=args.delay,
+                task_ids=task_ids,
+                connections=args.connections,
+            )
+        )
         print(f"READY {fleet.port}", flush=True)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(args.max_seconds):

@@ -56,9 +56,15 @@ NAMES = Names(prefix="chorus", agents_bucket="chorus_agents")
 
 def opportunity(number: int) -> CouncilOpportunity:
     return CouncilOpportunity(
-        id=f"bench-bus-{number}", project="bench", title="A council",
-        roles=[Role(name="tpm", core=True), Role(name="senior-software-architect", core=True),
-               Role(name="qa-engineer", core=False)])
+        id=f"bench-bus-{number}",
+        project="bench",
+        title="A council",
+        roles=[
+            Role(name="tpm", core=True),
+            Role(name="senior-software-architect", core=True),
+            Role(name="qa-engineer", core=False),
+        ],
+    )
 
 
 async def wait_until_on_bus(nc: NATS, bench: Bench, started: float) -> None:
@@ -68,16 +74,21 @@ async def wait_until_on_bus(nc: NATS, bench: Bench, started: float) -> None:
     while True:
         elapsed = time.monotonic() - started
         if elapsed > START_TIMEOUT:
-            raise RuntimeError(f"after {START_TIMEOUT:.0f}s the bucket lists {last[0]} agents, "
-                               f"{last[1]} on the bus; expected {AGENTS} and {AGENTS}")
+            raise RuntimeError(
+                f"after {START_TIMEOUT:.0f}s the bucket lists {last[0]} agents, "
+                f"{last[1]} on the bus; expected {AGENTS} and {AGENTS}"
+            )
         try:
             agents, _ = await read_bucket(await js.key_value(NAMES.agents_bucket))
         except nats.js.errors.NotFoundError:
             agents = {}
         last = (len(agents), sum(a.on_bus for a in agents.values()))
         if last == (AGENTS, AGENTS):
-            bench.info("bridge ready", f"{AGENTS:,} agents in its bucket, all on the bus, "
-                       f"{elapsed:.1f} s after it started")
+            bench.info(
+                "bridge ready",
+                f"{AGENTS:,} agents in its bucket, all on the bus, "
+                f"{elapsed:.1f} s after it started",
+            )
             return
         await asyncio.sleep(1.0)
 
@@ -89,8 +100,11 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _memory(pid: int) -> str:
-    status = dict(line.split(":", 1) for line in
-                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    status = dict(
+        line.split(":", 1)
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if ":" in line
+    )
     rss, hwm = (int(status[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM"))
     return f"VmRSS {rss:.1f} MB, VmHWM {hwm:.1f} MB"
 
@@ -100,8 +114,11 @@ async def idle_cpu(bench: Bench, pid: int, seconds: float) -> None:
     before, started = _cpu_seconds(pid), time.monotonic()
     await asyncio.sleep(seconds)
     share = (_cpu_seconds(pid) - before) / (time.monotonic() - started)
-    bench.info("bridge CPU between broadcasts", f"{share:.0%} of one core over {seconds:g} s "
-               f"({AGENTS:,} agents refreshing their presence every 5 s)")
+    bench.info(
+        "bridge CPU between broadcasts",
+        f"{share:.0%} of one core over {seconds:g} s "
+        f"({AGENTS:,} agents refreshing their presence every 5 s)",
+    )
 
 
 async def bare_broadcast(nc: NATS, offer: CouncilOpportunity) -> int:
@@ -158,22 +175,36 @@ async def measure(bench: Bench, nc: NATS, warmup: int, reps: int) -> None:
                     wall.add(elapsed)
                     inside.add(report.duration_ms / 1000)
                     reports.append(report)
-    bench.table(f"{AGENTS:,} agents on the bus over {CONNECTIONS} connections, {reps} "
-                f"broadcasts after {warmup} warm-up", [bare, wall, inside], bare)
+    bench.table(
+        f"{AGENTS:,} agents on the bus over {CONNECTIONS} connections, {reps} "
+        f"broadcasts after {warmup} warm-up",
+        [bare, wall, inside],
+        bare,
+    )
     for n, report in enumerate(reports, 1):
-        bench.say(f"  report {n}: total_agents={report.total_agents} via_bus={report.via_bus} "
-                  f"via_http={report.via_http} failed={len(report.failed)} "
-                  f"duration_ms={report.duration_ms}")
-    complete = all(r.total_agents == AGENTS and r.via_bus == AGENTS and not r.failed
-                   for r in reports)
-    bench.target("every report counts 10,000 agents reached over the bus", complete,
-                 "all complete" if complete else "some report is short (see above)")
-    bench.target(f"BroadcastReport within {LIMIT_S:g} s (p95 of wall time)",
-                 wall.p95 < LIMIT_S, f"median {wall.median * 1000:.0f} ms, p95 "
-                 f"{wall.p95 * 1000:.0f} ms, max {wall.max * 1000:.0f} ms; bare baseline median "
-                 f"{bare.median * 1000:.0f} ms, ratio {wall.median / bare.median:.2f}x")
-    bench.info("report.duration_ms, median",
-               f"{statistics.median(r.duration_ms for r in reports):.1f} ms")
+        bench.say(
+            f"  report {n}: total_agents={report.total_agents} via_bus={report.via_bus} "
+            f"via_http={report.via_http} failed={len(report.failed)} "
+            f"duration_ms={report.duration_ms}"
+        )
+    complete = all(
+        r.total_agents == AGENTS and r.via_bus == AGENTS and not r.failed for r in reports
+    )
+    bench.target(
+        "every report counts 10,000 agents reached over the bus",
+        complete,
+        "all complete" if complete else "some report is short (see above)",
+    )
+    bench.target(
+        f"BroadcastReport within {LIMIT_S:g} s (p95 of wall time)",
+        wall.p95 < LIMIT_S,
+        f"median {wall.median * 1000:.0f} ms, p95 "
+        f"{wall.p95 * 1000:.0f} ms, max {wall.max * 1000:.0f} ms; bare baseline median "
+        f"{bare.median * 1000:.0f} ms, ratio {wall.median / bare.median:.2f}x",
+    )
+    bench.info(
+        "report.duration_ms, median", f"{statistics.median(r.duration_ms for r in reports):.1f} ms"
+    )
 
 
 async def run() -> int:
@@ -185,22 +216,46 @@ async def run() -> int:
         tmp = Path(tmp_name)
         sock = tmp / "docker.sock"
         async with EmbeddedNats(port=0, store_dir=tmp / "nats") as server:
-            fleet_cmd = [sys.executable, str(BENCH / "_fleet.py"), "--agents", str(AGENTS),
-                         "--base", BASE, "--on-bus", str(AGENTS), "--connections",
-                         str(CONNECTIONS), "--nats-url", server.url, "--prefix", NAMES.prefix,
-                         "--emulator-socket", str(sock)]
+            fleet_cmd = [
+                sys.executable,
+                str(BENCH / "_fleet.py"),
+                "--agents",
+                str(AGENTS),
+                "--base",
+                BASE,
+                "--on-bus",
+                str(AGENTS),
+                "--connections",
+                str(CONNECTIONS),
+                "--nats-url",
+                server.url,
+                "--prefix",
+                NAMES.prefix,
+                "--emulator-socket",
+                str(sock),
+            ]
             started = time.monotonic()
             async with child_process("fleet", fleet_cmd, stderr_to=tmp / "fleet.log") as fleet:
                 port = await fleet.line("READY", START_TIMEOUT)
-                bench.info("agents ready", f"{AGENTS:,} agents (HTTP on port {port}, all on the "
-                           f"bus) {time.monotonic() - started:.1f} s after start")
-                env = {"NATS_URL": server.url, "WHOOSH_DOCKER_HOST": f"unix://{sock}",
-                       "DISCOVERY_METHOD": "swarm", "WHOOSH_DNS_NAMES": "",
-                       "WHOOSH_AGENT_PORT": port, "BRIDGE_LISTEN": "127.0.0.1:0",
-                       "BRIDGE_LOG_FORMAT": "console", "BRIDGE_LOG_LEVEL": "info"}
+                bench.info(
+                    "agents ready",
+                    f"{AGENTS:,} agents (HTTP on port {port}, all on the "
+                    f"bus) {time.monotonic() - started:.1f} s after start",
+                )
+                env = {
+                    "NATS_URL": server.url,
+                    "WHOOSH_DOCKER_HOST": f"unix://{sock}",
+                    "DISCOVERY_METHOD": "swarm",
+                    "WHOOSH_DNS_NAMES": "",
+                    "WHOOSH_AGENT_PORT": port,
+                    "BRIDGE_LISTEN": "127.0.0.1:0",
+                    "BRIDGE_LOG_FORMAT": "console",
+                    "BRIDGE_LOG_LEVEL": "info",
+                }
                 bridge_cmd = [str(Path(sys.executable).parent / "chorus-bridge"), "run"]
-                async with child_process("chorus-bridge run", bridge_cmd, env=env,
-                                         stderr_to=tmp / "bridge.log") as bridge:
+                async with child_process(
+                    "chorus-bridge run", bridge_cmd, env=env, stderr_to=tmp / "bridge.log"
+                ) as bridge:
                     nc = await nats.connect(server.url, name="bench-coordinator")
                     try:
                         await wait_until_on_bus(nc, bench, time.monotonic())

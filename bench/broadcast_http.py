@@ -63,9 +63,15 @@ FLEET_START_TIMEOUT = 120.0
 
 def opportunity(number: int) -> CouncilOpportunity:
     return CouncilOpportunity(
-        id=f"bench-http-{number}", project="bench", title="A council",
-        roles=[Role(name="tpm", core=True), Role(name="senior-software-architect", core=True),
-               Role(name="qa-engineer", core=False)])
+        id=f"bench-http-{number}",
+        project="bench",
+        title="A council",
+        roles=[
+            Role(name="tpm", core=True),
+            Role(name="senior-software-architect", core=True),
+            Role(name="qa-engineer", core=False),
+        ],
+    )
 
 
 class Run:
@@ -99,15 +105,17 @@ class Run:
     async def broadcaster_default_gc(self) -> None:
         """The Broadcaster with CPython's collector thresholds as they are: what
         bridge.gc_tuning.fewer_collections saves."""
-        with unittest.mock.patch.object(bridge.broadcast, "fewer_collections",
-                                        contextlib.nullcontext):
+        with unittest.mock.patch.object(
+            bridge.broadcast, "fewer_collections", contextlib.nullcontext
+        ):
             await self._broadcast(self.settings, self.targets, "broadcaster, default gc")
 
     def _default_client(self) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_connections=self.settings.http_concurrency,
-                              max_keepalive_connections=self.settings.http_concurrency)
-        return httpx.AsyncClient(timeout=self.settings.http_timeout, limits=limits,
-                                 trust_env=False)
+        limits = httpx.Limits(
+            max_connections=self.settings.http_concurrency,
+            max_keepalive_connections=self.settings.http_concurrency,
+        )
+        return httpx.AsyncClient(timeout=self.settings.http_timeout, limits=limits, trust_env=False)
 
     async def _fan_out(self, client: httpx.AsyncClient, what: str) -> None:
         offer = self._next()
@@ -119,8 +127,9 @@ class Run:
         async def post(target: Target) -> bool:
             async with limit:
                 try:
-                    response = await client.post(f"{target.endpoint}{path}", content=payload,
-                                                 headers=headers)
+                    response = await client.post(
+                        f"{target.endpoint}{path}", content=payload, headers=headers
+                    )
                 except httpx.HTTPError:
                     # httpcore's pool can time out connecting on a loaded machine: that call
                     # is counted as not delivered (and fails the run), not a crash.
@@ -148,9 +157,14 @@ class Run:
         timeout = aiohttp.ClientTimeout(total=self.settings.http_timeout)
 
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
             async def post(target: Target) -> bool:
-                async with limit, session.post(f"{target.endpoint}{path}", data=payload,
-                                               headers=headers) as response:
+                async with (
+                    limit,
+                    session.post(
+                        f"{target.endpoint}{path}", data=payload, headers=headers
+                    ) as response,
+                ):
                     await response.read()
                     return response.ok
 
@@ -163,17 +177,28 @@ class Run:
         await self._broadcast(one_at_a_time, self.targets[:subset], "sequential")
 
 
-async def measure(bench: Bench, nc: NATS, delay: float, reps: int, seq_subset: int,
-                  seq_reps: int, tmp: Path) -> bool:
+async def measure(
+    bench: Bench, nc: NATS, delay: float, reps: int, seq_subset: int, seq_reps: int, tmp: Path
+) -> bool:
     # httpcore's pool is slow on a fan-out to many hosts (seconds per run): fewer runs of it.
     slow_reps = min(reps, 3)
     """One latency: returns whether its targets were met."""
-    fleet_cmd = [sys.executable, str(BENCH / "_fleet.py"), "--agents", str(AGENTS),
-                 "--base", BASE, "--delay", str(delay)]
+    fleet_cmd = [
+        sys.executable,
+        str(BENCH / "_fleet.py"),
+        "--agents",
+        str(AGENTS),
+        "--base",
+        BASE,
+        "--delay",
+        str(delay),
+    ]
     async with child_process("fleet", fleet_cmd, stderr_to=tmp / "fleet.log") as fleet:
         port = int(await fleet.line("READY", FLEET_START_TIMEOUT))
-        targets = [Target(agent_id=f"sim-{i}", endpoint=f"http://{address}:{port}")
-                   for i, address in enumerate(allocate_addresses(AGENTS, BASE))]
+        targets = [
+            Target(agent_id=f"sim-{i}", endpoint=f"http://{address}:{port}")
+            for i, address in enumerate(allocate_addresses(AGENTS, BASE))
+        ]
         run = Run(nc, Settings(), targets)
         scale = AGENTS / seq_subset
         label = f"{delay * 1000:g} ms"
@@ -182,13 +207,17 @@ async def measure(bench: Bench, nc: NATS, delay: float, reps: int, seq_subset: i
         same = Series("bare httpx fan-out, AgentHTTP.client")
         default = Series("bare httpx fan-out, default httpx.AsyncClient")
         floor = Series("bare fan-out, aiohttp.ClientSession", note="(no target)")
-        sequential = Series("sequential: Broadcaster, concurrency 1",
-                            note=(f"EXTRAPOLATED: {seq_subset} agents x{scale:g}"
-                                  if seq_subset < AGENTS else ""))
+        sequential = Series(
+            "sequential: Broadcaster, concurrency 1",
+            note=(f"EXTRAPOLATED: {seq_subset} agents x{scale:g}" if seq_subset < AGENTS else ""),
+        )
         fan_outs: list[tuple[Series, Callable[[], Awaitable[None]]]] = [
-            (broadcaster, run.broadcaster), (default_gc, run.broadcaster_default_gc),
-            (same, run.bare_same_client), (floor, run.bare_aiohttp),
-            (default, run.bare_default_httpx)]
+            (broadcaster, run.broadcaster),
+            (default_gc, run.broadcaster_default_gc),
+            (same, run.bare_same_client),
+            (floor, run.bare_aiohttp),
+            (default, run.bare_default_httpx),
+        ]
         for _series, call in fan_outs:  # warm-up: imports, the server's first connections
             await call()
         await run.sequential(min(seq_subset, 20))
@@ -205,30 +234,49 @@ async def measure(bench: Bench, nc: NATS, delay: float, reps: int, seq_subset: i
             await timed(part, lambda: run.sequential(seq_subset))
             sequential.add(part.seconds[0] * scale)
 
-    bench.table(f"{AGENTS:,} HTTP agents answering after {label}",
-                [broadcaster, default_gc, same, default, floor, sequential], broadcaster)
+    bench.table(
+        f"{AGENTS:,} HTTP agents answering after {label}",
+        [broadcaster, default_gc, same, default, floor, sequential],
+        broadcaster,
+    )
     for series in (broadcaster, default_gc, same, floor):
         spent = statistics.median(cpu[series.name])
-        bench.info(f"[{label}] CPU of this process, {series.name}",
-                   f"{spent * 1000:.0f} ms per run of {AGENTS:,} calls "
-                   f"({spent / AGENTS * 1e6:.0f} us per call; wall {series.median * 1000:.0f} ms)")
+        bench.info(
+            f"[{label}] CPU of this process, {series.name}",
+            f"{spent * 1000:.0f} ms per run of {AGENTS:,} calls "
+            f"({spent / AGENTS * 1e6:.0f} us per call; wall {series.median * 1000:.0f} ms)",
+        )
     fastest = min(same, default, key=lambda s: s.median)
     ratio = broadcaster.median / fastest.median
     speedup = sequential.median / broadcaster.median
-    ok = bench.target(f"[{label}] Broadcaster <= {RATIO_LIMIT:g}x bare fan-out (median)",
-                      ratio <= RATIO_LIMIT, f"{broadcaster.median * 1000:.0f} ms / "
-                      f"{fastest.median * 1000:.0f} ms ({fastest.name}) = {ratio:.2f}x")
-    seq_text = (f"sequential {sequential.median * 1000:.0f} ms"
-                f"{' (extrapolated)' if seq_subset < AGENTS else ''} / Broadcaster "
-                f"{broadcaster.median * 1000:.0f} ms = {speedup:.1f}x faster")
+    ok = bench.target(
+        f"[{label}] Broadcaster <= {RATIO_LIMIT:g}x bare fan-out (median)",
+        ratio <= RATIO_LIMIT,
+        f"{broadcaster.median * 1000:.0f} ms / "
+        f"{fastest.median * 1000:.0f} ms ({fastest.name}) = {ratio:.2f}x",
+    )
+    seq_text = (
+        f"sequential {sequential.median * 1000:.0f} ms"
+        f"{' (extrapolated)' if seq_subset < AGENTS else ''} / Broadcaster "
+        f"{broadcaster.median * 1000:.0f} ms = {speedup:.1f}x faster"
+    )
     if delay > 0:
-        ok &= bench.target(f"[{label}] Broadcaster >= {SPEEDUP_MIN:g}x faster than sequential",
-                           speedup >= SPEEDUP_MIN, seq_text)
+        ok &= bench.target(
+            f"[{label}] Broadcaster >= {SPEEDUP_MIN:g}x faster than sequential",
+            speedup >= SPEEDUP_MIN,
+            seq_text,
+        )
     else:
-        bench.info(f"[{label}] speed-up over sequential (no target: CPU-bound on loopback, "
-                   "~2x is the physical best with instant answers)", seq_text)
-    ok &= bench.target(f"[{label}] every call reached its agent", not run.unreached,
-                       "all delivered" if not run.unreached else "; ".join(run.unreached))
+        bench.info(
+            f"[{label}] speed-up over sequential (no target: CPU-bound on loopback, "
+            "~2x is the physical best with instant answers)",
+            seq_text,
+        )
+    ok &= bench.target(
+        f"[{label}] every call reached its agent",
+        not run.unreached,
+        "all delivered" if not run.unreached else "; ".join(run.unreached),
+    )
     return ok
 
 
@@ -237,12 +285,16 @@ async def run() -> int:
     quiet_logs()
     reps = 3 if args.quick else 7
     bench = Bench(f"broadcast_http: {AGENTS:,} HTTP-only loopback agents")
-    bench.say(f"agents: SimFleet in a separate process, {BASE} upward; client concurrency "
-              f"{Settings().http_concurrency}; a fresh client per measurement")
+    bench.say(
+        f"agents: SimFleet in a separate process, {BASE} upward; client concurrency "
+        f"{Settings().http_concurrency}; a fresh client per measurement"
+    )
     # (answer delay, agents called sequentially, sequential repetitions)
-    plan = [(0.0, AGENTS, 2 if args.quick else 3),
-            (0.010, 100 if args.quick else AGENTS, 1 if args.quick else 2),
-            (0.050, 100, 2 if args.quick else 3)]
+    plan = [
+        (0.0, AGENTS, 2 if args.quick else 3),
+        (0.010, 100 if args.quick else AGENTS, 1 if args.quick else 2),
+        (0.050, 100, 2 if args.quick else 3),
+    ]
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         async with EmbeddedNats(port=0, store_dir=Path(tmp) / "nats") as server:
             nc = await nats.connect(server.url, name="bench-broadcast-http")

@@ -50,16 +50,26 @@ async def connect_once(port: int, source: str, user: str, password: str) -> floa
 
 
 def bridge_env(url: str, keys: Path, *, xkey: bool) -> dict[str, str]:
-    own = {k: v for k, v in os.environ.items()
-           if not k.startswith(("BRIDGE_", "WHOOSH_", "NATS_", "DISCOVERY_", "DOCKER_"))}
-    return {**own, "DISCOVERY_METHOD": "dns", "WHOOSH_DNS_NAMES": "",
-            "WHOOSH_KNOWN_ENDPOINTS": ",".join(f"http://{s}:8080" for s in SOURCES),
-            "NATS_URL": url, "NATS_USER": "bridge", "NATS_PASSWORD": PASSWORDS["BRIDGE_PASS"],
-            "BRIDGE_LISTEN": "127.0.0.1:0", "BRIDGE_LOG_LEVEL": "warning",
-            "BRIDGE_AUTH_CALLOUT": "true",
-            "BRIDGE_CALLOUT_ISSUER_SEED": str(keys / "issuer.seed"),
-            "BRIDGE_CALLOUT_AGENT_PASSWORD_FILE": str(keys / "agent.password"),
-            **({"BRIDGE_CALLOUT_XKEY_SEED": str(keys / "xkey.seed")} if xkey else {})}
+    own = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("BRIDGE_", "WHOOSH_", "NATS_", "DISCOVERY_", "DOCKER_"))
+    }
+    return {
+        **own,
+        "DISCOVERY_METHOD": "dns",
+        "WHOOSH_DNS_NAMES": "",
+        "WHOOSH_KNOWN_ENDPOINTS": ",".join(f"http://{s}:8080" for s in SOURCES),
+        "NATS_URL": url,
+        "NATS_USER": "bridge",
+        "NATS_PASSWORD": PASSWORDS["BRIDGE_PASS"],
+        "BRIDGE_LISTEN": "127.0.0.1:0",
+        "BRIDGE_LOG_LEVEL": "warning",
+        "BRIDGE_AUTH_CALLOUT": "true",
+        "BRIDGE_CALLOUT_ISSUER_SEED": str(keys / "issuer.seed"),
+        "BRIDGE_CALLOUT_AGENT_PASSWORD_FILE": str(keys / "agent.password"),
+        **({"BRIDGE_CALLOUT_XKEY_SEED": str(keys / "xkey.seed")} if xkey else {}),
+    }
 
 
 async def until_admitted(port: int, timeout: float = 30.0) -> None:
@@ -82,8 +92,12 @@ async def callout_stack(directory: Path, *, xkey: bool) -> AsyncIterator[int]:
     files = make_keys(directory / "keys")  # makes `directory` too
     async with callout_server(directory, files, xkey=xkey) as server:
         env = bridge_env(server.url, directory / "keys", xkey=xkey)
-        async with child_process("bridge", [sys.executable, "-m", "bridge", "run"], env=env,
-                                 stderr_to=directory / "bridge.log"):
+        async with child_process(
+            "bridge",
+            [sys.executable, "-m", "bridge", "run"],
+            env=env,
+            stderr_to=directory / "bridge.log",
+        ):
             await until_admitted(port_of(server))
             yield port_of(server)
 
@@ -97,27 +111,39 @@ async def run() -> int:
     sealed = Series("agent through the callout (xkey)")
     plain = Series("agent through the callout (no xkey)")
     with tempfile.TemporaryDirectory(prefix="bench-callout-") as tmp:
-        async with callout_stack(Path(tmp) / "xkey", xkey=True) as port, \
-                callout_stack(Path(tmp) / "plain", xkey=False) as plain_port:
-            bench.say(f"{len(SOURCES)} agents; {reps} connects of each kind, interleaved, "
-                      f"after {warmup} warm-up")
+        async with (
+            callout_stack(Path(tmp) / "xkey", xkey=True) as port,
+            callout_stack(Path(tmp) / "plain", xkey=False) as plain_port,
+        ):
+            bench.say(
+                f"{len(SOURCES)} agents; {reps} connects of each kind, interleaved, "
+                f"after {warmup} warm-up"
+            )
             for i in range(warmup + reps):
                 source = SOURCES[i % len(SOURCES)]
-                times = (await connect_once(port, "127.0.0.1", "coordinator",
-                                            PASSWORDS["COORD_PASS"]),
-                         await connect_once(port, source, "agent", AGENT_PASSWORD),
-                         await connect_once(plain_port, source, "agent", AGENT_PASSWORD))
+                times = (
+                    await connect_once(port, "127.0.0.1", "coordinator", PASSWORDS["COORD_PASS"]),
+                    await connect_once(port, source, "agent", AGENT_PASSWORD),
+                    await connect_once(plain_port, source, "agent", AGENT_PASSWORD),
+                )
                 if i >= warmup:
                     for series, seconds in zip((static, sealed, plain), times, strict=True):
                         series.add(seconds)
     bench.table("connect until PONG", [static, sealed, plain], static)
     for series in (static, sealed, plain):
-        bench.info(series.name, f"p50 {series.median * 1000:.2f} ms, "
-                                f"p99 {p99(series) * 1000:.2f} ms, n {series.n}")
-    bench.info("added by the callout, xkey (p50 difference)",
-               f"{(sealed.median - static.median) * 1000:.2f} ms")
-    bench.target("callout connect p99 < 100 ms", p99(sealed) < LIMIT_P99_S,
-                 f"p99 {p99(sealed) * 1000:.2f} ms (xkey)")
+        bench.info(
+            series.name,
+            f"p50 {series.median * 1000:.2f} ms, p99 {p99(series) * 1000:.2f} ms, n {series.n}",
+        )
+    bench.info(
+        "added by the callout, xkey (p50 difference)",
+        f"{(sealed.median - static.median) * 1000:.2f} ms",
+    )
+    bench.target(
+        "callout connect p99 < 100 ms",
+        p99(sealed) < LIMIT_P99_S,
+        f"p99 {p99(sealed) * 1000:.2f} ms (xkey)",
+    )
     return bench.exit_code()
 
 

@@ -108,13 +108,17 @@ class Bench:
         """One row per series: median, p95, min, max (ms), n, and median / baseline median."""
         width = max(len(r.name) for r in rows) + 2
         print(f"\n-- {heading} (ratio = median / median of {baseline.name!r}) --")
-        print(f"{'name':<{width}}{'median ms':>10}{'p95 ms':>10}{'min ms':>10}{'max ms':>10}"
-              f"{'n':>5}{'ratio':>9}")
+        print(
+            f"{'name':<{width}}{'median ms':>10}{'p95 ms':>10}{'min ms':>10}{'max ms':>10}"
+            f"{'n':>5}{'ratio':>9}"
+        )
         for row in rows:
             ratio = row.median / baseline.median if baseline.median else math.nan
             note = f"  {row.note}" if row.note else ""
-            print(f"{row.name:<{width}}{_ms(row.median)}{_ms(row.p95)}{_ms(row.min)}"
-                  f"{_ms(row.max)}{row.n:>5}{ratio:>8.2f}x{note}")
+            print(
+                f"{row.name:<{width}}{_ms(row.median)}{_ms(row.p95)}{_ms(row.min)}"
+                f"{_ms(row.max)}{row.n:>5}{ratio:>8.2f}x{note}"
+            )
         sys.stdout.flush()
 
     def target(self, what: str, ok: bool, detail: str) -> bool:
@@ -129,9 +133,11 @@ class Bench:
 
     def exit_code(self) -> int:
         failed = [c for c in self._checks if not c.ok]
-        print(f"\n{self.title}: {len(self._checks) - len(failed)} of {len(self._checks)} "
-              f"targets met" + (f"; missed: {', '.join(c.what for c in failed)}" if failed
-                                else ""), flush=True)
+        print(
+            f"\n{self.title}: {len(self._checks) - len(failed)} of {len(self._checks)} "
+            f"targets met" + (f"; missed: {', '.join(c.what for c in failed)}" if failed else ""),
+            flush=True,
+        )
         return 1 if failed else 0
 
 
@@ -145,8 +151,9 @@ async def timed(series: Series, call: Callable[[], Awaitable[Any]]) -> Any:
 
 def arguments(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer rounds: a smoke run, figures less stable")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer rounds: a smoke run, figures less stable"
+    )
     return parser.parse_args()
 
 
@@ -198,11 +205,13 @@ class Child:
             while True:
                 raw = await self.proc.stdout.readline()
                 if not raw:
-                    raise RuntimeError(f"{self.name} exited (status {await self.proc.wait()}) "
-                                       f"before printing {prefix!r}")
+                    raise RuntimeError(
+                        f"{self.name} exited (status {await self.proc.wait()}) "
+                        f"before printing {prefix!r}"
+                    )
                 text = raw.decode(errors="replace").strip()
                 if text.startswith(prefix):
-                    return text[len(prefix):].strip()
+                    return text[len(prefix) :].strip()
 
     async def stop(self) -> int:
         """SIGTERM, then SIGKILL after a grace period; returns the exit status."""
@@ -220,8 +229,13 @@ class Child:
 
 
 @contextlib.asynccontextmanager
-async def child_process(name: str, args: Sequence[str], *, env: Mapping[str, str] | None = None,
-                        stderr_to: Path | None = None) -> AsyncIterator[Child]:
+async def child_process(
+    name: str,
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    stderr_to: Path | None = None,
+) -> AsyncIterator[Child]:
     """Start a process (stdin a pipe it may watch for our exit); stop it on the way out."""
     stderr: Any = asyncio.subprocess.DEVNULL
     log_file = None
@@ -230,9 +244,14 @@ async def child_process(name: str, args: Sequence[str], *, env: Mapping[str, str
         stderr = log_file
     try:
         proc = await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr,
-            env={**os.environ, **env} if env is not None else None, cwd=REPO,
-            preexec_fn=_die_with_parent)
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=stderr,
+            env={**os.environ, **env} if env is not None else None,
+            cwd=REPO,
+            preexec_fn=_die_with_parent,
+        )
         child = Child(proc, name)
         try:
             yield child

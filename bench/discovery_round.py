@@ -120,8 +120,19 @@ async def run() -> int:
         async with EmbeddedNats(port=0, store_dir=Path(tmp) / "nats") as server:
             for churn in (0, 1):
                 sock = Path(tmp) / f"docker-{churn}.sock"
-                emulator_cmd = [sys.executable, "-m", "bridge.emulator", "--socket", str(sock),
-                                "--tasks", str(TASKS), "--seed", "1", "--churn", str(churn)]
+                emulator_cmd = [
+                    sys.executable,
+                    "-m",
+                    "bridge.emulator",
+                    "--socket",
+                    str(sock),
+                    "--tasks",
+                    str(TASKS),
+                    "--seed",
+                    "1",
+                    "--churn",
+                    str(churn),
+                ]
                 async with child_process("emulator", emulator_cmd):
                     await _wait_for_engine(sock)
                     bench.say(f"emulator: pid-separate, {' '.join(emulator_cmd[1:])}")
@@ -129,11 +140,15 @@ async def run() -> int:
     return bench.exit_code()
 
 
-async def _measure(bench: Bench, url: str, sock: str, warmup: int, rounds: int,
-                   churn: int) -> bool:
+async def _measure(bench: Bench, url: str, sock: str, warmup: int, rounds: int, churn: int) -> bool:
     kind = "changing" if churn else "quiet"
-    settings = Settings(discovery_method="swarm", docker_host=f"unix://{sock}", dns_names=(),
-                        listen_host="127.0.0.1", listen_port=0)
+    settings = Settings(
+        discovery_method="swarm",
+        docker_host=f"unix://{sock}",
+        dns_names=(),
+        listen_host="127.0.0.1",
+        listen_port=0,
+    )
     names = Names(prefix="bench", agents_bucket="bench_agents")
     metrics = Metrics()
     nc = await nats.connect(url, name="bench-discovery")
@@ -146,19 +161,18 @@ async def _measure(bench: Bench, url: str, sock: str, warmup: int, rounds: int,
         await presence.open()
         registry = AgentRegistry(nc, names, metrics=metrics, bus_ids=presence.bus_ids)
         roster = Roster((await registry.open()).values())
-        discoverer = Discoverer(settings, swarm=swarm, dns=DnsDiscovery(settings),
-                                metrics=metrics)
+        discoverer = Discoverer(settings, swarm=swarm, dns=DnsDiscovery(settings), metrics=metrics)
         loop = DiscoveryPipeline(settings, discoverer, registry)
 
         started = time.perf_counter()
         await loop.run_round(roster)
         first = time.perf_counter() - started
         published = len(registry.published)
-        bench.info(f"[{kind}] first round", f"{first * 1000:.0f} ms, {published:,} agents in "
-                   "the bucket")
+        bench.info(
+            f"[{kind}] first round", f"{first * 1000:.0f} ms, {published:,} agents in the bucket"
+        )
         if published != TASKS:
-            return bench.target(f"[{kind}] all tasks published", False,
-                                f"{published} of {TASKS}")
+            return bench.target(f"[{kind}] all tasks published", False, f"{published} of {TASKS}")
 
         body = await swarm.fetch_tasks()
         bench.info(f"[{kind}] task list", f"{len(body):,} bytes for {TASKS:,} tasks")
@@ -186,8 +200,7 @@ async def _measure(bench: Bench, url: str, sock: str, warmup: int, rounds: int,
             if measuring:
                 writes.append(result.writes)
                 decoded.append(swarm.decoded)
-                for key, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3),
-                                        strict=True):
+                for key, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                     stages[key].add(seconds)
 
         before = await _last_seq(nc, names.agents_bucket)
@@ -208,24 +221,40 @@ async def _measure(bench: Bench, url: str, sock: str, warmup: int, rounds: int,
                     await timed(series, call)
         after = await _last_seq(nc, names.agents_bucket)
 
-        bench.table(f"{TASKS:,} tasks, {kind} list, {rounds} rounds after {warmup} warm-up "
-                    "(stages: the same calls one by one)",
-                    [sdk, rawf, whole, *stages.values()], sdk)
-        bench.info(f"[{kind}] per staged round", f"tasks decoded {min(decoded)}..{max(decoded)}"
-                   f", KV writes {min(writes)}..{max(writes)}")
-        bench.info(f"[{kind}] round / raw fetch", f"{whole.median / rawf.median:.2f}x (raw is "
-                   "http.client in a thread: the floor for getting the bytes)")
+        bench.table(
+            f"{TASKS:,} tasks, {kind} list, {rounds} rounds after {warmup} warm-up "
+            "(stages: the same calls one by one)",
+            [sdk, rawf, whole, *stages.values()],
+            sdk,
+        )
+        bench.info(
+            f"[{kind}] per staged round",
+            f"tasks decoded {min(decoded)}..{max(decoded)}, KV writes {min(writes)}..{max(writes)}",
+        )
+        bench.info(
+            f"[{kind}] round / raw fetch",
+            f"{whole.median / rawf.median:.2f}x (raw is "
+            "http.client in a thread: the floor for getting the bytes)",
+        )
         ok = True
         if not churn:
-            ok &= bench.target("[quiet] quiet rounds make no KV write", before == after,
-                               f"stream last sequence {before} before, {after} after "
-                               f"{2 * (warmup + rounds)} rounds")
+            ok &= bench.target(
+                "[quiet] quiet rounds make no KV write",
+                before == after,
+                f"stream last sequence {before} before, {after} after "
+                f"{2 * (warmup + rounds)} rounds",
+            )
         ratio = whole.median / sdk.median
-        ok &= bench.target(f"[{kind}] round <= {RATIO_LIMIT:g}x sdk fetch (median)",
-                           ratio <= RATIO_LIMIT, f"{whole.median * 1000:.1f} ms / "
-                           f"{sdk.median * 1000:.1f} ms = {ratio:.2f}x")
-        ok &= bench.target(f"[{kind}] round p95 < {ROUND_LIMIT_S * 1000:.0f} ms",
-                           whole.p95 < ROUND_LIMIT_S, f"p95 {whole.p95 * 1000:.1f} ms")
+        ok &= bench.target(
+            f"[{kind}] round <= {RATIO_LIMIT:g}x sdk fetch (median)",
+            ratio <= RATIO_LIMIT,
+            f"{whole.median * 1000:.1f} ms / {sdk.median * 1000:.1f} ms = {ratio:.2f}x",
+        )
+        ok &= bench.target(
+            f"[{kind}] round p95 < {ROUND_LIMIT_S * 1000:.0f} ms",
+            whole.p95 < ROUND_LIMIT_S,
+            f"p95 {whole.p95 * 1000:.1f} ms",
+        )
         return ok
     finally:
         raw.close()

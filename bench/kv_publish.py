@@ -65,8 +65,7 @@ def bucket_config(nc: NATS, bucket: str) -> KeyValueConfig:
 def records(agents: list[Agent]) -> list[tuple[str, bytes]]:
     """(key, value) as the registry writes them on a first publish."""
     at = now_rfc3339()
-    return [(a.id, encode(msgspec.structs.replace(a, on_bus=False, first_seen=at)))
-            for a in agents]
+    return [(a.id, encode(msgspec.structs.replace(a, on_bus=False, first_seen=at))) for a in agents]
 
 
 async def raw_gather_put(nc: NATS, bucket: str, payloads: list[tuple[str, bytes]]) -> None:
@@ -88,8 +87,9 @@ async def _values(nc: NATS, bucket: str) -> tuple[int, int]:
     return int(state.messages), int(state.last_seq)
 
 
-async def measure_publish(bench: Bench, nc: NATS, agents: list[Agent], warmup: int,
-                          reps: int) -> None:
+async def measure_publish(
+    bench: Bench, nc: NATS, agents: list[Agent], warmup: int, reps: int
+) -> None:
     payloads = records(agents)
     desired = {a.id: a for a in agents}
     js = nc.jetstream()
@@ -158,15 +158,26 @@ async def measure_publish(bench: Bench, nc: NATS, agents: list[Agent], warmup: i
             await step(index >= warmup)
 
     baseline = gather if gather.median <= pipelined.median else pipelined
-    bench.table(f"first publish of {AGENTS:,} agents, file storage, {reps} runs after "
-                f"{warmup} warm-up, fresh bucket each", [gather, pipelined, sync, quiet], baseline)
+    bench.table(
+        f"first publish of {AGENTS:,} agents, file storage, {reps} runs after "
+        f"{warmup} warm-up, fresh bucket each",
+        [gather, pipelined, sync, quiet],
+        baseline,
+    )
     ratio = sync.median / baseline.median
-    bench.target(f"registry sync <= {RATIO_LIMIT:g}x fastest raw put loop (median)",
-                 ratio <= RATIO_LIMIT, f"{sync.median * 1000:.0f} ms / "
-                 f"{baseline.median * 1000:.0f} ms ({baseline.name}) = {ratio:.2f}x")
-    bench.target("quiet sync makes no KV write", quiet_ok,
-                 f"{quiet.n} quiet syncs, stream last sequence unchanged"
-                 if quiet_ok else "a quiet sync wrote")
+    bench.target(
+        f"registry sync <= {RATIO_LIMIT:g}x fastest raw put loop (median)",
+        ratio <= RATIO_LIMIT,
+        f"{sync.median * 1000:.0f} ms / "
+        f"{baseline.median * 1000:.0f} ms ({baseline.name}) = {ratio:.2f}x",
+    )
+    bench.target(
+        "quiet sync makes no KV write",
+        quiet_ok,
+        f"{quiet.n} quiet syncs, stream last sequence unchanged"
+        if quiet_ok
+        else "a quiet sync wrote",
+    )
 
 
 def _proc_status(pid: int) -> dict[str, str]:
@@ -185,12 +196,27 @@ def _mb(value: str) -> float:
 
 async def measure_rss(bench: Bench, url: str, tmp: Path) -> None:
     sock = tmp / "docker.sock"
-    emulator = [sys.executable, "-m", "bridge.emulator", "--socket", str(sock),
-                "--tasks", str(AGENTS), "--seed", "2"]
+    emulator = [
+        sys.executable,
+        "-m",
+        "bridge.emulator",
+        "--socket",
+        str(sock),
+        "--tasks",
+        str(AGENTS),
+        "--seed",
+        "2",
+    ]
     bridge_cmd = [str(Path(sys.executable).parent / "chorus-bridge"), "run"]
-    env = {"NATS_URL": url, "WHOOSH_DOCKER_HOST": f"unix://{sock}", "DISCOVERY_METHOD": "swarm",
-           "WHOOSH_DNS_NAMES": "", "BRIDGE_LISTEN": "127.0.0.1:0",
-           "BRIDGE_LOG_FORMAT": "console", "BRIDGE_LOG_LEVEL": "info"}
+    env = {
+        "NATS_URL": url,
+        "WHOOSH_DOCKER_HOST": f"unix://{sock}",
+        "DISCOVERY_METHOD": "swarm",
+        "WHOOSH_DNS_NAMES": "",
+        "BRIDGE_LISTEN": "127.0.0.1:0",
+        "BRIDGE_LOG_FORMAT": "console",
+        "BRIDGE_LOG_LEVEL": "info",
+    }
     log_path = tmp / "bridge.log"
     async with child_process("emulator", emulator):
         deadline = time.monotonic() + 60
@@ -198,8 +224,9 @@ async def measure_rss(bench: Bench, url: str, tmp: Path) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError("the emulator did not create its socket")
             await asyncio.sleep(0.1)
-        async with child_process("chorus-bridge run", bridge_cmd, env=env,
-                                 stderr_to=log_path) as bridge:
+        async with child_process(
+            "chorus-bridge run", bridge_cmd, env=env, stderr_to=log_path
+        ) as bridge:
             started = time.monotonic()
             nc = await nats.connect(url, name="bench-rss")
             try:
@@ -217,13 +244,22 @@ async def measure_rss(bench: Bench, url: str, tmp: Path) -> None:
     hwm = _mb(samples[-1]["VmHWM"])
     bench.say(f"\n-- real bridge (chorus-bridge run, pid-separate) with {AGENTS:,} tasks --")
     bench.info("bucket filled", f"{messages:,} agents {filled:.1f} s after start")
-    bench.info("bridge memory", f"VmRSS {rss[0]:.1f} MB when the bucket was full, "
-               f"max {max(rss):.1f} MB and last {rss[-1]:.1f} MB over the next "
-               f"{RSS_SAMPLES * RSS_INTERVAL:.0f} s; VmHWM (peak) {hwm:.1f} MB")
-    bench.target(f"bridge RSS < {RSS_LIMIT_MB:.0f} MB with {AGENTS:,} agents",
-                 max(rss) < RSS_LIMIT_MB, f"max VmRSS {max(rss):.1f} MB (VmHWM {hwm:.1f} MB)")
-    bench.target("bridge exits 0 on SIGTERM", code == 0, f"exit status {code}"
-                 + ("" if code == 0 else f"; log in {log_path}"))
+    bench.info(
+        "bridge memory",
+        f"VmRSS {rss[0]:.1f} MB when the bucket was full, "
+        f"max {max(rss):.1f} MB and last {rss[-1]:.1f} MB over the next "
+        f"{RSS_SAMPLES * RSS_INTERVAL:.0f} s; VmHWM (peak) {hwm:.1f} MB",
+    )
+    bench.target(
+        f"bridge RSS < {RSS_LIMIT_MB:.0f} MB with {AGENTS:,} agents",
+        max(rss) < RSS_LIMIT_MB,
+        f"max VmRSS {max(rss):.1f} MB (VmHWM {hwm:.1f} MB)",
+    )
+    bench.target(
+        "bridge exits 0 on SIGTERM",
+        code == 0,
+        f"exit status {code}" + ("" if code == 0 else f"; log in {log_path}"),
+    )
     if code != 0:
         sys.stderr.write(log_path.read_text()[-4000:])
 
@@ -232,8 +268,9 @@ async def _wait_for_agents(nc: NATS, bucket: str, started: float) -> int:
     js = nc.jetstream()
     while True:
         if time.monotonic() - started > BRIDGE_START_TIMEOUT:
-            raise RuntimeError(f"the bridge did not publish {AGENTS} agents within "
-                               f"{BRIDGE_START_TIMEOUT:.0f}s")
+            raise RuntimeError(
+                f"the bridge did not publish {AGENTS} agents within {BRIDGE_START_TIMEOUT:.0f}s"
+            )
         try:
             kv = await js.key_value(bucket)
             messages = int((await kv.status()).stream_info.state.messages)

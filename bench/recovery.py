@@ -50,9 +50,16 @@ TIMEOUT = 60.0
 
 
 def settings_for(sock: Path, replicas: int = 1) -> Settings:
-    return Settings(docker_host=f"unix://{sock}", discovery_method="swarm", dns_names=(),
-                    poll_interval=30.0, listen_host="127.0.0.1", listen_port=0,
-                    kv_replicas=replicas, bus_ack_wait=0.2)
+    return Settings(
+        docker_host=f"unix://{sock}",
+        discovery_method="swarm",
+        dns_names=(),
+        poll_interval=30.0,
+        listen_host="127.0.0.1",
+        listen_port=0,
+        kv_replicas=replicas,
+        bus_ack_wait=0.2,
+    )
 
 
 async def until_started(bridge: Bridge) -> None:
@@ -96,13 +103,18 @@ async def restarts(bench: Bench, tmp: Path, reps: int) -> None:
                     series.add(await new_task_in_bucket(server.url, settings, swarm))
     finally:
         await server.stop()
-    bench.table("seconds from NATS answering after a restart to a new task in the bucket",
-                [baseline, kept, wiped], baseline)
+    bench.table(
+        "seconds from NATS answering after a restart to a new task in the bucket",
+        [baseline, kept, wiped],
+        baseline,
+    )
     for series in (kept, wiped):
-        bench.target(f"{series.name}: recovery p95 < {RESTART_LIMIT_S:g} s",
-                     series.p95 < RESTART_LIMIT_S,
-                     f"p95 {series.p95:.2f} s, median {series.median:.2f} s over {series.n}; "
-                     f"healthy baseline median {baseline.median * 1000:.0f} ms")
+        bench.target(
+            f"{series.name}: recovery p95 < {RESTART_LIMIT_S:g} s",
+            series.p95 < RESTART_LIMIT_S,
+            f"p95 {series.p95:.2f} s, median {series.median:.2f} s over {series.n}; "
+            f"healthy baseline median {baseline.median * 1000:.0f} ms",
+        )
 
 
 async def cluster_kills(bench: Bench, tmp: Path) -> None:
@@ -110,19 +122,20 @@ async def cluster_kills(bench: Bench, tmp: Path) -> None:
     swarm.add_tasks(3)
     sock = tmp / "docker-cluster.sock"
     settings = settings_for(sock, replicas=3)
-    async with (nats_cluster(tmp / "cluster") as cluster, DockerEmulator(sock, swarm),
-                running_bridge(settings, cluster.url) as bridge):
+    async with (
+        nats_cluster(tmp / "cluster") as cluster,
+        DockerEmulator(sock, swarm),
+        running_bridge(settings, cluster.url) as bridge,
+    ):
         await until_started(bridge)
         await settled(cluster, list(streams_of(settings).values()))
         base = await measure(cluster.url, settings, swarm, "baseline")
-        gaps = [await kill_and_measure(cluster, fault, bridge, settings, swarm)
-                for fault in KILLS]
+        gaps = [await kill_and_measure(cluster, fault, bridge, settings, swarm) for fault in KILLS]
     bench.say("\n-- cluster of 3, kill -9, seconds from the kill (one run each) --")
     bench.say(f"{'fault':<26}{'server':<8}{'discovery s':>12}{'broadcast s':>12}")
     bench.say(f"{'none (baseline)':<26}{'-':<8}{base[0]:>12.2f}{base[1]:>12.2f}")
     for gap in gaps:
-        bench.say(f"{gap.fault:<26}{gap.server:<8}{gap.discovery_s:>12.2f}"
-                  f"{gap.broadcast_s:>12.2f}")
+        bench.say(f"{gap.fault:<26}{gap.server:<8}{gap.discovery_s:>12.2f}{gap.broadcast_s:>12.2f}")
     for gap in gaps:
         _kill_target(bench, gap)
 
@@ -130,9 +143,11 @@ async def cluster_kills(bench: Bench, tmp: Path) -> None:
 def _kill_target(bench: Bench, gap: Gap) -> None:
     limit = ELECTION_LIMIT_S if gap.fault == "agents stream leader" else KILL_LIMIT_S
     worst = max(gap.discovery_s, gap.broadcast_s)
-    bench.target(f"kill -9 of the {gap.fault}: discovery and broadcasts back within "
-                 f"{limit:g} s", worst <= limit,
-                 f"discovery {gap.discovery_s:.2f} s, broadcast {gap.broadcast_s:.2f} s")
+    bench.target(
+        f"kill -9 of the {gap.fault}: discovery and broadcasts back within {limit:g} s",
+        worst <= limit,
+        f"discovery {gap.discovery_s:.2f} s, broadcast {gap.broadcast_s:.2f} s",
+    )
 
 
 async def run() -> int:

@@ -127,8 +127,9 @@ class BucketWatch:
 
 
 @contextlib.asynccontextmanager
-async def bridge_after_first_round(settings: Settings, url: str, *,
-                                   follow_events: bool) -> AsyncIterator[Bridge]:
+async def bridge_after_first_round(
+    settings: Settings, url: str, *, follow_events: bool
+) -> AsyncIterator[Bridge]:
     """The bridge running, once its first round is done (within 30 s)."""
     async with running_bridge(settings, url, follow_events=follow_events) as bridge:
         async with asyncio.timeout(30):
@@ -143,8 +144,9 @@ async def measure(service: BenchService, watch: BucketWatch, samples: int) -> li
     for i in range(samples):
         deadline = time.monotonic() + SAMPLE_DEADLINE
         await asyncio.to_thread(service.scale, replicas + 1 + i)
-        task_id, t_stamp, t_listed = await asyncio.to_thread(service.wait_new_running, known,
-                                                             deadline)
+        task_id, t_stamp, t_listed = await asyncio.to_thread(
+            service.wait_new_running, known, deadline
+        )
         known.add(task_id)
         t_bucket = await watch.wait_key(task_id, max(0.0, deadline - time.monotonic()))
         sample = Sample(task_id, t_stamp, t_listed, t_bucket)
@@ -163,8 +165,10 @@ def clock(t: float) -> str:
     return datetime.fromtimestamp(t).strftime("%H:%M:%S.%f")[:-3]
 
 
-def summary(results: list[Sample], measure: Callable[[Sample], float | None] | None = None,
-            ) -> tuple[float, float, float, int]:
+def summary(
+    results: list[Sample],
+    measure: Callable[[Sample], float | None] | None = None,
+) -> tuple[float, float, float, int]:
     """(median, p95, max, missing) of a measure of the samples (default: the latency); nan
     when none arrived."""
     of = measure or (lambda s: s.latency)
@@ -172,8 +176,7 @@ def summary(results: list[Sample], measure: Callable[[Sample], float | None] | N
     missing = len(results) - len(latencies)
     if not latencies:
         return math.nan, math.nan, math.nan, missing
-    return (statistics.median(latencies), nearest_rank(latencies, 0.95), max(latencies),
-            missing)
+    return (statistics.median(latencies), nearest_rank(latencies, 0.95), max(latencies), missing)
 
 
 def _seconds(value: float | None) -> str:
@@ -182,40 +185,56 @@ def _seconds(value: float | None) -> str:
 
 def report(results: list[Sample], baseline: list[Sample], target: float) -> bool:
     print()
-    print(f"{'#':>2}  {'task':<25}  {'Timestamp':<12}  {'listed':<12}  {'in bucket':<12}  "
-          f"{'latency':>9}  {'from stamp':>10}  {'manager lag':>11}")
+    print(
+        f"{'#':>2}  {'task':<25}  {'Timestamp':<12}  {'listed':<12}  {'in bucket':<12}  "
+        f"{'latency':>9}  {'from stamp':>10}  {'manager lag':>11}"
+    )
     for n, s in enumerate(results, 1):
         seen = "-" if s.t_bucket is None else clock(s.t_bucket)
-        print(f"{n:>2}  {s.task_id:<25}  {clock(s.t_stamp):<12}  {clock(s.t_listed):<12}  "
-              f"{seen:<12}  {_seconds(s.latency):>9}  {_seconds(s.from_stamp):>10}  "
-              f"{_seconds(s.t_listed - s.t_stamp):>11}")
+        print(
+            f"{n:>2}  {s.task_id:<25}  {clock(s.t_stamp):<12}  {clock(s.t_listed):<12}  "
+            f"{seen:<12}  {_seconds(s.latency):>9}  {_seconds(s.from_stamp):>10}  "
+            f"{_seconds(s.t_listed - s.t_stamp):>11}"
+        )
     lag = summary(results, lambda s: s.t_listed - s.t_stamp)
     stamp = summary(results, lambda s: s.from_stamp)
-    print(f"\nfrom Status.Timestamp: median {stamp[0]:.3f} s, p95 {stamp[1]:.3f} s; of which "
-          f"the manager's own lag (Timestamp to listed): median {lag[0]:.3f} s, p95 "
-          f"{lag[1]:.3f} s")
+    print(
+        f"\nfrom Status.Timestamp: median {stamp[0]:.3f} s, p95 {stamp[1]:.3f} s; of which "
+        f"the manager's own lag (Timestamp to listed): median {lag[0]:.3f} s, p95 "
+        f"{lag[1]:.3f} s"
+    )
     base_median = summary(baseline)[0]
-    print(f"\n{'':<32}{'median s':>10}{'p95 s':>10}{'max s':>10}{'n':>4}{'missing':>9}"
-          f"{'ratio':>10}")
-    for name, samples in (("bridge (events + poll)", results),
-                          (f"poll only, {POLL_INTERVAL:g} s (baseline)", baseline)):
+    print(
+        f"\n{'':<32}{'median s':>10}{'p95 s':>10}{'max s':>10}{'n':>4}{'missing':>9}{'ratio':>10}"
+    )
+    for name, samples in (
+        ("bridge (events + poll)", results),
+        (f"poll only, {POLL_INTERVAL:g} s (baseline)", baseline),
+    ):
         median, p95, worst, lost = summary(samples)
-        print(f"{name:<32}{median:>10.3f}{p95:>10.3f}{worst:>10.3f}{len(samples):>4}"
-              f"{lost:>9}{median / base_median:>9.4f}x")
-    print("(latency = in the bucket - listed running by Docker; ratio = median / the "
-          "baseline's median)")
+        print(
+            f"{name:<32}{median:>10.3f}{p95:>10.3f}{worst:>10.3f}{len(samples):>4}"
+            f"{lost:>9}{median / base_median:>9.4f}x"
+        )
+    print(
+        "(latency = in the bucket - listed running by Docker; ratio = median / the "
+        "baseline's median)"
+    )
     _, p95, _, missing = summary(results)
     if math.isnan(p95):
         print("\nFAIL: no new replica reached the bucket")
         return False
     passed = missing == 0 and p95 <= target
-    print(f"{'PASS' if passed else 'FAIL'}: p95 {p95:.3f} s {'<=' if passed else '>'} "
-          f"target {target:g} s" + (f", {missing} missing" if missing else ""))
+    print(
+        f"{'PASS' if passed else 'FAIL'}: p95 {p95:.3f} s {'<=' if passed else '>'} "
+        f"target {target:g} s" + (f", {missing} missing" if missing else "")
+    )
     return passed
 
 
-async def phase(service: BenchService, settings: Settings, url: str, samples: int, *,
-                follow_events: bool) -> list[Sample]:
+async def phase(
+    service: BenchService, settings: Settings, url: str, samples: int, *, follow_events: bool
+) -> list[Sample]:
     """A bridge on a bucket of its own; the service scaled up by one, `samples` times."""
     async with bridge_after_first_round(settings, url, follow_events=follow_events):
         nc = await nats.connect(url)
@@ -225,8 +244,11 @@ async def phase(service: BenchService, settings: Settings, url: str, samples: in
             async with asyncio.TaskGroup() as tg:
                 watching = tg.create_task(watch.run(kv))
                 what = "events + poll" if follow_events else "poll only (baseline)"
-                print(f"service {service.name}: scaling up by one, {samples} times; bridge: "
-                      f"{what}, poll {POLL_INTERVAL:g} s", flush=True)
+                print(
+                    f"service {service.name}: scaling up by one, {samples} times; bridge: "
+                    f"{what}, poll {POLL_INTERVAL:g} s",
+                    flush=True,
+                )
                 try:
                     return await measure(service, watch, samples)
                 finally:
@@ -241,20 +263,30 @@ async def run(host: str, samples: int, baseline_samples: int, target: float) -> 
     service = BenchService(client, f"chorus-bench-{token}")
 
     def settings(kind: str) -> Settings:
-        return Settings(docker_host=host, discovery_method="swarm", service_name=service.name,
-                        network_names=(NETWORK,), dns_names=(), poll_interval=POLL_INTERVAL,
-                        subject_prefix=f"bench{kind}{token}", kv_bucket=f"bench_{kind}_{token}",
-                        listen_host="127.0.0.1", listen_port=0)
+        return Settings(
+            docker_host=host,
+            discovery_method="swarm",
+            service_name=service.name,
+            network_names=(NETWORK,),
+            dns_names=(),
+            poll_interval=POLL_INTERVAL,
+            subject_prefix=f"bench{kind}{token}",
+            kv_bucket=f"bench_{kind}_{token}",
+            listen_host="127.0.0.1",
+            listen_port=0,
+        )
 
     try:
         await asyncio.to_thread(service.create, 1)
         await asyncio.to_thread(service.wait_new_running, set(), time.monotonic() + 90)
         with tempfile.TemporaryDirectory(prefix="chorus-bench-") as state:
             async with EmbeddedNats(port=0, store_dir=Path(state) / "nats") as server:
-                results = await phase(service, settings("events"), server.url, samples,
-                                      follow_events=True)
-                baseline = await phase(service, settings("poll"), server.url,
-                                       baseline_samples, follow_events=False)
+                results = await phase(
+                    service, settings("events"), server.url, samples, follow_events=True
+                )
+                baseline = await phase(
+                    service, settings("poll"), server.url, baseline_samples, follow_events=False
+                )
     finally:
         await asyncio.to_thread(service.remove)
         client.close()
@@ -266,13 +298,16 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--baseline-samples", type=int, default=3)
     parser.add_argument("--target", type=float, default=0.05, help="p95 target in seconds")
-    parser.add_argument("--docker-host", default=os.environ.get(
-        "CHORUS_TEST_DOCKER_HOST") or "unix:///var/run/docker.sock")
+    parser.add_argument(
+        "--docker-host",
+        default=os.environ.get("CHORUS_TEST_DOCKER_HOST") or "unix:///var/run/docker.sock",
+    )
     args = parser.parse_args()
     configure_logging("console", "WARNING")
     try:
-        passed = asyncio.run(run(args.docker_host, args.samples, args.baseline_samples,
-                                     args.target))
+        passed = asyncio.run(
+            run(args.docker_host, args.samples, args.baseline_samples, args.target)
+        )
     except EngineUnavailable as exc:
         print(f"swarm_latency: no usable Docker swarm: {exc}", file=sys.stderr)
         return 2

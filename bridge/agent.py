@@ -81,8 +81,10 @@ _AGENT_ID_RE = re.compile(r"^[-/_=A-Za-z0-9]{1,256}$")
 def check_agent_id(agent_id: str) -> str:
     """`agent_id` if it can be a presence key and a subject token; ValueError otherwise."""
     if not _AGENT_ID_RE.match(agent_id):
-        raise ValueError(f"agent id {agent_id!r}: use letters, digits, '-', '_', '=', '/' "
-                         "(a Swarm task ID is fine)")
+        raise ValueError(
+            f"agent id {agent_id!r}: use letters, digits, '-', '_', '=', '/' "
+            "(a Swarm task ID is fine)"
+        )
     return agent_id
 
 
@@ -92,8 +94,7 @@ def ack_message(names: Names, opportunity_id: str, agent_id: str) -> tuple[str, 
     return names.acks(opportunity_id, agent_id), body
 
 
-def claim_message(names: Names, opportunity_id: str, agent_id: str,
-                  role: str) -> tuple[str, bytes]:
+def claim_message(names: Names, opportunity_id: str, agent_id: str, role: str) -> tuple[str, bytes]:
     """(subject, body) of `agent_id`'s claim of `role`."""
     return names.claims(opportunity_id, agent_id), encode(Claim(role=role, agent_id=agent_id))
 
@@ -112,9 +113,17 @@ class BusAgent:
     running?) and subscribes to opportunities; leaving purges the entry.
     """
 
-    def __init__(self, nc: NATS, agent_id: str, *, prefix: str = "chorus",
-                 task_id: str | None = None, endpoint: str | None = None,
-                 roles: Sequence[str] = (), presence_interval: float = PRESENCE_INTERVAL) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        agent_id: str,
+        *,
+        prefix: str = "chorus",
+        task_id: str | None = None,
+        endpoint: str | None = None,
+        roles: Sequence[str] = (),
+        presence_interval: float = PRESENCE_INTERVAL,
+    ) -> None:
         self.id = check_agent_id(agent_id)
         self.names = Names(prefix=prefix, agents_bucket=f"{prefix}_agents")
         self._nc = nc
@@ -139,8 +148,12 @@ class BusAgent:
         log.info("agent_joined_bus", agent_id=self.id, bucket=self.names.presence_bucket)
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self._stack.aclose()
         self._enqueue(None)  # ends opportunities()
         log.info("agent_left_bus", agent_id=self.id)
@@ -163,16 +176,23 @@ class BusAgent:
     async def write_presence(self) -> None:
         """Write the presence entry now and wait for the server to store it (NatsError if it
         does not within 5 s). Done every `presence_interval` seconds while on the bus."""
-        entry = PresenceEntry(agent_id=self.id, task_id=self._task_id, endpoint=self._endpoint,
-                              roles=self._roles, at=now_rfc3339())
+        entry = PresenceEntry(
+            agent_id=self.id,
+            task_id=self._task_id,
+            endpoint=self._endpoint,
+            roles=self._roles,
+            at=now_rfc3339(),
+        )
         try:
-            await self._js.publish(presence_subject(self.names, self.id), encode(entry),
-                                   timeout=WRITE_TIMEOUT)
+            await self._js.publish(
+                presence_subject(self.names, self.id), encode(entry), timeout=WRITE_TIMEOUT
+            )
         except (nats.errors.Error, OSError) as exc:
-            raise NatsError(f"cannot write the presence of agent {self.id!r} in "
-                            f"{self.names.presence_bucket!r}: {exc!r}; check that the bridge "
-                            "runs (it creates the bucket) and the agent may write its key"
-                            ) from exc
+            raise NatsError(
+                f"cannot write the presence of agent {self.id!r} in "
+                f"{self.names.presence_bucket!r}: {exc!r}; check that the bridge "
+                "runs (it creates the bucket) and the agent may write its key"
+            ) from exc
 
     async def _publish(self, subject: str, body: bytes) -> None:
         try:
@@ -217,8 +237,12 @@ class BusAgent:
         if not self._nc.is_connected:
             return  # the entry expires on its own (15 s)
         try:
-            await self._js.publish(presence_subject(self.names, self.id), b"",
-                                   headers=dict(PURGE_HEADERS), timeout=WRITE_TIMEOUT)
+            await self._js.publish(
+                presence_subject(self.names, self.id),
+                b"",
+                headers=dict(PURGE_HEADERS),
+                timeout=WRITE_TIMEOUT,
+            )
         except (nats.errors.Error, OSError) as exc:
             log.warning("agent_presence_not_purged", agent_id=self.id, error=repr(exc))
 
@@ -230,20 +254,35 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def connect_agent(nats_url: str, agent_id: str, *, prefix: str = "chorus",
-                        user: str | None = None, password: str | None = None,
-                        token: str | None = None, creds: str | None = None,
-                        task_id: str | None = None, endpoint: str | None = None,
-                        roles: Sequence[str] = (),
-                        presence_interval: float = PRESENCE_INTERVAL,
-                        inbox_prefix: str = AGENT_INBOX_PREFIX) -> AsyncIterator[BusAgent]:
+async def connect_agent(
+    nats_url: str,
+    agent_id: str,
+    *,
+    prefix: str = "chorus",
+    user: str | None = None,
+    password: str | None = None,
+    token: str | None = None,
+    creds: str | None = None,
+    task_id: str | None = None,
+    endpoint: str | None = None,
+    roles: Sequence[str] = (),
+    presence_interval: float = PRESENCE_INTERVAL,
+    inbox_prefix: str = AGENT_INBOX_PREFIX,
+) -> AsyncIterator[BusAgent]:
     """Connect to NATS (`nats_url`, comma-separated for a cluster; reconnects forever once
     connected) and put `agent_id` on the bus until the context closes. NatsError if NATS
     cannot be reached or the presence entry cannot be written."""
-    auth = Settings(nats_user=user, nats_password=password, nats_token=token,
-                    nats_creds=creds)
-    async with connect(auth, nats_url, name=f"chorus-agent-{agent_id}",
-                       inbox_prefix=inbox_prefix) as nc, BusAgent(
-            nc, agent_id, prefix=prefix, task_id=task_id, endpoint=endpoint, roles=roles,
-            presence_interval=presence_interval) as agent:
+    auth = Settings(nats_user=user, nats_password=password, nats_token=token, nats_creds=creds)
+    async with (
+        connect(auth, nats_url, name=f"chorus-agent-{agent_id}", inbox_prefix=inbox_prefix) as nc,
+        BusAgent(
+            nc,
+            agent_id,
+            prefix=prefix,
+            task_id=task_id,
+            endpoint=endpoint,
+            roles=roles,
+            presence_interval=presence_interval,
+        ) as agent,
+    ):
         yield agent

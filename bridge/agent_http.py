@@ -59,7 +59,8 @@ _URL_CACHE = 16_384
 # The broadcast's POST runs under one deadline of its own (AgentHTTP.post), so aiohttp is given
 # no timer per phase: each would be one more timer to set and cancel on every call.
 _ONE_DEADLINE: dict[str, object] = {
-    "timeout": {"connect": None, "read": None, "write": None, "pool": None}}
+    "timeout": {"connect": None, "read": None, "write": None, "pool": None}
+}
 _READ_CHUNK = 16 * 1024
 
 AgentURL: TypeAlias = httpx.URL
@@ -78,10 +79,17 @@ def agent_url(endpoint: str, path: str) -> AgentURL:
         base = httpx.URL(endpoint)
     except httpx.InvalidURL as exc:
         raise AgentHTTPError(f"not an endpoint: {exc}", retryable=False) from None
-    if (base.scheme not in ("http", "https") or not base.host or base.userinfo
-            or "?" in endpoint or "#" in endpoint or base.path not in ("", "/")):
-        raise AgentHTTPError(f"not an endpoint: {endpoint!r} (expected http://host:port)",
-                             retryable=False)
+    if (
+        base.scheme not in ("http", "https")
+        or not base.host
+        or base.userinfo
+        or "?" in endpoint
+        or "#" in endpoint
+        or base.path not in ("", "/")
+    ):
+        raise AgentHTTPError(
+            f"not an endpoint: {endpoint!r} (expected http://host:port)", retryable=False
+        )
     try:
         return base.copy_with(path=path)
     except httpx.InvalidURL as exc:
@@ -101,8 +109,9 @@ def _ssl_context() -> ssl.SSLContext:
 
 
 @functools.lru_cache(maxsize=64)
-def _client_timeout(connect: float | None, read: float | None,
-                    pool: float | None) -> aiohttp.ClientTimeout:
+def _client_timeout(
+    connect: float | None, read: float | None, pool: float | None
+) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(sock_connect=connect, sock_read=read, connect=pool)
 
 
@@ -177,12 +186,15 @@ class AgentTransport(httpx.AsyncBaseTransport):
     another agent, and an empty jar would still be searched on every call."""
 
     def __init__(self, *, max_connections: int, keepalive_expiry: float | None = 5.0) -> None:
-        connector = aiohttp.TCPConnector(limit=max_connections,
-                                         keepalive_timeout=keepalive_expiry,
-                                         ssl=_ssl_context())
-        self._session = aiohttp.ClientSession(connector=connector,
-                                              cookie_jar=aiohttp.DummyCookieJar(),
-                                              auto_decompress=False, trust_env=False)
+        connector = aiohttp.TCPConnector(
+            limit=max_connections, keepalive_timeout=keepalive_expiry, ssl=_ssl_context()
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            trust_env=False,
+        )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout = request.extensions.get("timeout", {})
@@ -191,18 +203,29 @@ class AgentTransport(httpx.AsyncBaseTransport):
         data = b"".join(stream) if isinstance(stream, httpx.ByteStream) else await request.aread()
         with _aiohttp_errors():
             response = await self._session.request(
-                request.method, _aiohttp_url(str(request.url)),
-                headers=[(key.decode("latin-1"), value.decode("latin-1"))
-                         for key, value in request.headers.raw],
-                data=data or None, allow_redirects=False, compress=None,
-                timeout=_client_timeout(timeout.get("connect"), timeout.get("read"),
-                                        timeout.get("pool")))
+                request.method,
+                _aiohttp_url(str(request.url)),
+                headers=[
+                    (key.decode("latin-1"), value.decode("latin-1"))
+                    for key, value in request.headers.raw
+                ],
+                data=data or None,
+                allow_redirects=False,
+                compress=None,
+                timeout=_client_timeout(
+                    timeout.get("connect"), timeout.get("read"), timeout.get("pool")
+                ),
+            )
         extensions = {"http_version": b"HTTP/1.1"}
         if response.reason:
             extensions["reason_phrase"] = response.reason.encode()
-        return httpx.Response(status_code=response.status, headers=response.raw_headers,
-                              stream=_ResponseStream(response), request=request,
-                              extensions=extensions)
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.raw_headers,
+            stream=_ResponseStream(response),
+            request=request,
+            extensions=extensions,
+        )
 
     async def aclose(self) -> None:
         await self._session.close()
@@ -212,8 +235,11 @@ def _agent_error(exc: httpx.HTTPError) -> AgentHTTPError:
     reason = str(exc) or type(exc).__name__
     if isinstance(exc, httpx.TimeoutException):
         reason = "timeout"
-    return AgentHTTPError(reason, retryable=isinstance(exc, httpx.NetworkError)
-                          and not isinstance(exc, httpx.TimeoutException))
+    return AgentHTTPError(
+        reason,
+        retryable=isinstance(exc, httpx.NetworkError)
+        and not isinstance(exc, httpx.TimeoutException),
+    )
 
 
 class AgentHTTP:
@@ -224,25 +250,39 @@ class AgentHTTP:
         self.transport = AgentTransport(max_connections=settings.http_concurrency)
         # A jar whose policy takes no cookie: what one agent sets is never sent back.
         no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-        self.client = httpx.AsyncClient(timeout=settings.http_timeout, trust_env=False,
-                                        transport=self.transport, cookies=no_cookies,
-                                        headers={"User-Agent": USER_AGENT})
+        self.client = httpx.AsyncClient(
+            timeout=settings.http_timeout,
+            trust_env=False,
+            transport=self.transport,
+            cookies=no_cookies,
+            headers={"User-Agent": USER_AGENT},
+        )
         self._deadline = settings.http_timeout
 
     async def __aenter__(self) -> Self:
         await self.client.__aenter__()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.client.__aexit__(exc_type, exc, tb)
 
     @staticmethod
     def post_headers(body: bytes, extra: dict[str, str]) -> PostHeaders:
         """The headers of a JSON POST of `body`: made once, used for every agent."""
-        return httpx.Headers({"User-Agent": USER_AGENT, "Accept": "*/*",
-                              "Content-Type": "application/json",
-                              "Content-Length": str(len(body)), **extra})
+        return httpx.Headers(
+            {
+                "User-Agent": USER_AGENT,
+                "Accept": "*/*",
+                "Content-Type": "application/json",
+                "Content-Length": str(len(body)),
+                **extra,
+            }
+        )
 
     async def post(self, url: AgentURL, body: bytes, headers: PostHeaders) -> tuple[int, bytes]:
         """POST `body` (with headers from post_headers) to `url` (from agent_url) and read at
@@ -252,20 +292,23 @@ class AgentHTTP:
         trickle cannot hold a slot. Raises AgentHTTPError ("timeout", "connection refused",
         "connection reset", ...; `retryable` when no answer came at all).
         """
-        request = httpx.Request("POST", url, headers=headers, stream=httpx.ByteStream(body),
-                                extensions=_ONE_DEADLINE)
+        request = httpx.Request(
+            "POST", url, headers=headers, stream=httpx.ByteStream(body), extensions=_ONE_DEADLINE
+        )
         return await self._exchange(request, self._deadline, MAX_RESPONSE_BYTES)
 
     async def get_status(self, url: AgentURL, *, timeout: float | None = None) -> int:
         """GET `url` and return the status; the body is not read. `timeout` (seconds, default
         BRIDGE_HTTP_TIMEOUT) bounds the whole call. Raises AgentHTTPError as `post` does."""
-        request = httpx.Request("GET", url, headers={"User-Agent": USER_AGENT},
-                                extensions=_ONE_DEADLINE)
+        request = httpx.Request(
+            "GET", url, headers={"User-Agent": USER_AGENT}, extensions=_ONE_DEADLINE
+        )
         status, _ = await self._exchange(request, timeout or self._deadline, 0)
         return status
 
-    async def _exchange(self, request: httpx.Request, deadline: float,
-                        limit: int) -> tuple[int, bytes]:
+    async def _exchange(
+        self, request: httpx.Request, deadline: float, limit: int
+    ) -> tuple[int, bytes]:
         try:
             async with asyncio.timeout(deadline):
                 response = await self.transport.handle_async_request(request)

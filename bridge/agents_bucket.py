@@ -36,12 +36,14 @@ def _decode(entry: Entry) -> Agent | None:
     return agent if agent.id == entry.key else None
 
 
-async def read_bucket(kv: Bucket | RawBucket, *, timeout: float = READ_TIMEOUT,
-                      ) -> tuple[dict[str, Agent], set[str]]:
+async def read_bucket(
+    kv: Bucket | RawBucket,
+    *,
+    timeout: float = READ_TIMEOUT,
+) -> tuple[dict[str, Agent], set[str]]:
     """The agents a bucket holds now, and the live keys whose value is not an Agent stored
     under its own id. Raises NatsError."""
-    entries = await (kv.snapshot(timeout) if isinstance(kv, Bucket)
-                     else snapshot_of(kv, timeout))
+    entries = await (kv.snapshot(timeout) if isinstance(kv, Bucket) else snapshot_of(kv, timeout))
     agents: dict[str, Agent] = {}
     invalid: set[str] = set()
     for key, entry in entries.items():
@@ -82,8 +84,13 @@ class AgentsBucket:
             bucket = await ensure_bucket(self._nc, self.spec)
         except BucketSettingsError as exc:
             if self.problem != str(exc):
-                log.error("kv_bucket_refused", bucket=self.spec.name, setting=exc.setting,
-                          error=str(exc), action="nothing is written there")
+                log.error(
+                    "kv_bucket_refused",
+                    bucket=self.spec.name,
+                    setting=exc.setting,
+                    error=str(exc),
+                    action="nothing is written there",
+                )
             self.problem = str(exc)
             self.bucket = None
             return False
@@ -99,11 +106,16 @@ class AgentsBucket:
         self.revisions = {key: e.revision for key, e in entries.items()}
         self.last_seq = max(self.revisions.values(), default=0)
         self.published = {key: a for key, e in entries.items() if (a := _decode(e))}
-        self.invalid = {k for k, e in entries.items()
-                        if e.operation is None and k not in self.published}
+        self.invalid = {
+            k for k, e in entries.items() if e.operation is None and k not in self.published
+        }
         if self.invalid:
-            log.warning("kv_invalid_entries", bucket=self.spec.name, keys=len(self.invalid),
-                        action="deleted at the next sync")
+            log.warning(
+                "kv_invalid_entries",
+                bucket=self.spec.name,
+                keys=len(self.invalid),
+                action="deleted at the next sync",
+            )
         log.info("kv_bucket_loaded", bucket=self.spec.name, agents=len(self.published))
         return True
 
@@ -121,8 +133,7 @@ class AgentsBucket:
             log.warning("kv_bucket_missing", bucket=self.spec.name, action="created again")
             self.bucket = None
         except NatsError as exc:
-            log.debug("kv_check_after_reconnect_failed", bucket=self.spec.name,
-                      error=str(exc))
+            log.debug("kv_check_after_reconnect_failed", bucket=self.spec.name, error=str(exc))
 
     async def audit(self) -> bool:
         """True when the belief was read afresh (or the bucket came back): the bucket was
@@ -133,8 +144,13 @@ class AgentsBucket:
             last = await self.bucket.last_sequence()
             if last == self.last_seq:
                 return False
-            log.warning("kv_bucket_changed_by_another_writer", bucket=self.spec.name,
-                        last_seq=last, expected=self.last_seq, action="re-read")
+            log.warning(
+                "kv_bucket_changed_by_another_writer",
+                bucket=self.spec.name,
+                last_seq=last,
+                expected=self.last_seq,
+                action="re-read",
+            )
             return await self.load(reread=True)
         except BucketMissingError:
             log.warning("kv_bucket_missing", bucket=self.spec.name, action="created again")

@@ -59,8 +59,12 @@ async def nats_for(settings: Settings, state_dir: Path | None = None) -> AsyncIt
         yield settings.nats_url
         return
     async with EmbeddedNats(store_dir=state_dir) as server:
-        log.info("nats_embedded", url=server.url, store_dir=str(server.store_dir),
-                 hint=f"NATS_URL={server.url} chorus-bridge agents")
+        log.info(
+            "nats_embedded",
+            url=server.url,
+            store_dir=str(server.store_dir),
+            hint=f"NATS_URL={server.url} chorus-bridge agents",
+        )
         yield server.url
 
 
@@ -68,12 +72,24 @@ class Bridge:
     """The service, built by open_bridge(): every collaborator is passed in, none is optional
     but those that a setting turns off (the Docker API, the events follower, the callout)."""
 
-    def __init__(self, *, settings: Settings, nc: NATS, metrics: Metrics, presence: Presence,
-                 registry: AgentRegistry, election: LeaderElection,
-                 pipeline: DiscoveryPipeline, api: BroadcastService,
-                 swarm: SwarmDiscovery | None, follower: EventFollower | None,
-                 callout: Callout | None, reconnected: asyncio.Event,
-                 presence_changed: asyncio.Event, http_port: int) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        nc: NATS,
+        metrics: Metrics,
+        presence: Presence,
+        registry: AgentRegistry,
+        election: LeaderElection,
+        pipeline: DiscoveryPipeline,
+        api: BroadcastService,
+        swarm: SwarmDiscovery | None,
+        follower: EventFollower | None,
+        callout: Callout | None,
+        reconnected: asyncio.Event,
+        presence_changed: asyncio.Event,
+        http_port: int,
+    ) -> None:
         self.settings = settings
         self.nc = nc
         self.metrics = metrics
@@ -94,9 +110,11 @@ class Bridge:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then cancel everything and return (a clean shutdown)."""
         async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(self.presence.run(), name="presence"),
-                     tg.create_task(self.election.run(), name="election"),
-                     tg.create_task(self._lead_when_elected(), name="leadership")]
+            tasks = [
+                tg.create_task(self.presence.run(), name="presence"),
+                tg.create_task(self.election.run(), name="election"),
+                tg.create_task(self._lead_when_elected(), name="leadership"),
+            ]
             if self.callout is not None:
                 tasks.append(tg.create_task(self.callout.run(), name="auth-callout"))
             self.ready.set()
@@ -143,8 +161,12 @@ class Bridge:
             result = await self.registry.sync()
             if result.writes:
                 on_bus = sum(a.on_bus for a in self.registry.published.values())
-                log.info("presence_changed", on_bus=on_bus, updated=result.updated,
-                         failed_writes=result.failed)
+                log.info(
+                    "presence_changed",
+                    on_bus=on_bus,
+                    updated=result.updated,
+                    failed_writes=result.failed,
+                )
 
     async def _resync_after_reconnects(self) -> None:
         """A round after each reconnect re-publishes whatever changed while NATS was away."""
@@ -159,10 +181,13 @@ class Bridge:
         last = self.pipeline.last_success
         now = asyncio.get_running_loop().time()
         observed = Observed(
-            nats_connected=self.nc.is_connected, leading=leading, leader=self.election.leader,
+            nats_connected=self.nc.is_connected,
+            leading=leading,
+            leader=self.election.leader,
             last_round_age=None if last is None else now - last,
             agents=len(self.registry.published),
-            problems=(self.registry.problem,) if self.registry.problem else ())
+            problems=(self.registry.problem,) if self.registry.problem else (),
+        )
         return assess(observed, self.settings.poll_interval)
 
 
@@ -176,14 +201,22 @@ async def _check_engine(swarm: SwarmDiscovery, settings: Settings) -> None:
     if manager:
         log.info("docker_engine_manager", host=settings.docker_host)
     else:
-        log.warning("docker_engine_not_manager", host=settings.docker_host,
-                    hint="the task list is manager-only: place the bridge on a manager node")
+        log.warning(
+            "docker_engine_not_manager",
+            host=settings.docker_host,
+            hint="the task list is manager-only: place the bridge on a manager node",
+        )
 
 
 @contextlib.asynccontextmanager
-async def open_bridge(settings: Settings, nats_url: str, *, metrics: Metrics | None = None,
-                      dns: DnsDiscovery | None = None,
-                      follow_events: bool = True) -> AsyncIterator[Bridge]:
+async def open_bridge(
+    settings: Settings,
+    nats_url: str,
+    *,
+    metrics: Metrics | None = None,
+    dns: DnsDiscovery | None = None,
+    follow_events: bool = True,
+) -> AsyncIterator[Bridge]:
     """Build a bridge connected to NATS at `nats_url`, and close all it opened on exit.
 
     follow_events=False: no Docker /events follower, rounds on the poll interval only (what
@@ -199,40 +232,67 @@ async def open_bridge(settings: Settings, nats_url: str, *, metrics: Metrics | N
     async def on_reconnect() -> None:
         reconnected.set()
 
-    log.info("bridge_starting", method=settings.discovery_method,
-             docker=settings.docker_active, service=settings.service_name,
-             networks=",".join(settings.network_names), bucket=settings.kv_bucket)
+    log.info(
+        "bridge_starting",
+        method=settings.discovery_method,
+        docker=settings.docker_active,
+        service=settings.service_name,
+        networks=",".join(settings.network_names),
+        bucket=settings.kv_bucket,
+    )
     async with contextlib.AsyncExitStack() as stack:
-        docker_api = stack.enter_context(contextlib.closing(DockerAPI(settings))) \
-            if settings.docker_active else None
+        docker_api = (
+            stack.enter_context(contextlib.closing(DockerAPI(settings)))
+            if settings.docker_active
+            else None
+        )
         swarm = SwarmDiscovery(settings, docker_api) if docker_api is not None else None
         http = await stack.enter_async_context(AgentHTTP(settings))
-        nc = await stack.enter_async_context(connect(
-            settings, nats_url, on_reconnect=on_reconnect,
-            on_state=metrics.nats_connected.set))
+        nc = await stack.enter_async_context(
+            connect(
+                settings, nats_url, on_reconnect=on_reconnect, on_state=metrics.nats_connected.set
+            )
+        )
         replicas = settings.kv_replicas
         election = LeaderElection(nc, names, replicas=replicas, metrics=metrics)
         presence = Presence(nc, names, replicas=replicas, on_change=presence_changed.set)
         # The lease fences the registry's writes: a bridge that lost it writes nothing.
-        registry = AgentRegistry(nc, names, replicas=replicas, metrics=metrics,
-                                 fence=election.confirm, bus_ids=presence.bus_ids)
-        discoverer = Discoverer(settings, swarm=swarm, dns=dns or DnsDiscovery(settings),
-                                http=http, metrics=metrics)
+        registry = AgentRegistry(
+            nc,
+            names,
+            replicas=replicas,
+            metrics=metrics,
+            fence=election.confirm,
+            bus_ids=presence.bus_ids,
+        )
+        discoverer = Discoverer(
+            settings, swarm=swarm, dns=dns or DnsDiscovery(settings), http=http, metrics=metrics
+        )
         pipeline = DiscoveryPipeline(settings, discoverer, registry)
-        broadcaster = Broadcaster(nc, names, settings, http, TargetPlan(registry, presence),
-                                  metrics=metrics)
+        broadcaster = Broadcaster(
+            nc, names, settings, http, TargetPlan(registry, presence), metrics=metrics
+        )
         sock = stack.enter_context(listening_socket(settings.listen_host, settings.listen_port))
         bridge = Bridge(
-            settings=settings, nc=nc, metrics=metrics, presence=presence, registry=registry,
-            election=election, pipeline=pipeline,
-            api=BroadcastService(nc, names, broadcaster, metrics=metrics), swarm=swarm,
+            settings=settings,
+            nc=nc,
+            metrics=metrics,
+            presence=presence,
+            registry=registry,
+            election=election,
+            pipeline=pipeline,
+            api=BroadcastService(nc, names, broadcaster, metrics=metrics),
+            swarm=swarm,
             follower=EventFollower(swarm, pipeline.trigger)
-            if swarm is not None and follow_events else None,
-            callout=Callout(nc, names, callout_keys,
-                            AgentAddresses(nc, names, replicas=replicas))
-            if callout_keys is not None else None,
-            reconnected=reconnected, presence_changed=presence_changed,
-            http_port=sock.getsockname()[1])
+            if swarm is not None and follow_events
+            else None,
+            callout=Callout(nc, names, callout_keys, AgentAddresses(nc, names, replicas=replicas))
+            if callout_keys is not None
+            else None,
+            reconnected=reconnected,
+            presence_changed=presence_changed,
+            http_port=sock.getsockname()[1],
+        )
         await stack.enter_async_context(serve_http(sock, metrics, bridge.health))
         yield bridge
     log.info("bridge_stopped")
@@ -245,14 +305,17 @@ async def run_bridge(settings: Settings, nats_url: str, stop: asyncio.Event) -> 
 
 
 @contextlib.asynccontextmanager
-async def running_bridge(settings: Settings, nats_url: str, *, metrics: Metrics | None = None,
-                         follow_events: bool = True) -> AsyncIterator[Bridge]:
+async def running_bridge(
+    settings: Settings, nats_url: str, *, metrics: Metrics | None = None, follow_events: bool = True
+) -> AsyncIterator[Bridge]:
     """A bridge running in a task of its own while the context is open, stopped cleanly on exit
     (the demo and the benchmarks drive one this way). Entered once the bridge is ready; a
     failure of the bridge cancels the body and is raised from here."""
     stop = asyncio.Event()
-    async with open_bridge(settings, nats_url, metrics=metrics,
-                           follow_events=follow_events) as bridge, asyncio.TaskGroup() as tg:
+    async with (
+        open_bridge(settings, nats_url, metrics=metrics, follow_events=follow_events) as bridge,
+        asyncio.TaskGroup() as tg,
+    ):
         tg.create_task(bridge.run(stop), name="bridge")
         await bridge.ready.wait()
         try:

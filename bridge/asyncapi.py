@@ -85,13 +85,16 @@ class MicroPing(msgspec.Struct, kw_only=True):
     version: str
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
 
+
 OPPORTUNITY_ID, AGENT_ID = "{opportunityId}", "{agentId}"
 _PLACEHOLDERS = (OPPORTUNITY_ID, AGENT_ID)
 _REF = "#/components/schemas/{name}"
 _PARAMETERS = {
     "opportunityId": {"description": "The opportunity's id, [A-Za-z0-9_-]{1,128}."},
-    "agentId": {"description": "The agent's id: its Swarm task ID, or dns-<ip>-<port>. The id "
-                             "in the subject is the one that counts."},
+    "agentId": {
+        "description": "The agent's id: its Swarm task ID, or dns-<ip>-<port>. The id "
+        "in the subject is the one that counts."
+    },
 }
 
 
@@ -111,44 +114,79 @@ def _subject(names: Names, attribute: str, fallback: str) -> str:
 def _channels(names: Names) -> dict[str, Any]:
     council = f"{names.prefix}.council"
     spec: dict[str, tuple[str, str, tuple[type[msgspec.Struct], ...]]] = {
-        "announce": (names.announce, "One message per change of the agents bucket, after the "
-                     "write; for `left`, the agent's last record.", (Announcement,)),
-        "broadcast": (names.broadcast, "Requests of coordinators: an opportunity to send to "
-                      "every agent. The NATS micro service chorus-bridge, endpoint broadcast, "
-                      "queue group chorus-bridge: the leader answers.", (CouncilOpportunity,)),
-        "broadcastReply": ("", "The reply to a broadcast request, on the requester's inbox: the "
-                           "report, or the error that refused it (with the headers "
-                           "Nats-Service-Error and Nats-Service-Error-Code).",
-                           (BroadcastReport, ErrorReply)),
-        "opportunities": (names.opportunities, "Opportunities sent to the agents on the bus.",
-                          (CouncilOpportunity,)),
-        "acks": (_subject(names, "acks", f"{council}.{OPPORTUNITY_ID}.acks.{AGENT_ID}"),
-                 "An agent on the bus acks an opportunity on its own subject.", (Ack,)),
-        "claims": (_subject(names, "claims", f"{council}.{OPPORTUNITY_ID}.claims.{AGENT_ID}"),
-                   "An agent claims a role on its own subject; the bridge republishes here the "
-                   "claims of agents' HTTP answers, under the answering agent's id.", (Claim,)),
-        "agentsBucket": (f"$KV.{names.agents_bucket}.{AGENT_ID}", "JetStream KV bucket "
-                         f"`{names.agents_bucket}`, key: the agent id; value: the agent.",
-                         (Agent,)),
-        "presenceBucket": (f"$KV.{names.presence_bucket}.{AGENT_ID}", "JetStream KV bucket "
-                           f"`{names.presence_bucket}` (15 s TTL, limit markers): agents on "
-                           "the bus, under their own id, refreshed at least every 5 s.",
-                           (PresenceEntry,)),
-        "leaderBucket": (f"$KV.{names.leader_bucket}.leader", "JetStream KV bucket "
-                         f"`{names.leader_bucket}`, key `leader`: the lease of the bridge "
-                         "that leads.", (Lease,)),
+        "announce": (
+            names.announce,
+            "One message per change of the agents bucket, after the "
+            "write; for `left`, the agent's last record.",
+            (Announcement,),
+        ),
+        "broadcast": (
+            names.broadcast,
+            "Requests of coordinators: an opportunity to send to "
+            "every agent. The NATS micro service chorus-bridge, endpoint broadcast, "
+            "queue group chorus-bridge: the leader answers.",
+            (CouncilOpportunity,),
+        ),
+        "broadcastReply": (
+            "",
+            "The reply to a broadcast request, on the requester's inbox: the "
+            "report, or the error that refused it (with the headers "
+            "Nats-Service-Error and Nats-Service-Error-Code).",
+            (BroadcastReport, ErrorReply),
+        ),
+        "opportunities": (
+            names.opportunities,
+            "Opportunities sent to the agents on the bus.",
+            (CouncilOpportunity,),
+        ),
+        "acks": (
+            _subject(names, "acks", f"{council}.{OPPORTUNITY_ID}.acks.{AGENT_ID}"),
+            "An agent on the bus acks an opportunity on its own subject.",
+            (Ack,),
+        ),
+        "claims": (
+            _subject(names, "claims", f"{council}.{OPPORTUNITY_ID}.claims.{AGENT_ID}"),
+            "An agent claims a role on its own subject; the bridge republishes here the "
+            "claims of agents' HTTP answers, under the answering agent's id.",
+            (Claim,),
+        ),
+        "agentsBucket": (
+            f"$KV.{names.agents_bucket}.{AGENT_ID}",
+            f"JetStream KV bucket `{names.agents_bucket}`, key: the agent id; value: the agent.",
+            (Agent,),
+        ),
+        "presenceBucket": (
+            f"$KV.{names.presence_bucket}.{AGENT_ID}",
+            "JetStream KV bucket "
+            f"`{names.presence_bucket}` (15 s TTL, limit markers): agents on "
+            "the bus, under their own id, refreshed at least every 5 s.",
+            (PresenceEntry,),
+        ),
+        "leaderBucket": (
+            f"$KV.{names.leader_bucket}.leader",
+            "JetStream KV bucket "
+            f"`{names.leader_bucket}`, key `leader`: the lease of the bridge "
+            "that leads.",
+            (Lease,),
+        ),
     }
     for verb, model in (("PING", MicroPing), ("INFO", MicroInfo), ("STATS", MicroStats)):
         spec[f"micro{verb.title()}"] = (
-            f"$SRV.{verb}.{SERVICE_NAME}", f"NATS micro discovery ({verb}) of the service "
+            f"$SRV.{verb}.{SERVICE_NAME}",
+            f"NATS micro discovery ({verb}) of the service "
             f"{SERVICE_NAME}; the request is empty, the leader answers on the requester's "
-            "inbox.", (model,))
+            "inbox.",
+            (model,),
+        )
     channels: dict[str, Any] = {}
     for channel_id, (address, description, models) in spec.items():
         channel: dict[str, Any] = {
-            "address": address or None, "description": description,
-            "messages": {m.__name__: {"$ref": f"#/components/messages/{m.__name__}"}
-                         for m in models}}
+            "address": address or None,
+            "description": description,
+            "messages": {
+                m.__name__: {"$ref": f"#/components/messages/{m.__name__}"} for m in models
+            },
+        }
         parameters = {p: _PARAMETERS[p] for p in _PARAMETERS if f"{{{p}}}" in address}
         if parameters:
             channel["parameters"] = parameters
@@ -177,31 +215,54 @@ def _operations(channels: dict[str, Any]) -> dict[str, Any]:
     operations: dict[str, Any] = {}
     for op_id, action, channel_id, summary in _OPERATIONS:
         operation: dict[str, Any] = {
-            "action": action, "summary": summary,
+            "action": action,
+            "summary": summary,
             "channel": {"$ref": f"#/channels/{channel_id}"},
-            "messages": [{"$ref": f"#/channels/{channel_id}/messages/{name}"}
-                         for name in channels[channel_id]["messages"]]}
+            "messages": [
+                {"$ref": f"#/channels/{channel_id}/messages/{name}"}
+                for name in channels[channel_id]["messages"]
+            ],
+        }
         if op_id == "serveBroadcast":
             operation["reply"] = {
                 "channel": {"$ref": "#/channels/broadcastReply"},
-                "messages": [{"$ref": f"#/channels/broadcastReply/messages/{name}"}
-                             for name in channels["broadcastReply"]["messages"]]}
+                "messages": [
+                    {"$ref": f"#/channels/broadcastReply/messages/{name}"}
+                    for name in channels["broadcastReply"]["messages"]
+                ],
+            }
         operations[op_id] = operation
     return operations
 
 
 _MODELS: tuple[type[msgspec.Struct], ...] = (
-    Agent, Announcement, PresenceEntry, CouncilOpportunity, Ack, Claim, BroadcastReport,
-    ErrorReply, Lease, MicroPing, MicroInfo, MicroStats)
+    Agent,
+    Announcement,
+    PresenceEntry,
+    CouncilOpportunity,
+    Ack,
+    Claim,
+    BroadcastReport,
+    ErrorReply,
+    Lease,
+    MicroPing,
+    MicroInfo,
+    MicroStats,
+)
 
 
 def _components() -> dict[str, Any]:
     _, schemas = msgspec.json.schema_components(_MODELS, ref_template=_REF)
-    messages = {m.__name__: {"name": m.__name__, "title": m.__name__,
-                             "summary": (inspect.getdoc(m) or m.__name__).splitlines()[0],
-                             "contentType": "application/json",
-                             "payload": {"$ref": _REF.format(name=m.__name__)}}
-                for m in _MODELS}
+    messages = {
+        m.__name__: {
+            "name": m.__name__,
+            "title": m.__name__,
+            "summary": (inspect.getdoc(m) or m.__name__).splitlines()[0],
+            "contentType": "application/json",
+            "payload": {"$ref": _REF.format(name=m.__name__)},
+        }
+        for m in _MODELS
+    }
     return {"schemas": schemas, "messages": messages}
 
 
@@ -210,14 +271,22 @@ def asyncapi_document(names: Names) -> dict[str, Any]:
     channels = _channels(names)
     return {
         "asyncapi": "3.0.0",
-        "info": {"title": "chorus-bridge", "version": _version(),
-                 "description": "Every replica of a Docker Swarm service of agents, on a NATS "
-                                "bus: the agents bucket, announcements, presence, council "
-                                "opportunities, acks, claims and broadcast reports "
-                                "(DESIGN.md, \"The bus\")."},
+        "info": {
+            "title": "chorus-bridge",
+            "version": _version(),
+            "description": "Every replica of a Docker Swarm service of agents, on a NATS "
+            "bus: the agents bucket, announcements, presence, council "
+            "opportunities, acks, claims and broadcast reports "
+            '(DESIGN.md, "The bus").',
+        },
         "defaultContentType": "application/json",
-        "servers": {"nats": {"host": "localhost:4222", "protocol": "nats",
-                             "description": "NATS with JetStream (NATS_URL)."}},
+        "servers": {
+            "nats": {
+                "host": "localhost:4222",
+                "protocol": "nats",
+                "description": "NATS with JetStream (NATS_URL).",
+            }
+        },
         "channels": channels,
         "operations": _operations(channels),
         "components": _components(),

@@ -62,9 +62,16 @@ class _Delivery:
 class Broadcaster:
     """Sends opportunities to the targets that `targets()` returns at the time of the call."""
 
-    def __init__(self, nc: NATS, names: Names, settings: Settings, http: AgentHTTP,
-                 targets: Callable[[], Sequence[Target]], *,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        names: Names,
+        settings: Settings,
+        http: AgentHTTP,
+        targets: Callable[[], Sequence[Target]],
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._nc = nc
         self._names = names
         self._settings = settings
@@ -83,16 +90,26 @@ class Broadcaster:
             await self._over_bus(opportunity, payload, targets, result)
             await self._over_http(opportunity, payload, targets, result)
         report = BroadcastReport(
-            opportunity_id=opportunity.id, total_agents=len(targets),
+            opportunity_id=opportunity.id,
+            total_agents=len(targets),
             success_count=len(result.via_bus) + len(result.via_http),
-            via_bus=len(result.via_bus), via_http=len(result.via_http),
+            via_bus=len(result.via_bus),
+            via_http=len(result.via_http),
             failed=sorted(result.failed.values(), key=lambda f: f.agent_id),
             unregistered_acks=result.unregistered_acks,
-            duration_ms=round((time.perf_counter() - started) * 1000, 1), at=now_rfc3339())
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            at=now_rfc3339(),
+        )
         self._count(report)
-        log.info("broadcast_done", opportunity_id=opportunity.id, total=report.total_agents,
-                 via_bus=report.via_bus, via_http=report.via_http, failed=len(report.failed),
-                 duration_ms=report.duration_ms)
+        log.info(
+            "broadcast_done",
+            opportunity_id=opportunity.id,
+            total=report.total_agents,
+            via_bus=report.via_bus,
+            via_http=report.via_http,
+            failed=len(report.failed),
+            duration_ms=report.duration_ms,
+        )
         return report
 
     def _count(self, report: BroadcastReport) -> None:
@@ -102,8 +119,13 @@ class Broadcaster:
         self._metrics.deliveries.labels(path="http", outcome="ok").inc(report.via_http)
         self._metrics.deliveries.labels(path="any", outcome="failed").inc(len(report.failed))
 
-    async def _over_bus(self, opportunity: CouncilOpportunity, payload: bytes,
-                        targets: list[Target], result: _Delivery) -> None:
+    async def _over_bus(
+        self,
+        opportunity: CouncilOpportunity,
+        payload: bytes,
+        targets: list[Target],
+        result: _Delivery,
+    ) -> None:
         waiting = {t.agent_id for t in targets if t.on_bus}
         known = {t.agent_id for t in targets}
         strangers: set[str] = set()
@@ -140,8 +162,13 @@ class Broadcaster:
         finally:
             await sub.unsubscribe()
 
-    async def _over_http(self, opportunity: CouncilOpportunity, payload: bytes,
-                         targets: list[Target], result: _Delivery) -> None:
+    async def _over_http(
+        self,
+        opportunity: CouncilOpportunity,
+        payload: bytes,
+        targets: list[Target],
+        result: _Delivery,
+    ) -> None:
         headers = self._http.post_headers(payload, {"Idempotency-Key": opportunity.id})
         calls: list[Target] = []
         for target in targets:
@@ -149,11 +176,14 @@ class Broadcaster:
                 continue
             if target.healthy is False:
                 result.failed[target.agent_id] = FailedDelivery(
-                    agent_id=target.agent_id, endpoint=target.endpoint,
-                    error="unhealthy: not called")
+                    agent_id=target.agent_id,
+                    endpoint=target.endpoint,
+                    error="unhealthy: not called",
+                )
             elif not target.endpoint:
                 result.failed[target.agent_id] = FailedDelivery(
-                    agent_id=target.agent_id, endpoint=None, error="no ack on the bus")
+                    agent_id=target.agent_id, endpoint=None, error="no ack on the bus"
+                )
             else:
                 calls.append(target)
         # As many workers as calls may be in flight, each taking the next target: the tasks of
@@ -168,8 +198,14 @@ class Broadcaster:
             for _ in range(min(self._settings.http_concurrency, len(calls))):
                 group.create_task(worker())
 
-    async def _post(self, opportunity: CouncilOpportunity, payload: bytes,
-                    headers: PostHeaders, target: Target, result: _Delivery) -> None:
+    async def _post(
+        self,
+        opportunity: CouncilOpportunity,
+        payload: bytes,
+        headers: PostHeaders,
+        target: Target,
+        result: _Delivery,
+    ) -> None:
         assert target.endpoint is not None
         async with self._limit:
             started = time.perf_counter()
@@ -178,20 +214,21 @@ class Broadcaster:
                 status, body = await self._send(url, payload, headers)
             except AgentHTTPError as exc:
                 result.failed[target.agent_id] = FailedDelivery(
-                    agent_id=target.agent_id, endpoint=target.endpoint, error=exc.reason)
+                    agent_id=target.agent_id, endpoint=target.endpoint, error=exc.reason
+                )
                 return
             finally:
                 if self._metrics is not None:
                     self._metrics.http_latency.observe(time.perf_counter() - started)
         if not 200 <= status < 300:
             result.failed[target.agent_id] = FailedDelivery(
-                agent_id=target.agent_id, endpoint=target.endpoint, error=f"HTTP {status}")
+                agent_id=target.agent_id, endpoint=target.endpoint, error=f"HTTP {status}"
+            )
             return
         result.via_http.add(target.agent_id)
         await self._republish_claim(opportunity, target.agent_id, body)
 
-    async def _send(self, url: AgentURL, payload: bytes,
-                    headers: PostHeaders) -> tuple[int, bytes]:
+    async def _send(self, url: AgentURL, payload: bytes, headers: PostHeaders) -> tuple[int, bytes]:
         """POST once, and once more if no answer came (refused, reset); the body is read up
         to 64 KiB. Each attempt has BRIDGE_HTTP_TIMEOUT for the whole call (AgentHTTP.post).
         """
@@ -202,8 +239,9 @@ class Broadcaster:
                 raise
         return await self._http.post(url, payload, headers)
 
-    async def _republish_claim(self, opportunity: CouncilOpportunity, agent_id: str,
-                               body: bytes) -> None:
+    async def _republish_claim(
+        self, opportunity: CouncilOpportunity, agent_id: str, body: bytes
+    ) -> None:
         """A claim in an HTTP answer, on the claims subject of the agent that answered, and in
         its name: whatever agent the body names, that is who claimed."""
         if not body.lstrip().startswith(b"{"):
@@ -213,11 +251,19 @@ class Broadcaster:
         except msgspec.DecodeError:
             return  # an answer that is not a claim is just an acknowledgement
         if claimed.agent_id != agent_id:
-            log.warning("claim_names_another_agent", opportunity_id=opportunity.id,
-                        agent_id=agent_id, named=claimed.agent_id[:128])
+            log.warning(
+                "claim_names_another_agent",
+                opportunity_id=opportunity.id,
+                agent_id=agent_id,
+                named=claimed.agent_id[:128],
+            )
         claim = Claim(role=claimed.role, agent_id=agent_id)
         try:
             await self._nc.publish(self._names.claims(opportunity.id, agent_id), encode(claim))
         except (nats.errors.Error, OSError) as exc:
-            log.warning("claim_republish_failed", opportunity_id=opportunity.id,
-                        agent_id=agent_id, error=repr(exc))
+            log.warning(
+                "claim_republish_failed",
+                opportunity_id=opportunity.id,
+                agent_id=agent_id,
+                error=repr(exc),
+            )

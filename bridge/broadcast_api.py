@@ -32,8 +32,13 @@ from bridge.models import (
 )
 from bridge.subjects import Names
 
-__all__ = ["BROADCAST_QUEUE", "ENDPOINT_NAME", "SERVICE_NAME", "BroadcastService",
-           "validate_request"]
+__all__ = [
+    "BROADCAST_QUEUE",
+    "ENDPOINT_NAME",
+    "SERVICE_NAME",
+    "BroadcastService",
+    "validate_request",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -48,8 +53,10 @@ _AT_PATH = re.compile(r" - at `(?P<path>[^`]*)`$")
 def validate_request(data: bytes) -> CouncilOpportunity | ErrorReply:
     """The opportunity in a request, or the error reply that refuses it."""
     if len(data) > MAX_OPPORTUNITY_BYTES:
-        return ErrorReply(error=f"request is {len(data)} bytes; the limit is "
-                          f"{MAX_OPPORTUNITY_BYTES} (64 KiB)", field="$")
+        return ErrorReply(
+            error=f"request is {len(data)} bytes; the limit is {MAX_OPPORTUNITY_BYTES} (64 KiB)",
+            field="$",
+        )
     try:
         return OPPORTUNITY_DECODER.decode(data)
     except msgspec.ValidationError as exc:
@@ -98,8 +105,9 @@ class BroadcastService:
     bridge leads, so one bridge answers each request and `nats micro ls` shows the leader.
     """
 
-    def __init__(self, nc: NATS, names: Names, broadcaster: Broadcaster, *,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, nc: NATS, names: Names, broadcaster: Broadcaster, *, metrics: Metrics | None = None
+    ) -> None:
         self._nc = nc
         self._names = names
         self._broadcaster = broadcaster
@@ -109,24 +117,37 @@ class BroadcastService:
 
     async def run(self) -> None:
         """Serve until cancelled; the service is gone from the bus when this returns."""
-        service = Service(self._nc, ServiceConfig(
-            name=SERVICE_NAME, version=_version(), queue_group=BROADCAST_QUEUE,
-            description="Council opportunities to every agent, over the bus or HTTP",
-            metadata={"prefix": self._names.prefix}, stats_handler=self._counts.fill))
+        service = Service(
+            self._nc,
+            ServiceConfig(
+                name=SERVICE_NAME,
+                version=_version(),
+                queue_group=BROADCAST_QUEUE,
+                description="Council opportunities to every agent, over the bus or HTTP",
+                metadata={"prefix": self._names.prefix},
+                stats_handler=self._counts.fill,
+            ),
+        )
         try:
             async with asyncio.TaskGroup() as tg:
+
                 async def handle(request: Request) -> None:
                     # Returns at once: a broadcast takes seconds and must not hold up the next.
                     tg.create_task(self._handle(request))
 
                 # The endpoint first, then $SRV discovery (start() subscribes and flushes):
                 # requests are taken from the earliest moment, as a plain subscription was.
-                await service.add_endpoint(name=ENDPOINT_NAME, subject=self._names.broadcast,
-                                           handler=handle)
+                await service.add_endpoint(
+                    name=ENDPOINT_NAME, subject=self._names.broadcast, handler=handle
+                )
                 await service.start()
                 self.subscribed.set()
-                log.info("broadcast_api_ready", subject=self._names.broadcast,
-                         service=SERVICE_NAME, service_id=service.id)
+                log.info(
+                    "broadcast_api_ready",
+                    subject=self._names.broadcast,
+                    service=SERVICE_NAME,
+                    service_id=service.id,
+                )
                 await asyncio.Event().wait()  # until cancelled
         finally:
             self.subscribed.clear()
@@ -140,8 +161,9 @@ class BroadcastService:
             log.info("broadcast_refused", error=opportunity.error, field=opportunity.field)
             self._count("refused")
             self._counts.done(started, opportunity.error)
-            await self._reply(request, encode(opportunity), code="400",
-                              description=opportunity.error)
+            await self._reply(
+                request, encode(opportunity), code="400", description=opportunity.error
+            )
             return
         try:
             report = await self._broadcaster.broadcast(opportunity)
@@ -160,8 +182,9 @@ class BroadcastService:
         if self._metrics is not None:
             self._metrics.broadcasts.labels(outcome=outcome).inc()
 
-    async def _reply(self, request: Request, data: bytes, *, code: str | None = None,
-                     description: str = "") -> None:
+    async def _reply(
+        self, request: Request, data: bytes, *, code: str | None = None, description: str = ""
+    ) -> None:
         try:
             if code is None:
                 await request.respond(data)

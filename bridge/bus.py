@@ -45,10 +45,15 @@ def nats_auth(settings: Settings) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def connect(settings: Settings, url: str, *, name: str = "chorus-bridge",
-                  inbox_prefix: str = "_INBOX.bridge",
-                  on_reconnect: Callable[[], Awaitable[None]] | None = None,
-                  on_state: Callable[[bool], None] | None = None) -> AsyncIterator[NATS]:
+async def connect(
+    settings: Settings,
+    url: str,
+    *,
+    name: str = "chorus-bridge",
+    inbox_prefix: str = "_INBOX.bridge",
+    on_reconnect: Callable[[], Awaitable[None]] | None = None,
+    on_state: Callable[[bool], None] | None = None,
+) -> AsyncIterator[NATS]:
     """A connected client, drained and closed on exit.
 
     on_reconnect runs after every reconnection (the registry re-publishes what changed while
@@ -80,17 +85,29 @@ async def connect(settings: Settings, url: str, *, name: str = "chorus-bridge",
 
     try:
         nc = await nats.connect(
-            nats_servers(url), name=name, inbox_prefix=inbox_prefix, connect_timeout=2,
-            max_reconnect_attempts=INITIAL_CONNECT_ATTEMPTS, reconnect_time_wait=RECONNECT_WAIT,
-            disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error,
-            **nats_auth(settings))
+            nats_servers(url),
+            name=name,
+            inbox_prefix=inbox_prefix,
+            connect_timeout=2,
+            max_reconnect_attempts=INITIAL_CONNECT_ATTEMPTS,
+            reconnect_time_wait=RECONNECT_WAIT,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            error_cb=error,
+            **nats_auth(settings),
+        )
     except (nats.errors.Error, OSError) as exc:
-        raise NatsError(f"cannot connect to NATS at {url} ({exc!r}); check NATS_URL and the "
-                        "credentials (NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_CREDS)") from exc
+        raise NatsError(
+            f"cannot connect to NATS at {url} ({exc!r}); check NATS_URL and the "
+            "credentials (NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_CREDS)"
+        ) from exc
     # From now on, never give up: nats-py reads this option at each reconnect.
     nc.options["max_reconnect_attempts"] = -1
-    log.info("nats_connected", url=redact_url(url),
-             server=nc.connected_url.netloc.rpartition("@")[2] if nc.connected_url else None)
+    log.info(
+        "nats_connected",
+        url=redact_url(url),
+        server=nc.connected_url.netloc.rpartition("@")[2] if nc.connected_url else None,
+    )
     if on_state is not None:
         on_state(True)
     try:

@@ -34,8 +34,14 @@ from bridge.errors import CalloutKeyError, CalloutRequestError, ConfigError
 from bridge.nkeys_jwt import CurveKey, SigningKey, decode_verified
 from bridge.subjects import Names
 
-__all__ = ["AGENT_USER", "AUTH_SUBJECT", "CALLOUT_QUEUE", "Callout", "CalloutKeys",
-           "agent_permissions"]
+__all__ = [
+    "AGENT_USER",
+    "AUTH_SUBJECT",
+    "CALLOUT_QUEUE",
+    "Callout",
+    "CalloutKeys",
+    "agent_permissions",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -99,8 +105,9 @@ class CalloutKeys:
     def load(cls, settings: Settings) -> CalloutKeys:
         """Read the seed files. Raises ConfigError naming the variable of a bad one."""
         if not settings.callout_issuer_seed:
-            raise ConfigError("BRIDGE_CALLOUT_ISSUER_SEED", "",
-                              "must be set when BRIDGE_AUTH_CALLOUT is true")
+            raise ConfigError(
+                "BRIDGE_CALLOUT_ISSUER_SEED", "", "must be set when BRIDGE_AUTH_CALLOUT is true"
+            )
         path, variable = settings.callout_issuer_seed, "BRIDGE_CALLOUT_ISSUER_SEED"
         try:
             issuer = SigningKey(_read(path, variable))
@@ -112,8 +119,9 @@ class CalloutKeys:
             raise ConfigError(variable, path, str(exc)) from None
         password = None
         if settings.callout_agent_password_file:
-            password = _read(settings.callout_agent_password_file,
-                             "BRIDGE_CALLOUT_AGENT_PASSWORD_FILE").decode()
+            password = _read(
+                settings.callout_agent_password_file, "BRIDGE_CALLOUT_AGENT_PASSWORD_FILE"
+            ).decode()
         return cls(issuer=issuer, xkey=xkey, agent_password=password)
 
 
@@ -121,24 +129,45 @@ def agent_permissions(names: Names, agent_id: str) -> dict[str, Any]:
     """The `pub`/`sub` permissions of an admitted agent: its own presence key, ack and claim
     subjects to write; what nats.conf's shared `agent` user reads, to read."""
     agents, presence = f"KV_{names.agents_bucket}", f"KV_{names.presence_bucket}"
-    read_agents = [f"$JS.API.STREAM.INFO.{agents}", f"$JS.API.STREAM.MSG.GET.{agents}",
-                   f"$JS.API.DIRECT.GET.{agents}", f"$JS.API.DIRECT.GET.{agents}.>",
-                   f"$JS.API.CONSUMER.CREATE.{agents}", f"$JS.API.CONSUMER.CREATE.{agents}.>",
-                   f"$JS.API.CONSUMER.INFO.{agents}.>", f"$JS.API.CONSUMER.DELETE.{agents}.>"]
-    read_presence = [f"$JS.API.STREAM.INFO.{presence}", f"$JS.API.STREAM.MSG.GET.{presence}",
-                     f"$JS.API.DIRECT.GET.{presence}", f"$JS.API.DIRECT.GET.{presence}.>"]
-    own = [f"$KV.{names.presence_bucket}.{agent_id}",
-           f"{names.prefix}.council.*.acks.{agent_id}",
-           f"{names.prefix}.council.*.claims.{agent_id}"]
-    return {"pub": {"allow": ["$JS.API.INFO", *read_agents, *read_presence, "$JS.FC.>", *own]},
-            "sub": {"allow": [names.opportunities, names.announce, f"{AGENT_INBOX}.>"]}}
+    read_agents = [
+        f"$JS.API.STREAM.INFO.{agents}",
+        f"$JS.API.STREAM.MSG.GET.{agents}",
+        f"$JS.API.DIRECT.GET.{agents}",
+        f"$JS.API.DIRECT.GET.{agents}.>",
+        f"$JS.API.CONSUMER.CREATE.{agents}",
+        f"$JS.API.CONSUMER.CREATE.{agents}.>",
+        f"$JS.API.CONSUMER.INFO.{agents}.>",
+        f"$JS.API.CONSUMER.DELETE.{agents}.>",
+    ]
+    read_presence = [
+        f"$JS.API.STREAM.INFO.{presence}",
+        f"$JS.API.STREAM.MSG.GET.{presence}",
+        f"$JS.API.DIRECT.GET.{presence}",
+        f"$JS.API.DIRECT.GET.{presence}.>",
+    ]
+    own = [
+        f"$KV.{names.presence_bucket}.{agent_id}",
+        f"{names.prefix}.council.*.acks.{agent_id}",
+        f"{names.prefix}.council.*.claims.{agent_id}",
+    ]
+    return {
+        "pub": {"allow": ["$JS.API.INFO", *read_agents, *read_presence, "$JS.FC.>", *own]},
+        "sub": {"allow": [names.opportunities, names.announce, f"{AGENT_INBOX}.>"]},
+    }
 
 
 class Callout:
     """Answers the server's authorization requests until cancelled (`run`)."""
 
-    def __init__(self, nc: NATS, names: Names, keys: CalloutKeys, agents: AgentAddresses,
-                 *, account: str = AGENT_ACCOUNT) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        names: Names,
+        keys: CalloutKeys,
+        agents: AgentAddresses,
+        *,
+        account: str = AGENT_ACCOUNT,
+    ) -> None:
         self._nc = nc
         self._names = names
         self._keys = keys
@@ -156,14 +185,20 @@ class Callout:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._agents.run(), name="callout-agents")
                 await self._agents.loaded.wait()
-                sub = await self._nc.subscribe(AUTH_SUBJECT, queue=CALLOUT_QUEUE,
-                                               cb=self._on_request)
+                sub = await self._nc.subscribe(
+                    AUTH_SUBJECT, queue=CALLOUT_QUEUE, cb=self._on_request
+                )
                 with contextlib.suppress(nats.errors.Error):
                     await self._nc.flush(timeout=5)  # the server has the subscription now
-                log.info("callout_serving", subject=AUTH_SUBJECT, queue=CALLOUT_QUEUE,
-                         agents=len(self._agents), issuer=self._keys.issuer.public_key,
-                         xkey=self._keys.xkey.public_key if self._keys.xkey else None,
-                         password_checked=self._keys.agent_password is not None)
+                log.info(
+                    "callout_serving",
+                    subject=AUTH_SUBJECT,
+                    queue=CALLOUT_QUEUE,
+                    agents=len(self._agents),
+                    issuer=self._keys.issuer.public_key,
+                    xkey=self._keys.xkey.public_key if self._keys.xkey else None,
+                    password_checked=self._keys.agent_password is not None,
+                )
         finally:
             if sub is not None:
                 try:
@@ -196,9 +231,14 @@ class Callout:
             response["jwt"] = self._user(request, agent_id)
         else:
             response["error"] = reason
-        token = self._keys.issuer.encode({
-            "sub": request.user_nkey, "aud": request.server_id.id,
-            "exp": int(time.time()) + RESPONSE_TTL, "nats": response}).encode()
+        token = self._keys.issuer.encode(
+            {
+                "sub": request.user_nkey,
+                "aud": request.server_id.id,
+                "exp": int(time.time()) + RESPONSE_TTL,
+                "nats": response,
+            }
+        ).encode()
         if server_xkey and self._keys.xkey is not None:
             return self._keys.xkey.seal(token, server_xkey)
         return token
@@ -208,12 +248,15 @@ class Callout:
             if self._keys.xkey is None or not server_xkey:
                 raise CalloutRequestError(
                     "the server encrypts its callout requests (xkey in nats.conf): set "
-                    "BRIDGE_CALLOUT_XKEY_SEED to the curve seed of that xkey")
+                    "BRIDGE_CALLOUT_XKEY_SEED to the curve seed of that xkey"
+                )
             data = self._keys.xkey.open(data, server_xkey)
         elif self._keys.xkey is not None and not self._warned_plain:
             self._warned_plain = True
-            log.warning("callout_requests_not_encrypted",
-                        hint="add the xkey of BRIDGE_CALLOUT_XKEY_SEED to nats.conf's auth_callout")
+            log.warning(
+                "callout_requests_not_encrypted",
+                hint="add the xkey of BRIDGE_CALLOUT_XKEY_SEED to nats.conf's auth_callout",
+            )
         claims = decode_verified(data.decode(errors="replace"))
         if claims.get("aud") != "nats-authorization-request":
             raise CalloutRequestError(f"not an authorization request: {claims.get('aud')!r}")
@@ -221,7 +264,8 @@ class Callout:
             raise CalloutRequestError(
                 f"the server's callout issuer is {claims.get('sub')}, not ours "
                 f"({self._keys.issuer.public_key}): BRIDGE_CALLOUT_ISSUER_SEED is not the seed "
-                "of nats-callout.conf's issuer")
+                "of nats-callout.conf's issuer"
+            )
         try:
             request = msgspec.convert(claims.get("nats"), AuthRequest)
         except msgspec.ValidationError as exc:
@@ -237,14 +281,16 @@ class Callout:
         if opts.user != AGENT_USER:
             reason = f"user {opts.user!r} is not the agent user"
         elif self._keys.agent_password is not None and not hmac.compare_digest(
-                opts.password.encode(), self._keys.agent_password.encode()):
+            opts.password.encode(), self._keys.agent_password.encode()
+        ):
             reason = "wrong password for the agent user"
         else:
             agent_id, reason = self._agents.agent_at(host, opts.name)
         if agent_id is not None:
             self._refused.pop(host, None)
-            log.info("callout_admitted", agent_id=agent_id, address=host,
-                     server=request.server_id.name)
+            log.info(
+                "callout_admitted", agent_id=agent_id, address=host, server=request.server_id.name
+            )
         else:
             self._log_refusal(host, opts.user, reason)
         return agent_id, reason
@@ -259,7 +305,18 @@ class Callout:
         log.warning("callout_refused", address=host, user=user, reason=reason)
 
     def _user(self, request: AuthRequest, agent_id: str) -> str:
-        return self._keys.issuer.encode({
-            "sub": request.user_nkey, "aud": self._account, "name": agent_id,
-            "nats": {"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1,
-                     **agent_permissions(self._names, agent_id)}})
+        return self._keys.issuer.encode(
+            {
+                "sub": request.user_nkey,
+                "aud": self._account,
+                "name": agent_id,
+                "nats": {
+                    "type": "user",
+                    "version": 2,
+                    "subs": -1,
+                    "data": -1,
+                    "payload": -1,
+                    **agent_permissions(self._names, agent_id),
+                },
+            }
+        )

@@ -76,8 +76,11 @@ class AgentAddresses:
     def __init__(self, nc: NATS, names: Names, *, replicas: int = 1) -> None:
         self._nc = nc
         # The agents bucket as the registry makes it, should this replica be the first.
-        self._spec = BucketSpec(name=names.agents_bucket, replicas=replicas,
-                                description="chorus-bridge: agents found by discovery")
+        self._spec = BucketSpec(
+            name=names.agents_bucket,
+            replicas=replicas,
+            description="chorus-bridge: agents found by discovery",
+        )
         self._index = _Index()
         self.loaded = asyncio.Event()
 
@@ -98,8 +101,10 @@ class AgentAddresses:
             return None, f"address {host} is no discovered agent"
         if len(ids) > 1:
             if name not in ids:
-                return None, (f"address {host} has {len(ids)} agents: the connection name "
-                              "must be one of their ids")
+                return None, (
+                    f"address {host} has {len(ids)} agents: the connection name "
+                    "must be one of their ids"
+                )
             ids = {name}
         (agent_id,) = ids
         if not _ID_RE.match(agent_id):
@@ -116,8 +121,12 @@ class AgentAddresses:
                 failing = ""
             except NatsError as exc:
                 if str(exc) != failing:
-                    log.warning("callout_watch_lost", bucket=self._spec.name, error=str(exc),
-                                retry_in_s=RETRY_WAIT)
+                    log.warning(
+                        "callout_watch_lost",
+                        bucket=self._spec.name,
+                        error=str(exc),
+                        retry_in_s=RETRY_WAIT,
+                    )
                 failing = str(exc)
                 await asyncio.sleep(RETRY_WAIT)
 

@@ -44,8 +44,9 @@ _SETTING_FLAGS: tuple[tuple[str, str, str], ...] = (
 def setting_flags(func: F) -> F:
     """Add the flags of _SETTING_FLAGS to a command."""
     for flag, variable, text in reversed(_SETTING_FLAGS):
-        func = click.option(flag, variable.lower(), default=None, metavar="VALUE",
-                            help=f"{text} [env {variable}]")(func)
+        func = click.option(
+            flag, variable.lower(), default=None, metavar="VALUE", help=f"{text} [env {variable}]"
+        )(func)
     return func
 
 
@@ -60,8 +61,10 @@ def build_settings(flags: dict[str, Any], **defaults: str) -> Settings:
     configure_logging(settings.log_format, settings.log_level)
     for name in unknown_variables(environ):
         structlog.get_logger(__name__).warning(
-            "config_unknown_variable", variable=name,
-            hint="not a chorus-bridge setting (a typo?); it is ignored")
+            "config_unknown_variable",
+            variable=name,
+            hint="not a chorus-bridge setting (a typo?); it is ignored",
+        )
     return settings
 
 
@@ -135,8 +138,10 @@ def run_until_signal(make: Callable[[asyncio.Event], Coroutine[Any, Any, Any]]) 
     return fail(error)
 
 
-@click.group(cls=_Commands,
-             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=_Commands,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="chorus-bridge")
 def main() -> None:
     """chorus-bridge: every replica of a Swarm service of agents, on a NATS bus.
@@ -150,8 +155,12 @@ def main() -> None:
 
 @main.command()
 @setting_flags
-@click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Where the embedded nats-server keeps its state (default: a temp dir).")
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where the embedded nats-server keeps its state (default: a temp dir).",
+)
 def run(state_dir: Path | None, **flags: Any) -> None:
     """Run the bridge until SIGTERM or SIGINT (then exit 0 after a clean shutdown).
 
@@ -175,22 +184,35 @@ def _client_settings(nats_url: str | None, prefix: str | None, bucket: str | Non
 
 
 def client_options(func: F) -> F:
-    func = click.option("--inbox-prefix", default=None,
-                        help="Inbox prefix of the NATS user (default: _INBOX.agent for user "
-                             "agent, _INBOX.bridge for bridge, else _INBOX.coord).")(func)
-    func = click.option("--bucket", default=None,
-                        help="The agents bucket [env BRIDGE_KV_BUCKET].")(func)
-    func = click.option("--prefix", default=None,
-                        help="Subject prefix [env BRIDGE_SUBJECT_PREFIX].")(func)
-    return click.option("--nats-url", default=None,
-                        help="NATS server [env NATS_URL, default nats://127.0.0.1:4222].")(func)
+    func = click.option(
+        "--inbox-prefix",
+        default=None,
+        help="Inbox prefix of the NATS user (default: _INBOX.agent for user "
+        "agent, _INBOX.bridge for bridge, else _INBOX.coord).",
+    )(func)
+    func = click.option("--bucket", default=None, help="The agents bucket [env BRIDGE_KV_BUCKET].")(
+        func
+    )
+    func = click.option(
+        "--prefix", default=None, help="Subject prefix [env BRIDGE_SUBJECT_PREFIX]."
+    )(func)
+    return click.option(
+        "--nats-url",
+        default=None,
+        help="NATS server [env NATS_URL, default nats://127.0.0.1:4222].",
+    )(func)
 
 
 @main.command()
 @client_options
 @click.option("--json", "as_json", is_flag=True, help="Print the agents as a JSON array.")
-def agents(nats_url: str | None, prefix: str | None, bucket: str | None,
-           inbox_prefix: str | None, as_json: bool) -> None:
+def agents(
+    nats_url: str | None,
+    prefix: str | None,
+    bucket: str | None,
+    inbox_prefix: str | None,
+    as_json: bool,
+) -> None:
     """Print the agents bucket as a table (or JSON).
 
     Exit status: 0 printed, 3 NATS or the bucket could not be had (or was denied), 64 usage.
@@ -198,15 +220,21 @@ def agents(nats_url: str | None, prefix: str | None, bucket: str | None,
     from bridge.commands import print_agents
 
     settings = _client_settings(nats_url, prefix, bucket)
-    run_until_signal(lambda stop: print_agents(settings, as_json=as_json,
-                                               inbox_prefix=inbox_prefix))
+    run_until_signal(
+        lambda stop: print_agents(settings, as_json=as_json, inbox_prefix=inbox_prefix)
+    )
 
 
 @main.command()
 @client_options
 @click.option("--json", "as_json", is_flag=True, help="Print each announcement as JSON.")
-def watch(nats_url: str | None, prefix: str | None, bucket: str | None,
-          inbox_prefix: str | None, as_json: bool) -> None:
+def watch(
+    nats_url: str | None,
+    prefix: str | None,
+    bucket: str | None,
+    inbox_prefix: str | None,
+    as_json: bool,
+) -> None:
     """Print announcements (joined, updated, left) as they come, until Ctrl-C.
 
     Exit status: 0 after Ctrl-C, 3 NATS could not be had (or was denied), 64 usage.
@@ -214,18 +242,31 @@ def watch(nats_url: str | None, prefix: str | None, bucket: str | None,
     from bridge.commands import watch_announcements
 
     settings = _client_settings(nats_url, prefix, bucket)
-    run_until_signal(lambda stop: watch_announcements(settings, stop, as_json=as_json,
-                                                      inbox_prefix=inbox_prefix))
+    run_until_signal(
+        lambda stop: watch_announcements(settings, stop, as_json=as_json, inbox_prefix=inbox_prefix)
+    )
 
 
 @main.command()
 @client_options
 @click.argument("file", type=click.File("rb"))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
-              help="Seconds to wait for the report.")
-def broadcast(nats_url: str | None, prefix: str | None, bucket: str | None,
-              inbox_prefix: str | None, file: Any, as_json: bool, timeout: float) -> None:
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the report.",
+)
+def broadcast(
+    nats_url: str | None,
+    prefix: str | None,
+    bucket: str | None,
+    inbox_prefix: str | None,
+    file: Any,
+    as_json: bool,
+    timeout: float,
+) -> None:
     """Send a council opportunity (JSON from FILE, or - for stdin) through a running bridge.
 
     Prints the report: who got it via the bus, via HTTP, and who did not. Exit status: 0 every
@@ -236,19 +277,35 @@ def broadcast(nats_url: str | None, prefix: str | None, bucket: str | None,
 
     settings = _client_settings(nats_url, prefix, bucket)
     data = file.read()
-    status = run_until_signal(lambda stop: send_broadcast(
-        settings, data, timeout=timeout, as_json=as_json, inbox_prefix=inbox_prefix))
+    status = run_until_signal(
+        lambda stop: send_broadcast(
+            settings, data, timeout=timeout, as_json=as_json, inbox_prefix=inbox_prefix
+        )
+    )
     sys.exit(status)
 
 
 @main.command()
-@click.option("--agents", type=click.IntRange(1, 10_000), default=34, show_default=True,
-              help="Simulated agents (tasks of the emulated service).")
-@click.option("--on-bus", type=click.IntRange(0, 10_000), default=17, show_default=True,
-              help="How many of them are also on the bus (the rest are HTTP only).")
-@click.option("--keep", is_flag=True,
-              help="Keep everything running after the broadcast, and print the nats commands "
-                   "to explore it, until Ctrl-C.")
+@click.option(
+    "--agents",
+    type=click.IntRange(1, 10_000),
+    default=34,
+    show_default=True,
+    help="Simulated agents (tasks of the emulated service).",
+)
+@click.option(
+    "--on-bus",
+    type=click.IntRange(0, 10_000),
+    default=17,
+    show_default=True,
+    help="How many of them are also on the bus (the rest are HTTP only).",
+)
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Keep everything running after the broadcast, and print the nats commands "
+    "to explore it, until Ctrl-C.",
+)
 def demo(agents: int, on_bus: int, keep: bool) -> None:
     """The whole story on one machine: discovery, presence, a broadcast, its report.
 
@@ -292,17 +349,35 @@ def asyncapi(prefix: str | None, bucket: str | None) -> None:
 
 @main.command("sim-agent")
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
-              help="Port to listen on.")
-@click.option("--agent-id", envvar="SIM_AGENT_ID", default=None,
-              help="The agent's id, e.g. {{.Task.ID}} in a stack [env SIM_AGENT_ID; "
-                   "default: the hostname].")
-@click.option("--index", envvar="SIM_AGENT_INDEX", type=click.IntRange(min=0), default=None,
-              help="Claim core role number INDEX of each opportunity [env SIM_AGENT_INDEX].")
-@click.option("--endpoint", envvar="SIM_AGENT_ENDPOINT", default=None,
-              help="The endpoint to advertise in presence [env SIM_AGENT_ENDPOINT].")
-def sim_agent(host: str, port: int, agent_id: str | None, index: int | None,
-              endpoint: str | None) -> None:
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=8080,
+    show_default=True,
+    help="Port to listen on.",
+)
+@click.option(
+    "--agent-id",
+    envvar="SIM_AGENT_ID",
+    default=None,
+    help="The agent's id, e.g. {{.Task.ID}} in a stack [env SIM_AGENT_ID; default: the hostname].",
+)
+@click.option(
+    "--index",
+    envvar="SIM_AGENT_INDEX",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Claim core role number INDEX of each opportunity [env SIM_AGENT_INDEX].",
+)
+@click.option(
+    "--endpoint",
+    envvar="SIM_AGENT_ENDPOINT",
+    default=None,
+    help="The endpoint to advertise in presence [env SIM_AGENT_ENDPOINT].",
+)
+def sim_agent(
+    host: str, port: int, agent_id: str | None, index: int | None, endpoint: str | None
+) -> None:
     """Run one simulated agent: its HTTP API, and presence/acks on NATS when NATS_URL is set.
 
     For trying a stack or a bridge against stand-in agents; it is not part of the bridge.
@@ -313,8 +388,19 @@ def sim_agent(host: str, port: int, agent_id: str | None, index: int | None,
     from bridge.subjects import Names
 
     settings = build_settings({}, BRIDGE_LOG_FORMAT="console")
-    run_until_signal(lambda stop: run_single_agent(
-        names=Names.from_settings(settings), stop=stop, host=host, port=port,
-        agent_id=agent_id, nats_url=settings.nats_url, nats_user=settings.nats_user,
-        nats_password=settings.nats_password, nats_token=settings.nats_token,
-        opportunity_path=settings.opportunity_path, endpoint=endpoint, index=index))
+    run_until_signal(
+        lambda stop: run_single_agent(
+            names=Names.from_settings(settings),
+            stop=stop,
+            host=host,
+            port=port,
+            agent_id=agent_id,
+            nats_url=settings.nats_url,
+            nats_user=settings.nats_user,
+            nats_password=settings.nats_password,
+            nats_token=settings.nats_token,
+            opportunity_path=settings.opportunity_path,
+            endpoint=endpoint,
+            index=index,
+        )
+    )

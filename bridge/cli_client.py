@@ -30,14 +30,36 @@ T = TypeVar("T")
 DEFAULT_CLIENT_URL = "nats://127.0.0.1:4222"
 # The inbox prefix each user of nats.conf may subscribe to; any other user gets _INBOX.coord,
 # which an unrestricted user (ops) may use as well.
-INBOX_PREFIXES = {"bridge": "_INBOX.bridge", "agent": "_INBOX.agent",
-                  "coordinator": "_INBOX.coord"}
-_VIOLATION = re.compile(r'permissions violation for (?P<kind>publish|subscription) to '
-                        r'"(?P<subject>[^"]*)"', re.IGNORECASE)
+INBOX_PREFIXES = {"bridge": "_INBOX.bridge", "agent": "_INBOX.agent", "coordinator": "_INBOX.coord"}
+_VIOLATION = re.compile(
+    r"permissions violation for (?P<kind>publish|subscription) to "
+    r'"(?P<subject>[^"]*)"',
+    re.IGNORECASE,
+)
 # Tokens of JetStream's API subjects, to give a lower-cased subject back its case.
-_API_TOKENS = ("$JS", "API", "INFO", "STREAM", "CONSUMER", "CREATE", "DELETE", "UPDATE", "PURGE",
-               "MSG", "GET", "DIRECT", "NAMES", "LIST", "$KV", "$SRV", "PING", "STATS", "_INBOX",
-               "FC", "ACK")
+_API_TOKENS = (
+    "$JS",
+    "API",
+    "INFO",
+    "STREAM",
+    "CONSUMER",
+    "CREATE",
+    "DELETE",
+    "UPDATE",
+    "PURGE",
+    "MSG",
+    "GET",
+    "DIRECT",
+    "NAMES",
+    "LIST",
+    "$KV",
+    "$SRV",
+    "PING",
+    "STATS",
+    "_INBOX",
+    "FC",
+    "ACK",
+)
 
 
 def _user(settings: Settings) -> str | None:
@@ -99,8 +121,9 @@ class Reported:
 class Session:
     """A connected client plus what the server refused it."""
 
-    def __init__(self, nc: NATS, settings: Settings, url: str, names: Iterable[str],
-                 reported: Reported) -> None:
+    def __init__(
+        self, nc: NATS, settings: Settings, url: str, names: Iterable[str], reported: Reported
+    ) -> None:
         self.nc = nc
         self.url = url
         self._settings = settings
@@ -114,9 +137,11 @@ class Session:
         assert match is not None
         kind = "publish to" if match["kind"].lower() == "publish" else "subscribe to"
         subject = _restore_case(match["subject"], self._names)
-        return NatsError(f"permission denied: NATS {who(self._settings)} may not {kind} "
-                         f"{subject} on {redact_url(self.url)} (see the user's permissions "
-                         "in nats.conf)")
+        return NatsError(
+            f"permission denied: NATS {who(self._settings)} may not {kind} "
+            f"{subject} on {redact_url(self.url)} (see the user's permissions "
+            "in nats.conf)"
+        )
 
     async def guard(self, operation: Awaitable[T]) -> T:
         """Await `operation`, unless the server refuses this client something meanwhile: then
@@ -146,25 +171,36 @@ class Session:
 
 
 @contextlib.asynccontextmanager
-async def open_session(settings: Settings, names: Iterable[str], *,
-                       inbox_prefix: str | None = None) -> AsyncIterator[Session]:
+async def open_session(
+    settings: Settings, names: Iterable[str], *, inbox_prefix: str | None = None
+) -> AsyncIterator[Session]:
     """A connected Session for one command; NatsError when NATS cannot be had."""
     url = settings.nats_url or DEFAULT_CLIENT_URL
     reported = Reported()
     try:
         nc = await nats.connect(
-            nats_servers(url), connect_timeout=2, max_reconnect_attempts=1,
-            allow_reconnect=False, inbox_prefix=inbox_prefix or inbox_prefix_for(settings),
-            name="chorus-bridge-cli", error_cb=reported.on_error,
-            disconnected_cb=reported.on_disconnect, **nats_auth(settings))
+            nats_servers(url),
+            connect_timeout=2,
+            max_reconnect_attempts=1,
+            allow_reconnect=False,
+            inbox_prefix=inbox_prefix or inbox_prefix_for(settings),
+            name="chorus-bridge-cli",
+            error_cb=reported.on_error,
+            disconnected_cb=reported.on_disconnect,
+            **nats_auth(settings),
+        )
     except (nats.errors.Error, OSError) as exc:
         last = reported.errors[-1] if reported.errors else (str(exc) or type(exc).__name__)
         reason = redact_text(last).removeprefix("nats: ").strip("'")
         if "authorization violation" in reason.lower():
-            raise NatsError(f"NATS at {redact_url(url)} refused {who(settings)} ({reason}): "
-                            "check NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_CREDS") from None
-        raise NatsError(f"cannot connect to NATS at {redact_url(url)} ({reason}); is NATS "
-                        "running there? Set NATS_URL or --nats-url") from None
+            raise NatsError(
+                f"NATS at {redact_url(url)} refused {who(settings)} ({reason}): "
+                "check NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_CREDS"
+            ) from None
+        raise NatsError(
+            f"cannot connect to NATS at {redact_url(url)} ({reason}); is NATS "
+            "running there? Set NATS_URL or --nats-url"
+        ) from None
     try:
         yield Session(nc, settings, url, names, reported)
     finally:

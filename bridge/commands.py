@@ -32,13 +32,20 @@ __all__ = ["print_agents", "read_agents", "send_broadcast", "watch_announcements
 
 def _names_of(names: Names) -> tuple[str, ...]:
     """The names a refused subject may contain, to give it back its case."""
-    return (names.prefix, names.agents_bucket, names.presence_bucket, names.leader_bucket,
-            names.announce, names.broadcast)
+    return (
+        names.prefix,
+        names.agents_bucket,
+        names.presence_bucket,
+        names.leader_bucket,
+        names.announce,
+        names.broadcast,
+    )
 
 
 @contextlib.asynccontextmanager
-async def session(settings: Settings, names: Names,
-                  inbox_prefix: str | None) -> AsyncIterator[Session]:
+async def session(
+    settings: Settings, names: Names, inbox_prefix: str | None
+) -> AsyncIterator[Session]:
     """A Session whose NATS failures, whatever nats-py raises, are one NatsError line."""
     async with open_session(settings, _names_of(names), inbox_prefix=inbox_prefix) as s:
         try:
@@ -57,29 +64,44 @@ async def read_agents(kv: RawBucket) -> list[Agent]:
 def _table(agents: list[Agent]) -> str:
     header = ("ID", "ENDPOINT", "SOURCE", "SLOT", "NODE", "ON BUS", "HEALTHY", "FIRST SEEN")
     rows = [header] + [
-        (a.id, a.endpoint, a.source, "" if a.slot is None else str(a.slot),
-         (a.node_id or "")[:12], "yes" if a.on_bus else "no",
-         "" if a.healthy is None else ("yes" if a.healthy else "no"), a.first_seen)
-        for a in agents]
+        (
+            a.id,
+            a.endpoint,
+            a.source,
+            "" if a.slot is None else str(a.slot),
+            (a.node_id or "")[:12],
+            "yes" if a.on_bus else "no",
+            "" if a.healthy is None else ("yes" if a.healthy else "no"),
+            a.first_seen,
+        )
+        for a in agents
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-             for row in rows]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     by_source = {s: sum(a.source == s for a in agents) for s in ("swarm", "dns", "static")}
-    lines.append(f"{len(agents)} agents ({by_source['swarm']} swarm, {by_source['dns']} dns, "
-                 f"{by_source['static']} static; {sum(a.on_bus for a in agents)} on the bus)")
+    lines.append(
+        f"{len(agents)} agents ({by_source['swarm']} swarm, {by_source['dns']} dns, "
+        f"{by_source['static']} static; {sum(a.on_bus for a in agents)} on the bus)"
+    )
     return "\n".join(lines)
 
 
-async def print_agents(settings: Settings, *, as_json: bool,
-                       inbox_prefix: str | None = None) -> None:
+async def print_agents(
+    settings: Settings, *, as_json: bool, inbox_prefix: str | None = None
+) -> None:
     """Print the agents bucket; NatsError when it cannot be read."""
     names = Names.from_settings(settings)
     async with session(settings, names, inbox_prefix) as s:
         try:
             kv = await s.guard(bind_bucket(s.nc, names.agents_bucket, timeout=5))
         except BucketMissingError:
-            raise NatsError(f"no bucket {names.agents_bucket!r} on {redact_url(s.url)}: is "
-                            "the bridge running against this NATS?") from None
+            raise NatsError(
+                f"no bucket {names.agents_bucket!r} on {redact_url(s.url)}: is "
+                "the bridge running against this NATS?"
+            ) from None
         agents = await s.guard(read_agents(kv))
     click.echo(msgspec.json.format(encode_list(agents)).decode() if as_json else _table(agents))
 
@@ -94,12 +116,15 @@ def _announcement_line(data: bytes) -> str | None:
     except msgspec.DecodeError:
         return None
     a = ann.agent
-    return (f"{ann.at}  {ann.event:<7}  {a.id}  {a.endpoint}  source={a.source}"
-            f"  on_bus={'yes' if a.on_bus else 'no'}")
+    return (
+        f"{ann.at}  {ann.event:<7}  {a.id}  {a.endpoint}  source={a.source}"
+        f"  on_bus={'yes' if a.on_bus else 'no'}"
+    )
 
 
-async def watch_announcements(settings: Settings, stop: asyncio.Event, *, as_json: bool,
-                              inbox_prefix: str | None = None) -> None:
+async def watch_announcements(
+    settings: Settings, stop: asyncio.Event, *, as_json: bool, inbox_prefix: str | None = None
+) -> None:
     """Print each announcement as it arrives, until `stop` is set."""
     names = Names.from_settings(settings)
     async with session(settings, names, inbox_prefix) as s:
@@ -111,8 +136,7 @@ async def watch_announcements(settings: Settings, stop: asyncio.Event, *, as_jso
 
         sub = await s.nc.subscribe(names.announce, cb=show)
         await s.settle()
-        click.echo(f"watching {names.announce} on {redact_url(s.url)} (Ctrl-C to stop)",
-                   err=True)
+        click.echo(f"watching {names.announce} on {redact_url(s.url)} (Ctrl-C to stop)", err=True)
         await s.guard(stop.wait())
         await sub.unsubscribe()
 
@@ -131,8 +155,14 @@ def _report_table(report: BroadcastReport) -> str:
     return "\n".join(lines)
 
 
-async def send_broadcast(settings: Settings, data: bytes, *, timeout: float,
-                         as_json: bool, inbox_prefix: str | None = None) -> int:
+async def send_broadcast(
+    settings: Settings,
+    data: bytes,
+    *,
+    timeout: float,
+    as_json: bool,
+    inbox_prefix: str | None = None,
+) -> int:
     """Send an opportunity through a running bridge; returns the exit status (0 every agent
     reached, 1 some not, 2 refused). NatsError or BridgeUnavailableError when no answer could
     be had."""
@@ -143,11 +173,13 @@ async def send_broadcast(settings: Settings, data: bytes, *, timeout: float,
         except nats.errors.NoRespondersError:
             raise BridgeUnavailableError(
                 f"no bridge is serving {names.broadcast} on {redact_url(s.url)}: is "
-                "`chorus-bridge run` running against this NATS?") from None
+                "`chorus-bridge run` running against this NATS?"
+            ) from None
         except nats.errors.TimeoutError:
             raise BridgeUnavailableError(
                 f"no answer on {names.broadcast} within {timeout:g}s; raise --timeout, "
-                "or check the bridge's logs") from None
+                "or check the bridge's logs"
+            ) from None
     reply = decode_reply(msg.data)
     if isinstance(reply, ErrorReply):
         click.echo(f"refused: {reply.error} (field {reply.field})", err=True)

@@ -152,8 +152,7 @@ def _endpoint(name: str, raw: str) -> str:
         shown = f"{parts.scheme}://***@{parts.netloc.rpartition('@')[2]}"  # no password shown
         raise ConfigError(name, shown, "an endpoint has no user info: http://host:port")
     if "?" in raw or "#" in raw or parts.path not in {"", "/"}:
-        raise ConfigError(name, raw, "an endpoint has no path, query or fragment: "
-                          "http://host:port")
+        raise ConfigError(name, raw, "an endpoint has no path, query or fragment: http://host:port")
     return f"{parts.scheme}://{parts.netloc}"
 
 
@@ -231,8 +230,12 @@ _DEFAULTS = Settings()
 # Prefixes of the bridge's own variables: another one is most likely a typo of one of them.
 _OWN_PREFIXES = ("WHOOSH_", "BRIDGE_")
 # What msgspec's messages say, in the words of someone setting a variable.
-_TYPE_WORDS = {"`int`": "a whole number", "`float`": "a number", "`bool`": "true or false",
-               "`str`": "text"}
+_TYPE_WORDS = {
+    "`int`": "a whole number",
+    "`float`": "a number",
+    "`bool`": "true or false",
+    "`str`": "text",
+}
 _MSGSPEC_PATH = re.compile(r" - at `\$\.(?P<field>\w+)`")
 _CHOICES = {"discovery_method": get_args(DiscoveryMethod), "log_format": get_args(LogFormat)}
 
@@ -272,8 +275,10 @@ def _convert(fields: dict[str, object], raw_of: Mapping[str, tuple[str, str]]) -
         raise ConfigError(variable, raw, _reason(str(exc), field)) from None
 
 
-def load_settings(environ: Mapping[str, str], overrides: Mapping[str, str] | None = None,
-                  ) -> Settings:
+def load_settings(
+    environ: Mapping[str, str],
+    overrides: Mapping[str, str] | None = None,
+) -> Settings:
     """Build the settings from `environ`, with `overrides` (flags, by variable name) winning.
 
     Raises ConfigError naming the first variable whose value does not parse, or an override
@@ -302,6 +307,7 @@ def load_settings(environ: Mapping[str, str], overrides: Mapping[str, str] | Non
     if "nats_user" in fields and "nats_password" not in fields:
         raise ConfigError("NATS_PASSWORD", "", "must be set when NATS_USER is set")
     if fields.get("auth_callout") and "callout_issuer_seed" not in fields:
-        raise ConfigError("BRIDGE_CALLOUT_ISSUER_SEED", "",
-                          "must be set when BRIDGE_AUTH_CALLOUT is true")
+        raise ConfigError(
+            "BRIDGE_CALLOUT_ISSUER_SEED", "", "must be set when BRIDGE_AUTH_CALLOUT is true"
+        )
     return _convert(fields, raw_of)

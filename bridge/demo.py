@@ -48,9 +48,17 @@ AGENT_BASE = "127.0.1.1"
 STEP_TIMEOUT = 60.0
 
 OPPORTUNITY = CouncilOpportunity(
-    id="council-42", project="whoosh", title="Build the API", deadline=None,
-    roles=[Role(name="tpm", core=True), Role(name="senior-software-architect", core=True),
-           Role(name="backend-developer", core=True), Role(name="qa-engineer", core=False)])
+    id="council-42",
+    project="whoosh",
+    title="Build the API",
+    deadline=None,
+    roles=[
+        Role(name="tpm", core=True),
+        Role(name="senior-software-architect", core=True),
+        Role(name="backend-developer", core=True),
+        Role(name="qa-engineer", core=False),
+    ],
+)
 
 
 class DemoResult:
@@ -106,28 +114,42 @@ async def _until(predicate: Callable[[], bool], what: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _stage(agents: int, on_bus: int, say: Say,
-                 ) -> AsyncIterator[tuple[EmbeddedNats, EmulatedSwarm, DockerEmulator, SimFleet,
-                                          Names]]:
+async def _stage(
+    agents: int,
+    on_bus: int,
+    say: Say,
+) -> AsyncIterator[tuple[EmbeddedNats, EmulatedSwarm, DockerEmulator, SimFleet, Names]]:
     names = Names(prefix="chorus", agents_bucket="chorus_agents")
     with tempfile.TemporaryDirectory(prefix="chorus-demo-") as tmp:
         async with contextlib.AsyncExitStack() as stack:
             server = await stack.enter_async_context(
-                EmbeddedNats(port=0, store_dir=Path(tmp) / "nats"))
+                EmbeddedNats(port=0, store_dir=Path(tmp) / "nats")
+            )
             say(f"NATS with JetStream (embedded): {server.url}, state in {tmp}/nats")
             swarm = EmulatedSwarm()
             addresses = allocate_addresses(agents, AGENT_BASE)
             task_ids = swarm.add_tasks(agents, addresses=addresses)
             docker_api = await stack.enter_async_context(
-                DockerEmulator(Path(tmp) / "docker.sock", swarm))
-            say(f"Docker Engine API (emulated): {docker_api.base_url}, service "
+                DockerEmulator(Path(tmp) / "docker.sock", swarm)
+            )
+            say(
+                f"Docker Engine API (emulated): {docker_api.base_url}, service "
                 f"{swarm.service} with {agents} running tasks on {addresses[0]}"
-                f"{'..' + addresses[-1] if agents > 1 else ''}")
+                f"{'..' + addresses[-1] if agents > 1 else ''}"
+            )
             say(f"Starting {agents} simulated agents ({on_bus} of them on the bus)...")
-            fleet = await stack.enter_async_context(SimFleet(
-                agents, on_bus=on_bus, nats_url=server.url, names=names, base=AGENT_BASE,
-                task_ids=task_ids, progress=_Progress(say, agents),
-                claim_policy=claim_every_role))
+            fleet = await stack.enter_async_context(
+                SimFleet(
+                    agents,
+                    on_bus=on_bus,
+                    nats_url=server.url,
+                    names=names,
+                    base=AGENT_BASE,
+                    task_ids=task_ids,
+                    progress=_Progress(say, agents),
+                    claim_policy=claim_every_role,
+                )
+            )
             yield server, swarm, docker_api, fleet, names
 
 
@@ -144,21 +166,25 @@ async def _broadcast(nc: NATS, names: Names, result: DemoResult, say: Say) -> No
         claims.setdefault(claim.role, []).append(agent_id)
 
     sub = await nc.subscribe(f"{names.prefix}.council.{OPPORTUNITY.id}.>", cb=on_claim)
-    say(f"\nBroadcast of {OPPORTUNITY.id!r} ({', '.join(r.name for r in OPPORTUNITY.roles)}) "
-        f"through {names.broadcast}...")
+    say(
+        f"\nBroadcast of {OPPORTUNITY.id!r} ({', '.join(r.name for r in OPPORTUNITY.roles)}) "
+        f"through {names.broadcast}..."
+    )
     msg = await nc.request(names.broadcast, encode(OPPORTUNITY), timeout=STEP_TIMEOUT)
     reply = decode_reply(msg.data)
     if isinstance(reply, ErrorReply):
         raise BridgeError(f"the bridge refused the demo's opportunity: {reply.error}")
-    wanted = [r.name for r in OPPORTUNITY.roles][:result.discovered]
+    wanted = [r.name for r in OPPORTUNITY.roles][: result.discovered]
     await nc.flush()
     with contextlib.suppress(BridgeError):
         await _until(lambda: all(role in claims for role in wanted), "the roles' claims")
     await sub.unsubscribe()
     result.report, result.claims = reply, claims
-    say(f"  reached {reply.success_count} of {reply.total_agents} agents in "
+    say(
+        f"  reached {reply.success_count} of {reply.total_agents} agents in "
         f"{reply.duration_ms} ms: {reply.via_bus} via the bus, {reply.via_http} via HTTP, "
-        f"{len(reply.failed)} failed")
+        f"{len(reply.failed)} failed"
+    )
     for failure in reply.failed:
         say(f"    failed: {failure.agent_id} {failure.endpoint} ({failure.error})")
     for role in OPPORTUNITY.roles:
@@ -168,37 +194,55 @@ async def _broadcast(nc: NATS, names: Names, result: DemoResult, say: Say) -> No
 
 
 _NEXT = '{"id": "council-43", "roles": [{"name": "tpm", "core": true}]}'
-_NATS_COMMANDS = ("kv ls chorus_agents", "kv get chorus_agents {first_id}",
-                  "kv watch chorus_presence", "kv get chorus_bridge leader",
-                  "sub chorus.agents.announce", "sub 'chorus.council.>'", "micro ls",
-                  "micro stats chorus-bridge", f"req chorus.bridge.broadcast '{_NEXT}'")
+_NATS_COMMANDS = (
+    "kv ls chorus_agents",
+    "kv get chorus_agents {first_id}",
+    "kv watch chorus_presence",
+    "kv get chorus_bridge leader",
+    "sub chorus.agents.announce",
+    "sub 'chorus.council.>'",
+    "micro ls",
+    "micro stats chorus-bridge",
+    f"req chorus.bridge.broadcast '{_NEXT}'",
+)
 
 
 def _explore(url: str, http_port: int | None, first_id: str, say: Say) -> None:
     """The commands to explore the running demo with."""
     lines = ["", "The demo keeps running until Ctrl-C. Explore it with the nats CLI:"]
     lines += [f"  nats --server {url} " + c.replace("{first_id}", first_id) for c in _NATS_COMMANDS]
-    lines += ["or with this command:", f"  NATS_URL={url} chorus-bridge agents",
-              f"  NATS_URL={url} chorus-bridge watch",
-              f"  echo '{_NEXT}' | NATS_URL={url} chorus-bridge broadcast -",
-              f"and the bridge's own HTTP: http://127.0.0.1:{http_port}/healthz and /metrics"]
+    lines += [
+        "or with this command:",
+        f"  NATS_URL={url} chorus-bridge agents",
+        f"  NATS_URL={url} chorus-bridge watch",
+        f"  echo '{_NEXT}' | NATS_URL={url} chorus-bridge broadcast -",
+        f"and the bridge's own HTTP: http://127.0.0.1:{http_port}/healthz and /metrics",
+    ]
     for line in lines:
         say(line)
 
 
-async def run_demo(agents: int = 34, on_bus: int = 17, *, say: Say = _say,
-                   keep: asyncio.Event | None = None) -> DemoResult:
+async def run_demo(
+    agents: int = 34, on_bus: int = 17, *, say: Say = _say, keep: asyncio.Event | None = None
+) -> DemoResult:
     """Run the demo; returns what it saw. With `keep`, everything stays up after the
     broadcast, with the commands to explore it printed, until `keep` is set (Ctrl-C)."""
     if not 1 <= agents <= 10_000 or not 0 <= on_bus <= agents:
-        raise BridgeError(f"--agents must be 1..10000 and --on-bus 0..agents "
-                          f"(got {agents} and {on_bus})")
+        raise BridgeError(
+            f"--agents must be 1..10000 and --on-bus 0..agents (got {agents} and {on_bus})"
+        )
     result = DemoResult()
     async with _stage(agents, on_bus, say) as (server, _swarm, docker_api, fleet, names):
         settings = Settings(
-            discovery_method="swarm", docker_host=docker_api.base_url, dns_names=(),
-            agent_port=fleet.port, listen_host="127.0.0.1", listen_port=0,
-            log_format="console", log_level="WARNING")
+            discovery_method="swarm",
+            docker_host=docker_api.base_url,
+            dns_names=(),
+            agent_port=fleet.port,
+            listen_host="127.0.0.1",
+            listen_port=0,
+            log_format="console",
+            log_level="WARNING",
+        )
         say("\nStarting the bridge (discovery through the Swarm API)...")
         started = time.perf_counter()
         async with running_bridge(settings, server.url) as bridge:
@@ -206,14 +250,19 @@ async def run_demo(agents: int = 34, on_bus: int = 17, *, say: Say = _say,
             await _until(lambda: len(registry.published) >= agents, "discovery")
             result.discovery_ms = (time.perf_counter() - started) * 1000
             result.discovered = len(registry.published)
-            say(f"  discovered {result.discovered} of {agents} agents via the Swarm API in "
+            say(
+                f"  discovered {result.discovered} of {agents} agents via the Swarm API in "
                 f"{result.discovery_ms:.0f} ms (a DNS lookup of the service name would have "
-                "found its one virtual IP)")
-            await _until(lambda: sum(
-                a.on_bus for a in registry.published.values()) >= on_bus, "presence")
+                "found its one virtual IP)"
+            )
+            await _until(
+                lambda: sum(a.on_bus for a in registry.published.values()) >= on_bus, "presence"
+            )
             result.on_bus = sum(a.on_bus for a in registry.published.values())
-            say(f"  presence: {result.on_bus} agents on the bus, "
-                f"{agents - result.on_bus} reachable by HTTP only")
+            say(
+                f"  presence: {result.on_bus} agents on the bus, "
+                f"{agents - result.on_bus} reachable by HTTP only"
+            )
             async with _client(server.url) as nc:
                 await _broadcast(nc, names, result, say)
             result.nats_url = server.url

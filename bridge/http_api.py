@@ -24,8 +24,9 @@ HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
 def _app(metrics: Metrics, health: HealthCheck) -> web.Application:
     async def healthz(_request: web.Request) -> web.Response:
         ok, details = health()
-        return web.json_response({"status": "ok" if ok else "unavailable", **details},
-                                 status=200 if ok else 503)
+        return web.json_response(
+            {"status": "ok" if ok else "unavailable", **details}, status=200 if ok else 503
+        )
 
     async def metrics_view(_request: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
@@ -45,28 +46,32 @@ def listening_socket(host: str, port: int) -> Iterator[socket.socket]:
     ConfigError naming BRIDGE_LISTEN when the address cannot be bound.
     """
     try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
         family, kind, proto, _name, address = infos[0]
         sock = socket.socket(family, kind, proto)
     except OSError as exc:
-        raise ConfigError("BRIDGE_LISTEN", f"{host}:{port}",
-                          f"cannot listen there ({exc.strerror or exc})") from exc
+        raise ConfigError(
+            "BRIDGE_LISTEN", f"{host}:{port}", f"cannot listen there ({exc.strerror or exc})"
+        ) from exc
     with sock:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(address)
             sock.listen(128)
         except OSError as exc:
-            raise ConfigError("BRIDGE_LISTEN", f"{host}:{port}",
-                              f"cannot listen there ({exc.strerror or exc})") from exc
+            raise ConfigError(
+                "BRIDGE_LISTEN", f"{host}:{port}", f"cannot listen there ({exc.strerror or exc})"
+            ) from exc
         sock.setblocking(False)
         yield sock
 
 
 @contextlib.asynccontextmanager
-async def serve_http(sock: socket.socket, metrics: Metrics,
-                     health: HealthCheck) -> AsyncIterator[None]:
+async def serve_http(
+    sock: socket.socket, metrics: Metrics, health: HealthCheck
+) -> AsyncIterator[None]:
     """Serve /healthz and /metrics on `sock` (see listening_socket) while the context is open."""
     runner = web.AppRunner(_app(metrics, health), access_log=None, handle_signals=False)
     await runner.setup()

@@ -89,9 +89,14 @@ class BucketSpec:
 
     def config(self) -> BucketConfig:
         return KeyValueConfig(
-            bucket=self.name, description=self.description, history=1, ttl=self.ttl,
-            limit_marker_ttl=self.marker_ttl, replicas=self.replicas,
-            storage=StorageType.MEMORY if self.memory else StorageType.FILE)
+            bucket=self.name,
+            description=self.description,
+            history=1,
+            ttl=self.ttl,
+            limit_marker_ttl=self.marker_ttl,
+            replicas=self.replicas,
+            storage=StorageType.MEMORY if self.memory else StorageType.FILE,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,8 +164,9 @@ def _api_error(code: int, text: str, what: str) -> NatsError:
 def _ack(msg: Msg, what: str) -> int | NatsError:
     """The revision a write got, or why it got none."""
     if msg.headers and msg.headers.get("Status") == "503":
-        return BucketMissingError(f"{what}: no stream answers (the bucket is missing, or "
-                                  "its stream is electing a leader)")
+        return BucketMissingError(
+            f"{what}: no stream answers (the bucket is missing, or its stream is electing a leader)"
+        )
     try:
         answer = json.loads(msg.data)
     except ValueError:
@@ -211,15 +217,21 @@ class Watcher:
             return None
         self.pending = entry.delta or 0
         op = _operation({"KV-Operation": entry.operation} if entry.operation else None)
-        return Entry(key=entry.key, value=entry.value or b"", revision=entry.revision or 0,
-                     operation=op, created=_seconds(entry.created))
+        return Entry(
+            key=entry.key,
+            value=entry.value or b"",
+            revision=entry.revision or 0,
+            operation=op,
+            created=_seconds(entry.created),
+        )
 
 
 class Bucket:
     """An opened bucket. Every method raises NatsError (or a subclass) on failure."""
 
-    def __init__(self, nc: NATS, kv: KeyValue, spec: BucketSpec, config: StreamConfig,
-                 created: str) -> None:
+    def __init__(
+        self, nc: NATS, kv: KeyValue, spec: BucketSpec, config: StreamConfig, created: str
+    ) -> None:
         self._nc = nc
         self._js = nc.jetstream(timeout=API_TIMEOUT)
         self._kv = kv
@@ -252,8 +264,13 @@ class Bucket:
             return None
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             raise _mapped(exc, f"reading {key!r} in {self.name!r}") from exc
-        return Entry(key=key, value=msg.data or b"", revision=msg.seq or 0,
-                     operation=_operation(msg.headers), created=_seconds(msg.time))
+        return Entry(
+            key=key,
+            value=msg.data or b"",
+            revision=msg.seq or 0,
+            operation=_operation(msg.headers),
+            created=_seconds(msg.time),
+        )
 
     async def write(self, write: Write, timeout: float = 5.0) -> int:
         """One write; its revision. Raises WrongRevisionError, BucketMissingError, ..."""
@@ -272,8 +289,11 @@ class Bucket:
                 raise
             return await self.write(Write(key, value, expect=last.revision), timeout)
 
-    async def write_batch(self, writes: Sequence[Write], timeout: float,
-                          ) -> list[int | NatsError]:
+    async def write_batch(
+        self,
+        writes: Sequence[Write],
+        timeout: float,
+    ) -> list[int | NatsError]:
         """Send every write, then collect each answer: a revision or our error, in order.
 
         All writes share one deadline of `timeout` seconds; one reply subject per batch.
@@ -300,8 +320,12 @@ class Bucket:
                 await raw.stop()  # type: ignore[no-untyped-call]
 
 
-async def write_batch(nc: NATS, bucket: str, writes: Sequence[Write], timeout: float,
-                      ) -> list[int | NatsError]:
+async def write_batch(
+    nc: NATS,
+    bucket: str,
+    writes: Sequence[Write],
+    timeout: float,
+) -> list[int | NatsError]:
     """Write to `bucket` on its `$KV.` subjects and collect each answer: a revision or our
     error, in order (nats-py's publish_async never resolves a write the server refuses, so
     the answers are read here). One deadline of `timeout` seconds for the batch. Needs no
@@ -329,8 +353,12 @@ async def write_batch(nc: NATS, bucket: str, writes: Sequence[Write], timeout: f
     try:
         async with asyncio.timeout(timeout):
             for index, write in enumerate(writes):
-                await nc.publish(prefix + write.key, write.value or b"",
-                                       reply=f"{inbox}.{index}", headers=write.headers())
+                await nc.publish(
+                    prefix + write.key,
+                    write.value or b"",
+                    reply=f"{inbox}.{index}",
+                    headers=write.headers(),
+                )
             if writes:
                 await answered.wait()
     except TimeoutError:
@@ -343,8 +371,11 @@ async def write_batch(nc: NATS, bucket: str, writes: Sequence[Write], timeout: f
     return [r if r is not None else failure or NatsError("no answer") for r in results]
 
 
-async def snapshot_of(kv: RawBucket, timeout: float = 30.0, name: str = "?",
-                      ) -> dict[str, Entry]:
+async def snapshot_of(
+    kv: RawBucket,
+    timeout: float = 30.0,
+    name: str = "?",
+) -> dict[str, Entry]:
     """Every key's latest message in a bucket bound by nats-py (`js.key_value(name)`);
     `name` is for messages only (nats-py's KeyValue has no public name)."""
     entries: dict[str, Entry] = {}
@@ -375,8 +406,9 @@ async def snapshot_of(kv: RawBucket, timeout: float = 30.0, name: str = "?",
         # Before TimeoutError: nats-py's own timeout is one too, and says less.
         raise _mapped(exc, f"reading bucket {name!r}") from exc
     except TimeoutError:
-        raise NatsError(f"reading bucket {name!r} took longer than {timeout:g}s; is the NATS "
-                        "server overloaded?") from None
+        raise NatsError(
+            f"reading bucket {name!r} took longer than {timeout:g}s; is the NATS server overloaded?"
+        ) from None
     return entries
 
 
@@ -413,13 +445,21 @@ async def ensure_bucket(nc: NATS, spec: BucketSpec) -> Bucket:
         except nats.js.errors.BadRequestError:
             kv = await js.key_value(spec.name)  # created meanwhile by another bridge
         except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise NatsError(f"cannot create {what}: {_mapped(exc, what)}; check that "
-                            "JetStream is enabled and the user may create it") from exc
-        log.info("kv_bucket_created", bucket=spec.name, replicas=spec.replicas,
-                 storage="memory" if spec.memory else "file")
+            raise NatsError(
+                f"cannot create {what}: {_mapped(exc, what)}; check that "
+                "JetStream is enabled and the user may create it"
+            ) from exc
+        log.info(
+            "kv_bucket_created",
+            bucket=spec.name,
+            replicas=spec.replicas,
+            storage="memory" if spec.memory else "file",
+        )
     except (nats.errors.Error, nats.js.errors.Error) as exc:
-        raise NatsError(f"cannot open {what}: {_mapped(exc, what)}; check that JetStream "
-                        "is enabled and the user's permissions") from exc
+        raise NatsError(
+            f"cannot open {what}: {_mapped(exc, what)}; check that JetStream "
+            "is enabled and the user's permissions"
+        ) from exc
     try:
         info = (await kv.status()).stream_info
     except (nats.errors.Error, nats.js.errors.Error) as exc:
@@ -432,26 +472,40 @@ async def ensure_bucket(nc: NATS, spec: BucketSpec) -> Bucket:
 def _check(spec: BucketSpec, config: StreamConfig) -> None:
     if spec.keeps_records and config.max_age:
         raise BucketSettingsError(
-            "max_age", f"bucket {spec.name!r} has a TTL (max_age {config.max_age:g}s): "
-            "records would expire; remove it or use another BRIDGE_KV_BUCKET")
+            "max_age",
+            f"bucket {spec.name!r} has a TTL (max_age {config.max_age:g}s): "
+            "records would expire; remove it or use another BRIDGE_KV_BUCKET",
+        )
     size = config.max_msg_size
     if size is not None and 0 < size < MIN_VALUE_SIZE:
         raise BucketSettingsError(
-            "max_value_size", f"bucket {spec.name!r} has max_value_size {size} bytes (below "
+            "max_value_size",
+            f"bucket {spec.name!r} has max_value_size {size} bytes (below "
             f"{MIN_VALUE_SIZE}): records would be refused; raise it or use another "
-            "BRIDGE_KV_BUCKET")
+            "BRIDGE_KV_BUCKET",
+        )
     if spec.keeps_records and not config.allow_msg_ttl and (spec.name, "ttl") not in _warned:
         _warned.add((spec.name, "ttl"))
-        log.warning("kv_bucket_without_message_ttl", bucket=spec.name,
-                    effect="departed agents' purge markers do not expire")
+        log.warning(
+            "kv_bucket_without_message_ttl",
+            bucket=spec.name,
+            effect="departed agents' purge markers do not expire",
+        )
     differ = {
         "history": (config.max_msgs_per_subject, 1),
         "replicas": (config.num_replicas, spec.replicas),
-        "storage": (getattr(config.storage, "value", config.storage),
-                    "memory" if spec.memory else "file")}
+        "storage": (
+            getattr(config.storage, "value", config.storage),
+            "memory" if spec.memory else "file",
+        ),
+    }
     differ = {k: v for k, v in differ.items() if v[0] != v[1]}
     said = (spec.name, repr(sorted(differ.items())))
     if differ and said not in _warned:
         _warned.add(said)
-        log.warning("kv_bucket_settings_differ", bucket=spec.name, action="used as it is",
-                    **{k: f"{v[0]} (expected {v[1]})" for k, v in differ.items()})
+        log.warning(
+            "kv_bucket_settings_differ",
+            bucket=spec.name,
+            action="used as it is",
+            **{k: f"{v[0]} (expected {v[1]})" for k, v in differ.items()},
+        )

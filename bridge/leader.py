@@ -70,17 +70,30 @@ def bridge_identity() -> str:
 class LeaderElection:
     """Runs the election; `is_leader` is set while this bridge leads, `lost` when it stops."""
 
-    def __init__(self, nc: NATS, names: Names, *, identity: str | None = None,
-                 replicas: int = 1, metrics: Metrics | None = None,
-                 lease: float = LEASE, retry: float = RETRY) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        names: Names,
+        *,
+        identity: str | None = None,
+        replicas: int = 1,
+        metrics: Metrics | None = None,
+        lease: float = LEASE,
+        retry: float = RETRY,
+    ) -> None:
         self._nc = nc
         self.identity = identity or bridge_identity()
         self._metrics = metrics
         self._lease = lease
         self._retry = retry
-        self.spec = BucketSpec(name=names.leader_bucket, ttl=lease, memory=True,
-                               replicas=replicas, keeps_records=False,
-                               description="chorus-bridge: leader lease")
+        self.spec = BucketSpec(
+            name=names.leader_bucket,
+            ttl=lease,
+            memory=True,
+            replicas=replicas,
+            keeps_records=False,
+            description="chorus-bridge: leader lease",
+        )
         self._bucket: Bucket | None = None
         self._revision = 0
         self._since = ""
@@ -118,8 +131,9 @@ class LeaderElection:
             return 0.1 if not self._failing else RENEW_RETRY
         except NatsError as exc:
             if not self._failing:
-                log.warning("leader_lease_unreachable", error=str(exc),
-                            leading=self.is_leader.is_set())
+                log.warning(
+                    "leader_lease_unreachable", error=str(exc), leading=self.is_leader.is_set()
+                )
             self._failing = True
             if self.is_leader.is_set():
                 if self._now() < self._valid_until - MARGIN:
@@ -144,8 +158,9 @@ class LeaderElection:
         return asyncio.get_running_loop().time()
 
     def _value(self) -> bytes:
-        return msgspec.json.encode(Lease(bridge_id=self.identity, since=self._since,
-                                         renewed_at=now_rfc3339()))
+        return msgspec.json.encode(
+            Lease(bridge_id=self.identity, since=self._since, renewed_at=now_rfc3339())
+        )
 
     async def _campaign(self, bucket: Bucket) -> None:
         started = self._now()
@@ -180,7 +195,8 @@ class LeaderElection:
         try:
             self._revision = await bucket.write(
                 Write(LEADER_KEY, self._value(), expect=self._revision),
-                timeout=max(0.5, self._valid_until - started - MARGIN))
+                timeout=max(0.5, self._valid_until - started - MARGIN),
+            )
         except WrongRevisionError:
             # Nobody may hold it (the bucket was created again, the key expired): then take
             # it again at once; else another bridge leads.
@@ -232,8 +248,9 @@ class LeaderElection:
         self._become(False)
         if self._bucket is not None:
             with contextlib.suppress(NatsError):
-                await self._bucket.write(Write(LEADER_KEY, None, expect=self._revision),
-                                         timeout=2.0)
+                await self._bucket.write(
+                    Write(LEADER_KEY, None, expect=self._revision), timeout=2.0
+                )
                 log.info("leader_resigned", me=self.identity)
 
     def _become(self, leader: bool) -> None:

@@ -26,16 +26,17 @@ def configure_logging(fmt: Literal["json", "console"], level: str) -> None:
     """Configure structlog once, at the command's start. Logs go to stderr so that a command's
     own output on stdout (tables, JSON) stays clean."""
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             redact_urls,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.dict_tracebacks if fmt == "json"
-            else structlog.dev.set_exc_info,
+            structlog.processors.dict_tracebacks if fmt == "json" else structlog.dev.set_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),

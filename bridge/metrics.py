@@ -35,8 +35,17 @@ ROUND_OUTCOMES = ("ok", "fallback", "failed")
 SOURCES = ("swarm", "dns", "static")
 EVENTS = ("joined", "updated", "left")
 # DockerAPIError.kind (bridge/errors.py).
-DOCKER_ERROR_KINDS = ("socket_missing", "permission_denied", "not_manager", "service_not_found",
-                      "server_error", "bad_response", "timeout", "unreachable", "api_error")
+DOCKER_ERROR_KINDS = (
+    "socket_missing",
+    "permission_denied",
+    "not_manager",
+    "service_not_found",
+    "server_error",
+    "bad_response",
+    "timeout",
+    "unreachable",
+    "api_error",
+)
 KV_WRITES = (("put", "ok"), ("put", "error"), ("delete", "ok"), ("delete", "error"))
 BROADCAST_OUTCOMES = ("ok", "refused", "error")
 DELIVERIES = (("bus", "ok"), ("http", "ok"), ("any", "failed"))
@@ -48,41 +57,75 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.rounds = Counter("chorus_bridge_discovery_rounds_total",
-                              "Discovery rounds, by method and outcome",
-                              ["method", "outcome"], registry=r)
+        self.rounds = Counter(
+            "chorus_bridge_discovery_rounds_total",
+            "Discovery rounds, by method and outcome",
+            ["method", "outcome"],
+            registry=r,
+        )
         self.round_duration = Histogram(
-            "chorus_bridge_discovery_round_duration_seconds", "Duration of a discovery round",
-            ["method"], registry=r,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-        self.agents = Gauge("chorus_bridge_agents", "Agents in the bucket, by source",
-                            ["source"], registry=r)
-        self.agents_on_bus = Gauge("chorus_bridge_agents_on_bus", "Agents present on the bus",
-                                   registry=r)
-        self.changes = Counter("chorus_bridge_agent_changes_total",
-                               "Agents joined, updated and left", ["event"], registry=r)
-        self.docker_errors = Counter("chorus_bridge_docker_api_errors_total",
-                                     "Docker API errors, by kind", ["kind"], registry=r)
-        self.kv_writes = Counter("chorus_bridge_kv_writes_total",
-                                 "Writes to the agents bucket, by operation and outcome",
-                                 ["op", "outcome"], registry=r)
-        self.broadcasts = Counter("chorus_bridge_broadcasts_total",
-                                  "Broadcast requests, by outcome", ["outcome"], registry=r)
-        self.deliveries = Counter("chorus_bridge_deliveries_total",
-                                  "Deliveries of opportunities, by path and outcome",
-                                  ["path", "outcome"], registry=r)
+            "chorus_bridge_discovery_round_duration_seconds",
+            "Duration of a discovery round",
+            ["method"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.agents = Gauge(
+            "chorus_bridge_agents", "Agents in the bucket, by source", ["source"], registry=r
+        )
+        self.agents_on_bus = Gauge(
+            "chorus_bridge_agents_on_bus", "Agents present on the bus", registry=r
+        )
+        self.changes = Counter(
+            "chorus_bridge_agent_changes_total",
+            "Agents joined, updated and left",
+            ["event"],
+            registry=r,
+        )
+        self.docker_errors = Counter(
+            "chorus_bridge_docker_api_errors_total",
+            "Docker API errors, by kind",
+            ["kind"],
+            registry=r,
+        )
+        self.kv_writes = Counter(
+            "chorus_bridge_kv_writes_total",
+            "Writes to the agents bucket, by operation and outcome",
+            ["op", "outcome"],
+            registry=r,
+        )
+        self.broadcasts = Counter(
+            "chorus_bridge_broadcasts_total",
+            "Broadcast requests, by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "chorus_bridge_deliveries_total",
+            "Deliveries of opportunities, by path and outcome",
+            ["path", "outcome"],
+            registry=r,
+        )
         self.http_latency = Histogram(
             "chorus_bridge_http_delivery_duration_seconds",
-            "Latency of one HTTP delivery to an agent", registry=r,
-            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-        self.leader = Gauge("chorus_bridge_leader", "1 when this bridge is the leader",
-                            registry=r)
-        self.nats_connected = Gauge("chorus_bridge_nats_connected",
-                                    "1 while connected to NATS", registry=r)
-        self.build = Info("chorus_bridge_build", "Version of the bridge and of its runtime",
-                          registry=r)
-        self.build.info({"version": _version(), "python": platform.python_version(),
-                         "nats_py": _version("nats-py")})
+            "Latency of one HTTP delivery to an agent",
+            registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.leader = Gauge("chorus_bridge_leader", "1 when this bridge is the leader", registry=r)
+        self.nats_connected = Gauge(
+            "chorus_bridge_nats_connected", "1 while connected to NATS", registry=r
+        )
+        self.build = Info(
+            "chorus_bridge_build", "Version of the bridge and of its runtime", registry=r
+        )
+        self.build.info(
+            {
+                "version": _version(),
+                "python": platform.python_version(),
+                "nats_py": _version("nats-py"),
+            }
+        )
         self._register_runtime(r)
         self._start_at_zero()
 

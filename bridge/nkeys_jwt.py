@@ -162,8 +162,9 @@ class CurveKey:
 
     def _box(self, peer: str) -> nacl.public.Box:
         try:
-            return nacl.public.Box(self._private,
-                                   nacl.public.PublicKey(_decode_public(peer, _PREFIX_CURVE)))
+            return nacl.public.Box(
+                self._private, nacl.public.PublicKey(_decode_public(peer, _PREFIX_CURVE))
+            )
         except CalloutKeyError:
             raise CalloutRequestError(f"{peer[:12]}... is not a curve public key") from None
 
@@ -172,10 +173,11 @@ class CurveKey:
         if not sealed.startswith(_XKEY_VERSION) or len(sealed) <= len(_XKEY_VERSION) + _NONCE:
             raise CalloutRequestError("not a sealed xkv1 message")
         try:
-            return self._box(sender).decrypt(sealed[len(_XKEY_VERSION):])
+            return self._box(sender).decrypt(sealed[len(_XKEY_VERSION) :])
         except nacl.exceptions.CryptoError:
-            raise CalloutRequestError("the sealed message does not open with this key "
-                                      "(a different xkey on the server?)") from None
+            raise CalloutRequestError(
+                "the sealed message does not open with this key (a different xkey on the server?)"
+            ) from None
 
     def seal(self, message: bytes, recipient: str) -> bytes:
         """`message` sealed to `recipient` (an "X..." key)."""

@@ -29,8 +29,7 @@ log = structlog.get_logger(__name__)
 class DiscoveryPipeline:
     """Runs rounds and folds each into the roster and the bucket, until cancelled."""
 
-    def __init__(self, settings: Settings, discoverer: Discoverer,
-                 registry: AgentRegistry) -> None:
+    def __init__(self, settings: Settings, discoverer: Discoverer, registry: AgentRegistry) -> None:
         self._settings = settings
         self._discoverer = discoverer
         self._registry = registry
@@ -54,14 +53,22 @@ class DiscoveryPipeline:
         self.rounds += 1
         # Healthy means the configured source answered: a DNS fallback keeps the bucket
         # useful, but a broken Docker API must still show on /healthz.
-        if (result.error is None) if result.swarm_expected else bool(
-                result.dns and result.dns.complete):
+        if (
+            (result.error is None)
+            if result.swarm_expected
+            else bool(result.dns and result.dns.complete)
+        ):
             self.last_success = asyncio.get_running_loop().time()
         if synced.writes or synced.failed:
-            log.info("agents_changed", joined=synced.joined, updated=synced.updated,
-                     left=synced.left, failed_writes=synced.failed,
-                     agents=len(self._registry.published),
-                     round_ms=round(result.duration_s * 1000, 1))
+            log.info(
+                "agents_changed",
+                joined=synced.joined,
+                updated=synced.updated,
+                left=synced.left,
+                failed_writes=synced.failed,
+                agents=len(self._registry.published),
+                round_ms=round(result.duration_s * 1000, 1),
+            )
         self.first_round.set()
         return result
 
@@ -73,8 +80,11 @@ class DiscoveryPipeline:
             self._wake.clear()
             result = await self.run_round(roster)
             delay = self._followups.after_round(
-                result.not_running, loop.time(), round_s=result.duration_s,
-                failed=result.swarm_expected and result.swarm is None)
+                result.not_running,
+                loop.time(),
+                round_s=result.duration_s,
+                failed=result.swarm_expected and result.swarm is None,
+            )
             self._note_stuck(result)
             await self._wait(delay)
 
@@ -88,11 +98,14 @@ class DiscoveryPipeline:
         without_address = set(result.swarm.without_address)
         for task_id in sorted(waiting - self._reported):
             since = self._followups.waiting_since(task_id)
-            log.warning("task_not_running", task_id=task_id,
-                        reason="no address" if task_id in without_address else "not running",
-                        networks=",".join(self._settings.network_names) or "(any)",
-                        waiting_s=None if since is None else round(now - since, 1),
-                        recheck_s=self._settings.poll_interval)
+            log.warning(
+                "task_not_running",
+                task_id=task_id,
+                reason="no address" if task_id in without_address else "not running",
+                networks=",".join(self._settings.network_names) or "(any)",
+                waiting_s=None if since is None else round(now - since, 1),
+                recheck_s=self._settings.poll_interval,
+            )
             self._reported.add(task_id)
 
     async def _wait(self, delay: float) -> None:

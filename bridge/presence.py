@@ -54,17 +54,25 @@ def match_presence(agents: Iterable[Agent], present: Iterable[str]) -> Matched:
     if not present:  # nobody on the bus: no need to index thousands of agents
         return Matched(on_bus=frozenset(), bus_only=())
     ids = {a.id for a in agents}
-    return Matched(on_bus=frozenset(k for k in present if k in ids),
-                   bus_only=tuple(sorted(k for k in present if k not in ids)))
+    return Matched(
+        on_bus=frozenset(k for k in present if k in ids),
+        bus_only=tuple(sorted(k for k in present if k not in ids)),
+    )
 
 
 class Presence:
     """The live presence entries, kept current by a watch; `on_change()` is called (on the
     event loop) whenever the set of live entries changes."""
 
-    def __init__(self, nc: NATS, names: Names, *, replicas: int = 1,
-                 ttl: float = PRESENCE_TTL, on_change: Callable[[], None] = lambda: None,
-                 ) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        names: Names,
+        *,
+        replicas: int = 1,
+        ttl: float = PRESENCE_TTL,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
         self._nc = nc
         self._names = names
         self._replicas = replicas
@@ -74,10 +82,15 @@ class Presence:
         self._changed = on_change
 
     def bucket_spec(self) -> BucketSpec:
-        return BucketSpec(name=self._names.presence_bucket, ttl=self._ttl,
-                          marker_ttl=MARKER_TTL, memory=True, replicas=self._replicas,
-                          keeps_records=False,
-                          description="chorus-bridge: agents present on the bus")
+        return BucketSpec(
+            name=self._names.presence_bucket,
+            ttl=self._ttl,
+            marker_ttl=MARKER_TTL,
+            memory=True,
+            replicas=self._replicas,
+            keeps_records=False,
+            description="chorus-bridge: agents present on the bus",
+        )
 
     def bucket_config(self) -> BucketConfig:
         """nats-py's KeyValueConfig of the bucket (for tooling that creates it)."""
@@ -90,8 +103,10 @@ class Presence:
         except BucketSettingsError:
             raise
         except NatsError as exc:
-            raise NatsError(f"cannot open the presence bucket {self._names.presence_bucket!r}: "
-                            f"{exc} (limit markers need nats-server 2.11 or later)") from exc
+            raise NatsError(
+                f"cannot open the presence bucket {self._names.presence_bucket!r}: "
+                f"{exc} (limit markers need nats-server 2.11 or later)"
+            ) from exc
 
     def entries(self) -> dict[str, PresenceEntry]:
         """Entries received within the TTL, by key (the agent id)."""

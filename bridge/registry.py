@@ -78,18 +78,27 @@ class AgentRegistry:
     `problem` says why the bucket cannot be written now (a refused setting or write), or None.
     """
 
-    def __init__(self, nc: NATS, names: Names, *, replicas: int = 1,
-                 metrics: Metrics | None = None, fence: Fence = _no_fence,
-                 marker_ttl: int = PURGE_MARKER_TTL,
-                 bus_ids: Callable[[Iterable[Agent]], AbstractSet[str]] = lambda _a: frozenset(),
-                 ) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        names: Names,
+        *,
+        replicas: int = 1,
+        metrics: Metrics | None = None,
+        fence: Fence = _no_fence,
+        marker_ttl: int = PURGE_MARKER_TTL,
+        bus_ids: Callable[[Iterable[Agent]], AbstractSet[str]] = lambda _a: frozenset(),
+    ) -> None:
         self._nc = nc
         self._marker_ttl = marker_ttl
         self._names = names
         self._metrics = metrics
         self._fence = fence
-        self.spec = BucketSpec(name=names.agents_bucket, replicas=replicas,
-                               description="chorus-bridge: agents found by discovery")
+        self.spec = BucketSpec(
+            name=names.agents_bucket,
+            replicas=replicas,
+            description="chorus-bridge: agents found by discovery",
+        )
         self._lock = asyncio.Lock()
         self._view = AgentsBucket(nc, self.spec)
         self._desired: dict[str, Agent] = {}
@@ -127,8 +136,9 @@ class AgentRegistry:
 
     def _record(self, agent: Agent, on_bus: bool, now: str) -> Agent:
         previous = self.published.get(agent.id)
-        first_seen = previous.first_seen if previous and previous.first_seen else (
-            agent.first_seen or now)
+        first_seen = (
+            previous.first_seen if previous and previous.first_seen else (agent.first_seen or now)
+        )
         return msgspec.structs.replace(agent, on_bus=on_bus, first_seen=first_seen)
 
     async def sync(self, desired: Mapping[str, Agent] | None = None) -> SyncResult:
@@ -190,8 +200,7 @@ class AgentRegistry:
         # A set difference: at 10,000 agents, looking each key up in Python costs more.
         for key in sorted(published.keys() - self._desired.keys()):
             plan.append((published[key], None, key))
-        plan += [(None, None, key)
-                 for key in sorted(self._view.invalid - self._desired.keys())]
+        plan += [(None, None, key) for key in sorted(self._view.invalid - self._desired.keys())]
         return plan
 
     async def _sync_once(self) -> SyncResult:
@@ -201,21 +210,27 @@ class AgentRegistry:
         try:
             await self._fence()
         except LeaseLostError as exc:
-            log.warning("kv_write_fenced", bucket=self.spec.name, writes=len(plan),
-                        reason=str(exc))
+            log.warning("kv_write_fenced", bucket=self.spec.name, writes=len(plan), reason=str(exc))
             return SyncResult(failed=len(plan))
         bucket, revisions = self._view.bucket, self._view.revisions
         assert bucket is not None
         purge_ttl = self._marker_ttl if bucket.msg_ttl else None
-        writes = [Write(key, None if record is None else encode(record),
-                        expect=revisions.get(key, 0), purge_ttl=purge_ttl)
-                  for _previous, record, key in plan]
+        writes = [
+            Write(
+                key,
+                None if record is None else encode(record),
+                expect=revisions.get(key, 0),
+                purge_ttl=purge_ttl,
+            )
+            for _previous, record, key in plan
+        ]
         timeout = min(ACK_TIMEOUT, ACK_TIMEOUT_MIN + len(writes) / 1000)
         results = await bucket.write_batch(writes, timeout)
         return await self._apply(plan, results)
 
-    async def _apply(self, plan: list[tuple[Agent | None, Agent | None, str]],
-                     results: list[int | NatsError]) -> SyncResult:
+    async def _apply(
+        self, plan: list[tuple[Agent | None, Agent | None, str]], results: list[int | NatsError]
+    ) -> SyncResult:
         joined = updated = left = 0
         failures: list[tuple[str, NatsError]] = []
         at = now_rfc3339()  # one timestamp per batch: one per agent shows at 10,000
@@ -252,18 +267,33 @@ class AgentRegistry:
         refused = next((e for _k, e in failures if isinstance(e, WriteRefusedError)), None)
         if refused is not None and view.problem != str(refused):
             view.problem = str(refused)
-            log.error("kv_write_refused", bucket=self.spec.name, key=key, error=str(refused),
-                      failed=len(failures))
+            log.error(
+                "kv_write_refused",
+                bucket=self.spec.name,
+                key=key,
+                error=str(refused),
+                failed=len(failures),
+            )
         elif any(not isinstance(e, WrongRevisionError) for _k, e in failures):
             # /healthz says so while writes fail; one line when it starts, one when the
             # next batch goes through (kv_writes_recovered).
             if view.problem is None:
-                log.warning("kv_write_failed", bucket=self.spec.name, key=key,
-                            error=str(first), failed=len(failures), retry=True)
+                log.warning(
+                    "kv_write_failed",
+                    bucket=self.spec.name,
+                    key=key,
+                    error=str(first),
+                    failed=len(failures),
+                    retry=True,
+                )
             view.problem = f"writes to bucket {self.spec.name!r} are failing: {first}"
         else:
-            log.info("kv_write_conflict", bucket=self.spec.name, keys=len(failures),
-                     action="re-read and written again")
+            log.info(
+                "kv_write_conflict",
+                bucket=self.spec.name,
+                keys=len(failures),
+                action="re-read and written again",
+            )
         stale = [k for k, e in failures if isinstance(e, WrongRevisionError)]
         if stale and view.bucket is not None:
             await view.reread(stale)
@@ -301,8 +331,9 @@ class AgentRegistry:
 
     def _count_write(self, delete: bool, *, ok: bool) -> None:
         if self._metrics is not None:
-            self._metrics.kv_writes.labels(op="delete" if delete else "put",
-                                           outcome="ok" if ok else "error").inc()
+            self._metrics.kv_writes.labels(
+                op="delete" if delete else "put", outcome="ok" if ok else "error"
+            ).inc()
 
     async def _announce(self, event: AnnounceEvent, agent: Agent, at: str) -> None:
         if self._metrics is not None:

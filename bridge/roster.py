@@ -38,8 +38,9 @@ class Roster:
         held = {a.address for a in self.agents.values() if a.source == "swarm"}
         return held | self._task_addresses
 
-    def apply(self, *, swarm: SwarmRound | None, dns: DnsRound | None,
-              swarm_expected: bool) -> None:
+    def apply(
+        self, *, swarm: SwarmRound | None, dns: DnsRound | None, swarm_expected: bool
+    ) -> None:
         """Fold one round in.
 
         swarm: the Swarm round's result, or None when it failed or did not run.

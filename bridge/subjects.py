@@ -54,7 +54,7 @@ class Names:
         """The agent id an ack (`kind="acks"`) or claim subject names, or None if `subject`
         is not one of that opportunity's."""
         head = f"{self.prefix}.council.{opportunity_id}.{kind}."
-        agent_id = subject[len(head):] if subject.startswith(head) else ""
+        agent_id = subject[len(head) :] if subject.startswith(head) else ""
         return agent_id if agent_id and "." not in agent_id else None
 
     @property

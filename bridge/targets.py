@@ -33,11 +33,12 @@ def plan_targets(agents: Iterable[Agent], present: Iterable[str]) -> list[Target
     its id is a present key), then each present key that is no discovered agent, with no
     endpoint. Nothing a presence entry says inside is used (DESIGN.md, "Trust")."""
     present = set(present)
-    targets = [Target(agent_id=a.id, endpoint=a.endpoint, on_bus=a.id in present,
-                      healthy=a.healthy) for a in agents]
+    targets = [
+        Target(agent_id=a.id, endpoint=a.endpoint, on_bus=a.id in present, healthy=a.healthy)
+        for a in agents
+    ]
     known = {t.agent_id for t in targets}
-    targets += [Target(agent_id=key, endpoint=None, on_bus=True)
-                for key in sorted(present - known)]
+    targets += [Target(agent_id=key, endpoint=None, on_bus=True) for key in sorted(present - known)]
     return targets
 
 

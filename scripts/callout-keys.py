@@ -34,12 +34,18 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 64
     directory = Path(argv[1])
-    names = ["callout_issuer_seed", "callout_xkey_seed", "callout_issuer_public",
-             "callout_xkey_public"]
+    names = [
+        "callout_issuer_seed",
+        "callout_xkey_seed",
+        "callout_issuer_public",
+        "callout_xkey_public",
+    ]
     present = [n for n in names if (directory / n).exists()]
     if present:
-        print(f"callout-keys: {directory} already has {', '.join(present)}; kept as they are",
-              file=sys.stderr)
+        print(
+            f"callout-keys: {directory} already has {', '.join(present)}; kept as they are",
+            file=sys.stderr,
+        )
         return 1
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     issuer, xkey = new_seed("account"), new_seed("curve")

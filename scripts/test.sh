@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command: sets up .venv, brings up the real Docker Swarm the swarm tests
-# use (as root), builds the stack's images, then runs ruff, mypy, import-linter and pytest.
+# use (as root), builds the stack's images, then runs ruff (lint and format), mypy, import-linter and pytest.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k nats_conf -x`.
 #
 # Environment:
@@ -94,8 +94,9 @@ setup_js
 setup_swarm
 
 failed=()
-say "ruff check ."
+say "ruff check . && ruff format --check ."
 ruff check . || failed+=(ruff)
+ruff format --check . || failed+=(ruff-format)
 say "mypy"
 mypy || failed+=(mypy)
 say "lint-imports (the import contracts in pyproject.toml)"

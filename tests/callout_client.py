@@ -111,15 +111,25 @@ class RawClient:
 
 
 @contextlib.asynccontextmanager
-async def raw_connect(port: int, *, source: str, user: str, password: str, name: str = "",
-                      host: str = "127.0.0.1") -> AsyncIterator[RawClient]:
+async def raw_connect(
+    port: int, *, source: str, user: str, password: str, name: str = "", host: str = "127.0.0.1"
+) -> AsyncIterator[RawClient]:
     """A client connected from `source` (a loopback address); Refused if the server says no."""
     reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
     client = RawClient(reader, writer)
     try:
-        await client._handshake({"verbose": False, "pedantic": False, "user": user,
-                                 "pass": password, "name": name, "lang": "raw",
-                                 "version": "0", "protocol": 1})
+        await client._handshake(
+            {
+                "verbose": False,
+                "pedantic": False,
+                "user": user,
+                "pass": password,
+                "name": name,
+                "lang": "raw",
+                "version": "0",
+                "protocol": 1,
+            }
+        )
         yield client
     finally:
         await client.close()

@@ -18,8 +18,13 @@ from bridge.nkeys_jwt import CurveKey, SigningKey, new_seed
 from tests.callout_client import RawClient, Refused, raw_connect
 
 ROOT = Path(__file__).resolve().parents[1]
-PASSWORDS = {"BRIDGE_PASS": "bridge-secret", "AGENT_PASS": "agent-secret",
-             "COORD_PASS": "coord-secret", "OPS_PASS": "ops-secret", "SYS_PASS": "sys-secret"}
+PASSWORDS = {
+    "BRIDGE_PASS": "bridge-secret",
+    "AGENT_PASS": "agent-secret",
+    "COORD_PASS": "coord-secret",
+    "OPS_PASS": "ops-secret",
+    "SYS_PASS": "sys-secret",
+}
 AGENT_PASSWORD = PASSWORDS["AGENT_PASS"]
 
 
@@ -37,9 +42,13 @@ class CalloutFiles:
 def make_keys(directory: Path) -> CalloutFiles:
     directory.mkdir(parents=True, exist_ok=True)
     issuer, xkey = new_seed("account"), new_seed("curve")
-    files = CalloutFiles(issuer_seed=directory / "issuer.seed", xkey_seed=directory / "xkey.seed",
-                         agent_password=directory / "agent.password",
-                         issuer=SigningKey(issuer).public_key, xkey=CurveKey(xkey).public_key)
+    files = CalloutFiles(
+        issuer_seed=directory / "issuer.seed",
+        xkey_seed=directory / "xkey.seed",
+        agent_password=directory / "agent.password",
+        issuer=SigningKey(issuer).public_key,
+        xkey=CurveKey(xkey).public_key,
+    )
     files.issuer_seed.write_bytes(issuer + b"\n")
     files.xkey_seed.write_bytes(xkey + b"\n")
     files.agent_password.write_text(AGENT_PASSWORD + "\n")
@@ -65,29 +74,45 @@ def write_confs(directory: Path, *, xkey: bool = True) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def callout_server(directory: Path, files: CalloutFiles, *, xkey: bool = True,
-                         ) -> AsyncIterator[EmbeddedNats]:
+async def callout_server(
+    directory: Path,
+    files: CalloutFiles,
+    *,
+    xkey: bool = True,
+) -> AsyncIterator[EmbeddedNats]:
     conf = write_confs(directory, xkey=xkey)
     env = {**PASSWORDS, "CALLOUT_ISSUER": files.issuer, "CALLOUT_XKEY": files.xkey}
-    async with EmbeddedNats(port=0, store_dir=directory / "nats", config_file=conf,
-                            env=env) as server:
+    async with EmbeddedNats(
+        port=0, store_dir=directory / "nats", config_file=conf, env=env
+    ) as server:
         yield server
 
 
 def bridge_settings(base: Settings, files: CalloutFiles, *, xkey: bool = True) -> Settings:
     """A bridge of the stack's names, as the `bridge` user, serving the callout."""
-    return base.replace(subject_prefix="chorus", kv_bucket="chorus_agents",
-                        nats_user="bridge", nats_password=PASSWORDS["BRIDGE_PASS"],
-                        auth_callout=True, callout_issuer_seed=str(files.issuer_seed),
-                        callout_xkey_seed=str(files.xkey_seed) if xkey else None,
-                        callout_agent_password_file=str(files.agent_password))
+    return base.replace(
+        subject_prefix="chorus",
+        kv_bucket="chorus_agents",
+        nats_user="bridge",
+        nats_password=PASSWORDS["BRIDGE_PASS"],
+        auth_callout=True,
+        callout_issuer_seed=str(files.issuer_seed),
+        callout_xkey_seed=str(files.xkey_seed) if xkey else None,
+        callout_agent_password_file=str(files.agent_password),
+    )
 
 
 async def user(server: EmbeddedNats, name: str, variable: str, inbox: str = "") -> NATS:
     """A nats-py client of one of nats.conf's users (from 127.0.0.1)."""
     options = {"inbox_prefix": inbox} if inbox else {}
-    return await nats.connect(server.url, user=name, password=PASSWORDS[variable],
-                              max_reconnect_attempts=1, connect_timeout=3, **options)
+    return await nats.connect(
+        server.url,
+        user=name,
+        password=PASSWORDS[variable],
+        max_reconnect_attempts=1,
+        connect_timeout=3,
+        **options,
+    )
 
 
 def port_of(server: EmbeddedNats) -> int:
@@ -95,16 +120,18 @@ def port_of(server: EmbeddedNats) -> int:
 
 
 @contextlib.asynccontextmanager
-async def admitted(server: EmbeddedNats, source: str, *, password: str = AGENT_PASSWORD,
-                   timeout: float = 15.0) -> AsyncIterator[RawClient]:
+async def admitted(
+    server: EmbeddedNats, source: str, *, password: str = AGENT_PASSWORD, timeout: float = 15.0
+) -> AsyncIterator[RawClient]:
     """An agent connection from `source`, retried until the callout admits it (the bridge
     needs its first discovery round and its watch of the bucket); fails after `timeout`."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         try:
-            async with raw_connect(port_of(server), source=source, user="agent",
-                                   password=password) as client:
+            async with raw_connect(
+                port_of(server), source=source, user="agent", password=password
+            ) as client:
                 yield client
                 return
         except Refused:
@@ -113,12 +140,12 @@ async def admitted(server: EmbeddedNats, source: str, *, password: str = AGENT_P
             await asyncio.sleep(0.2)
 
 
-async def refused(server: EmbeddedNats, source: str, *, user_name: str = "agent",
-                  password: str = AGENT_PASSWORD) -> str:
+async def refused(
+    server: EmbeddedNats, source: str, *, user_name: str = "agent", password: str = AGENT_PASSWORD
+) -> str:
     """The server's refusal of a connection from `source`; AssertionError if it admits it."""
     try:
-        async with raw_connect(port_of(server), source=source, user=user_name,
-                               password=password):
+        async with raw_connect(port_of(server), source=source, user=user_name, password=password):
             pass
     except Refused as exc:
         return str(exc)

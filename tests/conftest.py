@@ -58,8 +58,12 @@ async def announcements(nc: NATS, settings: Settings) -> list[Announcement]:
     return seen
 
 
-async def wait_for(predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0,
-                   interval: float = 0.02, what: str = "condition") -> None:
+async def wait_for(
+    predicate: Callable[[], bool | Awaitable[bool]],
+    timeout: float = 5.0,
+    interval: float = 0.02,
+    what: str = "condition",
+) -> None:
     """Wait until `predicate` holds, failing after `timeout` seconds (no bare sleeps)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -75,7 +79,6 @@ async def wait_for(predicate: Callable[[], bool | Awaitable[bool]], timeout: flo
 
 
 # --- an emulated Docker Engine, a loopback DNS server, and a bridge running in-process ---
-
 
 
 @pytest.fixture
@@ -111,10 +114,17 @@ def dns_discovery(settings: Settings, server: DnsTestServer) -> DnsDiscovery:
 def settings(docker_api: DockerEmulator, unique: str) -> Settings:
     """Settings of a bridge on the emulator, with names of its own and a slow poll (so a
     change seen quickly was seen through events)."""
-    return Settings(docker_host=docker_api.base_url, discovery_method="swarm",
-                    subject_prefix=f"t{unique}", kv_bucket=f"agents_{unique}",
-                    poll_interval=60.0, listen_host="127.0.0.1", listen_port=0,
-                    docker_timeout=1.0, dns_names=())
+    return Settings(
+        docker_host=docker_api.base_url,
+        discovery_method="swarm",
+        subject_prefix=f"t{unique}",
+        kv_bucket=f"agents_{unique}",
+        poll_interval=60.0,
+        listen_host="127.0.0.1",
+        listen_port=0,
+        docker_timeout=1.0,
+        dns_names=(),
+    )
 
 
 async def rounds_pass(running: RunningBridge, count: int = 2) -> None:
@@ -124,8 +134,7 @@ async def rounds_pass(running: RunningBridge, count: int = 2) -> None:
         target = pipeline.rounds + 1
         pipeline.trigger()
         # B023: awaited within this iteration, so the lambda sees this iteration's target.
-        await wait_for(lambda: pipeline.rounds >= target, timeout=10,  # noqa: B023
-                       what="a round")
+        await wait_for(lambda: pipeline.rounds >= target, timeout=10, what="a round")  # noqa: B023
 
 
 class RunningBridge:
@@ -140,13 +149,15 @@ class RunningBridge:
             await self.task
 
 
-async def unless_stopped(task: asyncio.Task[None], awaitable: Awaitable[object],
-                         what: str, timeout: float = 15.0) -> None:
+async def unless_stopped(
+    task: asyncio.Task[None], awaitable: Awaitable[object], what: str, timeout: float = 15.0
+) -> None:
     """Wait for `awaitable`, unless the bridge's task ends first (its error is raised then)."""
     waiter = asyncio.ensure_future(awaitable)
     try:
-        done, _ = await asyncio.wait({task, waiter}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {task, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
         waiter.cancel()
     if waiter in done:
@@ -158,9 +169,14 @@ async def unless_stopped(task: asyncio.Task[None], awaitable: Awaitable[object],
 
 
 @contextlib.asynccontextmanager
-async def run_bridge(settings: Settings, url: str, *, dns: DnsDiscovery | None = None,
-                     follow_events: bool = True,
-                     first_round: bool = True) -> AsyncIterator[RunningBridge]:
+async def run_bridge(
+    settings: Settings,
+    url: str,
+    *,
+    dns: DnsDiscovery | None = None,
+    follow_events: bool = True,
+    first_round: bool = True,
+) -> AsyncIterator[RunningBridge]:
     """Start a bridge and wait until it is ready and (first_round) a leader's first round is
     done; a standby has none: pass first_round=False."""
     stop = asyncio.Event()

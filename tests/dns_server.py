@@ -84,8 +84,12 @@ class DnsTestServer:
                 return self
         raise RuntimeError("could not bind UDP and TCP on one free loopback port")
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self._close()
 
     async def _bind(self) -> None:
@@ -94,8 +98,8 @@ class DnsTestServer:
         port = tcp.sockets[0].getsockname()[1]
         try:
             udp, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self), local_addr=(self.host, port),
-                family=socket.AF_INET)
+                lambda: _UdpProtocol(self), local_addr=(self.host, port), family=socket.AF_INET
+            )
         except OSError:
             tcp.close()
             await tcp.wait_closed()
@@ -111,8 +115,7 @@ class DnsTestServer:
             self._tcp.close()
             await self._tcp.wait_closed()
 
-    async def _serve_tcp(self, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter) -> None:
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
         try:
             while True:
@@ -139,16 +142,18 @@ class DnsTestServer:
             return None
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA
-        rcodes = {"nxdomain": dns.rcode.NXDOMAIN, "servfail": dns.rcode.SERVFAIL,
-                  "refused": dns.rcode.REFUSED}
+        rcodes = {
+            "nxdomain": dns.rcode.NXDOMAIN,
+            "servfail": dns.rcode.SERVFAIL,
+            "refused": dns.rcode.REFUSED,
+        }
         if behaviour in rcodes:
             response.set_rcode(rcodes[behaviour])
             return response.to_wire()
         addresses = _of_type(self.records.get(key, []), question.rdtype)
         if not udp or not self.truncate_udp:
             return _with_answer(response, question.name, question.rdtype, addresses)
-        return _truncated(response, question.name, question.rdtype, addresses,
-                          set_tc=self.set_tc)
+        return _truncated(response, question.name, question.rdtype, addresses, set_tc=self.set_tc)
 
 
 def _key(name: str) -> str:
@@ -160,17 +165,27 @@ def _of_type(addresses: list[str], rdtype: int) -> list[str]:
     return [a for a in addresses if ipaddress.ip_address(a).version == version]
 
 
-def _with_answer(response: dns.message.Message, name: dns.name.Name, rdtype: int,
-                 addresses: list[str]) -> bytes:
+def _with_answer(
+    response: dns.message.Message, name: dns.name.Name, rdtype: int, addresses: list[str]
+) -> bytes:
     response.answer = []
     if addresses:
-        response.answer.append(dns.rrset.from_text_list(
-            name, 600, dns.rdataclass.IN, dns.rdatatype.RdataType(rdtype), addresses))
+        response.answer.append(
+            dns.rrset.from_text_list(
+                name, 600, dns.rdataclass.IN, dns.rdatatype.RdataType(rdtype), addresses
+            )
+        )
     return response.to_wire()
 
 
-def _truncated(response: dns.message.Message, name: dns.name.Name, rdtype: int,
-               addresses: list[str], *, set_tc: bool) -> bytes:
+def _truncated(
+    response: dns.message.Message,
+    name: dns.name.Name,
+    rdtype: int,
+    addresses: list[str],
+    *,
+    set_tc: bool,
+) -> bytes:
     # Keep as many records as fit and set TC, as Docker does: a client that ignores TC
     # silently sees only the first ~30 of the addresses.
     for count in range(len(addresses), -1, -1):

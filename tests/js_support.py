@@ -14,9 +14,13 @@ JS_DIR = Path(__file__).resolve().parent / "js"
 def node_or_skip() -> str:
     """The node binary, when node and tests/js/node_modules (`npm ci` there) are present."""
     node = shutil.which("node")
-    missing = ("node is not installed" if node is None else
-               "tests/js/node_modules is missing (run `npm ci` in tests/js)"
-               if not (JS_DIR / "node_modules").is_dir() else None)
+    missing = (
+        "node is not installed"
+        if node is None
+        else "tests/js/node_modules is missing (run `npm ci` in tests/js)"
+        if not (JS_DIR / "node_modules").is_dir()
+        else None
+    )
     if missing is None and node is not None:
         return node
     if os.environ.get("CI") == "true":

@@ -34,8 +34,14 @@ def free_port() -> int:
 class NatsProcess:
     """One nats-server with JetStream on 127.0.0.1; its ports stay the same across restarts."""
 
-    def __init__(self, store: Path, *, name: str = "n1", cluster_port: int | None = None,
-                 routes: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        store: Path,
+        *,
+        name: str = "n1",
+        cluster_port: int | None = None,
+        routes: Sequence[int] = (),
+    ) -> None:
         self.store, self.name = store, name
         self.port, self.http_port = free_port(), free_port()
         self.cluster_port, self.routes = cluster_port, tuple(routes)
@@ -47,12 +53,29 @@ class NatsProcess:
         return f"nats://127.0.0.1:{self.port}"
 
     def _args(self) -> list[str]:
-        args = [find_nats_server(), "-a", "127.0.0.1", "-p", str(self.port), "-m",
-                str(self.http_port), "-js", "-sd", str(self.store), "-n", self.name]
+        args = [
+            find_nats_server(),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-m",
+            str(self.http_port),
+            "-js",
+            "-sd",
+            str(self.store),
+            "-n",
+            self.name,
+        ]
         if self.cluster_port is not None:
-            args += ["--cluster_name", "chorus", "--cluster",
-                     f"nats://127.0.0.1:{self.cluster_port}", "--routes",
-                     ",".join(f"nats://127.0.0.1:{p}" for p in self.routes)]
+            args += [
+                "--cluster_name",
+                "chorus",
+                "--cluster",
+                f"nats://127.0.0.1:{self.cluster_port}",
+                "--routes",
+                ",".join(f"nats://127.0.0.1:{p}" for p in self.routes),
+            ]
         return args
 
     def start(self) -> None:
@@ -70,8 +93,9 @@ class NatsProcess:
 
     async def _answers(self, jetstream: bool) -> bool:
         try:
-            nc = await nats.connect(self.url, connect_timeout=0.5, max_reconnect_attempts=0,
-                                    allow_reconnect=False)
+            nc = await nats.connect(
+                self.url, connect_timeout=0.5, max_reconnect_attempts=0, allow_reconnect=False
+            )
         except (nats.errors.Error, OSError):
             return False
         try:
@@ -127,9 +151,15 @@ class NatsCluster:
 
     def __init__(self, root: Path) -> None:
         cluster_ports = [free_port() for _ in range(3)]
-        self.servers = [NatsProcess(root / f"n{i + 1}", name=f"n{i + 1}",
-                                    cluster_port=cluster_ports[i], routes=cluster_ports)
-                        for i in range(3)]
+        self.servers = [
+            NatsProcess(
+                root / f"n{i + 1}",
+                name=f"n{i + 1}",
+                cluster_port=cluster_ports[i],
+                routes=cluster_ports,
+            )
+            for i in range(3)
+        ]
 
     @property
     def url(self) -> str:
@@ -181,6 +211,7 @@ async def nats_cluster(root: Path) -> AsyncIterator[NatsCluster]:
 
 async def settled(cluster: NatsCluster, streams: Sequence[str], timeout: float = 30.0) -> None:
     """Wait until every stream has a leader and both followers are current again."""
+
     async def ok() -> bool:
         try:
             nc = await nats.connect(cluster.urls, connect_timeout=1, allow_reconnect=False)
@@ -189,8 +220,11 @@ async def settled(cluster: NatsCluster, streams: Sequence[str], timeout: float =
         try:
             for stream in streams:
                 info = (await nc.jetstream().stream_info(stream)).cluster
-                if info is None or not info.leader or len(
-                        [p for p in info.replicas or [] if p.current and not p.offline]) < 2:
+                if (
+                    info is None
+                    or not info.leader
+                    or len([p for p in info.replicas or [] if p.current and not p.offline]) < 2
+                ):
                     return False
             return True
         except (nats.errors.Error, nats.js.errors.Error, OSError):

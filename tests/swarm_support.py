@@ -21,9 +21,18 @@ from docker.models.services import Service
 from docker.types import ServiceMode
 
 __all__ = [
-    "AGENT_COMMAND", "AGENT_IMAGE", "ENGINE_VARIABLE", "NETWORK", "TEST_LABELS",
-    "AgentService", "EngineUnavailable", "connect_engine", "engine_host", "in_ci",
-    "open_engine", "unavailable",
+    "AGENT_COMMAND",
+    "AGENT_IMAGE",
+    "ENGINE_VARIABLE",
+    "NETWORK",
+    "TEST_LABELS",
+    "AgentService",
+    "EngineUnavailable",
+    "connect_engine",
+    "engine_host",
+    "in_ci",
+    "open_engine",
+    "unavailable",
 ]
 
 ENGINE_VARIABLE = "CHORUS_TEST_DOCKER_HOST"
@@ -43,8 +52,11 @@ def unavailable(reason: str) -> NoReturn:
     import pytest  # here, not at the top: bench/swarm_latency.py uses this module without it
 
     if in_ci():
-        pytest.fail(f"{reason}. CI=true: these tests must run in CI, where .ci/run brings the "
-                    "engine up with scripts/swarm-up.sh; see its output above", pytrace=False)
+        pytest.fail(
+            f"{reason}. CI=true: these tests must run in CI, where .ci/run brings the "
+            "engine up with scripts/swarm-up.sh; see its output above",
+            pytrace=False,
+        )
     pytest.skip(reason)
 
 
@@ -52,8 +64,10 @@ def engine_host() -> str:
     """The engine's address from CHORUS_TEST_DOCKER_HOST, or skip (fail under CI)."""
     host = os.environ.get(ENGINE_VARIABLE, "").strip()
     if not host:
-        unavailable(f"no Docker swarm for the tests: {ENGINE_VARIABLE} is not set (run "
-                    "`bash scripts/test.sh`, which sets it after scripts/swarm-up.sh)")
+        unavailable(
+            f"no Docker swarm for the tests: {ENGINE_VARIABLE} is not set (run "
+            "`bash scripts/test.sh`, which sets it after scripts/swarm-up.sh)"
+        )
     return host
 
 
@@ -71,12 +85,14 @@ def open_engine(host: str) -> docker.DockerClient:
     try:
         swarm = client.info().get("Swarm") or {}
         if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
-            raise EngineUnavailable(f"the Docker Engine at {host} is not a swarm manager "
-                                    "(run scripts/swarm-up.sh)")
+            raise EngineUnavailable(
+                f"the Docker Engine at {host} is not a swarm manager (run scripts/swarm-up.sh)"
+            )
         missing = _missing(client)
         if missing:
-            raise EngineUnavailable(f"the swarm at {host} has no {missing} "
-                                    "(run scripts/swarm-up.sh)")
+            raise EngineUnavailable(
+                f"the swarm at {host} has no {missing} (run scripts/swarm-up.sh)"
+            )
     except BaseException:
         client.close()
         raise
@@ -120,10 +136,15 @@ class AgentService:
 
     def create(self, replicas: int) -> None:
         self._service = self.client.services.create(
-            AGENT_IMAGE, command=AGENT_COMMAND, name=self.name, labels=TEST_LABELS,
-            networks=[NETWORK], mode=ServiceMode("replicated", replicas=replicas),
+            AGENT_IMAGE,
+            command=AGENT_COMMAND,
+            name=self.name,
+            labels=TEST_LABELS,
+            networks=[NETWORK],
+            mode=ServiceMode("replicated", replicas=replicas),
             # httpd as pid 1 ignores SIGTERM: without this, each removed task lingers 10 s.
-            stop_grace_period=STOP_GRACE_NS)
+            stop_grace_period=STOP_GRACE_NS,
+        )
 
     def scale(self, replicas: int) -> None:
         """Change the replica count only, as `docker service scale` does.
@@ -134,10 +155,16 @@ class AgentService:
         current = self.client.api.inspect_service(self.name)
         spec = current["Spec"]
         self.client.api.update_service(
-            current["ID"], current["Version"]["Index"], name=spec["Name"],
-            labels=spec.get("Labels"), mode=ServiceMode("replicated", replicas=replicas),
-            task_template=spec["TaskTemplate"], update_config=spec.get("UpdateConfig"),
-            rollback_config=spec.get("RollbackConfig"), endpoint_spec=spec.get("EndpointSpec"))
+            current["ID"],
+            current["Version"]["Index"],
+            name=spec["Name"],
+            labels=spec.get("Labels"),
+            mode=ServiceMode("replicated", replicas=replicas),
+            task_template=spec["TaskTemplate"],
+            update_config=spec.get("UpdateConfig"),
+            rollback_config=spec.get("RollbackConfig"),
+            endpoint_spec=spec.get("EndpointSpec"),
+        )
 
     def force_update(self, order: str = "stop-first") -> None:
         """A rolling restart of every task, one at a time, as `docker service update --force
@@ -149,10 +176,16 @@ class AgentService:
         template["ForceUpdate"] = int(template.get("ForceUpdate") or 0) + 1
         update = {**(spec.get("UpdateConfig") or {}), "Parallelism": 1, "Order": order}
         self.client.api.update_service(
-            current["ID"], current["Version"]["Index"], name=spec["Name"],
-            labels=spec.get("Labels"), mode=spec["Mode"], task_template=template,
-            update_config=update, rollback_config=spec.get("RollbackConfig"),
-            endpoint_spec=spec.get("EndpointSpec"))
+            current["ID"],
+            current["Version"]["Index"],
+            name=spec["Name"],
+            labels=spec.get("Labels"),
+            mode=spec["Mode"],
+            task_template=template,
+            update_config=update,
+            rollback_config=spec.get("RollbackConfig"),
+            endpoint_spec=spec.get("EndpointSpec"),
+        )
 
     def update_done(self) -> bool:
         """Whether the last update of the service has completed."""
@@ -162,14 +195,17 @@ class AgentService:
     def tasks(self) -> list[dict[str, Any]]:
         """Tasks whose desired state is running (what `docker service ps` shows as current)."""
         tasks: list[dict[str, Any]] = self.client.api.tasks(
-            filters={"service": self.name, "desired-state": "running"})
+            filters={"service": self.name, "desired-state": "running"}
+        )
         return tasks
 
     def running(self) -> dict[str, str]:
         """task id -> address on the test network (CIDR stripped) of the running tasks."""
-        return {t["ID"]: address for t in self.tasks()
-                if t["Status"]["State"] == "running"
-                and (address := _address(t, NETWORK)) is not None}
+        return {
+            t["ID"]: address
+            for t in self.tasks()
+            if t["Status"]["State"] == "running" and (address := _address(t, NETWORK)) is not None
+        }
 
     def wait_running(self, replicas: int, timeout: float = 90.0) -> dict[str, str]:
         """Block until exactly `replicas` tasks run (scaling takes seconds in Docker)."""
@@ -179,8 +215,10 @@ class AgentService:
             if len(running) == replicas and len(self.tasks()) == replicas:
                 return running
             if time.monotonic() > deadline:
-                raise AssertionError(f"service {self.name}: {len(running)} tasks running, not "
-                                     f"{replicas}, after {timeout:g}s")
+                raise AssertionError(
+                    f"service {self.name}: {len(running)} tasks running, not "
+                    f"{replicas}, after {timeout:g}s"
+                )
             time.sleep(0.2)
 
     def remove(self) -> None:

@@ -101,7 +101,8 @@ async def agent_http() -> AsyncIterator[AgentHTTP]:
 
 
 async def test_post_sends_the_body_and_headers_and_reads_the_answer(
-        agent: tuple[str, list[web.Request], list[bytes]]) -> None:
+    agent: tuple[str, list[web.Request], list[bytes]],
+) -> None:
     base, seen, bodies = agent
     body = b'{"id": "council-1"}'
     async with agent_http() as http:
@@ -119,16 +120,19 @@ async def test_post_sends_the_body_and_headers_and_reads_the_answer(
 
 
 async def test_an_answer_is_read_no_further_than_64_kib(
-        agent: tuple[str, list[web.Request], list[bytes]]) -> None:
+    agent: tuple[str, list[web.Request], list[bytes]],
+) -> None:
     base, _, _ = agent
     async with agent_http() as http:
-        status, answer = await http.post(agent_url(base, "/huge"), b"{}",
-                                         http.post_headers(b"{}", {}))
+        status, answer = await http.post(
+            agent_url(base, "/huge"), b"{}", http.post_headers(b"{}", {})
+        )
     assert status == 200 and len(answer) == MAX_RESPONSE_BYTES
 
 
 async def test_statuses_come_back_as_they_are_and_redirects_are_not_followed(
-        agent: tuple[str, list[web.Request], list[bytes]]) -> None:
+    agent: tuple[str, list[web.Request], list[bytes]],
+) -> None:
     base, seen, _ = agent
     async with agent_http() as http:
         headers = http.post_headers(b"{}", {})
@@ -141,8 +145,9 @@ async def test_a_refused_connection_is_our_error_with_a_short_reason() -> None:
     async with agent_http() as http:
         with pytest.raises(AgentHTTPError) as caught:
             # Port 1 on loopback: nothing listens there.
-            await http.post(agent_url("http://127.0.0.1:1", "/op"), b"{}",
-                            http.post_headers(b"{}", {}))
+            await http.post(
+                agent_url("http://127.0.0.1:1", "/op"), b"{}", http.post_headers(b"{}", {})
+            )
         assert (caught.value.reason, caught.value.retryable) == ("connection refused", True)
         with pytest.raises(AgentHTTPError) as caught:
             await http.get_status(agent_url("http://127.0.0.1:1", "/health"))
@@ -151,6 +156,7 @@ async def test_a_refused_connection_is_our_error_with_a_short_reason() -> None:
 
 async def test_a_silent_agent_is_a_timeout_not_retried() -> None:
     """An agent that accepts the connection and never answers: "timeout", after the deadline."""
+
     async def silent(reader: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> None:
         await reader.read()  # until the bridge gives up and closes
 
@@ -162,6 +168,7 @@ async def test_a_silent_agent_is_a_timeout_not_retried() -> None:
 
 async def test_a_dropped_connection_is_a_reset() -> None:
     """An agent that reads the request and closes without an answer: "connection reset"."""
+
     async def drop(reader: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
 
@@ -184,10 +191,18 @@ async def test_an_answer_that_is_not_http_is_reported_as_such() -> None:
     assert not caught.value.retryable
 
 
-@pytest.mark.parametrize("endpoint", [
-    "http://127.40.0.50:8080/admin/drop-all?confirm=yes#",
-    "http://user:secret@127.0.0.1:8080", "http://127.0.0.1:8080?x=1", "http://127.0.0.1:8080#",
-    "http://127.0.0.1:8080/admin", "ftp://127.0.0.1:21", "not a url"])
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://127.40.0.50:8080/admin/drop-all?confirm=yes#",
+        "http://user:secret@127.0.0.1:8080",
+        "http://127.0.0.1:8080?x=1",
+        "http://127.0.0.1:8080#",
+        "http://127.0.0.1:8080/admin",
+        "ftp://127.0.0.1:21",
+        "not a url",
+    ],
+)
 def test_an_endpoint_with_more_than_scheme_host_and_port_is_refused(endpoint: str) -> None:
     with pytest.raises(AgentHTTPError) as caught:
         agent_url(endpoint, "/api/v1/opportunities/council")
@@ -196,12 +211,14 @@ def test_an_endpoint_with_more_than_scheme_host_and_port_is_refused(endpoint: st
 
 def test_the_url_is_the_endpoint_with_the_path() -> None:
     assert str(agent_url("http://127.0.0.1:8080", "/api/v1/opportunities/council")) == (
-        "http://127.0.0.1:8080/api/v1/opportunities/council")
+        "http://127.0.0.1:8080/api/v1/opportunities/council"
+    )
     assert str(agent_url("http://127.0.0.1:8080/", "/health")) == "http://127.0.0.1:8080/health"
 
 
 async def test_get_status_reads_the_status_only(
-        agent: tuple[str, list[web.Request], list[bytes]]) -> None:
+    agent: tuple[str, list[web.Request], list[bytes]],
+) -> None:
     base, seen, _ = agent
     async with agent_http() as http:
         assert await http.get_status(agent_url(base, "/health")) == 200
@@ -209,7 +226,8 @@ async def test_get_status_reads_the_status_only(
 
 
 async def test_the_client_shares_the_transport(
-        agent: tuple[str, list[web.Request], list[bytes]]) -> None:
+    agent: tuple[str, list[web.Request], list[bytes]],
+) -> None:
     """Health checks go through `client`, an ordinary httpx client over the same pool."""
     base, seen, _ = agent
     async with agent_http() as http:
@@ -219,7 +237,8 @@ async def test_the_client_shares_the_transport(
 
 
 async def test_a_cookie_an_agent_sets_is_never_sent_back(
-        agent: tuple[str, list[web.Request], list[bytes]]) -> None:
+    agent: tuple[str, list[web.Request], list[bytes]],
+) -> None:
     """Neither path keeps cookies. By name (localhost, still loopback), because cookie jars
     refuse cookies from IP addresses by themselves."""
     base, seen, _ = agent

@@ -42,25 +42,27 @@ async def addresses(nc: NATS, settings: Settings) -> dict[str, str]:
     return {key: agent.address for key, agent in (await bucket(nc, settings)).items()}
 
 
-async def until_bucket_matches(nc: NATS, settings: Settings, swarm: EmulatedSwarm,
-                               timeout: float = 5.0) -> None:
+async def until_bucket_matches(
+    nc: NATS, settings: Settings, swarm: EmulatedSwarm, timeout: float = 5.0
+) -> None:
     async def same() -> bool:
         return await addresses(nc, settings) == expected(swarm)
 
     await wait_for(same, timeout=timeout, what="the bucket to match the running tasks")
 
 
-
 @pytest.fixture
-async def running(settings: Settings, nats_server: EmbeddedNats, swarm: EmulatedSwarm,
-                  docker_api: DockerEmulator) -> AsyncIterator[RunningBridge]:
+async def running(
+    settings: Settings, nats_server: EmbeddedNats, swarm: EmulatedSwarm, docker_api: DockerEmulator
+) -> AsyncIterator[RunningBridge]:
     swarm.add_tasks(5)
     async with run_bridge(settings, nats_server.url) as bridge:
         yield bridge
 
 
-async def test_running_tasks_are_published(running: RunningBridge, nc: NATS,
-                                           settings: Settings, swarm: EmulatedSwarm) -> None:
+async def test_running_tasks_are_published(
+    running: RunningBridge, nc: NATS, settings: Settings, swarm: EmulatedSwarm
+) -> None:
     """Every running task is in the bucket with its address, port and endpoint."""
     agents = await bucket(nc, settings)
     assert {a: x.address for a, x in agents.items()} == expected(swarm)
@@ -72,8 +74,12 @@ async def test_running_tasks_are_published(running: RunningBridge, nc: NATS,
 
 
 async def test_without_the_events_follower_only_the_poll_finds_tasks(
-        nats_server: EmbeddedNats, nc: NATS, settings: Settings, swarm: EmulatedSwarm,
-        docker_api: DockerEmulator) -> None:
+    nats_server: EmbeddedNats,
+    nc: NATS,
+    settings: Settings,
+    swarm: EmulatedSwarm,
+    docker_api: DockerEmulator,
+) -> None:
     """follow_events=False (the latency benchmark's baseline): /events is never asked, and
     a new task waits for the next poll."""
     swarm.add_tasks(2)
@@ -85,8 +91,9 @@ async def test_without_the_events_follower_only_the_poll_finds_tasks(
         assert swarm.requests["/events"] == 0
 
 
-async def test_join_and_leave_follow_events(running: RunningBridge, nc: NATS,
-                                            settings: Settings, swarm: EmulatedSwarm) -> None:
+async def test_join_and_leave_follow_events(
+    running: RunningBridge, nc: NATS, settings: Settings, swarm: EmulatedSwarm
+) -> None:
     """A scale-up and a scale-down reach the bucket through events, long before the poll."""
     seen = await announcements(nc, settings)
     new = swarm.add_tasks(2)
@@ -97,14 +104,16 @@ async def test_join_and_leave_follow_events(running: RunningBridge, nc: NATS,
     await until_bucket_matches(nc, settings, swarm, timeout=3)
     await wait_for(lambda: len(seen) == 3, what="3 announcements")
     assert sorted((s.event, s.agent.id) for s in seen) == sorted(
-        [("joined", new[0]), ("joined", new[1]), ("left", gone)])
+        [("joined", new[0]), ("joined", new[1]), ("left", gone)]
+    )
     # A `left` announcement carries the agent's last record: its address as it was published.
     left = next(s for s in seen if s.event == "left")
     assert left.agent.address == gone_address and left.agent.source == "swarm"
 
 
 async def test_starting_task_is_published_once_running(
-        running: RunningBridge, nc: NATS, settings: Settings, swarm: EmulatedSwarm) -> None:
+    running: RunningBridge, nc: NATS, settings: Settings, swarm: EmulatedSwarm
+) -> None:
     """A task still starting is left out, and published soon after it runs (no event needed)."""
     (task,) = swarm.add_tasks(1, state="starting")
     await rounds_pass(running)
@@ -113,8 +122,9 @@ async def test_starting_task_is_published_once_running(
     await until_bucket_matches(nc, settings, swarm, timeout=4)
 
 
-async def test_task_that_loses_its_address(running: RunningBridge, nc: NATS,
-                                           settings: Settings, swarm: EmulatedSwarm) -> None:
+async def test_task_that_loses_its_address(
+    running: RunningBridge, nc: NATS, settings: Settings, swarm: EmulatedSwarm
+) -> None:
     """A task without an address on the network is no agent; once it has one again, it is."""
     task = swarm.running_ids()[0]
     address = swarm.address_of(task)
@@ -126,11 +136,12 @@ async def test_task_that_loses_its_address(running: RunningBridge, nc: NATS,
     await until_bucket_matches(nc, settings, swarm, timeout=8)
 
 
-@pytest.mark.parametrize("mode", ["not_manager", "server_error", "service_not_found",
-                                  "bad_json", "hang"])
-async def test_docker_outage_keeps_the_bucket(running: RunningBridge, nc: NATS,
-                                              settings: Settings, swarm: EmulatedSwarm,
-                                              mode: Any) -> None:
+@pytest.mark.parametrize(
+    "mode", ["not_manager", "server_error", "service_not_found", "bad_json", "hang"]
+)
+async def test_docker_outage_keeps_the_bucket(
+    running: RunningBridge, nc: NATS, settings: Settings, swarm: EmulatedSwarm, mode: Any
+) -> None:
     """Whatever the Docker API does wrong, the bucket keeps its agents; one line says so."""
     before = await addresses(nc, settings)
     with structlog.testing.capture_logs() as logs:
@@ -145,9 +156,13 @@ async def test_docker_outage_keeps_the_bucket(running: RunningBridge, nc: NATS,
     assert [e["event"] for e in logs].count("docker_api_recovered") == 1
 
 
-async def test_socket_gone_keeps_the_bucket(settings: Settings, nats_server: EmbeddedNats,
-                                            nc: NATS, swarm: EmulatedSwarm,
-                                            docker_api: DockerEmulator) -> None:
+async def test_socket_gone_keeps_the_bucket(
+    settings: Settings,
+    nats_server: EmbeddedNats,
+    nc: NATS,
+    swarm: EmulatedSwarm,
+    docker_api: DockerEmulator,
+) -> None:
     """With the Docker socket gone, rounds fail with socket_missing and remove nothing."""
     swarm.add_tasks(3)
     async with run_bridge(settings, nats_server.url) as running:
@@ -160,9 +175,13 @@ async def test_socket_gone_keeps_the_bucket(settings: Settings, nats_server: Emb
         assert kinds in (["socket_missing"], ["unreachable"])
 
 
-async def test_restart_removes_stale_keys(settings: Settings, nats_server: EmbeddedNats,
-                                          nc: NATS, swarm: EmulatedSwarm,
-                                          docker_api: DockerEmulator) -> None:
+async def test_restart_removes_stale_keys(
+    settings: Settings,
+    nats_server: EmbeddedNats,
+    nc: NATS,
+    swarm: EmulatedSwarm,
+    docker_api: DockerEmulator,
+) -> None:
     """Tasks that went away while the bridge was down are gone after its first round."""
     swarm.add_tasks(4)
     async with run_bridge(settings, nats_server.url):
@@ -174,9 +193,13 @@ async def test_restart_removes_stale_keys(settings: Settings, nats_server: Embed
         await until_bucket_matches(nc, settings, swarm, timeout=3)
 
 
-async def test_quiet_restart_writes_nothing(settings: Settings, nats_server: EmbeddedNats,
-                                            nc: NATS, swarm: EmulatedSwarm,
-                                            docker_api: DockerEmulator) -> None:
+async def test_quiet_restart_writes_nothing(
+    settings: Settings,
+    nats_server: EmbeddedNats,
+    nc: NATS,
+    swarm: EmulatedSwarm,
+    docker_api: DockerEmulator,
+) -> None:
     """A restart over an unchanged fleet makes no KV write (first_seen is kept)."""
     swarm.add_tasks(6)
     async with run_bridge(settings, nats_server.url):
@@ -188,16 +211,24 @@ async def test_quiet_restart_writes_nothing(settings: Settings, nats_server: Emb
     assert (await kv.status()).stream_info.state.last_seq == seq
 
 
-async def test_dns_method_never_opens_docker(settings: Settings, nats_server: EmbeddedNats,
-                                             nc: NATS, swarm: EmulatedSwarm,
-                                             dns_server: DnsTestServer) -> None:
+async def test_dns_method_never_opens_docker(
+    settings: Settings,
+    nats_server: EmbeddedNats,
+    nc: NATS,
+    swarm: EmulatedSwarm,
+    dns_server: DnsTestServer,
+) -> None:
     """DISCOVERY_METHOD=dns publishes DNS and known agents, and never calls the Docker API."""
     swarm.add_tasks(3)
     dns_server.set("tasks.CHORUS_chorus", ["127.20.0.1", "127.20.0.2"])
-    dns_settings = settings.replace(discovery_method="dns", dns_names=("tasks.CHORUS_chorus",),
-                                    known_endpoints=("http://127.20.0.9:9000",))
-    async with run_bridge(dns_settings, nats_server.url,
-                          dns=dns_discovery(dns_settings, dns_server)):
+    dns_settings = settings.replace(
+        discovery_method="dns",
+        dns_names=("tasks.CHORUS_chorus",),
+        known_endpoints=("http://127.20.0.9:9000",),
+    )
+    async with run_bridge(
+        dns_settings, nats_server.url, dns=dns_discovery(dns_settings, dns_server)
+    ):
         agents = await bucket(nc, settings)
     assert set(agents) == {"dns-127-20-0-1-8080", "dns-127-20-0-2-8080", "dns-127-20-0-9-9000"}
     assert agents["dns-127-20-0-9-9000"].source == "static"
@@ -206,8 +237,12 @@ async def test_dns_method_never_opens_docker(settings: Settings, nats_server: Em
 
 
 async def test_auto_merges_an_address_found_both_ways(
-        settings: Settings, nats_server: EmbeddedNats, nc: NATS, swarm: EmulatedSwarm,
-        dns_server: DnsTestServer) -> None:
+    settings: Settings,
+    nats_server: EmbeddedNats,
+    nc: NATS,
+    swarm: EmulatedSwarm,
+    dns_server: DnsTestServer,
+) -> None:
     """In auto mode an address from Swarm and DNS is one agent, the Swarm record.
 
     (A name other than the service's own tasks.<service>, which a Swarm round replaces.)
@@ -223,15 +258,20 @@ async def test_auto_merges_an_address_found_both_ways(
     assert agents[tasks[0]].source == "swarm"
 
 
-async def test_swarm_method_falls_back_to_dns(settings: Settings, nats_server: EmbeddedNats,
-                                              nc: NATS, swarm: EmulatedSwarm,
-                                              dns_server: DnsTestServer) -> None:
+async def test_swarm_method_falls_back_to_dns(
+    settings: Settings,
+    nats_server: EmbeddedNats,
+    nc: NATS,
+    swarm: EmulatedSwarm,
+    dns_server: DnsTestServer,
+) -> None:
     """In swarm mode a failed round adds what DNS finds, and removes nothing."""
     tasks = swarm.add_tasks(2)
     dns_server.set("tasks.CHORUS_chorus", [swarm.address_of(tasks[0]) or "", "127.20.0.7"])
     with_dns = settings.replace(dns_names=("tasks.CHORUS_chorus",))
-    async with run_bridge(with_dns, nats_server.url,
-                          dns=dns_discovery(with_dns, dns_server)) as running:
+    async with run_bridge(
+        with_dns, nats_server.url, dns=dns_discovery(with_dns, dns_server)
+    ) as running:
         assert set(await bucket(nc, settings)) == set(tasks)
         swarm.set_error("server_error")
         await rounds_pass(running)
@@ -239,9 +279,9 @@ async def test_swarm_method_falls_back_to_dns(settings: Settings, nats_server: E
         assert set(await bucket(nc, settings)) == {*tasks, "dns-127-20-0-7-8080"}
 
 
-async def test_nats_restart_republishes_changes(settings: Settings, tmp_path: Any, nc: NATS,
-                                                swarm: EmulatedSwarm,
-                                                docker_api: DockerEmulator) -> None:
+async def test_nats_restart_republishes_changes(
+    settings: Settings, tmp_path: Any, nc: NATS, swarm: EmulatedSwarm, docker_api: DockerEmulator
+) -> None:
     """Changes made while NATS was away reach the bucket after it comes back."""
     store = tmp_path / "restartable"
     async with EmbeddedNats(port=0, store_dir=store) as first:
@@ -261,29 +301,36 @@ async def test_nats_restart_republishes_changes(settings: Settings, tmp_path: An
                     await client.close()
 
 
-async def test_stop_while_nats_is_down(settings: Settings, tmp_path: Any,
-                                       swarm: EmulatedSwarm, docker_api: DockerEmulator) -> None:
+async def test_stop_while_nats_is_down(
+    settings: Settings, tmp_path: Any, swarm: EmulatedSwarm, docker_api: DockerEmulator
+) -> None:
     """The bridge stops cleanly even when NATS went away first."""
     async with EmbeddedNats(port=0, store_dir=tmp_path / "gone") as server:
         swarm.add_tasks(1)
         async with run_bridge(settings, server.url) as running:
             await server.__aexit__(None, None, None)
-            await wait_for(lambda: running.bridge.nc is not None
-                           and not running.bridge.nc.is_connected, what="the disconnection")
+            await wait_for(
+                lambda: running.bridge.nc is not None and not running.bridge.nc.is_connected,
+                what="the disconnection",
+            )
             ok, details = running.bridge.health()
             assert not ok and details["nats"] == "disconnected"
             await running.stop()
             assert running.task.exception() is None
 
 
-async def test_event_stream_reconnects(running: RunningBridge, nc: NATS, settings: Settings,
-                                       swarm: EmulatedSwarm) -> None:
+async def test_event_stream_reconnects(
+    running: RunningBridge, nc: NATS, settings: Settings, swarm: EmulatedSwarm
+) -> None:
     """When the daemon closes the event stream, the bridge reconnects and events work again."""
     await wait_for(lambda: swarm.event_streams == 1, what="the event stream")
     with structlog.testing.capture_logs() as logs:
         swarm.close_event_streams()
-        await wait_for(lambda: any(e["event"] == "docker_events_connected" for e in logs),
-                       timeout=10, what="the stream to reconnect")
+        await wait_for(
+            lambda: any(e["event"] == "docker_events_connected" for e in logs),
+            timeout=10,
+            what="the stream to reconnect",
+        )
     assert any(e["event"] == "docker_events_lost" for e in logs)
     await wait_for(lambda: swarm.event_streams == 1, what="one open stream")
     swarm.add_tasks(1)

@@ -58,12 +58,13 @@ def test_every_subject_bucket_and_payload() -> None:
         assert list(channels[address]["messages"]) == [message], address
     assert set(channels[None]["messages"]) == {"BroadcastReport", "ErrorReply"}
     assert set(channels["chorus.council.{opportunityId}.acks.{agentId}"]["parameters"]) == {
-        "opportunityId", "agentId"}
+        "opportunityId",
+        "agentId",
+    }
     schemas = doc["components"]["schemas"]
     for model in (Agent, CouncilOpportunity, BroadcastReport):
         assert set(schemas[model.__name__]["properties"]) == set(model.__struct_fields__)
-    assert schemas["CouncilOpportunity"]["properties"]["id"]["pattern"] == \
-        "^[A-Za-z0-9_-]{1,128}$"
+    assert schemas["CouncilOpportunity"]["properties"]["id"]["pattern"] == "^[A-Za-z0-9_-]{1,128}$"
     reply = doc["operations"]["serveBroadcast"]["reply"]
     assert reply["channel"] == {"$ref": "#/channels/broadcastReply"}
 
@@ -82,8 +83,13 @@ def test_subjects_come_from_names() -> None:
 
 async def _validate(path: Path) -> tuple[int, dict[str, object]]:
     proc = await asyncio.create_subprocess_exec(
-        node_or_skip(), str(JS_DIR / "validate-asyncapi.mjs"), str(path), cwd=JS_DIR,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        node_or_skip(),
+        str(JS_DIR / "validate-asyncapi.mjs"),
+        str(path),
+        cwd=JS_DIR,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     assert out, err.decode()

@@ -18,9 +18,11 @@ from bridge.embedded import EmbeddedNats
 from bridge.models import CouncilOpportunity, ErrorReply
 from tests.conftest import run_bridge, wait_for
 
-GOOD = (b'{"id": "council-42", "project": "whoosh", "title": "Build the API", "roles": '
-        b'[{"name": "tpm", "core": true}, {"name": "qa-engineer", "core": false}], '
-        b'"deadline": "2026-11-27T01:00:00Z", "details": {}}')
+GOOD = (
+    b'{"id": "council-42", "project": "whoosh", "title": "Build the API", "roles": '
+    b'[{"name": "tpm", "core": true}, {"name": "qa-engineer", "core": false}], '
+    b'"deadline": "2026-11-27T01:00:00Z", "details": {}}'
+)
 
 
 def test_design_example_is_accepted() -> None:
@@ -31,17 +33,20 @@ def test_design_example_is_accepted() -> None:
     assert [r.name for r in opp.roles if r.core] == ["tpm"]
 
 
-@pytest.mark.parametrize(("body", "field", "says"), [
-    (b"not json", "$", "not valid JSON"),
-    (b'{"id": 42, "roles": [{"name": "tpm"}]}', "$.id", "Expected `str`"),
-    (b'{"id": "bad id!", "roles": [{"name": "tpm"}]}', "$.id", "[A-Za-z0-9_-]{1,128}"),
-    (b'{"id": "' + b"x" * 129 + b'", "roles": [{"name": "tpm"}]}', "$.id", "{1,128}"),
-    (b'{"id": "c1", "roles": []}', "$.roles", "length >= 1"),
-    (b'{"id": "c1"}', "$", "missing required field `roles`"),
-    (b'{"id": "c1", "roles": [{"name": ""}]}', "$.roles[0].name", "length >= 1"),
-    (b'{"id": "c1", "roles": [{"name": "tpm", "core": "yes"}]}', "$.roles[0].core", "bool"),
-    (b'[1, 2]', "$", "Expected `object`"),
-])
+@pytest.mark.parametrize(
+    ("body", "field", "says"),
+    [
+        (b"not json", "$", "not valid JSON"),
+        (b'{"id": 42, "roles": [{"name": "tpm"}]}', "$.id", "Expected `str`"),
+        (b'{"id": "bad id!", "roles": [{"name": "tpm"}]}', "$.id", "[A-Za-z0-9_-]{1,128}"),
+        (b'{"id": "' + b"x" * 129 + b'", "roles": [{"name": "tpm"}]}', "$.id", "{1,128}"),
+        (b'{"id": "c1", "roles": []}', "$.roles", "length >= 1"),
+        (b'{"id": "c1"}', "$", "missing required field `roles`"),
+        (b'{"id": "c1", "roles": [{"name": ""}]}', "$.roles[0].name", "length >= 1"),
+        (b'{"id": "c1", "roles": [{"name": "tpm", "core": "yes"}]}', "$.roles[0].core", "bool"),
+        (b"[1, 2]", "$", "Expected `object`"),
+    ],
+)
 def test_bad_requests_name_the_field(body: bytes, field: str, says: str) -> None:
     """A request that breaks the schema is refused with what is wrong and where."""
     reply = validate_request(body)
@@ -61,6 +66,7 @@ def test_larger_than_64_kib_is_refused() -> None:
 
 # --- the NATS micro service, served by a real bridge on a real nats-server ---
 
+
 async def _ask(nc: NATS, subject: str) -> dict[str, Any]:
     reply = await nc.request(subject, b"", timeout=5)
     answer: dict[str, Any] = json.loads(reply.data)
@@ -68,7 +74,8 @@ async def _ask(nc: NATS, subject: str) -> dict[str, Any]:
 
 
 async def test_micro_service_is_found_with_its_counts(
-        nats_server: EmbeddedNats, nc: NATS, settings: Settings) -> None:
+    nats_server: EmbeddedNats, nc: NATS, settings: Settings
+) -> None:
     """`nats micro info|stats` find chorus-bridge and its broadcast endpoint; a refusal
     carries the micro error headers and the JSON error, and counts as a request and an error."""
     async with run_bridge(settings, nats_server.url):
@@ -78,15 +85,20 @@ async def test_micro_service_is_found_with_its_counts(
         assert info["type"] == "io.nats.micro.v1.info_response"
         assert info["name"] == "chorus-bridge"
         assert [(e["name"], e["subject"], e["queue_group"]) for e in info["endpoints"]] == [
-            ("broadcast", f"{settings.subject_prefix}.bridge.broadcast", BROADCAST_QUEUE)]
-        refused = await nc.request(f"{settings.subject_prefix}.bridge.broadcast",
-                                   b'{"id": "c1", "roles": []}', timeout=10)
+            ("broadcast", f"{settings.subject_prefix}.bridge.broadcast", BROADCAST_QUEUE)
+        ]
+        refused = await nc.request(
+            f"{settings.subject_prefix}.bridge.broadcast", b'{"id": "c1", "roles": []}', timeout=10
+        )
         assert refused.headers is not None
         assert refused.headers["Nats-Service-Error-Code"] == "400"
         assert "length >= 1" in refused.headers["Nats-Service-Error"]
         assert json.loads(refused.data)["field"] == "$.roles"
-        ok = await nc.request(f"{settings.subject_prefix}.bridge.broadcast",
-                              b'{"id": "c2", "roles": [{"name": "tpm"}]}', timeout=10)
+        ok = await nc.request(
+            f"{settings.subject_prefix}.bridge.broadcast",
+            b'{"id": "c2", "roles": [{"name": "tpm"}]}',
+            timeout=10,
+        )
         assert not ok.headers and json.loads(ok.data)["opportunity_id"] == "c2"
         stats = await _ask(nc, f"$SRV.STATS.{SERVICE_NAME}.{info['id']}")
         msgspec.convert(stats, MicroStats)
@@ -98,11 +110,14 @@ async def test_micro_service_is_found_with_its_counts(
         await nc.request(f"$SRV.PING.{SERVICE_NAME}", b"", timeout=2)
 
 
-async def test_only_the_leader_serves(nats_server: EmbeddedNats, nc: NATS,
-                                      settings: Settings) -> None:
+async def test_only_the_leader_serves(
+    nats_server: EmbeddedNats, nc: NATS, settings: Settings
+) -> None:
     """Two bridges: one instance of the micro service answers pings, the leader's."""
-    async with (run_bridge(settings, nats_server.url) as first,
-                run_bridge(settings, nats_server.url, first_round=False) as second):
+    async with (
+        run_bridge(settings, nats_server.url) as first,
+        run_bridge(settings, nats_server.url, first_round=False) as second,
+    ):
         standby = second.bridge
         await wait_for(lambda: standby.election.leader is not None, what="the standby")
         inbox = nc.new_inbox()

@@ -39,9 +39,13 @@ async def server(tmp_path: Path, files: CalloutFiles) -> AsyncIterator[EmbeddedN
 
 
 @pytest.fixture
-async def bridge(settings: Settings, files: CalloutFiles, server: EmbeddedNats,
-                 swarm: EmulatedSwarm, docker_api: DockerEmulator,
-                 ) -> AsyncIterator[RunningBridge]:
+async def bridge(
+    settings: Settings,
+    files: CalloutFiles,
+    server: EmbeddedNats,
+    swarm: EmulatedSwarm,
+    docker_api: DockerEmulator,
+) -> AsyncIterator[RunningBridge]:
     swarm.add_tasks(2)
     async with run_bridge(bridge_settings(settings, files), server.url) as running:
         yield running
@@ -53,7 +57,8 @@ def tasks(swarm: EmulatedSwarm) -> list[tuple[str, str]]:
 
 
 async def test_admitted_agent_writes_its_presence_acks_and_claims_as_itself(
-        bridge: RunningBridge, server: EmbeddedNats, swarm: EmulatedSwarm) -> None:
+    bridge: RunningBridge, server: EmbeddedNats, swarm: EmulatedSwarm
+) -> None:
     """An agent connecting from its task's address writes its own presence key, acks and
     claims as itself; the server denies it another agent's key, ack and claim."""
     (me, address), (other, _) = tasks(swarm)
@@ -71,9 +76,14 @@ async def test_admitted_agent_writes_its_presence_acks_and_claims_as_itself(
         await agent.publish(f"chorus.council.c1.claims.{me}", b'{"role": "tpm"}')
         assert await agent.sync() == []
 
-        denied = [f"$KV.chorus_presence.{other}", f"chorus.council.c1.acks.{other}",
-                  f"chorus.council.c1.claims.{other}", "chorus.council.c1.claims",
-                  f"$KV.chorus_agents.{me}", "chorus.council.opportunities"]
+        denied = [
+            f"$KV.chorus_presence.{other}",
+            f"chorus.council.c1.acks.{other}",
+            f"chorus.council.c1.claims.{other}",
+            "chorus.council.c1.claims",
+            f"$KV.chorus_agents.{me}",
+            "chorus.council.opportunities",
+        ]
         for subject in denied:
             await agent.publish(subject, b"{}")
         errors = await agent.sync()
@@ -88,8 +98,9 @@ async def test_admitted_agent_writes_its_presence_acks_and_claims_as_itself(
     await ops.close()
 
 
-async def test_agent_reads_what_agents_read(bridge: RunningBridge, server: EmbeddedNats,
-                                            swarm: EmulatedSwarm) -> None:
+async def test_agent_reads_what_agents_read(
+    bridge: RunningBridge, server: EmbeddedNats, swarm: EmulatedSwarm
+) -> None:
     """An admitted agent receives opportunities and announcements on its subscriptions."""
     (_, address), _ = tasks(swarm)
     ops = await user(server, "ops", "OPS_PASS")
@@ -100,13 +111,16 @@ async def test_agent_reads_what_agents_read(bridge: RunningBridge, server: Embed
         errors = await agent.sync()
         assert errors == ['Permissions Violation for Subscription to "chorus.bridge.broadcast"']
         await ops.publish("chorus.council.opportunities", b'{"id": "c2"}')
-        assert await agent.next_msg(opportunities) == ("chorus.council.opportunities",
-                                                       b'{"id": "c2"}')
+        assert await agent.next_msg(opportunities) == (
+            "chorus.council.opportunities",
+            b'{"id": "c2"}',
+        )
     await ops.close()
 
 
 async def test_connection_from_an_address_no_agent_has_is_refused(
-        bridge: RunningBridge, server: EmbeddedNats, swarm: EmulatedSwarm) -> None:
+    bridge: RunningBridge, server: EmbeddedNats, swarm: EmulatedSwarm
+) -> None:
     """The agent credentials from an address that no discovered agent has are refused, and
     so is a wrong password from an agent's own address; the bridge says why in one line."""
     (me, address), _ = tasks(swarm)
@@ -123,13 +137,15 @@ async def test_connection_from_an_address_no_agent_has_is_refused(
     assert any(e["event"] == "callout_admitted" and e["agent_id"] == me for e in logs)
 
 
-async def test_bridge_coordinator_and_ops_are_unaffected(bridge: RunningBridge,
-                                                         server: EmbeddedNats) -> None:
+async def test_bridge_coordinator_and_ops_are_unaffected(
+    bridge: RunningBridge, server: EmbeddedNats
+) -> None:
     """With the callout on, the static users (bridge, coordinator, ops, sys) connect as before,
     with their own permissions."""
     assert bridge.bridge.nc is not None and bridge.bridge.nc.is_connected
     coordinator = await user(server, "coordinator", "COORD_PASS", "_INBOX.coord")
     agents = await coordinator.jetstream().key_value("chorus_agents")
+
     async def written() -> bool:
         return bool(await agents.keys())
 
@@ -145,9 +161,9 @@ async def test_bridge_coordinator_and_ops_are_unaffected(bridge: RunningBridge,
         await client.close()
 
 
-async def test_departed_agent_is_no_longer_admitted(bridge: RunningBridge,
-                                                    server: EmbeddedNats,
-                                                    swarm: EmulatedSwarm) -> None:
+async def test_departed_agent_is_no_longer_admitted(
+    bridge: RunningBridge, server: EmbeddedNats, swarm: EmulatedSwarm
+) -> None:
     """When discovery no longer finds an agent, its address is refused on the next connect."""
     (me, address), _ = tasks(swarm)
     async with admitted(server, address):

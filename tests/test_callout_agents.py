@@ -21,8 +21,15 @@ from tests.conftest import wait_for
 
 
 def agent(agent_id: str, address: str, port: int = 8080) -> bytes:
-    return encode(Agent(id=agent_id, endpoint=f"http://{address}:{port}", address=address,
-                        port=port, source="static"))
+    return encode(
+        Agent(
+            id=agent_id,
+            endpoint=f"http://{address}:{port}",
+            address=address,
+            port=port,
+            source="static",
+        )
+    )
 
 
 @pytest.fixture
@@ -42,8 +49,7 @@ async def index(nc: NATS, bucket: KeyValue, unique: str) -> AsyncIterator[AgentA
         await task
 
 
-async def test_follows_joins_moves_and_departures(bucket: KeyValue,
-                                                  index: AgentAddresses) -> None:
+async def test_follows_joins_moves_and_departures(bucket: KeyValue, index: AgentAddresses) -> None:
     """An agent is found at its address once written, at its new one once moved, and nowhere
     once deleted; a record under another key, or without an IP, admits no one."""
     await bucket.put("a1", agent("a1", "127.20.0.1"))
@@ -60,7 +66,8 @@ async def test_follows_joins_moves_and_departures(bucket: KeyValue,
 
 
 async def test_several_agents_at_one_address_are_told_apart_by_the_connection_name(
-        bucket: KeyValue, index: AgentAddresses) -> None:
+    bucket: KeyValue, index: AgentAddresses
+) -> None:
     """Two known endpoints on one host: only a connection naming one of them is admitted,
     and only as one of the agents at that address."""
     await bucket.put("dns-127-20-0-5-8080", agent("dns-127-20-0-5-8080", "127.20.0.5"))
@@ -79,8 +86,7 @@ def test_addresses_are_compared_in_one_spelling() -> None:
     assert normal_address("agent-host") is None
 
 
-async def test_a_nats_restart_that_lost_the_bucket_is_followed(tmp_path: Path,
-                                                               unique: str) -> None:
+async def test_a_nats_restart_that_lost_the_bucket_is_followed(tmp_path: Path, unique: str) -> None:
     """After NATS restarts without its state, the watch starts again on the bucket the
     leader makes anew: agents written there are found, those of before are not."""
     names = Names(prefix=f"t{unique}", agents_bucket=f"agents_{unique}")
@@ -102,11 +108,13 @@ async def test_a_nats_restart_that_lost_the_bucket_is_followed(tmp_path: Path,
         await wait_for(made_again, timeout=10, what="the bucket made again")
         kv = await nc.jetstream().key_value(names.agents_bucket)
         await kv.put("b1", agent("b1", "127.20.1.2"))
-        await wait_for(lambda: index.agent_at("127.20.1.2")[0] == "b1", timeout=10,
-                       what="the agent written after the restart")
+        await wait_for(
+            lambda: index.agent_at("127.20.1.2")[0] == "b1",
+            timeout=10,
+            what="the agent written after the restart",
+        )
         assert index.agent_at("127.20.1.1")[0] is None
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await nc.close()
-

@@ -33,27 +33,49 @@ from tests.conftest import run_bridge, wait_for
 pytestmark = pytest.mark.timeout(90)
 
 
-def _leader_env(files: CalloutFiles, server: EmbeddedNats, docker: DockerEmulator,
-                ) -> dict[str, str]:
-    own = {k: v for k, v in os.environ.items()
-           if not k.startswith(("BRIDGE_", "WHOOSH_", "NATS_", "DISCOVERY_", "DOCKER_"))}
-    return {**own, "DISCOVERY_METHOD": "swarm", "WHOOSH_DOCKER_HOST": docker.base_url,
-            "WHOOSH_DNS_NAMES": "", "NATS_URL": server.url, "NATS_USER": "bridge",
-            "NATS_PASSWORD": PASSWORDS["BRIDGE_PASS"], "BRIDGE_LISTEN": "127.0.0.1:0",
-            "BRIDGE_POLL_INTERVAL": "60", "BRIDGE_AUTH_CALLOUT": "true",
-            "BRIDGE_CALLOUT_ISSUER_SEED": str(files.issuer_seed),
-            "BRIDGE_CALLOUT_XKEY_SEED": str(files.xkey_seed),
-            "BRIDGE_CALLOUT_AGENT_PASSWORD_FILE": str(files.agent_password)}
+def _leader_env(
+    files: CalloutFiles,
+    server: EmbeddedNats,
+    docker: DockerEmulator,
+) -> dict[str, str]:
+    own = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("BRIDGE_", "WHOOSH_", "NATS_", "DISCOVERY_", "DOCKER_"))
+    }
+    return {
+        **own,
+        "DISCOVERY_METHOD": "swarm",
+        "WHOOSH_DOCKER_HOST": docker.base_url,
+        "WHOOSH_DNS_NAMES": "",
+        "NATS_URL": server.url,
+        "NATS_USER": "bridge",
+        "NATS_PASSWORD": PASSWORDS["BRIDGE_PASS"],
+        "BRIDGE_LISTEN": "127.0.0.1:0",
+        "BRIDGE_POLL_INTERVAL": "60",
+        "BRIDGE_AUTH_CALLOUT": "true",
+        "BRIDGE_CALLOUT_ISSUER_SEED": str(files.issuer_seed),
+        "BRIDGE_CALLOUT_XKEY_SEED": str(files.xkey_seed),
+        "BRIDGE_CALLOUT_AGENT_PASSWORD_FILE": str(files.agent_password),
+    }
 
 
 @contextlib.asynccontextmanager
-async def leader_process(env: dict[str, str], log: Path,
-                         ) -> AsyncIterator[asyncio.subprocess.Process]:
+async def leader_process(
+    env: dict[str, str],
+    log: Path,
+) -> AsyncIterator[asyncio.subprocess.Process]:
     """`chorus-bridge run` in a process of its own, so that it can be killed for real."""
     with log.open("wb") as out:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bridge", "run", env=env, stdout=out,
-            stderr=asyncio.subprocess.STDOUT)
+            sys.executable,
+            "-m",
+            "bridge",
+            "run",
+            env=env,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         try:
             yield process
         finally:
@@ -76,10 +98,11 @@ class Pair:
 
 
 @contextlib.asynccontextmanager
-async def leader_and_standby(tmp_path: Path, settings: Settings, swarm: EmulatedSwarm,
-                             docker_api: DockerEmulator) -> AsyncIterator[Pair]:
+async def leader_and_standby(
+    tmp_path: Path, settings: Settings, swarm: EmulatedSwarm, docker_api: DockerEmulator
+) -> AsyncIterator[Pair]:
     files = make_keys(tmp_path / "keys")
-    (me, address), = [(t, swarm.address_of(t) or "") for t in swarm.add_tasks(1)]
+    ((me, address),) = [(t, swarm.address_of(t) or "") for t in swarm.add_tasks(1)]
     log_path = tmp_path / "leader.log"
     async with callout_server(tmp_path, files) as server:
         env = _leader_env(files, server, docker_api)
@@ -96,16 +119,17 @@ async def leader_and_standby(tmp_path: Path, settings: Settings, swarm: Emulated
             await coordinator.close()
 
             with structlog.testing.capture_logs() as logs:
-                async with run_bridge(bridge_settings(settings, files), server.url,
-                                      first_round=False) as running:
+                async with run_bridge(
+                    bridge_settings(settings, files), server.url, first_round=False
+                ) as running:
                     standby = running.bridge
 
                     def standing_by() -> bool:
                         return standby.election.leader is not None and any(
-                            e["event"] == "callout_serving" and e["agents"] == 1 for e in logs)
+                            e["event"] == "callout_serving" and e["agents"] == 1 for e in logs
+                        )
 
-                    await wait_for(standing_by, timeout=15,
-                                   what="the standby to load the agents")
+                    await wait_for(standing_by, timeout=15, what="the standby to load the agents")
                     assert not standby.election.is_leader.is_set()
                     yield Pair(server, leader, log_path, standby, logs, (me, address))
 
@@ -115,8 +139,8 @@ def admissions(logs: list[MutableMapping[str, Any]]) -> list[tuple[str, str]]:
 
 
 async def test_standby_answers_the_callout_while_the_leader_is_down(
-        tmp_path: Path, settings: Settings, swarm: EmulatedSwarm,
-        docker_api: DockerEmulator) -> None:
+    tmp_path: Path, settings: Settings, swarm: EmulatedSwarm, docker_api: DockerEmulator
+) -> None:
     """With the leader killed (its lease not yet expired), the standby admits an agent."""
     async with leader_and_standby(tmp_path, settings, swarm, docker_api) as pair:
         pair.logs.clear()
@@ -129,8 +153,8 @@ async def test_standby_answers_the_callout_while_the_leader_is_down(
 
 
 async def test_leader_and_standby_share_the_callout(
-        tmp_path: Path, settings: Settings, swarm: EmulatedSwarm,
-        docker_api: DockerEmulator) -> None:
+    tmp_path: Path, settings: Settings, swarm: EmulatedSwarm, docker_api: DockerEmulator
+) -> None:
     """The replicas' queue group spreads the requests: of 20 connects, each replica answers
     some (all 20 to one of two would happen once in about 500,000 runs)."""
     async with leader_and_standby(tmp_path, settings, swarm, docker_api) as pair:

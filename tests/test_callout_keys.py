@@ -20,8 +20,9 @@ def _b64(data: bytes) -> str:
 
 def server_token(claims: dict[str, object], seed: bytes | None = None) -> str:
     """A JWT signed as nats-server signs its requests: by a server ("N...") key."""
-    pair = nkeys.from_seed(bytearray(seed or nkeys.encode_seed(os.urandom(32),
-                                                                 nkeys.PREFIX_BYTE_SERVER)))
+    pair = nkeys.from_seed(
+        bytearray(seed or nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_SERVER))
+    )
     body = {**claims, "iss": pair.public_key.decode()}
     header = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
     signed = f"{header}.{_b64(json.dumps(body).encode())}"

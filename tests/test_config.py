@@ -32,11 +32,19 @@ def test_defaults_match_the_design() -> None:
 
 def test_values_parse_and_flags_win() -> None:
     """Environment values parse into types, and a flag overrides its variable."""
-    env = {"DISCOVERY_METHOD": "SWARM", "WHOOSH_NETWORK_NAME": "a, b", "WHOOSH_AGENT_PORT": "9000",
-           "WHOOSH_SERVICE_NAME": "svc", "WHOOSH_DNS_NAMES": "tasks.{service},other",
-           "WHOOSH_KNOWN_ENDPOINTS": "http://127.0.0.5:81,http://agent-x:8080",
-           "BRIDGE_POLL_INTERVAL": "2.5", "WHOOSH_VERIFY_HEALTH": "true", "BRIDGE_LISTEN": ":9",
-           "BRIDGE_LOG_LEVEL": "debug", "PATH": "/bin"}
+    env = {
+        "DISCOVERY_METHOD": "SWARM",
+        "WHOOSH_NETWORK_NAME": "a, b",
+        "WHOOSH_AGENT_PORT": "9000",
+        "WHOOSH_SERVICE_NAME": "svc",
+        "WHOOSH_DNS_NAMES": "tasks.{service},other",
+        "WHOOSH_KNOWN_ENDPOINTS": "http://127.0.0.5:81,http://agent-x:8080",
+        "BRIDGE_POLL_INTERVAL": "2.5",
+        "WHOOSH_VERIFY_HEALTH": "true",
+        "BRIDGE_LISTEN": ":9",
+        "BRIDGE_LOG_LEVEL": "debug",
+        "PATH": "/bin",
+    }
     env["BRIDGE_LISTEN"] = "127.0.0.1:9100"
     s = load_settings(env, {"BRIDGE_POLL_INTERVAL": "7"})
     assert s.discovery_method == "swarm"
@@ -55,36 +63,39 @@ def test_empty_network_means_first_address() -> None:
     assert load_settings({"WHOOSH_NETWORK_NAME": ""}).network_names == ()
 
 
-@pytest.mark.parametrize(("variable", "value"), [
-    ("DISCOVERY_METHOD", "kubernetes"),
-    ("WHOOSH_DOCKER_ENABLED", "maybe"),
-    ("WHOOSH_DOCKER_HOST", "docker.sock"),
-    ("WHOOSH_SERVICE_NAME", "  "),
-    ("WHOOSH_AGENT_PORT", "abc"),
-    ("WHOOSH_AGENT_PORT", "0"),
-    ("WHOOSH_AGENT_PORT", "70000"),
-    ("WHOOSH_VERIFY_HEALTH", "yess"),
-    ("WHOOSH_KNOWN_ENDPOINTS", "10.0.0.1:8080"),
-    ("WHOOSH_KNOWN_ENDPOINTS", "http://host"),
-    ("NATS_URL", "http://localhost:4222"),
-    ("BRIDGE_SUBJECT_PREFIX", "a.b"),
-    ("BRIDGE_KV_BUCKET", "bad.bucket"),
-    ("BRIDGE_POLL_INTERVAL", "-1"),
-    ("BRIDGE_POLL_INTERVAL", "0"),
-    ("BRIDGE_POLL_INTERVAL", "nan"),
-    ("BRIDGE_HTTP_TIMEOUT", "soon"),
-    ("BRIDGE_HTTP_CONCURRENCY", "0"),
-    ("BRIDGE_HTTP_CONCURRENCY", "1.5"),
-    ("BRIDGE_BUS_ACK_WAIT", "-0.1"),
-    ("BRIDGE_OPPORTUNITY_PATH", "api/x"),
-    ("BRIDGE_LISTEN", "8090"),
-    ("BRIDGE_LISTEN", "0.0.0.0:http"),
-    ("BRIDGE_LOG_FORMAT", "xml"),
-    ("BRIDGE_LOG_LEVEL", "loud"),
-    ("DOCKER_TLS_VERIFY", "2"),
-    ("BRIDGE_KV_REPLICAS", "7"),
-    ("BRIDGE_KV_REPLICAS", "0"),
-])
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DISCOVERY_METHOD", "kubernetes"),
+        ("WHOOSH_DOCKER_ENABLED", "maybe"),
+        ("WHOOSH_DOCKER_HOST", "docker.sock"),
+        ("WHOOSH_SERVICE_NAME", "  "),
+        ("WHOOSH_AGENT_PORT", "abc"),
+        ("WHOOSH_AGENT_PORT", "0"),
+        ("WHOOSH_AGENT_PORT", "70000"),
+        ("WHOOSH_VERIFY_HEALTH", "yess"),
+        ("WHOOSH_KNOWN_ENDPOINTS", "10.0.0.1:8080"),
+        ("WHOOSH_KNOWN_ENDPOINTS", "http://host"),
+        ("NATS_URL", "http://localhost:4222"),
+        ("BRIDGE_SUBJECT_PREFIX", "a.b"),
+        ("BRIDGE_KV_BUCKET", "bad.bucket"),
+        ("BRIDGE_POLL_INTERVAL", "-1"),
+        ("BRIDGE_POLL_INTERVAL", "0"),
+        ("BRIDGE_POLL_INTERVAL", "nan"),
+        ("BRIDGE_HTTP_TIMEOUT", "soon"),
+        ("BRIDGE_HTTP_CONCURRENCY", "0"),
+        ("BRIDGE_HTTP_CONCURRENCY", "1.5"),
+        ("BRIDGE_BUS_ACK_WAIT", "-0.1"),
+        ("BRIDGE_OPPORTUNITY_PATH", "api/x"),
+        ("BRIDGE_LISTEN", "8090"),
+        ("BRIDGE_LISTEN", "0.0.0.0:http"),
+        ("BRIDGE_LOG_FORMAT", "xml"),
+        ("BRIDGE_LOG_LEVEL", "loud"),
+        ("DOCKER_TLS_VERIFY", "2"),
+        ("BRIDGE_KV_REPLICAS", "7"),
+        ("BRIDGE_KV_REPLICAS", "0"),
+    ],
+)
 def test_bad_value_names_variable_and_value(variable: str, value: str) -> None:
     """Every variable's bad value is refused with one message naming it and the value."""
     with pytest.raises(ConfigError) as info:
@@ -101,12 +112,15 @@ def test_every_variable_is_known() -> None:
     assert "NATS_TOKEN" in ENV_VARIABLES and "BRIDGE_LOG_FORMAT" in ENV_VARIABLES
 
 
-@pytest.mark.parametrize("endpoint", [
-    "http://user:secret@127.0.0.5:8080",
-    "http://127.0.0.5:8080/admin/drop-all",
-    "http://127.0.0.5:8080?confirm=yes",
-    "http://127.0.0.5:8080#",
-])
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://user:secret@127.0.0.5:8080",
+        "http://127.0.0.5:8080/admin/drop-all",
+        "http://127.0.0.5:8080?confirm=yes",
+        "http://127.0.0.5:8080#",
+    ],
+)
 def test_known_endpoint_is_host_and_port_only(endpoint: str) -> None:
     """An endpoint with user info, a path, a query or a fragment is refused where it enters,
     naming it: only host and port may decide where a POST goes."""
@@ -121,8 +135,13 @@ def test_known_endpoint_is_host_and_port_only(endpoint: str) -> None:
 def test_unknown_own_variables_are_named() -> None:
     """A WHOOSH_*/BRIDGE_* variable the bridge does not read is a likely typo: it is named
     (the command warns), and it changes nothing."""
-    env = {"BRIDGE_POLL_INTERVALL": "5", "WHOOSH_SERVICE": "x", "BRIDGE_LISTEN": "127.0.0.1:1",
-           "HOME": "/root", "NATS_URLS": "nats://x"}
+    env = {
+        "BRIDGE_POLL_INTERVALL": "5",
+        "WHOOSH_SERVICE": "x",
+        "BRIDGE_LISTEN": "127.0.0.1:1",
+        "HOME": "/root",
+        "NATS_URLS": "nats://x",
+    }
     assert unknown_variables(env) == ["BRIDGE_POLL_INTERVALL", "WHOOSH_SERVICE"]
     assert load_settings(env).poll_interval == Settings().poll_interval
 

@@ -27,8 +27,12 @@ async def test_demo_reaches_every_agent() -> None:
     assert report is not None
     assert (report.total_agents, report.success_count) == (8, 8)
     assert (report.via_bus, report.via_http, report.failed) == (4, 4, [])
-    assert set(result.claims) == {"tpm", "senior-software-architect", "backend-developer",
-                                  "qa-engineer"}
+    assert set(result.claims) == {
+        "tpm",
+        "senior-software-architect",
+        "backend-developer",
+        "qa-engineer",
+    }
     assert all(len(agents) == 1 for agents in result.claims.values())
     assert any("reached 8 of 8 agents" in line for line in lines)
     assert any("discovered 8 of 8 agents via the Swarm API" in line for line in lines)
@@ -39,9 +43,20 @@ async def test_demo_keep_runs_until_ctrl_c() -> None:
     """`demo --keep` stays up after its report, prints the nats commands with the URL (which
     reach the demo's bucket), and stops cleanly, exit 0, on Ctrl-C."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge", "demo", "--agents", "4", "--on-bus", "2", "--keep",
-        env=env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True)
+        sys.executable,
+        "-m",
+        "bridge",
+        "demo",
+        "--agents",
+        "4",
+        "--on-bus",
+        "2",
+        "--keep",
+        env=env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
     assert proc.stdout is not None
     try:
         out: list[str] = []

@@ -17,9 +17,14 @@ from bridge.metrics import Metrics
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 RULES = DEPLOY / "prometheus" / "alerts.yml"
-ALERTS = ("ChorusBridgeDown", "ChorusBridgeNoLeader", "ChorusBridgeDiscoveryFailing",
-          "ChorusBridgeAgentsDropped", "ChorusBridgeDeliveriesFailing",
-          "ChorusBridgeWritesFailing")
+ALERTS = (
+    "ChorusBridgeDown",
+    "ChorusBridgeNoLeader",
+    "ChorusBridgeDiscoveryFailing",
+    "ChorusBridgeAgentsDropped",
+    "ChorusBridgeDeliveriesFailing",
+    "ChorusBridgeWritesFailing",
+)
 
 
 def promtool() -> str:
@@ -38,8 +43,13 @@ def _served() -> set[str]:
 
 def test_rules_pass_promtool_check() -> None:
     """`promtool check rules` accepts the rules."""
-    result = subprocess.run([promtool(), "check", "rules", str(RULES)], capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [promtool(), "check", "rules", str(RULES)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
@@ -47,8 +57,13 @@ def test_rules_pass_promtool_check() -> None:
 def test_rules_fire_on_their_series() -> None:
     """`promtool test rules`: each alert fires on its series, and not before."""
     tests = DEPLOY / "prometheus" / "alerts.test.yml"
-    result = subprocess.run([promtool(), "test", "rules", str(tests)], capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [promtool(), "test", "rules", str(tests)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     text = tests.read_text()
     for alert in ALERTS:
@@ -57,8 +72,7 @@ def test_rules_fire_on_their_series() -> None:
 
 def _metric_names(expr: str) -> set[str]:
     names = set(re.findall(r"\b((?:chorus_bridge|process|python)_[a-z_]+)", expr))
-    return {re.sub(r"_(bucket|sum|count)$", "", n) if "duration_seconds" in n else n
-            for n in names}
+    return {re.sub(r"_(bucket|sum|count)$", "", n) if "duration_seconds" in n else n for n in names}
 
 
 def test_rules_and_dashboard_use_served_metrics() -> None:
@@ -69,5 +83,8 @@ def test_rules_and_dashboard_use_served_metrics() -> None:
     exprs.append(RULES.read_text())
     used = set().union(*(_metric_names(e) for e in exprs))
     assert used and used <= served, used - served
-    assert {"chorus_bridge_agents", "chorus_bridge_deliveries_total",
-            "chorus_bridge_build_info"} <= used
+    assert {
+        "chorus_bridge_agents",
+        "chorus_bridge_deliveries_total",
+        "chorus_bridge_build_info",
+    } <= used

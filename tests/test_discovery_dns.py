@@ -31,8 +31,9 @@ async def server() -> AsyncIterator[DnsTestServer]:
         yield dns_server
 
 
-def discovery(server: DnsTestServer, *names: str, known: tuple[str, ...] = (),
-              timeout: float = 2.0) -> DnsDiscovery:
+def discovery(
+    server: DnsTestServer, *names: str, known: tuple[str, ...] = (), timeout: float = 2.0
+) -> DnsDiscovery:
     resolver = dns.asyncresolver.Resolver(configure=False)
     resolver.nameservers = [dns.nameserver.Do53Nameserver(server.host, server.port)]
     settings = Settings(dns_names=names, known_endpoints=known, agent_port=8080)
@@ -59,16 +60,31 @@ async def test_agent_fields_match_the_contract(server: DnsTestServer) -> None:
 
     result = await discovery(server, TASKS).discover()
 
-    assert result.agents == (Agent(id="dns-10-0-1-6-8080", endpoint="http://10.0.1.6:8080",
-                                   address="10.0.1.6", port=8080, source="dns"),)
+    assert result.agents == (
+        Agent(
+            id="dns-10-0-1-6-8080",
+            endpoint="http://10.0.1.6:8080",
+            address="10.0.1.6",
+            port=8080,
+            source="dns",
+        ),
+    )
     agent = result.agents[0]
     assert agent.healthy is None and agent.on_bus is False and agent.first_seen == ""
-    assert all(value is None for value in (agent.service, agent.network, agent.task_id,
-                                           agent.slot, agent.node_id, agent.container_id))
+    assert all(
+        value is None
+        for value in (
+            agent.service,
+            agent.network,
+            agent.task_id,
+            agent.slot,
+            agent.node_id,
+            agent.container_id,
+        )
+    )
 
 
-async def test_ipv6_addresses_get_dashed_ids_and_bracketed_endpoints(
-        server: DnsTestServer) -> None:
+async def test_ipv6_addresses_get_dashed_ids_and_bracketed_endpoints(server: DnsTestServer) -> None:
     """AAAA records are agents too, keyed `dns-fd00--1-8080`, next to the A records."""
     server.set(TASKS, ["10.0.1.6", "fd00::1"])
 
@@ -98,10 +114,12 @@ async def test_name_without_addresses_is_a_complete_round(server: DnsTestServer)
     assert result.agents == () and result.complete
 
 
-@pytest.mark.parametrize(("behaviour", "reason"), [("servfail", "SERVFAIL"),
-                                                   ("refused", "REFUSED")])
+@pytest.mark.parametrize(
+    ("behaviour", "reason"), [("servfail", "SERVFAIL"), ("refused", "REFUSED")]
+)
 async def test_server_failure_makes_the_round_incomplete(
-        server: DnsTestServer, behaviour: str, reason: str) -> None:
+    server: DnsTestServer, behaviour: str, reason: str
+) -> None:
     """SERVFAIL or REFUSED fails the name, named in `failures`, and the round is incomplete."""
     server.fail(TASKS, behaviour)  # type: ignore[arg-type]
 
@@ -144,8 +162,12 @@ async def test_overlapping_names_are_deduplicated(server: DnsTestServer) -> None
     result = await discovery(server, TASKS, OTHER).discover()
 
     ids = [a.id for a in result.agents]
-    assert ids == ["dns-10-0-1-2-8080", "dns-10-0-1-3-8080", "dns-10-0-1-4-8080",
-                   "dns-10-0-1-5-8080"]
+    assert ids == [
+        "dns-10-0-1-2-8080",
+        "dns-10-0-1-3-8080",
+        "dns-10-0-1-4-8080",
+        "dns-10-0-1-5-8080",
+    ]
 
 
 async def test_known_endpoints_are_static_and_win_over_dns(server: DnsTestServer) -> None:
@@ -156,12 +178,27 @@ async def test_known_endpoints_are_static_and_win_over_dns(server: DnsTestServer
     result = await discovery(server, TASKS, known=known).discover()
 
     assert result.agents == (
-        Agent(id="dns-10-0-1-6-9000", endpoint="http://10.0.1.6:9000", address="10.0.1.6",
-              port=9000, source="static"),
-        Agent(id="dns-10-0-1-7-8080", endpoint="http://10.0.1.7:8080", address="10.0.1.7",
-              port=8080, source="dns"),
-        Agent(id="dns-agent-a-example-8443", endpoint="https://agent-a.example:8443",
-              address="agent-a.example", port=8443, source="static"),
+        Agent(
+            id="dns-10-0-1-6-9000",
+            endpoint="http://10.0.1.6:9000",
+            address="10.0.1.6",
+            port=9000,
+            source="static",
+        ),
+        Agent(
+            id="dns-10-0-1-7-8080",
+            endpoint="http://10.0.1.7:8080",
+            address="10.0.1.7",
+            port=8080,
+            source="dns",
+        ),
+        Agent(
+            id="dns-agent-a-example-8443",
+            endpoint="https://agent-a.example:8443",
+            address="agent-a.example",
+            port=8443,
+            source="static",
+        ),
     )
 
 
@@ -172,7 +209,8 @@ async def test_known_endpoints_survive_a_failed_round(server: DnsTestServer) -> 
     result = await discovery(server, TASKS, known=("http://[FD00:0::2]:8080",)).discover()
 
     assert [(a.id, a.address, a.source) for a in result.agents] == [
-        ("dns-fd00--2-8080", "fd00::2", "static")]
+        ("dns-fd00--2-8080", "fd00::2", "static")
+    ]
     assert not result.complete
 
 

@@ -31,23 +31,37 @@ async def bucket_ids(nc: NATS, bucket: str) -> set[str]:
 
 
 async def test_sigterm_ends_run_while_events_hang(
-        docker_api: DockerEmulator, swarm: EmulatedSwarm, nats_server: EmbeddedNats,
-        nc: NATS, unique: str, tmp_path: Path) -> None:
+    docker_api: DockerEmulator,
+    swarm: EmulatedSwarm,
+    nats_server: EmbeddedNats,
+    nc: NATS,
+    unique: str,
+    tmp_path: Path,
+) -> None:
     """A daemon that accepts GET /events and never answers: SIGTERM still ends
     `chorus-bridge run` with exit 0 within 15 s."""
     tasks = swarm.add_tasks(2)
     swarm.set_error("hang", paths={"/events"})
-    env = {**os.environ, "NATS_URL": nats_server.url, "DISCOVERY_METHOD": "swarm",
-           "WHOOSH_DOCKER_HOST": docker_api.base_url, "WHOOSH_DNS_NAMES": "",
-           "BRIDGE_SUBJECT_PREFIX": f"t{unique}", "BRIDGE_KV_BUCKET": f"agents_{unique}",
-           "BRIDGE_LISTEN": "127.0.0.1:0", "BRIDGE_POLL_INTERVAL": "60"}
+    env = {
+        **os.environ,
+        "NATS_URL": nats_server.url,
+        "DISCOVERY_METHOD": "swarm",
+        "WHOOSH_DOCKER_HOST": docker_api.base_url,
+        "WHOOSH_DNS_NAMES": "",
+        "BRIDGE_SUBJECT_PREFIX": f"t{unique}",
+        "BRIDGE_KV_BUCKET": f"agents_{unique}",
+        "BRIDGE_LISTEN": "127.0.0.1:0",
+        "BRIDGE_POLL_INTERVAL": "60",
+    }
     log_file = (tmp_path / "bridge.log").open("wb")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge", "run", env=env, stdout=log_file, stderr=log_file)
+        sys.executable, "-m", "bridge", "run", env=env, stdout=log_file, stderr=log_file
+    )
     try:
         # Its first round is done and its event request is hanging in the daemon.
-        await wait_for(lambda: swarm.requests["/events"] >= 1, timeout=20,
-                       what="the bridge to ask for events")
+        await wait_for(
+            lambda: swarm.requests["/events"] >= 1, timeout=20, what="the bridge to ask for events"
+        )
 
         async def published() -> bool:
             try:
@@ -68,8 +82,8 @@ async def test_sigterm_ends_run_while_events_hang(
 
 
 async def test_event_stream_outage_is_one_line_each_way(
-        settings: Settings, docker_api: DockerEmulator, swarm: EmulatedSwarm,
-        nats_server: EmbeddedNats) -> None:
+    settings: Settings, docker_api: DockerEmulator, swarm: EmulatedSwarm, nats_server: EmbeddedNats
+) -> None:
     """The daemon gone for a while: one `docker_events_lost` line, whatever the retries, one
     line when the stream is back, and no advice to set WHOOSH_DOCKER_HOST (it is set)."""
     async with run_bridge(settings, nats_server.url) as running:
@@ -79,16 +93,21 @@ async def test_event_stream_outage_is_one_line_each_way(
         await wait_for(follower.connected.is_set, what="the event stream")
         with structlog.testing.capture_logs() as logs:
             await docker_api.stop()
-            await wait_for(lambda: any(e["event"] == "docker_events_lost" for e in logs),
-                           what="the loss to be logged")
+            await wait_for(
+                lambda: any(e["event"] == "docker_events_lost" for e in logs),
+                what="the loss to be logged",
+            )
             # The outage lasts a few seconds: several attempts to open the stream again
             # fail meanwhile (0.1 s apart at first, doubling, at most 2 s apart).
             await asyncio.sleep(OUTAGE_S)
             await docker_api.start()
-            await wait_for(lambda: swarm.event_streams == 1, timeout=10,
-                           what="the stream to come back")
-            await wait_for(lambda: any(e["event"] == "docker_events_connected" for e in logs),
-                           what="the return to be logged")
+            await wait_for(
+                lambda: swarm.event_streams == 1, timeout=10, what="the stream to come back"
+            )
+            await wait_for(
+                lambda: any(e["event"] == "docker_events_connected" for e in logs),
+                what="the return to be logged",
+            )
     lost = [e for e in logs if e["event"] == "docker_events_lost"]
     back = [e for e in logs if e["event"] == "docker_events_connected"]
     assert len(lost) == 1 and len(back) == 1, [e["event"] for e in logs]
@@ -98,7 +117,8 @@ async def test_event_stream_outage_is_one_line_each_way(
 
 
 async def test_a_quiet_stream_is_asked_again_and_loses_no_event(
-        docker_api: DockerEmulator, swarm: EmulatedSwarm) -> None:
+    docker_api: DockerEmulator, swarm: EmulatedSwarm
+) -> None:
     """Each read of /events is bounded: a stream quiet for `docker_timeout` is asked again,
     with `since`, so an event that came while no stream was open still arrives, once."""
     api = DockerAPI(Settings(docker_host=docker_api.base_url, docker_timeout=0.5))
@@ -114,8 +134,10 @@ async def test_a_quiet_stream_is_asked_again_and_loses_no_event(
             await wait_for(lambda: swarm.event_streams == 1, what="the stream")
             swarm.set_error("hang", paths={"/events"})
             # Quiet for 0.5 s: the stream ends, is asked again, and that request hangs.
-            await wait_for(lambda: swarm.requests["/events"] == 2 and swarm.event_streams == 0,
-                           what="the stream to be asked again")
+            await wait_for(
+                lambda: swarm.requests["/events"] == 2 and swarm.event_streams == 0,
+                what="the stream to be asked again",
+            )
             (task,) = swarm.add_tasks(1)  # while no stream is open
             swarm.set_error(None)
             await wait_for(lambda: started(seen, task) >= 1, what="the missed event")
@@ -126,6 +148,7 @@ async def test_a_quiet_stream_is_asked_again_and_loses_no_event(
 
 
 def started(events: list[dict[str, Any]], task: str) -> int:
-    return sum(e["Action"] == "start"
-               and e["Actor"]["Attributes"].get("com.docker.swarm.task.id") == task
-               for e in events)
+    return sum(
+        e["Action"] == "start" and e["Actor"]["Attributes"].get("com.docker.swarm.task.id") == task
+        for e in events
+    )

@@ -7,8 +7,12 @@ from bridge.discovery.followup import BACKOFF_START, FAST, FAST_WINDOW, FollowUp
 POLL = 30.0
 
 
-def delays(schedule: FollowUps, tasks: tuple[str, ...], start: float, until: float,
-           ) -> list[float]:
+def delays(
+    schedule: FollowUps,
+    tasks: tuple[str, ...],
+    start: float,
+    until: float,
+) -> list[float]:
     """The delays the schedule asks for while `tasks` stay not running, on a fake clock."""
     now, out = start, []
     while now < until:

@@ -49,8 +49,13 @@ async def hanging_server(host: str) -> AsyncIterator[int]:
 
 
 def agent(host: str, port: int, name: str | None = None) -> Agent:
-    return Agent(id=name or host_agent_id(host, port), endpoint=endpoint_for(host, port),
-                 address=host, port=port, source="dns")
+    return Agent(
+        id=name or host_agent_id(host, port),
+        endpoint=endpoint_for(host, port),
+        address=host,
+        port=port,
+        source="dns",
+    )
 
 
 async def ok(_request: web.Request) -> web.Response:
@@ -63,19 +68,29 @@ async def broken(_request: web.Request) -> web.Response:
 
 async def test_health_of_ok_error_hung_and_closed_agents() -> None:
     """200 is healthy; 500, a hang and a closed port are not; hangs cost one timeout in all."""
-    async with (agent_server("127.0.0.2", ok) as ok_port,
-                agent_server("127.0.0.3", broken) as broken_port,
-                hanging_server("127.0.0.4") as hang_port):
+    async with (
+        agent_server("127.0.0.2", ok) as ok_port,
+        agent_server("127.0.0.3", broken) as broken_port,
+        hanging_server("127.0.0.4") as hang_port,
+    ):
         hung = [agent("127.0.0.4", hang_port, f"hung-{n}") for n in range(4)]
-        agents = [agent("127.0.0.2", ok_port), agent("127.0.0.3", broken_port),
-                  agent("127.0.0.5", ok_port), *hung]  # nothing listens on 127.0.0.5
+        agents = [
+            agent("127.0.0.2", ok_port),
+            agent("127.0.0.3", broken_port),
+            agent("127.0.0.5", ok_port),
+            *hung,
+        ]  # nothing listens on 127.0.0.5
         started = time.monotonic()
         async with AgentHTTP(Settings()) as client:
             results = await check_health(client, agents, timeout=1.0, concurrency=16)
         elapsed = time.monotonic() - started
 
-    assert results == {agents[0].id: True, agents[1].id: False, agents[2].id: False,
-                       **{a.id: False for a in hung}}
+    assert results == {
+        agents[0].id: True,
+        agents[1].id: False,
+        agents[2].id: False,
+        **{a.id: False for a in hung},
+    }
     # Four hung agents one after the other would take at least 4 s.
     assert elapsed < 2.5
 
@@ -118,4 +133,5 @@ def test_with_health_sets_only_the_checked_agents() -> None:
 
     assert [a.healthy for a in marked] == [True, False, None]
     assert [(a.id, a.endpoint, a.source) for a in marked] == [
-        (a.id, a.endpoint, a.source) for a in (up, down, unchecked)]
+        (a.id, a.endpoint, a.source) for a in (up, down, unchecked)
+    ]

@@ -26,10 +26,14 @@ async def bucket(nc: NATS, settings: Settings) -> dict[str, Agent]:
     return agents
 
 
-
 async def test_auto_publishes_no_dns_ghost(
-        settings: Settings, docker_api: DockerEmulator, swarm: EmulatedSwarm,
-        dns_server: DnsTestServer, nats_server: EmbeddedNats, nc: NATS) -> None:
+    settings: Settings,
+    docker_api: DockerEmulator,
+    swarm: EmulatedSwarm,
+    dns_server: DnsTestServer,
+    nats_server: EmbeddedNats,
+    nc: NATS,
+) -> None:
     """auto, Swarm answering: the address tasks.<service> still gives for a gone task is not
     an agent; when the Swarm call fails, tasks.<service> is the fallback again."""
     tasks = swarm.add_tasks(3)
@@ -45,8 +49,13 @@ async def test_auto_publishes_no_dns_ghost(
 
 
 async def test_one_task_is_one_agent_on_any_of_its_networks(
-        settings: Settings, docker_api: DockerEmulator, swarm: EmulatedSwarm,
-        dns_server: DnsTestServer, nats_server: EmbeddedNats, nc: NATS) -> None:
+    settings: Settings,
+    docker_api: DockerEmulator,
+    swarm: EmulatedSwarm,
+    dns_server: DnsTestServer,
+    nats_server: EmbeddedNats,
+    nc: NATS,
+) -> None:
     """A task on chorus_default and on backend, whose backend address DNS gives, is one
     agent: in auto (another DNS name) and in a swarm round's DNS fallback."""
     (task,) = swarm.add_tasks(1)
@@ -61,16 +70,17 @@ async def test_one_task_is_one_agent_on_any_of_its_networks(
     assert agents[task].address == swarm.address_of(task)
 
     fallback = settings.replace(dns_names=(TASKS_NAME,))
-    async with run_bridge(fallback, nats_server.url,
-                          dns=dns_discovery(fallback, dns_server)) as running:
+    async with run_bridge(
+        fallback, nats_server.url, dns=dns_discovery(fallback, dns_server)
+    ) as running:
         swarm.set_error("server_error")
         await rounds_pass(running, 3)
         assert set(await bucket(nc, fallback)) == {task}
 
 
 async def test_stuck_task_is_logged_once_and_backs_off(
-        settings: Settings, docker_api: DockerEmulator, swarm: EmulatedSwarm,
-        nats_server: EmbeddedNats) -> None:
+    settings: Settings, docker_api: DockerEmulator, swarm: EmulatedSwarm, nats_server: EmbeddedNats
+) -> None:
     """A task that stays pending is logged once, and then re-checked on the poll interval."""
     swarm.add_tasks(1)
     (stuck,) = swarm.add_tasks(1, state="pending")
@@ -78,11 +88,13 @@ async def test_stuck_task_is_logged_once_and_backs_off(
     with structlog.testing.capture_logs() as logs:
         async with run_bridge(quick, nats_server.url) as running:
             loop = running.bridge.pipeline
-            await wait_for(lambda: any(e["event"] == "task_not_running" for e in logs),
-                           timeout=10, what="the stuck task to be logged")
+            await wait_for(
+                lambda: any(e["event"] == "task_not_running" for e in logs),
+                timeout=10,
+                what="the stuck task to be logged",
+            )
             start, started = loop.rounds, asyncio.get_running_loop().time()
-            await wait_for(lambda: loop.rounds >= start + 4, timeout=10,
-                           what="4 more rounds")
+            await wait_for(lambda: loop.rounds >= start + 4, timeout=10, what="4 more rounds")
             elapsed = asyncio.get_running_loop().time() - started
     stuck_lines = [e for e in logs if e["event"] == "task_not_running"]
     assert [e["task_id"] for e in stuck_lines] == [stuck]

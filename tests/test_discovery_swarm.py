@@ -39,7 +39,10 @@ def test_recorded_34_running_tasks_become_34_agents() -> None:
         assert agent.node_id == task["NodeID"]
         assert agent.container_id == task["Status"]["ContainerStatus"]["ContainerID"]
         assert (agent.source, agent.service, agent.network) == (
-            "swarm", "CHORUS_chorus", "chorus_default")
+            "swarm",
+            "CHORUS_chorus",
+            "chorus_default",
+        )
     assert len({a.address for a in found.agents}) == 34
 
 
@@ -53,8 +56,9 @@ def test_rejected_tasks_are_not_published() -> None:
 def test_history_tasks_are_skipped() -> None:
     """Only desired-running, running tasks of the unfiltered list become agents."""
     raw = json.loads((FIXTURES / "tasks_all.json").read_bytes())
-    expected = {t["ID"] for t in raw
-                if t["DesiredState"] == "running" and t["Status"]["State"] == "running"}
+    expected = {
+        t["ID"] for t in raw if t["DesiredState"] == "running" and t["Status"]["State"] == "running"
+    }
     assert {a.id for a in _decode("tasks_all.json").agents} == expected
 
 
@@ -89,13 +93,17 @@ def _answer(status: int, body_file: str) -> requests.Response:
     return response
 
 
-@pytest.mark.parametrize(("status", "body", "kind", "says"), [
-    (503, "tasks_not_swarm_503.body", "not_manager", "manager node"),
-    (404, "tasks_service_not_found_404.body", "service_not_found", "WHOOSH_SERVICE_NAME"),
-    (500, "tasks_bad_filter_500.body", "server_error", "HTTP 500"),
-])
-def test_recorded_error_answers_are_classified(status: int, body: str, kind: str,
-                                               says: str) -> None:
+@pytest.mark.parametrize(
+    ("status", "body", "kind", "says"),
+    [
+        (503, "tasks_not_swarm_503.body", "not_manager", "manager node"),
+        (404, "tasks_service_not_found_404.body", "service_not_found", "WHOOSH_SERVICE_NAME"),
+        (500, "tasks_bad_filter_500.body", "server_error", "HTTP 500"),
+    ],
+)
+def test_recorded_error_answers_are_classified(
+    status: int, body: str, kind: str, says: str
+) -> None:
     """The recorded 503, 404 and 500 answers map to errors that say what to do."""
     answer = _answer(status, body)
     error = status_error(answer, Settings())
@@ -106,9 +114,11 @@ def test_recorded_error_answers_are_classified(status: int, body: str, kind: str
 def test_socket_and_permission_errors_are_classified() -> None:
     """A missing socket and a forbidden one are told apart from an outage."""
     missing = requests.exceptions.ConnectionError(
-        OSError("Connection aborted.", FileNotFoundError(2, "No such file or directory")))
+        OSError("Connection aborted.", FileNotFoundError(2, "No such file or directory"))
+    )
     denied = requests.exceptions.ConnectionError(
-        OSError("Connection aborted.", PermissionError(13, "Permission denied")))
+        OSError("Connection aborted.", PermissionError(13, "Permission denied"))
+    )
     timeout = requests.exceptions.ReadTimeout("read timed out")
     settings = Settings()
     assert kind(missing, settings) == "socket_missing"
@@ -134,7 +144,8 @@ def test_a_list_of_several_services_is_a_bad_response() -> None:
 def test_socket_missing_advice_depends_on_whether_the_host_was_set() -> None:
     """Setting WHOOSH_DOCKER_HOST is advised only when it was not set."""
     missing = requests.exceptions.ConnectionError(
-        OSError("Connection aborted.", FileNotFoundError(2, "No such file or directory")))
+        OSError("Connection aborted.", FileNotFoundError(2, "No such file or directory"))
+    )
     default = docker_error(missing, Settings())
     chosen = docker_error(missing, Settings(docker_host="unix:///run/other/docker.sock"))
     assert default is not None and chosen is not None

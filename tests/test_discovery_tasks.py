@@ -16,8 +16,7 @@ from bridge.emulator import EmulatedSwarm
 from bridge.emulator.filters import parse_filters
 from tests.conftest import FIXTURES
 
-RUNNING = parse_filters(json.dumps({"service": ["CHORUS_chorus"],
-                                    "desired-state": ["running"]}))
+RUNNING = parse_filters(json.dumps({"service": ["CHORUS_chorus"], "desired-state": ["running"]}))
 
 
 def fresh(body: bytes) -> SwarmRound:
@@ -27,7 +26,10 @@ def fresh(body: bytes) -> SwarmRound:
 
 def same_round(a: SwarmRound, b: SwarmRound) -> bool:
     return (a.agents, sorted(a.without_address), a.pending) == (
-        b.agents, sorted(b.without_address), b.pending)
+        b.agents,
+        sorted(b.without_address),
+        b.pending,
+    )
 
 
 @pytest.fixture

@@ -111,17 +111,29 @@ async def embedded_run(tmp_path: Path, unique: str) -> AsyncIterator[RunningComm
     swarm.add_tasks(3)
     async with DockerEmulator(tmp_path / "docker.sock", swarm) as emulator:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bridge", "run", "--state-dir", str(tmp_path / "state"),
-            env=env(WHOOSH_DOCKER_HOST=emulator.base_url, DISCOVERY_METHOD="swarm",
-                    WHOOSH_DNS_NAMES="", BRIDGE_LISTEN="127.0.0.1:0",
-                    BRIDGE_KV_BUCKET=f"agents_{unique}"),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True)
+            sys.executable,
+            "-m",
+            "bridge",
+            "run",
+            "--state-dir",
+            str(tmp_path / "state"),
+            env=env(
+                WHOOSH_DOCKER_HOST=emulator.base_url,
+                DISCOVERY_METHOD="swarm",
+                WHOOSH_DNS_NAMES="",
+                BRIDGE_LISTEN="127.0.0.1:0",
+                BRIDGE_KV_BUCKET=f"agents_{unique}",
+            ),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
         running = RunningCommand(proc)
         reader = asyncio.create_task(running.read())
         try:
-            await wait_for(lambda: "agents_changed" in running.events(), timeout=30,
-                           what="the first round")
+            await wait_for(
+                lambda: "agents_changed" in running.events(), timeout=30, what="the first round"
+            )
             yield running
         finally:
             if proc.returncode is None:
@@ -142,13 +154,18 @@ async def test_ctrl_c_stops_the_bridge_before_nats(embedded_run: RunningCommand)
     events = embedded_run.events()
     assert events[-1] == "bridge_stopped"
     assert not {"nats_error", "nats_disconnected"} & set(events), events
-    await wait_for(lambda: not Path(f"/proc/{server_pid}").exists()
-                   or "zombie" in Path(f"/proc/{server_pid}/status").read_text().lower(),
-                   what="the nats-server to end")
+    await wait_for(
+        lambda: (
+            not Path(f"/proc/{server_pid}").exists()
+            or "zombie" in Path(f"/proc/{server_pid}/status").read_text().lower()
+        ),
+        what="the nats-server to end",
+    )
 
 
-async def test_run_survives_its_nats_server_being_killed(embedded_run: RunningCommand,
-                                                         unique: str) -> None:
+async def test_run_survives_its_nats_server_being_killed(
+    embedded_run: RunningCommand, unique: str
+) -> None:
     """kill -9 of the embedded nats-server: it is restarted on its store, the bridge
     reconnects, and the bucket still lists the agents."""
     proc = embedded_run.proc
@@ -156,13 +173,23 @@ async def test_run_survives_its_nats_server_being_killed(embedded_run: RunningCo
     loop = asyncio.get_running_loop()
     killed = loop.time()
     os.kill(server_pid, signal.SIGKILL)
-    await wait_for(lambda: "nats_embedded_restarted" in embedded_run.events(), timeout=30,
-                   interval=0.005, what="the restart")
+    await wait_for(
+        lambda: "nats_embedded_restarted" in embedded_run.events(),
+        timeout=30,
+        interval=0.005,
+        what="the restart",
+    )
     restarted = loop.time() - killed
-    await wait_for(lambda: "nats_reconnected" in embedded_run.events(), timeout=30,
-                   interval=0.005, what="the bridge to reconnect")
-    print(f"kill -9 of the embedded nats-server: restarted after {restarted:.2f} s, "
-          f"bridge reconnected after {loop.time() - killed:.2f} s")
+    await wait_for(
+        lambda: "nats_reconnected" in embedded_run.events(),
+        timeout=30,
+        interval=0.005,
+        what="the bridge to reconnect",
+    )
+    print(
+        f"kill -9 of the embedded nats-server: restarted after {restarted:.2f} s, "
+        f"bridge reconnected after {loop.time() - killed:.2f} s"
+    )
     assert "nats_embedded_died" in embedded_run.events()
     url = str(embedded_run.line("nats_embedded")["url"])
     nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=1)

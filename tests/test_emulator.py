@@ -82,8 +82,9 @@ async def emulator(sock_path: Path, swarm: EmulatedSwarm) -> AsyncIterator[Docke
 
 async def connect(emu: DockerEmulator, timeout: float = 5) -> docker.APIClient:
     """A real SDK client; version="auto" asks GET /version, so it is built in a thread."""
-    return await asyncio.to_thread(docker.APIClient, base_url=emu.base_url, version="auto",
-                                   timeout=timeout)
+    return await asyncio.to_thread(
+        docker.APIClient, base_url=emu.base_url, version="auto", timeout=timeout
+    )
 
 
 @pytest.fixture
@@ -93,12 +94,12 @@ async def client(emulator: DockerEmulator) -> AsyncIterator[docker.APIClient]:
     api.close()
 
 
-async def raw(api: docker.APIClient, path: str, method: str = "GET",
-              **params: Any) -> requests.Response:
+async def raw(
+    api: docker.APIClient, path: str, method: str = "GET", **params: Any
+) -> requests.Response:
     """Request a path as given (bare or versioned), without the SDK's decoding."""
     url = f"{api.base_url}{path}"
-    response: requests.Response = await asyncio.to_thread(api.request, method, url,
-                                                          params=params)
+    response: requests.Response = await asyncio.to_thread(api.request, method, url, params=params)
     return response
 
 
@@ -113,8 +114,9 @@ class TestTaskShape:
         for task in tasks:
             assert shape(task) == expected
 
-    async def test_values_look_like_docker_values(self, client: docker.APIClient,
-                                                  swarm: EmulatedSwarm) -> None:
+    async def test_values_look_like_docker_values(
+        self, client: docker.APIClient, swarm: EmulatedSwarm
+    ) -> None:
         """IDs, container IDs, slots, addresses and network are what Docker would give."""
         tasks = await asyncio.to_thread(client.tasks, filters=RUNNING)
         assert sorted(t["Slot"] for t in tasks) == list(range(1, 35))
@@ -145,21 +147,25 @@ class TestTaskShape:
 
 
 class TestTaskFilters:
-    async def test_service_by_name_id_and_legacy_form(self, client: docker.APIClient,
-                                                      swarm: EmulatedSwarm) -> None:
+    async def test_service_by_name_id_and_legacy_form(
+        self, client: docker.APIClient, swarm: EmulatedSwarm
+    ) -> None:
         """The service filter takes the name or the ID, in the list or the legacy map form."""
         by_name = await asyncio.to_thread(client.tasks, filters={"service": SERVICE})
         by_id = await asyncio.to_thread(client.tasks, filters={"service": swarm.service_id})
-        legacy = (await raw(client, "/v1.41/tasks",
-                            filters=json.dumps({"service": {SERVICE: True}}))).json()
+        legacy = (
+            await raw(client, "/v1.41/tasks", filters=json.dumps({"service": {SERVICE: True}}))
+        ).json()
         assert len(by_name) == len(by_id) == len(legacy) == 34
 
     async def test_unknown_service_is_not_found(self, client: docker.APIClient) -> None:
         """An unknown service is HTTP 404 with Docker's message, not an empty list."""
         with pytest.raises(docker.errors.NotFound) as caught:
             await asyncio.to_thread(client.tasks, filters={"service": "NoSuch"})
-        assert caught.value.response.content == (
-            FIXTURES / "tasks_service_not_found_404.body").read_bytes()
+        assert (
+            caught.value.response.content
+            == (FIXTURES / "tasks_service_not_found_404.body").read_bytes()
+        )
 
     async def test_malformed_filters_are_a_500(self, client: docker.APIClient) -> None:
         """A filters parameter that is not JSON gets Go's message with HTTP 500, as recorded."""
@@ -167,8 +173,9 @@ class TestTaskFilters:
         assert response.status_code == 500
         assert response.content == (FIXTURES / "tasks_bad_filter_500.body").read_bytes()
 
-    async def test_desired_state_id_name_and_node(self, client: docker.APIClient,
-                                                  swarm: EmulatedSwarm) -> None:
+    async def test_desired_state_id_name_and_node(
+        self, client: docker.APIClient, swarm: EmulatedSwarm
+    ) -> None:
         """desired-state is exact; id and name match by prefix; node takes the node ID."""
         gone = swarm.running_ids()[0]
         swarm.remove_task(gone)
@@ -191,10 +198,9 @@ class TestTaskFilters:
         cases = {
             '{"service":': "unexpected end of JSON input",
             '{"service":"x"}': "json: cannot unmarshal string into Go value of type "
-                               "map[string]bool",
+            "map[string]bool",
             '{"service":["x"] "a":1}': "invalid character '\"' after object key:value pair",
-            "[1]": "json: cannot unmarshal array into Go value of type "
-                   "map[string]map[string]bool",
+            "[1]": "json: cannot unmarshal array into Go value of type map[string]map[string]bool",
         }
         for raw, message in cases.items():
             with pytest.raises(EngineError) as caught:
@@ -203,8 +209,9 @@ class TestTaskFilters:
 
 
 class TestErrorSwitches:
-    async def test_not_manager_is_the_recorded_503(self, client: docker.APIClient,
-                                                   swarm: EmulatedSwarm) -> None:
+    async def test_not_manager_is_the_recorded_503(
+        self, client: docker.APIClient, swarm: EmulatedSwarm
+    ) -> None:
         """not_manager answers HTTP 503 with the recorded body and headers."""
         swarm.error = "not_manager"
         with pytest.raises(docker.errors.APIError) as caught:
@@ -219,8 +226,9 @@ class TestErrorSwitches:
         swarm.error = None
         assert len(await asyncio.to_thread(client.tasks, filters=RUNNING)) == 34
 
-    async def test_service_not_found_and_server_error(self, client: docker.APIClient,
-                                                      swarm: EmulatedSwarm) -> None:
+    async def test_service_not_found_and_server_error(
+        self, client: docker.APIClient, swarm: EmulatedSwarm
+    ) -> None:
         """service_not_found is a NotFound naming the service; server_error is an HTTP 500."""
         swarm.error = "service_not_found"
         with pytest.raises(docker.errors.NotFound, match=f"service {SERVICE} not found"):
@@ -230,8 +238,9 @@ class TestErrorSwitches:
             await asyncio.to_thread(client.tasks, filters=RUNNING)
         assert caught.value.status_code == 500
 
-    async def test_bad_json_fails_to_decode(self, client: docker.APIClient,
-                                            swarm: EmulatedSwarm) -> None:
+    async def test_bad_json_fails_to_decode(
+        self, client: docker.APIClient, swarm: EmulatedSwarm
+    ) -> None:
         """bad_json answers 200 with a truncated body that the SDK cannot decode."""
         swarm.error = "bad_json"
         with pytest.raises(json.JSONDecodeError):
@@ -239,8 +248,9 @@ class TestErrorSwitches:
         info = await asyncio.to_thread(client.info)  # other paths stay healthy
         assert info["Swarm"]["ControlAvailable"] is True
 
-    async def test_hang_times_out_then_recovers(self, emulator: DockerEmulator,
-                                                swarm: EmulatedSwarm) -> None:
+    async def test_hang_times_out_then_recovers(
+        self, emulator: DockerEmulator, swarm: EmulatedSwarm
+    ) -> None:
         """hang never answers: the client's read timeout fires; cleared, it answers again."""
         api = await connect(emulator, timeout=0.5)
         swarm.error = "hang"
@@ -252,8 +262,9 @@ class TestErrorSwitches:
         assert len(await asyncio.to_thread(api.tasks, filters=RUNNING)) == 34
         api.close()
 
-    async def test_clearing_hang_releases_a_waiting_request(self, client: docker.APIClient,
-                                                            swarm: EmulatedSwarm) -> None:
+    async def test_clearing_hang_releases_a_waiting_request(
+        self, client: docker.APIClient, swarm: EmulatedSwarm
+    ) -> None:
         """A request held by hang is answered as soon as the switch is cleared."""
         swarm.error = "hang"
         pending = asyncio.create_task(asyncio.to_thread(client.tasks, filters=RUNNING))
@@ -262,8 +273,9 @@ class TestErrorSwitches:
         swarm.error = None
         assert len(await asyncio.wait_for(pending, 5)) == 34
 
-    async def test_error_on_every_path(self, client: docker.APIClient,
-                                       swarm: EmulatedSwarm) -> None:
+    async def test_error_on_every_path(
+        self, client: docker.APIClient, swarm: EmulatedSwarm
+    ) -> None:
         """With paths=None the switch applies to every endpoint, /info included."""
         swarm.set_error("server_error", paths=None)
         with pytest.raises(docker.errors.APIError) as caught:
@@ -299,8 +311,9 @@ class TestErrorSwitches:
 
 
 class TestEngineDocuments:
-    async def test_ping_version_and_info(self, client: docker.APIClient,
-                                         swarm: EmulatedSwarm) -> None:
+    async def test_ping_version_and_info(
+        self, client: docker.APIClient, swarm: EmulatedSwarm
+    ) -> None:
         """/_ping, /version and /info carry what a client reads to know the engine."""
         ping = await raw(client, "/_ping")
         assert (ping.status_code, ping.text) == (200, "OK")
@@ -316,8 +329,9 @@ class TestEngineDocuments:
         assert info["Swarm"]["NodeID"] == swarm.node_id
         assert (info["Swarm"]["Nodes"], info["Swarm"]["Managers"]) == (1, 1)
 
-    async def test_paths_methods_and_counters(self, client: docker.APIClient,
-                                              swarm: EmulatedSwarm) -> None:
+    async def test_paths_methods_and_counters(
+        self, client: docker.APIClient, swarm: EmulatedSwarm
+    ) -> None:
         """Any version prefix works; other paths are 404, other methods 405, both recorded."""
         assert (await raw(client, "/v1.44/tasks")).status_code == 200
         assert (await raw(client, "/tasks")).status_code == 200
@@ -352,8 +366,9 @@ class TestMutations:
         assert swarm.scale(30) and swarm.replicas == 30
         assert len(swarm.scale(36)) == 6 and swarm.replicas == 36
 
-    async def test_mutation_changes_the_served_list(self, client: docker.APIClient,
-                                                    swarm: EmulatedSwarm) -> None:
+    async def test_mutation_changes_the_served_list(
+        self, client: docker.APIClient, swarm: EmulatedSwarm
+    ) -> None:
         """A cached task list is dropped when the swarm changes."""
         assert len(await asyncio.to_thread(client.tasks, filters=RUNNING)) == 34
         swarm.scale(36)
@@ -361,8 +376,9 @@ class TestMutations:
 
 
 class TestEvents:
-    async def _open(self, client: docker.APIClient, swarm: EmulatedSwarm,
-                    filters: dict[str, Any]) -> Any:
+    async def _open(
+        self, client: docker.APIClient, swarm: EmulatedSwarm, filters: dict[str, Any]
+    ) -> Any:
         stream = await asyncio.to_thread(client.events, decode=True, filters=filters)
         await wait_for(lambda: swarm.event_streams == 1, what="the event stream")
         return stream
@@ -374,16 +390,21 @@ class TestEvents:
         return await asyncio.wait_for(asyncio.to_thread(take), 5)
 
     async def test_add_emits_service_update_and_container_events(
-            self, client: docker.APIClient, swarm: EmulatedSwarm) -> None:
+        self, client: docker.APIClient, swarm: EmulatedSwarm
+    ) -> None:
         """Adding a task emits a service update and its container's create and start."""
         stream = await self._open(client, swarm, {"type": ["service", "container"]})
         (task_id,) = swarm.add_tasks(1)
         update, create, start = await self._take(stream, 3)
         assert update["Type"] == "service" and update["scope"] == "swarm"
-        assert update["Actor"]["Attributes"] == {"name": SERVICE, "replicas.new": "35",
-                                                 "replicas.old": "34"}
-        recorded = [json.loads(line) for line in
-                    (FIXTURES / "events_scale.jsonl").read_text().splitlines()]
+        assert update["Actor"]["Attributes"] == {
+            "name": SERVICE,
+            "replicas.new": "35",
+            "replicas.old": "34",
+        }
+        recorded = [
+            json.loads(line) for line in (FIXTURES / "events_scale.jsonl").read_text().splitlines()
+        ]
         recorded_create = next(e for e in recorded if e.get("Action") == "create")
         assert list(create) == list(recorded_create)
         assert list(create["Actor"]["Attributes"]) == list(recorded_create["Actor"]["Attributes"])
@@ -394,8 +415,9 @@ class TestEvents:
         swarm.close_event_streams()
         assert await asyncio.to_thread(list, stream) == []
 
-    async def test_filters_keep_only_matching_events(self, client: docker.APIClient,
-                                                     swarm: EmulatedSwarm) -> None:
+    async def test_filters_keep_only_matching_events(
+        self, client: docker.APIClient, swarm: EmulatedSwarm
+    ) -> None:
         """A type=service stream sees the scale-down's service update and no container event."""
         stream = await self._open(client, swarm, {"type": ["service"]})
         swarm.scale(33)
@@ -417,8 +439,9 @@ class TestEvents:
         swarm.close_event_streams()
         assert await asyncio.to_thread(list, stream) == []
 
-    async def test_client_closing_its_stream_is_seen(self, client: docker.APIClient,
-                                                     swarm: EmulatedSwarm) -> None:
+    async def test_client_closing_its_stream_is_seen(
+        self, client: docker.APIClient, swarm: EmulatedSwarm
+    ) -> None:
         """A stream the client closes stops counting as open, so reconnections can be watched."""
         stream = await self._open(client, swarm, {"type": ["service"]})
         await asyncio.to_thread(stream.close)
@@ -426,13 +449,25 @@ class TestEvents:
 
     def test_service_filter_matches_like_docker(self, swarm: EmulatedSwarm) -> None:
         """service=NAME matches the actor ID or `name` by prefix, whatever the event type."""
-        service_update = {"Type": "service", "Action": "update", "scope": "swarm",
-                          "Actor": {"ID": swarm.service_id, "Attributes": {"name": SERVICE}}}
+        service_update = {
+            "Type": "service",
+            "Action": "update",
+            "scope": "swarm",
+            "Actor": {"ID": swarm.service_id, "Attributes": {"name": SERVICE}},
+        }
         other_service = {**service_update, "Actor": {"ID": "x", "Attributes": {"name": "web"}}}
-        network = {"Type": "network", "Action": "connect", "scope": "local",
-                   "Actor": {"ID": swarm.network_id, "Attributes": {"name": "chorus_default"}}}
-        container = {"Type": "container", "Action": "start", "scope": "local",
-                     "Actor": {"ID": "f" * 64, "Attributes": {"name": f"{SERVICE}.3.abc"}}}
+        network = {
+            "Type": "network",
+            "Action": "connect",
+            "scope": "local",
+            "Actor": {"ID": swarm.network_id, "Attributes": {"name": "chorus_default"}},
+        }
+        container = {
+            "Type": "container",
+            "Action": "start",
+            "scope": "local",
+            "Actor": {"ID": "f" * 64, "Attributes": {"name": f"{SERVICE}.3.abc"}},
+        }
         args = {"service": frozenset({SERVICE})}
         assert event_matches(args, service_update)
         assert not event_matches(args, other_service)
@@ -440,8 +475,9 @@ class TestEvents:
         assert event_matches(args, container)  # its name SERVICE.SLOT.ID has the prefix
         assert event_matches({"service": frozenset({swarm.service_id})}, service_update)
 
-    async def test_stop_ends_streams_and_hung_requests(self, sock_path: Path,
-                                                       swarm: EmulatedSwarm) -> None:
+    async def test_stop_ends_streams_and_hung_requests(
+        self, sock_path: Path, swarm: EmulatedSwarm
+    ) -> None:
         """Stopping the emulator ends open event streams and answers hung requests promptly."""
         emu = DockerEmulator(sock_path, swarm)
         await emu.start()
@@ -483,8 +519,9 @@ class TestScale:
 
 
 class TestOtherRunners:
-    def test_serve_in_thread_for_blocking_callers(self, sock_path: Path,
-                                                  swarm: EmulatedSwarm) -> None:
+    def test_serve_in_thread_for_blocking_callers(
+        self, sock_path: Path, swarm: EmulatedSwarm
+    ) -> None:
         """A background-thread emulator serves SDK calls and sees mutations from this thread."""
         with serve_in_thread(sock_path, swarm) as emu:
             api = docker.APIClient(base_url=emu.base_url, version="auto", timeout=5)
@@ -497,8 +534,17 @@ class TestOtherRunners:
     async def test_module_command_serves_until_sigterm(self, sock_path: Path) -> None:
         """`python -m bridge.emulator` serves N tasks and exits 0 on SIGTERM."""
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bridge.emulator", "--socket", str(sock_path), "--tasks", "5",
-            "--service", "CHORUS_other", stdout=asyncio.subprocess.DEVNULL)
+            sys.executable,
+            "-m",
+            "bridge.emulator",
+            "--socket",
+            str(sock_path),
+            "--tasks",
+            "5",
+            "--service",
+            "CHORUS_other",
+            stdout=asyncio.subprocess.DEVNULL,
+        )
         try:
             await wait_for(lambda: _answers(sock_path), timeout=10, what="the emulator")
             api = docker.APIClient(base_url=f"unix://{sock_path}", version="auto", timeout=5)

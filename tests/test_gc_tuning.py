@@ -62,7 +62,8 @@ def test_a_collector_turned_off_stays_off() -> None:
 
 
 async def test_concurrent_blocks_restore_when_the_last_one_ends(
-        default_thresholds: tuple[int, int, int]) -> None:
+    default_thresholds: tuple[int, int, int],
+) -> None:
     first_in = asyncio.Event()
     release_first = asyncio.Event()
 

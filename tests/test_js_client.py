@@ -25,24 +25,42 @@ OPPORTUNITY = {"id": "council-js", "roles": [{"name": "tpm", "core": True}]}
 
 
 @pytest.fixture
-async def fleet_bridge(secured_server: EmbeddedNats, swarm: EmulatedSwarm,
-                       settings: Settings) -> AsyncIterator[tuple[RunningBridge, list[str]]]:
+async def fleet_bridge(
+    secured_server: EmbeddedNats, swarm: EmulatedSwarm, settings: Settings
+) -> AsyncIterator[tuple[RunningBridge, list[str]]]:
     """The bridge as user `bridge`, 4 agents (2 on the bus, as user `agent`)."""
     async with secured_fleet(secured_server, swarm, settings, "127.29.0.1") as running:
         yield running
 
 
-async def _operator(server: EmbeddedNats, swarm: EmulatedSwarm, user: str, password: str,
-                    inbox_prefix: str, steps: str = "") -> dict[str, dict[str, Any]]:
+async def _operator(
+    server: EmbeddedNats,
+    swarm: EmulatedSwarm,
+    user: str,
+    password: str,
+    inbox_prefix: str,
+    steps: str = "",
+) -> dict[str, dict[str, Any]]:
     """Run operator.mjs as `user` (`steps`: all by default); a task joins once it watches.
     Its steps' lines, by name."""
     proc = await asyncio.create_subprocess_exec(
-        node_or_skip(), str(JS_DIR / "operator.mjs"), cwd=JS_DIR,
-        env={"PATH": "/usr/bin:/bin", "NATS_URL": server.url, "NATS_USER": user,
-             "NATS_PASSWORD": password, "INBOX_PREFIX": inbox_prefix,
-             "OPPORTUNITY": json.dumps(OPPORTUNITY), "STEPS": steps, "AGENTS": "4",
-             "ON_BUS": "2"},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        node_or_skip(),
+        str(JS_DIR / "operator.mjs"),
+        cwd=JS_DIR,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "NATS_URL": server.url,
+            "NATS_USER": user,
+            "NATS_PASSWORD": password,
+            "INBOX_PREFIX": inbox_prefix,
+            "OPPORTUNITY": json.dumps(OPPORTUNITY),
+            "STEPS": steps,
+            "AGENTS": "4",
+            "ON_BUS": "2",
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     assert proc.stdout is not None and proc.stderr is not None
     lines: dict[str, dict[str, Any]] = {}
     async with asyncio.timeout(60):
@@ -57,14 +75,21 @@ async def _operator(server: EmbeddedNats, swarm: EmulatedSwarm, user: str, passw
     return lines
 
 
-@pytest.mark.parametrize(("user", "password", "inbox_prefix"), [
-    ("ops", PASSWORDS["OPS_PASS"], ""),
-    ("coordinator", PASSWORDS["COORD_PASS"], "_INBOX.coord"),
-])
+@pytest.mark.parametrize(
+    ("user", "password", "inbox_prefix"),
+    [
+        ("ops", PASSWORDS["OPS_PASS"], ""),
+        ("coordinator", PASSWORDS["COORD_PASS"], "_INBOX.coord"),
+    ],
+)
 async def test_operator_side_with_the_js_client(
-        secured_server: EmbeddedNats, swarm: EmulatedSwarm,
-        fleet_bridge: tuple[RunningBridge, list[str]],
-        user: str, password: str, inbox_prefix: str) -> None:
+    secured_server: EmbeddedNats,
+    swarm: EmulatedSwarm,
+    fleet_bridge: tuple[RunningBridge, list[str]],
+    user: str,
+    password: str,
+    inbox_prefix: str,
+) -> None:
     """List and read the bucket and the leader key, find the micro service, request a
     broadcast and read its report (and a refusal), watch an announcement."""
     running, task_ids = fleet_bridge
@@ -77,26 +102,39 @@ async def test_operator_side_with_the_js_client(
     assert running.bridge.election is not None
     assert steps["leader"]["value"] is not None
     assert steps["micro"]["pings"] == ["chorus-bridge"]
-    assert steps["micro"]["endpoints"] == [["broadcast", "chorus.bridge.broadcast",
-                                            "chorus-bridge"]]
+    assert steps["micro"]["endpoints"] == [
+        ["broadcast", "chorus.bridge.broadcast", "chorus-bridge"]
+    ]
     report = steps["broadcast"]["report"]
-    assert (report["opportunity_id"], report["total_agents"], report["success_count"],
-            report["via_bus"], report["via_http"]) == ("council-js", 4, 4, 2, 2)
+    assert (
+        report["opportunity_id"],
+        report["total_agents"],
+        report["success_count"],
+        report["via_bus"],
+        report["via_http"],
+    ) == ("council-js", 4, 4, 2, 2)
     assert steps["broadcast"]["refused_code"] == "400"
     assert steps["broadcast"]["refused"]["field"] == "$.id"
     announcement = steps["announcement"]["announcement"]
-    assert (announcement["event"], announcement["agent"]["id"]) == ("joined",
-                                                                    steps["joined"]["id"])
+    assert (announcement["event"], announcement["agent"]["id"]) == ("joined", steps["joined"]["id"])
 
 
 async def test_agent_side_with_the_js_client(
-        secured_server: EmbeddedNats, swarm: EmulatedSwarm,
-        fleet_bridge: tuple[RunningBridge, list[str]]) -> None:
+    secured_server: EmbeddedNats,
+    swarm: EmulatedSwarm,
+    fleet_bridge: tuple[RunningBridge, list[str]],
+) -> None:
     """As user `agent`, what README names for agents: list, read and watch the agents bucket,
     its info, and the announcements."""
     _, task_ids = fleet_bridge
-    steps = await _operator(secured_server, swarm, "agent", PASSWORDS["AGENT_PASS"],
-                            "_INBOX.agent", steps="agents,watch_agents,watch")
+    steps = await _operator(
+        secured_server,
+        swarm,
+        "agent",
+        PASSWORDS["AGENT_PASS"],
+        "_INBOX.agent",
+        steps="agents,watch_agents,watch",
+    )
     assert steps["agents"]["keys"] == sorted(task_ids)
     assert steps["watch chorus_agents"]["keys"] == sorted(task_ids)
     assert steps["announcement"]["announcement"]["agent"]["id"] == steps["joined"]["id"]

@@ -49,8 +49,9 @@ class BridgeProcess:
 
     @property
     def http_port(self) -> int:
-        return next(int(str(line["port"])) for line in self.lines
-                    if line.get("event") == "http_listening")
+        return next(
+            int(str(line["port"])) for line in self.lines if line.get("event") == "http_listening"
+        )
 
     async def health(self) -> tuple[int, dict[str, object]]:
         async with httpx.AsyncClient(trust_env=False) as client:
@@ -60,17 +61,31 @@ class BridgeProcess:
 
 async def start(nats_url: str, docker_host: str, unique: str) -> BridgeProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "BRIDGE_"))}
-    env.update(NATS_URL=nats_url, WHOOSH_DOCKER_HOST=docker_host, DISCOVERY_METHOD="swarm",
-               WHOOSH_DNS_NAMES="", BRIDGE_LISTEN="127.0.0.1:0", BRIDGE_POLL_INTERVAL="30",
-               BRIDGE_SUBJECT_PREFIX=f"l{unique}", BRIDGE_KV_BUCKET=f"agents_{unique}")
+    env.update(
+        NATS_URL=nats_url,
+        WHOOSH_DOCKER_HOST=docker_host,
+        DISCOVERY_METHOD="swarm",
+        WHOOSH_DNS_NAMES="",
+        BRIDGE_LISTEN="127.0.0.1:0",
+        BRIDGE_POLL_INTERVAL="30",
+        BRIDGE_SUBJECT_PREFIX=f"l{unique}",
+        BRIDGE_KV_BUCKET=f"agents_{unique}",
+    )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge", "run", env=env, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "bridge",
+        "run",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     return BridgeProcess(proc)
 
 
-async def test_standby_takes_over_after_sigkill(nats_server: EmbeddedNats, nc: NATS,
-                                                tmp_path: Path, unique: str) -> None:
+async def test_standby_takes_over_after_sigkill(
+    nats_server: EmbeddedNats, nc: NATS, tmp_path: Path, unique: str
+) -> None:
     """Kill the leader with SIGKILL: the standby leads within 15 s; the bucket stays right."""
     swarm = EmulatedSwarm()
     swarm.add_tasks(4)
@@ -90,13 +105,15 @@ async def test_standby_takes_over_after_sigkill(nats_server: EmbeddedNats, nc: N
             async def bucket_right() -> bool:
                 agents, _ = await read_bucket(kv)
                 return {k: a.address for k, a in agents.items()} == {
-                    t: swarm.address_of(t) for t in swarm.running_ids()}
+                    t: swarm.address_of(t) for t in swarm.running_ids()
+                }
 
             assert await bucket_right()
             first.proc.send_signal(signal.SIGKILL)
             killed = time.monotonic()
-            await wait_for(lambda: second.saw("bridge_leader"), timeout=15 + 1,
-                           what="the standby to take over")
+            await wait_for(
+                lambda: second.saw("bridge_leader"), timeout=15 + 1, what="the standby to take over"
+            )
             takeover = time.monotonic() - killed
             assert takeover < 15, takeover
             print(f"takeover after SIGKILL: {takeover:.1f} s")
@@ -143,8 +160,7 @@ async def test_lease_value_says_since_once_per_term(nc: NATS, unique: str) -> No
             await task
 
 
-async def test_leader_keeps_its_term_when_the_lease_bucket_is_lost(nc: NATS,
-                                                                  unique: str) -> None:
+async def test_leader_keeps_its_term_when_the_lease_bucket_is_lost(nc: NATS, unique: str) -> None:
     """The lease bucket deleted under a leader (a NATS restart of a memory bucket): it is
     created again and the lease retaken, without stepping down; a foreign write to the
     key then fences the leader's writes."""

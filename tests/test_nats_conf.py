@@ -31,8 +31,13 @@ from bridge.subjects import Names
 from tests.conftest import RunningBridge, run_bridge, wait_for
 
 NATS_CONF = Path(__file__).resolve().parents[1] / "nats.conf"
-PASSWORDS = {"BRIDGE_PASS": "bridge-secret", "AGENT_PASS": "agent-secret",
-             "COORD_PASS": "coord-secret", "OPS_PASS": "ops-secret", "SYS_PASS": "sys-secret"}
+PASSWORDS = {
+    "BRIDGE_PASS": "bridge-secret",
+    "AGENT_PASS": "agent-secret",
+    "COORD_PASS": "coord-secret",
+    "OPS_PASS": "ops-secret",
+    "SYS_PASS": "sys-secret",
+}
 ROLES = {  # user -> (password variable, inbox prefix)
     "bridge": ("BRIDGE_PASS", "_INBOX.bridge"),
     "agent": ("AGENT_PASS", "_INBOX.agent"),
@@ -83,8 +88,9 @@ class Peer:
 async def secured_server(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
     """A real nats-server running this repository's nats.conf with test passwords."""
     conf = _test_copy_of_conf(tmp_path)
-    async with EmbeddedNats(port=0, store_dir=tmp_path / "nats", config_file=conf,
-                            env=PASSWORDS) as server:
+    async with EmbeddedNats(
+        port=0, store_dir=tmp_path / "nats", config_file=conf, env=PASSWORDS
+    ) as server:
         yield server
 
 
@@ -96,9 +102,15 @@ async def _peer(server: EmbeddedNats, user: str) -> AsyncIterator[Peer]:
     async def on_error(exc: Exception) -> None:
         violations.put_nowait(str(exc))
 
-    nc = await nats.connect(server.url, user=user, password=PASSWORDS[variable],
-                            inbox_prefix=inbox, error_cb=on_error,
-                            max_reconnect_attempts=1, connect_timeout=2)
+    nc = await nats.connect(
+        server.url,
+        user=user,
+        password=PASSWORDS[variable],
+        inbox_prefix=inbox,
+        error_cb=on_error,
+        max_reconnect_attempts=1,
+        connect_timeout=2,
+    )
     try:
         yield Peer(nc, violations)
     finally:
@@ -154,8 +166,9 @@ async def test_bridge_manages_its_three_buckets(bridge: Peer) -> None:
     assert bridge.no_violations()
 
 
-async def test_bridge_announces_and_serves_broadcast_requests(bridge: Peer,
-                                                              coordinator: Peer) -> None:
+async def test_bridge_announces_and_serves_broadcast_requests(
+    bridge: Peer, coordinator: Peer
+) -> None:
     """The bridge publishes announcements and answers a coordinator's broadcast request."""
     announcements = await coordinator.nc.subscribe("chorus.agents.announce")
     await coordinator.nc.flush()  # subscribed on the server before anyone publishes
@@ -167,8 +180,9 @@ async def test_bridge_announces_and_serves_broadcast_requests(bridge: Peer,
     await bridge.nc.flush()
     await bridge.nc.publish("chorus.agents.announce", b'{"event": "joined"}')
     assert (await announcements.next_msg(timeout=5)).data == b'{"event": "joined"}'
-    reply = await coordinator.nc.request("chorus.bridge.broadcast", b'{"id": "council-1"}',
-                                         timeout=5)
+    reply = await coordinator.nc.request(
+        "chorus.bridge.broadcast", b'{"id": "council-1"}', timeout=5
+    )
     assert reply.data == b'{"opportunity_id": "council-1", "total_agents": 0}'
     assert bridge.no_violations() and coordinator.no_violations()
 
@@ -180,8 +194,9 @@ async def test_bridge_takes_broadcasts_only_in_its_queue_group(bridge: Peer) -> 
     await bridge.violation("subscription", "chorus.bridge.broadcast")
 
 
-async def test_agent_acks_opportunities_and_claims_roles(bridge: Peer, agent: Peer,
-                                                         coordinator: Peer) -> None:
+async def test_agent_acks_opportunities_and_claims_roles(
+    bridge: Peer, agent: Peer, coordinator: Peer
+) -> None:
     """An agent receives an opportunity, acks it to the bridge and publishes a claim."""
     claims = await coordinator.nc.subscribe("chorus.council.*.claims")
     await coordinator.nc.flush()  # subscribed on the server before anyone publishes
@@ -192,8 +207,7 @@ async def test_agent_acks_opportunities_and_claims_roles(bridge: Peer, agent: Pe
 
     await agent.nc.subscribe("chorus.council.opportunities", cb=on_opportunity)
     await agent.nc.flush()
-    ack = await bridge.nc.request("chorus.council.opportunities", b'{"id": "council-1"}',
-                                  timeout=5)
+    ack = await bridge.nc.request("chorus.council.opportunities", b'{"id": "council-1"}', timeout=5)
     assert ack.data == b'{"agent_id": "a1", "opportunity_id": "council-1"}'
     claim = await claims.next_msg(timeout=5)
     assert (claim.subject, claim.data) == ("chorus.council.council-1.claims", b'{"role": "tpm"}')
@@ -217,8 +231,9 @@ async def test_agent_reads_agents_and_writes_its_presence(bridge: Peer, agent: P
     await ensure_presence_bucket(agent.nc, NAMES)  # what a simulated agent does first
     presence = await agent.js.key_value(PRESENCE)
     await presence.put("task1", b'{"agent_id": "task1"}')
-    assert (await (await bridge.js.key_value(PRESENCE)).get("task1")).value == \
-        b'{"agent_id": "task1"}'
+    assert (
+        await (await bridge.js.key_value(PRESENCE)).get("task1")
+    ).value == b'{"agent_id": "task1"}'
     assert agent.no_violations()
 
 
@@ -249,8 +264,9 @@ async def test_agent_cannot_request_a_broadcast(bridge: Peer, agent: Peer) -> No
     assert received == []
 
 
-async def test_coordinator_reads_but_cannot_write_the_agents_bucket(bridge: Peer,
-                                                                    coordinator: Peer) -> None:
+async def test_coordinator_reads_but_cannot_write_the_agents_bucket(
+    bridge: Peer, coordinator: Peer
+) -> None:
     """A coordinator reads and watches the agents and presence buckets but cannot put."""
     await (await bridge.js.key_value(AGENTS)).put("task1", b'{"id": "task1"}')
     await (await bridge.js.key_value(PRESENCE)).put("task1", b'{"agent_id": "task1"}')
@@ -272,13 +288,19 @@ async def test_coordinator_reads_but_cannot_write_the_agents_bucket(bridge: Peer
 async def test_wrong_password_is_refused(secured_server: EmbeddedNats) -> None:
     """A client with a wrong password cannot connect at all."""
     with pytest.raises(nats.errors.Error, match=r"(?i)authorization violation"):
-        await nats.connect(secured_server.url, user="agent", password="guess",
-                           allow_reconnect=False, connect_timeout=2)
+        await nats.connect(
+            secured_server.url,
+            user="agent",
+            password="guess",
+            allow_reconnect=False,
+            connect_timeout=2,
+        )
 
 
 @contextlib.asynccontextmanager
-async def secured_fleet(server: EmbeddedNats, swarm: EmulatedSwarm, settings: Settings,
-                        base: str) -> AsyncIterator[tuple[RunningBridge, list[str]]]:
+async def secured_fleet(
+    server: EmbeddedNats, swarm: EmulatedSwarm, settings: Settings, base: str
+) -> AsyncIterator[tuple[RunningBridge, list[str]]]:
     """A real bridge as user `bridge`, and 4 agents (2 on the bus, as user `agent`) on
     loopback addresses from `base`; yields once both bus agents are seen on the bus."""
     addresses = allocate_addresses(4, base)
@@ -287,37 +309,57 @@ async def secured_fleet(server: EmbeddedNats, swarm: EmulatedSwarm, settings: Se
         probe.bind((addresses[0], 0))
         port = probe.getsockname()[1]
     secured = settings.replace(
-        subject_prefix="chorus", kv_bucket="chorus_agents", nats_user="bridge",
-        nats_password=PASSWORDS["BRIDGE_PASS"], agent_port=port, bus_ack_wait=0.5)
+        subject_prefix="chorus",
+        kv_bucket="chorus_agents",
+        nats_user="bridge",
+        nats_password=PASSWORDS["BRIDGE_PASS"],
+        agent_port=port,
+        bus_ack_wait=0.5,
+    )
     # The bridge first: it creates the presence bucket, which agents may only use.
-    async with run_bridge(secured, server.url) as running, \
-            SimFleet(4, on_bus={0, 1}, nats_url=server.url, names=NAMES, base=base,
-                     port=port, task_ids=task_ids, nats_user="agent",
-                     nats_password=PASSWORDS["AGENT_PASS"],
-                     # One connection per agent, as real agents have: allow_responses lets
-                     # a connection answer each request once.
-                     connections=2):
+    async with (
+        run_bridge(secured, server.url) as running,
+        SimFleet(
+            4,
+            on_bus={0, 1},
+            nats_url=server.url,
+            names=NAMES,
+            base=base,
+            port=port,
+            task_ids=task_ids,
+            nats_user="agent",
+            nats_password=PASSWORDS["AGENT_PASS"],
+            # One connection per agent, as real agents have: allow_responses lets
+            # a connection answer each request once.
+            connections=2,
+        ),
+    ):
         registry = running.bridge.registry
         assert registry is not None
-        await wait_for(lambda: sum(a.on_bus for a in registry.published.values()) == 2,
-                       what="the two bus agents on the bus")
+        await wait_for(
+            lambda: sum(a.on_bus for a in registry.published.values()) == 2,
+            what="the two bus agents on the bus",
+        )
         yield running, task_ids
 
 
 async def test_real_bridge_works_with_its_user_alone(
-        secured_server: EmbeddedNats, swarm: EmulatedSwarm, settings: Settings) -> None:
+    secured_server: EmbeddedNats, swarm: EmulatedSwarm, settings: Settings
+) -> None:
     """The bridge as user `bridge`, agents as `agent`, a coordinator as `coordinator`: the
     bucket fills, presence is seen, a broadcast reaches everyone, and nothing is denied."""
     from bridge.models import BroadcastReport, decode_reply
 
-    async with secured_fleet(secured_server, swarm, settings, "127.28.0.1") as (
-            running, task_ids), _peer(secured_server, "coordinator") as coordinator:
+    async with (
+        secured_fleet(secured_server, swarm, settings, "127.28.0.1") as (running, task_ids),
+        _peer(secured_server, "coordinator") as coordinator,
+    ):
         registry = running.bridge.registry
         assert registry is not None
         assert set(registry.published) == set(task_ids)
         msg = await coordinator.nc.request(
-            NAMES.broadcast, b'{"id": "c-9", "roles": [{"name": "tpm", "core": true}]}',
-            timeout=10)
+            NAMES.broadcast, b'{"id": "c-9", "roles": [{"name": "tpm", "core": true}]}', timeout=10
+        )
         report = decode_reply(msg.data)
         assert isinstance(report, BroadcastReport)
         assert (report.success_count, report.via_bus, report.via_http) == (4, 2, 2)
@@ -335,18 +377,18 @@ async def test_coordinator_reads_the_leader_key(bridge: Peer, coordinator: Peer)
     await coordinator.violation("publish", "$KV.chorus_bridge.leader")
 
 
-async def test_coordinator_finds_the_bridges_micro_service(secured_server: EmbeddedNats,
-                                                          bridge: Peer,
-                                                          coordinator: Peer) -> None:
+async def test_coordinator_finds_the_bridges_micro_service(
+    secured_server: EmbeddedNats, bridge: Peer, coordinator: Peer
+) -> None:
     """The bridge's user runs the micro service; a coordinator pings, gets its info and stats."""
 
     async def serve(request: Request) -> None:
         await request.respond(b"{}")
 
-    service = await micro.add_service(bridge.nc, name="chorus-bridge", version="1.0.0",
-                                      queue_group=BROADCAST_QUEUE)
-    await service.add_endpoint(name="broadcast", subject="chorus.bridge.broadcast",
-                               handler=serve)
+    service = await micro.add_service(
+        bridge.nc, name="chorus-bridge", version="1.0.0", queue_group=BROADCAST_QUEUE
+    )
+    await service.add_endpoint(name="broadcast", subject="chorus.bridge.broadcast", handler=serve)
     for verb in ("PING", "INFO", "STATS"):
         reply = await coordinator.nc.request(f"$SRV.{verb}.chorus-bridge", b"", timeout=5)
         assert b'"name": "chorus-bridge"' in reply.data
@@ -355,25 +397,33 @@ async def test_coordinator_finds_the_bridges_micro_service(secured_server: Embed
     assert bridge.no_violations() and coordinator.no_violations()
 
 
-async def test_cli_names_the_user_and_subject_it_was_denied(secured_server: EmbeddedNats,
-                                                           bridge: Peer) -> None:
+async def test_cli_names_the_user_and_subject_it_was_denied(
+    secured_server: EmbeddedNats, bridge: Peer
+) -> None:
     """`broadcast` as agent: exit status 3 and one line naming the user and the subject;
     `agents` as agent reads the bucket (its inbox prefix follows the user)."""
     from tests.test_cli import command
 
-    as_agent = {"NATS_URL": secured_server.url, "NATS_USER": "agent",
-                "NATS_PASSWORD": PASSWORDS["AGENT_PASS"]}
+    as_agent = {
+        "NATS_URL": secured_server.url,
+        "NATS_USER": "agent",
+        "NATS_PASSWORD": PASSWORDS["AGENT_PASS"],
+    }
     loop = asyncio.get_running_loop()
     started = loop.time()
-    code, _, err = await command("broadcast", "-", stdin=b'{"id": "c", "roles": [{"name": "a"}]}',
-                                 **as_agent)
-    print(f"broadcast as agent: denied, exit {code}, after {loop.time() - started:.2f} s "
-          "(the command's timeout is 60 s)")
+    code, _, err = await command(
+        "broadcast", "-", stdin=b'{"id": "c", "roles": [{"name": "a"}]}', **as_agent
+    )
+    print(
+        f"broadcast as agent: denied, exit {code}, after {loop.time() - started:.2f} s "
+        "(the command's timeout is 60 s)"
+    )
     assert code == 3
     assert err.strip().splitlines() == [
         f"chorus-bridge: NatsError: permission denied: NATS user 'agent' may not publish to "
         f"chorus.bridge.broadcast on {secured_server.url} (see the user's permissions in "
-        "nats.conf)"]
+        "nats.conf)"
+    ]
     code, out, err = await command("agents", **as_agent)
     assert code == 0, err
     assert out.strip().endswith("0 agents (0 swarm, 0 dns, 0 static; 0 on the bus)")
@@ -391,4 +441,5 @@ async def test_cli_says_which_user_was_refused(secured_server: EmbeddedNats) -> 
     assert code == 3
     assert err.strip().splitlines() == [
         f"chorus-bridge: NatsError: NATS at {secured_server.url} refused user 'coordinator' "
-        "(Authorization Violation): check NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_CREDS"]
+        "(Authorization Violation): check NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_CREDS"
+    ]

@@ -25,16 +25,16 @@ def test_match_by_key_only() -> None:
     assert match_presence([A], []).on_bus == frozenset()
 
 
-async def _present(nc: NATS, names: Names, presence: Presence,
-                   entries: dict[str, PresenceEntry]) -> None:
+async def _present(
+    nc: NATS, names: Names, presence: Presence, entries: dict[str, PresenceEntry]
+) -> None:
     kv = await nc.jetstream().key_value(names.presence_bucket)
     for key, entry in entries.items():
         await kv.put(key, encode(entry))
     await wait_for(lambda: set(presence.entries()) == set(entries), what="the entries")
 
 
-async def test_an_entry_naming_another_agent_counts_for_its_key_only(
-        nc: NATS, unique: str) -> None:
+async def test_an_entry_naming_another_agent_counts_for_its_key_only(nc: NATS, unique: str) -> None:
     """An entry under key X that carries agent B's task id and endpoint (and says it is B)
     puts X on the bus, not B."""
     names = Names(prefix=f"p{unique}", agents_bucket=f"agents_{unique}")
@@ -42,8 +42,9 @@ async def test_an_entry_naming_another_agent_counts_for_its_key_only(
     task = asyncio.create_task(presence.run())
     try:
         await wait_for(lambda: _bucket_exists(nc, names), what="the presence bucket")
-        liar = PresenceEntry(agent_id=B.id, task_id=B.task_id, endpoint=B.endpoint,
-                             at=now_rfc3339())
+        liar = PresenceEntry(
+            agent_id=B.id, task_id=B.task_id, endpoint=B.endpoint, at=now_rfc3339()
+        )
         await _present(nc, names, presence, {"intruder": liar})
         assert presence.bus_ids([A, B]) == frozenset()
         assert presence.match([A, B]).bus_only == ("intruder",)
@@ -61,7 +62,8 @@ async def _bucket_exists(nc: NATS, names: Names) -> bool:
 
 
 async def test_freshness_is_measured_from_receipt_not_by_the_servers_clock(
-        nc: NATS, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    nc: NATS, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The bridge's wall clock an hour ahead of the server's (and an entry's `at` a day old):
     the entry still counts as present when it arrives, and goes absent a TTL after it."""
     names = Names(prefix=f"p{unique}", agents_bucket=f"agents_{unique}")
@@ -75,8 +77,9 @@ async def test_freshness_is_measured_from_receipt_not_by_the_servers_clock(
         await kv.put(A.id, encode(old))
         await wait_for(lambda: presence.bus_ids([A]) == {A.id}, what="the agent on the bus")
         arrived = time.monotonic()
-        await wait_for(lambda: presence.bus_ids([A]) == frozenset(), timeout=5,
-                       what="the entry to go stale")
+        await wait_for(
+            lambda: presence.bus_ids([A]) == frozenset(), timeout=5, what="the entry to go stale"
+        )
         assert time.monotonic() - arrived >= 1.5
     finally:
         task.cancel()
@@ -99,8 +102,11 @@ async def test_stale_entry_counts_as_absent_without_a_delete(nc: NATS, unique: s
         entry = PresenceEntry(agent_id=A.id, task_id=A.task_id, at=now_rfc3339())
         await kv.put(A.id, encode(entry))
         await wait_for(lambda: presence.bus_ids([A, B]) == {A.id}, what="the agent on the bus")
-        await wait_for(lambda: presence.bus_ids([A, B]) == frozenset(), timeout=4,
-                       what="the stale entry to count as absent")
+        await wait_for(
+            lambda: presence.bus_ids([A, B]) == frozenset(),
+            timeout=4,
+            what="the stale entry to count as absent",
+        )
         # The bridge is told, so it re-publishes on_bus.
         await wait_for(lambda: changes == 2, timeout=2, what="the change to be signalled")
         await kv.put(A.id, encode(entry))

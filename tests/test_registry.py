@@ -53,7 +53,11 @@ async def test_writes_only_changes_and_announces_each(nc: NATS, names: Names) ->
     assert third.left == 1
     await wait_for(lambda: len(seen) == 4, what="4 announcements")
     assert [(s.event, s.agent.id) for s in seen] == [
-        ("joined", A.id), ("joined", B.id), ("updated", B.id), ("left", A.id)]
+        ("joined", A.id),
+        ("joined", B.id),
+        ("updated", B.id),
+        ("left", A.id),
+    ]
     stored, _ = await read_bucket(kv)
     assert set(stored) == {B.id}
     assert stored[B.id].address == "127.0.0.3"
@@ -61,7 +65,8 @@ async def test_writes_only_changes_and_announces_each(nc: NATS, names: Names) ->
 
 
 async def test_the_same_agent_object_is_written_again_when_its_facts_change(
-        nc: NATS, names: Names) -> None:
+    nc: NATS, names: Names
+) -> None:
     """Records are reused by identity only while nothing they depend on changed: a flip of
     on_bus, or a leave and a return of the very same Agent object, are still written."""
     seen = await _announcements(nc, names)
@@ -79,7 +84,10 @@ async def test_the_same_agent_object_is_written_again_when_its_facts_change(
     assert (await registry.sync(desired)).writes == 0
     await wait_for(lambda: len(seen) == 5, what="5 announcements")
     assert [(s.event, s.agent.id, s.agent.on_bus) for s in seen[2:]] == [
-        ("updated", A.id, True), ("left", A.id, True), ("joined", A.id, True)]
+        ("updated", A.id, True),
+        ("left", A.id, True),
+        ("joined", A.id, True),
+    ]
     stored, _ = await read_bucket(await nc.jetstream().key_value(names.agents_bucket))
     assert stored[A.id].on_bus is True
     # A newcomer after its leave: first seen again, not the first sighting of the old record.
@@ -163,8 +171,10 @@ async def test_departed_agents_leave_markers_that_expire(nc: NATS, names: Names)
     await registry.open()
     kv = await nc.jetstream().key_value(names.agents_bucket)
     for round_ in range(5):  # five rolling updates of two agents
-        agents = [msgspec.structs.replace(A, id=f"a{round_}-{i}", task_id=f"a{round_}-{i}")
-                  for i in range(2)]
+        agents = [
+            msgspec.structs.replace(A, id=f"a{round_}-{i}", task_id=f"a{round_}-{i}")
+            for i in range(2)
+        ]
         assert (await registry.sync({a.id: a for a in agents})).failed == 0
 
     async def near_live() -> bool:
@@ -198,6 +208,7 @@ async def test_foreign_writes_are_repaired(nc: NATS, names: Names) -> None:
 
 async def test_fenced_registry_writes_nothing(nc: NATS, names: Names) -> None:
     """A bridge that lost the lease writes nothing, whatever discovery says."""
+
     async def lost() -> None:
         raise LeaseLostError("another bridge leads")
 

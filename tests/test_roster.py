@@ -8,13 +8,24 @@ from bridge.roster import Roster
 
 
 def swarm_agent(task_id: str, address: str) -> Agent:
-    return Agent(id=task_id, endpoint=endpoint_for(address, 8080), address=address, port=8080,
-                 source="swarm", task_id=task_id)
+    return Agent(
+        id=task_id,
+        endpoint=endpoint_for(address, 8080),
+        address=address,
+        port=8080,
+        source="swarm",
+        task_id=task_id,
+    )
 
 
 def dns_agent(address: str) -> Agent:
-    return Agent(id=host_agent_id(address, 8080), endpoint=endpoint_for(address, 8080),
-                 address=address, port=8080, source="dns")
+    return Agent(
+        id=host_agent_id(address, 8080),
+        endpoint=endpoint_for(address, 8080),
+        address=address,
+        port=8080,
+        source="dns",
+    )
 
 
 def swarm(*agents: Agent) -> SwarmRound:

@@ -42,9 +42,15 @@ from tests.conftest import wait_for
 # never share an address and port.
 PATH = DEFAULT_OPPORTUNITY_PATH
 OPPORTUNITY = CouncilOpportunity(
-    id="council-42", project="whoosh", title="Build the API",
-    roles=[Role(name="tpm", core=True), Role(name="senior-software-architect", core=True),
-           Role(name="qa-engineer", core=False)])
+    id="council-42",
+    project="whoosh",
+    title="Build the API",
+    roles=[
+        Role(name="tpm", core=True),
+        Role(name="senior-software-architect", core=True),
+        Role(name="qa-engineer", core=False),
+    ],
+)
 
 
 @pytest.fixture
@@ -60,11 +66,13 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def post(http: httpx.AsyncClient, endpoint: str, key: str | None = "council-42",
-               timeout: float = 5) -> httpx.Response:
+async def post(
+    http: httpx.AsyncClient, endpoint: str, key: str | None = "council-42", timeout: float = 5
+) -> httpx.Response:
     headers = {"Idempotency-Key": key} if key else {}
-    return await http.post(endpoint + PATH, content=encode(OPPORTUNITY), headers=headers,
-                           timeout=timeout)
+    return await http.post(
+        endpoint + PATH, content=encode(OPPORTUNITY), headers=headers, timeout=timeout
+    )
 
 
 async def presence_entries(nc: NATS, names: Names) -> dict[str, PresenceEntry]:
@@ -81,8 +89,9 @@ async def presence_entries(nc: NATS, names: Names) -> dict[str, PresenceEntry]:
     return entries
 
 
-async def collect_acks(nc: NATS, names: Names, opportunity: CouncilOpportunity,
-                       last_id: str, deadline: float = 5.0) -> list[Ack]:
+async def collect_acks(
+    nc: NATS, names: Names, opportunity: CouncilOpportunity, last_id: str, deadline: float = 5.0
+) -> list[Ack]:
     """Publish; gather acks on the opportunity's ack subjects until `last_id` (the last agent)
     has acked. Each ack's subject names the agent that sent it, as its body does.
 
@@ -108,8 +117,14 @@ class TestAddresses:
         addresses = allocate_addresses(600, "127.60.0.250")
 
         assert len(set(addresses)) == 600
-        assert addresses[:6] == ["127.60.0.250", "127.60.0.251", "127.60.0.252",
-                                 "127.60.0.253", "127.60.0.254", "127.60.1.1"]
+        assert addresses[:6] == [
+            "127.60.0.250",
+            "127.60.0.251",
+            "127.60.0.252",
+            "127.60.0.253",
+            "127.60.0.254",
+            "127.60.1.1",
+        ]
         assert not any(a.endswith((".0", ".255")) for a in addresses)
 
     def test_non_loopback_base_is_refused(self) -> None:
@@ -126,7 +141,8 @@ class TestAddresses:
 
 class TestHttpAgents:
     async def test_agents_listen_on_distinct_addresses_and_one_port(
-            self, http: httpx.AsyncClient) -> None:
+        self, http: httpx.AsyncClient
+    ) -> None:
         """Each agent answers on its own address, all on the one port the fleet chose."""
         async with SimFleet(3, base="127.60.1.1") as fleet:
             assert fleet.addresses == ["127.60.1.1", "127.60.1.2", "127.60.1.3"]
@@ -137,7 +153,8 @@ class TestHttpAgents:
                 assert response.json()["agent_id"] == agent.id
 
     async def test_opportunity_is_recorded_with_its_idempotency_key(
-            self, http: httpx.AsyncClient) -> None:
+        self, http: httpx.AsyncClient
+    ) -> None:
         """A POSTed opportunity is recorded by that agent only, with its Idempotency-Key."""
         async with SimFleet(3, base="127.60.2.1", claim_policy=None) as fleet:
             response = await post(http, fleet.agents[2].endpoint)
@@ -158,7 +175,9 @@ class TestHttpAgents:
 
         claims = [CLAIM_DECODER.decode(msgspec.json.encode(a)) for a in answers[:2]]
         assert [(c.role, c.agent_id) for c in claims] == [
-            ("tpm", "sim-0"), ("senior-software-architect", "sim-1")]
+            ("tpm", "sim-0"),
+            ("senior-software-architect", "sim-1"),
+        ]
         assert answers[2] == {"status": "received"}
 
     async def test_invalid_opportunity_is_refused(self, http: httpx.AsyncClient) -> None:
@@ -174,8 +193,10 @@ class TestHttpAgents:
     async def test_caller_ids_and_task_ids(self) -> None:
         """Agents take the ids the caller gives; task ids are also their task_id."""
         async with SimFleet(2, base="127.60.5.1", task_ids=["t0abc", "t1abc"]) as fleet:
-            assert [(a.id, a.task_id) for a in fleet.agents] == [("t0abc", "t0abc"),
-                                                                 ("t1abc", "t1abc")]
+            assert [(a.id, a.task_id) for a in fleet.agents] == [
+                ("t0abc", "t0abc"),
+                ("t1abc", "t1abc"),
+            ]
             assert fleet.agent("t1abc").index == 1
         async with SimFleet(1, base="127.60.5.9", ids=["alpha"]) as fleet:
             assert (fleet.agents[0].id, fleet.agents[0].task_id) == ("alpha", None)
@@ -195,10 +216,18 @@ class TestMisbehaviour:
     @pytest.fixture
     async def fleet(self) -> AsyncIterator[SimFleet]:
         """One agent per misbehaviour; agent 0 behaves."""
-        behaviours: dict[int, Behaviour] = {1: "500", 2: "reset", 3: "hang", 4: "down",
-                                            5: "slow", 6: "huge", 7: "unhealthy"}
-        async with SimFleet(8, base="127.60.7.1", behaviours=behaviours, slow_delay=0.3,
-                            claim_policy=None) as sim:
+        behaviours: dict[int, Behaviour] = {
+            1: "500",
+            2: "reset",
+            3: "hang",
+            4: "down",
+            5: "slow",
+            6: "huge",
+            7: "unhealthy",
+        }
+        async with SimFleet(
+            8, base="127.60.7.1", behaviours=behaviours, slow_delay=0.3, claim_policy=None
+        ) as sim:
             yield sim
 
     async def test_500(self, fleet: SimFleet, http: httpx.AsyncClient) -> None:
@@ -235,18 +264,21 @@ class TestMisbehaviour:
 
     async def test_huge(self, fleet: SimFleet, http: httpx.AsyncClient) -> None:
         """A "huge" agent answers 200 with a body of about 10 MiB, streamed."""
-        async with http.stream("POST", fleet.agents[6].endpoint + PATH,
-                               content=encode(OPPORTUNITY)) as response:
+        async with http.stream(
+            "POST", fleet.agents[6].endpoint + PATH, content=encode(OPPORTUNITY)
+        ) as response:
             size = sum([len(chunk) async for chunk in response.aiter_bytes()])
 
         assert response.status_code == 200
         assert size == HUGE_BODY_BYTES
 
     async def test_huge_body_abandoned_by_client(
-            self, fleet: SimFleet, http: httpx.AsyncClient) -> None:
+        self, fleet: SimFleet, http: httpx.AsyncClient
+    ) -> None:
         """A client that stops reading a huge body early leaves the agent serving others."""
-        async with http.stream("POST", fleet.agents[6].endpoint + PATH,
-                               content=encode(OPPORTUNITY)) as response:
+        async with http.stream(
+            "POST", fleet.agents[6].endpoint + PATH, content=encode(OPPORTUNITY)
+        ) as response:
             await anext(response.aiter_bytes())
 
         assert (await http.get(fleet.agents[6].endpoint + "/health")).status_code == 200
@@ -266,10 +298,17 @@ class TestMisbehaviour:
 
 class TestBusAgents:
     async def test_presence_entries_are_in_the_bucket(
-            self, nats_server: EmbeddedNats, nc: NATS, names: Names) -> None:
+        self, nats_server: EmbeddedNats, nc: NATS, names: Names
+    ) -> None:
         """Each agent on the bus has an entry under its id, with its endpoint and task id."""
-        async with SimFleet(4, on_bus=2, nats_url=nats_server.url, names=names,
-                            base="127.60.10.1", task_ids=["ta", "tb", "tc", "td"]) as fleet:
+        async with SimFleet(
+            4,
+            on_bus=2,
+            nats_url=nats_server.url,
+            names=names,
+            base="127.60.10.1",
+            task_ids=["ta", "tb", "tc", "td"],
+        ) as fleet:
             entries = await presence_entries(nc, names)
 
             assert set(entries) == {"tb", "td"} == {a.id for a in fleet.bus_agents}
@@ -279,23 +318,30 @@ class TestBusAgents:
             assert entry.at.endswith("Z")
 
     async def test_presence_bucket_is_created_with_ttl_and_markers(
-            self, nats_server: EmbeddedNats, nc: NATS, names: Names) -> None:
+        self, nats_server: EmbeddedNats, nc: NATS, names: Names
+    ) -> None:
         """A missing presence bucket is created with the 15 s TTL and limit markers."""
-        async with SimFleet(1, on_bus=1, nats_url=nats_server.url, names=names,
-                            base="127.60.11.1"):
+        async with SimFleet(1, on_bus=1, nats_url=nats_server.url, names=names, base="127.60.11.1"):
             kv = await nc.jetstream().key_value(names.presence_bucket)
             config = (await kv.status()).stream_info.config
 
         assert config.max_age == 15
         assert config.subject_delete_marker_ttl == 5
 
-    async def test_agents_ack_and_claim(self, nats_server: EmbeddedNats, nc: NATS,
-                                        names: Names) -> None:
+    async def test_agents_ack_and_claim(
+        self, nats_server: EmbeddedNats, nc: NATS, names: Names
+    ) -> None:
         """Every present agent acks once; no_ack never acks; double_ack acks twice."""
         claims = await nc.subscribe(names.claims(OPPORTUNITY.id, "*"))
-        async with SimFleet(5, on_bus=5, nats_url=nats_server.url, names=names,
-                            base="127.60.12.1", connections=1,
-                            behaviours={2: "no_ack", 3: "double_ack"}) as fleet:
+        async with SimFleet(
+            5,
+            on_bus=5,
+            nats_url=nats_server.url,
+            names=names,
+            base="127.60.12.1",
+            connections=1,
+            behaviours={2: "no_ack", 3: "double_ack"},
+        ) as fleet:
             acks = await collect_acks(nc, names, OPPORTUNITY, last_id="sim-4")
 
             assert [a.agent_id for a in acks] == ["sim-0", "sim-1", "sim-3", "sim-3", "sim-4"]
@@ -305,26 +351,31 @@ class TestBusAgents:
             first = CLAIM_DECODER.decode((await claims.next_msg(timeout=5)).data)
             second = CLAIM_DECODER.decode((await claims.next_msg(timeout=5)).data)
             assert {(first.role, first.agent_id), (second.role, second.agent_id)} == {
-                ("tpm", "sim-0"), ("senior-software-architect", "sim-1")}
+                ("tpm", "sim-0"),
+                ("senior-software-architect", "sim-1"),
+            }
 
-    async def test_agents_share_connections(self, nats_server: EmbeddedNats, nc: NATS,
-                                            names: Names) -> None:
+    async def test_agents_share_connections(
+        self, nats_server: EmbeddedNats, nc: NATS, names: Names
+    ) -> None:
         """Bus agents are split over the requested connections and all of them ack."""
-        async with SimFleet(7, on_bus=7, nats_url=nats_server.url, names=names,
-                            base="127.60.13.1", connections=3) as fleet:
+        async with SimFleet(
+            7, on_bus=7, nats_url=nats_server.url, names=names, base="127.60.13.1", connections=3
+        ) as fleet:
             sub = await nc.subscribe(names.acks(OPPORTUNITY.id, "*"))
             await nc.publish(names.opportunities, encode(OPPORTUNITY))
-            acked = {(await sub.next_msg(timeout=5)).subject.rsplit(".", 1)[1]
-                     for _ in range(7)}
+            acked = {(await sub.next_msg(timeout=5)).subject.rsplit(".", 1)[1] for _ in range(7)}
 
             assert fleet.connections == 3
             assert acked == {a.id for a in fleet.agents}
 
     async def test_leave_purges_and_rejoin_restores(
-            self, nats_server: EmbeddedNats, nc: NATS, names: Names) -> None:
+        self, nats_server: EmbeddedNats, nc: NATS, names: Names
+    ) -> None:
         """An agent that leaves loses its entry and stops acking; rejoining brings both back."""
-        async with SimFleet(3, on_bus=3, nats_url=nats_server.url, names=names,
-                            base="127.60.14.1", connections=1) as fleet:
+        async with SimFleet(
+            3, on_bus=3, nats_url=nats_server.url, names=names, base="127.60.14.1", connections=1
+        ) as fleet:
             await fleet.leave("sim-1")
 
             assert set(await presence_entries(nc, names)) == {"sim-0", "sim-2"}
@@ -337,11 +388,19 @@ class TestBusAgents:
             assert set(await presence_entries(nc, names)) == {"sim-0", "sim-1", "sim-2"}
 
     async def test_agent_that_stops_refreshing_expires(
-            self, nats_server: EmbeddedNats, nc: NATS, names: Names) -> None:
+        self, nats_server: EmbeddedNats, nc: NATS, names: Names
+    ) -> None:
         """A "leave" agent's entry expires (watchers see a PURGE) while others stay fresh."""
-        async with SimFleet(2, on_bus=2, nats_url=nats_server.url, names=names,
-                            base="127.60.15.1", behaviours={1: "leave"}, presence_ttl=1,
-                            presence_interval=0.2):
+        async with SimFleet(
+            2,
+            on_bus=2,
+            nats_url=nats_server.url,
+            names=names,
+            base="127.60.15.1",
+            behaviours={1: "leave"},
+            presence_ttl=1,
+            presence_interval=0.2,
+        ):
             kv: KeyValue = await nc.jetstream().key_value(names.presence_bucket)
             watcher = await kv.watch("sim-1")
             async with asyncio.timeout(5):
@@ -353,37 +412,55 @@ class TestBusAgents:
             assert set(await presence_entries(nc, names)) == {"sim-0"}
 
     async def test_leave_without_purge_expires(
-            self, nats_server: EmbeddedNats, nc: NATS, names: Names) -> None:
+        self, nats_server: EmbeddedNats, nc: NATS, names: Names
+    ) -> None:
         """leave(purge=False) keeps the entry until its TTL runs out, then it is gone."""
-        async with SimFleet(2, on_bus=2, nats_url=nats_server.url, names=names,
-                            base="127.60.16.1", presence_ttl=1, presence_interval=0.2) as fleet:
+        async with SimFleet(
+            2,
+            on_bus=2,
+            nats_url=nats_server.url,
+            names=names,
+            base="127.60.16.1",
+            presence_ttl=1,
+            presence_interval=0.2,
+        ) as fleet:
             await fleet.leave("sim-0", purge=False)
             assert "sim-0" in await presence_entries(nc, names)
 
             async def gone() -> bool:
                 return set(await presence_entries(nc, names)) == {"sim-1"}
+
             await wait_for(gone, timeout=5, interval=0.2, what="sim-0's entry to expire")
 
 
 class TestFleet:
     async def test_200_agents_start_and_stop_cleanly(
-            self, nats_server: EmbeddedNats, nc: NATS, names: Names,
-            http: httpx.AsyncClient) -> None:
+        self, nats_server: EmbeddedNats, nc: NATS, names: Names, http: httpx.AsyncClient
+    ) -> None:
         """200 agents report progress, serve, and leave nothing behind: tasks, entries, ports."""
         await nc.jetstream().account_info()  # the observer's own request inbox, made now
         before = asyncio.all_tasks()
         seen: list[tuple[int, int]] = []
-        fleet = SimFleet(200, on_bus=100, nats_url=nats_server.url, names=names,
-                         base="127.60.20.1", connections=2,
-                         progress=lambda started, total: seen.append((started, total)))
+        fleet = SimFleet(
+            200,
+            on_bus=100,
+            nats_url=nats_server.url,
+            names=names,
+            base="127.60.20.1",
+            connections=2,
+            progress=lambda started, total: seen.append((started, total)),
+        )
         async with fleet:
             assert len(await presence_entries(nc, names)) == 100
             last = fleet.agents[-1]
             assert (await http.get(last.endpoint + "/health")).status_code == 200
 
         # Tasks of the observer's own watchers end within a loop turn; the fleet's must too.
-        await wait_for(lambda: not asyncio.all_tasks() - before, timeout=2,
-                       what=f"tasks to end: {asyncio.all_tasks() - before}")
+        await wait_for(
+            lambda: not asyncio.all_tasks() - before,
+            timeout=2,
+            what=f"tasks to end: {asyncio.all_tasks() - before}",
+        )
         assert seen[-1] == (200, 200)
         assert [s for s, _ in seen] == sorted(s for s, _ in seen)
         assert await presence_entries(nc, names) == {}
@@ -410,8 +487,8 @@ class TestFleet:
 
 class TestSingleAgent:
     async def test_single_agent_serves_http_and_presence_until_stopped(
-            self, nats_server: EmbeddedNats, nc: NATS, names: Names,
-            http: httpx.AsyncClient) -> None:
+        self, nats_server: EmbeddedNats, nc: NATS, names: Names, http: httpx.AsyncClient
+    ) -> None:
         """One agent serves its API and presence (task id = its id), and leaves when stopped."""
         with socket.socket() as probe:
             probe.bind(("127.60.30.1", 0))
@@ -419,13 +496,23 @@ class TestSingleAgent:
         stop = asyncio.Event()
         # The bridge creates the presence bucket; an agent only writes its own key.
         await nc.jetstream().create_key_value(presence_bucket_config(names))
-        runner = asyncio.create_task(run_single_agent(
-            names=names, stop=stop, host="127.60.30.1", port=port, agent_id="task0abc",
-            nats_url=nats_server.url, index=0, endpoint=f"http://127.60.30.1:{port}"))
+        runner = asyncio.create_task(
+            run_single_agent(
+                names=names,
+                stop=stop,
+                host="127.60.30.1",
+                port=port,
+                agent_id="task0abc",
+                nats_url=nats_server.url,
+                index=0,
+                endpoint=f"http://127.60.30.1:{port}",
+            )
+        )
         endpoint = f"http://127.60.30.1:{port}"
 
         async def present() -> bool:
             return "task0abc" in await presence_entries(nc, names)
+
         await wait_for(lambda: _has_bucket(nc, names), what="the presence bucket")
         await wait_for(present, what="the agent's presence entry")
         entry = (await presence_entries(nc, names))["task0abc"]

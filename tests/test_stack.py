@@ -16,8 +16,10 @@ pytestmark = [pytest.mark.stack, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "stack-test.sh"
-IMAGE_VARIABLES = {"BRIDGE_IMAGE": "CHORUS_TEST_BRIDGE_IMAGE",
-                   "NATS_IMAGE": "CHORUS_TEST_NATS_IMAGE"}
+IMAGE_VARIABLES = {
+    "BRIDGE_IMAGE": "CHORUS_TEST_BRIDGE_IMAGE",
+    "NATS_IMAGE": "CHORUS_TEST_NATS_IMAGE",
+}
 
 
 @pytest.fixture
@@ -28,8 +30,10 @@ def stack_env(unique: str) -> dict[str, str]:
     images = {name: os.environ.get(variable, "") for name, variable in IMAGE_VARIABLES.items()}
     missing = [IMAGE_VARIABLES[name] for name, image in images.items() if not image]
     if missing:
-        unavailable(f"the stack's images were not built: {', '.join(missing)} not set "
-                    "(scripts/test.sh sets them after scripts/build-images.sh)")
+        unavailable(
+            f"the stack's images were not built: {', '.join(missing)} not set "
+            "(scripts/test.sh sets them after scripts/build-images.sh)"
+        )
     return {**os.environ, **images, "DOCKER_HOST": host, "STACK": f"chorus_st{unique[:6]}"}
 
 
@@ -37,19 +41,31 @@ def _run_stack(env: dict[str, str]) -> str:
     """scripts/stack-test.sh's output, after checking what every variant must show: the 10
     agents in the bucket, each admitted through the auth callout as itself only, a broadcast
     that reaches (and is acked by) all 10, and nothing of the stack left afterwards."""
-    result = subprocess.run(["bash", str(SCRIPT), "--skip-build"], env=env, cwd=ROOT,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, timeout=840, check=False)
+    result = subprocess.run(
+        ["bash", str(SCRIPT), "--skip-build"],
+        env=env,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=840,
+        check=False,
+    )
     sys.stdout.write(result.stdout)  # shown by pytest when the test fails
     tail = "\n".join(result.stdout.splitlines()[-40:])
     assert result.returncode == 0, f"scripts/stack-test.sh exited {result.returncode}:\n{tail}"
     assert "check: the bucket lists the 10 running tasks" in result.stdout, tail
     assert "check: the broadcast reached 10 of 10 agents" in result.stdout, tail
     # The NATS auth callout is on in the stack: each agent is admitted as itself only.
-    assert ("check: NATS sees the 10 agents at their task addresses, each admitted as itself"
-            in result.stdout), tail
-    assert ("check: an agent publishes as itself; as another agent, 3 of 3 publishes are denied"
-            in result.stdout), tail
+    assert (
+        "check: NATS sees the 10 agents at their task addresses, each admitted as itself"
+        in result.stdout
+    ), tail
+    assert (
+        "check: an agent publishes as itself; as another agent, 3 of 3 publishes are denied"
+        in result.stdout
+    ), tail
     assert "check: 10 of 10 agents acked on the bus, each on its own subject" in result.stdout, tail
 
     stack = env["STACK"]
@@ -72,7 +88,8 @@ def test_stack_brings_up_ten_agents_that_a_broadcast_reaches(stack_env: dict[str
 
 
 def test_stack_on_a_nats_cluster_admits_agents_through_the_callout(
-        stack_env: dict[str, str]) -> None:
+    stack_env: dict[str, str],
+) -> None:
     """With docker-compose.cluster.yml (three NATS servers running nats-cluster-callout.conf),
     the same holds: agents on any member are admitted by the bridge, each as itself."""
     output = _run_stack({**stack_env, "CLUSTER": "1"})

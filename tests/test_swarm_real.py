@@ -60,13 +60,22 @@ def agents(engine: tuple[str, docker.DockerClient], unique: str) -> Iterator[Age
 
 
 @pytest.fixture
-def real_settings(engine: tuple[str, docker.DockerClient], agents: AgentService,
-                  unique: str) -> Settings:
+def real_settings(
+    engine: tuple[str, docker.DockerClient], agents: AgentService, unique: str
+) -> Settings:
     """A bridge on the real engine: Swarm only, no DNS, the 30 s poll, names of its own."""
-    return Settings(docker_host=engine[0], discovery_method="swarm", service_name=agents.name,
-                    network_names=(NETWORK,), dns_names=(), poll_interval=POLL_INTERVAL,
-                    subject_prefix=f"t{unique}", kv_bucket=f"agents_{unique}",
-                    listen_host="127.0.0.1", listen_port=0)
+    return Settings(
+        docker_host=engine[0],
+        discovery_method="swarm",
+        service_name=agents.name,
+        network_names=(NETWORK,),
+        dns_names=(),
+        poll_interval=POLL_INTERVAL,
+        subject_prefix=f"t{unique}",
+        kv_bucket=f"agents_{unique}",
+        listen_host="127.0.0.1",
+        listen_port=0,
+    )
 
 
 async def bucket(nc: NATS, settings: Settings) -> dict[str, Agent]:
@@ -83,8 +92,9 @@ async def running(agents: AgentService) -> dict[str, str]:
     return await asyncio.to_thread(agents.running)
 
 
-async def until_bucket_is(nc: NATS, settings: Settings, agents: AgentService, count: int,
-                          timeout: float) -> dict[str, Agent]:
+async def until_bucket_is(
+    nc: NATS, settings: Settings, agents: AgentService, count: int, timeout: float
+) -> dict[str, Agent]:
     """Wait until Docker runs `count` tasks and the bucket holds exactly those addresses.
 
     Reading the bucket is retried until the deadline: a KV watch may announce the end of the
@@ -98,13 +108,15 @@ async def until_bucket_is(nc: NATS, settings: Settings, agents: AgentService, co
         seen.update(await bucket(nc, settings))
         return len(tasks) == count and {k: a.address for k, a in seen.items()} == tasks
 
-    await wait_for(same, timeout=timeout, interval=0.1,
-                   what=f"the bucket to hold the {count} running tasks")
+    await wait_for(
+        same, timeout=timeout, interval=0.1, what=f"the bucket to hold the {count} running tasks"
+    )
     return dict(seen)
 
 
-async def test_bucket_holds_the_running_tasks(real_settings: Settings, agents: AgentService,
-                                              nats_server: EmbeddedNats, nc: NATS) -> None:
+async def test_bucket_holds_the_running_tasks(
+    real_settings: Settings, agents: AgentService, nats_server: EmbeddedNats, nc: NATS
+) -> None:
     """After its first round the bucket holds exactly the running tasks, as Docker reports them."""
     async with run_bridge(real_settings, nats_server.url):
         # No event comes after the first round: matching now means that round found them all.
@@ -121,8 +133,8 @@ async def test_bucket_holds_the_running_tasks(real_settings: Settings, agents: A
 
 
 async def test_scaling_reaches_the_bucket_before_the_poll(
-        real_settings: Settings, agents: AgentService, nats_server: EmbeddedNats,
-        nc: NATS) -> None:
+    real_settings: Settings, agents: AgentService, nats_server: EmbeddedNats, nc: NATS
+) -> None:
     """A scale-up (3 to 6) and a scale-down (6 to 2) are in the bucket long before the poll."""
     async with run_bridge(real_settings, nats_server.url):
         seen = await announcements(nc, real_settings)
@@ -132,7 +144,8 @@ async def test_scaling_reaches_the_bucket_before_the_poll(
         six = set(await running(agents))
         await wait_for(lambda: len(seen) == 3, what="3 announcements")
         assert sorted((s.event, s.agent.id) for s in seen) == sorted(
-            ("joined", task) for task in six - before)
+            ("joined", task) for task in six - before
+        )
 
         seen.clear()
         await asyncio.to_thread(agents.scale, 2)
@@ -140,11 +153,13 @@ async def test_scaling_reaches_the_bucket_before_the_poll(
         two = set(await running(agents))
         await wait_for(lambda: len(seen) == 4, what="4 announcements")
         assert sorted((s.event, s.agent.id) for s in seen) == sorted(
-            ("left", task) for task in six - two)
+            ("left", task) for task in six - two
+        )
 
 
-async def test_restart_leaves_no_stale_key(real_settings: Settings, agents: AgentService,
-                                           nats_server: EmbeddedNats, nc: NATS) -> None:
+async def test_restart_leaves_no_stale_key(
+    real_settings: Settings, agents: AgentService, nats_server: EmbeddedNats, nc: NATS
+) -> None:
     """Tasks removed while the bridge was down are gone from the bucket after its first round."""
     async with run_bridge(real_settings, nats_server.url):
         before = await until_bucket_is(nc, real_settings, agents, 3, timeout=5)
@@ -192,13 +207,13 @@ class Sampler:
             self.gone.setdefault(task, now)
         for task in self.running - self.keys:
             if now - self.listed[task] > CHURN_LIMIT:
-                self.violations.append(f"{task} running for {now - self.listed[task]:.1f}s, "
-                                       "not in the bucket")
+                self.violations.append(
+                    f"{task} running for {now - self.listed[task]:.1f}s, not in the bucket"
+                )
         for task in self.keys - self.running:
             since = self.gone.get(task)
             if since is not None and now - since > CHURN_LIMIT:
-                self.violations.append(f"{task} gone for {now - since:.1f}s, still in the "
-                                       "bucket")
+                self.violations.append(f"{task} gone for {now - since:.1f}s, still in the bucket")
         return True
 
     async def until(self, done: Callable[[], bool], timeout: float) -> None:
@@ -210,15 +225,16 @@ class Sampler:
             if await self.sample() and done():
                 return
             if loop.time() > deadline:
-                raise AssertionError(f"not done after {timeout}s: running {self.running}, "
-                                     f"bucket {self.keys}")
+                raise AssertionError(
+                    f"not done after {timeout}s: running {self.running}, bucket {self.keys}"
+                )
             await asyncio.sleep(max(0.0, SAMPLE_EVERY - (loop.time() - started)))
 
 
 @pytest.mark.parametrize("order", ["stop-first", "start-first"])
 async def test_rolling_restart_keeps_the_bucket_in_step(
-        real_settings: Settings, agents: AgentService, nats_server: EmbeddedNats, nc: NATS,
-        order: str) -> None:
+    real_settings: Settings, agents: AgentService, nats_server: EmbeddedNats, nc: NATS, order: str
+) -> None:
     """`docker service update --force` (every task replaced, one at a time): no running task
     missing from the bucket, and no gone task left in it, for more than 2 s."""
     async with run_bridge(real_settings, nats_server.url):
@@ -228,8 +244,11 @@ async def test_rolling_restart_keeps_the_bucket_in_step(
         await asyncio.to_thread(agents.force_update, order)
 
         def replaced() -> bool:
-            return (len(sampler.running) == 3 and not sampler.running & before
-                    and sampler.keys == sampler.running)
+            return (
+                len(sampler.running) == 3
+                and not sampler.running & before
+                and sampler.keys == sampler.running
+            )
 
         await sampler.until(replaced, timeout=90)
     assert sampler.violations == []
@@ -259,8 +278,8 @@ NEW_REPLICA_LIMIT = 1.0
 
 
 async def test_scale_cycles_reach_the_bucket_within_a_second(
-        real_settings: Settings, agents: AgentService, nats_server: EmbeddedNats,
-        nc: NATS) -> None:
+    real_settings: Settings, agents: AgentService, nats_server: EmbeddedNats, nc: NATS
+) -> None:
     """Scale to 0 and back to 10, a few times: every new replica is in the bucket within 1 s
     of Docker listing it running (p95 over every replica of every cycle)."""
     latencies: list[float] = []
@@ -279,8 +298,10 @@ async def test_scale_cycles_reach_the_bucket_within_a_second(
             watch.cancel()
     ordered = sorted(latencies)
     p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
-    print(f"new replica to bucket over {len(ordered)} replicas: median "
-          f"{statistics.median(ordered):.3f}s, p95 {p95:.3f}s, max {ordered[-1]:.3f}s")
+    print(
+        f"new replica to bucket over {len(ordered)} replicas: median "
+        f"{statistics.median(ordered):.3f}s, p95 {p95:.3f}s, max {ordered[-1]:.3f}s"
+    )
     assert len(ordered) == SCALE_CYCLES * SCALE_TO
     assert p95 <= NEW_REPLICA_LIMIT, ordered
 
@@ -327,8 +348,12 @@ def _state(pid: int) -> str:
 
 def start_dockerd() -> None:
     """Start the daemon as the project does (scripts/swarm-up.sh), and wait for the swarm."""
-    subprocess.run(["bash", str(REPOSITORY / "scripts" / "swarm-up.sh")], check=True,
-                   capture_output=True, timeout=180)
+    subprocess.run(
+        ["bash", str(REPOSITORY / "scripts" / "swarm-up.sh")],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
 
 
 def answers(host: str) -> bool:
@@ -344,11 +369,17 @@ def answers(host: str) -> bool:
         client.close()
 
 
-@pytest.mark.skipif(not (in_ci() or os.environ.get(RESTART_VARIABLE) == "1"),
-                    reason=f"restarts the shared dockerd: CI=true or {RESTART_VARIABLE}=1 only")
+@pytest.mark.skipif(
+    not (in_ci() or os.environ.get(RESTART_VARIABLE) == "1"),
+    reason=f"restarts the shared dockerd: CI=true or {RESTART_VARIABLE}=1 only",
+)
 async def test_dockerd_restart_under_a_running_bridge(
-        engine: tuple[str, docker.DockerClient], real_settings: Settings,
-        agents: AgentService, nats_server: EmbeddedNats, nc: NATS) -> None:
+    engine: tuple[str, docker.DockerClient],
+    real_settings: Settings,
+    agents: AgentService,
+    nats_server: EmbeddedNats,
+    nc: NATS,
+) -> None:
     """dockerd stopped and started again while the bridge runs: no agent removed while it is
     down, the event stream comes back, and the bucket equals the running tasks within 5 s
     of the daemon answering."""
@@ -364,21 +395,30 @@ async def test_dockerd_restart_under_a_running_bridge(
                     await asyncio.sleep(SAMPLE_EVERY)
             finally:
                 starting = asyncio.create_task(asyncio.to_thread(start_dockerd))
-                await wait_for(lambda: asyncio.to_thread(answers, host), timeout=120,
-                               interval=0.1, what="dockerd to answer")
+                await wait_for(
+                    lambda: asyncio.to_thread(answers, host),
+                    timeout=120,
+                    interval=0.1,
+                    what="dockerd to answer",
+                )
             answered = asyncio.get_running_loop().time()
             sampler = Sampler(nc, real_settings, agents)
             await sampler.until(lambda: sampler.keys == sampler.running, timeout=60)
             caught_up = asyncio.get_running_loop().time() - answered
             await starting
-            await wait_for(lambda: any(e["event"] == "docker_events_connected" and "was" in e
-                                       for e in logs),
-                           timeout=10, what="the event stream to come back")
+            await wait_for(
+                lambda: any(e["event"] == "docker_events_connected" and "was" in e for e in logs),
+                timeout=10,
+                what="the event stream to come back",
+            )
             # The swarm settles (Swarm replaces the tasks that stopped with the daemon): the
             # bucket follows it, in step, to 3 running tasks.
-            await sampler.until(lambda: len(sampler.running) == 3
-                                and sampler.keys == sampler.running, timeout=90)
-    print(f"bucket equal to the running tasks {caught_up:.2f}s after dockerd answered; "
-          f"replaced: {len(before - sampler.running)} of 3")
+            await sampler.until(
+                lambda: len(sampler.running) == 3 and sampler.keys == sampler.running, timeout=90
+            )
+    print(
+        f"bucket equal to the running tasks {caught_up:.2f}s after dockerd answered; "
+        f"replaced: {len(before - sampler.running)} of 3"
+    )
     assert caught_up <= CATCH_UP_LIMIT
     assert sampler.violations == []

@@ -76,31 +76,41 @@ def reached(report: BroadcastReport) -> int:
 
 
 async def test_a_presence_endpoint_is_never_called(
-        settings: Settings, nats_server: EmbeddedNats, swarm: EmulatedSwarm, nc: NATS) -> None:
+    settings: Settings, nats_server: EmbeddedNats, swarm: EmulatedSwarm, nc: NATS
+) -> None:
     """Attack 1: an entry on the bus only, whose `endpoint` is a URL of the writer's choosing
     (a `#` would drop the opportunity path), never acking. No request reaches that URL; every
     discovered agent is reached; the intruder is reported failed, 'no ack on the bus'."""
     async with recorder() as (port, seen), stage(settings, nats_server, swarm, 4, on_bus=2) as s:
         url = f"http://{RECORDER_HOST}:{port}/admin/drop-all?confirm=yes#"
-        await put_presence(nc, s.names, "intruder", PresenceEntry(
-            agent_id="intruder", endpoint=url, at=now_rfc3339()))
+        await put_presence(
+            nc,
+            s.names,
+            "intruder",
+            PresenceEntry(agent_id="intruder", endpoint=url, at=now_rfc3339()),
+        )
         await wait_present(s, "intruder")
         report = await s.broadcast(nc)
     assert seen == []
     assert all(len(agent.got(OPPORTUNITY.id)) == 1 for agent in s.fleet.agents)
     assert (report.total_agents, report.success_count, report.via_bus, report.via_http) == (
-        5, 4, 2, 2)
-    assert report.failed == [FailedDelivery(agent_id="intruder", endpoint=None,
-                                            error="no ack on the bus")]
+        5,
+        4,
+        2,
+        2,
+    )
+    assert report.failed == [
+        FailedDelivery(agent_id="intruder", endpoint=None, error="no ack on the bus")
+    ]
 
 
 async def test_an_ack_naming_another_agent_does_not_count_for_it(
-        settings: Settings, nats_server: EmbeddedNats, swarm: EmulatedSwarm, nc: NATS) -> None:
+    settings: Settings, nats_server: EmbeddedNats, swarm: EmulatedSwarm, nc: NATS
+) -> None:
     """Attack 2: an intruder on the bus acks every opportunity on its own subject with a body
     that names a victim (on the bus, not acking). The victim still gets its HTTP fallback, and
     the report counts the intruder's ack for the intruder only."""
-    async with stage(settings, nats_server, swarm, 3, on_bus={0, 1},
-                     behaviours={1: "no_ack"}) as s:
+    async with stage(settings, nats_server, swarm, 3, on_bus={0, 1}, behaviours={1: "no_ack"}) as s:
         victim = s.fleet.agents[1]
 
         async def ack_as_victim(msg: Msg) -> None:
@@ -108,8 +118,9 @@ async def test_an_ack_naming_another_agent_does_not_count_for_it(
             await nc.publish(s.names.acks(OPPORTUNITY.id, "intruder"), encode(body))
 
         await nc.subscribe(s.names.opportunities, cb=ack_as_victim)
-        await put_presence(nc, s.names, "intruder", PresenceEntry(agent_id=victim.id,
-                                                                  at=now_rfc3339()))
+        await put_presence(
+            nc, s.names, "intruder", PresenceEntry(agent_id=victim.id, at=now_rfc3339())
+        )
         await wait_present(s, "intruder")
         report = await s.broadcast(nc)
     assert [d.via for d in victim.got(OPPORTUNITY.id)] == ["bus", "http"]
@@ -119,7 +130,8 @@ async def test_an_ack_naming_another_agent_does_not_count_for_it(
 
 
 async def test_an_entry_carrying_another_agents_task_id_does_not_skip_it(
-        settings: Settings, nats_server: EmbeddedNats, swarm: EmulatedSwarm, nc: NATS) -> None:
+    settings: Settings, nats_server: EmbeddedNats, swarm: EmulatedSwarm, nc: NATS
+) -> None:
     """Attack 3: an entry under the writer's own key, carrying an HTTP-only agent's task id and
     endpoint. The HTTP-only agent is still sent the opportunity by HTTP, and not counted as
     on the bus; the writer acks as itself and counts as itself."""
@@ -131,8 +143,14 @@ async def test_an_entry_carrying_another_agents_task_id_does_not_skip_it(
             await nc.publish(s.names.acks(OPPORTUNITY.id, "intruder"), encode(body))
 
         await nc.subscribe(s.names.opportunities, cb=ack_as_self)
-        await put_presence(nc, s.names, "intruder", PresenceEntry(
-            agent_id=victim.id, task_id=victim.id, endpoint=victim.endpoint, at=now_rfc3339()))
+        await put_presence(
+            nc,
+            s.names,
+            "intruder",
+            PresenceEntry(
+                agent_id=victim.id, task_id=victim.id, endpoint=victim.endpoint, at=now_rfc3339()
+            ),
+        )
         await wait_present(s, "intruder")
         assert victim.id not in s.on_bus_in_bucket()
         report = await s.broadcast(nc)
@@ -142,10 +160,12 @@ async def test_an_entry_carrying_another_agents_task_id_does_not_skip_it(
 
 
 async def test_acks_from_unknown_agents_are_counted_apart_once_each(
-        settings: Settings, nats_server: EmbeddedNats, swarm: EmulatedSwarm, nc: NATS) -> None:
+    settings: Settings, nats_server: EmbeddedNats, swarm: EmulatedSwarm, nc: NATS
+) -> None:
     """Acks on the subjects of agents the bridge does not know reach nobody in the report."""
     # The agent on the bus does not ack, so the bridge listens for the whole ack window.
     async with stage(settings, nats_server, swarm, 2, on_bus=1, behaviours={1: "no_ack"}) as s:
+
         async def strangers(msg: Msg) -> None:
             for name in ("ghost-1", "ghost-2", "ghost-1"):
                 await nc.publish(s.names.acks(OPPORTUNITY.id, name), b"{}")
@@ -156,7 +176,8 @@ async def test_acks_from_unknown_agents_are_counted_apart_once_each(
 
 
 async def test_an_http_claim_is_republished_as_the_agent_that_answered(
-        nats_server: EmbeddedNats, nc: NATS, unique: str) -> None:
+    nats_server: EmbeddedNats, nc: NATS, unique: str
+) -> None:
     """An HTTP answer claiming a role in another agent's name is republished on the claims
     subject of the agent that answered, in its own name."""
     names = Names(prefix=f"t{unique}", agents_bucket=f"agents_{unique}")
@@ -168,8 +189,7 @@ async def test_an_http_claim_is_republished_as_the_agent_that_answered(
     await nc.subscribe(names.claims(OPPORTUNITY.id, "*"), cb=on_claim)
     await nc.flush()
     async with recorder("127.40.0.51") as (port, seen):
-        settings = Settings(subject_prefix=names.prefix, bus_ack_wait=0.1,
-                            opportunity_path="/op")
+        settings = Settings(subject_prefix=names.prefix, bus_ack_wait=0.1, opportunity_path="/op")
         target = Target(agent_id="agent-7", endpoint=f"http://127.40.0.51:{port}")
         async with AgentHTTP(settings) as http:
             broadcaster = Broadcaster(nc, names, settings, http, lambda: [target])
@@ -177,12 +197,14 @@ async def test_an_http_claim_is_republished_as_the_agent_that_answered(
         await wait_for(lambda: len(claims) == 1, what="the claim")
     assert seen == [f"POST http://127.40.0.51:{port}/op"]
     assert report.via_http == 1
-    assert claims == [(names.claims(OPPORTUNITY.id, "agent-7"),
-                       Claim(role="tpm", agent_id="agent-7"))]
+    assert claims == [
+        (names.claims(OPPORTUNITY.id, "agent-7"), Claim(role="tpm", agent_id="agent-7"))
+    ]
 
 
 async def test_a_bad_discovered_endpoint_is_reported_not_called(
-        nats_server: EmbeddedNats, nc: NATS, unique: str) -> None:
+    nats_server: EmbeddedNats, nc: NATS, unique: str
+) -> None:
     """Whatever enters as an endpoint, only scheme, host and port are ever called."""
     names = Names(prefix=f"t{unique}", agents_bucket=f"agents_{unique}")
     async with recorder("127.40.0.52") as (port, seen):
@@ -190,15 +212,22 @@ async def test_a_bad_discovered_endpoint_is_reported_not_called(
         target = Target(agent_id="a1", endpoint=f"http://127.40.0.52:{port}/x?y=1#")
         async with AgentHTTP(settings) as http:
             report = await Broadcaster(nc, names, settings, http, lambda: [target]).broadcast(
-                OPPORTUNITY)
+                OPPORTUNITY
+            )
     assert seen == []
     (failure,) = report.failed
     assert failure.error.startswith("not an endpoint")
 
 
-@pytest.mark.parametrize("endpoint", [
-    "http://user:secret@127.0.0.5:8080", "http://127.0.0.5:8080?x=1", "http://127.0.0.5:8080#",
-    "http://127.0.0.5:8080/admin#"])
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://user:secret@127.0.0.5:8080",
+        "http://127.0.0.5:8080?x=1",
+        "http://127.0.0.5:8080#",
+        "http://127.0.0.5:8080/admin#",
+    ],
+)
 def test_a_known_endpoint_with_more_than_host_and_port_is_a_config_error(endpoint: str) -> None:
     env: dict[str, Any] = {"WHOOSH_KNOWN_ENDPOINTS": f"http://127.0.0.4:8080,{endpoint}"}
     with pytest.raises(ConfigError) as caught:

@@ -25,7 +25,8 @@ from tests.test_nats_conf import PASSWORDS, _peer, _test_copy_of_conf
 
 
 async def test_an_agent_joins_acks_claims_and_leaves(
-        settings: Settings, nats_server: EmbeddedNats, swarm: EmulatedSwarm, nc: NATS) -> None:
+    settings: Settings, nats_server: EmbeddedNats, swarm: EmulatedSwarm, nc: NATS
+) -> None:
     """A discovered agent that joins through the library is on the bus under its own id, is
     reached by its own ack (no HTTP), claims as itself, and is off the bus as soon as it
     leaves (not after the 15 s TTL)."""
@@ -45,8 +46,14 @@ async def test_an_agent_joins_acks_claims_and_leaves(
                 await agent.ack(opportunity.id)
                 await agent.claim(opportunity.id, "tpm")
 
-        async with connect_agent(nats_server.url, me.id, prefix=s.names.prefix,
-                                 task_id=me.id, endpoint=me.endpoint, roles=["tpm"]) as agent:
+        async with connect_agent(
+            nats_server.url,
+            me.id,
+            prefix=s.names.prefix,
+            task_id=me.id,
+            endpoint=me.endpoint,
+            roles=["tpm"],
+        ) as agent:
             kv = await nc.jetstream().key_value(s.names.presence_bucket)
             entry = PRESENCE_DECODER.decode((await kv.get(me.id)).value or b"")
             assert (entry.agent_id, entry.task_id, entry.roles) == (me.id, me.id, ["tpm"])
@@ -56,8 +63,11 @@ async def test_an_agent_joins_acks_claims_and_leaves(
             await wait_for(lambda: len(claims) == 1, what="the claim")
         async with asyncio.timeout(5):
             await answering  # opportunities() ends when the agent leaves
-        await wait_for(lambda: me.id not in s.on_bus_in_bucket(), timeout=5,
-                       what="the agent off the bus after leaving")
+        await wait_for(
+            lambda: me.id not in s.on_bus_in_bucket(),
+            timeout=5,
+            what="the agent off the bus after leaving",
+        )
         with pytest.raises(nats.js.errors.KeyNotFoundError):
             await kv.get(me.id)  # purged, not left to expire
     assert [o.id for o in received] == [OPPORTUNITY.id]
@@ -67,7 +77,8 @@ async def test_an_agent_joins_acks_claims_and_leaves(
 
 
 async def test_joining_without_a_presence_bucket_says_what_to_check(
-        nats_server: EmbeddedNats, unique: str) -> None:
+    nats_server: EmbeddedNats, unique: str
+) -> None:
     """No bridge has created the presence bucket: a clear NatsError, nothing left behind."""
     with pytest.raises(NatsError, match="check that the bridge runs"):
         async with connect_agent(nats_server.url, "agent-1", prefix=f"t{unique}"):
@@ -93,23 +104,32 @@ def test_names_give_each_agent_its_own_subjects() -> None:
 async def shipped_conf(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
     """A nats-server running this repository's nats.conf (its users and permissions)."""
     conf = _test_copy_of_conf(tmp_path)
-    async with EmbeddedNats(port=0, store_dir=tmp_path / "nats", config_file=conf,
-                            env=PASSWORDS) as server:
+    async with EmbeddedNats(
+        port=0, store_dir=tmp_path / "nats", config_file=conf, env=PASSWORDS
+    ) as server:
         yield server
 
 
 async def test_an_agent_with_the_shipped_permissions_is_reached_on_the_bus(
-        settings: Settings, shipped_conf: EmbeddedNats, swarm: EmulatedSwarm) -> None:
+    settings: Settings, shipped_conf: EmbeddedNats, swarm: EmulatedSwarm
+) -> None:
     """nats.conf as shipped: the bridge user hears the agent user's ack and claim on their
     per-agent subjects, and the agent is reached on the bus, not by HTTP."""
-    secured = settings.replace(subject_prefix="chorus", kv_bucket="chorus_agents",
-                               nats_user="bridge", nats_password=PASSWORDS["BRIDGE_PASS"])
-    async with stage(secured, shipped_conf, swarm, 1, claim_policy=None) as s, _peer(
-            shipped_conf, "coordinator") as coordinator:
+    secured = settings.replace(
+        subject_prefix="chorus",
+        kv_bucket="chorus_agents",
+        nats_user="bridge",
+        nats_password=PASSWORDS["BRIDGE_PASS"],
+    )
+    async with (
+        stage(secured, shipped_conf, swarm, 1, claim_policy=None) as s,
+        _peer(shipped_conf, "coordinator") as coordinator,
+    ):
         me = s.fleet.agents[0]
         claims = await coordinator.nc.subscribe(s.names.claims(OPPORTUNITY.id, "*"))
-        async with connect_agent(shipped_conf.url, me.id, user="agent",
-                                 password=PASSWORDS["AGENT_PASS"]) as agent:
+        async with connect_agent(
+            shipped_conf.url, me.id, user="agent", password=PASSWORDS["AGENT_PASS"]
+        ) as agent:
             await wait_for(lambda: me.id in s.on_bus_in_bucket(), what="the agent on the bus")
 
             async def answer() -> None:

@@ -62,9 +62,13 @@ class DnsDiscovery:
     when it recovers.
     """
 
-    def __init__(self, settings: Settings,
-                 resolver: dns.asyncresolver.Resolver | None = None, *,
-                 timeout: float = DNS_NAME_TIMEOUT) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        resolver: dns.asyncresolver.Resolver | None = None,
+        *,
+        timeout: float = DNS_NAME_TIMEOUT,
+    ) -> None:
         self._names = settings.dns_names
         self._own = f"tasks.{settings.service_name}".lower()
         self._port = settings.agent_port
@@ -110,7 +114,8 @@ class DnsDiscovery:
             async with asyncio.timeout(self._timeout):
                 answers = await asyncio.gather(
                     *(self._query(resolver, name, rdtype) for rdtype in _RECORD_TYPES),
-                    return_exceptions=True)
+                    return_exceptions=True,
+                )
         except TimeoutError:
             return [], "timeout"
         found = [ip for answer in answers if isinstance(answer, list) for ip in answer]
@@ -120,12 +125,13 @@ class DnsDiscovery:
                 raise error  # cancellation and the like are not answers
         return found, (_reason(errors[0]) if errors else None)
 
-    async def _query(self, resolver: dns.asyncresolver.Resolver, name: str,
-                     rdtype: dns.rdatatype.RdataType) -> list[str]:
+    async def _query(
+        self, resolver: dns.asyncresolver.Resolver, name: str, rdtype: dns.rdatatype.RdataType
+    ) -> list[str]:
         try:
-            answer = await resolver.resolve(name, rdtype, tcp=_over_tcp(name),
-                                            lifetime=self._timeout,
-                                            raise_on_no_answer=False)
+            answer = await resolver.resolve(
+                name, rdtype, tcp=_over_tcp(name), lifetime=self._timeout, raise_on_no_answer=False
+            )
         except dns.resolver.NXDOMAIN:
             return []
         if answer.rrset is None:
@@ -141,8 +147,13 @@ class DnsDiscovery:
             return self._resolver
 
     def _dns_agent(self, ip: str) -> Agent:
-        return Agent(id=host_agent_id(ip, self._port), endpoint=endpoint_for(ip, self._port),
-                     address=ip, port=self._port, source="dns")
+        return Agent(
+            id=host_agent_id(ip, self._port),
+            endpoint=endpoint_for(ip, self._port),
+            address=ip,
+            port=self._port,
+            source="dns",
+        )
 
     def _note(self, name: str, failure: str | None) -> None:
         """Log a name's change of state: starts failing, or recovers."""
@@ -178,11 +189,13 @@ def _static_agent(url: str) -> Agent:
     parts = urlsplit(url)
     host, port = parts.hostname, parts.port
     if host is None or port is None:
-        raise ConfigError("WHOOSH_KNOWN_ENDPOINTS", url, "each endpoint must look like "
-                          "http://host:port")
+        raise ConfigError(
+            "WHOOSH_KNOWN_ENDPOINTS", url, "each endpoint must look like http://host:port"
+        )
     address = _literal_ip(host) or host
-    return Agent(id=host_agent_id(address, port), endpoint=url, address=address, port=port,
-                 source="static")
+    return Agent(
+        id=host_agent_id(address, port), endpoint=url, address=address, port=port, source="static"
+    )
 
 
 def _literal_ip(name: str) -> str | None:

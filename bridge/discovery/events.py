@@ -100,9 +100,13 @@ class EventFollower:
 
     def _note_lost(self, exc: DockerAPIError, now: float) -> None:
         if self._lost_at is None:
-            log.warning("docker_events_lost", service=self._service, kind=exc.kind,
-                        error=str(exc), retry="with backoff, up to "
-                        f"{RETRY_MAX:g}s apart; the poll carries on meanwhile")
+            log.warning(
+                "docker_events_lost",
+                service=self._service,
+                kind=exc.kind,
+                error=str(exc),
+                retry=f"with backoff, up to {RETRY_MAX:g}s apart; the poll carries on meanwhile",
+            )
             self._lost_at, self._lost_kind = now, exc.kind
 
     def _note_connected(self) -> None:
@@ -111,6 +115,10 @@ class EventFollower:
                 log.info("docker_events_connected", service=self._service)
             return
         outage = asyncio.get_running_loop().time() - self._lost_at
-        log.info("docker_events_connected", service=self._service, was=self._lost_kind,
-                 outage_s=round(outage, 1))
+        log.info(
+            "docker_events_connected",
+            service=self._service,
+            was=self._lost_kind,
+            outage_s=round(outage, 1),
+        )
         self._lost_at = self._lost_kind = None

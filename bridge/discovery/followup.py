@@ -42,8 +42,14 @@ class FollowUps:
         """When the task was first seen not running, if it still is."""
         return self._waiting.get(task_id)
 
-    def after_round(self, not_running: tuple[str, ...], now: float, *, failed: bool = False,
-                    round_s: float = 0.0) -> float:
+    def after_round(
+        self,
+        not_running: tuple[str, ...],
+        now: float,
+        *,
+        failed: bool = False,
+        round_s: float = 0.0,
+    ) -> float:
         """The delay until the next round, after one that found these tasks not running."""
         if failed:
             delay, self._retry = self._retry, min(self._retry * 2, self._poll)

@@ -27,8 +27,9 @@ __all__ = ["HEALTH_PATH", "check_health", "with_health"]
 HEALTH_PATH = "/health"
 
 
-async def check_health(http: AgentHTTP, agents: Sequence[Agent], *,
-                       timeout: float, concurrency: int) -> dict[str, bool]:
+async def check_health(
+    http: AgentHTTP, agents: Sequence[Agent], *, timeout: float, concurrency: int
+) -> dict[str, bool]:
     """For each agent id, whether `GET {endpoint}/health` answered 2xx within `timeout`."""
     limit = asyncio.Semaphore(concurrency)
 
@@ -52,7 +53,6 @@ async def _healthy(http: AgentHTTP, endpoint: str, timeout: float) -> bool:
 def with_health(agents: Sequence[Agent], results: Mapping[str, bool]) -> tuple[Agent, ...]:
     """The agents with `healthy` set from `results`; an agent not checked is unchanged."""
     return tuple(
-        msgspec.structs.replace(agent, healthy=results[agent.id])
-        if agent.id in results else agent
+        msgspec.structs.replace(agent, healthy=results[agent.id]) if agent.id in results else agent
         for agent in agents
     )

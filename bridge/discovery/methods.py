@@ -58,9 +58,15 @@ class RoundResult:
 class Discoverer:
     """Runs discovery rounds with the configured method; logs a Docker outage once."""
 
-    def __init__(self, settings: Settings, *, swarm: SwarmDiscovery | None,
-                 dns: DnsDiscovery, http: AgentHTTP | None = None,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        swarm: SwarmDiscovery | None,
+        dns: DnsDiscovery,
+        http: AgentHTTP | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._settings = settings
         self._swarm = swarm if settings.docker_active else None
         self._dns = dns
@@ -88,10 +94,18 @@ class Discoverer:
         # One line per outage, however its cause changes on the way (a daemon that stops
         # closes its socket, then the socket is gone): the recovery line names the last one.
         if self._docker_error is None:
-            fallback = "dns" if self.method == "swarm" else (
-                "dns only" if self.method == "auto" else "none")
-            log.warning("docker_api_failing", kind=exc.kind, error=str(exc),
-                        fallback=fallback, removals="suspended")
+            fallback = (
+                "dns"
+                if self.method == "swarm"
+                else ("dns only" if self.method == "auto" else "none")
+            )
+            log.warning(
+                "docker_api_failing",
+                kind=exc.kind,
+                error=str(exc),
+                fallback=fallback,
+                removals="suspended",
+            )
         self._docker_error = exc.kind
 
     def _note_docker_ok(self) -> None:
@@ -100,8 +114,9 @@ class Discoverer:
             self._docker_error = None
 
     async def _auto(self) -> tuple[SwarmRound | None, DockerAPIError | None, DnsRound]:
-        (swarm, error), dns = await asyncio.gather(self._swarm_round(),
-                                                   self._dns.discover(own=False))
+        (swarm, error), dns = await asyncio.gather(
+            self._swarm_round(), self._dns.discover(own=False)
+        )
         if swarm is None:
             dns = await self._dns.discover()  # the service's own name is the fallback
         return swarm, error, dns
@@ -123,18 +138,30 @@ class Discoverer:
         if self._settings.verify_health and self._http is not None:
             swarm, dns = await self._verify(swarm, dns)
         duration = time.perf_counter() - started
-        result = RoundResult(swarm=swarm, dns=dns, swarm_expected=self._swarm is not None,
-                             error=error, duration_s=duration)
+        result = RoundResult(
+            swarm=swarm,
+            dns=dns,
+            swarm_expected=self._swarm is not None,
+            error=error,
+            duration_s=duration,
+        )
         if self._metrics is not None:
             self._metrics.observe_round(self.method, result.outcome, duration)
         return result
 
-    async def _verify(self, swarm: SwarmRound | None, dns: DnsRound | None,
-                      ) -> tuple[SwarmRound | None, DnsRound | None]:
+    async def _verify(
+        self,
+        swarm: SwarmRound | None,
+        dns: DnsRound | None,
+    ) -> tuple[SwarmRound | None, DnsRound | None]:
         assert self._http is not None
         agents = [*(swarm.agents if swarm else ()), *(dns.agents if dns else ())]
-        results = await check_health(self._http, agents, timeout=self._settings.http_timeout,
-                                     concurrency=self._settings.http_concurrency)
+        results = await check_health(
+            self._http,
+            agents,
+            timeout=self._settings.http_timeout,
+            concurrency=self._settings.http_concurrency,
+        )
         if swarm is not None:
             swarm = dataclasses.replace(swarm, agents=with_health(swarm.agents, results))
         if dns is not None:

@@ -29,8 +29,9 @@ class SwarmDiscovery:
     def __init__(self, settings: Settings, api: DockerAPI) -> None:
         self.settings = settings
         self.api = api
-        self._filters = json.dumps({"service": [settings.service_name],
-                                    "desired-state": ["running"]})
+        self._filters = json.dumps(
+            {"service": [settings.service_name], "desired-state": ["running"]}
+        )
         self._tasks = TaskListDecoder(settings)
 
     async def check_manager(self) -> bool:
@@ -50,12 +51,18 @@ class SwarmDiscovery:
         try:
             return self._tasks.decode(body)
         except msgspec.DecodeError as exc:
-            raise DockerAPIError("bad_response", f"the Docker API sent a task list that is not "
-                                 f"valid JSON of tasks ({exc}); is {host} really a Docker "
-                                 "Engine?") from exc
+            raise DockerAPIError(
+                "bad_response",
+                f"the Docker API sent a task list that is not "
+                f"valid JSON of tasks ({exc}); is {host} really a Docker "
+                "Engine?",
+            ) from exc
         except MixedServicesError as exc:
-            raise DockerAPIError("bad_response", f"{exc}: the engine at {host} did not apply "
-                                 "the service filter; the list is not used") from exc
+            raise DockerAPIError(
+                "bad_response",
+                f"{exc}: the engine at {host} did not apply "
+                "the service filter; the list is not used",
+            ) from exc
 
     def note_service_id(self, service_id: str) -> None:
         """The service's ID, as Docker events tell it (tasks of other IDs are ignored)."""

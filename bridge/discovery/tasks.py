@@ -99,8 +99,11 @@ def _is_ingress(spec: _NetworkSpec) -> bool:
 
 def _all_addresses(task: _Task) -> tuple[str, ...]:
     """Every address of the task, on every network, without its /prefix."""
-    return tuple(address.split("/", 1)[0] for attachment in task.NetworksAttachments or ()
-                 for address in attachment.Addresses or ())
+    return tuple(
+        address.split("/", 1)[0]
+        for attachment in task.NetworksAttachments or ()
+        for address in attachment.Addresses or ()
+    )
 
 
 def _address(task: _Task, networks: tuple[str, ...]) -> tuple[str, str] | None:
@@ -137,10 +140,18 @@ def classify_task(task: _Task, settings: Settings) -> Agent | Skipped:
     address, network = found
     status = task.Status.ContainerStatus
     return Agent(
-        id=task.ID, endpoint=_endpoint(address, settings.agent_port), address=address,
-        port=settings.agent_port, source="swarm", service=settings.service_name,
-        network=network, task_id=task.ID, slot=task.Slot, node_id=task.NodeID or None,
-        container_id=(status.ContainerID or None) if status else None)
+        id=task.ID,
+        endpoint=_endpoint(address, settings.agent_port),
+        address=address,
+        port=settings.agent_port,
+        source="swarm",
+        service=settings.service_name,
+        network=network,
+        task_id=task.ID,
+        slot=task.Slot,
+        node_id=task.NodeID or None,
+        container_id=(status.ContainerID or None) if status else None,
+    )
 
 
 def _outcome(task: _Task, settings: Settings) -> _Outcome:
@@ -193,7 +204,8 @@ class TaskListDecoder:
         if self.service_id is None:
             raise MixedServicesError(
                 f"the task list holds tasks of {len({o.service_id for o in outcomes})} "
-                f"services, and the ID of {self._settings.service_name!r} is not known yet")
+                f"services, and the ID of {self._settings.service_name!r} is not known yet"
+            )
         return self.service_id
 
     def _round_of(self, outcomes: list[_Outcome]) -> SwarmRound:
@@ -213,8 +225,12 @@ class TaskListDecoder:
             elif result.reason == "without_address":
                 without_address.append(result.task_id)
             addresses.extend(outcome.addresses)
-        return SwarmRound(agents=tuple(agents), without_address=tuple(without_address),
-                          pending=tuple(pending), addresses=frozenset(addresses))
+        return SwarmRound(
+            agents=tuple(agents),
+            without_address=tuple(without_address),
+            pending=tuple(pending),
+            addresses=frozenset(addresses),
+        )
 
     def _match(self, raws: list[msgspec.Raw]) -> list[_Outcome]:
         """What each task is, reusing the previous list's answer for a task with equal bytes.

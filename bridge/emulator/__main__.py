@@ -16,25 +16,34 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bridge.emulator",
-        description="Serve an emulated Docker Engine API (swarm manager) on a unix socket.")
+        description="Serve an emulated Docker Engine API (swarm manager) on a unix socket.",
+    )
     parser.add_argument("--socket", required=True, help="unix socket path to listen on")
     parser.add_argument("--tasks", type=int, default=34, help="running tasks (default 34)")
     parser.add_argument("--service", default="CHORUS_chorus", help="service name")
     parser.add_argument("--network", default="chorus_default", help="overlay network name")
-    parser.add_argument("--subnet", default="127.10.0.0/16",
-                        help="subnet the task addresses come from (loopback)")
-    parser.add_argument("--worker", action="store_true",
-                        help="act as a worker node (the task list answers 503)")
+    parser.add_argument(
+        "--subnet", default="127.10.0.0/16", help="subnet the task addresses come from (loopback)"
+    )
+    parser.add_argument(
+        "--worker", action="store_true", help="act as a worker node (the task list answers 503)"
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible IDs")
-    parser.add_argument("--churn", type=int, default=0, metavar="N",
-                        help="replace the N least recently changed tasks before serving each "
-                             "task list (a fleet that never stands still; default 0)")
+    parser.add_argument(
+        "--churn",
+        type=int,
+        default=0,
+        metavar="N",
+        help="replace the N least recently changed tasks before serving each "
+        "task list (a fleet that never stands still; default 0)",
+    )
     return parser
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    swarm = EmulatedSwarm(args.service, args.network, args.subnet, manager=not args.worker,
-                          seed=args.seed)
+    swarm = EmulatedSwarm(
+        args.service, args.network, args.subnet, manager=not args.worker, seed=args.seed
+    )
     swarm.add_tasks(args.tasks)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -50,6 +50,8 @@ class AddressPool:
 
     def check(self, ip: ipaddress.IPv4Address) -> None:
         if not (ip.is_loopback or self._allow_non_loopback):
-            raise ValueError(f"{ip} is not a loopback address: emulated tasks live on "
-                             "127.0.0.0/8 so that no test sends traffic off this machine "
-                             "(pass allow_non_loopback=True for addresses never contacted)")
+            raise ValueError(
+                f"{ip} is not a loopback address: emulated tasks live on "
+                "127.0.0.0/8 so that no test sends traffic off this machine "
+                "(pass allow_non_loopback=True for addresses never contacted)"
+            )

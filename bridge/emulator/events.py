@@ -35,8 +35,17 @@ __all__ = [
 Event = dict[str, Any]
 
 # Event types whose filter key matches the actor's ID or its `name` attribute by prefix.
-_NAMED_TYPES = ("daemon", "container", "plugin", "volume", "network", "service", "node",
-                "secret", "config")
+_NAMED_TYPES = (
+    "daemon",
+    "container",
+    "plugin",
+    "volume",
+    "network",
+    "service",
+    "node",
+    "secret",
+    "config",
+)
 # Actions that Docker matches by prefix (they carry a suffix, e.g. "health_status: healthy").
 _FUZZY_ACTIONS = frozenset({"health_status", "exec_create", "exec_start"})
 
@@ -52,24 +61,41 @@ def _actor(actor_id: str, attributes: Mapping[str, str]) -> dict[str, Any]:
 
 def service_event(service_id: str, name: str, **attributes: str) -> Event:
     """A `service update` event (scope swarm)."""
-    return {"Type": "service", "Action": "update",
-            "Actor": _actor(service_id, {"name": name, **attributes}), "scope": "swarm",
-            **_stamp()}
+    return {
+        "Type": "service",
+        "Action": "update",
+        "Actor": _actor(service_id, {"name": name, **attributes}),
+        "scope": "swarm",
+        **_stamp(),
+    }
 
 
-def container_event(action: str, container_id: str, image: str, labels: Mapping[str, str],
-                    **extra: str) -> Event:
+def container_event(
+    action: str, container_id: str, image: str, labels: Mapping[str, str], **extra: str
+) -> Event:
     """A container event (scope local) of a task's container, with its swarm labels."""
-    return {"status": action, "id": container_id, "from": image, "Type": "container",
-            "Action": action, "Actor": _actor(container_id, {**labels, "image": image, **extra}),
-            "scope": "local", **_stamp()}
+    return {
+        "status": action,
+        "id": container_id,
+        "from": image,
+        "Type": "container",
+        "Action": action,
+        "Actor": _actor(container_id, {**labels, "image": image, **extra}),
+        "scope": "local",
+        **_stamp(),
+    }
 
 
 def network_event(action: str, network_id: str, network: str, container_id: str) -> Event:
     """A network connect/disconnect event of a task's container on the overlay network."""
     attributes = {"container": container_id, "name": network, "type": "overlay"}
-    return {"Type": "network", "Action": action, "Actor": _actor(network_id, attributes),
-            "scope": "local", **_stamp()}
+    return {
+        "Type": "network",
+        "Action": action,
+        "Actor": _actor(network_id, attributes),
+        "scope": "local",
+        **_stamp(),
+    }
 
 
 def _strip_tag(image: str) -> str:
@@ -88,13 +114,20 @@ def event_matches(args: FilterArgs, event: Event) -> bool:
         action_ok = exact_match(args, "event", action)
     names = (actor["ID"], attributes.get("name", ""))
     image = attributes.get("name" if event["Type"] == "image" else "image", "")
-    return (action_ok and exact_match(args, "type", event["Type"])
-            and exact_match(args, "scope", event["scope"])
-            and all(fuzzy_match(args, kind, names[0]) or fuzzy_match(args, kind, names[1])
-                    for kind in _NAMED_TYPES)
-            and any(exact_match(args, "image", candidate) for candidate in
-                    (actor["ID"], image, _strip_tag(actor["ID"]), _strip_tag(image)))
-            and match_kv_list(args, "label", attributes))
+    return (
+        action_ok
+        and exact_match(args, "type", event["Type"])
+        and exact_match(args, "scope", event["scope"])
+        and all(
+            fuzzy_match(args, kind, names[0]) or fuzzy_match(args, kind, names[1])
+            for kind in _NAMED_TYPES
+        )
+        and any(
+            exact_match(args, "image", candidate)
+            for candidate in (actor["ID"], image, _strip_tag(actor["ID"]), _strip_tag(image))
+        )
+        and match_kv_list(args, "label", attributes)
+    )
 
 
 class Subscription:
@@ -130,8 +163,7 @@ class EventHub:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subscriptions: set[Subscription] = set()
-        self._history: collections.deque[tuple[Event, bytes]] = collections.deque(
-            maxlen=_HISTORY)
+        self._history: collections.deque[tuple[Event, bytes]] = collections.deque(maxlen=_HISTORY)
 
     @property
     def count(self) -> int:
@@ -174,16 +206,26 @@ class EventHub:
 class TaskEvents:
     """The events Docker publishes when the service's tasks come and go."""
 
-    def __init__(self, *, service: str, service_id: str, node_id: str, network: str,
-                 network_id: str, image: str) -> None:
+    def __init__(
+        self,
+        *,
+        service: str,
+        service_id: str,
+        node_id: str,
+        network: str,
+        network_id: str,
+        image: str,
+    ) -> None:
         self.service, self.service_id, self.node_id = service, service_id, node_id
         self.network, self.network_id, self.image = network, network_id, image
 
-    def scaled(self, old: int, new: int, added: Iterable[TaskRecord],
-               removed: Iterable[TaskRecord]) -> Iterator[Event]:
+    def scaled(
+        self, old: int, new: int, added: Iterable[TaskRecord], removed: Iterable[TaskRecord]
+    ) -> Iterator[Event]:
         """A scale: one service update, then each container's events."""
-        yield service_event(self.service_id, self.service,
-                            **{"replicas.new": str(new), "replicas.old": str(old)})
+        yield service_event(
+            self.service_id, self.service, **{"replicas.new": str(new), "replicas.old": str(old)}
+        )
         for record in added:
             yield from self.started(record)
         for record in removed:
@@ -213,11 +255,15 @@ class TaskEvents:
 
     def container(self, action: str, record: TaskRecord, **extra: str) -> Event:
         name = record.task_name(self.service)
-        labels = {"com.docker.swarm.node.id": self.node_id,
-                  "com.docker.swarm.service.id": self.service_id,
-                  "com.docker.swarm.service.name": self.service, "com.docker.swarm.task": "",
-                  "com.docker.swarm.task.id": record.id, "com.docker.swarm.task.name": name,
-                  "name": name}
+        labels = {
+            "com.docker.swarm.node.id": self.node_id,
+            "com.docker.swarm.service.id": self.service_id,
+            "com.docker.swarm.service.name": self.service,
+            "com.docker.swarm.task": "",
+            "com.docker.swarm.task.id": record.id,
+            "com.docker.swarm.task.name": name,
+            "name": name,
+        }
         return container_event(action, record.container_id, self.image, labels, **extra)
 
     def _network(self, action: str, record: TaskRecord) -> Event:

@@ -12,8 +12,14 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["EngineError", "FilterArgs", "exact_match", "fuzzy_match", "match_kv_list",
-           "parse_filters"]
+__all__ = [
+    "EngineError",
+    "FilterArgs",
+    "exact_match",
+    "fuzzy_match",
+    "match_kv_list",
+    "parse_filters",
+]
 
 FilterArgs = dict[str, frozenset[str]]
 """Filter key -> accepted values."""
@@ -77,8 +83,9 @@ def _go_type_message(value: Any, go_type: str) -> str:
 
 # Python's decoder messages, mapped to what Go says at the same spot.
 _SYNTAX = {
-    "Expecting property name enclosed in double quotes":
-        "looking for beginning of object key string",
+    "Expecting property name enclosed in double quotes": (
+        "looking for beginning of object key string"
+    ),
     "Expecting value": "looking for beginning of value",
     "Expecting ':' delimiter": "after object key",
     "Expecting ',' delimiter": "after object key:value pair",

@@ -15,8 +15,9 @@ from bridge.emulator.tasks import TASK_STATES, TaskRecord
 
 __all__ = ["Identity", "TaskQuery"]
 
-_ACCEPTED = frozenset({"name", "id", "label", "service", "node", "desired-state", "runtime",
-                       "_up-to-date"})
+_ACCEPTED = frozenset(
+    {"name", "id", "label", "service", "node", "desired-state", "runtime", "_up-to-date"}
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -56,19 +57,24 @@ class TaskQuery:
         resolved = dict(args)
         if "service" in args:
             resolved["service"] = frozenset(
-                _resolve(v, "service", who.service, who.service_id) for v in args["service"])
+                _resolve(v, "service", who.service, who.service_id) for v in args["service"]
+            )
         if "node" in args:
             resolved["node"] = frozenset(
-                _resolve(v, "node", who.hostname, who.node_id) for v in args["node"])
+                _resolve(v, "node", who.hostname, who.node_id) for v in args["node"]
+            )
         if "desired-state" in args:
             # Docker skips empty values, so ["", "running"] means ["running"].
             resolved["desired-state"] = frozenset(
-                state for v in args["desired-state"] if (state := _desired(v)))
+                state for v in args["desired-state"] if (state := _desired(v))
+            )
         key = tuple(sorted((k, tuple(sorted(v))) for k, v in resolved.items() if v))
-        nothing = not (_passes(resolved, "service", who.service_id)
-                       and _passes(resolved, "node", who.node_id)
-                       and (not resolved.get("runtime") or resolved["runtime"] & {"container", ""})
-                       and match_kv_list(resolved, "label", who.service_labels))
+        nothing = not (
+            _passes(resolved, "service", who.service_id)
+            and _passes(resolved, "node", who.node_id)
+            and (not resolved.get("runtime") or resolved["runtime"] & {"container", ""})
+            and match_kv_list(resolved, "label", who.service_labels)
+        )
         return cls(key=key, checks=tuple(_task_checks(resolved, who.service)), nothing=nothing)
 
     def select(self, records: Iterable[TaskRecord]) -> list[TaskRecord]:

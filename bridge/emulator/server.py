@@ -45,8 +45,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _json(document: Any, status: int = 200) -> web.Response:
     # Go's json.Encoder ends every document with a newline.
-    return web.Response(status=status, body=msgspec.json.encode(document) + b"\n",
-                        content_type="application/json")
+    return web.Response(
+        status=status, body=msgspec.json.encode(document) + b"\n", content_type="application/json"
+    )
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -56,8 +57,13 @@ def _error(status: int, message: str) -> web.Response:
 class DockerEmulator:
     """Serves an EmulatedSwarm on a unix socket while the context is open."""
 
-    def __init__(self, socket_path: str | os.PathLike[str],
-                 swarm: EmulatedSwarm | None = None, *, churn: int = 0) -> None:
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str],
+        swarm: EmulatedSwarm | None = None,
+        *,
+        churn: int = 0,
+    ) -> None:
         self.socket_path = Path(socket_path)
         self.swarm = swarm if swarm is not None else EmulatedSwarm()
         # Tasks replaced before each task list is served: a fleet that never stands still.
@@ -67,8 +73,12 @@ class DockerEmulator:
         self._change = asyncio.Event()
         self._closing = False
         self._routes: dict[str, Handler] = {
-            "/_ping": self._ping, "/version": self._version, "/info": self._info,
-            "/tasks": self._tasks, "/events": self._events}
+            "/_ping": self._ping,
+            "/version": self._version,
+            "/info": self._info,
+            "/tasks": self._tasks,
+            "/events": self._events,
+        }
 
     @property
     def base_url(self) -> str:
@@ -79,8 +89,12 @@ class DockerEmulator:
         await self.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.stop()
 
     async def start(self) -> None:
@@ -92,15 +106,24 @@ class DockerEmulator:
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         app.on_response_prepare.append(self._add_headers)
         # Cancelling handlers when the client goes away ends abandoned hangs and event streams.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                               handler_cancellation=True, shutdown_timeout=1.0)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            handler_cancellation=True,
+            shutdown_timeout=1.0,
+        )
         await runner.setup()
         self.socket_path.unlink(missing_ok=True)
         await web.UnixSite(runner, str(self.socket_path)).start()
         self._runner = runner
         self.swarm.add_watcher(self._on_change)
-        log.info("docker_emulator_started", socket=str(self.socket_path),
-                 service=self.swarm.service, tasks=self.swarm.replicas)
+        log.info(
+            "docker_emulator_started",
+            socket=str(self.socket_path),
+            service=self.swarm.service,
+            tasks=self.swarm.replicas,
+        )
 
     async def stop(self) -> None:
         """Release hung requests, end event streams, stop listening, remove the socket."""
@@ -134,12 +157,12 @@ class DockerEmulator:
         match = _VERSIONED.match(request.path)
         path = match.group(1) if match else request.path
         handler = self._routes.get(path)
-        self.swarm.record_request(request.method, path,
-                                  expected=handler is not None and request.method == "GET")
+        self.swarm.record_request(
+            request.method, path, expected=handler is not None and request.method == "GET"
+        )
         if handler is None:
             return _error(404, "page not found")
-        if request.method not in ("GET", "HEAD") or (request.method == "HEAD"
-                                                    and path != "/_ping"):
+        if request.method not in ("GET", "HEAD") or (request.method == "HEAD" and path != "/_ping"):
             return _error(405, f"{request.method} is not allowed on {path}")
         mode = self.swarm.error_for(path)
         try:
@@ -150,11 +173,10 @@ class DockerEmulator:
             return _error(exc.status, exc.message)
         if self.swarm.error_for(path) == "bad_json" and isinstance(response, web.Response):
             body = response.body if isinstance(response.body, bytes) else b""
-            response.body = body[:len(body) // 2]
+            response.body = body[: len(body) // 2]
         return response
 
-    async def _fail(self, mode: ErrorMode, path: str, request: web.Request
-                    ) -> web.Response | None:
+    async def _fail(self, mode: ErrorMode, path: str, request: web.Request) -> web.Response | None:
         """The error answer for `mode`, or None to answer normally (bad_json, a released hang)."""
         if mode == "hang":
             while self.swarm.error_for(path) == "hang" and not self._closing:
@@ -174,8 +196,7 @@ class DockerEmulator:
 
     async def _ping(self, request: web.Request) -> web.Response:
         headers = {**PING_HEADERS, "Swarm": swarm_header(self.swarm)}
-        return web.Response(text="OK", content_type="text/plain", charset="utf-8",
-                            headers=headers)
+        return web.Response(text="OK", content_type="text/plain", charset="utf-8", headers=headers)
 
     async def _version(self, request: web.Request) -> web.Response:
         return _json(version_document())
@@ -222,8 +243,12 @@ def _since_ns(raw: str | None) -> int | None:
 
 
 @contextlib.contextmanager
-def serve_in_thread(socket_path: str | os.PathLike[str], swarm: EmulatedSwarm | None = None,
-                    *, timeout: float = 10.0) -> Iterator[DockerEmulator]:
+def serve_in_thread(
+    socket_path: str | os.PathLike[str],
+    swarm: EmulatedSwarm | None = None,
+    *,
+    timeout: float = 10.0,
+) -> Iterator[DockerEmulator]:
     """Run a DockerEmulator on its own loop in a background thread, for blocking callers."""
     emulator = DockerEmulator(socket_path, swarm)
     loop = asyncio.new_event_loop()
@@ -245,8 +270,10 @@ def serve_in_thread(socket_path: str | os.PathLike[str], swarm: EmulatedSwarm | 
     thread.start()
     try:
         if not started.wait(timeout) or failure:
-            raise RuntimeError(f"the Docker emulator did not start on {socket_path}: "
-                               f"{failure[0] if failure else 'timed out'}")
+            raise RuntimeError(
+                f"the Docker emulator did not start on {socket_path}: "
+                f"{failure[0] if failure else 'timed out'}"
+            )
         yield emulator
     finally:
         if thread.is_alive() and not failure:

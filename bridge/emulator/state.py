@@ -43,10 +43,19 @@ class EmulatedSwarm:
     non-loopback subnet or address needs `allow_non_loopback=True`.
     """
 
-    def __init__(self, service: str = "CHORUS_chorus", network: str = "chorus_default",
-                 subnet: str = "127.10.0.0/16", manager: bool = True, *, active: bool = True,
-                 hostname: str = "chorus-node-1", service_labels: Mapping[str, str] | None = None,
-                 seed: int | None = None, allow_non_loopback: bool = False) -> None:
+    def __init__(
+        self,
+        service: str = "CHORUS_chorus",
+        network: str = "chorus_default",
+        subnet: str = "127.10.0.0/16",
+        manager: bool = True,
+        *,
+        active: bool = True,
+        hostname: str = "chorus-node-1",
+        service_labels: Mapping[str, str] | None = None,
+        seed: int | None = None,
+        allow_non_loopback: bool = False,
+    ) -> None:
         self._lock = threading.RLock()
         self._ids = IdSource(seed)
         self.service, self.network, self.hostname = service, network, hostname
@@ -58,15 +67,26 @@ class EmulatedSwarm:
         self.network_id, self.cluster_id = self._ids.object_id(), self._ids.object_id()
         self.manager_node_id = self._ids.object_id()  # the remote manager a worker knows
         self.created_at = rfc3339_now()
-        self.identity = Identity(service, self.service_id, self.node_id, hostname,
-                                 dict(service_labels or {}))
-        self._shape = TaskShape(service_id=self.service_id, node_id=self.node_id,
-                                network_id=self.network_id, network=network,
-                                subnet=str(self.subnet), gateway=self.gateway,
-                                created_at=self.created_at)
-        self._events = TaskEvents(service=service, service_id=self.service_id,
-                                  node_id=self.node_id, network=network,
-                                  network_id=self.network_id, image=self._shape.image)
+        self.identity = Identity(
+            service, self.service_id, self.node_id, hostname, dict(service_labels or {})
+        )
+        self._shape = TaskShape(
+            service_id=self.service_id,
+            node_id=self.node_id,
+            network_id=self.network_id,
+            network=network,
+            subnet=str(self.subnet),
+            gateway=self.gateway,
+            created_at=self.created_at,
+        )
+        self._events = TaskEvents(
+            service=service,
+            service_id=self.service_id,
+            node_id=self.node_id,
+            network=network,
+            network_id=self.network_id,
+            image=self._shape.image,
+        )
         self._tasks: dict[str, TaskRecord] = {}
         self._version = 12
         self._bodies: dict[Any, bytes] = {}
@@ -91,8 +111,9 @@ class EmulatedSwarm:
         self._error = mode
         self._notify()
 
-    def set_error(self, mode: ErrorMode | None, *, paths: Iterable[str] | None = ("/tasks",)
-                  ) -> None:
+    def set_error(
+        self, mode: ErrorMode | None, *, paths: Iterable[str] | None = ("/tasks",)
+    ) -> None:
         """Make the paths (without version prefix; None: every path) fail with `mode`."""
         self.error_paths = None if paths is None else frozenset(paths)
         self.error = mode
@@ -176,8 +197,9 @@ class EmulatedSwarm:
 
     # -- mutations ------------------------------------------------------------------------
 
-    def add_tasks(self, n: int, *, addresses: Sequence[str] | None = None,
-                  state: str = "running") -> list[str]:
+    def add_tasks(
+        self, n: int, *, addresses: Sequence[str] | None = None, state: str = "running"
+    ) -> list[str]:
         """Scale up by n tasks (desired running, in `state`); returns their IDs."""
         if addresses is not None and len(addresses) != n:
             raise ValueError(f"add_tasks({n}) got {len(addresses)} addresses")
@@ -186,8 +208,10 @@ class EmulatedSwarm:
             old = self.replicas
             slots = self._free_slots(n)
             now = rfc3339_now()
-            added = [self._new_task(slot, addresses[i] if addresses else None, state, now)
-                     for i, slot in enumerate(slots)]
+            added = [
+                self._new_task(slot, addresses[i] if addresses else None, state, now)
+                for i, slot in enumerate(slots)
+            ]
             self._changed()
         self.hub.publish(self._events.scaled(old, old + n, added, []))
         return [r.id for r in added]
@@ -215,8 +239,7 @@ class EmulatedSwarm:
             self._remove(running)
             return self.add_tasks(len(running))
 
-    def fail_task(self, task_id: str, *, exit_code: int = 1, replace: bool = False
-                  ) -> str | None:
+    def fail_task(self, task_id: str, *, exit_code: int = 1, replace: bool = False) -> str | None:
         """The task's container exits: state "failed", desired "shutdown".
 
         With replace=True a new task takes its slot (as the orchestrator would); its ID is
@@ -224,13 +247,20 @@ class EmulatedSwarm:
         """
         with self._lock:
             record = self._get(task_id, desired_running=True)
-            self._end(record, state="failed", desired="shutdown", exit_code=exit_code,
-                      err=f"task: non-zero exit ({exit_code})")
-            new = (self._new_task(record.slot, None, "running", record.updated_at)
-                   if replace else None)
+            self._end(
+                record,
+                state="failed",
+                desired="shutdown",
+                exit_code=exit_code,
+                err=f"task: non-zero exit ({exit_code})",
+            )
+            new = (
+                self._new_task(record.slot, None, "running", record.updated_at) if replace else None
+            )
             self._changed()
-        self.hub.publish(itertools.chain(self._events.crashed(record),
-                                         self._events.started(new) if new else ()))
+        self.hub.publish(
+            itertools.chain(self._events.crashed(record), self._events.started(new) if new else ())
+        )
         return new.id if new else None
 
     def set_state(self, task_id: str, state: str, *, err: str | None = None) -> None:
@@ -282,8 +312,10 @@ class EmulatedSwarm:
         except KeyError:
             raise KeyError(f"no task {task_id!r} in the emulated swarm") from None
         if desired_running and record.desired != "running":
-            raise ValueError(f"task {task_id} is already desired {record.desired!r}; only a "
-                             "task desired running can be removed or failed")
+            raise ValueError(
+                f"task {task_id} is already desired {record.desired!r}; only a "
+                "task desired running can be removed or failed"
+            )
         return record
 
     def _desired_running(self) -> list[TaskRecord]:
@@ -306,18 +338,24 @@ class EmulatedSwarm:
         return self._version
 
     def _new_task(self, slot: int, address: str | None, state: str, now: str) -> TaskRecord:
-        record = TaskRecord(id=self._ids.object_id(), slot=slot,
-                            container_id=self._ids.container_id(), pid=self._ids.pid(),
-                            address=(self._addresses.claim(address) if address
-                                     else self._addresses.allocate()),
-                            created_at=now, updated_at=now, version=self._next_version(),
-                            state=state)
+        record = TaskRecord(
+            id=self._ids.object_id(),
+            slot=slot,
+            container_id=self._ids.container_id(),
+            pid=self._ids.pid(),
+            address=(self._addresses.claim(address) if address else self._addresses.allocate()),
+            created_at=now,
+            updated_at=now,
+            version=self._next_version(),
+            state=state,
+        )
         self._shape.encode(record)  # now, so that the first task list is served at once
         self._tasks[record.id] = record
         return record
 
-    def _end(self, record: TaskRecord, *, state: str, desired: str, exit_code: int,
-             err: str = "") -> None:
+    def _end(
+        self, record: TaskRecord, *, state: str, desired: str, exit_code: int, err: str = ""
+    ) -> None:
         record.state, record.desired, record.exit_code, record.err = state, desired, exit_code, err
         record.touch(self._next_version())
         # The address stays in the history record but is free for another task.

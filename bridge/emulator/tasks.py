@@ -28,17 +28,40 @@ __all__ = [
 ]
 
 # swarmkit's task states, in lifecycle order (their lower-case names are the API's).
-TASK_STATES = ("new", "pending", "assigned", "accepted", "preparing", "ready", "starting",
-               "running", "complete", "shutdown", "failed", "rejected", "remove", "orphaned")
+TASK_STATES = (
+    "new",
+    "pending",
+    "assigned",
+    "accepted",
+    "preparing",
+    "ready",
+    "starting",
+    "running",
+    "complete",
+    "shutdown",
+    "failed",
+    "rejected",
+    "remove",
+    "orphaned",
+)
 # States in which the task's container exists, so ContainerStatus names it.
 CONTAINER_STATES = frozenset({"ready", "starting", "running", "complete", "shutdown", "failed"})
 # Status.Message that swarmkit reports for each state.
 _MESSAGES = {
-    "new": "created", "pending": "pending task scheduling",
-    "assigned": "scheduler assigned task to node", "accepted": "accepted",
-    "preparing": "preparing", "ready": "prepared", "starting": "starting", "running": "started",
-    "complete": "finished", "shutdown": "shutdown", "failed": "started", "rejected": "preparing",
-    "remove": "removed", "orphaned": "orphaned",
+    "new": "created",
+    "pending": "pending task scheduling",
+    "assigned": "scheduler assigned task to node",
+    "accepted": "accepted",
+    "preparing": "preparing",
+    "ready": "prepared",
+    "starting": "starting",
+    "running": "started",
+    "complete": "finished",
+    "shutdown": "shutdown",
+    "failed": "started",
+    "rejected": "preparing",
+    "remove": "removed",
+    "orphaned": "orphaned",
 }
 _ID_LENGTH = 25  # swarmkit: 25 base-36 digits of a random number
 _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -108,8 +131,12 @@ class TaskRecord:
 
 def _other_network(name: str) -> dict[str, Any]:
     """A network attachment's Network of another network (ingress is marked as Docker does)."""
-    spec: dict[str, Any] = {"Name": name, "Labels": {},
-                            "DriverConfiguration": {"Name": "overlay"}, "Scope": "swarm"}
+    spec: dict[str, Any] = {
+        "Name": name,
+        "Labels": {},
+        "DriverConfiguration": {"Name": "overlay"},
+        "Scope": "swarm",
+    }
     if name == "ingress":
         spec["Ingress"] = True
     return {"ID": f"{name}-network", "Spec": spec}
@@ -118,8 +145,17 @@ def _other_network(name: str) -> dict[str, Any]:
 class TaskShape:
     """Renders TaskRecords of one service into Docker's task JSON."""
 
-    def __init__(self, *, service_id: str, node_id: str, network_id: str, network: str,
-                 subnet: str, gateway: str, created_at: str) -> None:
+    def __init__(
+        self,
+        *,
+        service_id: str,
+        node_id: str,
+        network_id: str,
+        network: str,
+        subnet: str,
+        gateway: str,
+        created_at: str,
+    ) -> None:
         template = load_template("task.json")
         self.service_id = service_id
         self.node_id = node_id
@@ -150,10 +186,16 @@ class TaskShape:
 
     def _document(self, record: TaskRecord, spec: Any, network: Any) -> dict[str, Any]:
         task: dict[str, Any] = {
-            "ID": record.id, "Version": {"Index": record.version},
-            "CreatedAt": record.created_at, "UpdatedAt": record.updated_at, "Labels": {},
-            "Spec": spec, "ServiceID": self.service_id, "Slot": record.slot,
-            "NodeID": self.node_id, "Status": self._status(record),
+            "ID": record.id,
+            "Version": {"Index": record.version},
+            "CreatedAt": record.created_at,
+            "UpdatedAt": record.updated_at,
+            "Labels": {},
+            "Spec": spec,
+            "ServiceID": self.service_id,
+            "Slot": record.slot,
+            "NodeID": self.node_id,
+            "Status": self._status(record),
             "DesiredState": record.desired,
         }
         # Go omits empty slices: no attachment, or an attachment without Addresses.
@@ -170,14 +212,19 @@ class TaskShape:
         return task
 
     def _status(self, record: TaskRecord) -> dict[str, Any]:
-        status: dict[str, Any] = {"Timestamp": record.updated_at, "State": record.state,
-                                  "Message": _MESSAGES[record.state]}
+        status: dict[str, Any] = {
+            "Timestamp": record.updated_at,
+            "State": record.state,
+            "Message": _MESSAGES[record.state],
+        }
         if record.err:
             status["Err"] = record.err
         has_container = record.state in CONTAINER_STATES
         alive = record.state in ("starting", "running")
-        status["ContainerStatus"] = {"ContainerID": record.container_id if has_container else "",
-                                     "PID": record.pid if alive else 0,
-                                     "ExitCode": record.exit_code}
+        status["ContainerStatus"] = {
+            "ContainerID": record.container_id if has_container else "",
+            "PID": record.pid if alive else 0,
+            "ExitCode": record.exit_code,
+        }
         status["PortStatus"] = {}
         return status

@@ -24,17 +24,17 @@ __all__ = [
 ]
 
 Behaviour = Literal[
-    "ok",          # answers at once
-    "slow",        # HTTP: answers after the fleet's slow_delay
-    "hang",        # HTTP: never answers (until the fleet stops)
-    "500",         # HTTP: answers 500
-    "reset",       # HTTP: closes the connection without a response
-    "huge",        # HTTP: answers 200 with a ~10 MiB streamed body
-    "down",        # HTTP: nothing listens on its address
-    "unhealthy",   # HTTP: GET /health answers 503; opportunities are served normally
-    "no_ack",      # bus: receives opportunities but never acks
+    "ok",  # answers at once
+    "slow",  # HTTP: answers after the fleet's slow_delay
+    "hang",  # HTTP: never answers (until the fleet stops)
+    "500",  # HTTP: answers 500
+    "reset",  # HTTP: closes the connection without a response
+    "huge",  # HTTP: answers 200 with a ~10 MiB streamed body
+    "down",  # HTTP: nothing listens on its address
+    "unhealthy",  # HTTP: GET /health answers 503; opportunities are served normally
+    "no_ack",  # bus: receives opportunities but never acks
     "double_ack",  # bus: acks every opportunity twice
-    "leave",       # bus: writes its presence once and never refreshes it, so it expires
+    "leave",  # bus: writes its presence once and never refreshes it, so it expires
 ]
 BEHAVIOURS: frozenset[str] = frozenset(get_args(Behaviour))
 
@@ -89,14 +89,19 @@ class SimAgent:
         """Every delivery of that opportunity, by any path."""
         return [d for d in self.received if d.opportunity.id == opportunity_id]
 
-    def record(self, via: Via, opportunity: CouncilOpportunity,
-               idempotency_key: str | None = None) -> None:
+    def record(
+        self, via: Via, opportunity: CouncilOpportunity, idempotency_key: str | None = None
+    ) -> None:
         self.received.append(Delivery(via, opportunity, idempotency_key, time.monotonic()))
 
     def presence_entry(self) -> PresenceEntry:
-        return PresenceEntry(agent_id=self.id, task_id=self.task_id,
-                             endpoint=self.advertised_endpoint, roles=list(self.roles),
-                             at=now_rfc3339())
+        return PresenceEntry(
+            agent_id=self.id,
+            task_id=self.task_id,
+            endpoint=self.advertised_endpoint,
+            roles=list(self.roles),
+            at=now_rfc3339(),
+        )
 
 
 ClaimPolicy = Callable[[SimAgent, CouncilOpportunity], str | None]
@@ -157,9 +162,15 @@ def _check_behaviours(behaviours: Mapping[int, str], n: int) -> None:
             raise ValueError(f"unknown behaviour {behaviour!r}; one of {sorted(BEHAVIOURS)}")
 
 
-def build_agents(n: int, *, base: str, on_bus: int | Collection[int],
-                 behaviours: Mapping[int, Behaviour], ids: Sequence[str] | None,
-                 task_ids: Sequence[str] | None) -> list[SimAgent]:
+def build_agents(
+    n: int,
+    *,
+    base: str,
+    on_bus: int | Collection[int],
+    behaviours: Mapping[int, Behaviour],
+    ids: Sequence[str] | None,
+    task_ids: Sequence[str] | None,
+) -> list[SimAgent]:
     """The agents of a fleet, before anything listens. `task_ids` are ids that are task ids."""
     if n < 0:
         raise ValueError(f"n={n}: the number of agents cannot be negative")
@@ -173,7 +184,14 @@ def build_agents(n: int, *, base: str, on_bus: int | Collection[int],
     bus = spread_on_bus(n, on_bus) if isinstance(on_bus, int) else set(on_bus)
     if not bus <= set(range(n)):
         raise ValueError(f"on_bus indices outside 0..{n - 1}: {sorted(bus - set(range(n)))[:3]}")
-    return [SimAgent(index=i, id=chosen[i], address=address,
-                     task_id=chosen[i] if task_ids is not None else None,
-                     behaviour=behaviours.get(i, "ok"), on_bus=i in bus)
-            for i, address in enumerate(allocate_addresses(n, base))]
+    return [
+        SimAgent(
+            index=i,
+            id=chosen[i],
+            address=address,
+            task_id=chosen[i] if task_ids is not None else None,
+            behaviour=behaviours.get(i, "ok"),
+            on_bus=i in bus,
+        )
+        for i, address in enumerate(allocate_addresses(n, base))
+    ]

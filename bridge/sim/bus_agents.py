@@ -47,15 +47,21 @@ class BusAuth:
     token: str | None = None
 
     def settings(self) -> Settings:
-        return Settings(nats_user=self.user, nats_password=self.password,
-                        nats_token=self.token)
+        return Settings(nats_user=self.user, nats_password=self.password, nats_token=self.token)
 
 
 class _Connection:
     """The agents sharing one NATS connection: one subscription answers for all of them."""
 
-    def __init__(self, nc: NATS, names: Names, agents: list[SimAgent], *,
-                 claim_policy: ClaimPolicy | None, presence_ttl: int | None) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        names: Names,
+        agents: list[SimAgent],
+        *,
+        claim_policy: ClaimPolicy | None,
+        presence_ttl: int | None,
+    ) -> None:
         self.nc = nc
         self.agents = agents
         self.presence = PresenceWriter(nc, names, ttl=presence_ttl)
@@ -101,13 +107,22 @@ class BusAgents:
     failures on the next refresh instead of raising them on entry.
     """
 
-    def __init__(self, agents: Sequence[SimAgent], *, nats_url: str, names: Names,
-                 auth: BusAuth | None = None, connections: int | None = None,
-                 claim_policy: ClaimPolicy | None = None, presence_ttl: int | None = None,
-                 presence_interval: float = PRESENCE_INTERVAL,
-                 on_joined: Callable[[SimAgent], None] | None = None,
-                 inbox_prefix: str = AGENT_INBOX_PREFIX, client_name: str = "chorus-sim",
-                 resilient: bool = False) -> None:
+    def __init__(
+        self,
+        agents: Sequence[SimAgent],
+        *,
+        nats_url: str,
+        names: Names,
+        auth: BusAuth | None = None,
+        connections: int | None = None,
+        claim_policy: ClaimPolicy | None = None,
+        presence_ttl: int | None = None,
+        presence_interval: float = PRESENCE_INTERVAL,
+        on_joined: Callable[[SimAgent], None] | None = None,
+        inbox_prefix: str = AGENT_INBOX_PREFIX,
+        client_name: str = "chorus-sim",
+        resilient: bool = False,
+    ) -> None:
         self._agents = list(agents)
         self._url = nats_url
         self._names = names
@@ -145,11 +160,22 @@ class BusAgents:
 
     async def _start(self) -> None:
         for number, agents in enumerate(self._groups()):
-            nc = await self._stack.enter_async_context(connect(
-                self._auth.settings(), self._url, name=f"{self._client_name}-{number}",
-                inbox_prefix=self._inbox_prefix, on_reconnect=self._reconnected(number)))
-            connection = _Connection(nc, self._names, agents, claim_policy=self._claim_policy,
-                                     presence_ttl=self._presence_ttl)
+            nc = await self._stack.enter_async_context(
+                connect(
+                    self._auth.settings(),
+                    self._url,
+                    name=f"{self._client_name}-{number}",
+                    inbox_prefix=self._inbox_prefix,
+                    on_reconnect=self._reconnected(number),
+                )
+            )
+            connection = _Connection(
+                nc,
+                self._names,
+                agents,
+                claim_policy=self._claim_policy,
+                presence_ttl=self._presence_ttl,
+            )
             self._connections.append(connection)
             self._home.update((agent.id, connection) for agent in agents)
         await self._ensure_bucket()
@@ -158,8 +184,12 @@ class BusAgents:
         for connection in self._connections:
             await self._join(connection)
         self._refresher = asyncio.create_task(self._refresh_forever(), name="sim-presence")
-        log.info("sim_bus_agents_started", agents=len(self._agents),
-                 connections=len(self._connections), bucket=self._names.presence_bucket)
+        log.info(
+            "sim_bus_agents_started",
+            agents=len(self._agents),
+            connections=len(self._connections),
+            bucket=self._names.presence_bucket,
+        )
 
     def _groups(self) -> list[list[SimAgent]]:
         """Consecutive agents, split as evenly as possible over the connections."""
@@ -176,11 +206,15 @@ class BusAgents:
             # Entries may have expired while the connection was down.
             if number < len(self._connections):
                 await self._write_safely(self._connections[number], self._live(number))
+
         return rewrite
 
     def _live(self, number: int) -> list[SimAgent]:
-        return [agent for agent in self._connections[number].agents
-                if agent.present and agent.behaviour != "leave"]
+        return [
+            agent
+            for agent in self._connections[number].agents
+            if agent.present and agent.behaviour != "leave"
+        ]
 
     async def _ensure_bucket(self) -> None:
         try:
@@ -221,8 +255,7 @@ class BusAgents:
             if healthy:
                 log.info("sim_presence_recovered", bucket=self._names.presence_bucket)
             else:
-                log.warning("sim_presence_failing", bucket=self._names.presence_bucket,
-                            error=error)
+                log.warning("sim_presence_failing", bucket=self._names.presence_bucket, error=error)
 
     async def _refresh_forever(self) -> None:
         while True:
@@ -256,8 +289,12 @@ class BusAgents:
         await self._write(self._home[agent.id], [agent])
         log.info("sim_agent_rejoined", agent_id=agent.id)
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

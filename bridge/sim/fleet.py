@@ -34,35 +34,58 @@ class SimFleet:
     `progress(started, total)` is called as agents come up.
     """
 
-    def __init__(self, n: int, *, on_bus: int | Collection[int] = 0,
-                 nats_url: str | None = None, names: Names | None = None,
-                 nats_user: str | None = None, nats_password: str | None = None,
-                 nats_token: str | None = None,
-                 opportunity_path: str = DEFAULT_OPPORTUNITY_PATH, base: str = "127.0.1.1",
-                 port: int | None = None, behaviours: Mapping[int, Behaviour] | None = None,
-                 ids: Sequence[str] | None = None, task_ids: Sequence[str] | None = None,
-                 connections: int | None = None, progress: Progress | None = None,
-                 claim_policy: ClaimPolicy | None = claim_core_role, slow_delay: float = 2.0,
-                 presence_interval: float = PRESENCE_INTERVAL,
-                 presence_ttl: int | None = None) -> None:
+    def __init__(
+        self,
+        n: int,
+        *,
+        on_bus: int | Collection[int] = 0,
+        nats_url: str | None = None,
+        names: Names | None = None,
+        nats_user: str | None = None,
+        nats_password: str | None = None,
+        nats_token: str | None = None,
+        opportunity_path: str = DEFAULT_OPPORTUNITY_PATH,
+        base: str = "127.0.1.1",
+        port: int | None = None,
+        behaviours: Mapping[int, Behaviour] | None = None,
+        ids: Sequence[str] | None = None,
+        task_ids: Sequence[str] | None = None,
+        connections: int | None = None,
+        progress: Progress | None = None,
+        claim_policy: ClaimPolicy | None = claim_core_role,
+        slow_delay: float = 2.0,
+        presence_interval: float = PRESENCE_INTERVAL,
+        presence_ttl: int | None = None,
+    ) -> None:
         self.agents: list[SimAgent] = build_agents(
-            n, base=base, on_bus=on_bus, behaviours=behaviours or {}, ids=ids,
-            task_ids=task_ids)
+            n, base=base, on_bus=on_bus, behaviours=behaviours or {}, ids=ids, task_ids=task_ids
+        )
         if any(agent.on_bus for agent in self.agents) and nats_url is None:
             raise ValueError("agents on the bus need nats_url")
         self.names = names or Names.from_settings(Settings())
         self.progress = progress
         self._by_id = {agent.id: agent for agent in self.agents}
-        self._http = HttpAgents(self.agents, opportunity_path=opportunity_path,
-                                claim_policy=claim_policy, slow_delay=slow_delay, port=port,
-                                on_started=self._http_started)
+        self._http = HttpAgents(
+            self.agents,
+            opportunity_path=opportunity_path,
+            claim_policy=claim_policy,
+            slow_delay=slow_delay,
+            port=port,
+            on_started=self._http_started,
+        )
         self._bus: BusAgents | None = None
         if nats_url is not None and self.bus_agents:
             self._bus = BusAgents(
-                self.bus_agents, nats_url=nats_url, names=self.names, connections=connections,
+                self.bus_agents,
+                nats_url=nats_url,
+                names=self.names,
+                connections=connections,
                 auth=BusAuth(user=nats_user, password=nats_password, token=nats_token),
-                claim_policy=claim_policy, presence_ttl=presence_ttl,
-                presence_interval=presence_interval, on_joined=self._tick)
+                claim_policy=claim_policy,
+                presence_ttl=presence_ttl,
+                presence_interval=presence_interval,
+                on_joined=self._tick,
+            )
         self._stack = contextlib.AsyncExitStack()
         self._started = 0
         self._entered = False
@@ -123,13 +146,22 @@ class SimFleet:
         except BaseException:
             await self._stack.aclose()
             raise
-        log.info("sim_fleet_started", agents=len(self.agents), on_bus=len(self.bus_agents),
-                 port=self.port, first=self.agents[0].address if self.agents else None,
-                 seconds=round(time.monotonic() - began, 3))
+        log.info(
+            "sim_fleet_started",
+            agents=len(self.agents),
+            on_bus=len(self.bus_agents),
+            port=self.port,
+            first=self.agents[0].address if self.agents else None,
+            seconds=round(time.monotonic() - began, 3),
+        )
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self._stack.aclose()
         log.info("sim_fleet_stopped", agents=len(self.agents))
 

@@ -41,11 +41,16 @@ class HttpAgents:
     request is its own, whatever address it arrived on (a container listening on 0.0.0.0).
     """
 
-    def __init__(self, agents: Sequence[SimAgent], *,
-                 opportunity_path: str = DEFAULT_OPPORTUNITY_PATH,
-                 claim_policy: ClaimPolicy | None = None, slow_delay: float = 2.0,
-                 port: int | None = None,
-                 on_started: Callable[[SimAgent], None] | None = None) -> None:
+    def __init__(
+        self,
+        agents: Sequence[SimAgent],
+        *,
+        opportunity_path: str = DEFAULT_OPPORTUNITY_PATH,
+        claim_policy: ClaimPolicy | None = None,
+        slow_delay: float = 2.0,
+        port: int | None = None,
+        on_started: Callable[[SimAgent], None] | None = None,
+    ) -> None:
         self._agents = list(agents)
         self._by_address = {agent.address: agent for agent in self._agents}
         self._opportunity_path = opportunity_path
@@ -69,8 +74,9 @@ class HttpAgents:
         self.port, socks = bind_all([agent.address for agent in listening], self._requested_port)
         for agent in self._agents:
             agent.port = self.port
-        self._runner = web.AppRunner(self._app(), access_log=None,
-                                     shutdown_timeout=SHUTDOWN_TIMEOUT)
+        self._runner = web.AppRunner(
+            self._app(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT
+        )
         try:
             await self._runner.setup()
             await self._serve(listening, socks)
@@ -90,8 +96,12 @@ class HttpAgents:
             if self._on_started is not None:
                 self._on_started(agent)
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         # Hanging and slow handlers wait on this: they end (without an answer) at once.
         self._closing.set()
         if self._runner is not None:
@@ -126,8 +136,9 @@ class HttpAgents:
         agent.record("http", opportunity, request.headers.get("Idempotency-Key"))
         return await self._answer(request, agent, opportunity)
 
-    async def _answer(self, request: web.Request, agent: SimAgent,
-                      opportunity: CouncilOpportunity) -> web.StreamResponse:
+    async def _answer(
+        self, request: web.Request, agent: SimAgent, opportunity: CouncilOpportunity
+    ) -> web.StreamResponse:
         match agent.behaviour:
             case "slow" | "hang":
                 delay = self._slow_delay if agent.behaviour == "slow" else None

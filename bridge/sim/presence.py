@@ -36,9 +36,14 @@ CONFIRM_TIMEOUT = 10
 
 def presence_bucket_spec(names: Names) -> BucketSpec:
     """The presence bucket as the bridge makes it (bridge/presence.py)."""
-    return BucketSpec(name=names.presence_bucket, ttl=PRESENCE_TTL,
-                      marker_ttl=PRESENCE_MARKER_TTL, memory=True, keeps_records=False,
-                      description="chorus agents on the bus, each refreshed every 5 s")
+    return BucketSpec(
+        name=names.presence_bucket,
+        ttl=PRESENCE_TTL,
+        marker_ttl=PRESENCE_MARKER_TTL,
+        memory=True,
+        keeps_records=False,
+        description="chorus agents on the bus, each refreshed every 5 s",
+    )
 
 
 def presence_bucket_config(names: Names) -> BucketConfig:
@@ -69,8 +74,13 @@ class PresenceWriter:
     async def write(self, agents: Sequence[SimAgent]) -> None:
         """Write the entries and wait until the server has stored every one of them."""
         # Lazily, so an agent that leaves while the batch goes out is not written back.
-        await self._confirmed([Write(agent.id, encode(agent.presence_entry()), ttl=self._ttl)
-                               for agent in agents if agent.present])
+        await self._confirmed(
+            [
+                Write(agent.id, encode(agent.presence_entry()), ttl=self._ttl)
+                for agent in agents
+                if agent.present
+            ]
+        )
 
     async def refresh(self, agents: Sequence[SimAgent]) -> None:
         """Rewrite the entries without waiting for the server's acks.
@@ -82,21 +92,24 @@ class PresenceWriter:
         for agent in agents:
             if not agent.present:
                 continue  # it left while this batch was going out
-            await self._nc.publish(prefix + agent.id, encode(agent.presence_entry()),
-                                   headers=self._ttl_headers)
+            await self._nc.publish(
+                prefix + agent.id, encode(agent.presence_entry()), headers=self._ttl_headers
+            )
         await self._nc.flush(timeout=CONFIRM_TIMEOUT)
 
     async def purge(self, agents: Sequence[SimAgent]) -> None:
         """Remove the entries (a purge, which watchers see as the agent leaving; its marker
         expires with the bucket's limit markers)."""
-        await self._confirmed([Write(agent.id, None, purge_ttl=PRESENCE_MARKER_TTL)
-                               for agent in agents])
+        await self._confirmed(
+            [Write(agent.id, None, purge_ttl=PRESENCE_MARKER_TTL) for agent in agents]
+        )
 
     async def _confirmed(self, writes: list[Write]) -> None:
-        results = await write_batch(self._nc, self._names.presence_bucket, writes,
-                                    CONFIRM_TIMEOUT)
+        results = await write_batch(self._nc, self._names.presence_bucket, writes, CONFIRM_TIMEOUT)
         failures = [r for r in results if isinstance(r, NatsError)]
         if failures:
-            raise NatsError(f"{len(failures)} of {len(results)} presence writes failed: "
-                            f"{failures[0]}; check that the presence bucket exists and the "
-                            "user may write it")
+            raise NatsError(
+                f"{len(failures)} of {len(results)} presence writes failed: "
+                f"{failures[0]}; check that the presence bucket exists and the "
+                "user may write it"
+            )

@@ -23,14 +23,23 @@ log = structlog.get_logger(__name__)
 RETRY_MIN, RETRY_MAX = 1.0, 10.0
 
 
-async def run_single_agent(*, names: Names, stop: asyncio.Event, host: str = "0.0.0.0",
-                           port: int = 8080, agent_id: str | None = None,
-                           nats_url: str | None = None, nats_user: str | None = None,
-                           nats_password: str | None = None, nats_token: str | None = None,
-                           opportunity_path: str = DEFAULT_OPPORTUNITY_PATH,
-                           endpoint: str | None = None, index: int | None = None,
-                           behaviour: Behaviour = "ok",
-                           inbox_prefix: str = AGENT_INBOX_PREFIX) -> None:
+async def run_single_agent(
+    *,
+    names: Names,
+    stop: asyncio.Event,
+    host: str = "0.0.0.0",
+    port: int = 8080,
+    agent_id: str | None = None,
+    nats_url: str | None = None,
+    nats_user: str | None = None,
+    nats_password: str | None = None,
+    nats_token: str | None = None,
+    opportunity_path: str = DEFAULT_OPPORTUNITY_PATH,
+    endpoint: str | None = None,
+    index: int | None = None,
+    behaviour: Behaviour = "ok",
+    inbox_prefix: str = AGENT_INBOX_PREFIX,
+) -> None:
     """Serve one agent's HTTP API on host:port, and put it on the bus when `nats_url` is set.
 
     The agent id defaults to the hostname (a Swarm stack sets it to the task id, which is
@@ -40,14 +49,28 @@ async def run_single_agent(*, names: Names, stop: asyncio.Event, host: str = "0.
     failures are logged and retried; the agent keeps serving HTTP until `stop` is set.
     """
     name = agent_id or socket.gethostname()
-    agent = SimAgent(index=index if index is not None else 0, id=name, address=host,
-                     task_id=name, behaviour=behaviour, on_bus=nats_url is not None,
-                     advertised_endpoint=endpoint)
-    serving = asyncio.create_task(_serve(
-        agent, names=names, port=port, opportunity_path=opportunity_path,
-        claims=index is not None, nats_url=nats_url, inbox_prefix=inbox_prefix,
-        auth=BusAuth(user=nats_user, password=nats_password, token=nats_token)),
-        name=f"sim-agent-{name}")
+    agent = SimAgent(
+        index=index if index is not None else 0,
+        id=name,
+        address=host,
+        task_id=name,
+        behaviour=behaviour,
+        on_bus=nats_url is not None,
+        advertised_endpoint=endpoint,
+    )
+    serving = asyncio.create_task(
+        _serve(
+            agent,
+            names=names,
+            port=port,
+            opportunity_path=opportunity_path,
+            claims=index is not None,
+            nats_url=nats_url,
+            inbox_prefix=inbox_prefix,
+            auth=BusAuth(user=nats_user, password=nats_password, token=nats_token),
+        ),
+        name=f"sim-agent-{name}",
+    )
     stopping = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -61,22 +84,45 @@ async def run_single_agent(*, names: Names, stop: asyncio.Event, host: str = "0.
     log.info("sim_agent_stopped", agent_id=name)
 
 
-async def _serve(agent: SimAgent, *, names: Names, port: int, opportunity_path: str,
-                 claims: bool, nats_url: str | None, inbox_prefix: str, auth: BusAuth) -> None:
+async def _serve(
+    agent: SimAgent,
+    *,
+    names: Names,
+    port: int,
+    opportunity_path: str,
+    claims: bool,
+    nats_url: str | None,
+    inbox_prefix: str,
+    auth: BusAuth,
+) -> None:
     """Runs until cancelled; leaving cancels it, which purges the presence entry and drains."""
     policy = claim_core_role if claims else None
-    async with HttpAgents([agent], opportunity_path=opportunity_path, claim_policy=policy,
-                          port=port):
+    async with HttpAgents(
+        [agent], opportunity_path=opportunity_path, claim_policy=policy, port=port
+    ):
         log.info("sim_agent_listening", agent_id=agent.id, host=agent.address, port=port)
         if nats_url is None:
             await asyncio.Event().wait()
             return
-        await _stay_on_bus(agent, names=names, nats_url=nats_url, auth=auth,
-                           policy=policy, inbox_prefix=inbox_prefix)
+        await _stay_on_bus(
+            agent,
+            names=names,
+            nats_url=nats_url,
+            auth=auth,
+            policy=policy,
+            inbox_prefix=inbox_prefix,
+        )
 
 
-async def _stay_on_bus(agent: SimAgent, *, names: Names, nats_url: str, auth: BusAuth,
-                       policy: ClaimPolicy | None, inbox_prefix: str) -> None:
+async def _stay_on_bus(
+    agent: SimAgent,
+    *,
+    names: Names,
+    nats_url: str,
+    auth: BusAuth,
+    policy: ClaimPolicy | None,
+    inbox_prefix: str,
+) -> None:
     """On the bus, through the agent library, until cancelled; a NATS server that cannot be
     reached (or a presence bucket that is not there yet) is retried with a backoff."""
     delay = RETRY_MIN
@@ -86,10 +132,17 @@ async def _stay_on_bus(agent: SimAgent, *, names: Names, nats_url: str, auth: Bu
     while True:
         try:
             async with connect_agent(
-                    nats_url, agent.id, prefix=names.prefix, user=auth.user,
-                    password=auth.password, token=auth.token, task_id=agent.task_id,
-                    endpoint=agent.advertised_endpoint, presence_interval=interval,
-                    inbox_prefix=inbox_prefix) as bus:
+                nats_url,
+                agent.id,
+                prefix=names.prefix,
+                user=auth.user,
+                password=auth.password,
+                token=auth.token,
+                task_id=agent.task_id,
+                endpoint=agent.advertised_endpoint,
+                presence_interval=interval,
+                inbox_prefix=inbox_prefix,
+            ) as bus:
                 agent.present = True
                 delay, last_error = RETRY_MIN, ""
                 await _answer(agent, bus, policy)

@@ -39,7 +39,8 @@ def ensure_fd_limit(listening: int) -> None:
     if new_soft != resource.RLIM_INFINITY and new_soft < listening + FD_MARGIN:
         raise SimulationError(
             f"{listening} simulated agents need about {listening + FD_MARGIN} file descriptors "
-            f"but the limit is {new_soft}; raise it (ulimit -n) or simulate fewer agents")
+            f"but the limit is {new_soft}; raise it (ulimit -n) or simulate fewer agents"
+        )
 
 
 def _listen(address: str, port: int) -> socket.socket:
@@ -90,8 +91,10 @@ def bind_all(addresses: Sequence[str], port: int | None) -> tuple[int, list[sock
         chosen = socks[0].getsockname()[1] if socks else (port or 0)
         return chosen, socks
     where = f"port {port}" if port else "a free port"
-    raise SimulationError(f"cannot listen on {where} for {len(addresses)} loopback addresses "
-                          f"({last}); choose another base address or port")
+    raise SimulationError(
+        f"cannot listen on {where} for {len(addresses)} loopback addresses "
+        f"({last}); choose another base address or port"
+    )
 
 
 def close_all(socks: Sequence[socket.socket]) -> None:

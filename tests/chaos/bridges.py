@@ -25,26 +25,38 @@ class BridgeProcess:
         self.port = free_port()
         self.log = log
         self.env = {
-            **{k: v for k, v in os.environ.items()
-               if not k.startswith(("WHOOSH_", "BRIDGE_", "NATS_", "DISCOVERY_"))},
-            "NATS_URL": nats_url, "DISCOVERY_METHOD": "swarm",
-            "WHOOSH_DOCKER_HOST": settings.docker_host, "WHOOSH_DNS_NAMES": "",
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("WHOOSH_", "BRIDGE_", "NATS_", "DISCOVERY_"))
+            },
+            "NATS_URL": nats_url,
+            "DISCOVERY_METHOD": "swarm",
+            "WHOOSH_DOCKER_HOST": settings.docker_host,
+            "WHOOSH_DNS_NAMES": "",
             "BRIDGE_SUBJECT_PREFIX": settings.subject_prefix,
-            "BRIDGE_KV_BUCKET": settings.kv_bucket, "BRIDGE_POLL_INTERVAL": "1",
-            "BRIDGE_LISTEN": f"127.0.0.1:{self.port}", "BRIDGE_LOG_FORMAT": "console"}
+            "BRIDGE_KV_BUCKET": settings.kv_bucket,
+            "BRIDGE_POLL_INTERVAL": "1",
+            "BRIDGE_LISTEN": f"127.0.0.1:{self.port}",
+            "BRIDGE_LOG_FORMAT": "console",
+        }
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "bridge", "run"], env=self.env,
-                                         stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bridge", "run"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def send(self, sig: signal.Signals) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
     async def role(self) -> str | None:
-        """"leader" or "standby" from /healthz; None while it does not answer."""
+        """ "leader" or "standby" from /healthz; None while it does not answer."""
         try:
             _status, body = await healthz(self.port)
         except OSError:
@@ -65,8 +77,11 @@ class BridgeProcess:
 
 
 @contextlib.asynccontextmanager
-async def bridge_process(settings: Settings, nats_url: str, log: Path,
-                         ) -> AsyncIterator[BridgeProcess]:
+async def bridge_process(
+    settings: Settings,
+    nats_url: str,
+    log: Path,
+) -> AsyncIterator[BridgeProcess]:
     bridge = BridgeProcess(settings, nats_url, log)
     bridge.start()
     try:

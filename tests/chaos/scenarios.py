@@ -22,8 +22,13 @@ __all__ = ["KILLS", "Gap", "kill_and_measure", "measure", "streams_of"]
 
 # What to kill: the server the bridge is connected to, the JetStream meta leader, and the
 # stream leader of each bucket.
-KILLS = ("connected", "meta leader", "agents stream leader", "lease stream leader",
-         "presence stream leader")
+KILLS = (
+    "connected",
+    "meta leader",
+    "agents stream leader",
+    "lease stream leader",
+    "presence stream leader",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,9 +43,11 @@ class Gap:
 
 def streams_of(settings: Settings) -> dict[str, str]:
     prefix = settings.subject_prefix
-    return {"agents stream leader": f"KV_{settings.kv_bucket}",
-            "lease stream leader": f"KV_{prefix}_bridge",
-            "presence stream leader": f"KV_{prefix}_presence"}
+    return {
+        "agents stream leader": f"KV_{settings.kv_bucket}",
+        "lease stream leader": f"KV_{prefix}_bridge",
+        "presence stream leader": f"KV_{prefix}_presence",
+    }
 
 
 async def _victim(cluster: NatsCluster, fault: str, bridge: Bridge, settings: Settings) -> str:
@@ -53,8 +60,9 @@ async def _victim(cluster: NatsCluster, fault: str, bridge: Bridge, settings: Se
     return await cluster.stream_leader(streams_of(settings)[fault])
 
 
-async def measure(url: str, settings: Settings, swarm: EmulatedSwarm, label: str,
-                  timeout: float = 60.0) -> tuple[float, float]:
+async def measure(
+    url: str, settings: Settings, swarm: EmulatedSwarm, label: str, timeout: float = 60.0
+) -> tuple[float, float]:
     """Add a task now; seconds until it is in the bucket, and until a broadcast is reported."""
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -89,16 +97,18 @@ async def _isolate(cluster: NatsCluster, fault: str, victim: str, settings: Sett
             async with asyncio.timeout(30):
                 while await cluster.stream_leader(streams[role]) == victim:
                     with contextlib.suppress(nats.errors.Error):
-                        await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{streams[role]}",
-                                         b"", timeout=2)
+                        await nc.request(
+                            f"$JS.API.STREAM.LEADER.STEPDOWN.{streams[role]}", b"", timeout=2
+                        )
                     await asyncio.sleep(0.5)
     finally:
         await nc.close()
     await settled(cluster, list(streams.values()))
 
 
-async def kill_and_measure(cluster: NatsCluster, fault: str, bridge: Bridge,
-                           settings: Settings, swarm: EmulatedSwarm) -> Gap:
+async def kill_and_measure(
+    cluster: NatsCluster, fault: str, bridge: Bridge, settings: Settings, swarm: EmulatedSwarm
+) -> Gap:
     """kill -9 the server `fault` names, measure, then start it again and let it catch up."""
     name = await _victim(cluster, fault, bridge, settings)
     await _isolate(cluster, fault, name, settings)

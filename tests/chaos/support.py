@@ -35,8 +35,9 @@ __all__ = ["bucket_agents", "has_key", "healthz", "on_the_bus", "try_broadcast"]
 async def bucket_agents(url: str, settings: Settings) -> dict[str, Agent]:
     """The agents bucket as a new client reads it now ({} when it cannot be read)."""
     try:
-        nc = await nats.connect(url.split(","), connect_timeout=1, max_reconnect_attempts=0,
-                                allow_reconnect=False)
+        nc = await nats.connect(
+            url.split(","), connect_timeout=1, max_reconnect_attempts=0, allow_reconnect=False
+        )
     except (nats.errors.Error, OSError):
         return {}
     try:
@@ -54,13 +55,15 @@ async def has_key(url: str, settings: Settings, key: str, timeout: float = 0.5) 
     """Whether the agents bucket holds a value under `key` now, read from its stream leader
     (a watch would need the meta leader, which a fault may have taken away)."""
     try:
-        nc = await nats.connect(url.split(","), connect_timeout=0.5, max_reconnect_attempts=0,
-                                allow_reconnect=False)
+        nc = await nats.connect(
+            url.split(","), connect_timeout=0.5, max_reconnect_attempts=0, allow_reconnect=False
+        )
     except (nats.errors.Error, OSError):
         return False
     try:
         msg = await nc.jetstream(timeout=timeout).get_msg(
-            f"KV_{settings.kv_bucket}", subject=f"$KV.{settings.kv_bucket}.{key}")
+            f"KV_{settings.kv_bucket}", subject=f"$KV.{settings.kv_bucket}.{key}"
+        )
         return bool(msg.data)
     except (nats.errors.Error, nats.js.errors.Error, OSError):
         return False
@@ -68,18 +71,21 @@ async def has_key(url: str, settings: Settings, key: str, timeout: float = 0.5) 
         await nc.close()
 
 
-async def try_broadcast(url: str, settings: Settings, opportunity_id: str,
-                        timeout: float = 5.0) -> BroadcastReport | None:
+async def try_broadcast(
+    url: str, settings: Settings, opportunity_id: str, timeout: float = 5.0
+) -> BroadcastReport | None:
     """Send an opportunity through the bridge; its report, or None when none came."""
     opportunity = CouncilOpportunity(id=opportunity_id, roles=[Role(name="tpm", core=True)])
     try:
-        nc = await nats.connect(url.split(","), connect_timeout=1, max_reconnect_attempts=0,
-                                allow_reconnect=False)
+        nc = await nats.connect(
+            url.split(","), connect_timeout=1, max_reconnect_attempts=0, allow_reconnect=False
+        )
     except (nats.errors.Error, OSError):
         return None
     try:
-        answer = await nc.request(f"{settings.subject_prefix}.bridge.broadcast",
-                                  encode(opportunity), timeout=timeout)
+        answer = await nc.request(
+            f"{settings.subject_prefix}.bridge.broadcast", encode(opportunity), timeout=timeout
+        )
         return REPORT_DECODER.decode(answer.data)
     except (nats.errors.Error, OSError, ValueError):
         return None
@@ -101,14 +107,14 @@ async def healthz(port: int) -> tuple[int, dict[str, Any]]:
 
 
 @contextlib.asynccontextmanager
-async def on_the_bus(url: str, settings: Settings, agent_id: str,
-                     every: float = 0.5) -> AsyncIterator[None]:
+async def on_the_bus(
+    url: str, settings: Settings, agent_id: str, every: float = 0.5
+) -> AsyncIterator[None]:
     """An agent that puts its presence entry every `every` seconds, through restarts."""
     subject = f"$KV.{settings.subject_prefix}_presence.{agent_id}"
 
     async def refresh() -> None:
-        nc = await nats.connect(url.split(","), max_reconnect_attempts=-1,
-                                reconnect_time_wait=0.2)
+        nc = await nats.connect(url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         try:
             while True:
                 entry = PresenceEntry(agent_id=agent_id, task_id=agent_id, at=now_rfc3339())

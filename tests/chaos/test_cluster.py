@@ -21,9 +21,9 @@ from tests.nats_cluster import nats_cluster, settled
 BOUND, ELECTION_BOUND = 5.0, 15.0
 
 
-async def test_kills_in_a_cluster_of_three(tmp_path: Path, settings: Settings,
-                                           swarm: EmulatedSwarm,
-                                           docker_api: DockerEmulator) -> None:
+async def test_kills_in_a_cluster_of_three(
+    tmp_path: Path, settings: Settings, swarm: EmulatedSwarm, docker_api: DockerEmulator
+) -> None:
     settings = settings.replace(kv_replicas=3, bus_ack_wait=0.2)
     swarm.add_tasks(3)
     with structlog.testing.capture_logs() as logs:
@@ -43,8 +43,10 @@ async def test_kills_in_a_cluster_of_three(tmp_path: Path, settings: Settings,
 
 
 async def _kills(tmp_path: Path, settings: Settings, swarm: EmulatedSwarm) -> list[Gap]:
-    async with nats_cluster(tmp_path / "cluster") as cluster, \
-            run_bridge(settings, cluster.url) as running:
+    async with (
+        nats_cluster(tmp_path / "cluster") as cluster,
+        run_bridge(settings, cluster.url) as running,
+    ):
         await settled(cluster, list(streams_of(settings).values()))
         base = await measure(cluster.url, settings, swarm, "baseline")
         gaps = []
@@ -54,8 +56,9 @@ async def _kills(tmp_path: Path, settings: Settings, swarm: EmulatedSwarm) -> li
         print(f"\n{'fault':<24} {'server':<6} {'discovery s':>11} {'broadcast s':>11}")
         print(f"{'none (baseline)':<24} {'-':<6} {base[0]:>11.2f} {base[1]:>11.2f}")
         for gap in gaps:
-            print(f"{gap.fault:<24} {gap.server:<6} {gap.discovery_s:>11.2f} "
-                  f"{gap.broadcast_s:>11.2f}")
+            print(
+                f"{gap.fault:<24} {gap.server:<6} {gap.discovery_s:>11.2f} {gap.broadcast_s:>11.2f}"
+            )
 
         async def right() -> bool:
             return set(await bucket_agents(cluster.url, settings)) == set(swarm.running_ids())

@@ -21,11 +21,19 @@ from tests.conftest import announcements, run_bridge, wait_for
 
 @pytest.mark.parametrize("setting", ["max_age", "max_value_size"])
 async def test_a_bucket_that_would_lose_records_is_refused(
-        setting: str, settings: Settings, nats_server: EmbeddedNats,
-        nc: NATS, swarm: EmulatedSwarm, docker_api: DockerEmulator) -> None:
+    setting: str,
+    settings: Settings,
+    nats_server: EmbeddedNats,
+    nc: NATS,
+    swarm: EmulatedSwarm,
+    docker_api: DockerEmulator,
+) -> None:
     """The bridge names the setting once, writes nothing there, and /healthz is 503 with it."""
-    config = (KeyValueConfig(bucket=settings.kv_bucket, ttl=4) if setting == "max_age"
-              else KeyValueConfig(bucket=settings.kv_bucket, max_value_size=100))
+    config = (
+        KeyValueConfig(bucket=settings.kv_bucket, ttl=4)
+        if setting == "max_age"
+        else KeyValueConfig(bucket=settings.kv_bucket, max_value_size=100)
+    )
     await nc.jetstream().create_key_value(config)
     swarm.add_tasks(3)
     with structlog.testing.capture_logs() as logs:
@@ -40,20 +48,26 @@ async def test_a_bucket_that_would_lose_records_is_refused(
     assert len(refused) == 1 and refused[0]["setting"] == setting
 
 
-async def test_a_refused_write_says_why_at_once(settings: Settings, nats_server: EmbeddedNats,
-                                                nc: NATS, swarm: EmulatedSwarm,
-                                                docker_api: DockerEmulator) -> None:
+async def test_a_refused_write_says_why_at_once(
+    settings: Settings,
+    nats_server: EmbeddedNats,
+    nc: NATS,
+    swarm: EmulatedSwarm,
+    docker_api: DockerEmulator,
+) -> None:
     """A bucket too small for the fleet: the server's own text, no ack-timeout stall, and
     /healthz 503 while writes fail."""
-    await nc.jetstream().create_key_value(
-        KeyValueConfig(bucket=settings.kv_bucket, max_bytes=1200))
+    await nc.jetstream().create_key_value(KeyValueConfig(bucket=settings.kv_bucket, max_bytes=1200))
     swarm.add_tasks(8)
     loop = asyncio.get_running_loop()
     started = loop.time()
     with structlog.testing.capture_logs() as logs:
         async with run_bridge(settings, nats_server.url) as running:
-            await wait_for(lambda: any(e["event"] == "kv_write_refused" for e in logs),
-                           timeout=5, what="the refusal")
+            await wait_for(
+                lambda: any(e["event"] == "kv_write_refused" for e in logs),
+                timeout=5,
+                what="the refusal",
+            )
             took = loop.time() - started
             assert running.bridge.http_port is not None
             status, body = await healthz(running.bridge.http_port)
@@ -63,17 +77,26 @@ async def test_a_refused_write_says_why_at_once(settings: Settings, nats_server:
     assert status == 503 and any("refused" in r for r in body["reasons"]), body
 
 
-async def test_odd_keys_are_reconciled_without_churn(settings: Settings,
-                                                     nats_server: EmbeddedNats, nc: NATS,
-                                                     swarm: EmulatedSwarm,
-                                                     docker_api: DockerEmulator) -> None:
+async def test_odd_keys_are_reconciled_without_churn(
+    settings: Settings,
+    nats_server: EmbeddedNats,
+    nc: NATS,
+    swarm: EmulatedSwarm,
+    docker_api: DockerEmulator,
+) -> None:
     """A running task's Agent under another key, an empty value and garbage in the bucket
     before the bridge starts: after a few rounds the bucket holds each task under its own id,
     the odd keys are gone, and no task was announced as leaving (no write/delete churn)."""
     ids = swarm.add_tasks(2)
     address = swarm.address_of(ids[0]) or ""
-    stray = Agent(id=ids[0], endpoint=f"http://{address}:8080", address=address, port=8080,
-                  source="swarm", task_id=ids[0])
+    stray = Agent(
+        id=ids[0],
+        endpoint=f"http://{address}:8080",
+        address=address,
+        port=8080,
+        source="swarm",
+        task_id=ids[0],
+    )
     kv = await nc.jetstream().create_key_value(KeyValueConfig(bucket=settings.kv_bucket))
     await kv.put("elsewhere", encode(stray))
     await kv.put("empty", b"")

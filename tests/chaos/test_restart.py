@@ -18,15 +18,18 @@ RECOVERY = 30.0
 
 
 @pytest.mark.parametrize("store", ["kept", "wiped"])
-async def test_restart_of_nats(store: str, tmp_path: Path, settings: Settings,
-                               swarm: EmulatedSwarm, docker_api: DockerEmulator) -> None:
+async def test_restart_of_nats(
+    store: str, tmp_path: Path, settings: Settings, swarm: EmulatedSwarm, docker_api: DockerEmulator
+) -> None:
     """Within 30 s of NATS answering again: a new task reaches the bucket, a broadcast gets
     a report, an agent on the bus is on_bus again."""
     swarm.add_tasks(3)
     bus_agent = swarm.running_ids()[0]
-    async with nats_process(tmp_path / "nats") as server, \
-            run_bridge(settings, server.url), \
-            on_the_bus(server.url, settings, bus_agent):
+    async with (
+        nats_process(tmp_path / "nats") as server,
+        run_bridge(settings, server.url),
+        on_the_bus(server.url, settings, bus_agent),
+    ):
 
         async def settled() -> bool:
             agents = await bucket_agents(server.url, settings)
@@ -43,11 +46,14 @@ async def test_restart_of_nats(store: str, tmp_path: Path, settings: Settings,
 
         async def recovered() -> bool:
             agents = await bucket_agents(server.url, settings)
-            return (set(agents) == set(swarm.running_ids())
-                    and agents[bus_agent].on_bus is True)
+            return set(agents) == set(swarm.running_ids()) and agents[bus_agent].on_bus is True
 
-        await wait_for(recovered, timeout=RECOVERY, interval=0.2,
-                       what="the new task in the bucket and the bus agent on_bus")
+        await wait_for(
+            recovered,
+            timeout=RECOVERY,
+            interval=0.2,
+            what="the new task in the bucket and the bus agent on_bus",
+        )
         assert new in await bucket_agents(server.url, settings)
 
         async def reported() -> bool:
