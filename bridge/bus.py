@@ -26,6 +26,9 @@ log = structlog.get_logger(__name__)
 # cluster member the bridge is back within about that (2 s cost a 2 s gap to every fault).
 INITIAL_CONNECT_ATTEMPTS = 60
 RECONNECT_WAIT = 0.5
+# Draining on exit flushes what is buffered; it may not hold a shutdown longer than this
+# (nats-py's default is 30 s, and SIGTERM must end the bridge within seconds).
+DRAIN_TIMEOUT = 2.0
 
 
 def nats_servers(url: str) -> list[str]:
@@ -89,6 +92,7 @@ async def connect(
             name=name,
             inbox_prefix=inbox_prefix,
             connect_timeout=2,
+            drain_timeout=DRAIN_TIMEOUT,
             max_reconnect_attempts=INITIAL_CONNECT_ATTEMPTS,
             reconnect_time_wait=RECONNECT_WAIT,
             disconnected_cb=disconnected,
