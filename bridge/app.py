@@ -299,9 +299,32 @@ async def open_bridge(
 
 
 async def run_bridge(settings: Settings, nats_url: str, stop: asyncio.Event) -> None:
-    """`chorus-bridge run`: open a bridge, run it until `stop` is set, close it."""
-    async with open_bridge(settings, nats_url) as bridge:
-        await bridge.run(stop)
+    """`chorus-bridge run`: open a bridge, run it until `stop` is set, close it.
+
+    A stop asked for while the bridge is still opening (NATS not answering yet, which can
+    take up to ~30 s of connection attempts) ends the opening at once.
+    """
+    opened = asyncio.Event()
+
+    async def serve() -> None:
+        async with open_bridge(settings, nats_url) as bridge:
+            opened.set()
+            await bridge.run(stop)
+
+    service = asyncio.ensure_future(serve())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({service, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not service.done() and not opened.is_set():
+            log.info("bridge_stopped", reason="asked to stop while connecting to NATS")
+            service.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await service
+            return
+        await service  # once open, the bridge stops by itself (and raises what it raised)
+    finally:
+        stopping.cancel()
+        service.cancel()
 
 
 @contextlib.asynccontextmanager

@@ -41,6 +41,9 @@ _SETTING_FLAGS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+_FLAG_OF = {variable: flag for flag, variable, _text in _SETTING_FLAGS}
+
+
 def setting_flags(func: F) -> F:
     """Add the flags of _SETTING_FLAGS to a command."""
     for flag, variable, text in reversed(_SETTING_FLAGS):
@@ -56,6 +59,10 @@ def build_settings(flags: dict[str, Any], **defaults: str) -> Settings:
     environ = {**defaults, **os.environ} if defaults else dict(os.environ)
     try:
         settings = load_settings(environ, overrides)
+    except ConfigError as exc:
+        # A value given as a flag is named as the flag the user typed.
+        flag = _FLAG_OF.get(exc.variable) if exc.variable in overrides else None
+        fail(ConfigError(flag, exc.value, exc.reason) if flag else exc)
     except BridgeError as exc:
         fail(exc)
     configure_logging(settings.log_format, settings.log_level)
@@ -100,10 +107,14 @@ class _Commands(click.Group):
         try:
             status = super().main(*args, **kwargs)
         except click.UsageError as exc:
-            exc.show()
+            # One line, as for every other failure; --help has the usage.
+            where = f" {exc.ctx.command_path}" if exc.ctx is not None else ""
+            click.echo(
+                f"chorus-bridge: usage:{where}: {exc.format_message()} (see --help)", err=True
+            )
             sys.exit(EXIT_USAGE)
         except click.ClickException as exc:  # e.g. a FILE that cannot be opened
-            exc.show()
+            click.echo(f"chorus-bridge: {exc.format_message()}", err=True)
             sys.exit(EXIT_USAGE)
         except click.Abort:
             click.echo("chorus-bridge: aborted", err=True)

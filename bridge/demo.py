@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -207,15 +209,34 @@ _NATS_COMMANDS = (
 )
 
 
+def _command() -> str:
+    """How to run chorus-bridge from another terminal: the path of this very command when it
+    is not on PATH (a venv that is not activated), else its name."""
+    found = shutil.which("chorus-bridge")
+    me = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    if (
+        me is not None
+        and me.name == "chorus-bridge"
+        and (found is None or Path(found).resolve() != me)
+    ):
+        return shlex.quote(str(me))
+    return "chorus-bridge" if found else f"{shlex.quote(sys.executable)} -m bridge"
+
+
 def _explore(url: str, http_port: int | None, first_id: str, say: Say) -> None:
     """The commands to explore the running demo with."""
-    lines = ["", "The demo keeps running until Ctrl-C. Explore it with the nats CLI:"]
+    command = _command()
+    lines = [
+        "",
+        "The demo keeps running until Ctrl-C. Explore it with the nats CLI "
+        "(natscli, https://github.com/nats-io/natscli):",
+    ]
     lines += [f"  nats --server {url} " + c.replace("{first_id}", first_id) for c in _NATS_COMMANDS]
     lines += [
-        "or with this command:",
-        f"  NATS_URL={url} chorus-bridge agents",
-        f"  NATS_URL={url} chorus-bridge watch",
-        f"  echo '{_NEXT}' | NATS_URL={url} chorus-bridge broadcast -",
+        "or with these commands:",
+        f"  NATS_URL={url} {command} agents",
+        f"  NATS_URL={url} {command} watch",
+        f"  echo '{_NEXT}' | NATS_URL={url} {command} broadcast -",
         f"and the bridge's own HTTP: http://127.0.0.1:{http_port}/healthz and /metrics",
     ]
     for line in lines:

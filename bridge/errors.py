@@ -48,6 +48,7 @@ class ConfigError(BridgeError, ValueError):
     def __init__(self, variable: str, value: str, reason: str) -> None:
         self.variable = variable
         self.value = value
+        self.reason = reason
         super().__init__(f"{variable}={value!r}: {reason}")
 
 

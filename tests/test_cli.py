@@ -119,6 +119,34 @@ async def test_sigterm_shuts_down_cleanly(
     assert events.index("bridge_stopping") < events.index("leader_resigned")
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_stop_while_nats_does_not_answer_is_prompt(sig: signal.Signals) -> None:
+    """SIGTERM or Ctrl-C while `run` is still trying to reach NATS (which it would for ~30 s)
+    ends it at once, exit 0, with its stop line."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        "run",
+        env=env(
+            NATS_URL="nats://127.0.0.1:1",
+            BRIDGE_LISTEN="127.0.0.1:0",
+            WHOOSH_DOCKER_ENABLED="false",
+            DISCOVERY_METHOD="dns",
+        ),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    async with asyncio.timeout(20):
+        while b"nats_error" not in await proc.stderr.readline():  # it is trying to connect
+            pass
+    proc.send_signal(sig)
+    _, err = await asyncio.wait_for(proc.communicate(), 5)
+    assert proc.returncode == 0
+    assert b'"bridge_stopped"' in err
+
+
 async def test_agents_and_broadcast_commands(
     service: tuple[Service, DockerEmulator, EmulatedSwarm], nats_server: EmbeddedNats, unique: str
 ) -> None:

@@ -4,6 +4,7 @@ cannot be, and out of reach of the terminal's Ctrl-C (the bridge stops first).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -136,11 +137,19 @@ async def embedded_run(tmp_path: Path, unique: str) -> AsyncIterator[RunningComm
             )
             yield running
         finally:
+            # Its nats-server is in a session of its own: note it before `run` ends, or it
+            # would be reparented and left running.
+            children = _children(proc.pid) if proc.returncode is None else []
             if proc.returncode is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
-            for child in _children(proc.pid):
-                os.kill(child, signal.SIGKILL)
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), 15)
+                except TimeoutError:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    await proc.wait()
+            for child in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
             await reader
 
 
