@@ -20,6 +20,7 @@ from bridge.discovery.followup import FollowUps
 from bridge.discovery.methods import Discoverer, RoundResult
 from bridge.registry import AgentRegistry
 from bridge.roster import Roster
+from bridge.waits import wait_event
 
 __all__ = ["DiscoveryPipeline"]
 
@@ -109,8 +110,4 @@ class DiscoveryPipeline:
             self._reported.add(task_id)
 
     async def _wait(self, delay: float) -> None:
-        try:
-            async with asyncio.timeout(delay):
-                await self._wake.wait()
-        except TimeoutError:
-            return
+        await wait_event(self._wake, delay)

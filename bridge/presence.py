@@ -28,6 +28,7 @@ from bridge.errors import BucketSettingsError, NatsError
 from bridge.kv import Bucket, BucketConfig, BucketSpec, ensure_bucket
 from bridge.models import PRESENCE_DECODER, Agent, PresenceEntry
 from bridge.subjects import Names
+from bridge.waits import cancel_requested
 
 __all__ = ["PRESENCE_TTL", "Presence", "match_presence"]
 
@@ -154,6 +155,8 @@ class Presence:
                     async with asyncio.timeout_at(next_sweep):
                         entry = await watcher.next()
                 except TimeoutError:
+                    if cancel_requested():  # a stop taken for the timeout (bridge/waits.py)
+                        raise asyncio.CancelledError from None
                     entry = None
                 if entry is not None:
                     self._apply(entry.key, entry.value, entry.operation)

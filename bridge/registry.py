@@ -33,6 +33,7 @@ from bridge.kv import BucketConfig, BucketSpec, Write, open_bucket
 from bridge.metrics import Metrics
 from bridge.models import Agent, AnnounceEvent, Announcement, encode, now_rfc3339
 from bridge.subjects import Names
+from bridge.waits import wait_event
 
 # open_bucket, read_bucket: kept importable from here for tooling written against the
 # earlier layout.
@@ -314,10 +315,7 @@ class AgentRegistry:
                 await self.sync()
 
     async def _wait(self, timeout: float) -> bool:
-        try:
-            async with asyncio.timeout(timeout):
-                await self._retry.wait()
-        except TimeoutError:
+        if not await wait_event(self._retry, timeout):
             return False
         self._retry.clear()
         return True
