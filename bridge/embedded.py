@@ -126,7 +126,7 @@ class EmbeddedNats:
             self._store_dir = Path(self._tmp.name)
         try:
             await self._start(self._choose_port())
-        except EmbeddedServerError:
+        except (EmbeddedServerError, asyncio.CancelledError):
             self._cleanup_tmp()
             raise
         if self._supervise:
@@ -158,12 +158,18 @@ class EmbeddedNats:
             start_new_session=True,
             env=None if self._env is None else {**os.environ, **self._env},
         )
+        # asyncio.timeout, not wait_for, here and in _stop_process: wait_for can swallow a
+        # stop (bridge/waits.py), and a supervisor that lost one would wait for good.
         try:
-            await asyncio.wait_for(self._wait_ready(), _START_TIMEOUT)
+            async with asyncio.timeout(_START_TIMEOUT):
+                await self._wait_ready()
         except (TimeoutError, EmbeddedServerError) as exc:
             await self._stop_process()
             tail = "\n".join(self.lines[-10:])
             raise EmbeddedServerError(f"nats-server did not start: {exc}\n{tail}") from None
+        except asyncio.CancelledError:
+            await self._stop_process()  # stopped while it started: no server left running
+            raise
         self._drain = asyncio.create_task(self._drain_stderr(self._proc))
 
     async def _wait_ready(self) -> None:
@@ -233,7 +239,8 @@ class EmbeddedNats:
         if proc is not None and proc.returncode is None:
             proc.terminate()
             try:
-                await asyncio.wait_for(proc.wait(), 5.0)
+                async with asyncio.timeout(5.0):
+                    await proc.wait()
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
