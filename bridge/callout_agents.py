@@ -21,6 +21,7 @@ from bridge.errors import NatsError
 from bridge.kv import Bucket, BucketSpec, ensure_bucket
 from bridge.models import AGENT_DECODER
 from bridge.subjects import Names
+from bridge.waits import raise_if_cancelled
 
 __all__ = ["AgentAddresses", "normal_address"]
 
@@ -116,6 +117,7 @@ class AgentAddresses:
         again a moment later."""
         failing = ""
         while True:
+            raise_if_cancelled()  # a stop some NATS call swallowed (bridge/waits.py)
             try:
                 await self._follow(await ensure_bucket(self._nc, self._spec))
                 failing = ""
@@ -136,6 +138,7 @@ class AgentAddresses:
         fresh: _Index | None = _Index()
         async with bucket.watch() as watcher:
             while self._nc.stats["reconnects"] == reconnects:
+                raise_if_cancelled()  # a swallowed stop, which the timeout hides (bridge/waits.py)
                 try:
                     async with asyncio.timeout(RECONNECT_CHECK):
                         entry = await watcher.next()

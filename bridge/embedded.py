@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -49,6 +51,31 @@ def find_nats_server() -> str:
     )
 
 
+def _ending_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn (Linux; None elsewhere) by which the server gets SIGTERM when the bridge's
+    process dies, even by SIGKILL, when none of its code runs to stop the server.
+
+    Linux sends it when the *thread* that forked the child ends: asyncio forks in the thread
+    that runs the event loop (the main thread under `chorus-bridge run`), and no server outlives
+    its loop anyway. preexec_fn is unsafe with threads for code that may wait on a lock another
+    thread held at the fork (imports, logging); prctl and getppid take none. A parent that
+    died before the prctl call is seen by getppid, and the child then ends at once.
+    """
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    sigterm = int(signal.SIGTERM)
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, sigterm, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
 def _port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
@@ -66,10 +93,12 @@ class EmbeddedNats:
     Its stderr is drained for its whole life, so a chatty server never blocks on a full pipe.
 
     The server runs in a session of its own, so a Ctrl-C in the terminal reaches the bridge
-    only, and the bridge stops before its NATS. With supervise=True (the default), a server
-    that dies is started again on the same port and store; when it cannot be (MAX_RESTARTS
-    failures in a row), the task that opened the context is cancelled and the context exits
-    with EmbeddedServerError, so the process ends non-zero and its own supervisor takes over.
+    only, and the bridge stops before its NATS; on Linux, the server ends also when the
+    bridge's process is killed outright (_ending_with_parent). With supervise=True (the
+    default), a server that dies is started again on the same port and store; when it cannot
+    be (MAX_RESTARTS failures in a row), the task that opened the context is cancelled and the
+    context exits with EmbeddedServerError, so the process ends non-zero and its own
+    supervisor takes over.
     """
 
     def __init__(
@@ -126,7 +155,7 @@ class EmbeddedNats:
             self._store_dir = Path(self._tmp.name)
         try:
             await self._start(self._choose_port())
-        except EmbeddedServerError:
+        except (EmbeddedServerError, asyncio.CancelledError):
             self._cleanup_tmp()
             raise
         if self._supervise:
@@ -156,14 +185,21 @@ class EmbeddedNats:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=_ending_with_parent(),
             env=None if self._env is None else {**os.environ, **self._env},
         )
+        # asyncio.timeout, not wait_for, here and in _stop_process: wait_for can swallow a
+        # stop (bridge/waits.py), and a supervisor that lost one would wait for good.
         try:
-            await asyncio.wait_for(self._wait_ready(), _START_TIMEOUT)
+            async with asyncio.timeout(_START_TIMEOUT):
+                await self._wait_ready()
         except (TimeoutError, EmbeddedServerError) as exc:
             await self._stop_process()
             tail = "\n".join(self.lines[-10:])
             raise EmbeddedServerError(f"nats-server did not start: {exc}\n{tail}") from None
+        except asyncio.CancelledError:
+            await self._stop_process()  # stopped while it started: no server left running
+            raise
         self._drain = asyncio.create_task(self._drain_stderr(self._proc))
 
     async def _wait_ready(self) -> None:
@@ -233,7 +269,8 @@ class EmbeddedNats:
         if proc is not None and proc.returncode is None:
             proc.terminate()
             try:
-                await asyncio.wait_for(proc.wait(), 5.0)
+                async with asyncio.timeout(5.0):
+                    await proc.wait()
             except TimeoutError:
                 proc.kill()
                 await proc.wait()

@@ -28,7 +28,7 @@ from bridge.errors import BucketSettingsError, NatsError
 from bridge.kv import Bucket, BucketConfig, BucketSpec, ensure_bucket
 from bridge.models import PRESENCE_DECODER, Agent, PresenceEntry
 from bridge.subjects import Names
-from bridge.waits import cancel_requested
+from bridge.waits import raise_if_cancelled
 
 __all__ = ["PRESENCE_TTL", "Presence", "match_presence"]
 
@@ -132,6 +132,7 @@ class Presence:
         reconnect, since a watch of a bucket the server lost would wait for good."""
         lost = False
         while True:
+            raise_if_cancelled()  # a stop some NATS call swallowed (bridge/waits.py)
             try:
                 bucket = await self.open()
                 if lost:
@@ -151,12 +152,11 @@ class Presence:
         next_sweep = loop.time() + SWEEP_INTERVAL
         async with bucket.watch() as watcher:
             while self._nc.stats["reconnects"] == reconnects:
+                raise_if_cancelled()  # a swallowed stop, which the timeout hides (bridge/waits.py)
                 try:
                     async with asyncio.timeout_at(next_sweep):
                         entry = await watcher.next()
                 except TimeoutError:
-                    if cancel_requested():  # a stop taken for the timeout (bridge/waits.py)
-                        raise asyncio.CancelledError from None
                     entry = None
                 if entry is not None:
                     self._apply(entry.key, entry.value, entry.operation)

@@ -1,26 +1,29 @@
-"""Waiting on an event with a time limit, without ever losing a cancellation.
+"""Waiting with a time limit, without ever losing a cancellation (a stop).
 
-On Python 3.11, `asyncio.timeout` takes a cancellation that arrives just as its time runs out
-for its own timeout: the caller sees TimeoutError, the stop request is lost, and a loop that
-waits again (discovery rounds, write retries: short waits, so this is likely) never ends. Seen
-as a bridge that did not stop. `asyncio.wait` has no such race. nats-py's own `asyncio.wait_for`
-can lose a cancellation the same way; the task's request stays pending (`Task.cancelling()`),
-so waits check it first.
+On Python 3.11, `asyncio.wait_for` swallows a cancellation that arrives just as what it awaits
+finishes: it returns the result and the task goes on. nats-py waits for every reply that way,
+so any NATS call may eat a stop. The request stays pending (`Task.cancelling()` > 0), but
+nothing raises it again: `asyncio.timeout` counts it as older than itself and reports its own
+expiry as TimeoutError, so a loop that catches that and waits again (discovery rounds, write
+retries, watches) never ends. Seen as a bridge that did not stop.
+
+So: no `asyncio.wait_for` in the bridge's own loops (`asyncio.timeout` or `asyncio.wait`
+instead, which let a new stop through), and every loop that waits with a time limit honours a
+pending request: `wait_event` does it itself, other loops call `raise_if_cancelled` each round.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-__all__ = ["cancel_requested", "wait_event"]
+__all__ = ["cancel_requested", "raise_if_cancelled", "wait_event"]
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     """True when `event` is set within `timeout` seconds, False when the time ran out.
     Cancelling the caller cancels the wait (CancelledError), whatever the timing, and so does
     a stop request that a library swallowed before the wait (nats-py's `wait_for` on 3.11)."""
-    if cancel_requested():
-        raise asyncio.CancelledError
+    raise_if_cancelled()
     if event.is_set():
         return True
     waiter = asyncio.ensure_future(event.wait())
@@ -32,7 +35,14 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
 
 
 def cancel_requested() -> bool:
-    """Whether the current task was asked to stop (for code that caught a TimeoutError from
-    `asyncio.timeout`, which may have been a cancellation: see the module doc)."""
+    """Whether the current task was asked to stop, though nothing may have raised it (see the
+    module doc)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def raise_if_cancelled() -> None:
+    """CancelledError when the current task was asked to stop: for each round of a loop that
+    waits with `asyncio.timeout` and goes on after a TimeoutError (see the module doc)."""
+    if cancel_requested():
+        raise asyncio.CancelledError

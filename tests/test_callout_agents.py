@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -13,11 +14,13 @@ from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
 
+from bridge import callout_agents
 from bridge.callout_agents import AgentAddresses, normal_address
 from bridge.embedded import EmbeddedNats
 from bridge.models import Agent, encode
 from bridge.subjects import Names
 from tests.conftest import wait_for
+from tests.test_waits import swallow_a_stop
 
 
 def agent(agent_id: str, address: str, port: int = 8080) -> bytes:
@@ -118,3 +121,25 @@ async def test_a_nats_restart_that_lost_the_bucket_is_followed(tmp_path: Path, u
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await nc.close()
+
+
+async def test_a_stop_that_a_nats_call_swallowed_ends_the_watch(
+    nc: NATS, bucket: KeyValue, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop lost in opening the bucket (nats-py's wait_for, Python 3.11) ends the watch at
+    once, where its timeouts would have hidden it for good."""
+
+    ensure_bucket = vars(callout_agents)["ensure_bucket"]
+
+    async def ensure_then_swallow(*args: Any) -> Any:
+        opened = await ensure_bucket(*args)
+        await swallow_a_stop()
+        return opened
+
+    monkeypatch.setattr(callout_agents, "ensure_bucket", ensure_then_swallow)
+    index = AgentAddresses(nc, Names(prefix=f"t{unique}", agents_bucket=f"agents_{unique}"))
+    task = asyncio.create_task(index.run())
+    ended = task in (await asyncio.wait({task}, timeout=10))[0]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert ended and task.cancelled()

@@ -84,6 +84,14 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _ended(pid: int) -> bool:
+    """Whether process `pid` is gone (a zombie counts: its parent may never reap it)."""
+    try:
+        return "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    except FileNotFoundError:
+        return True
+
+
 class RunningCommand:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
@@ -163,13 +171,22 @@ async def test_ctrl_c_stops_the_bridge_before_nats(embedded_run: RunningCommand)
     events = embedded_run.events()
     assert events[-1] == "bridge_stopped"
     assert not {"nats_error", "nats_disconnected"} & set(events), events
-    await wait_for(
-        lambda: (
-            not Path(f"/proc/{server_pid}").exists()
-            or "zombie" in Path(f"/proc/{server_pid}/status").read_text().lower()
-        ),
-        what="the nats-server to end",
-    )
+    await wait_for(lambda: _ended(server_pid), what="the nats-server to end")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+async def test_a_killed_bridge_takes_its_nats_server_along(embedded_run: RunningCommand) -> None:
+    """kill -9 of `run` itself, so that none of its code runs any more: its nats-server, in a
+    session of its own, ends with it all the same."""
+    proc = embedded_run.proc
+    (server_pid,) = _children(proc.pid)
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        assert await asyncio.wait_for(proc.wait(), 10) == -signal.SIGKILL
+        await wait_for(lambda: _ended(server_pid), timeout=10, what="the nats-server to end")
+    finally:
+        if not _ended(server_pid):
+            os.kill(server_pid, signal.SIGKILL)
 
 
 async def test_run_survives_its_nats_server_being_killed(

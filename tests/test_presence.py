@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig
 
+from bridge import presence as presence_module
+from bridge.errors import NatsError
 from bridge.models import PresenceEntry, encode, now_rfc3339
 from bridge.presence import Presence, match_presence
 from bridge.subjects import Names
 from tests.conftest import wait_for
 from tests.test_roster import A, B, D
+from tests.test_waits import swallow_a_stop
 
 
 def test_match_by_key_only() -> None:
@@ -114,3 +118,22 @@ async def test_stale_entry_counts_as_absent_without_a_delete(nc: NATS, unique: s
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_stop_that_a_nats_call_swallowed_ends_the_retries(
+    nc: NATS, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bucket NATS keeps refusing, and a stop lost in asking for it (nats-py's wait_for,
+    Python 3.11): the retries end, where their sleeps would have gone on for good."""
+
+    async def swallow_then_refuse(*args: Any) -> Any:
+        await swallow_a_stop()
+        raise NatsError("refused")
+
+    monkeypatch.setattr(presence_module, "ensure_bucket", swallow_then_refuse)
+    presence = Presence(nc, Names(prefix=f"p{unique}", agents_bucket=f"agents_{unique}"))
+    task = asyncio.create_task(presence.run())
+    ended = task in (await asyncio.wait({task}, timeout=10))[0]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert ended and task.cancelled()
