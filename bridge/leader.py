@@ -31,6 +31,7 @@ from bridge.kv import Bucket, BucketConfig, BucketSpec, Write, ensure_bucket
 from bridge.metrics import Metrics
 from bridge.models import now_rfc3339
 from bridge.subjects import Names
+from bridge.waits import raise_if_cancelled
 
 __all__ = ["LEASE", "LeaderElection", "Lease"]
 
@@ -113,6 +114,7 @@ class LeaderElection:
         """Campaign and renew until cancelled; on cancellation, give the lease up."""
         try:
             while True:
+                raise_if_cancelled()  # a stop a NATS call swallowed (bridge/waits.py)
                 delay = await self._step()
                 await asyncio.sleep(delay)
         finally:

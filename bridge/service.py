@@ -27,6 +27,7 @@ from bridge.pipeline import DiscoveryPipeline
 from bridge.presence import Presence
 from bridge.registry import AgentRegistry
 from bridge.roster import Roster
+from bridge.waits import raise_if_cancelled
 
 __all__ = ["Bridge"]
 
@@ -96,6 +97,7 @@ class Bridge:
     async def _lead_when_elected(self) -> None:
         """Only the leader writes the agents bucket and answers broadcasts."""
         while True:
+            raise_if_cancelled()  # a stop a NATS call swallowed (bridge/waits.py)
             await self.election.is_leader.wait()
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -125,6 +127,7 @@ class Bridge:
         """Re-publish on_bus flags when presence changes (not a discovery round)."""
         await self.pipeline.first_round.wait()
         while True:
+            raise_if_cancelled()  # a stop the sync's NATS calls swallowed (bridge/waits.py)
             await self._presence_changed.wait()
             await asyncio.sleep(PRESENCE_DEBOUNCE)
             self._presence_changed.clear()
