@@ -136,7 +136,13 @@ async def open_bridge(
             follower=EventFollower(swarm, pipeline.trigger)
             if swarm is not None and follow_events
             else None,
-            callout=Callout(nc, names, callout_keys, AgentAddresses(nc, names, replicas=replicas))
+            callout=Callout(
+                nc,
+                names,
+                callout_keys,
+                AgentAddresses(nc, names, replicas=replicas),
+                metrics=metrics,
+            )
             if callout_keys is not None
             else None,
             reconnected=reconnected,

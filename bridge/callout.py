@@ -6,7 +6,8 @@ our curve key when the server has `xkey` set). A connection with the shared agen
 whose address (`client_info.host`) is the address of exactly one agent in the agents bucket is
 admitted as that agent: a user JWT, signed with the issuer seed, that may publish only that
 agent's presence key and its ack and claim subjects, and read what agents read. Anything else
-gets an error answer, which the server turns into "Authorization Violation".
+gets an error answer, which the server turns into "Authorization Violation". Every request is
+counted in `chorus_bridge_callouts_total` (bridge/metrics.py), before it is answered.
 
 Every bridge replica, leader or standby, answers from its own watch of the agents bucket, in
 one queue group, so a leader change does not lock agents out (DESIGN.md, "Trust").
@@ -31,6 +32,7 @@ from nats.aio.msg import Msg
 from bridge.callout_agents import AgentAddresses
 from bridge.config import Settings
 from bridge.errors import CalloutKeyError, CalloutRequestError, ConfigError
+from bridge.metrics import Metrics
 from bridge.nkeys_jwt import CurveKey, SigningKey, decode_verified
 from bridge.subjects import Names
 
@@ -166,12 +168,14 @@ class Callout:
         keys: CalloutKeys,
         agents: AgentAddresses,
         *,
+        metrics: Metrics,
         account: str = AGENT_ACCOUNT,
     ) -> None:
         self._nc = nc
         self._names = names
         self._keys = keys
         self._agents = agents
+        self._metrics = metrics
         self._account = account
         self._refused: dict[str, str] = {}
         self._warned_plain = False
@@ -211,6 +215,7 @@ class Callout:
             answer = self.answer(msg.data, msg.headers or {})
         except CalloutRequestError as exc:
             # Without a trusted request there is no one to answer: the server times it out.
+            self._metrics.callouts.labels(outcome="rejected", reason="none").inc()
             log.warning("callout_request_rejected", error=str(exc))
             return
         try:
@@ -275,23 +280,29 @@ class Callout:
         return request
 
     def decide(self, request: AuthRequest) -> tuple[str | None, str]:
-        """(the agent id to admit, "") or (None, why the client is refused)."""
+        """(the agent id to admit, "") or (None, why the client is refused); counted."""
         host, opts = request.client_info.host, request.connect_opts
         agent_id, reason = None, ""
+        # The refusal's label in chorus_bridge_callouts_total (metrics.CALLOUT_REFUSALS).
         if opts.user != AGENT_USER:
-            reason = f"user {opts.user!r} is not the agent user"
+            refusal, reason = "user", f"user {opts.user!r} is not the agent user"
         elif self._keys.agent_password is not None and not hmac.compare_digest(
             opts.password.encode(), self._keys.agent_password.encode()
         ):
-            reason = "wrong password for the agent user"
+            refusal, reason = "password", "wrong password for the agent user"
         else:
+            # No agent there, several and the connection name none of theirs, or an id that
+            # cannot be a subject token: the address names no one agent to admit.
+            refusal = "address"
             agent_id, reason = self._agents.agent_at(host, opts.name)
         if agent_id is not None:
+            self._metrics.callouts.labels(outcome="admitted", reason="none").inc()
             self._refused.pop(host, None)
             log.info(
                 "callout_admitted", agent_id=agent_id, address=host, server=request.server_id.name
             )
         else:
+            self._metrics.callouts.labels(outcome="refused", reason=refusal).inc()
             self._log_refusal(host, opts.user, reason)
         return agent_id, reason
 

@@ -24,7 +24,7 @@ from prometheus_client import (
 
 from bridge.models import Agent
 
-__all__ = ["DOCKER_ERROR_KINDS", "Metrics"]
+__all__ = ["CALLOUT_REFUSALS", "DOCKER_ERROR_KINDS", "Metrics"]
 
 # No `*_created` series: the start time is process_start_time_seconds, once.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -49,6 +49,16 @@ DOCKER_ERROR_KINDS = (
 KV_WRITES = (("put", "ok"), ("put", "error"), ("delete", "ok"), ("delete", "error"))
 BROADCAST_OUTCOMES = ("ok", "refused", "error")
 DELIVERIES = (("bus", "ok"), ("http", "ok"), ("any", "failed"))
+# Why the auth callout refused a client (bridge/callout.py): not the agent user, a wrong
+# password, or an address that is not the address of one discovered agent.
+CALLOUT_REFUSALS = ("user", "password", "address")
+# Its answers: admitted, refused for one of those reasons, or a request rejected as one that
+# cannot be trusted (and so not answered); the address is in the logs, never in a label.
+CALLOUTS = (
+    ("admitted", "none"),
+    *(("refused", reason) for reason in CALLOUT_REFUSALS),
+    ("rejected", "none"),
+)
 
 
 class Metrics:
@@ -106,6 +116,12 @@ class Metrics:
             ["path", "outcome"],
             registry=r,
         )
+        self.callouts = Counter(
+            "chorus_bridge_callouts_total",
+            "Auth callout requests, by outcome and the reason of a refusal",
+            ["outcome", "reason"],
+            registry=r,
+        )
         self.http_latency = Histogram(
             "chorus_bridge_http_delivery_duration_seconds",
             "Latency of one HTTP delivery to an agent",
@@ -153,6 +169,8 @@ class Metrics:
             self.broadcasts.labels(outcome=outcome)
         for path, outcome in DELIVERIES:
             self.deliveries.labels(path=path, outcome=outcome)
+        for outcome, reason in CALLOUTS:
+            self.callouts.labels(outcome=outcome, reason=reason)
 
     def observe_round(self, method: str, outcome: str, duration_s: float) -> None:
         """Count one discovery round: method swarm|dns|auto, outcome ok|fallback|failed."""

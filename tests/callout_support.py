@@ -1,4 +1,5 @@
-"""A real nats-server running nats-callout.conf, the callout's keys, and admitted agents."""
+"""A real nats-server running nats-callout.conf, the callout's keys, admitted agents, and the
+callout's counts as the bridge's /metrics serves them."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import nats
 from nats.aio.client import Client as NATS
+from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.config import Settings
 from bridge.embedded import EmbeddedNats
+from bridge.metrics import CALLOUT_REFUSALS
 from bridge.nkeys_jwt import CurveKey, SigningKey, new_seed
 from tests.callout_client import RawClient, Refused, raw_connect
+from tests.conftest import RunningBridge
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORDS = {
@@ -150,3 +155,25 @@ async def refused(
     except Refused as exc:
         return str(exc)
     raise AssertionError(f"a connection from {source} as {user_name!r} was admitted")
+
+
+# Every (outcome, reason) of chorus_bridge_callouts_total, each served from the start.
+CALLOUT_LABELS = {
+    ("admitted", "none"),
+    *(("refused", reason) for reason in CALLOUT_REFUSALS),
+    ("rejected", "none"),
+}
+
+
+async def callouts(bridge: RunningBridge) -> dict[tuple[str, str], float]:
+    """chorus_bridge_callouts_total by (outcome, reason), read from the bridge's /metrics."""
+    async with httpx.AsyncClient(trust_env=False) as client:
+        response = await client.get(f"http://127.0.0.1:{bridge.bridge.http_port}/metrics")
+    response.raise_for_status()
+    return {
+        (sample.labels["outcome"], sample.labels["reason"]): sample.value
+        for family in text_string_to_metric_families(response.text)
+        if family.name == "chorus_bridge_callouts"
+        for sample in family.samples
+        if sample.name == "chorus_bridge_callouts_total"
+    }

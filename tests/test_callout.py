@@ -14,10 +14,12 @@ from bridge.config import Settings
 from bridge.embedded import EmbeddedNats
 from bridge.emulator import DockerEmulator, EmulatedSwarm
 from tests.callout_support import (
+    CALLOUT_LABELS,
     CalloutFiles,
     admitted,
     bridge_settings,
     callout_server,
+    callouts,
     make_keys,
     refused,
     user,
@@ -135,6 +137,31 @@ async def test_connection_from_an_address_no_agent_has_is_refused(
     assert (address, "wrong password for the agent user") in refusals
     assert ("127.0.0.1", "address 127.0.0.1 is no discovered agent") in refusals
     assert any(e["event"] == "callout_admitted" and e["agent_id"] == me for e in logs)
+
+
+async def test_callouts_are_counted_on_metrics(
+    bridge: RunningBridge, server: EmbeddedNats, swarm: EmulatedSwarm
+) -> None:
+    """/metrics counts every answer by outcome and, for a refusal, by its reason; a client
+    has its answer only once the bridge counted it, so each count is there when it returns."""
+    (_, address), _ = tasks(swarm)
+    async with admitted(server, address):
+        pass  # the bridge knows the agents (refusals while it learnt them are counted too)
+    before = await callouts(bridge)
+    assert set(before) == CALLOUT_LABELS
+    async with admitted(server, address, timeout=0):  # one attempt, admitted
+        pass
+    assert "Authorization Violation" in await refused(server, address, password="guess")
+    assert "Authorization Violation" in await refused(server, STRANGER)
+    assert "Authorization Violation" in await refused(server, address, user_name="intruder")
+    after = await callouts(bridge)
+    assert {labels: after[labels] - before[labels] for labels in CALLOUT_LABELS} == {
+        ("admitted", "none"): 1,
+        ("refused", "password"): 1,
+        ("refused", "address"): 1,
+        ("refused", "user"): 1,
+        ("rejected", "none"): 0,
+    }
 
 
 async def test_bridge_coordinator_and_ops_are_unaffected(

@@ -20,6 +20,7 @@ from tests.callout_support import (
     admitted,
     bridge_settings,
     callout_server,
+    callouts,
     make_keys,
     refused,
 )
@@ -92,13 +93,21 @@ async def test_a_different_issuer_is_refused_with_a_hint(
     other = tmp_path / "other.seed"
     other.write_bytes(new_seed("account"))
     mine = bridge_settings(settings, files).replace(callout_issuer_seed=str(other))
-    async with callout_server(tmp_path, files) as server, run_bridge(mine, server.url):
+    async with callout_server(tmp_path, files) as server, run_bridge(mine, server.url) as bridge:
         await wait_for(
             lambda: any(e["event"] == "callout_serving" for e in logs),
             timeout=10,
             what="the callout to serve",
         )
         assert "Authorization Violation" in await refused(server, address)
+
+        async def rejected_counted() -> bool:
+            counts = await callouts(bridge)
+            return counts[("rejected", "none")] >= 1 and counts[("admitted", "none")] == 0
+
+        # Rejected requests get no answer: the client's refusal comes from the server's
+        # timeout, which does not wait for the bridge to count, so /metrics is polled.
+        await wait_for(rejected_counted, timeout=5, what="the rejection on /metrics")
     rejected = [str(e["error"]) for e in logs if e["event"] == "callout_request_rejected"]
     assert rejected and "BRIDGE_CALLOUT_ISSUER_SEED" in rejected[0]
 

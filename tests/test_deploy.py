@@ -24,6 +24,8 @@ ALERTS = (
     "ChorusBridgeAgentsDropped",
     "ChorusBridgeDeliveriesFailing",
     "ChorusBridgeWritesFailing",
+    "ChorusBridgeAgentsRefused",
+    "ChorusBridgeCalloutRejecting",
 )
 
 
@@ -86,5 +88,6 @@ def test_rules_and_dashboard_use_served_metrics() -> None:
     assert {
         "chorus_bridge_agents",
         "chorus_bridge_deliveries_total",
+        "chorus_bridge_callouts_total",
         "chorus_bridge_build_info",
     } <= used

@@ -23,6 +23,7 @@ EXPECTED = {
     "chorus_bridge_kv_writes",
     "chorus_bridge_broadcasts",
     "chorus_bridge_deliveries",
+    "chorus_bridge_callouts",
     "chorus_bridge_http_delivery_duration_seconds",
     "chorus_bridge_leader",
     "chorus_bridge_nats_connected",
@@ -91,6 +92,8 @@ async def test_readme_lists_exactly_what_metrics_serves(
     assert samples[("chorus_bridge_broadcasts_total", (("outcome", "refused"),))] == 0
     failed = (("outcome", "failed"), ("path", "any"))
     assert samples[("chorus_bridge_deliveries_total", failed)] == 0
+    refused = (("outcome", "refused"), ("reason", "address"))
+    assert samples[("chorus_bridge_callouts_total", refused)] == 0  # served with the callout off
     (build,) = [labels for (name, labels) in samples if name == "chorus_bridge_build_info"]
     assert dict(build)["version"] == importlib.metadata.version("chorus-bridge")
     assert samples[("process_open_fds", ())] > 0
