@@ -11,9 +11,11 @@
 3. The report counts each agent once, whatever paths reached it.
 Agents marked `healthy: false` are not called: they are reported as failed, "unhealthy".
 
-Trust (DESIGN.md): an ack counts for the agent its subject names, whatever its body says; the
-only URLs called are discovered endpoints (`Target.endpoint`, never a presence entry's); an agent
-is `via_bus` only by its own ack and `via_http` only by its own endpoint's 2xx.
+Trust (DESIGN.md): an ack counts for the agent its subject names, whatever its body says, and
+only for an agent on the bus: every discovered agent not on the bus is called by HTTP, so an ack
+published on its subject by another cannot hide it. The only URLs called are discovered endpoints
+(`Target.endpoint`, never a presence entry's); an agent is `via_bus` only by its own ack and
+`via_http` only by its own endpoint's 2xx.
 """
 
 from __future__ import annotations
@@ -126,7 +128,8 @@ class Broadcaster:
         targets: list[Target],
         result: _Delivery,
     ) -> None:
-        waiting = {t.agent_id for t in targets if t.on_bus}
+        on_bus = {t.agent_id for t in targets if t.on_bus}
+        waiting = set(on_bus)
         known = {t.agent_id for t in targets}
         strangers: set[str] = set()
         everyone = asyncio.Event()
@@ -138,9 +141,13 @@ class Broadcaster:
             agent_id = self._names.agent_of(msg.subject, opportunity.id, "acks")
             if agent_id is None:
                 return
-            if agent_id in known:
-                result.via_bus.add(agent_id)  # its own ack, even if it was not seen on the bus
+            if agent_id in on_bus:
+                result.via_bus.add(agent_id)
                 waiting.discard(agent_id)
+            elif agent_id in known:
+                # An agent not on the bus gets its POST whatever is said on its subject: without
+                # the auth callout anyone may publish there, and presence is the bus's own word.
+                pass
                 if not waiting:
                     everyone.set()
             elif agent_id not in strangers:

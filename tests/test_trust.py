@@ -129,6 +129,28 @@ async def test_an_ack_naming_another_agent_does_not_count_for_it(
     assert (report.via_bus, report.via_http, report.unregistered_acks) == (2, 2, 0)
 
 
+async def test_an_ack_on_an_http_only_agents_subject_does_not_skip_it(
+    settings: Settings, nats_server: EmbeddedNats, swarm: EmulatedSwarm, nc: NATS
+) -> None:
+    """Attack 2b, without the auth callout (anyone may publish anywhere): a forger acks on the
+    subject of an agent that is not on the bus. That agent still gets its POST and counts as
+    reached by HTTP; the forged ack counts for nobody."""
+    async with stage(settings, nats_server, swarm, 2, on_bus={1}, behaviours={1: "no_ack"}) as s:
+        victim = s.fleet.agents[0]
+
+        async def forge(msg: Msg) -> None:
+            body = Ack(agent_id=victim.id, opportunity_id=OPPORTUNITY.id)
+            await nc.publish(s.names.acks(OPPORTUNITY.id, victim.id), encode(body))
+
+        await nc.subscribe(s.names.opportunities, cb=forge)
+        await nc.flush()
+        report = await s.broadcast(nc)
+    assert [d.via for d in victim.got(OPPORTUNITY.id)] == ["http"]
+    # Agent 1 is on the bus and does not ack: its fallback POST reaches it too.
+    assert (report.total_agents, report.success_count, report.failed) == (2, 2, [])
+    assert (report.via_bus, report.via_http, report.unregistered_acks) == (0, 2, 0)
+
+
 async def test_an_entry_carrying_another_agents_task_id_does_not_skip_it(
     settings: Settings, nats_server: EmbeddedNats, swarm: EmulatedSwarm, nc: NATS
 ) -> None:
