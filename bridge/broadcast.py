@@ -144,12 +144,12 @@ class Broadcaster:
             if agent_id in on_bus:
                 result.via_bus.add(agent_id)
                 waiting.discard(agent_id)
+                if not waiting:
+                    everyone.set()
             elif agent_id in known:
                 # An agent not on the bus gets its POST whatever is said on its subject: without
                 # the auth callout anyone may publish there, and presence is the bus's own word.
-                pass
-                if not waiting:
-                    everyone.set()
+                return
             elif agent_id not in strangers:
                 strangers.add(agent_id)
                 result.unregistered_acks += 1

@@ -75,6 +75,7 @@ async def stage(
     on_bus: int | set[int] = 0,
     behaviours: Mapping[int, Behaviour] | None = None,
     extra_bus: int = 0,
+    ack_wait: float = 0.5,
     **fleet_args: Any,
 ) -> AsyncIterator[Stage]:
     """n agents as tasks of the emulated service (+ `extra_bus` bus agents that are no task)."""
@@ -96,7 +97,7 @@ async def stage(
         opportunity_path=settings.opportunity_path,
         **fleet_args,
     ) as fleet:
-        tuned = settings.replace(agent_port=fleet.port, bus_ack_wait=0.5, http_timeout=1.0)
+        tuned = settings.replace(agent_port=fleet.port, bus_ack_wait=ack_wait, http_timeout=1.0)
         async with run_bridge(tuned, server.url) as running:
             result = Stage(running, fleet, names, tuned)
             await wait_for(
@@ -187,6 +188,17 @@ async def test_double_ack_counts_once(
     ) as s:
         report = await s.broadcast(nc)
         assert (report.total_agents, report.via_bus, report.unregistered_acks) == (3, 3, 0)
+
+
+async def test_the_report_comes_once_every_agent_on_the_bus_acked(
+    settings: Settings, nats_server: EmbeddedNats, swarm: EmulatedSwarm, nc: NATS
+) -> None:
+    """The ack window ends as soon as every agent on the bus has acked, not after
+    BRIDGE_BUS_ACK_WAIT (15 s here)."""
+    async with stage(settings, nats_server, swarm, 3, on_bus={0, 1, 2}, ack_wait=15.0) as s:
+        report = await s.broadcast(nc)
+        assert (report.via_bus, report.success_count, report.failed) == (3, 3, [])
+        assert report.duration_ms < 15_000
 
 
 async def test_agents_on_the_bus_only_are_reached(
