@@ -78,7 +78,7 @@ def build_settings(flags: dict[str, Any], **defaults: str) -> Settings:
 # Exit statuses (DESIGN.md, "Running it"): 0 and 1 are the command's own answer (for
 # `broadcast`: every agent reached, some not), 2 the bridge refused the request.
 EXIT_FAILED = 1
-EXIT_NO_ANSWER = 3  # NATS unreachable, permission denied, no bridge serving
+EXIT_NO_ANSWER = 3  # NATS unreachable, permission denied, no bridge serving, no report
 EXIT_USAGE = 64  # a missing file, a bad flag or variable (sysexits.h EX_USAGE)
 
 
@@ -282,7 +282,8 @@ def broadcast(
 
     Prints the report: who got it via the bus, via HTTP, and who did not. Exit status: 0 every
     agent was reached, 1 some were not, 2 the bridge refused the request, 3 no answer could be
-    had (NATS unreachable, permission denied, no bridge serving), 64 a usage error.
+    had (NATS unreachable, permission denied, no bridge serving, the bridge failed as it
+    broadcast), 64 a usage error.
     """
     from bridge.commands import send_broadcast
 

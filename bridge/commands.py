@@ -141,6 +141,12 @@ async def watch_announcements(
         await sub.unsubscribe()
 
 
+def _failed_at_the_bridge(msg: Msg) -> bool:
+    """A micro service error of the 5xx kind: the bridge's failure, not a refused request (2)."""
+    code = (msg.headers or {}).get("Nats-Service-Error-Code", "")
+    return code.startswith("5")
+
+
 def _report_table(report: BroadcastReport) -> str:
     lines = [
         f"opportunity   {report.opportunity_id}",
@@ -165,7 +171,7 @@ async def send_broadcast(
 ) -> int:
     """Send an opportunity through a running bridge; returns the exit status (0 every agent
     reached, 1 some not, 2 refused). NatsError or BridgeUnavailableError when no answer could
-    be had."""
+    be had, or when the bridge failed while broadcasting (an error answer of code 5xx)."""
     names = Names.from_settings(settings)
     async with session(settings, names, inbox_prefix) as s:
         try:
@@ -181,6 +187,11 @@ async def send_broadcast(
                 "or check the bridge's logs"
             ) from None
     reply = decode_reply(msg.data)
+    if isinstance(reply, ErrorReply) and _failed_at_the_bridge(msg):
+        raise BridgeUnavailableError(
+            f"the bridge failed while broadcasting, so no report can be had: {reply.error}; "
+            "some agents may have got it: see the bridge's logs, then send it again"
+        )
     if isinstance(reply, ErrorReply):
         click.echo(f"refused: {reply.error} (field {reply.field})", err=True)
         if as_json:

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from bridge.embedded import EmbeddedNats
 from bridge.emulator import DockerEmulator, EmulatedSwarm
@@ -228,6 +230,29 @@ async def test_broadcast_with_no_bridge_exits_3(nats_server: EmbeddedNats) -> No
         f"chorus-bridge: BridgeUnavailableError: no bridge is serving chorus.bridge.broadcast "
         f"on {nats_server.url}: is `chorus-bridge run` running against this NATS?"
     ]
+
+
+@pytest.mark.parametrize(("code", "status"), [("400", 2), ("500", 3)])
+async def test_broadcast_tells_a_refusal_from_a_failure(
+    nats_server: EmbeddedNats, nc: NATS, code: str, status: int
+) -> None:
+    """The bridge's error answers carry the micro service's error code: a 400 is a refused
+    request (exit status 2, fix the request); a 500 is the bridge failing as it broadcast
+    (exit status 3: no report could be had), each said in one line."""
+
+    async def answer(msg: Msg) -> None:
+        headers = {"Nats-Service-Error-Code": code, "Nats-Service-Error": "went wrong"}
+        assert msg.reply
+        await nc.publish(msg.reply, b'{"error": "went wrong", "field": null}', headers=headers)
+
+    await nc.subscribe("chorus.bridge.broadcast", cb=answer)
+    await nc.flush()
+    status_got, out, err = await command(
+        "broadcast", "-", stdin=b'{"id": "c", "roles": [{"name": "a"}]}', NATS_URL=nats_server.url
+    )
+    assert status_got == status, err
+    (line,) = err.strip().splitlines()
+    assert "went wrong" in line and out == ""
 
 
 async def test_passwords_are_never_printed(nats_server: EmbeddedNats, unused_tcp_port: int) -> None:
