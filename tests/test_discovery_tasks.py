@@ -8,6 +8,7 @@ import random
 
 import msgspec
 import pytest
+import structlog
 
 from bridge.config import Settings
 from bridge.discovery.base import SwarmRound
@@ -145,6 +146,29 @@ def test_tasks_of_another_service_are_ignored() -> None:
 
     with pytest.raises(MixedServicesError):
         TaskListDecoder(Settings()).decode(mixed)
+
+
+def test_a_list_of_another_services_tasks_alone() -> None:
+    """The ID told by Docker events holds: a list of only another service's tasks counts for
+    nothing, said in one line. Learned from lists alone, a new ID is the service re-created
+    (`docker stack rm` then deploy): its tasks are the agents, and the change is said."""
+    ours, theirs = EmulatedSwarm(seed=14), EmulatedSwarm(service="CHORUS_other", seed=15)
+    ours.add_tasks(2)
+    other = theirs.add_tasks(2, addresses=["127.10.9.4", "127.10.9.5"])
+
+    told = TaskListDecoder(Settings())
+    told.note_service_id(ours.service_id)
+    with structlog.testing.capture_logs() as logs:
+        assert told.decode(theirs.tasks_body({})).agents == ()
+    assert [e["event"] for e in logs] == ["docker_tasks_of_another_service"]
+
+    learned = TaskListDecoder(Settings())
+    learned.decode(ours.tasks_body(RUNNING))
+    with structlog.testing.capture_logs() as logs:
+        assert {a.id for a in learned.decode(theirs.tasks_body({})).agents} == set(other)
+    assert [(e["event"], e["new"]) for e in logs] == [
+        ("docker_service_id_changed", theirs.service_id)
+    ]
 
 
 def _join(*bodies: bytes) -> bytes:

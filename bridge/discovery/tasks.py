@@ -16,12 +16,15 @@ import dataclasses
 from typing import Literal
 
 import msgspec
+import structlog
 
 from bridge.config import Settings
 from bridge.discovery.base import SwarmRound, endpoint_for
 from bridge.models import Agent
 
 __all__ = ["MixedServicesError", "Skipped", "TaskListDecoder", "classify_task"]
+
+log = structlog.get_logger(__name__)
 
 
 # gc=False: these only ever hold strings, numbers and each other, never a cycle, so the
@@ -162,8 +165,9 @@ class TaskListDecoder:
     """Turns task lists (GET /tasks bodies) into SwarmRounds, reusing the previous list's work.
 
     Only tasks of the service count, whatever the engine's filter let through: the service's
-    ID is learned from a list whose tasks all share one (the engine resolved the name), or
-    told by note_service_id() (Docker events name it). decode() raises msgspec.DecodeError
+    ID is told by note_service_id() (Docker events name it), or else learned from a list whose
+    tasks all share one (the engine resolved the name; a new one means the service was
+    re-created). decode() raises msgspec.DecodeError
     when the body is not a JSON list of tasks, and MixedServicesError when it mixes services
     whose own ID is not known yet; the state of the previous list is then kept as it was.
     """
@@ -176,12 +180,16 @@ class TaskListDecoder:
         self._raws: list[msgspec.Raw] = []
         self._outcomes: list[_Outcome] = []
         self.service_id: str | None = None
+        # Told by events, which name the service: then a list of another ID's tasks alone is
+        # the engine answering for another service, not the service re-created.
+        self._told = False
         self.decoded = 0  # tasks decoded by the last decode(): 0 when nothing changed
 
     def note_service_id(self, service_id: str) -> None:
         """The service's ID, as Docker events tell it."""
         if service_id and service_id != self.service_id:
             self.service_id, self._round = service_id, None
+        self._told = self._told or bool(service_id)
 
     def decode(self, body: bytes) -> SwarmRound:
         if self._round is not None and body == self._body:
@@ -199,14 +207,30 @@ class TaskListDecoder:
             return self.service_id
         first = outcomes[0].service_id
         if all(o.service_id == first for o in outcomes):
-            self.service_id = first
-            return first
+            if first != self.service_id:
+                self._uniform_list_of(first)
+            return self.service_id
         if self.service_id is None:
             raise MixedServicesError(
                 f"the task list holds tasks of {len({o.service_id for o in outcomes})} "
                 f"services, and the ID of {self._settings.service_name!r} is not known yet"
             )
         return self.service_id
+
+    def _uniform_list_of(self, service_id: str) -> None:
+        """Every listed task has `service_id`, which is not the one known: learned from lists
+        alone, the service was re-created (`docker stack rm` and deploy) and its new ID is
+        taken, said in one line; told by events, the list is another service's and counts
+        for nothing."""
+        name = self._settings.service_name
+        if self._told:
+            log.warning("docker_tasks_of_another_service", service=name, listed=service_id)
+            return
+        if self.service_id is not None:
+            log.warning(
+                "docker_service_id_changed", service=name, old=self.service_id, new=service_id
+            )
+        self.service_id = service_id
 
     def _round_of(self, outcomes: list[_Outcome]) -> SwarmRound:
         own = self._own_service(outcomes)
