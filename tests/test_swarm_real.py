@@ -14,8 +14,9 @@ import signal
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -388,19 +389,23 @@ async def test_dockerd_restart_under_a_running_bridge(
         async with run_bridge(real_settings, nats_server.url):
             before = set(await until_bucket_is(nc, real_settings, agents, 3, timeout=5))
             await asyncio.to_thread(stop_dockerd)
+            # Down until the bridge has seen a round fail, then started again: the bucket is
+            # sampled all along, and nothing may leave it.
             try:
-                # Down: sample the bucket for a while; nothing may leave it.
-                for _ in range(10):
-                    assert set(await bucket(nc, real_settings)) == before
-                    await asyncio.sleep(SAMPLE_EVERY)
+                down_samples = await _unchanged_until(
+                    nc, real_settings, before, lambda: "docker_api_failing" in events(logs)
+                )
+                # and for a while after that round: its writes (if any) would be out by then
+                down_samples += await _unchanged_until(
+                    nc, real_settings, before, lambda: True, at_least=10
+                )
             finally:
                 starting = asyncio.create_task(asyncio.to_thread(start_dockerd))
-                await wait_for(
-                    lambda: asyncio.to_thread(answers, host),
-                    timeout=120,
-                    interval=0.1,
-                    what="dockerd to answer",
-                )
+            try:
+                down_samples += await _unchanged_while_down(nc, real_settings, host, before)
+            except BaseException:
+                await starting  # the daemon back for the tests that follow
+                raise
             answered = asyncio.get_running_loop().time()
             sampler = Sampler(nc, real_settings, agents)
             await sampler.until(lambda: sampler.keys == sampler.running, timeout=60)
@@ -417,8 +422,53 @@ async def test_dockerd_restart_under_a_running_bridge(
                 lambda: len(sampler.running) == 3 and sampler.keys == sampler.running, timeout=90
             )
     print(
-        f"bucket equal to the running tasks {caught_up:.2f}s after dockerd answered; "
+        f"bucket unchanged over {down_samples} samples while dockerd was down; "
+        f"equal to the running tasks {caught_up:.2f}s after it answered; "
         f"replaced: {len(before - sampler.running)} of 3"
     )
     assert caught_up <= CATCH_UP_LIMIT
     assert sampler.violations == []
+
+
+def events(logs: list[MutableMapping[str, Any]]) -> set[str]:
+    return {str(e["event"]) for e in logs}
+
+
+async def _unchanged_until(
+    nc: NATS,
+    settings: Settings,
+    before: set[str],
+    done: Callable[[], bool],
+    timeout: float = 30.0,
+    at_least: int = 0,
+) -> int:
+    """Sample the bucket until `done()`, `at_least` times; each sample must hold `before`.
+    The samples taken."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    samples = 0
+    while samples < at_least or not done():
+        assert asyncio.get_running_loop().time() < deadline, "no failed round was logged"
+        seen = set(await bucket(nc, settings))
+        assert seen == before, (sorted(before - seen), sorted(seen - before))
+        samples += 1
+        await asyncio.sleep(SAMPLE_EVERY)
+    return samples
+
+
+async def _unchanged_while_down(
+    nc: NATS, settings: Settings, host: str, before: set[str], timeout: float = 120.0
+) -> int:
+    """Sample the bucket from the daemon's stop until it answers again: every sample taken
+    while it did not answer must hold `before` (a failed round removes nothing). A sample
+    counts only when the daemon still did not answer after it was taken, since it never
+    goes down again once back. Returns the number of such samples."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    samples = 0
+    while asyncio.get_running_loop().time() < deadline:
+        seen = set(await bucket(nc, settings))
+        if await asyncio.to_thread(answers, host):
+            return samples
+        assert seen == before, (sorted(before - seen), sorted(seen - before))
+        samples += 1
+        await asyncio.sleep(SAMPLE_EVERY)
+    raise AssertionError(f"dockerd did not answer within {timeout:g}s of being started")
