@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -201,3 +202,23 @@ async def run_bridge(
             stop.set()
             async with asyncio.timeout(10):
                 await task
+
+
+async def swallow_a_stop() -> None:
+    """Be asked to stop and carry on, as nats-py's wait_for does on Python 3.11 when the stop
+    comes with the reply (tests/test_waits.py shows it does)."""
+    task = asyncio.current_task()
+    assert task is not None
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.get_running_loop().create_future()
+
+
+async def ends_cancelled(run: Coroutine[Any, Any, object], timeout: float = 10.0) -> bool:
+    """Run `run` as a task: whether it ends by itself, cancelled, within `timeout` seconds (a
+    task that does not is stopped, and the answer is False)."""
+    task = asyncio.create_task(run)
+    ended = task in (await asyncio.wait({task}, timeout=timeout))[0]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return ended and task.cancelled()

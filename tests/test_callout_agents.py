@@ -19,8 +19,7 @@ from bridge.callout_agents import AgentAddresses, normal_address
 from bridge.embedded import EmbeddedNats
 from bridge.models import Agent, encode
 from bridge.subjects import Names
-from tests.conftest import wait_for
-from tests.test_waits import swallow_a_stop
+from tests.conftest import ends_cancelled, swallow_a_stop, wait_for
 
 
 def agent(agent_id: str, address: str, port: int = 8080) -> bytes:
@@ -138,8 +137,4 @@ async def test_a_stop_that_a_nats_call_swallowed_ends_the_watch(
 
     monkeypatch.setattr(callout_agents, "ensure_bucket", ensure_then_swallow)
     index = AgentAddresses(nc, Names(prefix=f"t{unique}", agents_bucket=f"agents_{unique}"))
-    task = asyncio.create_task(index.run())
-    ended = task in (await asyncio.wait({task}, timeout=10))[0]
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    assert ended and task.cancelled()
+    assert await ends_cancelled(index.run())

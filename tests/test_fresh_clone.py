@@ -36,6 +36,18 @@ def fresh_clone(tmp_path: Path) -> Path:
     return clone
 
 
+def run_in(
+    clone: Path, args: list[str], timeout: float
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Run `args` in `clone`; it must exit 0. (The completed process, the tail of its output.)"""
+    done = subprocess.run(
+        args, cwd=clone, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    tail = done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == 0, tail
+    return done, tail
+
+
 def readme_demo_command(readme: str) -> str:
     """The first command of README's first `sh` block: the demo, on embedded defaults."""
     block = re.search(r"```sh\n(.+?)\n```", readme, flags=re.DOTALL)
@@ -50,16 +62,7 @@ def test_readme_demo_command_works_in_a_fresh_clone(tmp_path: Path) -> None:
     clone = fresh_clone(tmp_path)
     command = readme_demo_command((clone / "README.md").read_text())
     assert "pip install" in command and command.endswith("chorus-bridge demo"), command
-    done = subprocess.run(
-        ["bash", "-c", command],
-        cwd=clone,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    tail = done.stdout[-3000:] + done.stderr[-3000:]
-    assert done.returncode == 0, tail
+    done, tail = run_in(clone, ["bash", "-c", command], timeout=600)
     assert re.search(
         r"reached 34 of 34 agents .*: 17 via the bus, 17 via HTTP, 0 failed", done.stdout
     ), tail
@@ -70,14 +73,6 @@ def test_readme_demo_command_works_in_a_fresh_clone(tmp_path: Path) -> None:
 def test_fresh_clone_passes_fixture_tests(tmp_path: Path) -> None:
     """In a fresh clone, the fixture tests pass: what the repository holds is all they need."""
     clone = fresh_clone(tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *FIXTURE_TESTS],
-        cwd=clone,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    tail = done.stdout[-2000:] + done.stderr[-2000:]
-    assert done.returncode == 0, tail
+    pytest_args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", *FIXTURE_TESTS]
+    done, tail = run_in(clone, [sys.executable, *pytest_args], timeout=300)
     assert " passed" in done.stdout and "FileNotFoundError" not in done.stdout, tail

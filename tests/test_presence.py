@@ -15,9 +15,8 @@ from bridge.errors import NatsError
 from bridge.models import PresenceEntry, encode, now_rfc3339
 from bridge.presence import Presence, match_presence
 from bridge.subjects import Names
-from tests.conftest import wait_for
+from tests.conftest import ends_cancelled, swallow_a_stop, wait_for
 from tests.test_roster import A, B, D
-from tests.test_waits import swallow_a_stop
 
 
 def test_match_by_key_only() -> None:
@@ -132,8 +131,4 @@ async def test_a_stop_that_a_nats_call_swallowed_ends_the_retries(
 
     monkeypatch.setattr(presence_module, "ensure_bucket", swallow_then_refuse)
     presence = Presence(nc, Names(prefix=f"p{unique}", agents_bucket=f"agents_{unique}"))
-    task = asyncio.create_task(presence.run())
-    ended = task in (await asyncio.wait({task}, timeout=10))[0]
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    assert ended and task.cancelled()
+    assert await ends_cancelled(presence.run())

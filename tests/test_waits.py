@@ -5,25 +5,15 @@ No test here waits on the clock: time limits are 0 (already out) or bound the te
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 
 import pytest
 
 from bridge.waits import cancel_requested, raise_if_cancelled, wait_event
+from tests.conftest import swallow_a_stop
 
 # A test's own limit: long enough never to be reached when the guarantee holds.
 LIMIT = 5.0
-
-
-async def swallow_a_stop() -> None:
-    """Be asked to stop and carry on, as nats-py's wait_for does on Python 3.11 when the stop
-    comes with the reply (shown by test_wait_for_swallows_a_stop_that_comes_with_its_result)."""
-    task = asyncio.current_task()
-    assert task is not None
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.get_running_loop().create_future()
 
 
 async def _ended(task: asyncio.Task[object]) -> bool:
