@@ -29,7 +29,8 @@ log = structlog.get_logger(__name__)
 
 # An id goes into subject permissions: one token, no wildcard, no dot.
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
-# How often a quiet watch checks whether the connection was re-established meanwhile.
+# How often a quiet watch checks whether the connection was re-established, or the bucket
+# deleted (its watch would wait for good), meanwhile.
 RECONNECT_CHECK = 2.0
 RETRY_WAIT = 1.0
 
@@ -143,6 +144,7 @@ class AgentAddresses:
                     async with asyncio.timeout(RECONNECT_CHECK):
                         entry = await watcher.next()
                 except TimeoutError:
+                    await bucket.check_stream()  # a deleted bucket: watch the new one
                     continue
                 index = fresh or self._index
                 if entry is None:

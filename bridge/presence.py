@@ -39,6 +39,11 @@ PRESENCE_TTL = 15.0
 MARKER_TTL = 5
 # How often entries that went stale without a delete are looked for.
 SWEEP_INTERVAL = 1.0
+# Seconds between checks that the bucket's stream still exists. nats-py's watch does not end
+# when its stream is deleted (an operator's `nats kv del`): it only reports "stream not found"
+# to the error callback and waits for good. Entries stay fresh for the TTL (15 s), so a bucket
+# found gone and made again within this is no change of who is on the bus.
+STREAM_CHECK_INTERVAL = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,10 +151,12 @@ class Presence:
                 await asyncio.sleep(1.0)
 
     async def _follow(self, bucket: Bucket) -> None:
-        """Apply the watch's entries until the connection reconnects (then return)."""
+        """Apply the watch's entries until the connection reconnects (then return), or the
+        bucket is found gone (BucketMissingError): a watch does not see its stream go."""
         reconnects = self._nc.stats["reconnects"]
         loop = asyncio.get_running_loop()
         next_sweep = loop.time() + SWEEP_INTERVAL
+        next_check = loop.time() + STREAM_CHECK_INTERVAL
         async with bucket.watch() as watcher:
             while self._nc.stats["reconnects"] == reconnects:
                 raise_if_cancelled()  # a swallowed stop, which the timeout hides (bridge/waits.py)
@@ -165,6 +172,9 @@ class Presence:
                     # update would cost O(n) per refresh with 10,000 agents on the bus.
                     self._expire()
                     next_sweep = loop.time() + SWEEP_INTERVAL
+                if loop.time() >= next_check:
+                    await bucket.check_stream()
+                    next_check = loop.time() + STREAM_CHECK_INTERVAL
 
     def _apply(self, key: str, value: bytes | None, operation: str | None) -> None:
         if operation is not None or not value:

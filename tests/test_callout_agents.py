@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig
@@ -65,6 +66,31 @@ async def test_follows_joins_moves_and_departures(bucket: KeyValue, index: Agent
     await bucket.delete("a1")
     await wait_for(lambda: len(index) == 0, what="a1 gone")
     assert index.agent_at("127.20.0.9")[0] is None
+
+
+async def test_a_deleted_bucket_is_watched_again_once_made_anew(
+    nc: NATS, bucket: KeyValue, index: AgentAddresses, unique: str
+) -> None:
+    """The agents bucket deleted (`nats kv del`) and made again, as the leader does: agents
+    written to the new bucket are admitted; a watch of the old stream would have waited for
+    good, and new agents would have been refused until NATS reconnected."""
+    await bucket.put("a1", agent("a1", "127.20.0.11"))
+    await wait_for(lambda: index.agent_at("127.20.0.11")[0] == "a1", what="a1")
+    js = nc.jetstream()
+    await js.delete_key_value(f"agents_{unique}")
+
+    async def written_anew() -> bool:
+        try:
+            again = await js.key_value(f"agents_{unique}")
+        except nats.js.errors.BucketNotFoundError:
+            return False  # not made again yet (the index ensures it, as the leader would)
+        await again.put("a2", agent("a2", "127.20.0.12"))
+        return True
+
+    await wait_for(written_anew, timeout=10, what="the bucket made anew")
+    await wait_for(
+        lambda: index.agent_at("127.20.0.12")[0] == "a2", timeout=10, what="a2 in the new bucket"
+    )
 
 
 async def test_several_agents_at_one_address_are_told_apart_by_the_connection_name(

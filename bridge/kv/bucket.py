@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StreamConfig
 from nats.js.kv import KeyValue
 
-from bridge.errors import NatsError, WrongRevisionError
+from bridge.errors import BucketMissingError, NatsError, WrongRevisionError
 from bridge.kv.errors import _NO_STREAM, _mapped
 from bridge.kv.records import BucketSpec, Entry, RawBucket, Write, _operation, _seconds
 from bridge.kv.settings import _check
@@ -56,6 +56,18 @@ class Bucket:
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             raise _mapped(exc, f"bucket {self.name!r}") from exc
         return int(info.state.last_seq or 0)
+
+    async def check_stream(self) -> None:
+        """BucketMissingError when the bucket's stream is gone. A watch does not see its stream
+        go (nats-py's watcher reports "stream not found" to the error callback and waits for
+        good), so watchers call this now and then. Any other failure (a stream electing its
+        leader, a slow server) is no proof of loss, and passes."""
+        try:
+            await self.last_sequence()
+        except BucketMissingError:
+            raise
+        except NatsError:
+            return
 
     async def get(self, key: str, timeout: float = API_TIMEOUT) -> Entry | None:
         """The key's latest message (a tombstone too); None when it never had one."""

@@ -38,19 +38,7 @@ async def bucket_exists(nc: NATS, name: str) -> bool:
     return True
 
 
-# The presence watch does not see its stream go: nats-py's ordered consumer only reports
-# "stream not found" to the error callback, the watch waits for good, nothing ensures the
-# bucket again, and every agent on the bus is off it 15 s later.
-PRESENCE_NOT_ENSURED = pytest.mark.xfail(
-    reason="issue 12: a deleted presence bucket is never created again",
-    raises=AssertionError,
-    strict=True,
-)
-
-
-@pytest.mark.parametrize(
-    "kind", ["agents", pytest.param("presence", marks=PRESENCE_NOT_ENSURED), "lease"]
-)
+@pytest.mark.parametrize("kind", ["agents", "presence", "lease"])
 async def test_a_deleted_bucket_comes_back(
     kind: str,
     settings: Settings,
