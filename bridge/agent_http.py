@@ -218,7 +218,8 @@ class AgentTransport(httpx.AsyncBaseTransport):
             )
         extensions = {"http_version": b"HTTP/1.1"}
         if response.reason:
-            extensions["reason_phrase"] = response.reason.encode()
+            # Agents choose it: bytes that are not UTF-8 come back as lone surrogates.
+            extensions["reason_phrase"] = response.reason.encode("utf-8", "replace")
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,

@@ -33,11 +33,11 @@ _FALSE = {"0", "false", "no", "off", ""}
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 # One subject token; bucket names are letters, digits, - and _ (NATS' own rule for both).
-Token = Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9_-]+$")]
+Token = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]+\Z")]
 # JetStream keeps at most 5 replicas of a stream.
 Replicas = Annotated[int, msgspec.Meta(ge=1, le=5)]
 # A path and nothing more: a query or a fragment would change the URL agents are posted to.
-UrlPath = Annotated[str, msgspec.Meta(pattern=r"^/[^\s?#]*$")]
+UrlPath = Annotated[str, msgspec.Meta(pattern=r"^/[^\s?#]*\Z")]
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -29,7 +29,7 @@ from nats.aio.client import Client as NATS
 from bridge.errors import BucketMissingError, LeaseLostError, NatsError, WrongRevisionError
 from bridge.kv import Bucket, BucketConfig, BucketSpec, Write, ensure_bucket
 from bridge.metrics import Metrics
-from bridge.models import now_rfc3339
+from bridge.models import WireDecoder, now_rfc3339
 from bridge.subjects import Names
 from bridge.waits import raise_if_cancelled
 
@@ -60,7 +60,7 @@ class Lease(msgspec.Struct, kw_only=True, frozen=True):
     renewed_at: str | None = None
 
 
-_LEASE_DECODER = msgspec.json.Decoder(Lease)
+_LEASE_DECODER = WireDecoder(Lease)
 
 
 def bridge_identity() -> str:

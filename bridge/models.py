@@ -7,7 +7,7 @@ older and newer peers interoperate. Encoders and decoders are built once, here, 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
 
@@ -24,6 +24,7 @@ __all__ = [
     "FailedDelivery",
     "PresenceEntry",
     "Role",
+    "WireDecoder",
     "encode",
     "now_rfc3339",
 ]
@@ -32,7 +33,8 @@ Source = Literal["swarm", "dns", "static"]
 AnnounceEvent = Literal["joined", "updated", "left"]
 
 # DESIGN.md: an opportunity id is [A-Za-z0-9_-]{1,128}; a request is at most 64 KiB.
-OPPORTUNITY_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+# \Z, not $: msgspec searches with re, whose $ also matches before a final newline.
+OPPORTUNITY_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}\Z"
 MAX_OPPORTUNITY_BYTES = 64 * 1024
 
 
@@ -135,15 +137,36 @@ class ErrorReply(msgspec.Struct, kw_only=True, frozen=True):
     field: str | None = None
 
 
+T = TypeVar("T")
+
+
+class WireDecoder(Generic[T]):
+    """msgspec's JSON decoder of one wire message, for bytes anyone may have written.
+
+    JSON nested too deeply makes msgspec raise RecursionError, which is no DecodeError: a
+    10 KB presence value or claim of nested lists would escape every `except DecodeError`
+    and end the process. Here it is a DecodeError like any other bad input. Raises
+    msgspec.DecodeError (msgspec.ValidationError when the JSON does not fit the type)."""
+
+    def __init__(self, message_type: type[T]) -> None:
+        self._decoder = msgspec.json.Decoder(message_type)
+
+    def decode(self, data: bytes | bytearray | memoryview | str) -> T:
+        try:
+            return self._decoder.decode(data)
+        except RecursionError:
+            raise msgspec.DecodeError("JSON nested too deeply") from None
+
+
 _ENCODER = msgspec.json.Encoder()
-AGENT_DECODER = msgspec.json.Decoder(Agent)
-ANNOUNCEMENT_DECODER = msgspec.json.Decoder(Announcement)
-PRESENCE_DECODER = msgspec.json.Decoder(PresenceEntry)
-OPPORTUNITY_DECODER = msgspec.json.Decoder(CouncilOpportunity)
-ACK_DECODER = msgspec.json.Decoder(Ack)
-CLAIM_DECODER = msgspec.json.Decoder(Claim)
-REPORT_DECODER = msgspec.json.Decoder(BroadcastReport)
-ERROR_DECODER = msgspec.json.Decoder(ErrorReply)
+AGENT_DECODER = WireDecoder(Agent)
+ANNOUNCEMENT_DECODER = WireDecoder(Announcement)
+PRESENCE_DECODER = WireDecoder(PresenceEntry)
+OPPORTUNITY_DECODER = WireDecoder(CouncilOpportunity)
+ACK_DECODER = WireDecoder(Ack)
+CLAIM_DECODER = WireDecoder(Claim)
+REPORT_DECODER = WireDecoder(BroadcastReport)
+ERROR_DECODER = WireDecoder(ErrorReply)
 
 
 def decode_reply(data: bytes) -> BroadcastReport | ErrorReply:

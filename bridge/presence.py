@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import time
 from collections.abc import Callable, Iterable
 
@@ -44,6 +45,11 @@ SWEEP_INTERVAL = 1.0
 # to the error callback and waits for good. Entries stay fresh for the TTL (15 s), so a bucket
 # found gone and made again within this is no change of who is on the bus.
 STREAM_CHECK_INTERVAL = 2.0
+# A key is an agent id, and an agent id goes into subjects (its acks and claims): one token.
+_AGENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,256}\Z")
+# Invalid entries are said at most once per this many seconds, with their count: any agent
+# may write thousands, and a line each would flood the log.
+INVALID_LOG_INTERVAL = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +92,7 @@ class Presence:
         # key -> (entry, time.monotonic() when the bridge received it)
         self._seen: dict[str, tuple[PresenceEntry, float]] = {}
         self._changed = on_change
+        self._invalid = _InvalidEntries()
 
     def bucket_spec(self) -> BucketSpec:
         return BucketSpec(
@@ -182,10 +189,13 @@ class Presence:
                 log.debug("agent_left_bus", agent_id=key, reason=operation or "empty")
                 self._changed()
             return
+        if not _AGENT_ID.match(key):
+            self._invalid.note(key, "the key cannot be an agent id (it could never ack)")
+            return
         try:
             entry = PRESENCE_DECODER.decode(value)
-        except msgspec.DecodeError:
-            log.warning("presence_entry_invalid", key=key)
+        except msgspec.DecodeError as exc:
+            self._invalid.note(key, str(exc))
             return
         # The server's TTL expires what was not refreshed; what arrives is fresh from now.
         fresh = key not in self._seen
@@ -202,3 +212,21 @@ class Presence:
             log.debug("agent_left_bus", agent_id=key, reason="stale")
         if stale:
             self._changed()
+
+
+class _InvalidEntries:
+    """Invalid presence entries, logged at most once per INVALID_LOG_INTERVAL with how many
+    there were since the last line."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._logged_at = -INVALID_LOG_INTERVAL
+
+    def note(self, key: str, reason: str) -> None:
+        self._count += 1
+        now = time.monotonic()
+        if now - self._logged_at >= INVALID_LOG_INTERVAL:
+            log.warning(
+                "presence_entry_invalid", key=key[:128], reason=reason[:200], count=self._count
+            )
+            self._count, self._logged_at = 0, now

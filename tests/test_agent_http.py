@@ -191,6 +191,21 @@ async def test_an_answer_that_is_not_http_is_reported_as_such() -> None:
     assert not caught.value.retryable
 
 
+async def test_a_reason_phrase_that_is_not_utf8_is_an_answer_like_any() -> None:
+    """The agent writes the status line: bytes that are not UTF-8 in its reason phrase are
+    its 200 all the same, never an error outside AgentHTTPError (which would end the whole
+    broadcast, not just this agent's delivery)."""
+
+    async def odd(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 \xff\xfe\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        await writer.drain()
+
+    async with raw_agent(odd) as base, agent_http() as http:
+        status, body = await http.post(agent_url(base, "/op"), b"{}", http.post_headers(b"{}", {}))
+    assert (status, body) == (200, b"{}")
+
+
 @pytest.mark.parametrize(
     "endpoint",
     [

@@ -45,6 +45,17 @@ def test_design_example_is_accepted() -> None:
         (b'{"id": "c1", "roles": [{"name": ""}]}', "$.roles[0].name", "length >= 1"),
         (b'{"id": "c1", "roles": [{"name": "tpm", "core": "yes"}]}', "$.roles[0].core", "bool"),
         (b"[1, 2]", "$", "Expected `object`"),
+        # re's $ would let a final newline through, and the id goes into subjects
+        (b'{"id": "c1\\n", "roles": [{"name": "tpm"}]}', "$.id", "[A-Za-z0-9_-]{1,128}"),
+        # 10 KB nested 5,000 deep: msgspec raises RecursionError, no DecodeError
+        (
+            b'{"id": "c1", "roles": [{"name": "tpm"}], "details": {"x": '
+            + b"[" * 5000
+            + b"]" * 5000
+            + b"}}",
+            "$",
+            "nested too deeply",
+        ),
     ],
 )
 def test_bad_requests_name_the_field(body: bytes, field: str, says: str) -> None:

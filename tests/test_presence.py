@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+import structlog
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig
 
@@ -51,6 +52,30 @@ async def test_an_entry_naming_another_agent_counts_for_its_key_only(nc: NATS, u
         await _present(nc, names, presence, {"intruder": liar})
         assert presence.bus_ids([A, B]) == frozenset()
         assert presence.match([A, B]).bus_only == ("intruder",)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_invalid_entries_are_ignored_and_said_once(nc: NATS, unique: str) -> None:
+    """200 invalid entries, as any agent may write them: values that are not entries, and keys
+    that cannot be agent ids (a dot: the key could never ack on its own subject). None is on
+    the bus, the log has one line for them all, and a valid entry after them is on the bus."""
+    names = Names(prefix=f"p{unique}", agents_bucket=f"agents_{unique}")
+    presence = Presence(nc, names)
+    task = asyncio.create_task(presence.run())
+    try:
+        await wait_for(lambda: _bucket_exists(nc, names), what="the presence bucket")
+        kv = await nc.jetstream().key_value(names.presence_bucket)
+        entry = encode(PresenceEntry(agent_id="x", at=now_rfc3339()))
+        with structlog.testing.capture_logs() as logs:
+            for i in range(100):
+                await kv.put(f"junk-{i}", b"not json")
+                await kv.put(f"dotted.{i}", entry)
+            await _present(nc, names, presence, {A.id: PresenceEntry(agent_id=A.id, at="")})
+        invalid = [e for e in logs if e["event"] == "presence_entry_invalid"]
+        assert len(invalid) == 1, invalid
+        assert set(presence.entries()) == {A.id}
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -149,6 +150,26 @@ async def test_an_ack_on_an_http_only_agents_subject_does_not_skip_it(
     # Agent 1 is on the bus and does not ack: its fallback POST reaches it too.
     assert (report.total_agents, report.success_count, report.failed) == (2, 2, [])
     assert (report.via_bus, report.via_http, report.unregistered_acks) == (0, 2, 0)
+
+
+async def test_a_presence_value_nested_too_deeply_costs_nothing(
+    settings: Settings, nats_server: EmbeddedNats, swarm: EmulatedSwarm, nc: NATS
+) -> None:
+    """Attack 4: a 10 KB presence value nested 5,000 deep (msgspec raises RecursionError for
+    it, which is no DecodeError). The entry is ignored as invalid, the bridge keeps running,
+    and a broadcast reaches everyone."""
+    deep = b'{"agent_id": "x", "z": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    with structlog.testing.capture_logs() as logs:
+        async with stage(settings, nats_server, swarm, 2, on_bus={1}) as s:
+            kv = await nc.jetstream().key_value(s.names.presence_bucket)
+            await kv.put("deep-one", deep)
+            await wait_for(
+                lambda: any(e["event"] == "presence_entry_invalid" for e in logs),
+                what="the entry read and refused",
+            )
+            report = await s.broadcast(nc)
+            assert not s.running.task.done()
+    assert (report.total_agents, report.success_count, report.failed) == (2, 2, [])
 
 
 async def test_an_entry_carrying_another_agents_task_id_does_not_skip_it(
