@@ -26,6 +26,7 @@ from bridge.metrics import Metrics
 from bridge.models import (
     MAX_OPPORTUNITY_BYTES,
     OPPORTUNITY_DECODER,
+    BroadcastReport,
     CouncilOpportunity,
     ErrorReply,
     encode,
@@ -37,6 +38,7 @@ __all__ = [
     "ENDPOINT_NAME",
     "SERVICE_NAME",
     "BroadcastService",
+    "encode_report",
     "validate_request",
 ]
 
@@ -69,6 +71,37 @@ def validate_request(data: bytes) -> CouncilOpportunity | ErrorReply:
         return ErrorReply(error=message, field=field)
     except msgspec.DecodeError as exc:
         return ErrorReply(error=f"request is not valid JSON: {exc}", field="$")
+
+
+# Bytes of the server's max_payload left for the reply's own framing.
+_HEADROOM = 1024
+
+
+def encode_report(report: BroadcastReport, limit: int) -> bytes:
+    """The report's JSON in at most `limit` bytes (about the server's max_payload, 1 MiB by
+    default): a report the server refuses would reach nobody. When its `failed` list does not
+    fit (11,500 agents that all refuse connections are over 1 MiB), it is cut to the first
+    failures that fit, and a log line says so. The counts stay exact: total_agents minus
+    success_count is how many failed."""
+    data = encode(report)
+    if len(data) <= limit:
+        return data
+    failed = report.failed
+    fits, too_many = 0, len(failed)
+    while too_many - fits > 1:  # bisect the number of failures listed
+        middle = (fits + too_many) // 2
+        if len(encode(msgspec.structs.replace(report, failed=failed[:middle]))) <= limit:
+            fits = middle
+        else:
+            too_many = middle
+    log.warning(
+        "broadcast_report_cut",
+        opportunity_id=report.opportunity_id,
+        failed=len(failed),
+        listed=fits,
+        limit_bytes=limit,
+    )
+    return encode(msgspec.structs.replace(report, failed=failed[:fits]))
 
 
 class _Counts:
@@ -176,7 +209,7 @@ class BroadcastService:
             return
         self._count("ok")
         self._counts.done(started)
-        await self._reply(request, encode(report))
+        await self._reply(request, encode_report(report, self._nc.max_payload - _HEADROOM))
 
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:

@@ -9,13 +9,21 @@ from typing import Any
 import msgspec
 import nats.errors
 import pytest
+import structlog
 from nats.aio.client import Client as NATS
 
 from bridge.asyncapi import MicroInfo, MicroPing, MicroStats
-from bridge.broadcast_api import BROADCAST_QUEUE, SERVICE_NAME, validate_request
+from bridge.broadcast_api import BROADCAST_QUEUE, SERVICE_NAME, encode_report, validate_request
 from bridge.config import Settings
 from bridge.embedded import EmbeddedNats
-from bridge.models import CouncilOpportunity, ErrorReply
+from bridge.models import (
+    BroadcastReport,
+    CouncilOpportunity,
+    ErrorReply,
+    FailedDelivery,
+    decode_reply,
+    encode,
+)
 from tests.conftest import run_bridge, wait_for
 
 GOOD = (
@@ -73,6 +81,45 @@ def test_larger_than_64_kib_is_refused() -> None:
     reply = validate_request(body)
     assert isinstance(reply, ErrorReply)
     assert "64 KiB" in reply.error and reply.field == "$"
+
+
+def test_a_report_too_large_for_the_server_lists_the_failures_that_fit() -> None:
+    """11,500 failures are over 1 MiB: the reply lists the first that fit in the limit, and
+    its counts stay exact (a reply over the server's max_payload would reach nobody)."""
+    failed = [
+        FailedDelivery(
+            agent_id=f"agent-{i:05d}",
+            endpoint=f"http://127.9.{i // 250}.{i % 250}:8080",
+            error="connection refused",
+        )
+        for i in range(11_500)
+    ]
+    report = BroadcastReport(
+        opportunity_id="c1",
+        total_agents=11_600,
+        success_count=100,
+        via_bus=100,
+        via_http=0,
+        failed=failed,
+        unregistered_acks=0,
+        duration_ms=1.0,
+        at="2026-11-30T00:00:00Z",
+    )
+    limit = (1 << 20) - 1024
+    assert len(encode(report)) > limit
+    with structlog.testing.capture_logs() as logs:
+        data = encode_report(report, limit)
+    assert len(data) <= limit
+    cut = decode_reply(data)
+    assert isinstance(cut, BroadcastReport)
+    assert (cut.total_agents, cut.success_count) == (11_600, 100)
+    assert 0 < len(cut.failed) < 11_500 and cut.failed == failed[: len(cut.failed)]
+    # One more failure would not have fitted.
+    longer = msgspec.structs.replace(report, failed=failed[: len(cut.failed) + 1])
+    assert len(encode(longer)) > limit
+    assert [e["event"] for e in logs] == ["broadcast_report_cut"]
+    small = msgspec.structs.replace(report, failed=failed[:3])
+    assert encode_report(small, limit) == encode(small)
 
 
 # --- the NATS micro service, served by a real bridge on a real nats-server ---
