@@ -233,7 +233,9 @@ class AgentTransport(httpx.AsyncBaseTransport):
 
 
 def _agent_error(exc: httpx.HTTPError) -> AgentHTTPError:
-    reason = str(exc) or type(exc).__name__
+    # One short line: the text may quote what the agent sent (a bad status line), and it
+    # ends up in reports and logs.
+    reason = " ".join((str(exc) or type(exc).__name__).split())[:200]
     if isinstance(exc, httpx.TimeoutException):
         reason = "timeout"
     return AgentHTTPError(

@@ -188,6 +188,7 @@ async def test_an_answer_that_is_not_http_is_reported_as_such() -> None:
         with pytest.raises(AgentHTTPError) as caught:
             await http.post(agent_url(base, "/op"), b"{}", http.post_headers(b"{}", {}))
     assert caught.value.reason.startswith("not HTTP"), caught.value.reason
+    assert "\n" not in caught.value.reason and len(caught.value.reason) <= 200
     assert not caught.value.retryable
 
 
