@@ -200,6 +200,11 @@ class BroadcastService:
             return
         try:
             report = await self._broadcaster.broadcast(opportunity)
+        except asyncio.CancelledError:
+            # The bridge stops (or leads no more) mid-broadcast: say so, rather than leave
+            # the coordinator waiting out its timeout.
+            await asyncio.shield(self._stopped_during(request, opportunity.id))
+            raise
         except Exception as exc:  # a bug must cost this request, never the bridge
             log.exception("broadcast_failed", opportunity_id=opportunity.id)
             self._count("error")
@@ -210,6 +215,16 @@ class BroadcastService:
         self._count("ok")
         self._counts.done(started)
         await self._reply(request, encode_report(report, self._nc.max_payload - _HEADROOM))
+
+    async def _stopped_during(self, request: Request, opportunity_id: str) -> None:
+        log.warning("broadcast_interrupted", opportunity_id=opportunity_id)
+        error = ErrorReply(
+            error="the bridge stopped before the broadcast ended; some agents may have got "
+            "it: send it again"
+        )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self._reply(request, encode(error), code="503", description=error.error)
 
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:

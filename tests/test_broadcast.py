@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import time
@@ -199,6 +200,22 @@ async def test_the_report_comes_once_every_agent_on_the_bus_acked(
         report = await s.broadcast(nc)
         assert (report.via_bus, report.success_count, report.failed) == (3, 3, [])
         assert report.duration_ms < 15_000
+
+
+async def test_a_broadcast_cut_short_by_a_stop_is_answered(
+    settings: Settings, nats_server: EmbeddedNats, swarm: EmulatedSwarm, nc: NATS
+) -> None:
+    """The bridge stops while a broadcast waits on an agent that never answers: the
+    coordinator gets an error answer (code 503: send it again) at once, not silence until
+    its own timeout."""
+    async with stage(settings, nats_server, swarm, 2, behaviours={0: "hang"}) as s:
+        asked = asyncio.create_task(nc.request(s.names.broadcast, encode(OPPORTUNITY), timeout=20))
+        await wait_for(lambda: bool(s.fleet.agents[0].got(OPPORTUNITY.id)), what="the POST")
+        await s.running.stop()
+        msg = await asked
+    assert (msg.headers or {}).get("Nats-Service-Error-Code") == "503"
+    reply = decode_reply(msg.data)
+    assert isinstance(reply, ErrorReply) and "send it again" in reply.error
 
 
 async def test_agents_on_the_bus_only_are_reached(
