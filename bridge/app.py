@@ -17,7 +17,7 @@ import structlog
 from bridge.agent_http import AgentHTTP
 from bridge.broadcast import Broadcaster
 from bridge.broadcast_api import BroadcastService
-from bridge.bus import connect
+from bridge.bus import NatsProbe, connect
 from bridge.callout import Callout, CalloutKeys
 from bridge.callout_agents import AgentAddresses
 from bridge.config import Settings
@@ -27,6 +27,7 @@ from bridge.discovery.methods import Discoverer
 from bridge.discovery.swarm import SwarmDiscovery
 from bridge.docker_api import DockerAPI
 from bridge.embedded import EmbeddedNats
+from bridge.health import NATS_SILENCE_LIMIT
 from bridge.http_api import listening_socket, serve_http
 from bridge.leader import LeaderElection
 from bridge.metrics import Metrics
@@ -126,6 +127,8 @@ async def open_bridge(
         bridge = Bridge(
             settings=settings,
             nc=nc,
+            # Whether NATS still answers: a connected client may no longer read (bus.py).
+            probe=NatsProbe(nc, patience=NATS_SILENCE_LIMIT),
             metrics=metrics,
             presence=presence,
             registry=registry,

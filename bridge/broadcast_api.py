@@ -9,7 +9,6 @@ the NATS micro service `chorus-bridge`, so `nats micro ls|info|stats` find it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.metadata
 import re
 import time
@@ -49,6 +48,13 @@ BROADCAST_QUEUE = "chorus-bridge"
 # The NATS micro service (`nats micro ls`) and its one endpoint (DESIGN.md, "Running it").
 SERVICE_NAME = "chorus-bridge"
 ENDPOINT_NAME = "broadcast"
+# Stopping the service unsubscribes its endpoints and flushes: a millisecond when NATS answers.
+# When it does not (a frozen server at SIGTERM), it is waited for this long: the whole
+# shutdown must end well within Docker's 10 s (bridge/bus.py bounds the rest). The stop is
+# left to finish by itself, never cancelled: a cancelled flush leaves its PONG future queued,
+# and the PONG of a server that answers again then ends nats-py's read loop. Left alone, the
+# flush times out (10 s) only after the client's pings have replaced a connection that silent.
+STOP_TIMEOUT = 1.5
 _AT_PATH = re.compile(r" - at `(?P<path>[^`]*)`$")
 
 
@@ -184,8 +190,9 @@ class BroadcastService:
                 await asyncio.Event().wait()  # until cancelled
         finally:
             self.subscribed.clear()
-            with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
-                await asyncio.wait_for(service.stop(), 5.0)
+            stopping = asyncio.ensure_future(service.stop())
+            stopping.add_done_callback(_stopped)
+            await asyncio.wait({stopping}, timeout=STOP_TIMEOUT)
 
     async def _handle(self, request: Request) -> None:
         started = time.perf_counter_ns()
@@ -244,6 +251,15 @@ class BroadcastService:
             return  # a publish without a reply inbox: nobody to answer
         except (nats.errors.Error, OSError) as exc:
             log.warning("broadcast_reply_failed", error=repr(exc))
+
+
+def _stopped(stop: asyncio.Future[None]) -> None:
+    """The service's stop ended: NATS errors are expected then (the connection may be gone)."""
+    if stop.cancelled():
+        return
+    error = stop.exception()
+    if error is not None and not isinstance(error, nats.errors.Error | OSError):
+        log.warning("broadcast_api_stop_failed", error=repr(error))
 
 
 def _version() -> str:

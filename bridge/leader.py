@@ -5,7 +5,9 @@ LEASE seconds (the bucket's max age). A bridge becomes leader by creating the ke
 fails when the key holds a value), renews it every LEASE/5 with a write that expects its last
 revision (which fails if anyone else wrote it meanwhile), and deletes it when it stops. When a
 leader dies, its key expires within LEASE seconds and a standby, retrying every RETRY seconds,
-takes over: at most LEASE + RETRY (12 s) after the last renewal.
+takes over: at most LEASE + RETRY (12 s) after the last renewal. A bridge that finds the key
+still naming itself (it stepped down for want of answers while its renewals still reached the
+server) takes it again at once: nobody else holds it.
 
 A renewal that fails for want of an answer (a NATS restart, a stream leader election in a
 cluster) is retried until the lease would run out on this bridge's own clock, less a margin;
@@ -170,22 +172,35 @@ class LeaderElection:
         try:
             self._revision = await bucket.create(LEADER_KEY, self._value())
         except WrongRevisionError:
-            await self._note_leader(bucket)
-            return
+            own = await self._note_leader(bucket)
+            if own is None:
+                return
+            # The key still names this bridge: it stepped down for want of answers (NATS
+            # frozen, its connection deaf) while its renewals still reached the server. Nobody
+            # else holds the lease, so it is taken again now, not after it runs out; the write
+            # expects the revision read, so a bridge that took it meanwhile keeps it.
+            try:
+                self._revision = await bucket.write(Write(LEADER_KEY, self._value(), expect=own))
+            except WrongRevisionError:
+                return
         self._valid_until = started + self._lease
         self._become(True)
 
-    async def _note_leader(self, bucket: Bucket) -> None:
+    async def _note_leader(self, bucket: Bucket) -> int | None:
+        """Note who holds the lease; the key's revision when it names this bridge."""
         entry = await bucket.get(LEADER_KEY)
         if entry is None or entry.operation is not None or not entry.value:
-            return
+            return None
         try:
             leader = _LEASE_DECODER.decode(entry.value).bridge_id
         except msgspec.DecodeError:
-            return
+            return None
+        if leader == self.identity:
+            return entry.revision
         if leader != self.leader:
             self.leader = leader
             log.info("bridge_standby", leader=leader, me=self.identity)
+        return None
 
     async def _renew(self, bucket: Bucket) -> None:
         started = self._now()

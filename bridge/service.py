@@ -1,7 +1,8 @@
 """The running bridge: what every replica runs, and a leader's duties for as long as it leads.
 
 `Bridge.run()` runs, in one TaskGroup until asked to stop:
-- on every replica: presence, the leader election and (BRIDGE_AUTH_CALLOUT) the auth callout;
+- on every replica: presence, the leader election, the NATS probe (for /healthz) and
+  (BRIDGE_AUTH_CALLOUT) the auth callout;
 - on the leader only, for as long as its term lasts: discovery rounds into the bucket, the
   presence sync, the broadcast API, the bucket's audit and the Docker events follower.
 Its collaborators are built and passed in by bridge/app.py's `open_bridge`.
@@ -15,6 +16,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from bridge.broadcast_api import BroadcastService
+from bridge.bus import NatsProbe
 from bridge.callout import Callout
 from bridge.config import Settings
 from bridge.discovery.events import EventFollower
@@ -48,6 +50,7 @@ class Bridge:
         *,
         settings: Settings,
         nc: NATS,
+        probe: NatsProbe,
         metrics: Metrics,
         presence: Presence,
         registry: AgentRegistry,
@@ -75,6 +78,7 @@ class Bridge:
         self._reconnected = reconnected
         self._presence_changed = presence_changed
         self.http_port = http_port
+        self.probe = probe
         # Set once every task runs (a standby is then ready; a leader's first round may follow).
         self.ready = asyncio.Event()
 
@@ -85,6 +89,7 @@ class Bridge:
                 tg.create_task(self.presence.run(), name="presence"),
                 tg.create_task(self.election.run(), name="election"),
                 tg.create_task(self._lead_when_elected(), name="leadership"),
+                tg.create_task(self.probe.run(), name="nats-probe"),
             ]
             if self.callout is not None:
                 tasks.append(tg.create_task(self.callout.run(), name="auth-callout"))
@@ -155,6 +160,7 @@ class Bridge:
         now = asyncio.get_running_loop().time()
         observed = Observed(
             nats_connected=self.nc.is_connected,
+            nats_silent_for=self.probe.silent_for(),
             leading=leading,
             leader=self.election.leader,
             last_round_age=None if last is None else now - last,

@@ -192,3 +192,35 @@ async def test_leader_keeps_its_term_when_the_lease_bucket_is_lost(nc: NATS, uni
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_lease_that_still_names_this_bridge_is_taken_at_once(nc: NATS, unique: str) -> None:
+    """A bridge that stepped down for want of answers while its renewals still reached the
+    server (NATS frozen, its connection deaf) finds the key naming it: nobody else leads, so
+    it leads again at once, not after the lease runs out; a key naming another bridge waits."""
+    names = Names(prefix=f"l{unique}", agents_bucket=f"agents_{unique}")
+    first = LeaderElection(nc, names, identity="bridge-a", lease=30.0, retry=0.2)
+    task = asyncio.create_task(first.run())
+    try:
+        await _wait_leader(first)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    # Cancelled, it resigned: the key is deleted. Put back what a late renewal leaves.
+    kv = await nc.jetstream().key_value(names.leader_bucket)
+    own = msgspec.json.encode(Lease(bridge_id="bridge-a", since="x"))
+    await kv.put("leader", own)
+    again = LeaderElection(nc, names, identity="bridge-a", lease=30.0, retry=0.2)
+    other = LeaderElection(nc, names, identity="bridge-b", lease=30.0, retry=0.2)
+    tasks = [asyncio.create_task(again.run()), asyncio.create_task(other.run())]
+    try:
+        await _wait_leader(again)  # well within the 30 s lease
+        lease = msgspec.json.decode((await kv.get("leader")).value or b"", type=Lease)
+        assert lease.bridge_id == "bridge-a" and lease.since != "x"  # a new term
+        await wait_for(lambda: other.leader == "bridge-a", what="the other to see the leader")
+        assert not other.is_leader.is_set()
+    finally:
+        for running in tasks:
+            running.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
