@@ -9,6 +9,7 @@ the NATS micro service `chorus-bridge`, so `nats micro ls|info|stats` find it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import re
 import time
