@@ -253,6 +253,7 @@ _MODELS: tuple[type[msgspec.Struct], ...] = (
 
 def _components() -> dict[str, Any]:
     _, schemas = msgspec.json.schema_components(_MODELS, ref_template=_REF)
+    _ecmascript_patterns(schemas)
     messages = {
         m.__name__: {
             "name": m.__name__,
@@ -264,6 +265,21 @@ def _components() -> dict[str, Any]:
         for m in _MODELS
     }
     return {"schemas": schemas, "messages": messages}
+
+
+def _ecmascript_patterns(schema: Any) -> None:
+    """JSON Schema patterns are ECMAScript's, where `$` is the end of the string (Python's
+    `$` also matches before a final newline, so the models end theirs in `\\Z`, which
+    ECMAScript has not)."""
+    if isinstance(schema, dict):
+        pattern = schema.get("pattern")
+        if isinstance(pattern, str) and pattern.endswith("\\Z"):
+            schema["pattern"] = pattern[:-2] + "$"
+        for value in schema.values():
+            _ecmascript_patterns(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            _ecmascript_patterns(value)
 
 
 def asyncapi_document(names: Names) -> dict[str, Any]:
