@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import nats
-from common import BENCH, Bench, Series, arguments, child_process, main, quiet_logs
+from common import BENCH, Bench, Series, arguments, child_process, main, opportunity, quiet_logs
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -38,7 +38,6 @@ from bridge.models import (
     BroadcastReport,
     CouncilOpportunity,
     ErrorReply,
-    Role,
     decode_reply,
     encode,
 )
@@ -52,19 +51,6 @@ LIMIT_S = 1.0
 START_TIMEOUT = 240.0
 REQUEST_TIMEOUT = 10.0
 NAMES = Names(prefix="chorus", agents_bucket="chorus_agents")
-
-
-def opportunity(number: int) -> CouncilOpportunity:
-    return CouncilOpportunity(
-        id=f"bench-bus-{number}",
-        project="bench",
-        title="A council",
-        roles=[
-            Role(name="tpm", core=True),
-            Role(name="senior-software-architect", core=True),
-            Role(name="qa-engineer", core=False),
-        ],
-    )
 
 
 async def wait_until_on_bus(nc: NATS, bench: Bench, started: float) -> None:
@@ -159,7 +145,7 @@ async def measure(bench: Bench, nc: NATS, warmup: int, reps: int) -> None:
     for index in range(warmup + reps):
         for step in ("bare", "bridge") if index % 2 == 0 else ("bridge", "bare"):
             number += 1
-            offer = opportunity(number)
+            offer = opportunity(f"bench-bus-{number}")
             started = time.perf_counter()
             if step == "bare":
                 count = await bare_broadcast(nc, offer)

@@ -41,7 +41,17 @@ from pathlib import Path
 import aiohttp
 import httpx
 import nats
-from common import BENCH, Bench, Series, arguments, child_process, main, quiet_logs, timed
+from common import (
+    BENCH,
+    Bench,
+    Series,
+    arguments,
+    child_process,
+    main,
+    opportunity,
+    quiet_logs,
+    timed,
+)
 from nats.aio.client import Client as NATS
 
 import bridge.broadcast
@@ -49,7 +59,7 @@ from bridge.agent_http import AgentHTTP
 from bridge.broadcast import Broadcaster
 from bridge.config import Settings
 from bridge.embedded import EmbeddedNats
-from bridge.models import CouncilOpportunity, Role, encode
+from bridge.models import CouncilOpportunity, encode
 from bridge.sim import allocate_addresses
 from bridge.subjects import Names
 from bridge.targets import Target
@@ -59,19 +69,6 @@ BASE = "127.5.0.1"
 SPEEDUP_MIN = 20.0
 RATIO_LIMIT = 1.5
 FLEET_START_TIMEOUT = 120.0
-
-
-def opportunity(number: int) -> CouncilOpportunity:
-    return CouncilOpportunity(
-        id=f"bench-http-{number}",
-        project="bench",
-        title="A council",
-        roles=[
-            Role(name="tpm", core=True),
-            Role(name="senior-software-architect", core=True),
-            Role(name="qa-engineer", core=False),
-        ],
-    )
 
 
 class Run:
@@ -87,7 +84,7 @@ class Run:
 
     def _next(self) -> CouncilOpportunity:
         self.number += 1
-        return opportunity(self.number)
+        return opportunity(f"bench-http-{self.number}")
 
     def _check(self, what: str, ok: int, expected: int) -> None:
         if ok != expected:

@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from pathlib import Path
 from typing import Any
 
+from bridge.models import CouncilOpportunity, Role
+
 __all__ = [
     "BENCH",
     "REPO",
@@ -31,6 +33,7 @@ __all__ = [
     "arguments",
     "child_process",
     "main",
+    "opportunity",
     "quiet_logs",
     "timed",
 ]
@@ -262,3 +265,17 @@ async def child_process(
     finally:
         if log_file is not None:
             log_file.close()
+
+
+def opportunity(opportunity_id: str) -> CouncilOpportunity:
+    """The council every broadcast benchmark offers: three roles, two of them core."""
+    return CouncilOpportunity(
+        id=opportunity_id,
+        project="bench",
+        title="A council",
+        roles=[
+            Role(name="tpm", core=True),
+            Role(name="senior-software-architect", core=True),
+            Role(name="qa-engineer", core=False),
+        ],
+    )
