@@ -14,6 +14,7 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
 from bridge.embedded import EmbeddedNats
+from bridge.kv import snapshot_of
 from bridge.models import (
     ACK_DECODER,
     CLAIM_DECODER,
@@ -76,17 +77,18 @@ async def post(
 
 
 async def presence_entries(nc: NATS, names: Names) -> dict[str, PresenceEntry]:
-    """The live entries of the presence bucket (purged and expired ones left out)."""
+    """The live entries of the presence bucket (purged and expired ones left out).
+
+    Read through the bridge's snapshot: a bare nats-py watch may mark "no more current
+    values" before delivering the first one when the machine is loaded.
+    """
     kv = await nc.jetstream().key_value(names.presence_bucket)
-    watcher = await kv.watchall()
-    entries = {}
-    async for entry in watcher:
-        if entry is None:
-            break
-        if entry.operation is None and entry.value:
-            entries[entry.key] = PRESENCE_DECODER.decode(entry.value)
-    await watcher.stop()  # type: ignore[no-untyped-call]
-    return entries
+    entries = await snapshot_of(kv, timeout=10, name=names.presence_bucket)
+    return {
+        key: PRESENCE_DECODER.decode(entry.value)
+        for key, entry in entries.items()
+        if entry.operation is None and entry.value
+    }
 
 
 async def collect_acks(
