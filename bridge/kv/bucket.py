@@ -5,7 +5,7 @@ bridge's: created when missing, its settings checked), `bind_bucket` and `open_b
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import nats.errors
 import nats.js.errors
@@ -19,7 +19,7 @@ from bridge.errors import BucketMissingError, NatsError, WrongRevisionError
 from bridge.kv.errors import _NO_STREAM, _mapped
 from bridge.kv.records import BucketSpec, Entry, RawBucket, Write, _operation, _seconds
 from bridge.kv.settings import _check
-from bridge.kv.watch import Watcher, snapshot_of
+from bridge.kv.watch import Watcher, snapshot_of, watching
 from bridge.kv.writes import write_batch
 
 log = structlog.get_logger(__name__)
@@ -121,19 +121,9 @@ class Bucket:
         writes that expect one). Raises NatsError when it takes longer than `timeout`."""
         return await snapshot_of(self._kv, timeout, self.name)
 
-    @contextlib.asynccontextmanager
-    async def watch(self) -> AsyncIterator[Watcher]:
+    def watch(self) -> contextlib.AbstractAsyncContextManager[Watcher]:
         """Watch every key: current values first (then None), then each change."""
-        try:
-            raw = await self._kv.watchall()
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise _mapped(exc, f"watching bucket {self.name!r}") from exc
-        watcher = Watcher(raw, self.name)
-        try:
-            yield watcher
-        finally:
-            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, OSError):
-                await raw.stop()  # type: ignore[no-untyped-call]
+        return watching(self._kv, self.name)
 
 
 async def bind_bucket(nc: NATS, name: str, timeout: float = API_TIMEOUT) -> RawBucket:
