@@ -4,7 +4,9 @@ discovering and answering broadcasts, and the bucket is right after."""
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -15,10 +17,13 @@ from tests.chaos.support import bucket_agents
 from tests.conftest import run_bridge, wait_for
 from tests.nats_cluster import nats_cluster, settled
 
-# The issue's target is 3 s; a loaded CI machine gets some slack, the figures are printed.
+# The target is 3 s, and bench/recovery.py measures it. This test guards against the outages
+# it replaced (broadcasts lost for 9 s, a new task for 30 s) on a loaded CI machine: once, with
+# the machine's 2 cores saturated by other work, a kill cost 5.6 s, so the bound is 8 s; the
+# figures are printed, and the bridge's log lines since the kill shown when the bound is missed.
 # A kill of the agents stream's own leader waits for its election (nats-server followers wait
 # 4 to 9 s to campaign), then for the bridge's next retry (at most 2 s apart).
-BOUND, ELECTION_BOUND = 5.0, 15.0
+BOUND, ELECTION_BOUND = 8.0, 15.0
 
 
 async def test_kills_in_a_cluster_of_three(
@@ -30,7 +35,7 @@ async def test_kills_in_a_cluster_of_three(
         gaps = await _kills(tmp_path, settings, swarm)
     for gap in gaps:
         bound = ELECTION_BOUND if gap.fault == "agents stream leader" else BOUND
-        assert gap.discovery_s < bound and gap.broadcast_s < BOUND, gap
+        assert gap.discovery_s < bound and gap.broadcast_s < BOUND, (gap, _after(logs, gap))
     # The lease survived the elections: renewals are retried within it. (Only the lease
     # stream's own election may outlast the 7.5 s left to retry: nats-server followers wait
     # 4 to 9 s before they campaign; the bridge then steps down and leads again.)
@@ -40,6 +45,14 @@ async def test_kills_in_a_cluster_of_three(
         if event["event"] == "leader_lease_lost":
             fault = [e["fault"] for e in lost[:index] if e["event"] == "kill"][-1]
             assert fault == "lease stream leader", (fault, kills_before_loss)
+
+
+def _after(logs: list[MutableMapping[str, Any]], gap: Gap) -> list[str]:
+    """The bridge's log lines from the kill of `gap` to the next kill: what a failure shows."""
+    kills = [i for i, e in enumerate(logs) if e["event"] == "kill"]
+    start = next(i for i in kills if logs[i]["fault"] == gap.fault)
+    end = next((i for i in kills if i > start), len(logs))
+    return [" ".join(f"{k}={v}" for k, v in e.items()) for e in logs[start:end]]
 
 
 async def _kills(tmp_path: Path, settings: Settings, swarm: EmulatedSwarm) -> list[Gap]:
