@@ -497,18 +497,15 @@ class TestEvents:
 
 class TestScale:
     async def test_ten_thousand_tasks(self, sock_path: Path) -> None:
-        """10,000 tasks build in well under a second and are listed whole and fast."""
+        """10,000 tasks are listed whole; a change is in the next list (the cached body of a
+        query is dropped). How fast: bench/discovery_round.py, not a timed test."""
         state = EmulatedSwarm(seed=1)
-        started = time.perf_counter()
         ids = state.add_tasks(10_000)
-        assert time.perf_counter() - started < 1.0
-        served = []
-        for task_id in ids[:3]:  # each change drops the cached list: time a real build
+        query = parse_filters(json.dumps(RUNNING))
+        for starting, task_id in enumerate(ids[:3], start=1):
+            state.tasks_body(query)  # cached now
             state.set_state(task_id, "starting")
-            started = time.perf_counter()
-            state.tasks_body(parse_filters(json.dumps(RUNNING)))
-            served.append(time.perf_counter() - started)
-        assert min(served) < 0.1
+            assert state.tasks_body(query).count(b'"State":"starting"') == starting
         async with DockerEmulator(sock_path, state) as emu:
             api = await connect(emu, timeout=30)
             tasks = await asyncio.to_thread(api.tasks, filters=RUNNING)
