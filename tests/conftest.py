@@ -19,6 +19,7 @@ from bridge.config import Settings
 from bridge.discovery.dns import DnsDiscovery
 from bridge.embedded import EmbeddedNats
 from bridge.emulator import DockerEmulator, EmulatedSwarm
+from bridge.kv import RawBucket, snapshot_of
 from bridge.models import ANNOUNCEMENT_DECODER, Announcement
 from tests.dns_server import DnsTestServer
 
@@ -57,6 +58,13 @@ async def announcements(nc: NATS, settings: Settings) -> list[Announcement]:
     await nc.subscribe(f"{settings.subject_prefix}.agents.announce", cb=on)
     await nc.flush()
     return seen
+
+
+async def live_keys(kv: RawBucket) -> list[str]:
+    """The keys of a bucket that hold a value, sorted. Not nats-py's `kv.keys()`: it stops at
+    its first "done" marker, which a loaded machine can see before the keys (bridge/kv/watch.py)."""
+    entries = await snapshot_of(kv, timeout=10)
+    return sorted(key for key, entry in entries.items() if entry.operation is None)
 
 
 async def wait_for(

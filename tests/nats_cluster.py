@@ -185,14 +185,29 @@ class NatsCluster:
                     return str(leader["leader"])
         raise AssertionError("no JetStream meta leader")
 
-    async def stream_leader(self, stream: str) -> str:
-        nc = await nats.connect(self.urls, connect_timeout=1)
+    async def stream_leader(self, stream: str, timeout: float = 30.0) -> str:
+        """The stream's leader, once it has one: a step-down or a kill may have started an
+        election, during which the server answers "no leader" or not at all."""
         try:
-            info = await nc.jetstream().stream_info(stream)
+            async with asyncio.timeout(timeout):
+                while (leader := await self._stream_leader_now(stream)) is None:  # noqa: ASYNC110 - polls the server: no event to wait on
+                    await asyncio.sleep(0.2)
+        except TimeoutError:
+            raise AssertionError(f"stream {stream} had no leader for {timeout:g} s") from None
+        return leader
+
+    async def _stream_leader_now(self, stream: str) -> str | None:
+        try:
+            nc = await nats.connect(self.urls, connect_timeout=1, allow_reconnect=False)
+        except (nats.errors.Error, OSError):
+            return None
+        try:
+            info = (await nc.jetstream().stream_info(stream)).cluster
+        except (nats.errors.Error, nats.js.errors.Error, OSError):
+            return None
         finally:
             await nc.close()
-        assert info.cluster is not None and info.cluster.leader
-        return str(info.cluster.leader)
+        return str(info.leader) if info is not None and info.leader else None
 
 
 @contextlib.asynccontextmanager

@@ -76,7 +76,7 @@ async def stage(
     on_bus: int | set[int] = 0,
     behaviours: Mapping[int, Behaviour] | None = None,
     extra_bus: int = 0,
-    ack_wait: float = 0.5,
+    ack_wait: float = 2.0,
     **fleet_args: Any,
 ) -> AsyncIterator[Stage]:
     """n agents as tasks of the emulated service (+ `extra_bus` bus agents that are no task)."""
@@ -167,7 +167,7 @@ async def test_misbehaving_agent_costs_its_own_timeout(
         assert failure.agent_id == s.fleet.agents[2].id
         assert failure.endpoint == s.fleet.agents[2].endpoint
         assert failure.error.startswith(error), failure.error
-        assert elapsed < s.settings.http_timeout * 2 + 1.0
+        assert elapsed < s.settings.http_timeout * 2 + 2.0
 
 
 async def test_huge_answer_is_read_no_further_than_64_kib(
@@ -177,7 +177,7 @@ async def test_huge_answer_is_read_no_further_than_64_kib(
     async with stage(settings, nats_server, swarm, 3, behaviours={0: "huge"}) as s:
         report = await s.broadcast(nc)
         assert report.success_count == 3 and report.failed == []
-        assert report.duration_ms < 1000
+        assert report.duration_ms < 3000
 
 
 async def test_double_ack_counts_once(

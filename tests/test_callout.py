@@ -24,7 +24,7 @@ from tests.callout_support import (
     refused,
     user,
 )
-from tests.conftest import RunningBridge, run_bridge, wait_for
+from tests.conftest import RunningBridge, live_keys, run_bridge, wait_for
 
 STRANGER = "127.10.255.254"  # on the emulated swarm's subnet, but no task has it
 
@@ -96,7 +96,7 @@ async def test_admitted_agent_writes_its_presence_acks_and_claims_as_itself(
     await ops.flush()
     assert seen.pending_msgs == 0  # nothing as the other agent got through
     presence = await ops.jetstream().key_value("chorus_presence")
-    assert await presence.keys() == [me]
+    assert await live_keys(presence) == [me]
     await ops.close()
 
 
@@ -174,10 +174,10 @@ async def test_bridge_coordinator_and_ops_are_unaffected(
     agents = await coordinator.jetstream().key_value("chorus_agents")
 
     async def written() -> bool:
-        return bool(await agents.keys())
+        return bool(await live_keys(agents))
 
     await wait_for(written, timeout=10, what="the bridge to write its agents")
-    assert len(await agents.keys()) == 2
+    assert len(await live_keys(agents)) == 2
     ops = await user(server, "ops", "OPS_PASS")
     await ops.publish("anything.at.all", b"")
     await ops.flush()

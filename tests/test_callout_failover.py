@@ -28,7 +28,7 @@ from tests.callout_support import (
     make_keys,
     user,
 )
-from tests.conftest import run_bridge, wait_for
+from tests.conftest import live_keys, run_bridge, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -113,7 +113,7 @@ async def leader_and_standby(
             agents = await coordinator.jetstream().key_value("chorus_agents")
 
             async def written() -> bool:
-                return bool(await agents.keys())
+                return bool(await live_keys(agents))
 
             await wait_for(written, timeout=10, what="the leader's agents")
             await coordinator.close()

@@ -12,6 +12,7 @@ import nats
 import pytest
 
 from bridge.demo import run_demo
+from tests.conftest import live_keys
 from tests.test_cli import env
 
 pytestmark = pytest.mark.timeout(120)
@@ -71,7 +72,7 @@ async def test_demo_keep_runs_until_ctrl_c() -> None:
         nc = await nats.connect(url.group(1), connect_timeout=2, max_reconnect_attempts=1)
         try:
             kv = await nc.jetstream().key_value("chorus_agents")
-            keys = await kv.keys()
+            keys = await live_keys(kv)
             assert len(keys) == 4
             assert any(f"kv get chorus_agents {min(keys)}" in line for line in out)
         finally:

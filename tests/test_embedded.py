@@ -18,7 +18,7 @@ import pytest
 from bridge.embedded import EmbeddedNats
 from bridge.emulator import DockerEmulator, EmulatedSwarm
 from bridge.errors import EmbeddedServerError
-from tests.conftest import wait_for
+from tests.conftest import live_keys, wait_for
 from tests.test_cli import env
 
 pytestmark = pytest.mark.timeout(90)
@@ -221,7 +221,7 @@ async def test_run_survives_its_nats_server_being_killed(
     nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=1)
     try:
         kv = await nc.jetstream().key_value(f"agents_{unique}")
-        assert len(await kv.keys()) == 3
+        assert len(await live_keys(kv)) == 3
     finally:
         await nc.close()
     assert proc.returncode is None

@@ -86,7 +86,10 @@ async def start(nats_url: str, docker_host: str, unique: str) -> BridgeProcess:
 async def test_standby_takes_over_after_sigkill(
     nats_server: EmbeddedNats, nc: NATS, tmp_path: Path, unique: str
 ) -> None:
-    """Kill the leader with SIGKILL: the standby leads within 15 s; the bucket stays right."""
+    """Kill the leader with SIGKILL: the standby leads within 20 s; the bucket stays right.
+
+    By design the takeover comes at most LEASE + RETRY (12 s) after the last renewal, which
+    came up to a renewal interval before the kill; the rest is room for a loaded machine."""
     swarm = EmulatedSwarm()
     swarm.add_tasks(4)
     async with DockerEmulator(tmp_path / "docker.sock", swarm) as emulator:
@@ -112,10 +115,10 @@ async def test_standby_takes_over_after_sigkill(
             first.proc.send_signal(signal.SIGKILL)
             killed = time.monotonic()
             await wait_for(
-                lambda: second.saw("bridge_leader"), timeout=15 + 1, what="the standby to take over"
+                lambda: second.saw("bridge_leader"), timeout=20 + 1, what="the standby to take over"
             )
             takeover = time.monotonic() - killed
-            assert takeover < 15, takeover
+            assert takeover < 20, takeover
             print(f"takeover after SIGKILL: {takeover:.1f} s")
             assert await bucket_right()
             swarm.add_tasks(2)

@@ -314,7 +314,7 @@ async def secured_fleet(
         nats_user="bridge",
         nats_password=PASSWORDS["BRIDGE_PASS"],
         agent_port=port,
-        bus_ack_wait=0.5,
+        bus_ack_wait=2.0,
     )
     # The bridge first: it creates the presence bucket, which agents may only use.
     async with (
