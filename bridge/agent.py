@@ -50,6 +50,7 @@ from bridge.models import (
     now_rfc3339,
 )
 from bridge.subjects import Names
+from bridge.waits import cancel_and_wait, raise_if_cancelled
 
 __all__ = [
     "AGENT_INBOX_PREFIX",
@@ -141,7 +142,7 @@ class BusAgent:
             sub = await self._nc.subscribe(self.names.opportunities, cb=self._received)
             self._stack.push_async_callback(sub.unsubscribe)
             refresher = asyncio.create_task(self._refresh(), name=f"presence-{self.id}")
-            self._stack.push_async_callback(_cancel, refresher)
+            self._stack.push_async_callback(cancel_and_wait, refresher)
         except BaseException:
             await self._stack.aclose()
             raise
@@ -216,6 +217,7 @@ class BusAgent:
 
     async def _refresh(self) -> None:
         while True:
+            raise_if_cancelled()  # a leave that the write's NATS call swallowed (bridge/waits.py)
             await asyncio.sleep(self._interval)
             try:
                 await self.write_presence()
@@ -245,12 +247,6 @@ class BusAgent:
             )
         except (nats.errors.Error, OSError) as exc:
             log.warning("agent_presence_not_purged", agent_id=self.id, error=repr(exc))
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 @contextlib.asynccontextmanager

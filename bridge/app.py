@@ -37,6 +37,7 @@ from bridge.registry import AgentRegistry
 from bridge.service import Bridge
 from bridge.subjects import Names
 from bridge.targets import TargetPlan
+from bridge.waits import cancel_and_wait
 
 __all__ = ["Bridge", "nats_for", "open_bridge", "run_bridge", "running_bridge"]
 
@@ -176,9 +177,7 @@ async def run_bridge(settings: Settings, nats_url: str, stop: asyncio.Event) -> 
         await asyncio.wait({service, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if not service.done() and not opened.is_set():
             log.info("bridge_stopped", reason="asked to stop while connecting to NATS")
-            service.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await service
+            await cancel_and_wait(service)
             return
         await service  # once open, the bridge stops by itself (and raises what it raised)
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import os
 import re
@@ -20,6 +19,7 @@ from types import TracebackType
 import structlog
 
 from bridge.errors import EmbeddedServerError
+from bridge.waits import cancel_and_wait
 
 __all__ = ["EmbeddedNats", "find_nats_server"]
 
@@ -275,9 +275,7 @@ class EmbeddedNats:
                 proc.kill()
                 await proc.wait()
         if self._drain is not None:
-            self._drain.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drain
+            await cancel_and_wait(self._drain)
             self._drain = None
 
     def _cleanup_tmp(self) -> None:
@@ -293,9 +291,7 @@ class EmbeddedNats:
     ) -> None:
         self._stopping = True
         if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+            await cancel_and_wait(self._supervisor)
             self._supervisor = None
         await self._stop_process()
         self._cleanup_tmp()

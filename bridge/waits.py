@@ -15,8 +15,9 @@ pending request: `wait_event` does it itself, other loops call `raise_if_cancell
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-__all__ = ["cancel_requested", "raise_if_cancelled", "wait_event"]
+__all__ = ["cancel_and_wait", "cancel_requested", "raise_if_cancelled", "wait_event"]
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
@@ -46,3 +47,13 @@ def raise_if_cancelled() -> None:
     waits with `asyncio.timeout` and goes on after a TimeoutError (see the module doc)."""
     if cancel_requested():
         raise asyncio.CancelledError
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel `task` and wait until it has ended. Unlike `await task` inside
+    `suppress(CancelledError)`, a stop of the caller itself is not lost on the way. An
+    exception the task ended with, other than its cancellation, is raised here."""
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        raise exc

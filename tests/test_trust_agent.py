@@ -4,6 +4,7 @@ the agent's id, opportunities, acks and claims on its own subjects, a clean leav
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from bridge.embedded import EmbeddedNats
 from bridge.emulator import EmulatedSwarm
 from bridge.errors import NatsError
 from bridge.models import CLAIM_DECODER, PRESENCE_DECODER, Claim, CouncilOpportunity
+from bridge.sim.presence import ensure_presence_bucket
 from bridge.subjects import Names
 from tests.conftest import wait_for
 from tests.test_broadcast import OPPORTUNITY, stage
@@ -83,6 +85,34 @@ async def test_joining_without_a_presence_bucket_says_what_to_check(
     with pytest.raises(NatsError, match="check that the bridge runs"):
         async with connect_agent(nats_server.url, "agent-1", prefix=f"t{unique}"):
             pass
+
+
+async def test_leaving_ends_when_a_presence_write_swallowed_the_stop(
+    nats_server: EmbeddedNats, nc: NATS, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leave's stop comes as a presence refresh is being answered, and the NATS call
+    swallows it (nats-py's wait_for on Python 3.11): the agent still leaves, at once."""
+    names = Names(prefix=f"t{unique}", agents_bucket=f"agents_{unique}")
+    await ensure_presence_bucket(nc, names)  # what the bridge does
+    refreshing = asyncio.Event()
+
+    async def write_that_swallows_the_stop() -> None:
+        answer = asyncio.get_running_loop().create_future()  # never answered
+        if refreshing.is_set():
+            await answer  # a second write would wait for good: the leave must not make one
+        refreshing.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await answer  # the leave's stop comes with the answer, and is lost
+
+    async with asyncio.timeout(10):
+        async with connect_agent(
+            nats_server.url, "agent-1", prefix=names.prefix, presence_interval=0.05
+        ) as agent:
+            monkeypatch.setattr(agent, "write_presence", write_that_swallows_the_stop)
+            await refreshing.wait()
+    kv = await nc.jetstream().key_value(names.presence_bucket)
+    with pytest.raises(nats.js.errors.KeyNotFoundError):
+        await kv.get("agent-1")  # and its entry was purged on the way out
 
 
 @pytest.mark.parametrize("agent_id", ["", "a.b", "a b", "a*", "a>", "é"])

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from bridge.waits import cancel_requested, raise_if_cancelled, wait_event
+from bridge.waits import cancel_and_wait, cancel_requested, raise_if_cancelled, wait_event
 from tests.conftest import swallow_a_stop
 
 # A test's own limit: long enough never to be reached when the guarantee holds.
@@ -117,3 +117,49 @@ async def test_wait_event_ends_on_a_swallowed_stop() -> None:
     task = asyncio.create_task(wait())
     assert await _ended(task)
     assert task.cancelled()
+
+
+async def test_cancel_and_wait_ends_the_task() -> None:
+    """The task is cancelled and has ended when cancel_and_wait returns."""
+    task = asyncio.create_task(asyncio.Event().wait())
+    await asyncio.sleep(0)  # the task is running
+    await cancel_and_wait(task)
+    assert task.cancelled()
+
+
+async def test_cancel_and_wait_raises_what_the_task_ended_with() -> None:
+    """A task that fails on its way out: the failure is the caller's, not lost."""
+
+    async def fails_when_stopped() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            raise RuntimeError("cleanup failed")
+
+    task = asyncio.create_task(fails_when_stopped())
+    await asyncio.sleep(0)  # the task is running
+    with pytest.raises(RuntimeError, match="cleanup failed"):
+        await cancel_and_wait(task)
+
+
+async def test_cancel_and_wait_lets_a_stop_of_the_caller_through() -> None:
+    """The caller is stopped while it waits for a task slow to end: the caller ends (a
+    `suppress(CancelledError)` around `await task` would take the caller's stop for the
+    task's and go on)."""
+    release = asyncio.Event()
+
+    async def slow_to_end() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await release.wait()
+
+    slow = asyncio.create_task(slow_to_end())
+    await asyncio.sleep(0)  # the task is running
+    caller = asyncio.create_task(cancel_and_wait(slow))
+    await asyncio.sleep(0)  # the caller is waiting for it
+    caller.cancel()
+    assert await _ended(caller)
+    assert caller.cancelled() and not slow.done()
+    release.set()
+    await asyncio.gather(slow, return_exceptions=True)

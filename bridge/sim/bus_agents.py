@@ -30,6 +30,7 @@ from bridge.models import OPPORTUNITY_DECODER, CouncilOpportunity
 from bridge.sim.agent import ClaimPolicy, SimAgent
 from bridge.sim.presence import PresenceWriter, ensure_presence_bucket
 from bridge.subjects import Names
+from bridge.waits import cancel_and_wait, raise_if_cancelled
 
 __all__ = ["AGENTS_PER_CONNECTION", "PRESENCE_INTERVAL", "BusAgents", "BusAuth"]
 
@@ -259,6 +260,7 @@ class BusAgents:
 
     async def _refresh_forever(self) -> None:
         while True:
+            raise_if_cancelled()  # a stop that a write's NATS call swallowed (bridge/waits.py)
             await asyncio.sleep(self._interval)
             await self.refresh()
 
@@ -296,9 +298,7 @@ class BusAgents:
         tb: TracebackType | None,
     ) -> None:
         if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
+            await cancel_and_wait(self._refresher)
         try:
             await self._purge_all()
         finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 
 import structlog
@@ -14,6 +13,7 @@ from bridge.sim.agent import Behaviour, ClaimPolicy, SimAgent, claim_core_role
 from bridge.sim.bus_agents import BusAuth
 from bridge.sim.http_agents import DEFAULT_OPPORTUNITY_PATH, HttpAgents
 from bridge.subjects import Names
+from bridge.waits import cancel_and_wait, raise_if_cancelled
 
 __all__ = ["run_single_agent"]
 
@@ -75,12 +75,9 @@ async def run_single_agent(
     try:
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (serving, stopping):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await stopping
-        with contextlib.suppress(asyncio.CancelledError):
-            await serving
+        serving.cancel()  # both asked at once; then each waited for
+        await cancel_and_wait(stopping)
+        await cancel_and_wait(serving)
     log.info("sim_agent_stopped", agent_id=name)
 
 
@@ -130,6 +127,7 @@ async def _stay_on_bus(
     interval = 1e9 if agent.behaviour == "leave" else PRESENCE_INTERVAL
     last_error = ""
     while True:
+        raise_if_cancelled()  # a stop that a NATS call swallowed (bridge/waits.py)
         try:
             async with connect_agent(
                 nats_url,
