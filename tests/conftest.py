@@ -204,6 +204,10 @@ async def run_bridge(
         await unless_stopped(task, bridge.ready.wait(), "the bridge to be ready")
         if first_round:
             await unless_stopped(task, bridge.pipeline.first_round.wait(), "a first round")
+            # The round's announcements may still sit in the client's buffer: once flushed,
+            # the server has delivered them, and a test that subscribes now sees only later
+            # ones.
+            await unless_stopped(task, bridge.nc.flush(timeout=5), "the first round's messages")
         yield running
     finally:
         if not task.done():
