@@ -20,11 +20,23 @@ from bridge.discovery.dns import DnsDiscovery
 from bridge.embedded import EmbeddedNats
 from bridge.emulator import DockerEmulator, EmulatedSwarm
 from bridge.kv import RawBucket, snapshot_of
-from bridge.models import ANNOUNCEMENT_DECODER, Announcement
+from bridge.models import ANNOUNCEMENT_DECODER, Announcement, CouncilOpportunity, Role
 from tests.dns_server import DnsTestServer
 
 # Responses recorded from a real Docker Engine 20.10 in swarm mode (their README says how).
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "docker-engine-20.10"
+
+# The opportunity the broadcast, trust and simulated-agent tests send.
+OPPORTUNITY = CouncilOpportunity(
+    id="council-42",
+    project="whoosh",
+    title="Build the API",
+    roles=[
+        Role(name="tpm", core=True),
+        Role(name="senior-software-architect", core=True),
+        Role(name="qa-engineer", core=False),
+    ],
+)
 
 
 @pytest.fixture

@@ -20,26 +20,13 @@ from bridge.models import (
     CLAIM_DECODER,
     BroadcastReport,
     Claim,
-    CouncilOpportunity,
     ErrorReply,
-    Role,
     decode_reply,
     encode,
 )
 from bridge.sim import Behaviour, SimFleet, allocate_addresses
 from bridge.subjects import Names
-from tests.conftest import RunningBridge, run_bridge, wait_for
-
-OPPORTUNITY = CouncilOpportunity(
-    id="council-42",
-    project="whoosh",
-    title="Build the API",
-    roles=[
-        Role(name="tpm", core=True),
-        Role(name="senior-software-architect", core=True),
-        Role(name="qa-engineer", core=False),
-    ],
-)
+from tests.conftest import OPPORTUNITY, RunningBridge, run_bridge, wait_for
 
 _bases = iter(f"127.{30 + i}.0.1" for i in range(200))
 

@@ -22,7 +22,6 @@ from bridge.models import (
     Ack,
     CouncilOpportunity,
     PresenceEntry,
-    Role,
     encode,
 )
 from bridge.sim import (
@@ -37,21 +36,11 @@ from bridge.sim import (
 )
 from bridge.sim.errors import SimulationError
 from bridge.subjects import Names
-from tests.conftest import wait_for
+from tests.conftest import OPPORTUNITY, wait_for
 
 # Loopback addresses only; each test uses its own range so that tests running side by side
 # never share an address and port.
 PATH = DEFAULT_OPPORTUNITY_PATH
-OPPORTUNITY = CouncilOpportunity(
-    id="council-42",
-    project="whoosh",
-    title="Build the API",
-    roles=[
-        Role(name="tpm", core=True),
-        Role(name="senior-software-architect", core=True),
-        Role(name="qa-engineer", core=False),
-    ],
-)
 
 
 @pytest.fixture

@@ -34,8 +34,8 @@ from bridge.models import (
 )
 from bridge.subjects import Names
 from bridge.targets import Target
-from tests.conftest import wait_for
-from tests.test_broadcast import OPPORTUNITY, Stage, stage
+from tests.conftest import OPPORTUNITY, wait_for
+from tests.test_broadcast import Stage, stage
 
 RECORDER_HOST = "127.40.0.50"
 

@@ -21,8 +21,8 @@ from bridge.errors import NatsError
 from bridge.models import CLAIM_DECODER, PRESENCE_DECODER, Claim, CouncilOpportunity
 from bridge.sim.presence import ensure_presence_bucket
 from bridge.subjects import Names
-from tests.conftest import wait_for
-from tests.test_broadcast import OPPORTUNITY, stage
+from tests.conftest import OPPORTUNITY, wait_for
+from tests.test_broadcast import stage
 from tests.test_nats_conf import PASSWORDS, _peer, _test_copy_of_conf
 
 
