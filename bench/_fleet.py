@@ -23,10 +23,10 @@ from pathlib import Path
 
 from common import quiet_logs
 
-from bridge.emulator import DockerEmulator, EmulatedSwarm
-from bridge.sim import SimFleet, allocate_addresses
-from bridge.sim.agent import Behaviour
-from bridge.subjects import Names
+from bridge.contract.names import Names
+from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
+from bridge.devkit.sim import SimFleet, allocate_addresses
+from bridge.devkit.sim.agent import Behaviour
 
 
 def _parser() -> argparse.ArgumentParser:

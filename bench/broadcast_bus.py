@@ -33,16 +33,16 @@ from common import BENCH, Bench, Series, arguments, child_process, main, opportu
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from bridge.embedded import EmbeddedNats
-from bridge.models import (
+from bridge.bus.registry import read_bucket
+from bridge.contract.messages import (
     BroadcastReport,
     CouncilOpportunity,
     ErrorReply,
     decode_reply,
     encode,
 )
-from bridge.registry import read_bucket
-from bridge.subjects import Names
+from bridge.contract.names import Names
+from bridge.edges.nats_server import EmbeddedNats
 
 AGENTS = 10_000
 CONNECTIONS = 20

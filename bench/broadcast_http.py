@@ -6,7 +6,7 @@ answer) the same 1,000 POSTs are made by:
 - the Broadcaster (its bus step runs against a real nats-server; with no agent on the bus it
   costs next to nothing), with the bridge's HTTP to agents, `AgentHTTP(settings)`;
 - the same with CPython's collector thresholds left as they are, for reference: what
-  `bridge.gc_tuning.fewer_collections` saves;
+  `bridge.broadcast.gc_tuning.fewer_collections` saves;
 - a bare httpx fan-out, asyncio.gather + Semaphore(256) around `client.post`, on
   `AgentHTTP.client` (the same transport and limits);
 - a bare httpx fan-out with a default httpx.AsyncClient and the same limits;
@@ -54,15 +54,15 @@ from common import (
 )
 from nats.aio.client import Client as NATS
 
-import bridge.broadcast
-from bridge.agent_http import AgentHTTP
-from bridge.broadcast import Broadcaster
+import bridge.broadcast.broadcaster
+from bridge.broadcast.broadcaster import Broadcaster
+from bridge.broadcast.targets import Target
 from bridge.config import Settings
-from bridge.embedded import EmbeddedNats
-from bridge.models import CouncilOpportunity, encode
-from bridge.sim import allocate_addresses
-from bridge.subjects import Names
-from bridge.targets import Target
+from bridge.contract.messages import CouncilOpportunity, encode
+from bridge.contract.names import Names
+from bridge.devkit.sim import allocate_addresses
+from bridge.edges.agent_http import AgentHTTP
+from bridge.edges.nats_server import EmbeddedNats
 
 AGENTS = 1_000
 BASE = "127.5.0.1"
@@ -101,9 +101,9 @@ class Run:
 
     async def broadcaster_default_gc(self) -> None:
         """The Broadcaster with CPython's collector thresholds as they are: what
-        bridge.gc_tuning.fewer_collections saves."""
+        bridge.broadcast.gc_tuning.fewer_collections saves."""
         with unittest.mock.patch.object(
-            bridge.broadcast, "fewer_collections", contextlib.nullcontext
+            bridge.broadcast.broadcaster, "fewer_collections", contextlib.nullcontext
         ):
             await self._broadcast(self.settings, self.targets, "broadcaster, default gc")
 

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from pathlib import Path
 from typing import Any
 
-from bridge.models import CouncilOpportunity, Role
+from bridge.contract.messages import CouncilOpportunity, Role
 
 __all__ = [
     "BENCH",
@@ -162,7 +162,7 @@ def arguments(description: str) -> argparse.Namespace:
 
 def quiet_logs() -> None:
     """Warnings and errors only, on stderr: the tables own stdout."""
-    from bridge.logs import configure_logging
+    from bridge.ops.logs import configure_logging
 
     configure_logging("console", "WARNING")
 

@@ -1,6 +1,6 @@
 """One discovery round of 10,000 emulated tasks, against the bare fetch of the same bytes.
 
-The emulated Docker Engine runs in its own process (`python -m bridge.emulator`), so serving
+The emulated Docker Engine runs in its own process (`python -m bridge.devkit.emulator`), so serving
 13 MB of tasks does not share this process's GIL. The round is the bridge's own
 `DiscoveryPipeline.run_round`: GET /tasks through the docker SDK, decode, `Roster.apply`, and
 `AgentRegistry.sync` on a real nats-server whose bucket already holds the 10,000 agents.
@@ -35,18 +35,18 @@ import nats
 from common import Bench, Series, arguments, child_process, main, quiet_logs, timed
 from nats.aio.client import Client as NATS
 
+from bridge.bus.presence import Presence
+from bridge.bus.registry import AgentRegistry
 from bridge.config import Settings
+from bridge.contract.names import Names
 from bridge.discovery.dns import DnsDiscovery
 from bridge.discovery.methods import Discoverer
+from bridge.discovery.pipeline import DiscoveryPipeline
+from bridge.discovery.roster import Roster
 from bridge.discovery.swarm import SwarmDiscovery
-from bridge.docker_api import DockerAPI
-from bridge.embedded import EmbeddedNats
-from bridge.metrics import Metrics
-from bridge.pipeline import DiscoveryPipeline
-from bridge.presence import Presence
-from bridge.registry import AgentRegistry
-from bridge.roster import Roster
-from bridge.subjects import Names
+from bridge.edges.docker_api import DockerAPI
+from bridge.edges.nats_server import EmbeddedNats
+from bridge.ops.metrics import Metrics
 
 TASKS = 10_000
 ROUND_LIMIT_S = 0.250
@@ -123,7 +123,7 @@ async def run() -> int:
                 emulator_cmd = [
                     sys.executable,
                     "-m",
-                    "bridge.emulator",
+                    "bridge.devkit.emulator",
                     "--socket",
                     str(sock),
                     "--tasks",

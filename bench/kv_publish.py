@@ -32,14 +32,14 @@ from common import Bench, Series, arguments, child_process, main, quiet_logs
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig
 
+from bridge.bus.registry import AgentRegistry
 from bridge.config import Settings
+from bridge.contract.messages import Agent, encode, now_rfc3339
+from bridge.contract.names import Names
+from bridge.devkit.emulator import EmulatedSwarm
+from bridge.devkit.emulator.filters import parse_filters
 from bridge.discovery.tasks import TaskListDecoder
-from bridge.embedded import EmbeddedNats
-from bridge.emulator import EmulatedSwarm
-from bridge.emulator.filters import parse_filters
-from bridge.models import Agent, encode, now_rfc3339
-from bridge.registry import AgentRegistry
-from bridge.subjects import Names
+from bridge.edges.nats_server import EmbeddedNats
 
 AGENTS = 10_000
 RATIO_LIMIT = 1.5
@@ -199,7 +199,7 @@ async def measure_rss(bench: Bench, url: str, tmp: Path) -> None:
     emulator = [
         sys.executable,
         "-m",
-        "bridge.emulator",
+        "bridge.devkit.emulator",
         "--socket",
         str(sock),
         "--tasks",

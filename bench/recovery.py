@@ -1,7 +1,7 @@
 """Recovery of the bridge after NATS faults: restarts of a single server, kills in a cluster.
 
 The bridge runs in this process (`Bridge.run`, as the tests run it) on the emulated Docker
-Engine (`bridge.emulator`, in-process, on a unix socket) with 3 tasks; NATS is real
+Engine (`bridge.devkit.emulator`, in-process, on a unix socket) with 3 tasks; NATS is real
 nats-server processes (tests/nats_cluster.py) on loopback.
 
 Restart (5 times each, store kept, then store wiped): nats-server is stopped (SIGTERM) and
@@ -38,7 +38,7 @@ from common import Bench, Series, arguments, main, quiet_logs
 
 from bridge.app import Bridge, running_bridge
 from bridge.config import Settings
-from bridge.emulator import DockerEmulator, EmulatedSwarm
+from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
 from tests.chaos.scenarios import KILLS, Gap, kill_and_measure, measure, streams_of
 from tests.chaos.support import has_key
 from tests.nats_cluster import NatsProcess, nats_cluster, settled

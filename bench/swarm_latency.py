@@ -50,8 +50,8 @@ from nats.js.kv import KeyValue
 
 from bridge.app import Bridge, running_bridge
 from bridge.config import Settings
-from bridge.embedded import EmbeddedNats
-from bridge.logs import configure_logging
+from bridge.edges.nats_server import EmbeddedNats
+from bridge.ops.logs import configure_logging
 from tests.swarm_support import NETWORK, AgentService, EngineUnavailable, open_engine
 
 POLL_INTERVAL = 30.0

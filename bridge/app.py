@@ -14,29 +14,29 @@ from pathlib import Path
 
 import structlog
 
-from bridge.agent_http import AgentHTTP
-from bridge.broadcast import Broadcaster
-from bridge.broadcast_api import BroadcastService
-from bridge.bus import NatsProbe, connect
-from bridge.callout import Callout, CalloutKeys
-from bridge.callout_agents import AgentAddresses
+from bridge.broadcast.api import BroadcastService
+from bridge.broadcast.broadcaster import Broadcaster
+from bridge.broadcast.targets import TargetPlan
+from bridge.bus.lease import LeaderElection
+from bridge.bus.presence import Presence
+from bridge.bus.registry import AgentRegistry
 from bridge.config import Settings
+from bridge.contract.names import Names
 from bridge.discovery.dns import DnsDiscovery
 from bridge.discovery.events import EventFollower
 from bridge.discovery.methods import Discoverer
+from bridge.discovery.pipeline import DiscoveryPipeline
 from bridge.discovery.swarm import SwarmDiscovery
-from bridge.docker_api import DockerAPI
-from bridge.embedded import EmbeddedNats
-from bridge.health import NATS_SILENCE_LIMIT
-from bridge.http_api import listening_socket, serve_http
-from bridge.leader import LeaderElection
-from bridge.metrics import Metrics
-from bridge.pipeline import DiscoveryPipeline
-from bridge.presence import Presence
-from bridge.registry import AgentRegistry
+from bridge.edges.agent_http import AgentHTTP
+from bridge.edges.docker_api import DockerAPI
+from bridge.edges.nats_client import NatsProbe, connect
+from bridge.edges.nats_server import EmbeddedNats
+from bridge.ops.health import NATS_SILENCE_LIMIT
+from bridge.ops.http import listening_socket, serve_http
+from bridge.ops.metrics import Metrics
 from bridge.service import Bridge
-from bridge.subjects import Names
-from bridge.targets import TargetPlan
+from bridge.trust.agent_index import AgentAddresses
+from bridge.trust.callout import Callout, CalloutKeys
 from bridge.waits import cancel_and_wait
 
 __all__ = ["Bridge", "nats_for", "open_bridge", "run_bridge", "running_bridge"]

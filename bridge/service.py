@@ -15,20 +15,20 @@ import asyncio
 import structlog
 from nats.aio.client import Client as NATS
 
-from bridge.broadcast_api import BroadcastService
-from bridge.bus import NatsProbe
-from bridge.callout import Callout
+from bridge.broadcast.api import BroadcastService
+from bridge.bus.lease import LeaderElection
+from bridge.bus.presence import Presence
+from bridge.bus.registry import AgentRegistry
 from bridge.config import Settings
 from bridge.discovery.events import EventFollower
+from bridge.discovery.pipeline import DiscoveryPipeline
+from bridge.discovery.roster import Roster
 from bridge.discovery.swarm import SwarmDiscovery
+from bridge.edges.nats_client import NatsProbe
 from bridge.errors import DockerAPIError, NatsError
-from bridge.health import Observed, assess
-from bridge.leader import LeaderElection
-from bridge.metrics import Metrics
-from bridge.pipeline import DiscoveryPipeline
-from bridge.presence import Presence
-from bridge.registry import AgentRegistry
-from bridge.roster import Roster
+from bridge.ops.health import Observed, assess
+from bridge.ops.metrics import Metrics
+from bridge.trust.callout import Callout
 from bridge.waits import raise_if_cancelled
 
 __all__ = ["Bridge"]
@@ -154,7 +154,7 @@ class Bridge:
             self.pipeline.trigger()
 
     def health(self) -> tuple[bool, dict[str, object]]:
-        """(healthy, details) for /healthz: the policy is bridge/health.py's."""
+        """(healthy, details) for /healthz: the policy is bridge/ops/health.py's."""
         leading = self.election.is_leader.is_set()
         last = self.pipeline.last_success
         now = asyncio.get_running_loop().time()

@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from bridge.nkeys_jwt import CurveKey, SigningKey, new_seed
+from bridge.edges.nkeys_jwt import CurveKey, SigningKey, new_seed
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -16,9 +16,9 @@ from nats.aio.client import Client as NATS
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.config import Settings
-from bridge.embedded import EmbeddedNats
-from bridge.metrics import CALLOUT_REFUSALS
-from bridge.nkeys_jwt import CurveKey, SigningKey, new_seed
+from bridge.edges.nats_server import EmbeddedNats
+from bridge.edges.nkeys_jwt import CurveKey, SigningKey, new_seed
+from bridge.ops.metrics import CALLOUT_REFUSALS
 from tests.callout_client import RawClient, Refused, raw_connect
 from tests.conftest import RunningBridge
 
@@ -62,7 +62,8 @@ def make_keys(directory: Path) -> CalloutFiles:
 
 def write_confs(directory: Path, *, xkey: bool = True) -> Path:
     """nats.conf and nats-callout.conf as shipped, side by side in `directory`, less the two
-    lines of nats.conf that only make sense in the container (as tests/test_nats_conf.py does),
+    lines of nats.conf that only make sense in the container (as tests/trust/test_nats_conf.py
+    does),
     and less the xkey line of nats-callout.conf when `xkey` is False. Returns the callout one."""
     text = (ROOT / "nats.conf").read_text()
     for line in (r"^\s*store_dir: /data\s*$", r"^\s*http: 0\.0\.0\.0:8222\s*$"):

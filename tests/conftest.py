@@ -16,11 +16,11 @@ from nats.aio.msg import Msg
 
 from bridge.app import Bridge, open_bridge
 from bridge.config import Settings
+from bridge.contract.messages import ANNOUNCEMENT_DECODER, Announcement, CouncilOpportunity, Role
+from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
 from bridge.discovery.dns import DnsDiscovery
-from bridge.embedded import EmbeddedNats
-from bridge.emulator import DockerEmulator, EmulatedSwarm
-from bridge.kv import RawBucket, snapshot_of
-from bridge.models import ANNOUNCEMENT_DECODER, Announcement, CouncilOpportunity, Role
+from bridge.edges.kv import RawBucket, snapshot_of
+from bridge.edges.nats_server import EmbeddedNats
 from tests.dns_server import DnsTestServer
 
 # Responses recorded from a real Docker Engine 20.10 in swarm mode (their README says how).
@@ -74,7 +74,8 @@ async def announcements(nc: NATS, settings: Settings) -> list[Announcement]:
 
 async def live_keys(kv: RawBucket) -> list[str]:
     """The keys of a bucket that hold a value, sorted. Not nats-py's `kv.keys()`: it stops at
-    its first "done" marker, which a loaded machine can see before the keys (bridge/kv/watch.py)."""
+    its first "done" marker, which a loaded machine can see before the keys
+    (bridge/edges/kv/watch.py)."""
     entries = await snapshot_of(kv, timeout=10)
     return sorted(key for key, entry in entries.items() if entry.operation is None)
 

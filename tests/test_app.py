@@ -9,11 +9,11 @@ import pytest
 import structlog
 from nats.aio.client import Client as NATS
 
+from bridge.bus.registry import read_bucket
 from bridge.config import Settings
-from bridge.embedded import EmbeddedNats
-from bridge.emulator import DockerEmulator, EmulatedSwarm
-from bridge.models import Agent
-from bridge.registry import read_bucket
+from bridge.contract.messages import Agent
+from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
+from bridge.edges.nats_server import EmbeddedNats
 from tests.conftest import (
     RunningBridge,
     announcements,

@@ -14,9 +14,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # The tests that read tests/fixtures/ (the recorded Docker Engine answers).
 FIXTURE_TESTS = (
-    "tests/test_discovery_swarm.py",
-    "tests/test_discovery_tasks.py",
-    "tests/test_emulator.py",
+    "tests/discovery/test_swarm.py",
+    "tests/discovery/test_tasks.py",
+    "tests/devkit/test_emulator.py",
 )
 
 

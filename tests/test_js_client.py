@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from bridge.config import Settings
-from bridge.embedded import EmbeddedNats
-from bridge.emulator import EmulatedSwarm
+from bridge.devkit.emulator import EmulatedSwarm
+from bridge.edges.nats_server import EmbeddedNats
 from tests.conftest import RunningBridge
 from tests.js_support import JS_DIR, node_or_skip
-from tests.test_nats_conf import PASSWORDS, secured_fleet, secured_server
+from tests.trust.test_nats_conf import PASSWORDS, secured_fleet, secured_server
 
 __all__ = ["secured_server"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
-from bridge.models import Agent
+from bridge.contract.messages import Agent
 
 __all__ = ["DnsRound", "SwarmRound", "endpoint_for", "host_agent_id"]
 

@@ -39,9 +39,9 @@ import dns.resolver
 import structlog
 
 from bridge.config import Settings
+from bridge.contract.messages import Agent
 from bridge.discovery.base import DnsRound, endpoint_for, host_agent_id
 from bridge.errors import ConfigError
-from bridge.models import Agent
 
 __all__ = ["DNS_NAME_TIMEOUT", "DnsDiscovery"]
 

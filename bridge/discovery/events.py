@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from bridge.discovery.swarm import SwarmDiscovery
-from bridge.docker_api import DockerAPI
+from bridge.edges.docker_api import DockerAPI
 from bridge.errors import DockerAPIError
 
 __all__ = ["RETRY_MAX", "RETRY_MIN", "EventFollower", "is_relevant"]

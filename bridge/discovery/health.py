@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 
 import msgspec
 
-from bridge.agent_http import AgentHTTP, agent_url
+from bridge.contract.messages import Agent
+from bridge.edges.agent_http import AgentHTTP, agent_url
 from bridge.errors import AgentHTTPError
-from bridge.models import Agent
 
 __all__ = ["HEALTH_PATH", "check_health", "with_health"]
 

@@ -18,14 +18,14 @@ import time
 
 import structlog
 
-from bridge.agent_http import AgentHTTP
 from bridge.config import Settings
 from bridge.discovery.base import DnsRound, SwarmRound
 from bridge.discovery.dns import DnsDiscovery
 from bridge.discovery.health import check_health, with_health
 from bridge.discovery.swarm import SwarmDiscovery
+from bridge.edges.agent_http import AgentHTTP
 from bridge.errors import DockerAPIError
-from bridge.metrics import Metrics
+from bridge.ops.metrics import Metrics
 
 __all__ = ["Discoverer", "RoundResult"]
 

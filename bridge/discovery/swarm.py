@@ -15,7 +15,7 @@ import structlog
 from bridge.config import Settings
 from bridge.discovery.base import SwarmRound
 from bridge.discovery.tasks import MixedServicesError, TaskListDecoder
-from bridge.docker_api import DockerAPI
+from bridge.edges.docker_api import DockerAPI
 from bridge.errors import DockerAPIError
 
 __all__ = ["SwarmDiscovery"]

@@ -19,8 +19,8 @@ import msgspec
 import structlog
 
 from bridge.config import Settings
+from bridge.contract.messages import Agent
 from bridge.discovery.base import SwarmRound, endpoint_for
-from bridge.models import Agent
 
 __all__ = ["MixedServicesError", "Skipped", "TaskListDecoder", "classify_task"]
 

@@ -14,7 +14,7 @@ import nats.errors
 
 from bridge.app import Bridge
 from bridge.config import Settings
-from bridge.emulator import EmulatedSwarm
+from bridge.devkit.emulator import EmulatedSwarm
 from tests.chaos.support import has_key, try_broadcast
 from tests.nats_cluster import NatsCluster, settled
 

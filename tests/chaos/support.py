@@ -15,9 +15,9 @@ import nats
 import nats.errors
 import nats.js.errors
 
+from bridge.bus.registry import read_bucket
 from bridge.config import Settings
-from bridge.errors import NatsError
-from bridge.models import (
+from bridge.contract.messages import (
     REPORT_DECODER,
     Agent,
     BroadcastReport,
@@ -27,7 +27,7 @@ from bridge.models import (
     encode,
     now_rfc3339,
 )
-from bridge.registry import read_bucket
+from bridge.errors import NatsError
 
 __all__ = ["bucket_agents", "has_key", "healthz", "on_the_bus", "try_broadcast"]
 

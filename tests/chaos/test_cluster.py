@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 
 from bridge.config import Settings
-from bridge.emulator import DockerEmulator, EmulatedSwarm
+from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
 from tests.chaos.scenarios import KILLS, Gap, kill_and_measure, measure, streams_of
 from tests.chaos.support import bucket_agents
 from tests.conftest import run_bridge, wait_for

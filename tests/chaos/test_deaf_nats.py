@@ -1,6 +1,6 @@
 """A NATS connection that stays connected but no longer reads (nats-py's read loop ended), and
 a NATS server that is frozen (SIGSTOP): /healthz says so, the bridge reconnects by itself within
-its ping bound (bridge/bus.py), and a stop is prompt even with NATS frozen."""
+its ping bound (bridge/edges/nats_client.py), and a stop is prompt even with NATS frozen."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import nats.errors
 import pytest
 
 from bridge.config import Settings
-from bridge.embedded import EmbeddedNats
-from bridge.emulator import DockerEmulator, EmulatedSwarm
-from bridge.subjects import Names
+from bridge.contract.names import Names
+from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
+from bridge.edges.nats_server import EmbeddedNats
 from tests.chaos.bridges import bridge_process
 from tests.chaos.support import healthz, try_broadcast
 from tests.conftest import run_bridge, wait_for

@@ -10,11 +10,11 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig
 
+from bridge.bus.registry import read_bucket
 from bridge.config import Settings
-from bridge.embedded import EmbeddedNats
-from bridge.emulator import DockerEmulator, EmulatedSwarm
-from bridge.models import Agent, encode
-from bridge.registry import read_bucket
+from bridge.contract.messages import Agent, encode
+from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
+from bridge.edges.nats_server import EmbeddedNats
 from tests.chaos.support import healthz
 from tests.conftest import announcements, run_bridge, wait_for
 

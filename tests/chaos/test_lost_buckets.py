@@ -10,9 +10,9 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from bridge.config import Settings
-from bridge.embedded import EmbeddedNats
-from bridge.emulator import DockerEmulator, EmulatedSwarm
-from bridge.subjects import Names
+from bridge.contract.names import Names
+from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
+from bridge.edges.nats_server import EmbeddedNats
 from tests.chaos.support import bucket_agents, healthz, on_the_bus, try_broadcast
 from tests.conftest import run_bridge, wait_for
 

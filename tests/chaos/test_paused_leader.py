@@ -12,11 +12,11 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from bridge.bus.lease import Lease
 from bridge.config import Settings
-from bridge.embedded import EmbeddedNats
-from bridge.emulator import DockerEmulator, EmulatedSwarm
-from bridge.leader import Lease
-from bridge.models import now_rfc3339
+from bridge.contract.messages import now_rfc3339
+from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
+from bridge.edges.nats_server import EmbeddedNats
 from tests.chaos.bridges import bridge_process
 from tests.chaos.support import bucket_agents, on_the_bus
 from tests.conftest import run_bridge, wait_for

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bridge.config import Settings
-from bridge.emulator import DockerEmulator, EmulatedSwarm
+from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
 from tests.chaos.support import bucket_agents, on_the_bus, try_broadcast
 from tests.conftest import run_bridge, wait_for
 from tests.nats_cluster import nats_process

@@ -1,0 +1,284 @@
+"""The agent library: how a CHORUS agent joins the bus, receives council opportunities, acks
+and claims roles (DESIGN.md, "The bus").
+
+    from bridge.agent import connect_agent
+
+    async with connect_agent("nats://nats:4222", agent_id=os.environ["TASK_ID"],
+                             user="agent", password=os.environ["AGENT_PASS"]) as agent:
+        async for opportunity in agent.opportunities():
+            await agent.ack(opportunity.id)
+            if any(role.name == "tpm" for role in opportunity.roles):
+                await agent.claim(opportunity.id, "tpm")
+
+While the context is open the agent keeps its presence entry (key: its agent id, which for a
+Swarm task is its task ID, `{{.Task.ID}}`) in the presence bucket, rewritten every 5 s; the
+bucket's 15 s TTL removes it if the agent dies. Leaving the context deletes the entry (a
+purge), so the bridge sees the agent go at once. Acks and claims go to the agent's own
+subjects, `<prefix>.council.<opportunity id>.acks.<agent id>` and `....claims.<agent id>`:
+the bridge counts an ack for the agent its subject names, and with the NATS auth callout on,
+those are the only ack and claim subjects the agent may publish to.
+
+The message helpers (`ack_message`, `claim_message`, `presence_subject`) are public too, for
+programs that speak for many agents over one connection (the simulated fleet does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Self
+
+import msgspec
+import nats.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from bridge.config import Settings
+from bridge.contract.messages import (
+    OPPORTUNITY_DECODER,
+    Ack,
+    Claim,
+    CouncilOpportunity,
+    PresenceEntry,
+    encode,
+    now_rfc3339,
+)
+from bridge.contract.names import Names
+from bridge.edges.nats_client import connect
+from bridge.errors import NatsError
+from bridge.waits import cancel_and_wait, raise_if_cancelled
+
+__all__ = [
+    "AGENT_INBOX_PREFIX",
+    "PRESENCE_INTERVAL",
+    "PURGE_HEADERS",
+    "BusAgent",
+    "ack_message",
+    "check_agent_id",
+    "claim_message",
+    "connect_agent",
+    "presence_subject",
+]
+
+log = structlog.get_logger(__name__)
+
+# DESIGN.md: an agent rewrites its presence at least every 5 s; 15 s without one is absence.
+PRESENCE_INTERVAL = 5.0
+AGENT_INBOX_PREFIX = "_INBOX.agent"
+# A KV purge, as nats-py writes it: the entry and its history go, watchers see PURGE.
+PURGE_HEADERS = {"KV-Operation": "PURGE", "Nats-Rollup": "sub"}
+# Opportunities received and not yet taken by `opportunities()`; past this, the oldest go.
+QUEUE_LIMIT = 1024
+# Seconds a presence write may wait for the server's confirmation.
+WRITE_TIMEOUT = 5.0
+# A presence key and one subject token at once: no `.`, `*`, `>` or space.
+_AGENT_ID_RE = re.compile(r"^[-/_=A-Za-z0-9]{1,256}$")
+
+
+def check_agent_id(agent_id: str) -> str:
+    """`agent_id` if it can be a presence key and a subject token; ValueError otherwise."""
+    if not _AGENT_ID_RE.match(agent_id):
+        raise ValueError(
+            f"agent id {agent_id!r}: use letters, digits, '-', '_', '=', '/' "
+            "(a Swarm task ID is fine)"
+        )
+    return agent_id
+
+
+def ack_message(names: Names, opportunity_id: str, agent_id: str) -> tuple[str, bytes]:
+    """(subject, body) of `agent_id`'s ack of an opportunity."""
+    body = encode(Ack(agent_id=agent_id, opportunity_id=opportunity_id))
+    return names.acks(opportunity_id, agent_id), body
+
+
+def claim_message(names: Names, opportunity_id: str, agent_id: str, role: str) -> tuple[str, bytes]:
+    """(subject, body) of `agent_id`'s claim of `role`."""
+    return names.claims(opportunity_id, agent_id), encode(Claim(role=role, agent_id=agent_id))
+
+
+def presence_subject(names: Names, agent_id: str) -> str:
+    """The subject a presence entry is written on: the key `agent_id` of the presence bucket."""
+    return f"$KV.{names.presence_bucket}.{agent_id}"
+
+
+class BusAgent:
+    """One agent on the bus over a connection it is given (`connect_agent` makes one).
+
+    `endpoint` and `task_id` are written into the presence entry as information for operators;
+    the bridge matches the entry by its key (`agent_id`) only. Entering writes the presence
+    entry (NatsError if the server does not confirm it, e.g. no presence bucket: is the bridge
+    running?) and subscribes to opportunities; leaving purges the entry.
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        agent_id: str,
+        *,
+        prefix: str = "chorus",
+        task_id: str | None = None,
+        endpoint: str | None = None,
+        roles: Sequence[str] = (),
+        presence_interval: float = PRESENCE_INTERVAL,
+    ) -> None:
+        self.id = check_agent_id(agent_id)
+        self.names = Names(prefix=prefix, agents_bucket=f"{prefix}_agents")
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._task_id, self._endpoint, self._roles = task_id, endpoint, list(roles)
+        self._interval = presence_interval
+        self._queue: asyncio.Queue[CouncilOpportunity | None] = asyncio.Queue(QUEUE_LIMIT)
+        self._stack = contextlib.AsyncExitStack()
+        self._healthy = True
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.write_presence()
+            self._stack.push_async_callback(self._purge)
+            sub = await self._nc.subscribe(self.names.opportunities, cb=self._received)
+            self._stack.push_async_callback(sub.unsubscribe)
+            refresher = asyncio.create_task(self._refresh(), name=f"presence-{self.id}")
+            self._stack.push_async_callback(cancel_and_wait, refresher)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        log.info("agent_joined_bus", agent_id=self.id, bucket=self.names.presence_bucket)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+        self._enqueue(None)  # ends opportunities()
+        log.info("agent_left_bus", agent_id=self.id)
+
+    async def opportunities(self) -> AsyncIterator[CouncilOpportunity]:
+        """Opportunities as they arrive, until the agent leaves. A message that is not a
+        valid opportunity is skipped."""
+        while (opportunity := await self._queue.get()) is not None:
+            yield opportunity
+
+    async def ack(self, opportunity_id: str) -> None:
+        """Tell the bridge this agent received the opportunity (within BRIDGE_BUS_ACK_WAIT,
+        1 s by default, or it is also sent by HTTP)."""
+        await self._publish(*ack_message(self.names, opportunity_id, self.id))
+
+    async def claim(self, opportunity_id: str, role: str) -> None:
+        """Claim `role` of the opportunity's council, as this agent."""
+        await self._publish(*claim_message(self.names, opportunity_id, self.id, role))
+
+    async def write_presence(self) -> None:
+        """Write the presence entry now and wait for the server to store it (NatsError if it
+        does not within 5 s). Done every `presence_interval` seconds while on the bus."""
+        entry = PresenceEntry(
+            agent_id=self.id,
+            task_id=self._task_id,
+            endpoint=self._endpoint,
+            roles=self._roles,
+            at=now_rfc3339(),
+        )
+        try:
+            await self._js.publish(
+                presence_subject(self.names, self.id), encode(entry), timeout=WRITE_TIMEOUT
+            )
+        except (nats.errors.Error, OSError) as exc:
+            raise NatsError(
+                f"cannot write the presence of agent {self.id!r} in "
+                f"{self.names.presence_bucket!r}: {exc!r}; check that the bridge "
+                "runs (it creates the bucket) and the agent may write its key"
+            ) from exc
+
+    async def _publish(self, subject: str, body: bytes) -> None:
+        try:
+            await self._nc.publish(subject, body)
+        except (nats.errors.Error, OSError) as exc:
+            raise NatsError(f"cannot publish on {subject}: {exc!r}") from exc
+
+    async def _received(self, msg: Msg) -> None:
+        try:
+            opportunity = OPPORTUNITY_DECODER.decode(msg.data)
+        except msgspec.DecodeError:
+            log.debug("agent_opportunity_invalid", agent_id=self.id)
+            return
+        self._enqueue(opportunity)
+
+    def _enqueue(self, item: CouncilOpportunity | None) -> None:
+        if self._queue.full():  # a slow reader loses the oldest, not the newest
+            self._queue.get_nowait()
+            log.warning("agent_opportunity_dropped", agent_id=self.id, limit=QUEUE_LIMIT)
+        self._queue.put_nowait(item)
+
+    async def _refresh(self) -> None:
+        while True:
+            raise_if_cancelled()  # a leave that the write's NATS call swallowed (bridge/waits.py)
+            await asyncio.sleep(self._interval)
+            try:
+                await self.write_presence()
+            except NatsError as exc:
+                self._set_healthy(False, str(exc))  # tried again at the next tick
+            else:
+                self._set_healthy(True)
+
+    def _set_healthy(self, healthy: bool, error: str = "") -> None:
+        if healthy == self._healthy:
+            return
+        self._healthy = healthy
+        if healthy:
+            log.info("agent_presence_recovered", agent_id=self.id)
+        else:
+            log.warning("agent_presence_failing", agent_id=self.id, error=error)
+
+    async def _purge(self) -> None:
+        if not self._nc.is_connected:
+            return  # the entry expires on its own (15 s)
+        try:
+            await self._js.publish(
+                presence_subject(self.names, self.id),
+                b"",
+                headers=dict(PURGE_HEADERS),
+                timeout=WRITE_TIMEOUT,
+            )
+        except (nats.errors.Error, OSError) as exc:
+            log.warning("agent_presence_not_purged", agent_id=self.id, error=repr(exc))
+
+
+@contextlib.asynccontextmanager
+async def connect_agent(
+    nats_url: str,
+    agent_id: str,
+    *,
+    prefix: str = "chorus",
+    user: str | None = None,
+    password: str | None = None,
+    token: str | None = None,
+    creds: str | None = None,
+    task_id: str | None = None,
+    endpoint: str | None = None,
+    roles: Sequence[str] = (),
+    presence_interval: float = PRESENCE_INTERVAL,
+    inbox_prefix: str = AGENT_INBOX_PREFIX,
+) -> AsyncIterator[BusAgent]:
+    """Connect to NATS (`nats_url`, comma-separated for a cluster; reconnects forever once
+    connected) and put `agent_id` on the bus until the context closes. NatsError if NATS
+    cannot be reached or the presence entry cannot be written."""
+    auth = Settings(nats_user=user, nats_password=password, nats_token=token, nats_creds=creds)
+    async with (
+        connect(auth, nats_url, name=f"chorus-agent-{agent_id}", inbox_prefix=inbox_prefix) as nc,
+        BusAgent(
+            nc,
+            agent_id,
+            prefix=prefix,
+            task_id=task_id,
+            endpoint=endpoint,
+            roles=roles,
+            presence_interval=presence_interval,
+        ) as agent,
+    ):
+        yield agent

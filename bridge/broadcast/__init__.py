@@ -1,0 +1,2 @@
+"""Broadcasts: who an opportunity reaches (`targets`), how (`broadcaster`), and the request API
+coordinators call (`api`)."""

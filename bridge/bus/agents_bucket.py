@@ -1,0 +1,189 @@
+"""What the bridge believes the agents bucket holds, and how that belief is kept true.
+
+The belief: the records (`published`), each key's last revision (tombstones too: writes
+expect it), the stream's last sequence, and the live keys whose value is not an Agent under
+its own id. It is read afresh when the bucket may differ from it: at start, when the bucket
+was lost and created again (a restart of NATS without its state), and when anyone else wrote
+it (the stream's last sequence moved past what this bridge wrote).
+"""
+
+from __future__ import annotations
+
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+
+from bridge.contract.messages import AGENT_DECODER, Agent
+from bridge.edges.kv import Bucket, BucketSpec, Entry, RawBucket, ensure_bucket, snapshot_of
+from bridge.errors import BucketMissingError, BucketSettingsError, NatsError
+
+__all__ = ["READ_TIMEOUT", "AgentsBucket", "read_bucket"]
+
+log = structlog.get_logger(__name__)
+
+# How long reading a whole bucket may take (10,000 agents take about a second).
+READ_TIMEOUT = 30.0
+
+
+def _decode(entry: Entry) -> Agent | None:
+    """The Agent a live entry holds under its own key; None for anything else."""
+    if entry.operation is not None or not entry.value:
+        return None
+    try:
+        agent = AGENT_DECODER.decode(entry.value)
+    except msgspec.DecodeError:
+        return None
+    return agent if agent.id == entry.key else None
+
+
+async def read_bucket(
+    kv: Bucket | RawBucket,
+    *,
+    timeout: float = READ_TIMEOUT,
+) -> tuple[dict[str, Agent], set[str]]:
+    """The agents a bucket holds now, and the live keys whose value is not an Agent stored
+    under its own id. Raises NatsError."""
+    entries = await (kv.snapshot(timeout) if isinstance(kv, Bucket) else snapshot_of(kv, timeout))
+    agents: dict[str, Agent] = {}
+    invalid: set[str] = set()
+    for key, entry in entries.items():
+        agent = _decode(entry)
+        if agent is not None:
+            agents[key] = agent
+        elif entry.operation is None:
+            invalid.add(key)
+    return agents, invalid
+
+
+class AgentsBucket:
+    """The agents bucket as this bridge believes it is. `bucket` is None until opened, and
+    again once lost or refused; `problem` says why it cannot be written, or is None."""
+
+    def __init__(self, nc: NATS, spec: BucketSpec) -> None:
+        self._nc = nc
+        self.spec = spec
+        self.bucket: Bucket | None = None
+        self._created = ""  # creation time of the bucket last read (see Bucket.created)
+        self._reconnects = -1  # the connection's reconnect count when it was last checked
+        self.published: dict[str, Agent] = {}
+        self.invalid: set[str] = set()
+        self.revisions: dict[str, int] = {}
+        self.last_seq = 0  # the stream's last sequence as far as this bridge knows
+        self.problem: str | None = None
+
+    @property
+    def reconnected(self) -> bool:
+        """Whether the connection reconnected since the bucket was last checked."""
+        return int(self._nc.stats["reconnects"]) != self._reconnects
+
+    async def load(self, *, reread: bool = False) -> bool:
+        """(Re)open the bucket and read it, unless it is the very bucket already read and
+        `reread` is False. False when its settings are refused. Raises NatsError."""
+        self._reconnects = int(self._nc.stats["reconnects"])
+        try:
+            bucket = await ensure_bucket(self._nc, self.spec)
+        except BucketSettingsError as exc:
+            if self.problem != str(exc):
+                log.error(
+                    "kv_bucket_refused",
+                    bucket=self.spec.name,
+                    setting=exc.setting,
+                    error=str(exc),
+                    action="nothing is written there",
+                )
+            self.problem = str(exc)
+            self.bucket = None
+            return False
+        if not reread and bucket.created and bucket.created == self._created:
+            # The very bucket read before (a "no stream" answer during a cluster's stream
+            # leader election, a reconnect to a server that kept it): nothing was lost, and
+            # the audit catches foreign writes.
+            self.bucket = bucket
+            return True
+        entries = await bucket.snapshot(READ_TIMEOUT)
+        self.bucket, self._created = bucket, bucket.created
+        self.problem = None  # a write the server still refuses sets it again
+        self.revisions = {key: e.revision for key, e in entries.items()}
+        self.last_seq = max(self.revisions.values(), default=0)
+        self.published = {key: a for key, e in entries.items() if (a := _decode(e))}
+        self.invalid = {
+            k for k, e in entries.items() if e.operation is None and k not in self.published
+        }
+        if self.invalid:
+            log.warning(
+                "kv_invalid_entries",
+                bucket=self.spec.name,
+                keys=len(self.invalid),
+                action="deleted at the next sync",
+            )
+        log.info("kv_bucket_loaded", bucket=self.spec.name, agents=len(self.published))
+        return True
+
+    async def check_after_reconnect(self) -> None:
+        """The server may have lost the bucket (a restart without its state): then forget
+        it, so that it is created again and everything written again. A server that does
+        not answer yet (a cluster electing a leader) is not waited for: the writes go out,
+        and a "no stream" answer to them leads here again."""
+        self._reconnects = int(self._nc.stats["reconnects"])
+        if self.bucket is None:
+            return
+        try:
+            await self.bucket.last_sequence()
+        except BucketMissingError:
+            log.warning("kv_bucket_missing", bucket=self.spec.name, action="created again")
+            self.bucket = None
+        except NatsError as exc:
+            log.debug("kv_check_after_reconnect_failed", bucket=self.spec.name, error=str(exc))
+
+    async def audit(self) -> bool:
+        """True when the belief was read afresh (or the bucket came back): the bucket was
+        gone, written by someone else, or refused before and maybe fixed since."""
+        try:
+            if self.bucket is None:
+                return await self.load()
+            last = await self.bucket.last_sequence()
+            if last == self.last_seq:
+                return False
+            log.warning(
+                "kv_bucket_changed_by_another_writer",
+                bucket=self.spec.name,
+                last_seq=last,
+                expected=self.last_seq,
+                action="re-read",
+            )
+            return await self.load(reread=True)
+        except BucketMissingError:
+            log.warning("kv_bucket_missing", bucket=self.spec.name, action="created again")
+            self.bucket = None
+            return await self.load()
+        except NatsError as exc:
+            log.debug("kv_audit_failed", bucket=self.spec.name, error=str(exc))
+            return False
+
+    def written(self, key: str, revision: int, record: Agent | None) -> None:
+        """A write of this bridge was stored: `record`, or a delete (None)."""
+        self.revisions[key] = revision
+        self.last_seq = max(self.last_seq, revision)
+        self.invalid.discard(key)  # whatever odd value it held is gone
+        if record is None:
+            self.published.pop(key, None)
+        else:
+            self.published[key] = record
+
+    async def reread(self, keys: list[str]) -> None:
+        """Someone else wrote these keys: believe what they hold now."""
+        assert self.bucket is not None
+        for key in keys:
+            entry = await self.bucket.get(key)
+            if entry is None:
+                self.revisions.pop(key, None)
+                self.published.pop(key, None)
+                continue
+            self.revisions[key] = entry.revision
+            agent = _decode(entry)
+            if agent is not None:
+                self.published[key] = agent
+            else:
+                self.published.pop(key, None)
+                if entry.operation is None:
+                    self.invalid.add(key)

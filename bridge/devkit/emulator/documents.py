@@ -1,0 +1,133 @@
+"""The fixed documents of the emulated engine: headers, /version, /info, error bodies.
+
+They are Docker Engine 20.10.24's (API 1.41), as recorded; /info reflects the swarm's role.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from bridge.devkit.emulator.state import EmulatedSwarm
+from bridge.devkit.emulator.tasks import load_template, rfc3339_now
+
+__all__ = [
+    "API_VERSION",
+    "COMMON_HEADERS",
+    "NOT_IN_SWARM",
+    "NOT_MANAGER_WORKER",
+    "PING_HEADERS",
+    "info_document",
+    "not_manager_message",
+    "swarm_header",
+    "version_document",
+]
+
+API_VERSION = "1.41"
+COMMON_HEADERS = {
+    "Api-Version": API_VERSION,
+    "Docker-Experimental": "false",
+    "Ostype": "linux",
+    "Server": "Docker/20.10.24+dfsg1 (linux)",
+}
+PING_HEADERS = {"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma": "no-cache"}
+# The 503 bodies of the task list off a manager: the recorded one (swarm mode off), and the
+# one a worker node gives (daemon/cluster/cluster.go).
+NOT_IN_SWARM = (
+    'This node is not a swarm manager. Use "docker swarm init" or "docker swarm '
+    'join" to connect this node to swarm and try again.'
+)
+NOT_MANAGER_WORKER = (
+    "This node is not a swarm manager. Worker nodes can't be used to view or "
+    "modify cluster state. Please run this command on a manager node or "
+    "promote the current node to a manager."
+)
+
+_VERSION = load_template("version.json")
+_INFO = load_template("info.json")
+
+
+def version_document() -> dict[str, Any]:
+    """GET /version, as recorded."""
+    document: dict[str, Any] = copy.deepcopy(_VERSION)
+    return document
+
+
+def swarm_header(swarm: EmulatedSwarm) -> str:
+    """The `Swarm` header of /_ping (API 1.42 and later engines send it)."""
+    if not swarm.active:
+        return "inactive"
+    return "active/manager" if swarm.manager else "active/worker"
+
+
+def not_manager_message(swarm: EmulatedSwarm) -> str:
+    """What a manager-only call answers on this node (with HTTP 503)."""
+    return NOT_MANAGER_WORKER if swarm.active else NOT_IN_SWARM
+
+
+def info_document(swarm: EmulatedSwarm) -> dict[str, Any]:
+    """GET /info: the recorded engine, with this swarm's role and counts."""
+    info: dict[str, Any] = copy.deepcopy(_INFO)
+    running = swarm.replicas
+    info.update(
+        Containers=running,
+        ContainersRunning=running,
+        Name=swarm.hostname,
+        SystemTime=rfc3339_now(),
+        NEventsListener=swarm.event_streams,
+        Swarm=_swarm_section(swarm),
+    )
+    return info
+
+
+def _swarm_section(swarm: EmulatedSwarm) -> dict[str, Any]:
+    if not swarm.active:
+        return {
+            "NodeID": "",
+            "NodeAddr": "",
+            "LocalNodeState": "inactive",
+            "ControlAvailable": False,
+            "Error": "",
+            "RemoteManagers": None,
+        }
+    manager_id = swarm.node_id if swarm.manager else swarm.manager_node_id
+    section: dict[str, Any] = {
+        "NodeID": swarm.node_id,
+        "NodeAddr": "127.0.0.1",
+        "LocalNodeState": "active",
+        "ControlAvailable": swarm.manager,
+        "Error": "",
+        "RemoteManagers": [{"NodeID": manager_id, "Addr": "127.0.0.1:2377"}],
+    }
+    if swarm.manager:  # only a manager knows the cluster
+        section.update(Nodes=1, Managers=1, Cluster=_cluster(swarm))
+    return section
+
+
+def _cluster(swarm: EmulatedSwarm) -> dict[str, Any]:
+    return {
+        "ID": swarm.cluster_id,
+        "Version": {"Index": 10},
+        "CreatedAt": swarm.created_at,
+        "UpdatedAt": swarm.created_at,
+        "Spec": {
+            "Name": "default",
+            "Labels": {},
+            "Orchestration": {"TaskHistoryRetentionLimit": 5},
+            "Raft": {
+                "SnapshotInterval": 10000,
+                "KeepOldSnapshots": 0,
+                "LogEntriesForSlowFollowers": 500,
+                "ElectionTick": 10,
+                "HeartbeatTick": 1,
+            },
+            "Dispatcher": {"HeartbeatPeriod": 5000000000},
+            "CAConfig": {"NodeCertExpiry": 7776000000000000},
+            "TaskDefaults": {},
+            "EncryptionConfig": {"AutoLockManagers": False},
+        },
+        "RootRotationInProgress": False,
+        "DefaultAddrPool": ["10.0.0.0/8"],
+        "SubnetSize": 24,
+        "DataPathPort": 4789,
+    }

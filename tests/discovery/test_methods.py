@@ -1,0 +1,162 @@
+"""DESIGN.md's discovery rules, on the real bridge with an emulated Docker API, a loopback
+DNS server and a real nats-server: no DNS ghosts, one task one agent, stuck tasks logged once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from nats.aio.client import Client as NATS
+
+from bridge.bus.registry import read_bucket
+from bridge.config import Settings
+from bridge.contract.messages import Agent
+from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
+from bridge.discovery.followup import BACKOFF_START
+from bridge.edges.nats_server import EmbeddedNats
+from tests.conftest import dns_discovery, rounds_pass, run_bridge, wait_for
+from tests.dns_server import DnsTestServer
+
+TASKS_NAME = "tasks.CHORUS_chorus"
+GHOST = "127.50.0.99"
+
+
+async def bucket(nc: NATS, settings: Settings) -> dict[str, Agent]:
+    kv = await nc.jetstream().key_value(settings.kv_bucket)
+    agents, _ = await read_bucket(kv)
+    return agents
+
+
+async def test_auto_publishes_no_dns_ghost(
+    settings: Settings,
+    docker_api: DockerEmulator,
+    swarm: EmulatedSwarm,
+    dns_server: DnsTestServer,
+    nats_server: EmbeddedNats,
+    nc: NATS,
+) -> None:
+    """auto, Swarm answering: the address tasks.<service> still gives for a gone task is not
+    an agent; when the Swarm call fails, tasks.<service> is the fallback again."""
+    tasks = swarm.add_tasks(3)
+    dns_server.set(TASKS_NAME, [*(swarm.address_of(t) or "" for t in tasks), GHOST])
+    auto = settings.replace(discovery_method="auto", dns_names=(TASKS_NAME,))
+    async with run_bridge(auto, nats_server.url, dns=dns_discovery(auto, dns_server)) as running:
+        await rounds_pass(running, 3)
+        assert set(await bucket(nc, auto)) == set(tasks)
+
+        swarm.set_error("server_error")
+        await rounds_pass(running, 1)
+        assert set(await bucket(nc, auto)) == {*tasks, "dns-127-50-0-99-8080"}
+
+
+async def test_one_task_is_one_agent_on_any_of_its_networks(
+    settings: Settings,
+    docker_api: DockerEmulator,
+    swarm: EmulatedSwarm,
+    dns_server: DnsTestServer,
+    nats_server: EmbeddedNats,
+    nc: NATS,
+) -> None:
+    """A task on chorus_default and on backend, whose backend address DNS gives, is one
+    agent: in auto (another DNS name) and in a swarm round's DNS fallback."""
+    (task,) = swarm.add_tasks(1)
+    swarm.attach(task, "backend", "127.51.0.2")
+    dns_server.set("agents.backend", ["127.51.0.2"])
+    dns_server.set(TASKS_NAME, ["127.51.0.2"])
+    auto = settings.replace(discovery_method="auto", dns_names=("agents.backend",))
+    async with run_bridge(auto, nats_server.url, dns=dns_discovery(auto, dns_server)) as running:
+        await rounds_pass(running, 3)
+        agents = await bucket(nc, auto)
+    assert set(agents) == {task}
+    assert agents[task].address == swarm.address_of(task)
+
+    fallback = settings.replace(dns_names=(TASKS_NAME,))
+    async with run_bridge(
+        fallback, nats_server.url, dns=dns_discovery(fallback, dns_server)
+    ) as running:
+        swarm.set_error("server_error")
+        await rounds_pass(running, 3)
+        assert set(await bucket(nc, fallback)) == {task}
+
+
+# The stuck-task case: a poll interval the backoff reaches exactly (BACKOFF_START doubled six
+# times), and the window over which /tasks calls are counted.
+STUCK_POLL = BACKOFF_START * 2**6
+STUCK_WINDOW = 12.0
+
+
+def recheck_times(poll: float, until: float) -> list[float]:
+    """When a task stuck from the first round is re-checked, in seconds after that round, up to
+    `until`: after BACKOFF_START, each delay twice the last, capped at `poll`."""
+    times, now, delay = [], 0.0, BACKOFF_START
+    while now + delay <= until:
+        now += delay
+        times.append(now)
+        delay = min(delay * 2, poll)
+    return times
+
+
+async def test_stuck_tasks_back_off_to_the_poll_interval(
+    settings: Settings,
+    docker_api: DockerEmulator,
+    swarm: EmulatedSwarm,
+    nats_server: EmbeddedNats,
+    nc: NATS,
+) -> None:
+    """A task pending for good and a running task without an address: /tasks is asked again
+    soon, then less and less often up to the poll interval; each task is logged once; once
+    it runs with an address it is in the bucket within a poll interval.
+
+    The issue's case (poll 30 s, re-checked every 5 s for ever: 11 calls in 40 s) cannot be
+    told apart in a short test, because the backoff starts sooner: 0.1 s, doubling up to the
+    poll (re-checks at 0.1, 0.3, 0.7, 1.5, 3.1, 6.3, 12.7, 25.5 s) asks /tasks more often than a
+    fixed 5 s in the first 12 s. With a 6.4 s poll, over 12 s after the first round:
+    - the backoff asks 6 times (0.1 ... 6.3 s; the next at 12.7 s), and logs the tasks at
+      3.1 s, when the next delay reaches the poll;
+    - a re-check capped at 5 s (the old schedule) asks 7 times (its 7th at 11.3 s) and never
+      logs them, as it never reaches the poll; a fixed 1 s asks 11 or 12 times.
+    The bound is the schedule's count, from BACKOFF_START and the poll (recheck_times).
+    Rounds only come later than the schedule (each takes time), and nothing else asks for one:
+    the Docker events follower is off, since Swarm sends no event for a task that stays
+    pending or gets an address, and its start would open a 0.5 s window of 10 ms re-checks.
+    """
+    swarm.add_tasks(1)
+    (pending,) = swarm.add_tasks(1, state="pending")
+    (unaddressed,) = swarm.add_tasks(1)
+    address = swarm.address_of(unaddressed)
+    assert address is not None
+    swarm.drop_address(unaddressed)
+    stuck = settings.replace(poll_interval=STUCK_POLL)
+    loop = asyncio.get_running_loop()
+    with structlog.testing.capture_logs() as logs:
+        async with run_bridge(stuck, nats_server.url, follow_events=False):
+            before = swarm.requests["/tasks"]
+            # The observation window: what is measured is how often /tasks is asked in it.
+            await asyncio.sleep(STUCK_WINDOW)
+            calls = swarm.requests["/tasks"] - before
+            logged = [e for e in logs if e["event"] == "task_not_running"]
+
+            swarm.set_state(pending, "running")
+            swarm.set_address(unaddressed, address)
+            fixed = loop.time()
+
+            async def all_in_bucket() -> bool:
+                return set(await bucket(nc, stuck)) == set(swarm.running_ids())
+
+            await wait_for(all_in_bucket, timeout=STUCK_POLL + 1, what="both tasks in the bucket")
+            took = loop.time() - fixed
+
+    expected = recheck_times(STUCK_POLL, STUCK_WINDOW)
+    print(f"{calls} GET /tasks in {STUCK_WINDOW:g}s; both in the bucket {took:.1f}s after")
+    schedule = ", ".join(f"{t:.1f}" for t in expected)
+    assert calls <= len(expected), (
+        f"{calls} GET /tasks in {STUCK_WINDOW:g}s; the backoff asks {len(expected)} times"
+        f" (at {schedule} s)"
+    )
+    assert {e["task_id"]: e["reason"] for e in logged} == {
+        pending: "not running",
+        unaddressed: "no address",
+    }
+    assert all(e["recheck_s"] == STUCK_POLL for e in logged)
+    # Once each, for the whole run.
+    assert len([e for e in logs if e["event"] == "task_not_running"]) == 2
