@@ -2,4 +2,6 @@
 
 __all__ = ["__version__"]
 
+# The version: the one place it is written (pyproject.toml reads it from here; CHANGELOG.md
+# says what each version changed).
 __version__ = "0.1.0"

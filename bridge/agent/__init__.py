@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Self
@@ -38,6 +37,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from bridge.config import Settings
+from bridge.contract.agent_id import check_agent_id
+from bridge.contract.buckets import PRESENCE_INTERVAL
+from bridge.contract.kv_wire import delete_headers, key_subject
 from bridge.contract.messages import (
     OPPORTUNITY_DECODER,
     Ack,
@@ -66,27 +68,14 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-# DESIGN.md: an agent rewrites its presence at least every 5 s; 15 s without one is absence.
-PRESENCE_INTERVAL = 5.0
 AGENT_INBOX_PREFIX = "_INBOX.agent"
-# A KV purge, as nats-py writes it: the entry and its history go, watchers see PURGE.
-PURGE_HEADERS = {"KV-Operation": "PURGE", "Nats-Rollup": "sub"}
+# A KV purge: the entry and its history go, watchers see PURGE; the marker stays (the
+# bucket's own marker TTL does not apply to a purge the writer makes).
+PURGE_HEADERS = delete_headers(purge_ttl=0)
 # Opportunities received and not yet taken by `opportunities()`; past this, the oldest go.
 QUEUE_LIMIT = 1024
 # Seconds a presence write may wait for the server's confirmation.
 WRITE_TIMEOUT = 5.0
-# A presence key and one subject token at once: no `.`, `*`, `>` or space.
-_AGENT_ID_RE = re.compile(r"^[-/_=A-Za-z0-9]{1,256}$")
-
-
-def check_agent_id(agent_id: str) -> str:
-    """`agent_id` if it can be a presence key and a subject token; ValueError otherwise."""
-    if not _AGENT_ID_RE.match(agent_id):
-        raise ValueError(
-            f"agent id {agent_id!r}: use letters, digits, '-', '_', '=', '/' "
-            "(a Swarm task ID is fine)"
-        )
-    return agent_id
 
 
 def ack_message(names: Names, opportunity_id: str, agent_id: str) -> tuple[str, bytes]:
@@ -102,7 +91,7 @@ def claim_message(names: Names, opportunity_id: str, agent_id: str, role: str) -
 
 def presence_subject(names: Names, agent_id: str) -> str:
     """The subject a presence entry is written on: the key `agent_id` of the presence bucket."""
-    return f"$KV.{names.presence_bucket}.{agent_id}"
+    return key_subject(names.presence_bucket, agent_id)
 
 
 class BusAgent:

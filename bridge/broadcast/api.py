@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.metadata
 import re
 import time
 
@@ -21,6 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.micro.request import Request
 from nats.micro.service import EndpointStats, Service, ServiceConfig
 
+from bridge import __version__
 from bridge.broadcast.broadcaster import Broadcaster
 from bridge.contract.messages import (
     MAX_OPPORTUNITY_BYTES,
@@ -30,13 +30,12 @@ from bridge.contract.messages import (
     ErrorReply,
     encode,
 )
-from bridge.contract.names import Names
+from bridge.contract.names import SERVICE_NAME, Names
 from bridge.ops.metrics import Metrics
 
 __all__ = [
     "BROADCAST_QUEUE",
     "ENDPOINT_NAME",
-    "SERVICE_NAME",
     "BroadcastService",
     "encode_report",
     "validate_request",
@@ -47,7 +46,6 @@ log = structlog.get_logger(__name__)
 # Several bridges may subscribe; the queue group hands each request to one of them.
 BROADCAST_QUEUE = "chorus-bridge"
 # The NATS micro service (`nats micro ls`) and its one endpoint (DESIGN.md, "Running it").
-SERVICE_NAME = "chorus-bridge"
 ENDPOINT_NAME = "broadcast"
 # Stopping the service unsubscribes its endpoints and flushes: a millisecond when NATS answers.
 # When it does not (a frozen server at SIGTERM), it is waited for this long: the whole
@@ -162,7 +160,7 @@ class BroadcastService:
             self._nc,
             ServiceConfig(
                 name=SERVICE_NAME,
-                version=_version(),
+                version=__version__,
                 queue_group=BROADCAST_QUEUE,
                 description="Council opportunities to every agent, over the bus or HTTP",
                 metadata={"prefix": self._names.prefix},
@@ -262,10 +260,3 @@ def _stopped(stop: asyncio.Future[None]) -> None:
     error = stop.exception()
     if error is not None and not isinstance(error, nats.errors.Error | OSError):
         log.warning("broadcast_api_stop_failed", error=repr(error))
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("chorus-bridge")
-    except importlib.metadata.PackageNotFoundError:
-        return "0.0.0"

@@ -1,5 +1,8 @@
 """What the bridge believes the agents bucket holds, and how that belief is kept true.
 
+This module is the only writer of that belief: the registry (bridge/bus/registry.py) plans
+and sends the writes, and tells `AgentsBucket` what came of them.
+
 The belief: the records (`published`), each key's last revision (tombstones too: writes
 expect it), the stream's last sequence, and the live keys whose value is not an Agent under
 its own id. It is read afresh when the bucket may differ from it: at start, when the bucket
@@ -13,9 +16,16 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 
+from bridge.contract.buckets import BucketSpec
 from bridge.contract.messages import AGENT_DECODER, Agent
-from bridge.edges.kv import Bucket, BucketSpec, Entry, RawBucket, ensure_bucket, snapshot_of
-from bridge.errors import BucketMissingError, BucketSettingsError, NatsError
+from bridge.edges.kv import Bucket, Entry, RawBucket, ensure_bucket, snapshot_of
+from bridge.errors import (
+    BucketMissingError,
+    BucketSettingsError,
+    NatsError,
+    WriteRefusedError,
+    WrongRevisionError,
+)
 
 __all__ = ["READ_TIMEOUT", "AgentsBucket", "read_bucket"]
 
@@ -169,6 +179,57 @@ class AgentsBucket:
             self.published.pop(key, None)
         else:
             self.published[key] = record
+
+    async def settle(self, failures: list[tuple[str, NatsError]]) -> None:
+        """After a batch of writes: `failures` (key, error) logged once, `problem` set or
+        cleared, a lost bucket forgotten, and what the conflicting keys hold now read."""
+        if not failures:
+            if self.problem is not None and self.bucket is not None:
+                log.info("kv_writes_recovered", bucket=self.spec.name)
+                self.problem = None
+            return
+        key, first = failures[0]
+        if any(isinstance(e, BucketMissingError) for _k, e in failures):
+            self.bucket = None
+        refused = next((e for _k, e in failures if isinstance(e, WriteRefusedError)), None)
+        if refused is not None and self.problem != str(refused):
+            self.problem = str(refused)
+            log.error(
+                "kv_write_refused",
+                bucket=self.spec.name,
+                key=key,
+                error=str(refused),
+                failed=len(failures),
+            )
+        elif any(not isinstance(e, WrongRevisionError) for _k, e in failures):
+            # /healthz says so while writes fail; one line when it starts, one when the
+            # next batch goes through (kv_writes_recovered).
+            if self.problem is None:
+                log.warning(
+                    "kv_write_failed",
+                    bucket=self.spec.name,
+                    key=key,
+                    error=str(first),
+                    failed=len(failures),
+                    retry=True,
+                )
+            self.problem = f"writes to bucket {self.spec.name!r} are failing: {first}"
+        else:
+            log.info(
+                "kv_write_conflict",
+                bucket=self.spec.name,
+                keys=len(failures),
+                action="re-read and written again",
+            )
+        stale = [k for k, e in failures if isinstance(e, WrongRevisionError)]
+        if stale and self.bucket is not None:
+            await self.reread(stale)
+
+    def adopt(self, key: str, record: Agent) -> None:
+        """`record` equals the published one but is another object (the published one was
+        read from the bucket): keep `record`, so that the next diff of this agent is by
+        identity."""
+        self.published[key] = record
 
     async def reread(self, keys: list[str]) -> None:
         """Someone else wrote these keys: believe what they hold now."""

@@ -28,20 +28,19 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 
-from bridge.contract.messages import WireDecoder, now_rfc3339
+from bridge.contract.buckets import LEADER_KEY, LEASE, lease_bucket
+from bridge.contract.messages import LEASE_DECODER, Lease, now_rfc3339
 from bridge.contract.names import Names
-from bridge.edges.kv import Bucket, BucketConfig, BucketSpec, Write, ensure_bucket
+from bridge.edges.kv import Bucket, BucketConfig, Write, bucket_config, ensure_bucket
 from bridge.errors import BucketMissingError, LeaseLostError, NatsError, WrongRevisionError
 from bridge.ops.metrics import Metrics
 from bridge.waits import raise_if_cancelled
 
-__all__ = ["LEASE", "LeaderElection", "Lease"]
+__all__ = ["LEASE", "LeaderElection"]
 
 log = structlog.get_logger(__name__)
 
-LEASE = 10.0
 RETRY = 2.0
-LEADER_KEY = "leader"
 # Renewals per lease. A failed renewal is retried every RENEW_RETRY seconds until the lease is
 # MARGIN seconds from running out: with a 10 s lease that leaves 7.5 s, which covers most
 # stream leader elections in a cluster (nats-server followers wait 4 to 9 s to campaign).
@@ -51,18 +50,6 @@ MARGIN = 0.5
 # The fence's read of the key: normally a millisecond; without an answer (the lease stream
 # electing a leader) the clock decides, and a write batch should not wait long for that.
 CONFIRM_TIMEOUT = 0.5
-
-
-class Lease(msgspec.Struct, kw_only=True, frozen=True):
-    """The value of the leader key: who leads, since when (set once per term), and when the
-    lease was last renewed (RFC 3339 UTC)."""
-
-    bridge_id: str
-    since: str
-    renewed_at: str | None = None
-
-
-_LEASE_DECODER = WireDecoder(Lease)
 
 
 def bridge_identity() -> str:
@@ -89,14 +76,7 @@ class LeaderElection:
         self._metrics = metrics
         self._lease = lease
         self._retry = retry
-        self.spec = BucketSpec(
-            name=names.leader_bucket,
-            ttl=lease,
-            memory=True,
-            replicas=replicas,
-            keeps_records=False,
-            description="chorus-bridge: leader lease",
-        )
+        self.spec = lease_bucket(names, replicas=replicas, lease=lease)
         self._bucket: Bucket | None = None
         self._revision = 0
         self._since = ""
@@ -110,7 +90,7 @@ class LeaderElection:
 
     def bucket_config(self) -> BucketConfig:
         """nats-py's KeyValueConfig of the lease bucket (for tooling that creates it)."""
-        return self.spec.config()
+        return bucket_config(self.spec)
 
     async def run(self) -> None:
         """Campaign and renew until cancelled; on cancellation, give the lease up."""
@@ -192,7 +172,7 @@ class LeaderElection:
         if entry is None or entry.operation is not None or not entry.value:
             return None
         try:
-            leader = _LEASE_DECODER.decode(entry.value).bridge_id
+            leader = LEASE_DECODER.decode(entry.value).bridge_id
         except msgspec.DecodeError:
             return None
         if leader == self.identity:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
 import time
 from collections.abc import Callable, Iterable
 
@@ -25,9 +24,11 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 
+from bridge.contract.agent_id import is_agent_id
+from bridge.contract.buckets import PRESENCE_TTL, BucketSpec, presence_bucket
 from bridge.contract.messages import PRESENCE_DECODER, Agent, PresenceEntry
 from bridge.contract.names import Names
-from bridge.edges.kv import Bucket, BucketConfig, BucketSpec, ensure_bucket
+from bridge.edges.kv import Bucket, BucketConfig, bucket_config, ensure_bucket
 from bridge.errors import BucketSettingsError, NatsError
 from bridge.waits import raise_if_cancelled
 
@@ -35,9 +36,6 @@ __all__ = ["PRESENCE_TTL", "Presence", "match_presence"]
 
 log = structlog.get_logger(__name__)
 
-PRESENCE_TTL = 15.0
-# Markers left by expiries live this long, so a late watcher still sees the agent go.
-MARKER_TTL = 5
 # How often entries that went stale without a delete are looked for.
 SWEEP_INTERVAL = 1.0
 # Seconds between checks that the bucket's stream still exists. nats-py's watch does not end
@@ -46,7 +44,6 @@ SWEEP_INTERVAL = 1.0
 # found gone and made again within this is no change of who is on the bus.
 STREAM_CHECK_INTERVAL = 2.0
 # A key is an agent id, and an agent id goes into subjects (its acks and claims): one token.
-_AGENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,256}\Z")
 # Invalid entries are said at most once per this many seconds, with their count: any agent
 # may write thousands, and a line each would flood the log.
 INVALID_LOG_INTERVAL = 60.0
@@ -95,19 +92,11 @@ class Presence:
         self._invalid = _InvalidEntries()
 
     def bucket_spec(self) -> BucketSpec:
-        return BucketSpec(
-            name=self._names.presence_bucket,
-            ttl=self._ttl,
-            marker_ttl=MARKER_TTL,
-            memory=True,
-            replicas=self._replicas,
-            keeps_records=False,
-            description="chorus-bridge: agents present on the bus",
-        )
+        return presence_bucket(self._names, replicas=self._replicas, ttl=self._ttl)
 
     def bucket_config(self) -> BucketConfig:
         """nats-py's KeyValueConfig of the bucket (for tooling that creates it)."""
-        return self.bucket_spec().config()
+        return bucket_config(self.bucket_spec())
 
     async def open(self) -> Bucket:
         """Open (or create) the presence bucket. Raises NatsError."""
@@ -189,7 +178,7 @@ class Presence:
                 log.debug("agent_left_bus", agent_id=key, reason=operation or "empty")
                 self._changed()
             return
-        if not _AGENT_ID.match(key):
+        if not is_agent_id(key):
             self._invalid.note(key, "the key cannot be an agent id (it could never ack)")
             return
         try:

@@ -22,15 +22,13 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from bridge.bus.agents_bucket import AgentsBucket, read_bucket
+from bridge.contract.buckets import PURGE_MARKER_TTL, agents_bucket
 from bridge.contract.messages import Agent, AnnounceEvent, Announcement, encode, now_rfc3339
 from bridge.contract.names import Names
-from bridge.edges.kv import BucketConfig, BucketSpec, Write, open_bucket
+from bridge.edges.kv import BucketConfig, Write, bucket_config, open_bucket
 from bridge.errors import (
-    BucketMissingError,
     LeaseLostError,
     NatsError,
-    WriteRefusedError,
-    WrongRevisionError,
 )
 from bridge.ops.metrics import Metrics
 from bridge.waits import wait_event
@@ -46,8 +44,6 @@ log = structlog.get_logger(__name__)
 # a large batch (10,000 writes are answered in well under a second on one server).
 ACK_TIMEOUT = 10.0
 ACK_TIMEOUT_MIN = 2.0
-# A departed agent's purge marker expires after this many seconds (DESIGN.md: about an hour).
-PURGE_MARKER_TTL = 3600
 # How often the leader checks that nobody else wrote the bucket, and that it still exists.
 AUDIT_INTERVAL = 2.0
 # Retries of failed writes: the first soon, then doubling up to the cap.
@@ -95,11 +91,7 @@ class AgentRegistry:
         self._names = names
         self._metrics = metrics
         self._fence = fence
-        self.spec = BucketSpec(
-            name=names.agents_bucket,
-            replicas=replicas,
-            description="chorus-bridge: agents found by discovery",
-        )
+        self.spec = agents_bucket(names, replicas=replicas)
         self._lock = asyncio.Lock()
         self._view = AgentsBucket(nc, self.spec)
         self._desired: dict[str, Agent] = {}
@@ -113,8 +105,9 @@ class AgentRegistry:
         self._made: dict[str, tuple[Agent, bool, Agent]] = {}
 
     @property
-    def published(self) -> dict[str, Agent]:
-        """The records this bridge believes the bucket holds, by key."""
+    def published(self) -> Mapping[str, Agent]:
+        """The records this bridge believes the bucket holds, by key (read-only: the
+        bucket's state has one writer, bridge/bus/agents_bucket.py)."""
         return self._view.published
 
     @property
@@ -124,7 +117,7 @@ class AgentRegistry:
 
     def bucket_config(self) -> BucketConfig:
         """nats-py's KeyValueConfig of the bucket (for tooling that creates it)."""
-        return self.spec.config()
+        return bucket_config(self.spec)
 
     async def open(self) -> dict[str, Agent]:
         """Open (or create) the bucket and read what it holds: the bridge resumes from it.
@@ -190,9 +183,7 @@ class AgentRegistry:
             if record is previous:
                 continue
             if record == previous:
-                # Equal but another object (read from the bucket): keep ours, so that the
-                # next diff of this agent is by identity.
-                published[agent_id] = record
+                self._view.adopt(agent_id, record)
             else:
                 plan.append((previous, record, agent_id))
         if len(made) > len(self._desired):
@@ -251,53 +242,8 @@ class AgentRegistry:
                 joined += event == "joined"
                 updated += event == "updated"
                 await self._announce(event, record, at)
-        await self._note_failures(failures)
+        await self._view.settle(failures)
         return SyncResult(joined=joined, updated=updated, left=left, failed=len(failures))
-
-    async def _note_failures(self, failures: list[tuple[str, NatsError]]) -> None:
-        """Log a batch's failures once, and learn what the conflicting keys hold now."""
-        view = self._view
-        if not failures:
-            if view.problem is not None and view.bucket is not None:
-                log.info("kv_writes_recovered", bucket=self.spec.name)
-                view.problem = None
-            return
-        key, first = failures[0]
-        if any(isinstance(e, BucketMissingError) for _k, e in failures):
-            view.bucket = None
-        refused = next((e for _k, e in failures if isinstance(e, WriteRefusedError)), None)
-        if refused is not None and view.problem != str(refused):
-            view.problem = str(refused)
-            log.error(
-                "kv_write_refused",
-                bucket=self.spec.name,
-                key=key,
-                error=str(refused),
-                failed=len(failures),
-            )
-        elif any(not isinstance(e, WrongRevisionError) for _k, e in failures):
-            # /healthz says so while writes fail; one line when it starts, one when the
-            # next batch goes through (kv_writes_recovered).
-            if view.problem is None:
-                log.warning(
-                    "kv_write_failed",
-                    bucket=self.spec.name,
-                    key=key,
-                    error=str(first),
-                    failed=len(failures),
-                    retry=True,
-                )
-            view.problem = f"writes to bucket {self.spec.name!r} are failing: {first}"
-        else:
-            log.info(
-                "kv_write_conflict",
-                bucket=self.spec.name,
-                keys=len(failures),
-                action="re-read and written again",
-            )
-        stale = [k for k, e in failures if isinstance(e, WrongRevisionError)]
-        if stale and view.bucket is not None:
-            await view.reread(stale)
 
     async def run(self) -> None:
         """While leading: retry failed writes with backoff, and check the bucket every

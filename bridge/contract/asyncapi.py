@@ -8,14 +8,12 @@ docs/asyncapi.yaml is this module's output for the default names.
 
 from __future__ import annotations
 
-import importlib.metadata
 import inspect
 from typing import Any
 
 import msgspec
 
-from bridge.broadcast.api import SERVICE_NAME
-from bridge.bus.lease import Lease
+from bridge import __version__
 from bridge.contract.messages import (
     Ack,
     Agent,
@@ -24,9 +22,10 @@ from bridge.contract.messages import (
     Claim,
     CouncilOpportunity,
     ErrorReply,
+    Lease,
     PresenceEntry,
 )
-from bridge.contract.names import Names
+from bridge.contract.names import SERVICE_NAME, Names
 
 __all__ = ["asyncapi_document", "asyncapi_yaml"]
 
@@ -289,7 +288,7 @@ def asyncapi_document(names: Names) -> dict[str, Any]:
         "asyncapi": "3.0.0",
         "info": {
             "title": "chorus-bridge",
-            "version": _version(),
+            "version": __version__,
             "description": "Every replica of a Docker Swarm service of agents, on a NATS "
             "bus: the agents bucket, announcements, presence, council "
             "opportunities, acks, claims and broadcast reports "
@@ -312,10 +311,3 @@ def asyncapi_document(names: Names) -> dict[str, Any]:
 def asyncapi_yaml(names: Names) -> str:
     """The document as YAML text (what docs/asyncapi.yaml holds for the default names)."""
     return msgspec.yaml.encode(asyncapi_document(names)).decode()
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("chorus-bridge")
-    except importlib.metadata.PackageNotFoundError:
-        return "0.0.0"

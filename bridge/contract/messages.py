@@ -22,6 +22,7 @@ __all__ = [
     "CouncilOpportunity",
     "ErrorReply",
     "FailedDelivery",
+    "Lease",
     "PresenceEntry",
     "Role",
     "WireDecoder",
@@ -130,6 +131,15 @@ class BroadcastReport(msgspec.Struct, kw_only=True, frozen=True):
     at: str
 
 
+class Lease(msgspec.Struct, kw_only=True, frozen=True):
+    """The value of the leader key: who leads, since when (set once per term), and when the
+    lease was last renewed (RFC 3339 UTC)."""
+
+    bridge_id: str
+    since: str
+    renewed_at: str | None = None
+
+
 class ErrorReply(msgspec.Struct, kw_only=True, frozen=True):
     """The answer to a request that was refused; nothing was sent to anyone."""
 
@@ -167,6 +177,7 @@ ACK_DECODER = WireDecoder(Ack)
 CLAIM_DECODER = WireDecoder(Claim)
 REPORT_DECODER = WireDecoder(BroadcastReport)
 ERROR_DECODER = WireDecoder(ErrorReply)
+LEASE_DECODER = WireDecoder(Lease)
 
 
 def decode_reply(data: bytes) -> BroadcastReport | ErrorReply:

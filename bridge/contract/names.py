@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol
 
-from bridge.config import Settings
+__all__ = ["SERVICE_NAME", "Names"]
 
-__all__ = ["Names"]
+# The NATS micro service the bridge's request endpoints belong to (`nats micro ls` shows it).
+SERVICE_NAME = "chorus-bridge"
+
+
+class _Deployment(Protocol):
+    """What names derive from (bridge/config.py's Settings is one)."""
+
+    @property
+    def subject_prefix(self) -> str: ...
+
+    @property
+    def kv_bucket(self) -> str: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +39,7 @@ class Names:
     agents_bucket: str
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Names:
+    def from_settings(cls, settings: _Deployment) -> Names:
         return cls(prefix=settings.subject_prefix, agents_bucket=settings.kv_bucket)
 
     @property

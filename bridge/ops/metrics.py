@@ -22,6 +22,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
+from bridge import __version__
 from bridge.contract.messages import Agent
 
 __all__ = ["CALLOUT_REFUSALS", "DOCKER_ERROR_KINDS", "Metrics"]
@@ -137,7 +138,7 @@ class Metrics:
         )
         self.build.info(
             {
-                "version": _version(),
+                "version": __version__,
                 "python": platform.python_version(),
                 "nats_py": _version("nats-py"),
             }
@@ -188,7 +189,7 @@ class Metrics:
         self.agents_on_bus.set(on_bus)
 
 
-def _version(distribution: str = "chorus-bridge") -> str:
+def _version(distribution: str) -> str:
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import re
 
 import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 
+from bridge.contract.agent_id import is_agent_id
+from bridge.contract.buckets import agents_bucket
 from bridge.contract.messages import AGENT_DECODER
 from bridge.contract.names import Names
-from bridge.edges.kv import Bucket, BucketSpec, ensure_bucket
+from bridge.edges.kv import Bucket, ensure_bucket
 from bridge.errors import NatsError
 from bridge.waits import raise_if_cancelled
 
@@ -28,7 +29,6 @@ __all__ = ["AgentAddresses", "normal_address"]
 log = structlog.get_logger(__name__)
 
 # An id goes into subject permissions: one token, no wildcard, no dot.
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 # How often a quiet watch checks whether the connection was re-established, or the bucket
 # deleted (its watch would wait for good), meanwhile.
 RECONNECT_CHECK = 2.0
@@ -78,11 +78,7 @@ class AgentAddresses:
     def __init__(self, nc: NATS, names: Names, *, replicas: int = 1) -> None:
         self._nc = nc
         # The agents bucket as the registry makes it, should this replica be the first.
-        self._spec = BucketSpec(
-            name=names.agents_bucket,
-            replicas=replicas,
-            description="chorus-bridge: agents found by discovery",
-        )
+        self._spec = agents_bucket(names, replicas=replicas)
         self._index = _Index()
         self.loaded = asyncio.Event()
 
@@ -109,7 +105,7 @@ class AgentAddresses:
                 )
             ids = {name}
         (agent_id,) = ids
-        if not _ID_RE.match(agent_id):
+        if not is_agent_id(agent_id):
             return None, f"agent id {agent_id!r} cannot be a subject token"
         return agent_id, ""
 

@@ -12,7 +12,7 @@ import pytest
 import structlog
 from nats.aio.client import Client as NATS
 
-from bridge.broadcast.api import BROADCAST_QUEUE, SERVICE_NAME, encode_report, validate_request
+from bridge.broadcast.api import BROADCAST_QUEUE, encode_report, validate_request
 from bridge.config import Settings
 from bridge.contract.asyncapi import MicroInfo, MicroPing, MicroStats
 from bridge.contract.messages import (
@@ -23,6 +23,7 @@ from bridge.contract.messages import (
     decode_reply,
     encode,
 )
+from bridge.contract.names import SERVICE_NAME
 from bridge.edges.nats_server import EmbeddedNats
 from tests.conftest import run_bridge, wait_for
 

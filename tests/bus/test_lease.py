@@ -17,8 +17,9 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
 
-from bridge.bus.lease import LeaderElection, Lease
+from bridge.bus.lease import LeaderElection
 from bridge.bus.registry import read_bucket
+from bridge.contract.messages import Lease
 from bridge.contract.names import Names
 from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
 from bridge.edges.nats_server import EmbeddedNats

@@ -17,6 +17,7 @@ import nats.js.errors
 
 from bridge.bus.registry import read_bucket
 from bridge.config import Settings
+from bridge.contract.kv_wire import key_subject, stream_of
 from bridge.contract.messages import (
     REPORT_DECODER,
     Agent,
@@ -27,6 +28,7 @@ from bridge.contract.messages import (
     encode,
     now_rfc3339,
 )
+from bridge.contract.names import Names
 from bridge.errors import NatsError
 
 __all__ = ["bucket_agents", "has_key", "healthz", "on_the_bus", "try_broadcast"]
@@ -62,7 +64,7 @@ async def has_key(url: str, settings: Settings, key: str, timeout: float = 0.5) 
         return False
     try:
         msg = await nc.jetstream(timeout=timeout).get_msg(
-            f"KV_{settings.kv_bucket}", subject=f"$KV.{settings.kv_bucket}.{key}"
+            stream_of(settings.kv_bucket), subject=key_subject(settings.kv_bucket, key)
         )
         return bool(msg.data)
     except (nats.errors.Error, nats.js.errors.Error, OSError):
@@ -111,7 +113,7 @@ async def on_the_bus(
     url: str, settings: Settings, agent_id: str, every: float = 0.5
 ) -> AsyncIterator[None]:
     """An agent that puts its presence entry every `every` seconds, through restarts."""
-    subject = f"$KV.{settings.subject_prefix}_presence.{agent_id}"
+    subject = key_subject(Names.from_settings(settings).presence_bucket, agent_id)
 
     async def refresh() -> None:
         nc = await nats.connect(url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.2)

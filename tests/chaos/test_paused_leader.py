@@ -12,9 +12,8 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from bridge.bus.lease import Lease
 from bridge.config import Settings
-from bridge.contract.messages import now_rfc3339
+from bridge.contract.messages import Lease, now_rfc3339
 from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
 from bridge.edges.nats_server import EmbeddedNats
 from tests.chaos.bridges import bridge_process

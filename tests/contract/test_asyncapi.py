@@ -16,7 +16,7 @@ from bridge.contract.names import Names
 from tests.cli.test_cli import command
 from tests.js_support import JS_DIR, node_or_skip
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "asyncapi.yaml"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml"
 NAMES = Names(prefix="chorus", agents_bucket="chorus_agents")
 
 

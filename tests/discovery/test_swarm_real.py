@@ -324,7 +324,7 @@ async def listed_times(agents: AgentService, count: int, timeout: float) -> dict
 
 RESTART_VARIABLE = "CHORUS_TEST_RESTART_DOCKERD"
 DOCKERD_PIDFILE = Path("/var/run/docker.pid")
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parents[2]
 # After the daemon answers again, the bucket equals the running tasks within this.
 CATCH_UP_LIMIT = 5.0
 

@@ -9,7 +9,8 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
-from bridge.edges.kv import Bucket, BucketSpec, Entry, Watcher, Write, ensure_bucket, snapshot_of
+from bridge.contract.buckets import BucketSpec
+from bridge.edges.kv import Bucket, Entry, Watcher, Write, ensure_bucket, snapshot_of
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from prometheus_client import generate_latest
 
 from bridge.ops.metrics import Metrics
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "alerts.yml"
 ALERTS = (
     "ChorusBridgeDown",

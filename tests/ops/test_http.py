@@ -57,7 +57,7 @@ async def test_metrics_parse_and_count(
     )
 
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _readme_metrics() -> list[str]:

@@ -30,7 +30,7 @@ from bridge.devkit.sim.presence import ensure_presence_bucket
 from bridge.edges.nats_server import EmbeddedNats
 from tests.conftest import RunningBridge, run_bridge, wait_for
 
-NATS_CONF = Path(__file__).resolve().parents[1] / "nats.conf"
+NATS_CONF = Path(__file__).resolve().parents[2] / "nats.conf"
 PASSWORDS = {
     "BRIDGE_PASS": "bridge-secret",
     "AGENT_PASS": "agent-secret",
@@ -389,6 +389,9 @@ async def test_coordinator_finds_the_bridges_micro_service(
         bridge.nc, name="chorus-bridge", version="1.0.0", queue_group=BROADCAST_QUEUE
     )
     await service.add_endpoint(name="broadcast", subject="chorus.bridge.broadcast", handler=serve)
+    # The subscriptions are the bridge connection's; a request on another connection finds
+    # them only once the server has them (a loaded machine showed "no responders" without).
+    await bridge.nc.flush()
     for verb in ("PING", "INFO", "STATS"):
         reply = await coordinator.nc.request(f"$SRV.{verb}.chorus-bridge", b"", timeout=5)
         assert b'"name": "chorus-bridge"' in reply.data

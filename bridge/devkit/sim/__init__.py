@@ -22,7 +22,7 @@ from bridge.devkit.sim.bus_agents import (
 )
 from bridge.devkit.sim.fleet import Progress, SimFleet
 from bridge.devkit.sim.http_agents import DEFAULT_OPPORTUNITY_PATH, HUGE_BODY_BYTES, HttpAgents
-from bridge.devkit.sim.presence import PRESENCE_MARKER_TTL, PRESENCE_TTL, presence_bucket_config
+from bridge.devkit.sim.presence import presence_bucket_config
 from bridge.devkit.sim.single import run_single_agent
 
 __all__ = [
@@ -31,8 +31,6 @@ __all__ = [
     "DEFAULT_OPPORTUNITY_PATH",
     "HUGE_BODY_BYTES",
     "PRESENCE_INTERVAL",
-    "PRESENCE_MARKER_TTL",
-    "PRESENCE_TTL",
     "Behaviour",
     "BusAgents",
     "BusAuth",

@@ -11,15 +11,14 @@ from collections.abc import Sequence
 import structlog
 from nats.aio.client import Client as NATS
 
+from bridge.contract.buckets import PRESENCE_MARKER_TTL, presence_bucket
 from bridge.contract.messages import encode
 from bridge.contract.names import Names
 from bridge.devkit.sim.agent import SimAgent
-from bridge.edges.kv import BucketConfig, BucketSpec, Write, ensure_bucket, write_batch
+from bridge.edges.kv import BucketConfig, Write, bucket_config, ensure_bucket, write_batch
 from bridge.errors import NatsError
 
 __all__ = [
-    "PRESENCE_MARKER_TTL",
-    "PRESENCE_TTL",
     "PresenceWriter",
     "ensure_presence_bucket",
     "presence_bucket_config",
@@ -27,33 +26,18 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-# DESIGN.md: an entry older than 15 s counts as absent; limit markers make expiry visible
-# to watchers (as a PURGE), and the markers themselves go away after a few seconds.
-PRESENCE_TTL = 15
-PRESENCE_MARKER_TTL = 5
 CONFIRM_TIMEOUT = 10
 
 
-def presence_bucket_spec(names: Names) -> BucketSpec:
-    """The presence bucket as the bridge makes it (bridge/bus/presence.py)."""
-    return BucketSpec(
-        name=names.presence_bucket,
-        ttl=PRESENCE_TTL,
-        marker_ttl=PRESENCE_MARKER_TTL,
-        memory=True,
-        keeps_records=False,
-        description="chorus agents on the bus, each refreshed every 5 s",
-    )
-
-
 def presence_bucket_config(names: Names) -> BucketConfig:
-    return presence_bucket_spec(names).config()
+    """nats-py's configuration of the presence bucket, as the bridge makes it."""
+    return bucket_config(presence_bucket(names))
 
 
 async def ensure_presence_bucket(nc: NATS, names: Names) -> None:
     """Bind to the presence bucket, creating it (as the bridge does) when it is missing.
     Raises NatsError (the user may not read or create it, no JetStream)."""
-    await ensure_bucket(nc, presence_bucket_spec(names))
+    await ensure_bucket(nc, presence_bucket(names))
 
 
 class PresenceWriter:

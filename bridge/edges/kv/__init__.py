@@ -18,7 +18,7 @@ of writes and their answers), `settings` (an existing bucket's settings, refused
 """
 
 from bridge.edges.kv.bucket import Bucket, bind_bucket, ensure_bucket, open_bucket
-from bridge.edges.kv.records import BucketConfig, BucketSpec, Entry, RawBucket, Write
+from bridge.edges.kv.records import BucketConfig, Entry, RawBucket, Write, bucket_config
 from bridge.edges.kv.settings import MIN_VALUE_SIZE
 from bridge.edges.kv.watch import Watcher, snapshot_of
 from bridge.edges.kv.writes import write_batch
@@ -27,12 +27,12 @@ __all__ = [
     "MIN_VALUE_SIZE",
     "Bucket",
     "BucketConfig",
-    "BucketSpec",
     "Entry",
     "RawBucket",
     "Watcher",
     "Write",
     "bind_bucket",
+    "bucket_config",
     "ensure_bucket",
     "open_bucket",
     "snapshot_of",

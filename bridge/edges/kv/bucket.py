@@ -15,8 +15,10 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StreamConfig
 from nats.js.kv import KeyValue
 
+from bridge.contract.buckets import BucketSpec
+from bridge.contract.kv_wire import operation_of
 from bridge.edges.kv.errors import _NO_STREAM, _mapped
-from bridge.edges.kv.records import BucketSpec, Entry, RawBucket, Write, _operation, _seconds
+from bridge.edges.kv.records import Entry, RawBucket, Write, _seconds, bucket_config
 from bridge.edges.kv.settings import _check
 from bridge.edges.kv.watch import Watcher, snapshot_of, watching
 from bridge.edges.kv.writes import write_batch
@@ -84,7 +86,7 @@ class Bucket:
             key=key,
             value=msg.data or b"",
             revision=msg.seq or 0,
-            operation=_operation(msg.headers),
+            operation=operation_of(msg.headers),
             created=_seconds(msg.time),
         )
 
@@ -175,7 +177,7 @@ async def _opened(js: JetStreamContext, spec: BucketSpec, what: str) -> KeyValue
 
 async def _created(js: JetStreamContext, spec: BucketSpec, what: str) -> KeyValue:
     try:
-        kv = await js.create_key_value(spec.config())
+        kv = await js.create_key_value(bucket_config(spec))
     except nats.js.errors.BadRequestError:
         kv = await js.key_value(spec.name)  # created meanwhile by another bridge
     except (nats.errors.Error, nats.js.errors.Error) as exc:

@@ -5,42 +5,31 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Literal
 
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-_DEL, _PURGE = "DEL", "PURGE"
-Operation = Literal["DEL", "PURGE"] | None
+from bridge.contract.buckets import BucketSpec
+from bridge.contract.kv_wire import Operation, delete_headers, ttl_header
+
 # A bucket bound by nats-py itself, for tooling that reads a bucket it did not open here;
 # and nats-py's bucket configuration, for tooling that creates one as the bridge would.
 RawBucket = KeyValue
 BucketConfig = KeyValueConfig
 
 
-@dataclasses.dataclass(frozen=True)
-class BucketSpec:
-    """What a bucket must be. `keeps_records`: a TTL or max age would lose records, so an
-    existing bucket with one is refused. `ttl`, `marker_ttl` in seconds."""
-
-    name: str
-    description: str
-    memory: bool = False
-    replicas: int = 1
-    ttl: float | None = None
-    marker_ttl: int | None = None
-    keeps_records: bool = True
-
-    def config(self) -> BucketConfig:
-        return KeyValueConfig(
-            bucket=self.name,
-            description=self.description,
-            history=1,
-            ttl=self.ttl,
-            limit_marker_ttl=self.marker_ttl,
-            replicas=self.replicas,
-            storage=StorageType.MEMORY if self.memory else StorageType.FILE,
-        )
+def bucket_config(spec: BucketSpec) -> BucketConfig:
+    """nats-py's configuration of the bucket `spec` defines (history 1: a key's latest
+    message is all the bridge reads)."""
+    return KeyValueConfig(
+        bucket=spec.name,
+        description=spec.description,
+        history=1,
+        ttl=spec.ttl,
+        limit_marker_ttl=spec.marker_ttl,
+        replicas=spec.replicas,
+        storage=StorageType.MEMORY if spec.memory else StorageType.FILE,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,27 +60,12 @@ class Write:
     def headers(self) -> dict[str, str] | None:
         headers: dict[str, str] = {}
         if self.value is not None and self.ttl is not None:
-            headers["Nats-TTL"] = str(self.ttl)
+            headers.update(ttl_header(self.ttl))
         if self.value is None:
-            headers["KV-Operation"] = _DEL if self.purge_ttl is None else _PURGE
-            if self.purge_ttl is not None:
-                headers["Nats-Rollup"] = "sub"
-                headers["Nats-TTL"] = str(self.purge_ttl)
+            headers.update(delete_headers(purge_ttl=self.purge_ttl))
         if self.expect is not None:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(self.expect)
         return headers or None
-
-
-def _operation(headers: dict[str, str] | None) -> Operation:
-    if not headers:
-        return None
-    op = headers.get("KV-Operation")
-    if op == _DEL:
-        return "DEL"
-    if op == _PURGE:
-        return "PURGE"
-    # Server-placed markers (nats-server 2.11+); nats-py's get() does not know them.
-    return "PURGE" if "Nats-Marker-Reason" in headers else None
 
 
 def _seconds(created: object) -> float:

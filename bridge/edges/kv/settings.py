@@ -7,7 +7,7 @@ from __future__ import annotations
 import structlog
 from nats.js.api import StreamConfig
 
-from bridge.edges.kv.records import BucketSpec
+from bridge.contract.buckets import BucketSpec
 from bridge.errors import BucketSettingsError
 
 log = structlog.get_logger(__name__)

@@ -11,8 +11,9 @@ import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 
+from bridge.contract.kv_wire import operation_of
 from bridge.edges.kv.errors import _mapped
-from bridge.edges.kv.records import Entry, RawBucket, _operation, _seconds
+from bridge.edges.kv.records import Entry, RawBucket, _seconds
 from bridge.errors import NatsError
 
 # How long a watch of a bucket that held messages waits for the first of them before it
@@ -51,7 +52,7 @@ class Watcher:
         self.pending = entry.delta or 0
         if not self._current_done and self.pending == 0:
             self._marker_due = True  # the last current value: the marker comes next
-        op = _operation({"KV-Operation": entry.operation} if entry.operation else None)
+        op = operation_of({"KV-Operation": entry.operation} if entry.operation else None)
         return Entry(
             key=entry.key,
             value=entry.value or b"",

@@ -1,0 +1,88 @@
+"""Every KV bucket of the contract, and what it must be: one definition each.
+
+DESIGN.md, "The bus": `chorus_agents` (BRIDGE_KV_BUCKET) keeps its records for good (no TTL,
+no max age); `chorus_presence` expires an entry 15 s after its last write, with limit markers
+so that watchers see it go; `chorus_bridge` holds the leader lease, whose messages expire after
+the lease. The bridge creates each when missing, as defined here; a tool that creates one (the
+demo's simulated agents, tests, benchmarks) takes the same definition. The KV edge
+(bridge/edges/kv/) turns a `BucketSpec` into nats-py's configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from bridge.contract.names import Names
+
+__all__ = [
+    "LEADER_KEY",
+    "LEASE",
+    "PRESENCE_INTERVAL",
+    "PRESENCE_MARKER_TTL",
+    "PRESENCE_TTL",
+    "PURGE_MARKER_TTL",
+    "BucketSpec",
+    "agents_bucket",
+    "lease_bucket",
+    "presence_bucket",
+]
+
+# DESIGN.md: an agent rewrites its presence at least every 5 s; 15 s without one is absence.
+PRESENCE_INTERVAL = 5.0
+PRESENCE_TTL = 15.0
+# Markers left by presence expiries live this long, so a late watcher still sees the agent go.
+PRESENCE_MARKER_TTL = 5
+# A departed agent's purge marker expires after this many seconds (DESIGN.md: about an hour).
+PURGE_MARKER_TTL = 3600
+# The leader lease, in seconds: the lease bucket's max age, renewed 5 times per lease.
+LEASE = 10.0
+LEADER_KEY = "leader"
+
+
+@dataclasses.dataclass(frozen=True)
+class BucketSpec:
+    """What a bucket must be. `ttl` (max age) and `marker_ttl` in seconds. `keeps_records`:
+    a TTL or max age would lose records, so an existing bucket with one is refused (DESIGN.md:
+    the bridge refuses to write there and /healthz says why)."""
+
+    name: str
+    description: str
+    memory: bool = False
+    replicas: int = 1
+    ttl: float | None = None
+    marker_ttl: int | None = None
+    keeps_records: bool = True
+
+
+def agents_bucket(names: Names, *, replicas: int = 1) -> BucketSpec:
+    """The agents bucket (BRIDGE_KV_BUCKET): file storage, records kept for good."""
+    return BucketSpec(
+        name=names.agents_bucket,
+        replicas=replicas,
+        description="chorus-bridge: agents found by discovery",
+    )
+
+
+def presence_bucket(names: Names, *, replicas: int = 1, ttl: float = PRESENCE_TTL) -> BucketSpec:
+    """The presence bucket: in memory, entries expire `ttl` s after their last write."""
+    return BucketSpec(
+        name=names.presence_bucket,
+        ttl=ttl,
+        marker_ttl=PRESENCE_MARKER_TTL,
+        memory=True,
+        replicas=replicas,
+        keeps_records=False,
+        description="chorus-bridge: agents present on the bus",
+    )
+
+
+def lease_bucket(names: Names, *, replicas: int = 1, lease: float = LEASE) -> BucketSpec:
+    """The leader lease's bucket: in memory, its messages expire `lease` s after a write."""
+    return BucketSpec(
+        name=names.leader_bucket,
+        ttl=lease,
+        memory=True,
+        replicas=replicas,
+        keeps_records=False,
+        description="chorus-bridge: leader lease",
+    )
