@@ -49,6 +49,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     discovery_method: DiscoveryMethod = "auto"
     docker_enabled: bool = True
+    # One address or several, comma-separated (the managers, tried in turn): docker_hosts.
     docker_host: str = "unix:///var/run/docker.sock"
     docker_tls_verify: bool = False
     docker_cert_path: str | None = None
@@ -83,6 +84,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     callout_issuer_seed: str | None = None
     callout_xkey_seed: str | None = None
     callout_agent_password_file: str | None = None
+
+    @property
+    def docker_hosts(self) -> tuple[str, ...]:
+        """The Docker Engine addresses WHOOSH_DOCKER_HOST lists, in order."""
+        return tuple(part.strip() for part in self.docker_host.split(",") if part.strip())
 
     @property
     def docker_active(self) -> bool:
@@ -129,11 +135,20 @@ def _lower(_name: str, raw: str) -> str:
 
 
 def _docker_host(name: str, raw: str) -> str:
-    value = raw.strip()
-    scheme = urlsplit(value).scheme
-    if scheme not in {"unix", "tcp", "http", "https", "ssh"} or value == f"{scheme}://":
-        raise ConfigError(name, raw, "expected unix:///path/to/docker.sock or tcp://host:port")
-    return value
+    """One address or a comma-separated list of them (several managers), each checked."""
+    hosts = _csv(name, raw)
+    for value in hosts:
+        scheme = urlsplit(value).scheme
+        if scheme not in {"unix", "tcp", "http", "https", "ssh"} or value == f"{scheme}://":
+            raise ConfigError(
+                name,
+                raw,
+                "expected unix:///path/to/docker.sock or tcp://host:port (comma-separated for "
+                "several managers)",
+            )
+    if not hosts:
+        raise ConfigError(name, raw, "must not be empty")
+    return ",".join(hosts)
 
 
 def _endpoint(name: str, raw: str) -> str:

@@ -56,8 +56,9 @@ class DockerAPIError(BridgeError):
     """A Docker Engine API call failed.
 
     `kind` is one of a small fixed set (socket_missing, permission_denied, not_manager,
-    service_not_found, server_error, bad_response, timeout, unreachable, api_error), so that
-    logs and metrics can tell an outage from a misconfiguration.
+    swarm_locked, manager_not_ready, no_leader, forbidden, service_not_found, server_error,
+    bad_response, timeout, unreachable, api_error), so that logs and metrics can tell an
+    outage from a misconfiguration.
     """
 
     def __init__(self, kind: str, message: str) -> None:

@@ -61,6 +61,20 @@ def test_values_parse_and_flags_win() -> None:
     assert s.log_level == "DEBUG"
 
 
+def test_docker_host_lists_several_managers() -> None:
+    """WHOOSH_DOCKER_HOST: one address, or several comma-separated, tried in that order."""
+    one = load_settings({})
+    several = load_settings(
+        {"WHOOSH_DOCKER_HOST": " tcp://manager-1:2375, unix:///run/m2.sock ,tcp://10.0.0.3:2375"}
+    )
+    assert one.docker_hosts == ("unix:///var/run/docker.sock",)
+    assert several.docker_hosts == (
+        "tcp://manager-1:2375",
+        "unix:///run/m2.sock",
+        "tcp://10.0.0.3:2375",
+    )
+
+
 def test_empty_network_means_first_address() -> None:
     """WHOOSH_NETWORK_NAME='' selects the task's first address."""
     assert load_settings({"WHOOSH_NETWORK_NAME": ""}).network_names == ()
@@ -72,6 +86,8 @@ def test_empty_network_means_first_address() -> None:
         ("DISCOVERY_METHOD", "kubernetes"),
         ("WHOOSH_DOCKER_ENABLED", "maybe"),
         ("WHOOSH_DOCKER_HOST", "docker.sock"),
+        ("WHOOSH_DOCKER_HOST", "tcp://manager-1:2375,manager-2:2375"),
+        ("WHOOSH_DOCKER_HOST", " , "),
         ("WHOOSH_SERVICE_NAME", "  "),
         ("WHOOSH_AGENT_PORT", "abc"),
         ("WHOOSH_AGENT_PORT", "0"),

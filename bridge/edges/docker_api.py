@@ -1,18 +1,22 @@
 """The Docker Engine API edge: the only importer of `docker` and `requests`.
 
 Only GET /info, /tasks and /events are called here (DESIGN.md also allows /_ping and /version),
-which a read-only socket on a manager node allows. Paths are unversioned: the engine then
-answers with its own API version, so no GET /version round trip is needed to build the client
-and any engine works. Only public names of the SDK are used: `APIClient` is a
-`requests.Session`, so a call is its `get(base_url + path, params=..., timeout=...)`.
+which the stack's docker-api proxy on the managers lets through. One DockerAPI is one address:
+several managers are several of them (bridge/discovery/managers.py chooses which to read).
+Paths are unversioned: the engine then answers with its own API version, so no GET /version
+round trip is needed to build the client and any engine works. Only public names of the SDK are
+used: `APIClient` is a `requests.Session`, so a call is its `get(base_url + path, params=...,
+timeout=...)`.
 
-Every call is bounded: `timeout` seconds to connect and between two reads. The SDK is
+Every call is bounded: CONNECT_TIMEOUT seconds to connect (or `timeout`, when shorter) and
+`timeout` seconds between two reads. The SDK is
 blocking, so each call runs in a daemon thread of its own and is awaited: cancelling the
 await abandons the thread (it ends by itself within its timeout), so a daemon that accepts
 and never answers can neither freeze discovery nor delay the process's exit.
 
 Errors of the SDK, of requests and of the OS are mapped here, once, to DockerAPIError (its
-`kind` says which); anything else is a bug and propagates unchanged.
+`kind` says which); anything else is a bug and propagates unchanged. An error answer is named
+from its message (bridge/edges/docker_answers.py).
 """
 
 from __future__ import annotations
@@ -34,9 +38,17 @@ import structlog
 from docker.tls import TLSConfig
 
 from bridge.config import Settings
+from bridge.edges.docker_answers import ErrorAnswer, answer_error
 from bridge.errors import ConfigError, DockerAPIError
 
-__all__ = ["DEFAULT_DOCKER_HOST", "DockerAPI", "EventStream", "docker_error", "status_error"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "DEFAULT_DOCKER_HOST",
+    "DockerAPI",
+    "EventStream",
+    "docker_error",
+    "status_error",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +59,10 @@ DEFAULT_DOCKER_HOST = Settings().docker_host
 # is never sent (a fixed value just spares the SDK its GET /version at construction).
 _CLIENT_VERSION = "1.41"
 _OBJECT = msgspec.json.Decoder(dict[str, Any])
+# Seconds to connect, at most (and never more than the call's timeout): a live engine or proxy
+# accepts within milliseconds, and a manager that is gone (a crashed node drops the SYN) must
+# not hold discovery for a whole call's timeout before the next manager is tried.
+CONNECT_TIMEOUT = 3.0
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -73,16 +89,28 @@ def _socket_hint(settings: Settings) -> str:
     if settings.docker_host != DEFAULT_DOCKER_HOST:
         return "check WHOOSH_DOCKER_HOST"  # it was set: pointing at it again would not help
     return (
-        "mount /var/run/docker.sock into the bridge (read-only is enough) or set WHOOSH_DOCKER_HOST"
+        "set WHOOSH_DOCKER_HOST to the managers' docker-api proxy (the stack's "
+        "tcp://tasks.docker-api:2375), or mount /var/run/docker.sock into the bridge"
     )
 
 
-def docker_error(exc: BaseException, settings: Settings) -> DockerAPIError | None:
-    """What the SDK, requests or the OS raised, as a DockerAPIError; None when unknown."""
+def docker_error(
+    exc: BaseException, settings: Settings, host: str | None = None
+) -> DockerAPIError | None:
+    """What the SDK, requests or the OS raised, as a DockerAPIError; None when unknown.
+
+    host: the address that was called (default: the first of WHOOSH_DOCKER_HOST).
+    """
     if isinstance(exc, DockerAPIError):
         return exc
-    host = settings.docker_host
+    host = host or settings.docker_hosts[0]
     chain = list(_chain(exc))
+    if any(isinstance(e, requests.exceptions.ConnectTimeout) for e in chain):
+        return DockerAPIError(
+            "timeout",
+            f"could not connect to the Docker API at {host} within "
+            f"{min(CONNECT_TIMEOUT, settings.docker_timeout):g}s; is that node down or cut off?",
+        )
     if _is_timeout(exc):
         return DockerAPIError(
             "timeout",
@@ -113,30 +141,24 @@ def docker_error(exc: BaseException, settings: Settings) -> DockerAPIError | Non
     return None
 
 
-def status_error(response: requests.Response, settings: Settings) -> DockerAPIError:
-    """The error for a non-2xx answer, with Docker's own message."""
-    status = response.status_code
+def status_error(
+    response: requests.Response, settings: Settings, host: str | None = None, call: str = ""
+) -> DockerAPIError:
+    """The error for a non-2xx answer, named from its message (bridge/edges/docker_answers.py).
+
+    host: the address that was called (default: the first of WHOOSH_DOCKER_HOST); call: what
+    was asked, e.g. "GET /tasks" (a proxy's 403 names it).
+    """
     try:
-        message = str(response.json().get("message") or response.text)
-    except (ValueError, AttributeError):
-        message = response.text.strip()
-    host = settings.docker_host
-    if status == 503:
-        return DockerAPIError(
-            "not_manager",
-            f"the engine at {host} is not a swarm manager "
-            f"(HTTP 503: {message}); the task list is manager-only: place "
-            "the bridge on a manager node",
-        )
-    if status == 404:
-        return DockerAPIError(
-            "service_not_found",
-            f"service {settings.service_name!r} not "
-            f"found (HTTP 404: {message}); check WHOOSH_SERVICE_NAME",
-        )
-    if status >= 500:
-        return DockerAPIError("server_error", f"the Docker API answered HTTP {status}: {message}")
-    return DockerAPIError("api_error", f"the Docker API answered HTTP {status}: {message}")
+        document: object = response.json()
+    except ValueError:
+        document = None
+    return answer_error(
+        ErrorAnswer(response.status_code, document, response.text, response.reason or ""),
+        settings,
+        host or settings.docker_hosts[0],
+        call,
+    )
 
 
 async def _in_thread(fn: Callable[[], T], abandon: Callable[[T], None] | None = None) -> T:
@@ -172,14 +194,17 @@ async def _in_thread(fn: Callable[[], T], abandon: Callable[[T], None] | None = 
 
 
 class DockerAPI:
-    """The Docker Engine API of one bridge. close() frees its connections.
+    """The Docker Engine API at one address. close() frees its connections.
 
-    Each method raises DockerAPIError (kind: socket_missing, permission_denied, not_manager,
-    service_not_found, server_error, bad_response, timeout, unreachable, api_error).
+    host: the address (unix:// or tcp://); default: the first of WHOOSH_DOCKER_HOST. Each
+    method raises DockerAPIError (kind: socket_missing, permission_denied, not_manager,
+    swarm_locked, manager_not_ready, no_leader, forbidden, service_not_found, server_error,
+    bad_response, timeout, unreachable, api_error).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, host: str | None = None) -> None:
         self.settings = settings
+        self.host = host or settings.docker_hosts[0]
         tls: TLSConfig | bool = False
         if settings.docker_tls_verify and settings.docker_cert_path:
             path = settings.docker_cert_path
@@ -188,15 +213,16 @@ class DockerAPI:
                 ca_cert=f"{path}/ca.pem",
                 verify=True,
             )
-        host = settings.docker_host.replace("tcp://", "https://") if tls else settings.docker_host
+        host = self.host.replace("tcp://", "https://") if tls else self.host
         # Building the client does no I/O (the version is given); a bad host is a config error.
         try:
             self._client = docker.APIClient(
                 base_url=host, version=_CLIENT_VERSION, timeout=settings.docker_timeout, tls=tls
             )
         except docker.errors.DockerException as exc:
-            raise ConfigError("WHOOSH_DOCKER_HOST", settings.docker_host, str(exc)) from exc
+            raise ConfigError("WHOOSH_DOCKER_HOST", self.host, str(exc)) from exc
         self._timeout = settings.docker_timeout
+        self._connect_timeout = min(CONNECT_TIMEOUT, settings.docker_timeout)
         self._socket_path = host.removeprefix("unix://") if host.startswith("unix://") else None
 
     def _get(
@@ -211,17 +237,17 @@ class DockerAPI:
                 self._client.base_url + path,
                 params=params,
                 stream=stream,
-                timeout=(self._timeout, self._timeout),
+                timeout=(self._connect_timeout, self._timeout),
             )
         except Exception as exc:
             raise self._mapped(exc) from exc
         if response.status_code >= 300:
             with response:
-                raise status_error(response, self.settings)
+                raise status_error(response, self.settings, self.host, f"GET {path}")
         return response
 
     def _mapped(self, exc: Exception) -> Exception:
-        return docker_error(exc, self.settings) or exc
+        return docker_error(exc, self.settings, self.host) or exc
 
     def _body(self, path: str, params: Mapping[str, str] | None) -> bytes:
         with self._get(path, params) as response:
@@ -239,8 +265,7 @@ class DockerAPI:
         except msgspec.DecodeError as exc:
             raise DockerAPIError(
                 "bad_response",
-                f"GET /info did not answer a JSON object "
-                f"({exc}); is {self.settings.docker_host} a Docker Engine?",
+                f"GET /info did not answer a JSON object ({exc}); is {self.host} a Docker Engine?",
             ) from exc
 
     async def tasks(self, filters: str) -> bytes:

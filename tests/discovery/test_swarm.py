@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from bridge.config import Settings
+from bridge.devkit.emulator import documents
 from bridge.discovery.swarm import SwarmDiscovery
 from bridge.edges.docker_api import DockerAPI, docker_error, status_error
 from bridge.errors import DockerAPIError
@@ -86,17 +87,22 @@ def test_malformed_task_json_is_a_bad_response() -> None:
         assert info.value.kind == "bad_response"
 
 
-def _answer(status: int, body_file: str) -> requests.Response:
+def _answer(status: int, body: bytes, content_type: str = "application/json") -> requests.Response:
     response = requests.Response()
     response.status_code = status
-    response._content = (FIXTURES / body_file).read_bytes()
+    response._content = body
+    response.headers["Content-Type"] = content_type
     return response
+
+
+def _engine(message: str) -> bytes:
+    return json.dumps({"message": message}).encode()
 
 
 @pytest.mark.parametrize(
     ("status", "body", "kind", "says"),
     [
-        (503, "tasks_not_swarm_503.body", "not_manager", "manager node"),
+        (503, "tasks_not_swarm_503.body", "not_manager", "not a manager"),
         (404, "tasks_service_not_found_404.body", "service_not_found", "WHOOSH_SERVICE_NAME"),
         (500, "tasks_bad_filter_500.body", "server_error", "HTTP 500"),
     ],
@@ -105,10 +111,50 @@ def test_recorded_error_answers_are_classified(
     status: int, body: str, kind: str, says: str
 ) -> None:
     """The recorded 503, 404 and 500 answers map to errors that say what to do."""
-    answer = _answer(status, body)
+    answer = _answer(status, (FIXTURES / body).read_bytes())
     error = status_error(answer, Settings())
     assert error.kind == kind
     assert says in str(error) and json.loads(answer.content)["message"] in str(error)
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "kind", "says"),
+    [
+        (503, documents.NOT_MANAGER_WORKER, "not_manager", "not a manager: it is a worker"),
+        (503, documents.SWARM_LOCKED, "swarm_locked", "docker swarm unlock"),
+        (503, documents.MANAGER_PREPARING, "manager_not_ready", "joining the swarm"),
+        (500, documents.NO_LEADER, "no_leader", "lost quorum"),
+    ],
+)
+def test_a_manager_that_cannot_answer_is_named_from_the_engines_message(
+    status: int, message: str, kind: str, says: str
+) -> None:
+    """Docker's own texts (moby daemon/cluster): a worker, a locked swarm, a manager being
+    prepared, a swarm without a leader are each what they are, never 'place the bridge on a
+    manager node' nor an anonymous server error; the engine's words are kept."""
+    error = status_error(_answer(status, _engine(message)), Settings(), "tcp://10.0.0.7:2375")
+    assert error.kind == kind
+    assert says in str(error) and "tcp://10.0.0.7:2375" in str(error)
+    assert message in str(error) and "place the bridge" not in str(error)
+
+
+def test_a_proxys_403_names_the_refused_call() -> None:
+    """HAProxy's 403 page (an HTML body, not the engine's JSON): forbidden, naming the call
+    the proxy refused and what it must let through."""
+    answer = _answer(403, documents.PROXY_FORBIDDEN.encode(), "text/html")
+    error = status_error(answer, Settings(), "tcp://docker-api:2375", "GET /events")
+    assert error.kind == "forbidden"
+    text = str(error)
+    assert "refused GET /events" in text and "tcp://docker-api:2375" in text
+    assert "403 Forbidden Request forbidden by administrative rules." in text
+    assert "<html>" not in text and "/tasks" in text
+
+
+def test_a_proxy_with_no_engine_behind_it_is_unreachable() -> None:
+    """HAProxy's 503 (no server answers behind it) is no statement about swarm managers."""
+    page = b"<html><body><h1>503 Service Unavailable</h1>\nNo server is available.\n</body></html>"
+    error = status_error(_answer(503, page, "text/html"), Settings(), "tcp://docker-api:2375")
+    assert error.kind == "unreachable" and "no Docker Engine answering" in str(error)
 
 
 def test_socket_and_permission_errors_are_classified() -> None:

@@ -14,9 +14,13 @@ from bridge.devkit.emulator.tasks import load_template, rfc3339_now
 __all__ = [
     "API_VERSION",
     "COMMON_HEADERS",
+    "MANAGER_PREPARING",
     "NOT_IN_SWARM",
     "NOT_MANAGER_WORKER",
+    "NO_LEADER",
     "PING_HEADERS",
+    "PROXY_FORBIDDEN",
+    "SWARM_LOCKED",
     "info_document",
     "not_manager_message",
     "swarm_header",
@@ -41,6 +45,27 @@ NOT_MANAGER_WORKER = (
     "This node is not a swarm manager. Worker nodes can't be used to view or "
     "modify cluster state. Please run this command on a manager node or "
     "promote the current node to a manager."
+)
+
+# Docker's other answers for a manager-only call a node cannot serve (moby
+# daemon/cluster/errors.go and Cluster.errNoManager; HTTP 503), and swarmkit's for a swarm
+# without a leader (HTTP 500, as `docker node ls` shows it on a manager that lost quorum).
+SWARM_LOCKED = (
+    "Swarm is encrypted and needs to be unlocked before it can be used. Please use "
+    '"docker swarm unlock" to unlock it.'
+)
+MANAGER_PREPARING = (
+    "This node is not a swarm manager. Manager is being prepared or has trouble connecting "
+    "to the cluster."
+)
+NO_LEADER = (
+    "rpc error: code = Unknown desc = The swarm does not have a leader. It's possible that "
+    "too few managers are online. Make sure more than half of the managers are online."
+)
+# HAProxy's own answer when an `http-request deny` refuses a request (deploy/docker-api).
+PROXY_FORBIDDEN = (
+    "<html><body><h1>403 Forbidden</h1>\nRequest forbidden by administrative rules.\n"
+    "</body></html>\n"
 )
 
 _VERSION = load_template("version.json")
