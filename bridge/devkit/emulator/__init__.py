@@ -8,7 +8,8 @@
 `python -m bridge.devkit.emulator --socket PATH --tasks N` runs one until SIGTERM or SIGINT.
 """
 
+from bridge.devkit.emulator.faults import ERROR_MODES, ErrorMode
 from bridge.devkit.emulator.server import DockerEmulator, serve_in_thread
-from bridge.devkit.emulator.state import ERROR_MODES, EmulatedSwarm, ErrorMode
+from bridge.devkit.emulator.state import EmulatedSwarm
 
 __all__ = ["ERROR_MODES", "DockerEmulator", "EmulatedSwarm", "ErrorMode", "serve_in_thread"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from bridge.devkit.emulator.nodes import NodeRecord
 from bridge.devkit.emulator.state import EmulatedSwarm
 from bridge.devkit.emulator.tasks import load_template, rfc3339_now
 
@@ -78,54 +79,59 @@ def version_document() -> dict[str, Any]:
     return document
 
 
-def swarm_header(swarm: EmulatedSwarm) -> str:
+def swarm_header(swarm: EmulatedSwarm, node: NodeRecord) -> str:
     """The `Swarm` header of /_ping (API 1.42 and later engines send it)."""
     if not swarm.active:
         return "inactive"
-    return "active/manager" if swarm.manager else "active/worker"
+    return f"active/{node.role}"
 
 
 def not_manager_message(swarm: EmulatedSwarm) -> str:
-    """What a manager-only call answers on this node (with HTTP 503)."""
+    """What a manager-only call answers on a node that is not a manager (with HTTP 503)."""
     return NOT_MANAGER_WORKER if swarm.active else NOT_IN_SWARM
 
 
-def info_document(swarm: EmulatedSwarm) -> dict[str, Any]:
-    """GET /info: the recorded engine, with this swarm's role and counts."""
+def info_document(
+    swarm: EmulatedSwarm, node: NodeRecord, *, locked: bool = False
+) -> dict[str, Any]:
+    """GET /info: the recorded engine, as the node serving it sees the swarm."""
     info: dict[str, Any] = copy.deepcopy(_INFO)
     running = swarm.replicas
     info.update(
         Containers=running,
         ContainersRunning=running,
-        Name=swarm.hostname,
+        Name=node.hostname,
         SystemTime=rfc3339_now(),
         NEventsListener=swarm.event_streams,
-        Swarm=_swarm_section(swarm),
+        Swarm=_swarm_section(swarm, node, locked),
     )
     return info
 
 
-def _swarm_section(swarm: EmulatedSwarm) -> dict[str, Any]:
-    if not swarm.active:
+def _swarm_section(swarm: EmulatedSwarm, node: NodeRecord, locked: bool) -> dict[str, Any]:
+    if not swarm.active or locked:
+        # A locked manager knows nothing of the swarm until it is unlocked.
         return {
             "NodeID": "",
             "NodeAddr": "",
-            "LocalNodeState": "inactive",
+            "LocalNodeState": "locked" if swarm.active else "inactive",
             "ControlAvailable": False,
             "Error": "",
             "RemoteManagers": None,
         }
-    manager_id = swarm.node_id if swarm.manager else swarm.manager_node_id
+    manager = node.role == "manager"
+    managers = [n for n in swarm.nodes.values() if n.role == "manager"]
     section: dict[str, Any] = {
-        "NodeID": swarm.node_id,
+        "NodeID": node.id,
         "NodeAddr": "127.0.0.1",
         "LocalNodeState": "active",
-        "ControlAvailable": swarm.manager,
+        "ControlAvailable": manager,
         "Error": "",
-        "RemoteManagers": [{"NodeID": manager_id, "Addr": "127.0.0.1:2377"}],
+        "RemoteManagers": [{"NodeID": m.id, "Addr": "127.0.0.1:2377"} for m in managers]
+        or [{"NodeID": swarm.manager_node_id, "Addr": "127.0.0.1:2377"}],
     }
-    if swarm.manager:  # only a manager knows the cluster
-        section.update(Nodes=1, Managers=1, Cluster=_cluster(swarm))
+    if manager:  # only a manager knows the cluster
+        section.update(Nodes=len(swarm.nodes), Managers=len(managers), Cluster=_cluster(swarm))
     return section
 
 

@@ -3,7 +3,8 @@
 The shapes follow the recorded `events_scale.jsonl`: service events (scope swarm) carry the
 service name and, on scale, `replicas.old`/`replicas.new`; container events (scope local) carry
 the `com.docker.swarm.*` labels of their task. Go encodes attribute maps with sorted keys, so
-attributes are sorted here too.
+attributes are sorted here too. Container and network events are node-local: only the node
+that runs the container emits them (a manager running none of the service's tasks sees none).
 """
 
 from __future__ import annotations
@@ -59,11 +60,11 @@ def _actor(actor_id: str, attributes: Mapping[str, str]) -> dict[str, Any]:
     return {"ID": actor_id, "Attributes": dict(sorted(attributes.items()))}
 
 
-def service_event(service_id: str, name: str, **attributes: str) -> Event:
-    """A `service update` event (scope swarm)."""
+def service_event(service_id: str, name: str, action: str = "update", **attributes: str) -> Event:
+    """A service event (scope swarm): `update` by default, or `create`, `remove`."""
     return {
         "Type": "service",
-        "Action": "update",
+        "Action": action,
         "Actor": _actor(service_id, {"name": name, **attributes}),
         "scope": "swarm",
         **_stamp(),
@@ -131,15 +132,26 @@ def event_matches(args: FilterArgs, event: Event) -> bool:
 
 
 class Subscription:
-    """One open `/events` stream: a queue of encoded lines on the server's loop."""
+    """One open `/events` stream of one served node: a queue of encoded lines on the server's
+    loop. A node-local event reaches only the streams of the node it happened on."""
 
-    def __init__(self, args: FilterArgs, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        args: FilterArgs,
+        loop: asyncio.AbstractEventLoop,
+        node: str | None = None,
+        owner: object = None,
+    ) -> None:
         self.args = args
+        self.node, self.owner = node, owner
         self._loop = loop
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
 
-    def offer(self, event: Event, line: bytes) -> None:
-        """Queue the line if the event passes this stream's filters (callable from any thread)."""
+    def offer(self, event: Event, line: bytes, local_to: str | None = None) -> None:
+        """Queue the line if the event happened where this stream can see it and passes its
+        filters (callable from any thread)."""
+        if local_to is not None and self.node is not None and local_to != self.node:
+            return
         if event_matches(self.args, event):
             self._put(line)
 
@@ -163,22 +175,37 @@ class EventHub:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subscriptions: set[Subscription] = set()
-        self._history: collections.deque[tuple[Event, bytes]] = collections.deque(maxlen=_HISTORY)
+        self._history: collections.deque[tuple[Event, bytes, str | None]] = collections.deque(
+            maxlen=_HISTORY
+        )
 
     @property
     def count(self) -> int:
         """How many event streams are open."""
         return len(self._subscriptions)
 
-    def subscribe(self, args: FilterArgs, since_ns: int | None = None) -> Subscription:
-        """Open a stream on the running loop (call from the server's loop); with `since_ns`,
-        the remembered events from then on come first, as Docker replays them."""
-        subscription = Subscription(args, asyncio.get_running_loop())
+    def count_of(self, owner: object) -> int:
+        """How many event streams of one server are open."""
+        with self._lock:
+            return sum(1 for s in self._subscriptions if s.owner is owner)
+
+    def subscribe(
+        self,
+        args: FilterArgs,
+        since_ns: int | None = None,
+        *,
+        node: str | None = None,
+        owner: object = None,
+    ) -> Subscription:
+        """Open a stream on the running loop (call from the server's loop), seeing the events
+        of `node` (None: every node's); with `since_ns`, the remembered events from then on
+        come first, as Docker replays them."""
+        subscription = Subscription(args, asyncio.get_running_loop(), node, owner)
         with self._lock:
             if since_ns is not None:
-                for event, line in self._history:
+                for event, line, local_to in self._history:
                     if event["timeNano"] >= since_ns:
-                        subscription.offer(event, line)
+                        subscription.offer(event, line, local_to)
             self._subscriptions.add(subscription)
         return subscription
 
@@ -186,19 +213,24 @@ class EventHub:
         with self._lock:
             self._subscriptions.discard(subscription)
 
-    def publish(self, events: Iterable[Event]) -> None:
-        """Send events, in order, to the streams whose filters they pass, and remember them."""
+    def publish(self, events: Iterable[Event], *, node: str | None = None) -> None:
+        """Send events, in order, to the streams whose filters they pass, and remember them.
+
+        node: the node the events happened on, for node-local events (a container's); None for
+        the swarm's own (service and node events), which every manager emits.
+        """
         with self._lock:  # a stream opening meanwhile gets each event once
             for event in events:
                 line = msgspec.json.encode(event) + b"\n"
-                self._history.append((event, line))
+                self._history.append((event, line, node))
                 for subscription in self._subscriptions:
-                    subscription.offer(event, line)
+                    subscription.offer(event, line, node)
 
-    def close_all(self) -> None:
-        """End every open stream (clients see the daemon close the connection)."""
+    def close_all(self, owner: object = None) -> None:
+        """End every open stream (of one server, when `owner` is given): clients see the
+        daemon close the connection."""
         with self._lock:
-            subscriptions = list(self._subscriptions)
+            subscriptions = [s for s in self._subscriptions if owner is None or s.owner is owner]
         for subscription in subscriptions:
             subscription.close()
 
@@ -211,25 +243,18 @@ class TaskEvents:
         *,
         service: str,
         service_id: str,
-        node_id: str,
         network: str,
         network_id: str,
         image: str,
     ) -> None:
-        self.service, self.service_id, self.node_id = service, service_id, node_id
+        self.service, self.service_id = service, service_id
         self.network, self.network_id, self.image = network, network_id, image
 
-    def scaled(
-        self, old: int, new: int, added: Iterable[TaskRecord], removed: Iterable[TaskRecord]
-    ) -> Iterator[Event]:
-        """A scale: one service update, then each container's events."""
-        yield service_event(
+    def scaled(self, old: int, new: int) -> Event:
+        """A scale: the service's update event (its tasks' containers follow on their nodes)."""
+        return service_event(
             self.service_id, self.service, **{"replicas.new": str(new), "replicas.old": str(old)}
         )
-        for record in added:
-            yield from self.started(record)
-        for record in removed:
-            yield from self.stopped(record)
 
     def started(self, record: TaskRecord) -> Iterator[Event]:
         """A new task's container is created, connected and started (as far as its state)."""
@@ -240,24 +265,35 @@ class TaskEvents:
         if record.state != "ready":
             yield self.container("start", record)
 
-    def stopped(self, record: TaskRecord) -> Iterator[Event]:
+    def stopped(self, record: TaskRecord, service_id: str | None = None) -> Iterator[Event]:
         """A scaled-down task's container is killed (SIGTERM), stopped and destroyed."""
-        yield self.container("kill", record, signal="15")
-        yield self.container("die", record, exitCode=str(record.exit_code))
+        yield self.container("kill", record, service_id, signal="15")
+        yield self.container("die", record, service_id, exitCode=str(record.exit_code))
         yield self._network("disconnect", record)
-        yield self.container("stop", record)
-        yield self.container("destroy", record)
+        yield self.container("stop", record, service_id)
+        yield self.container("destroy", record, service_id)
 
     def crashed(self, record: TaskRecord) -> Iterator[Event]:
         """A task's container exits on its own: no service event, Swarm sends none."""
         yield self.container("die", record, exitCode=str(record.exit_code))
         yield self._network("disconnect", record)
 
-    def container(self, action: str, record: TaskRecord, **extra: str) -> Event:
+    def probe(self, record: TaskRecord, command: str, exec_id: str) -> Iterator[Event]:
+        """One HEALTHCHECK probe in the task's container: Docker's exec events, which say
+        nothing about the task (its health_status event comes only when the status changes)."""
+        yield self.container(f"exec_create: {command}", record, execID=exec_id)
+        yield self.container(f"exec_start: {command}", record, execID=exec_id)
+        yield self.container("exec_die", record, execID=exec_id, exitCode="0")
+
+    def container(
+        self, action: str, record: TaskRecord, service_id: str | None = None, **extra: str
+    ) -> Event:
+        """An event of the task's container; `service_id`: the service it belonged to, when
+        not the service's current one (a container of a service since removed)."""
         name = record.task_name(self.service)
         labels = {
-            "com.docker.swarm.node.id": self.node_id,
-            "com.docker.swarm.service.id": self.service_id,
+            "com.docker.swarm.node.id": record.node_id,
+            "com.docker.swarm.service.id": service_id or self.service_id,
             "com.docker.swarm.service.name": self.service,
             "com.docker.swarm.task": "",
             "com.docker.swarm.task.id": record.id,

@@ -22,18 +22,20 @@ _ACCEPTED = frozenset(
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Identity:
-    """Names and IDs that filter values may refer to."""
+    """Names and IDs that filter values may refer to: the service, and the nodes (ID ->
+    hostname)."""
 
     service: str
     service_id: str
-    node_id: str
-    hostname: str
+    nodes: Mapping[str, str]
     service_labels: Mapping[str, str]
 
 
-def _resolve(value: str, kind: str, name: str, object_id: str) -> str:
-    if value in (object_id, name) or (value and object_id.startswith(value)):
-        return object_id
+def _resolve(value: str, kind: str, names: Mapping[str, str]) -> str:
+    """The ID that `value` (an ID, a name or an ID prefix) names; 404 when none."""
+    for object_id, name in names.items():
+        if value in (object_id, name) or (value and object_id.startswith(value)):
+            return object_id
     raise EngineError(404, f"{kind} {value} not found")
 
 
@@ -56,13 +58,12 @@ class TaskQuery:
                 raise EngineError(400, f"invalid filter '{name}'")
         resolved = dict(args)
         if "service" in args:
+            services = {who.service_id: who.service}
             resolved["service"] = frozenset(
-                _resolve(v, "service", who.service, who.service_id) for v in args["service"]
+                _resolve(v, "service", services) for v in args["service"]
             )
         if "node" in args:
-            resolved["node"] = frozenset(
-                _resolve(v, "node", who.hostname, who.node_id) for v in args["node"]
-            )
+            resolved["node"] = frozenset(_resolve(v, "node", who.nodes) for v in args["node"])
         if "desired-state" in args:
             # Docker skips empty values, so ["", "running"] means ["running"].
             resolved["desired-state"] = frozenset(
@@ -71,7 +72,6 @@ class TaskQuery:
         key = tuple(sorted((k, tuple(sorted(v))) for k, v in resolved.items() if v))
         nothing = not (
             _passes(resolved, "service", who.service_id)
-            and _passes(resolved, "node", who.node_id)
             and (not resolved.get("runtime") or resolved["runtime"] & {"container", ""})
             and match_kv_list(resolved, "label", who.service_labels)
         )
@@ -101,6 +101,8 @@ def _task_checks(args: FilterArgs, service: str) -> Iterator[Check]:
         yield lambda r: r.task_name(service).startswith(names)
     if states := args.get("desired-state"):
         yield lambda r: r.desired in states
+    if nodes := args.get("node"):
+        yield lambda r: r.node_id in nodes
 
 
 def _desired(value: str) -> str:

@@ -1,128 +1,73 @@
-"""The emulated swarm: one service, its tasks on one network, and the switches a test flips.
+"""The emulated swarm: one service, its tasks on one network, its nodes, and the switches a
+test flips.
 
 Mutations may come from the server's loop or from another thread: they take a lock, drop the
 cached task-list bodies, wake whoever waits on a change (a hung request) and publish the events
-Docker would publish. Task state changes alone publish nothing, as in Swarm, which has no task
-events.
+Docker would publish: service and node events on every manager, a container's events only on its
+node. Task state changes alone publish nothing, as in Swarm, which has no task events. With
+`commit_delay`, a scale's tasks are committed that many seconds after its service event, as Swarm
+does (0.03 to 0.3 s measured on a real swarm).
 """
 
 from __future__ import annotations
 
-import collections
 import ipaddress
-import itertools
-import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from operator import attrgetter
-from typing import Any, Literal, get_args
+from collections.abc import Callable, Iterable, Sequence
 
-from bridge.devkit.emulator.addresses import AddressPool
-from bridge.devkit.emulator.events import EventHub, TaskEvents
-from bridge.devkit.emulator.filters import FilterArgs
-from bridge.devkit.emulator.query import Identity, TaskQuery
-from bridge.devkit.emulator.tasks import (
-    TASK_STATES,
-    IdSource,
-    TaskRecord,
-    TaskShape,
-    rfc3339_now,
-)
+from bridge.devkit.emulator.events import service_event
+from bridge.devkit.emulator.faults import ERROR_MODES, ErrorMode
+from bridge.devkit.emulator.nodes import NodeRecord, node_event
+from bridge.devkit.emulator.store import SwarmStore, check_state
+from bridge.devkit.emulator.tasks import TaskRecord, rfc3339_now
 
 __all__ = ["ERROR_MODES", "EmulatedSwarm", "ErrorMode"]
 
-ErrorMode = Literal["not_manager", "service_not_found", "server_error", "bad_json", "hang"]
-ERROR_MODES: tuple[str, ...] = get_args(ErrorMode)
-_MAX_CACHED_BODIES = 32
+_PROBE = "/bin/sh -c wget -q -O- http://127.0.0.1:8080/health || exit 1"
 
 
-class EmulatedSwarm:
-    """A swarm node serving one replicated service; see DockerEmulator for the HTTP side.
+class EmulatedSwarm(SwarmStore):
+    """A swarm serving one replicated service, and what a test does to it; see DockerEmulator
+    for the HTTP side.
 
     Addresses come sequentially from `subnet` (skipping its network address and gateway), which
     is on loopback by default so that nothing ever sends traffic off this machine; a
     non-loopback subnet or address needs `allow_non_loopback=True`.
     """
 
-    def __init__(
-        self,
-        service: str = "CHORUS_chorus",
-        network: str = "chorus_default",
-        subnet: str = "127.10.0.0/16",
-        manager: bool = True,
-        *,
-        active: bool = True,
-        hostname: str = "chorus-node-1",
-        service_labels: Mapping[str, str] | None = None,
-        seed: int | None = None,
-        allow_non_loopback: bool = False,
-    ) -> None:
-        self._lock = threading.RLock()
-        self._ids = IdSource(seed)
-        self.service, self.network, self.hostname = service, network, hostname
-        self.manager = manager  # False: a worker node (ControlAvailable false, /tasks 503)
-        self.active = active  # False: swarm mode off on this engine
-        self._addresses = AddressPool(subnet, allow_non_loopback=allow_non_loopback)
-        self.subnet, self.gateway = self._addresses.subnet, self._addresses.gateway
-        self.service_id, self.node_id = self._ids.object_id(), self._ids.object_id()
-        self.network_id, self.cluster_id = self._ids.object_id(), self._ids.object_id()
-        self.manager_node_id = self._ids.object_id()  # the remote manager a worker knows
-        self.created_at = rfc3339_now()
-        self.identity = Identity(
-            service, self.service_id, self.node_id, hostname, dict(service_labels or {})
-        )
-        self._shape = TaskShape(
-            service_id=self.service_id,
-            node_id=self.node_id,
-            network_id=self.network_id,
-            network=network,
-            subnet=str(self.subnet),
-            gateway=self.gateway,
-            created_at=self.created_at,
-        )
-        self._events = TaskEvents(
-            service=service,
-            service_id=self.service_id,
-            node_id=self.node_id,
-            network=network,
-            network_id=self.network_id,
-            image=self._shape.image,
-        )
-        self._tasks: dict[str, TaskRecord] = {}
-        self._version = 12
-        self._bodies: dict[Any, bytes] = {}
-        self._error: ErrorMode | None = None
-        self.error_paths: frozenset[str] | None = frozenset({"/tasks"})
-        self._watchers: list[Callable[[], None]] = []
-        self.hub = EventHub()
-        self.requests: collections.Counter[str] = collections.Counter()
-        self.unexpected: list[str] = []
-
     # -- switches -------------------------------------------------------------------------
 
     @property
+    def manager(self) -> bool:
+        """Whether the first node is a manager (False: a worker, ControlAvailable false)."""
+        return self.nodes[self.node_id].role == "manager"
+
+    @manager.setter
+    def manager(self, value: bool) -> None:
+        self.nodes[self.node_id].role = "manager" if value else "worker"
+
+    @property
     def error(self) -> ErrorMode | None:
-        """The failure the engine answers with (None: healthy); see set_error."""
-        return self._error
+        """The failure every node answers with (None: healthy); see set_error."""
+        return self.faults.mode
 
     @error.setter
     def error(self, mode: ErrorMode | None) -> None:
-        if mode is not None and mode not in ERROR_MODES:
-            raise ValueError(f"unknown error mode {mode!r}; use one of {ERROR_MODES} or None")
-        self._error = mode
-        self._notify()
+        self.faults.mode = mode
+
+    @property
+    def error_paths(self) -> frozenset[str] | None:
+        return self.faults.paths
 
     def set_error(
         self, mode: ErrorMode | None, *, paths: Iterable[str] | None = ("/tasks",)
     ) -> None:
-        """Make the paths (without version prefix; None: every path) fail with `mode`."""
-        self.error_paths = None if paths is None else frozenset(paths)
-        self.error = mode
+        """Make the paths (without version prefix; None: every path) fail with `mode`, on
+        every node (a swarm that lost quorum); DockerEmulator.set_error fails one node."""
+        self.faults.set(mode, paths)
 
     def error_for(self, path: str) -> ErrorMode | None:
-        """The failure a request to `path` gets, if any."""
-        if self._error is None or (self.error_paths is not None and path not in self.error_paths):
-            return None
-        return self._error
+        """The failure a request to `path` gets on every node, if any."""
+        return self.faults.for_path(path)
 
     def add_watcher(self, callback: Callable[[], None]) -> None:
         """Call `callback` (from the mutating thread) after every change."""
@@ -136,9 +81,16 @@ class EmulatedSwarm:
         """How many /events streams are open."""
         return self.hub.count
 
-    def close_event_streams(self) -> None:
-        """End every open /events stream, as a daemon restart would."""
-        self.hub.close_all()
+    def close_event_streams(self, owner: object = None) -> None:
+        """End every open /events stream (of one server, when `owner` is given), as a daemon
+        restart would."""
+        self.hub.close_all(owner)
+
+    @property
+    def commits_pending(self) -> int:
+        """Changes announced by their service event and not yet in the task list."""
+        with self._lock:
+            return len(self._commits)
 
     def record_request(self, method: str, path: str, *, expected: bool) -> None:
         """Count a request by its path (version prefix stripped); keep the unexpected ones."""
@@ -147,73 +99,31 @@ class EmulatedSwarm:
             if not expected:
                 self.unexpected.append(f"{method} {path}")
 
-    # -- reading --------------------------------------------------------------------------
-
-    @property
-    def replicas(self) -> int:
-        """Tasks whose desired state is running (the service's replica count)."""
-        with self._lock:
-            return sum(1 for r in self._tasks.values() if r.desired == "running")
-
-    def running_ids(self) -> list[str]:
-        """IDs of the tasks desired running, by slot."""
-        return [r.id for r in self._desired_running()]
-
-    def task(self, task_id: str) -> dict[str, Any]:
-        """One task as GET /tasks shows it."""
-        with self._lock:
-            return self._shape.render(self._get(task_id))
-
-    def tasks(self) -> list[dict[str, Any]]:
-        """Every task, history included, as GET /tasks shows them."""
-        with self._lock:
-            return [self._shape.render(r) for r in self._tasks.values()]
-
-    def address_of(self, task_id: str) -> str | None:
-        """The task's address on the network, without its /prefix (None: it has none)."""
-        with self._lock:
-            address = self._get(task_id).address
-        return address.split("/", 1)[0] if address else None
-
-    def tasks_body(self, args: FilterArgs) -> bytes:
-        """The JSON body of GET /tasks for these filters (EngineError as Docker would fail)."""
-        with self._lock:
-            query = TaskQuery.build(args, self.identity)
-            body = self._bodies.get(query.key)
-            if body is None:
-                encode = self._shape.encode
-                # Sorted by ID, as Docker lists them (its store is indexed by ID).
-                selected = sorted(query.select(self._tasks.values()), key=attrgetter("id"))
-                parts = [encode(r) for r in selected]
-                # The brackets go onto the end parts, so 13 MB of tasks are copied only once.
-                if parts:
-                    parts[0] = b"[" + parts[0]
-                    parts[-1] += b"]\n"  # the same part as the first when there is one
-                body = b",".join(parts) if parts else b"[]\n"
-                if len(self._bodies) >= _MAX_CACHED_BODIES:
-                    self._bodies.clear()
-                self._bodies[query.key] = body
-            return body
-
     # -- mutations ------------------------------------------------------------------------
 
     def add_tasks(
-        self, n: int, *, addresses: Sequence[str] | None = None, state: str = "running"
+        self,
+        n: int,
+        *,
+        addresses: Sequence[str] | None = None,
+        state: str = "running",
+        node: str | None = None,
     ) -> list[str]:
-        """Scale up by n tasks (desired running, in `state`); returns their IDs."""
+        """Scale up by n tasks (desired running, in `state`, on `node` or spread over the
+        schedulable nodes); returns their IDs (in the task list after `commit_delay`)."""
         if addresses is not None and len(addresses) != n:
             raise ValueError(f"add_tasks({n}) got {len(addresses)} addresses")
-        _check_state(state)
+        check_state(state)
         with self._lock:
             old = self.replicas
-            slots = self._free_slots(n)
             now = rfc3339_now()
-            added = [
-                self._new_task(slot, addresses[i] if addresses else None, state, now)
-                for i, slot in enumerate(slots)
-            ]
-            self._changed()
-        self.hub.publish(self._events.scaled(old, old + n, added, []))
+            added: list[TaskRecord] = []
+            for i, slot in enumerate(self._free_slots(n)):
+                where = node if node is not None else self._place(added)
+                address = addresses[i] if addresses else None
+                added.append(self._new_task(slot, address, state, now, where))
+        self.hub.publish([self._events.scaled(old, old + n)])
+        self._commit(lambda: self._insert(added))
         return [r.id for r in added]
 
     def remove_task(self, task_id: str) -> None:
@@ -242,8 +152,8 @@ class EmulatedSwarm:
     def fail_task(self, task_id: str, *, exit_code: int = 1, replace: bool = False) -> str | None:
         """The task's container exits: state "failed", desired "shutdown".
 
-        With replace=True a new task takes its slot (as the orchestrator would); its ID is
-        returned. No service event: Swarm reports none for a crash.
+        With replace=True a new task takes its slot on its node (as the orchestrator would);
+        its ID is returned. No service event: Swarm reports none for a crash.
         """
         with self._lock:
             record = self._get(task_id, desired_running=True)
@@ -254,18 +164,150 @@ class EmulatedSwarm:
                 exit_code=exit_code,
                 err=f"task: non-zero exit ({exit_code})",
             )
-            new = (
-                self._new_task(record.slot, None, "running", record.updated_at) if replace else None
-            )
+            new = None
+            if replace:
+                at = record.updated_at
+                new = self._new_task(record.slot, None, "running", at, record.node_id)
+                self._tasks[new.id] = new
             self._changed()
-        self.hub.publish(
-            itertools.chain(self._events.crashed(record), self._events.started(new) if new else ())
-        )
+        self.hub.publish(self._events.crashed(record), node=record.node_id)
+        if new is not None:
+            self.hub.publish(self._events.started(new), node=new.node_id)
         return new.id if new else None
+
+    def start_ready(self, task_ids: Iterable[str] | None = None) -> list[str]:
+        """Tasks waiting in desired state "ready" (all, or these) start, as after the restart
+        delay: desired running, state running, their containers' events on their nodes."""
+        with self._lock:
+            waiting = [r for r in self._tasks.values() if r.desired == "ready"]
+            if task_ids is not None:
+                wanted = set(task_ids)
+                waiting = [r for r in waiting if r.id in wanted]
+            for record in waiting:
+                record.desired, record.state = "running", "running"
+                record.touch(self._next_version())
+            self._changed()
+        for record in waiting:
+            self.hub.publish(self._events.started(record), node=record.node_id)
+        return [r.id for r in waiting]
+
+    def probe(self, task_id: str, command: str = _PROBE) -> None:
+        """One HEALTHCHECK probe in the task's container: exec events on its node, and
+        nothing in the task list."""
+        with self._lock:
+            record = self._get(task_id)
+            exec_id = self._ids.container_id()
+        self.hub.publish(self._events.probe(record, command, exec_id), node=record.node_id)
+
+    def host_mode(self, task_id: str, how: str) -> None:
+        """The task is reached on its node's own network: "network" (`--network host`) or
+        "port" (a host-mode published port, no network); it has no address on the service's."""
+        if how not in ("network", "port"):
+            raise ValueError(f"host_mode: how is 'network' or 'port', not {how!r}")
+        with self._lock:
+            record = self._get(task_id)
+            self._addresses.release(record.address)
+            record.address, record.host_mode = None, how
+            record.touch(self._next_version())
+            self._changed()
+
+    # -- nodes ----------------------------------------------------------------------------
+
+    def add_node(self, hostname: str | None = None, *, manager: bool = False) -> str:
+        """Join a node (a worker unless `manager`); returns its ID."""
+        with self._lock:
+            node_id = self._ids.object_id()
+            name = hostname or f"chorus-node-{len(self.nodes) + 1}"
+            self.nodes[node_id] = NodeRecord(node_id, name, "manager" if manager else "worker")
+            self._changed()
+        return node_id
+
+    def node_down(self, node_id: str) -> list[str]:
+        """The node stops answering its managers and is marked down: its tasks become desired
+        shutdown (their state stays what it was last reported), and replacements appear at
+        once in desired state "ready" (state pending) on other nodes; start_ready() starts
+        them. Returns the replacements' IDs."""
+        with self._lock:
+            node = self._node(node_id)
+            event = node_event(node, state=(node.state, "down"))
+            node.state = "down"
+            replacements = self._displace(node_id, state=None)
+        self.hub.publish([event])
+        return replacements
+
+    def node_ready(self, node_id: str) -> None:
+        """The node is back (ready); Swarm moves nothing back to it."""
+        with self._lock:
+            node = self._node(node_id)
+            event = node_event(node, state=(node.state, "ready"))
+            node.state = "ready"
+            self._changed()
+        self.hub.publish([event])
+
+    def drain(self, node_id: str) -> list[str]:
+        """Availability drain: its tasks are shut down (stop-first: desired and state shutdown),
+        replacements wait in desired state "ready" on other nodes (about 13 s on a real swarm;
+        start_ready() starts them). Returns the replacements' IDs."""
+        with self._lock:
+            node = self._node(node_id)
+            event = node_event(node, availability=(node.availability, "drain"))
+            node.availability = "drain"
+            stopped = [r for r in self._desired_running() if r.node_id == node_id]
+            replacements = self._displace(node_id, state="shutdown")
+        self.hub.publish([event])
+        for record in stopped:
+            self.hub.publish(self._events.stopped(record), node=node_id)
+        return replacements
+
+    def activate(self, node_id: str) -> None:
+        """Availability active again; Swarm moves nothing back to it."""
+        with self._lock:
+            node = self._node(node_id)
+            event = node_event(node, availability=(node.availability, "active"))
+            node.availability = "active"
+            self._changed()
+        self.hub.publish([event])
+
+    # -- the service itself ---------------------------------------------------------------
+
+    def recreate_service(self, n: int | None = None) -> list[str]:
+        """`docker stack rm` and deploy again: every task of the service goes (no history),
+        the service gets a new ID, and n new tasks (default: as many as ran) start. The old
+        tasks' late events can still be sent (late_event). Returns the new tasks' IDs."""
+        with self._lock:
+            count = self.replicas if n is None else n
+            old_id = self.service_id
+            for record in self._tasks.values():
+                self._addresses.release(record.address)
+                self._gone[record.id] = (record, old_id)
+            self._tasks.clear()
+            self.service_id = self._ids.object_id()
+            self._shape.service_id = self._events.service_id = self.service_id
+            self._changed()
+        self.hub.publish([service_event(old_id, self.service, "remove")])
+        self.hub.publish([service_event(self.service_id, self.service, "create")])
+        with self._lock:
+            now = rfc3339_now()
+            added: list[TaskRecord] = []
+            for slot in range(1, count + 1):
+                added.append(self._new_task(slot, None, "running", now, self._place(added)))
+        self._insert(added)
+        return [r.id for r in added]
+
+    def late_event(self, task_id: str, action: str = "destroy") -> None:
+        """An event of a task's container that arrives late, labelled with the service ID the
+        task had (that of a service since removed, after recreate_service)."""
+        with self._lock:
+            if task_id in self._gone:
+                record, service_id = self._gone[task_id]
+            else:
+                record, service_id = self._get(task_id), self.service_id
+        event = self._events.container(action, record, service_id)
+        self.hub.publish([event], node=record.node_id)
 
     def set_state(self, task_id: str, state: str, *, err: str | None = None) -> None:
         """Set Status.State (e.g. "starting", "preparing", "rejected"); desired state is kept."""
-        _check_state(state)
+        check_state(state)
         with self._lock:
             record = self._get(task_id)
             if err is None:
@@ -303,81 +345,3 @@ class EmulatedSwarm:
             record.extra = (*record.extra, (network, address, before))
             record.touch(self._next_version())
             self._changed()
-
-    # -- internals ------------------------------------------------------------------------
-
-    def _get(self, task_id: str, *, desired_running: bool = False) -> TaskRecord:
-        try:
-            record = self._tasks[task_id]
-        except KeyError:
-            raise KeyError(f"no task {task_id!r} in the emulated swarm") from None
-        if desired_running and record.desired != "running":
-            raise ValueError(
-                f"task {task_id} is already desired {record.desired!r}; only a "
-                "task desired running can be removed or failed"
-            )
-        return record
-
-    def _desired_running(self) -> list[TaskRecord]:
-        with self._lock:
-            running = [r for r in self._tasks.values() if r.desired == "running"]
-        return sorted(running, key=lambda r: r.slot)
-
-    def _free_slots(self, n: int) -> list[int]:
-        used = {r.slot for r in self._tasks.values() if r.desired == "running"}
-        slots: list[int] = []
-        candidate = 1
-        while len(slots) < n:
-            if candidate not in used:
-                slots.append(candidate)
-            candidate += 1
-        return slots
-
-    def _next_version(self) -> int:
-        self._version += 1
-        return self._version
-
-    def _new_task(self, slot: int, address: str | None, state: str, now: str) -> TaskRecord:
-        record = TaskRecord(
-            id=self._ids.object_id(),
-            slot=slot,
-            container_id=self._ids.container_id(),
-            pid=self._ids.pid(),
-            address=(self._addresses.claim(address) if address else self._addresses.allocate()),
-            created_at=now,
-            updated_at=now,
-            version=self._next_version(),
-            state=state,
-        )
-        self._shape.encode(record)  # now, so that the first task list is served at once
-        self._tasks[record.id] = record
-        return record
-
-    def _end(
-        self, record: TaskRecord, *, state: str, desired: str, exit_code: int, err: str = ""
-    ) -> None:
-        record.state, record.desired, record.exit_code, record.err = state, desired, exit_code, err
-        record.touch(self._next_version())
-        # The address stays in the history record but is free for another task.
-        self._addresses.release(record.address)
-
-    def _remove(self, records: list[TaskRecord]) -> None:
-        old = self.replicas
-        for record in records:
-            # Docker 20.10 marks a scaled-down task "remove"; its container is killed (137).
-            self._end(record, state="shutdown", desired="remove", exit_code=137)
-        self._changed()
-        self.hub.publish(self._events.scaled(old, old - len(records), [], records))
-
-    def _changed(self) -> None:
-        self._bodies.clear()
-        self._notify()
-
-    def _notify(self) -> None:
-        for callback in list(self._watchers):
-            callback()
-
-
-def _check_state(state: str) -> None:
-    if state not in TASK_STATES:
-        raise ValueError(f"unknown task state {state!r}; use one of {TASK_STATES}")

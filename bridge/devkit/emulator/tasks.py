@@ -103,6 +103,7 @@ class TaskRecord:
 
     id: str
     slot: int
+    node_id: str
     container_id: str
     pid: int
     address: str | None  # "IP/prefix" on the service's network, None when it has none
@@ -116,6 +117,9 @@ class TaskRecord:
     keep_attachment: bool = False  # without an address: keep the attachment, omit Addresses
     # Attachments on other networks: (network name, "IP/prefix", listed before the service's).
     extra: tuple[tuple[str, str, bool], ...] = ()
+    # Reached on the node's own network instead: "network" (`--network host`) or "port" (only
+    # a host-mode published port); "" for a task on the service's network.
+    host_mode: str = ""
     encoded: bytes | None = None  # cached JSON of this task; None after a change
 
     def touch(self, version: int) -> None:
@@ -127,6 +131,23 @@ class TaskRecord:
     def task_name(self, service: str) -> str:
         """The name Docker gives the task (and its container): SERVICE.SLOT.ID."""
         return f"{service}.{self.slot}.{self.id}"
+
+
+# The `host` network as a task on it lists it (tasks_host_network.json): no Addresses.
+_HOST_NETWORK: dict[str, Any] = {
+    "ID": "qhkj9rnfkjgakroqiyri15b4b",
+    "Version": {"Index": 458},
+    "CreatedAt": "2026-12-07T16:00:54.509136147Z",
+    "UpdatedAt": "2026-12-07T16:10:28.924254121Z",
+    "Spec": {
+        "Name": "host",
+        "Labels": {"com.docker.swarm.predefined": "true"},
+        "DriverConfiguration": {"Name": "host"},
+        "Scope": "swarm",
+    },
+    "DriverState": {"Name": "host"},
+    "IPAMOptions": {"Driver": {}},
+}
 
 
 def _other_network(name: str) -> dict[str, Any]:
@@ -149,7 +170,6 @@ class TaskShape:
         self,
         *,
         service_id: str,
-        node_id: str,
         network_id: str,
         network: str,
         subnet: str,
@@ -158,7 +178,6 @@ class TaskShape:
     ) -> None:
         template = load_template("task.json")
         self.service_id = service_id
-        self.node_id = node_id
         self.image: str = template["Spec"]["ContainerSpec"]["Image"]
         self._spec = copy.deepcopy(template["Spec"])
         self._spec["Networks"] = [{"Target": network_id}]
@@ -194,7 +213,7 @@ class TaskShape:
             "Spec": spec,
             "ServiceID": self.service_id,
             "Slot": record.slot,
-            "NodeID": self.node_id,
+            "NodeID": record.node_id,
             "Status": self._status(record),
             "DesiredState": record.desired,
         }
@@ -204,6 +223,8 @@ class TaskShape:
             attachments = [{"Network": network, "Addresses": [record.address]}]
         elif record.keep_attachment:
             attachments = [{"Network": network}]
+        if record.host_mode == "network":
+            attachments = [{"Network": _HOST_NETWORK}]
         for name, address, before in record.extra:
             other = {"Network": _other_network(name), "Addresses": [address]}
             attachments.insert(0 if before else len(attachments), other)
@@ -227,4 +248,7 @@ class TaskShape:
             "ExitCode": record.exit_code,
         }
         status["PortStatus"] = {}
+        if record.host_mode == "port":
+            port = {"Protocol": "tcp", "TargetPort": 8080, "PublishedPort": 18080}
+            status["PortStatus"] = {"Ports": [{**port, "PublishMode": "host"}]}
         return status
