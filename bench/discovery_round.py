@@ -40,11 +40,11 @@ from bridge.bus.registry import AgentRegistry
 from bridge.config import Settings
 from bridge.contract.names import Names
 from bridge.discovery.dns import DnsDiscovery
+from bridge.discovery.managers import DockerManagers
 from bridge.discovery.methods import Discoverer
 from bridge.discovery.pipeline import DiscoveryPipeline
 from bridge.discovery.roster import Roster
 from bridge.discovery.swarm import SwarmDiscovery
-from bridge.edges.docker_api import DockerAPI
 from bridge.edges.nats_server import EmbeddedNats
 from bridge.ops.metrics import Metrics
 
@@ -152,7 +152,7 @@ async def _measure(bench: Bench, url: str, sock: str, warmup: int, rounds: int, 
     names = Names(prefix="bench", agents_bucket="bench_agents")
     metrics = Metrics()
     nc = await nats.connect(url, name="bench-discovery")
-    api = DockerAPI(settings)
+    api = DockerManagers(settings)
     swarm = SwarmDiscovery(settings, api)
     raw = RawFetch(sock, settings)
     try:

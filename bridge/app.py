@@ -24,11 +24,12 @@ from bridge.config import Settings
 from bridge.contract.names import Names
 from bridge.discovery.dns import DnsDiscovery
 from bridge.discovery.events import EventFollower
+from bridge.discovery.followup import SCHEDULE, Schedule
+from bridge.discovery.managers import DockerManagers, Resolve
 from bridge.discovery.methods import Discoverer
 from bridge.discovery.pipeline import DiscoveryPipeline
 from bridge.discovery.swarm import SwarmDiscovery
 from bridge.edges.agent_http import AgentHTTP
-from bridge.edges.docker_api import DockerAPI
 from bridge.edges.nats_client import NatsProbe, connect
 from bridge.edges.nats_server import EmbeddedNats
 from bridge.ops.health import NATS_SILENCE_LIMIT
@@ -68,12 +69,16 @@ async def open_bridge(
     metrics: Metrics | None = None,
     dns: DnsDiscovery | None = None,
     follow_events: bool = True,
+    resolve: Resolve | None = None,
+    schedule: Schedule = SCHEDULE,
 ) -> AsyncIterator[Bridge]:
     """Build a bridge connected to NATS at `nats_url`, and close all it opened on exit.
 
     follow_events=False: no Docker /events follower, rounds on the poll interval only (what
-    bench/swarm_latency.py compares the bridge with). Raises NatsError when NATS cannot be
-    reached, ConfigError for a bad setting found while opening (a seed file, BRIDGE_LISTEN).
+    bench/swarm_latency.py compares the bridge with). resolve: how WHOOSH_DOCKER_HOST's host
+    names are resolved (default: the system resolver); schedule: the rounds' schedule between
+    polls (bridge/discovery/followup.py). Raises NatsError when NATS cannot be reached,
+    ConfigError for a bad setting found while opening (a seed file, BRIDGE_LISTEN).
     """
     metrics = metrics or Metrics()
     names = Names.from_settings(settings)
@@ -93,12 +98,12 @@ async def open_bridge(
         bucket=settings.kv_bucket,
     )
     async with contextlib.AsyncExitStack() as stack:
-        docker_api = (
-            stack.enter_context(contextlib.closing(DockerAPI(settings)))
+        managers = (
+            stack.enter_context(contextlib.closing(DockerManagers(settings, resolve=resolve)))
             if settings.docker_active
             else None
         )
-        swarm = SwarmDiscovery(settings, docker_api) if docker_api is not None else None
+        swarm = SwarmDiscovery(settings, managers) if managers is not None else None
         http = await stack.enter_async_context(AgentHTTP(settings))
         nc = await stack.enter_async_context(
             connect(
@@ -120,7 +125,7 @@ async def open_bridge(
         discoverer = Discoverer(
             settings, swarm=swarm, dns=dns or DnsDiscovery(settings), http=http, metrics=metrics
         )
-        pipeline = DiscoveryPipeline(settings, discoverer, registry)
+        pipeline = DiscoveryPipeline(settings, discoverer, registry, schedule)
         broadcaster = Broadcaster(
             nc, names, settings, http, TargetPlan(registry, presence), metrics=metrics
         )
@@ -137,7 +142,12 @@ async def open_bridge(
             pipeline=pipeline,
             api=BroadcastService(nc, names, broadcaster, metrics=metrics),
             swarm=swarm,
-            follower=EventFollower(swarm, pipeline.trigger)
+            follower=EventFollower(
+                swarm.managers,
+                settings.service_name,
+                on_event=pipeline.docker_event,
+                catch_up=pipeline.trigger,
+            )
             if swarm is not None and follow_events
             else None,
             callout=Callout(

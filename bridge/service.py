@@ -117,9 +117,9 @@ class Bridge:
     async def _lead(self) -> None:
         """One term: resume from the bucket, then run the leader's duties until cancelled."""
         roster = Roster((await self.registry.open()).values())
-        if self.swarm is not None:
-            await _check_engine(self.swarm, self.settings)
         async with asyncio.TaskGroup() as tg:
+            if self.swarm is not None:
+                tg.create_task(_check_engine(self.swarm), name="docker-engines")
             tg.create_task(self.pipeline.run(roster), name="discovery")
             tg.create_task(self._follow_presence(), name="presence-sync")
             tg.create_task(self._resync_after_reconnects(), name="resync")
@@ -166,22 +166,39 @@ class Bridge:
             last_round_age=None if last is None else now - last,
             agents=len(self.registry.published),
             problems=(self.registry.problem,) if self.registry.problem else (),
+            docker_problem=str(outage[0])
+            if (outage := self.pipeline.discoverer.docker_outage)
+            else None,
         )
         return assess(observed, self.settings.poll_interval)
 
 
-async def _check_engine(swarm: SwarmDiscovery, settings: Settings) -> None:
-    """Say once, at the start of a term, whether the engine can list tasks (a manager)."""
-    try:
-        manager = await swarm.check_manager()
-    except DockerAPIError as exc:
-        log.warning("docker_engine_unavailable", kind=exc.kind, error=str(exc), fallback="dns")
-        return
-    if manager:
-        log.info("docker_engine_manager", host=settings.docker_host)
-    else:
+async def _check_engine(swarm: SwarmDiscovery) -> None:
+    """Say once, at the start of a term, what each engine WHOOSH_DOCKER_HOST names is: a swarm
+    manager (the task list is manager-only), or what else (GET /info)."""
+    for address, info in await swarm.managers.infos():
+        if isinstance(info, DockerAPIError):
+            log.warning("docker_engine_unavailable", host=address, kind=info.kind, error=str(info))
+            continue
+        state = info.get("Swarm") if isinstance(info.get("Swarm"), dict) else {}
+        assert isinstance(state, dict)
+        if state.get("ControlAvailable"):
+            log.info("docker_engine_manager", host=address)
+            continue
+        node_state = str(state.get("LocalNodeState") or "inactive")
         log.warning(
             "docker_engine_not_manager",
-            host=settings.docker_host,
-            hint="the task list is manager-only: place the bridge on a manager node",
+            host=address,
+            swarm=node_state,
+            hint=_NOT_MANAGER_HINTS.get(node_state, _NOT_MANAGER_HINTS["active"]),
         )
+
+
+_NOT_MANAGER_HINTS = {
+    "active": "a worker, not a manager: the task list is manager-only; point WHOOSH_DOCKER_HOST "
+    "at the managers (the stack's docker-api proxy runs on them)",
+    "locked": "the swarm is locked on that manager: run `docker swarm unlock` there",
+    "pending": "the node is joining the swarm: it is not a manager yet",
+    "inactive": "not part of a swarm: point WHOOSH_DOCKER_HOST at a swarm manager",
+    "error": "the node's swarm is in error: see `docker info` there",
+}

@@ -19,6 +19,8 @@ from bridge.config import Settings
 from bridge.contract.messages import ANNOUNCEMENT_DECODER, Announcement, CouncilOpportunity, Role
 from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
 from bridge.discovery.dns import DnsDiscovery
+from bridge.discovery.followup import SCHEDULE, Schedule
+from bridge.discovery.managers import Resolve
 from bridge.edges.kv import RawBucket, snapshot_of
 from bridge.edges.nats_server import EmbeddedNats
 from tests.dns_server import DnsTestServer
@@ -198,6 +200,8 @@ async def run_bridge(
     dns: DnsDiscovery | None = None,
     follow_events: bool = True,
     first_round: bool = True,
+    schedule: Schedule = SCHEDULE,
+    resolve: Resolve | None = None,
 ) -> AsyncIterator[RunningBridge]:
     """Start a bridge and wait until it is ready and (first_round) a leader's first round is
     done; a standby has none: pass first_round=False."""
@@ -205,7 +209,14 @@ async def run_bridge(
     opened: asyncio.Future[Bridge] = asyncio.get_running_loop().create_future()
 
     async def serve() -> None:
-        async with open_bridge(settings, url, dns=dns, follow_events=follow_events) as bridge:
+        async with open_bridge(
+            settings,
+            url,
+            dns=dns,
+            follow_events=follow_events,
+            schedule=schedule,
+            resolve=resolve,
+        ) as bridge:
             opened.set_result(bridge)
             await bridge.run(stop)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from collections.abc import Mapping
 
 from bridge.contract.messages import Agent
 
@@ -27,21 +28,32 @@ def endpoint_for(host: str, port: int) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class SwarmRound:
-    """The running tasks of the service, as agents (first_seen and on_bus not yet set)."""
+    """The running tasks of the service, as agents (first_seen and on_bus not yet set), and
+    the tasks that are not agents yet."""
 
     agents: tuple[Agent, ...]
     # Tasks that are running but have no address on the configured network(s) yet.
     without_address: tuple[str, ...] = ()
     # Tasks desired running that are not running yet (preparing, starting): worth a re-check.
     pending: tuple[str, ...] = ()
+    # Tasks desired ready: replacements waiting to start (a node down, a drain, a restart
+    # delay): not agents yet, but a sign that more is coming.
+    ready: tuple[str, ...] = ()
+    # The slot ("slot N", or "node ID" for a global service) of each of the tasks above: what
+    # a wait is measured on, since a replacement takes its predecessor's slot.
+    slots: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # Running tasks reached only on their node's own network: (task ID, "host_network" or
+    # "host_port"). No address will come; the service must be attached to the network.
+    on_host: tuple[tuple[str, str], ...] = ()
     # Every address of the service's listed tasks, on any network: an address DNS returns
     # that is one of these is that task, never an agent of its own.
     addresses: frozenset[str] = frozenset()
 
     @property
     def not_running(self) -> tuple[str, ...]:
-        """Tasks that should be agents soon: not running yet, or running without address."""
-        return self.pending + self.without_address
+        """Tasks that should be agents soon: waiting to start, not running yet, or running
+        without an address yet."""
+        return self.ready + self.pending + self.without_address
 
 
 @dataclasses.dataclass(frozen=True)

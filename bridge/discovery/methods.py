@@ -73,6 +73,13 @@ class Discoverer:
         self._http = http
         self._metrics = metrics
         self._docker_error: str | None = None
+        # The Docker outage under way: its latest error, and since when (loop time).
+        self._outage: tuple[DockerAPIError, float] | None = None
+
+    @property
+    def docker_outage(self) -> tuple[DockerAPIError, float] | None:
+        """(the latest error, since when on the loop's clock) while the Swarm API fails."""
+        return self._outage
 
     @property
     def method(self) -> str:
@@ -107,11 +114,14 @@ class Discoverer:
                 removals="suspended",
             )
         self._docker_error = exc.kind
+        since = self._outage[1] if self._outage else asyncio.get_running_loop().time()
+        self._outage = (exc, since)
 
     def _note_docker_ok(self) -> None:
         if self._docker_error is not None:
             log.info("docker_api_recovered", after=self._docker_error)
             self._docker_error = None
+        self._outage = None
 
     async def _auto(self) -> tuple[SwarmRound | None, DockerAPIError | None, DnsRound]:
         (swarm, error), dns = await asyncio.gather(

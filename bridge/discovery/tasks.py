@@ -29,9 +29,14 @@ log = structlog.get_logger(__name__)
 
 # gc=False: these only ever hold strings, numbers and each other, never a cycle, so the
 # garbage collector need not traverse them.
+class _Driver(msgspec.Struct, gc=False):
+    Name: str = ""
+
+
 class _NetworkSpec(msgspec.Struct, gc=False):
     Name: str = ""
     Ingress: bool = False
+    DriverConfiguration: _Driver | None = None
 
 
 class _Network(msgspec.Struct, gc=False):
@@ -47,9 +52,18 @@ class _ContainerStatus(msgspec.Struct, gc=False):
     ContainerID: str | None = None
 
 
+class _Port(msgspec.Struct, gc=False):
+    PublishMode: str = ""
+
+
+class _PortStatus(msgspec.Struct, gc=False):
+    Ports: tuple[_Port, ...] | None = None
+
+
 class _Status(msgspec.Struct, gc=False):
     State: str = ""
     ContainerStatus: _ContainerStatus | None = None
+    PortStatus: _PortStatus | None = None
 
 
 class _Task(msgspec.Struct, gc=False):
@@ -71,15 +85,33 @@ _TASK = msgspec.json.Decoder(_Task)
 _LOOKAHEAD = 8
 
 
+SkipReason = Literal[
+    "not_desired", "ready", "pending", "without_address", "host_network", "host_port"
+]
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Skipped:
-    """A task that is not an agent in this round, and why."""
+    """A task that is not an agent in this round, and why.
+
+    reason: not_desired: desired state neither running nor ready (the filter should have left
+    it out); ready: desired ready, a replacement waiting to start (after a node went down, a
+    drain, a restart delay); pending: desired running but not running yet (preparing,
+    starting, ...); without_address: running, no address on the configured network(s) yet;
+    host_network, host_port: running on the node's own network (`--network host`), or reached
+    only through a host-mode published port: no address on the service's network will come.
+    slot: what the task stands for, whichever task ID fills it (a replacement has its
+    predecessor's): "slot N" of a replicated service, "node ID" of a global one.
+    """
 
     task_id: str
-    # not_desired: desired state is not running (the filter should have left it out);
-    # pending: desired running but not running yet (preparing, starting, ...);
-    # without_address: running, but with no address on the configured network(s).
-    reason: Literal["not_desired", "pending", "without_address"]
+    reason: SkipReason
+    slot: str = ""
+
+    @property
+    def waiting(self) -> bool:
+        """Whether an agent should come of it soon (worth re-checking)."""
+        return self.reason in ("ready", "pending", "without_address")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -89,6 +121,29 @@ class _Outcome:
     result: Agent | Skipped
     service_id: str
     addresses: tuple[str, ...]
+
+
+def _slot(task: _Task) -> str:
+    if task.Slot:
+        return f"slot {task.Slot}"
+    return f"node {task.NodeID}" if task.NodeID else f"task {task.ID}"
+
+
+def _host_mode(task: _Task) -> SkipReason | None:
+    """host_network or host_port when the task is reached on its node's own network."""
+    attachments = task.NetworksAttachments or ()
+    for attachment in attachments:
+        spec = attachment.Network.Spec
+        if spec.Name == "host" or (
+            spec.DriverConfiguration and spec.DriverConfiguration.Name == "host"
+        ):
+            return "host_network"
+    ports = task.Status.PortStatus.Ports if task.Status.PortStatus else None
+    if not any(a.Addresses for a in attachments) and any(
+        p.PublishMode == "host" for p in ports or ()
+    ):
+        return "host_port"
+    return None
 
 
 class MixedServicesError(ValueError):
@@ -132,14 +187,16 @@ def _endpoint(address: str, port: int) -> str:
 
 
 def classify_task(task: _Task, settings: Settings) -> Agent | Skipped:
-    """The agent a task is (running, with an address on the configured network), or why not."""
+    """The agent a task is (desired and state running, with an address on the configured
+    network), or why not."""
     if task.DesiredState != "running":
-        return Skipped(task.ID, "not_desired")
+        reason: SkipReason = "ready" if task.DesiredState == "ready" else "not_desired"
+        return Skipped(task.ID, reason, _slot(task))
     if task.Status.State != "running":
-        return Skipped(task.ID, "pending")
+        return Skipped(task.ID, "pending", _slot(task))
     found = _address(task, settings.network_names)
     if found is None:
-        return Skipped(task.ID, "without_address")
+        return Skipped(task.ID, _host_mode(task) or "without_address", _slot(task))
     address, network = found
     status = task.Status.ContainerStatus
     return Agent(
@@ -164,12 +221,15 @@ def _outcome(task: _Task, settings: Settings) -> _Outcome:
 class TaskListDecoder:
     """Turns task lists (GET /tasks bodies) into SwarmRounds, reusing the previous list's work.
 
-    Only tasks of the service count, whatever the engine's filter let through: the service's
-    ID is told by note_service_id() (Docker events name it), or else learned from a list whose
-    tasks all share one (the engine resolved the name; a new one means the service was
-    re-created). decode() raises msgspec.DecodeError
-    when the body is not a JSON list of tasks, and MixedServicesError when it mixes services
-    whose own ID is not known yet; the state of the previous list is then kept as it was.
+    Only tasks of the service count, whatever the engine's filter let through. The service's
+    ID is what its filtered lists show: the engine resolves the filter's name to one service,
+    so a list whose tasks all share an ID is that service's (a new ID: the service was
+    re-created, `docker stack rm` and deploy, and the change is said in one line). Nothing else
+    tells it: a Docker event can name an old ID (a late event of a container of a removed
+    service), and taking it would make the current list "another service's". decode() raises
+    msgspec.DecodeError when the body is not a JSON list of tasks, and MixedServicesError when
+    it mixes services before the service's own ID is known; the state of the previous list is
+    then kept as it was.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -180,16 +240,7 @@ class TaskListDecoder:
         self._raws: list[msgspec.Raw] = []
         self._outcomes: list[_Outcome] = []
         self.service_id: str | None = None
-        # Told by events, which name the service: then a list of another ID's tasks alone is
-        # the engine answering for another service, not the service re-created.
-        self._told = False
         self.decoded = 0  # tasks decoded by the last decode(): 0 when nothing changed
-
-    def note_service_id(self, service_id: str) -> None:
-        """The service's ID, as Docker events tell it."""
-        if service_id and service_id != self.service_id:
-            self.service_id, self._round = service_id, None
-        self._told = self._told or bool(service_id)
 
     def decode(self, body: bytes) -> SwarmRound:
         if self._round is not None and body == self._body:
@@ -208,7 +259,14 @@ class TaskListDecoder:
         first = outcomes[0].service_id
         if all(o.service_id == first for o in outcomes):
             if first != self.service_id:
-                self._uniform_list_of(first)
+                if self.service_id is not None:
+                    log.warning(
+                        "docker_service_id_changed",
+                        service=self._settings.service_name,
+                        old=self.service_id,
+                        new=first,
+                    )
+                self.service_id = first
             return self.service_id
         if self.service_id is None:
             raise MixedServicesError(
@@ -217,26 +275,12 @@ class TaskListDecoder:
             )
         return self.service_id
 
-    def _uniform_list_of(self, service_id: str) -> None:
-        """Every listed task has `service_id`, which is not the one known: learned from lists
-        alone, the service was re-created (`docker stack rm` and deploy) and its new ID is
-        taken, said in one line; told by events, the list is another service's and counts
-        for nothing."""
-        name = self._settings.service_name
-        if self._told:
-            log.warning("docker_tasks_of_another_service", service=name, listed=service_id)
-            return
-        if self.service_id is not None:
-            log.warning(
-                "docker_service_id_changed", service=name, old=self.service_id, new=service_id
-            )
-        self.service_id = service_id
-
     def _round_of(self, outcomes: list[_Outcome]) -> SwarmRound:
         own = self._own_service(outcomes)
         agents: list[Agent] = []
-        without_address: list[str] = []
-        pending: list[str] = []
+        waiting: dict[SkipReason, list[str]] = {"pending": [], "without_address": [], "ready": []}
+        slots: dict[str, str] = {}
+        on_host: list[tuple[str, str]] = []
         addresses: list[str] = []
         for outcome in outcomes:
             if outcome.service_id != own:
@@ -244,15 +288,19 @@ class TaskListDecoder:
             result = outcome.result
             if isinstance(result, Agent):
                 agents.append(result)
-            elif result.reason == "pending":
-                pending.append(result.task_id)
-            elif result.reason == "without_address":
-                without_address.append(result.task_id)
+            elif result.waiting:
+                waiting[result.reason].append(result.task_id)
+                slots[result.task_id] = result.slot
+            elif result.reason in ("host_network", "host_port"):
+                on_host.append((result.task_id, result.reason))
             addresses.extend(outcome.addresses)
         return SwarmRound(
             agents=tuple(agents),
-            without_address=tuple(without_address),
-            pending=tuple(pending),
+            without_address=tuple(waiting["without_address"]),
+            pending=tuple(waiting["pending"]),
+            ready=tuple(waiting["ready"]),
+            slots=slots,
+            on_host=tuple(on_host),
             addresses=frozenset(addresses),
         )
 

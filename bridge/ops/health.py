@@ -1,7 +1,8 @@
 """The health policy behind /healthz: what must hold for the bridge to count as healthy.
 
 DESIGN.md: healthy while NATS is connected and answers and, on the leader, while discovery
-succeeds (a round within 3 poll intervals) and the bucket takes its writes. A standby is healthy
+succeeds (a round within 3 poll intervals; when none did, the Docker API's error is a reason
+too, named as what it is) and the bucket takes its writes. A standby is healthy
 while NATS answers: it has nothing to discover. Connected is not enough: a client that no
 longer reads stays connected, so the bridge probes the connection
 (bridge/edges/nats_client.py, NatsProbe)
@@ -38,6 +39,9 @@ class Observed:
     agents: int
     # The bucket's own reasons to be unhealthy (refused settings, refused writes).
     problems: tuple[str, ...] = ()
+    # What the Docker API answers while discovery's Swarm calls fail (every manager failed),
+    # named as what it is (not a manager, no leader, locked, refused by a proxy, ...).
+    docker_problem: str | None = None
 
 
 def assess(observed: Observed, poll_interval: float) -> tuple[bool, dict[str, object]]:
@@ -56,10 +60,13 @@ def assess(observed: Observed, poll_interval: float) -> tuple[bool, dict[str, ob
         nats = "connected"
     age = observed.last_round_age
     if observed.leading:
+        stale = age is None or age > ROUNDS_BEFORE_UNHEALTHY * poll_interval
         if age is None:
             reasons.append("no discovery round has succeeded yet")
-        elif age > ROUNDS_BEFORE_UNHEALTHY * poll_interval:
+        elif stale:
             reasons.append(f"no discovery round has succeeded for {age:.0f}s")
+        if stale and observed.docker_problem:
+            reasons.append(f"Docker API: {observed.docker_problem}")
         reasons.extend(observed.problems)
     details: dict[str, object] = {
         "role": "leader" if observed.leading else "standby",

@@ -12,7 +12,7 @@ from bridge.bus.registry import read_bucket
 from bridge.config import Settings
 from bridge.contract.messages import Agent
 from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
-from bridge.discovery.followup import BACKOFF_START
+from bridge.discovery.followup import Schedule
 from bridge.edges.nats_server import EmbeddedNats
 from tests.conftest import dns_discovery, rounds_pass, run_bridge, wait_for
 from tests.dns_server import DnsTestServer
@@ -79,21 +79,28 @@ async def test_one_task_is_one_agent_on_any_of_its_networks(
         assert set(await bucket(nc, fallback)) == {task}
 
 
-# The stuck-task case: a poll interval the backoff reaches exactly (BACKOFF_START doubled six
-# times), and the window over which /tasks calls are counted.
-STUCK_POLL = BACKOFF_START * 2**6
+# The stuck-task case, on a short schedule (the real one is checked on a fake clock in
+# test_followup.py): a wait normally lasts 2 s, re-checked every 0.25 s meanwhile, then a
+# backoff from 0.2 s doubling to the 3.2 s poll; /tasks calls are counted over 12 s.
+STUCK_POLL = 3.2
+STUCK = Schedule(wait_every=0.25, wait_normal=2.0, backoff_start=0.2)
 STUCK_WINDOW = 12.0
 
 
-def recheck_times(poll: float, until: float) -> list[float]:
-    """When a task stuck from the first round is re-checked, in seconds after that round, up to
-    `until`: after BACKOFF_START, each delay twice the last, capped at `poll`."""
-    times, now, delay = [], 0.0, BACKOFF_START
+def recheck_times(schedule: Schedule, poll: float, until: float) -> list[float]:
+    """When tasks waiting from the first round on are re-checked, in seconds after it, up to
+    `until`: every `wait_every` while the wait is normal, then after `backoff_start`, each
+    delay twice the last, capped at `poll`."""
+    times, now = [], 0.0
+    while now < schedule.wait_normal:
+        now += schedule.wait_every
+        times.append(now)
+    delay = schedule.backoff_start
     while now + delay <= until:
         now += delay
         times.append(now)
         delay = min(delay * 2, poll)
-    return times
+    return [t for t in times if t <= until]
 
 
 async def test_stuck_tasks_back_off_to_the_poll_interval(
@@ -103,22 +110,14 @@ async def test_stuck_tasks_back_off_to_the_poll_interval(
     nats_server: EmbeddedNats,
     nc: NATS,
 ) -> None:
-    """A task pending for good and a running task without an address: /tasks is asked again
-    soon, then less and less often up to the poll interval; each task is logged once; once
-    it runs with an address it is in the bucket within a poll interval.
+    """A task pending for good and a running task without an address: /tasks is asked well
+    under a second apart while such a wait is normal, then less and less often up to the poll
+    interval (two stuck tasks cost what one does); each is logged once; once it runs with an
+    address it is in the bucket within a poll interval.
 
-    The issue's case (poll 30 s, re-checked every 5 s for ever: 11 calls in 40 s) cannot be
-    told apart in a short test, because the backoff starts sooner: 0.1 s, doubling up to the
-    poll (re-checks at 0.1, 0.3, 0.7, 1.5, 3.1, 6.3, 12.7, 25.5 s) asks /tasks more often than a
-    fixed 5 s in the first 12 s. With a 6.4 s poll, over 12 s after the first round:
-    - the backoff asks 6 times (0.1 ... 6.3 s; the next at 12.7 s), and logs the tasks at
-      3.1 s, when the next delay reaches the poll;
-    - a re-check capped at 5 s (the old schedule) asks 7 times (its 7th at 11.3 s) and never
-      logs them, as it never reaches the poll; a fixed 1 s asks 11 or 12 times.
-    The bound is the schedule's count, from BACKOFF_START and the poll (recheck_times).
     Rounds only come later than the schedule (each takes time), and nothing else asks for one:
     the Docker events follower is off, since Swarm sends no event for a task that stays
-    pending or gets an address, and its start would open a 0.5 s window of 10 ms re-checks.
+    pending or gets an address.
     """
     swarm.add_tasks(1)
     (pending,) = swarm.add_tasks(1, state="pending")
@@ -129,7 +128,7 @@ async def test_stuck_tasks_back_off_to_the_poll_interval(
     stuck = settings.replace(poll_interval=STUCK_POLL)
     loop = asyncio.get_running_loop()
     with structlog.testing.capture_logs() as logs:
-        async with run_bridge(stuck, nats_server.url, follow_events=False):
+        async with run_bridge(stuck, nats_server.url, follow_events=False, schedule=STUCK):
             before = swarm.requests["/tasks"]
             # The observation window: what is measured is how often /tasks is asked in it.
             await asyncio.sleep(STUCK_WINDOW)
@@ -146,11 +145,11 @@ async def test_stuck_tasks_back_off_to_the_poll_interval(
             await wait_for(all_in_bucket, timeout=STUCK_POLL + 1, what="both tasks in the bucket")
             took = loop.time() - fixed
 
-    expected = recheck_times(STUCK_POLL, STUCK_WINDOW)
+    expected = recheck_times(STUCK, STUCK_POLL, STUCK_WINDOW)
     print(f"{calls} GET /tasks in {STUCK_WINDOW:g}s; both in the bucket {took:.1f}s after")
-    schedule = ", ".join(f"{t:.1f}" for t in expected)
+    schedule = ", ".join(f"{t:.2f}" for t in expected)
     assert calls <= len(expected), (
-        f"{calls} GET /tasks in {STUCK_WINDOW:g}s; the backoff asks {len(expected)} times"
+        f"{calls} GET /tasks in {STUCK_WINDOW:g}s; the schedule asks {len(expected)} times"
         f" (at {schedule} s)"
     )
     assert {e["task_id"]: e["reason"] for e in logged} == {

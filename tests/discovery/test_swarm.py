@@ -9,15 +9,16 @@ import requests
 
 from bridge.config import Settings
 from bridge.devkit.emulator import documents
+from bridge.discovery.managers import DockerManagers
 from bridge.discovery.swarm import SwarmDiscovery
-from bridge.edges.docker_api import DockerAPI, docker_error, status_error
+from bridge.edges.docker_api import docker_error, status_error
 from bridge.errors import DockerAPIError
 from tests.conftest import FIXTURES
 
 
 def _swarm(settings: Settings | None = None) -> SwarmDiscovery:
     settings = settings or Settings()
-    return SwarmDiscovery(settings, DockerAPI(settings))
+    return SwarmDiscovery(settings, DockerManagers(settings))
 
 
 def _decode(name: str, settings: Settings | None = None):  # type: ignore[no-untyped-def]

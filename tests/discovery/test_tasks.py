@@ -129,7 +129,7 @@ def test_no_network_configured_skips_ingress() -> None:
 
 def test_tasks_of_another_service_are_ignored() -> None:
     """Whatever the engine's filter let through, only the service's own tasks count: its ID
-    is learned from a list of its own tasks, or from Docker events."""
+    is learned from a list of its own tasks; a list mixing services before that is refused."""
     ours, theirs = EmulatedSwarm(seed=12), EmulatedSwarm(service="CHORUS_other", seed=13)
     own = ours.add_tasks(2)
     theirs.add_tasks(2, addresses=["127.10.9.2", "127.10.9.3"])
@@ -140,35 +140,64 @@ def test_tasks_of_another_service_are_ignored() -> None:
     assert {a.id for a in decoder.decode(mixed).agents} == set(own)
     assert "127.10.9.2" not in decoder.decode(mixed).addresses
 
-    told = TaskListDecoder(Settings())
-    told.note_service_id(ours.service_id)
-    assert {a.id for a in told.decode(mixed).agents} == set(own)
-
     with pytest.raises(MixedServicesError):
         TaskListDecoder(Settings()).decode(mixed)
 
 
-def test_a_list_of_another_services_tasks_alone() -> None:
-    """The ID told by Docker events holds: a list of only another service's tasks counts for
-    nothing, said in one line. Learned from lists alone, a new ID is the service re-created
-    (`docker stack rm` then deploy): its tasks are the agents, and the change is said."""
-    ours, theirs = EmulatedSwarm(seed=14), EmulatedSwarm(service="CHORUS_other", seed=15)
+def test_a_re_created_service_is_taken_from_its_lists() -> None:
+    """`docker stack rm` and deploy: the filtered list names a new service ID, and its tasks
+    are the agents (the engine resolved the name; the change is said in one line)."""
+    ours, again = EmulatedSwarm(seed=14), EmulatedSwarm(seed=15)
     ours.add_tasks(2)
-    other = theirs.add_tasks(2, addresses=["127.10.9.4", "127.10.9.5"])
-
-    told = TaskListDecoder(Settings())
-    told.note_service_id(ours.service_id)
+    new = again.add_tasks(3)
+    decoder = TaskListDecoder(Settings())
+    decoder.decode(ours.tasks_body(RUNNING))
     with structlog.testing.capture_logs() as logs:
-        assert told.decode(theirs.tasks_body({})).agents == ()
-    assert [e["event"] for e in logs] == ["docker_tasks_of_another_service"]
-
-    learned = TaskListDecoder(Settings())
-    learned.decode(ours.tasks_body(RUNNING))
-    with structlog.testing.capture_logs() as logs:
-        assert {a.id for a in learned.decode(theirs.tasks_body({})).agents} == set(other)
+        assert {a.id for a in decoder.decode(again.tasks_body(RUNNING)).agents} == set(new)
     assert [(e["event"], e["new"]) for e in logs] == [
-        ("docker_service_id_changed", theirs.service_id)
+        ("docker_service_id_changed", again.service_id)
     ]
+
+
+LISTED = parse_filters(
+    json.dumps({"service": ["CHORUS_chorus"], "desired-state": ["running", "ready"]})
+)
+
+
+def test_waiting_tasks_are_counted_by_slot_and_host_network_tasks_apart() -> None:
+    """Desired ready (a replacement waiting to start), pending, and running without an
+    address are waiting, each with its slot; a task on the host network or with only a
+    host-mode port is neither an agent nor waiting: it is said apart."""
+    fleet = EmulatedSwarm(seed=16)
+    worker = fleet.add_node()
+    fleet.add_tasks(2, node=fleet.node_id)
+    running, pending, unaddressed, on_host, by_port = fleet.add_tasks(5, node=worker)
+    fleet.set_state(pending, "starting")
+    fleet.drop_address(unaddressed)
+    fleet.host_mode(on_host, "network")
+    fleet.host_mode(by_port, "port")
+    replacements = fleet.node_down(fleet.node_id)
+    found = TaskListDecoder(Settings()).decode(fleet.tasks_body(LISTED))
+    assert {a.id for a in found.agents} == {running}
+    assert set(found.ready) == set(replacements) and found.pending == (pending,)
+    assert found.without_address == (unaddressed,)
+    assert sorted(found.on_host) == sorted([(on_host, "host_network"), (by_port, "host_port")])
+    slots = {fleet.task(t)["Slot"] for t in (*replacements, pending, unaddressed)}
+    assert set(found.slots.values()) == {f"slot {n}" for n in slots}
+
+
+def test_the_recorded_host_network_and_host_port_tasks() -> None:
+    """The real engine's answers: a running task on the host network, and one with only a
+    host-mode port, are said apart, not taken for tasks still waiting for an address."""
+    for name, how in (
+        ("tasks_host_network.json", "host_network"),
+        ("tasks_host_port_only.json", "host_port"),
+    ):
+        body = (FIXTURES / name).read_bytes()
+        found = TaskListDecoder(Settings()).decode(body)
+        (task,) = json.loads(body)
+        assert found.on_host == ((task["ID"], how),), name
+        assert found.agents == () and found.not_running == ()
 
 
 def _join(*bodies: bytes) -> bytes:
