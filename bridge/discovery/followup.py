@@ -5,8 +5,10 @@ Swarm emits no event for a task's own state changes, and commits the tasks of a 
 run at the event usually sees nothing new yet). So:
 - a Docker event about the service's tasks starts a burst: rounds at the event and at the
   `burst` offsets after it (fast at first), whether or not the first round saw a change. An
-  event while a burst is open starts nothing: one change is one burst, however many events
-  (a service event, then each container's) announce it;
+  event while a burst is open does not start it over: one change is one burst, however many
+  events (a service event, then each container's) announce it. It only makes the burst last
+  until `burst[-1]` after it, at the pace of the burst's end, so that a change announced late
+  in a burst is still looked at once its tasks are committed;
 - while tasks are waiting (desired `ready`, `pending`/`starting`, or running without an address
   yet), rounds are at most `wait_every` apart for as long as such a wait normally lasts
   (`wait_normal`: a restart delay is 5 s, a drain's stop-first about 13 s); a slot waiting
@@ -54,6 +56,7 @@ class FollowUps:
         self._poll = poll_interval
         self._s = schedule
         self._burst_at: float | None = None
+        self._burst_end = 0.0
         self._since: dict[str, float] = {}  # slot -> when its wait began (less what it carried)
         self._ended: dict[str, tuple[float, float]] = {}  # slot -> (seconds waited, ended at)
         self._backoff = schedule.backoff_start
@@ -61,11 +64,14 @@ class FollowUps:
         self._retry = schedule.retry_every
 
     def event(self, now: float) -> bool:
-        """A Docker event about the service's tasks: starts a burst unless one is open.
-        True when it did (a round is due now)."""
-        if self._burst_at is not None and now < self._burst_at + self._s.burst[-1]:
+        """A Docker event about the service's tasks: starts a burst unless one is open (which
+        it makes last until burst[-1] from now). True when it started one (a round is due
+        now)."""
+        end = now + self._s.burst[-1]
+        if self._burst_at is not None and now < self._burst_end:
+            self._burst_end = max(self._burst_end, end)
             return False
-        self._burst_at = now
+        self._burst_at, self._burst_end = now, end
         return True
 
     def waiting_since(self, slot: str) -> float | None:
@@ -129,14 +135,16 @@ class FollowUps:
 
     def _next_burst(self, now: float) -> float | None:
         """Seconds until the burst's next round, if a burst is open."""
-        if self._burst_at is None:
+        if self._burst_at is None or now >= self._burst_end:
+            self._burst_at = None
             return None
         for offset in self._s.burst:
             due = self._burst_at + offset
             if due > now:
                 return due - now
-        self._burst_at = None
-        return None
+        # Made longer by later events: on at the pace of its end.
+        pace = self._s.burst[-1] - (self._s.burst[-2] if len(self._s.burst) > 1 else 0.0)
+        return min(pace, self._burst_end - now)
 
     def _after_failure(self, now: float) -> float:
         if self._failing_since is None:

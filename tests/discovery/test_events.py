@@ -1,4 +1,6 @@
-"""The Docker events follower: a hung daemon never blocks shutdown; an outage is two lines."""
+"""The Docker events follower: a hung daemon never blocks shutdown; an outage is two lines;
+events that say nothing about the tasks trigger nothing; one change is one burst of rounds; a
+late event never makes the engine's list another service's."""
 
 from __future__ import annotations
 
@@ -16,9 +18,11 @@ from nats.aio.client import Client as NATS
 from bridge.bus.registry import read_bucket
 from bridge.config import Settings
 from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
+from bridge.discovery.events import RETRY_MAX, RETRY_MIN, STABLE
+from bridge.discovery.followup import SCHEDULE
 from bridge.edges.docker_api import DockerAPI, EventStream
 from bridge.edges.nats_server import EmbeddedNats
-from tests.conftest import run_bridge, wait_for
+from tests.conftest import rounds_pass, run_bridge, wait_for
 
 SHUTDOWN_LIMIT_S = 15.0
 OUTAGE_S = 3.0
@@ -152,3 +156,122 @@ def started(events: list[dict[str, Any]], task: str) -> int:
         e["Action"] == "start" and e["Actor"]["Attributes"].get("com.docker.swarm.task.id") == task
         for e in events
     )
+
+
+# --- events from the field ------------------------------------------------------------------
+
+PROBE_EVERY = 0.2
+PROBE_WINDOW = 5.0
+
+
+async def test_healthcheck_exec_events_trigger_nothing(
+    settings: Settings, docker_api: DockerEmulator, swarm: EmulatedSwarm, nats_server: EmbeddedNats
+) -> None:
+    """A HEALTHCHECK probe's exec events (every 0.2 s here) say nothing about the tasks: with
+    one task pending, /tasks is asked as the wait asks (every 0.25 s), not once per event.
+    (Each exec event used to reopen 0.5 s of rounds 10 ms apart: 1,164 task lists in 25 s.)"""
+    (probed,) = swarm.add_tasks(1)
+    swarm.add_tasks(1, state="pending")
+    async with run_bridge(settings, nats_server.url) as running:
+        follower = running.bridge.follower
+        assert follower is not None
+        await wait_for(follower.connected.is_set, what="the event stream")
+        loop = asyncio.get_running_loop()
+        before, started = swarm.requests["/tasks"], loop.time()
+        while loop.time() - started < PROBE_WINDOW:  # the scenario: a probe every 0.2 s
+            swarm.probe(probed)
+            await asyncio.sleep(PROBE_EVERY)
+        calls = swarm.requests["/tasks"] - before
+    bound = PROBE_WINDOW / SCHEDULE.wait_every + 2
+    print(f"{calls} GET /tasks in {PROBE_WINDOW:g}s of probes every {PROBE_EVERY:g}s")
+    assert calls <= bound, f"{calls} GET /tasks in {PROBE_WINDOW:g}s (at most {bound:g})"
+
+
+async def test_a_burst_of_events_is_one_burst_of_rounds(
+    settings: Settings, docker_api: DockerEmulator, swarm: EmulatedSwarm, nats_server: EmbeddedNats
+) -> None:
+    """A scale of 10 on the bridge's own node: a service event and 20 container events, one
+    burst of rounds (not one per event), and the 10 agents are in."""
+    swarm.add_tasks(1)
+    async with run_bridge(settings, nats_server.url) as running:
+        follower = running.bridge.follower
+        assert follower is not None
+        await wait_for(follower.connected.is_set, what="the event stream")
+        await wait_for(lambda: running.bridge.pipeline.rounds >= 2, what="the catch-up round")
+        before = swarm.requests["/tasks"]
+        swarm.scale(11)
+        await wait_for(
+            lambda: len(running.bridge.registry.published) == 11, what="the 10 new agents"
+        )
+        # The whole burst, and then some: nothing waits, so nothing else asks.
+        await asyncio.sleep(SCHEDULE.burst[-1] + 0.5)
+        calls = swarm.requests["/tasks"] - before
+    assert calls <= len(SCHEDULE.burst) + 1, calls
+
+
+async def test_a_late_event_of_a_removed_services_container_empties_nothing(
+    settings: Settings,
+    docker_api: DockerEmulator,
+    swarm: EmulatedSwarm,
+    nats_server: EmbeddedNats,
+    nc: NATS,
+) -> None:
+    """A stack removed and deployed again, then one late `destroy` event of an old container,
+    labelled with the old service's ID: the engine's filtered list stays the truth (the 3 new
+    agents stay, after a poll too). It used to make the current list "another service's" and
+    empty the bucket."""
+    old = swarm.add_tasks(3)
+    async with run_bridge(settings, nats_server.url) as running:
+        follower = running.bridge.follower
+        assert follower is not None
+        await wait_for(follower.connected.is_set, what="the event stream")
+        new = swarm.recreate_service()
+
+        async def holds_new() -> bool:
+            return await bucket_ids(nc, settings.kv_bucket) == set(new)
+
+        await wait_for(holds_new, what="the re-deployed service's agents")
+        rounds = running.bridge.pipeline.rounds
+        swarm.late_event(old[0], "destroy")
+        await wait_for(lambda: running.bridge.pipeline.rounds > rounds, what="its round")
+        await rounds_pass(running, 2)  # and the poll's
+        assert await bucket_ids(nc, settings.kv_bucket) == set(new)
+
+
+CLOSING_WINDOW = 10.0
+
+
+async def test_a_stream_that_closes_at_once_backs_off_and_is_one_line(
+    settings: Settings, docker_api: DockerEmulator, swarm: EmulatedSwarm, nats_server: EmbeddedNats
+) -> None:
+    """An /events stream closed as soon as it opens: opened again less and less often (from
+    0.1 s, doubling), one `docker_events_lost` line, and no line saying it came back until a
+    stream stays open. (It used to be reopened every 2 s with a warning each time: 19 in
+    30 s.)"""
+    swarm.add_tasks(1)
+    docker_api.set_error("close", paths={"/events"})
+    with structlog.testing.capture_logs() as logs:
+        async with run_bridge(settings, nats_server.url) as running:
+            loop = asyncio.get_running_loop()
+            started, before = loop.time(), docker_api.requests["/events"]
+            await asyncio.sleep(CLOSING_WINDOW)  # the observation window
+            opened = docker_api.requests["/events"] - before
+            lines = [dict(e) for e in logs if str(e["event"]).startswith("docker_events")]
+            docker_api.set_error(None)
+            follower = running.bridge.follower
+            assert follower is not None
+
+            def came_back() -> bool:
+                return any(e["event"] == "docker_events_connected" and "was" in e for e in logs)
+
+            await wait_for(came_back, timeout=RETRY_MAX + STABLE + 5, what="the stream back")
+    # Attempts 0.1 s apart at first (less 20 % jitter), each delay twice the last.
+    bound, delay, at = 0, RETRY_MIN * 0.8, 0.0
+    while at + delay <= loop.time() - started:
+        at, bound, delay = at + delay, bound + 1, delay * 2
+    print(f"{opened} streams opened in {CLOSING_WINDOW:g}s; lines: {[e['event'] for e in lines]}")
+    assert opened <= bound + 1, (opened, bound)
+    assert [e["event"] for e in lines if e["event"] == "docker_events_lost"] == [
+        "docker_events_lost"
+    ]
+    assert not [e for e in lines if e["event"] == "docker_events_connected" and "was" in e]

@@ -94,7 +94,28 @@ def test_an_event_opens_one_burst_whatever_follows() -> None:
     schedule2 = FollowUps(POLL)
     assert schedule2.event(0.0)
     assert [schedule2.event(t / 10) for t in range(1, 20)] == [False] * 19
-    assert schedule2.event(S.burst[-1])  # the next change
+    assert schedule2.event(1.9 + S.burst[-1])  # the next change, once the burst is over
+
+
+def test_an_event_late_in_a_burst_makes_it_last_at_its_ends_pace() -> None:
+    """A change announced late in a burst (its tasks committed up to 0.3 s later) is still
+    looked at: the burst goes on until burst[-1] after that event, at the pace of its end,
+    never starting over at its fast pace."""
+    schedule = FollowUps(POLL)
+    assert schedule.event(0.0)
+    late = S.burst[-1] - 0.1
+    times: list[float] = []
+    now = 0.0
+    while now < 40.0:
+        if times and times[-1] < late <= now:
+            assert not schedule.event(late)
+        times.append(now)
+        now += schedule.after_round([], now)
+    tail = [t for t in times if S.burst[-1] < t < POLL]
+    assert tail and late + S.burst[-1] - max(tail) < 1e-9
+    assert gaps(times)[-1] == POLL  # then the poll
+    pace = S.burst[-1] - S.burst[-2]
+    assert all(gap <= pace + 1e-9 for gap in gaps([S.burst[-1], *tail]))
 
 
 def test_events_every_second_never_keep_rounds_fast_by_themselves() -> None:
