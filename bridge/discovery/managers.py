@@ -186,11 +186,16 @@ def _bracketed(ip: str) -> str:
 
 
 def _every_one_failed(failures: list[tuple[str, DockerAPIError]]) -> DockerAPIError:
-    """One address: its own error. Several: one error naming each, of the first one's kind
-    (or of the kind they share)."""
+    """One address: its own error. Several: one error of the first one's kind, saying each
+    address's error (once for those that failed the same way as the one before)."""
     if len(failures) == 1:
         return failures[0][1]
-    kinds = {exc.kind for _, exc in failures}
-    kind = kinds.pop() if len(kinds) == 1 else failures[0][1].kind
-    detail = "; ".join(f"{address}: {exc}" for address, exc in failures)
-    return DockerAPIError(kind, f"every Docker manager failed ({len(failures)}): {detail}")
+    parts: list[str] = []
+    for index, (address, exc) in enumerate(failures):
+        if index and exc.kind == failures[index - 1][1].kind:
+            parts.append(f"{address}: the same ({exc.kind})")
+        else:
+            parts.append(str(exc))
+    detail = "; ".join(parts)
+    first = failures[0][1]
+    return DockerAPIError(first.kind, f"every Docker manager failed ({len(failures)}): {detail}")

@@ -85,6 +85,15 @@ def _is_timeout(exc: BaseException) -> bool:
     return any(isinstance(e, requests.exceptions.Timeout | TimeoutError) for e in _chain(exc))
 
 
+def _os_reason(chain: list[BaseException], exc: BaseException) -> str:
+    """The operating system's own words (e.g. "Connection refused") when the chain has them,
+    else the whole error: what requests and urllib3 wrap around them says nothing more."""
+    for error in chain:
+        if type(error).__module__ == "builtins" and isinstance(error, OSError) and error.strerror:
+            return error.strerror
+    return str(exc)
+
+
 def _socket_hint(settings: Settings) -> str:
     if settings.docker_host != DEFAULT_DOCKER_HOST:
         return "check WHOOSH_DOCKER_HOST"  # it was set: pointing at it again would not help
@@ -135,7 +144,9 @@ def docker_error(
         )
         for e in chain
     ):
-        return DockerAPIError("unreachable", f"cannot connect to the Docker API at {host} ({exc})")
+        return DockerAPIError(
+            "unreachable", f"cannot connect to the Docker API at {host} ({_os_reason(chain, exc)})"
+        )
     if isinstance(exc, docker.errors.DockerException | requests.exceptions.RequestException):
         return DockerAPIError("api_error", f"the Docker API call failed: {exc}")
     return None

@@ -159,3 +159,33 @@ async def test_stuck_tasks_back_off_to_the_poll_interval(
     assert all(e["recheck_s"] == STUCK_POLL for e in logged)
     # Once each, for the whole run.
     assert len([e for e in logs if e["event"] == "task_not_running"]) == 2
+
+
+async def test_a_task_on_the_host_network_is_said_once_with_what_to_do(
+    settings: Settings, docker_api: DockerEmulator, swarm: EmulatedSwarm, nats_server: EmbeddedNats
+) -> None:
+    """A running task on the host network, and one with only a host-mode port: no address on
+    the service's network will ever come. Each is logged once as exactly that, with what to
+    do (attach the service to the network), never as a task still waiting for an address, and
+    neither is re-checked as one."""
+    (agent,) = swarm.add_tasks(1)
+    on_host, by_port = swarm.add_tasks(2)
+    swarm.host_mode(on_host, "network")
+    swarm.host_mode(by_port, "port")
+    quick = settings.replace(poll_interval=0.5)
+    with structlog.testing.capture_logs() as logs:
+        async with run_bridge(quick, nats_server.url, schedule=STUCK) as running:
+            await rounds_pass(running, 3)
+            # Longer than a normal wait and its backoff: a waiting task would be logged.
+            await wait_for(
+                lambda: running.bridge.pipeline.rounds >= 12, timeout=20, what="more rounds"
+            )
+            assert set(running.bridge.registry.published) == {agent}
+    said = {e["task_id"]: e for e in logs if e["event"] == "task_on_host_network"}
+    assert set(said) == {on_host, by_port}
+    assert len([e for e in logs if e["event"] == "task_on_host_network"]) == 2
+    assert "host network" in said[on_host]["reason"]
+    assert "host-mode published port" in said[by_port]["reason"]
+    for entry in said.values():
+        assert "docker service update --network-add chorus_default CHORUS_chorus" in entry["hint"]
+    assert not [e for e in logs if e["event"] == "task_not_running"]

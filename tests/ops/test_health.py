@@ -43,3 +43,20 @@ def test_a_leader_not_answering_has_every_reason() -> None:
         "NATS not answering for 6s",
         "no discovery round has succeeded for 45s",
     ]
+
+
+def test_the_docker_apis_own_error_is_a_reason_once_rounds_are_stale() -> None:
+    """The Docker API failing (every manager): its error, named as what it is, is a reason
+    when no round has succeeded yet or for 3 poll intervals; before that it is a hiccup."""
+    problem = "tcp://10.0.0.5:2375 is not a manager: it is a worker node (HTTP 503: ...)"
+    ok, details = assess(observed(leading=True, last_round_age=None, docker_problem=problem), 10)
+    assert not ok and details["reasons"] == [
+        "no discovery round has succeeded yet",
+        f"Docker API: {problem}",
+    ]
+    ok, details = assess(observed(leading=True, last_round_age=31.0, docker_problem=problem), 10)
+    assert not ok and f"Docker API: {problem}" in details["reasons"]  # type: ignore[operator]
+    ok, _ = assess(observed(leading=True, last_round_age=12.0, docker_problem=problem), 10)
+    assert ok
+    ok, _ = assess(observed(leading=False, docker_problem=problem), 10)
+    assert ok  # a standby reads no Docker API
