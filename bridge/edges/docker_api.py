@@ -63,6 +63,10 @@ _OBJECT = msgspec.json.Decoder(dict[str, Any])
 # accepts within milliseconds, and a manager that is gone (a crashed node drops the SYN) must
 # not hold discovery for a whole call's timeout before the next manager is tried.
 CONNECT_TIMEOUT = 3.0
+# Seconds an event stream may stay quiet before it is asked again (at most): a manager that
+# died with the connection open (a crashed node drops everything) is noticed within this and
+# a connect timeout, sooner than the swarm elects another leader (about 10 s).
+EVENTS_QUIET = 5.0
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -237,7 +241,12 @@ class DockerAPI:
         self._socket_path = host.removeprefix("unix://") if host.startswith("unix://") else None
 
     def _get(
-        self, path: str, params: Mapping[str, str] | None = None, *, stream: bool = False
+        self,
+        path: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        stream: bool = False,
+        read_timeout: float | None = None,
     ) -> requests.Response:
         """GET an unversioned path; a non-2xx answer raises DockerAPIError."""
         if self._socket_path is not None and not os.path.exists(self._socket_path):
@@ -248,7 +257,7 @@ class DockerAPI:
                 self._client.base_url + path,
                 params=params,
                 stream=stream,
-                timeout=(self._connect_timeout, self._timeout),
+                timeout=(self._connect_timeout, read_timeout or self._timeout),
             )
         except Exception as exc:
             raise self._mapped(exc) from exc
@@ -300,11 +309,12 @@ class DockerAPI:
 class EventStream:
     """The daemon's events as decoded JSON objects, until the stream breaks.
 
-    Docker sends nothing on a quiet stream, so a read that waits `timeout` seconds ends the
-    HTTP response, and the stream is opened again at once with `since` set to the daemon's
-    time of that moment: a silent daemon is asked again (a hung one then fails to answer,
-    which raises), and no event between the two responses is lost. The daemon's time is
-    its `Date` header plus the time elapsed here (so the two clocks need not agree), and
+    Docker sends nothing on a quiet stream, so a read that waits EVENTS_QUIET seconds (or
+    `timeout`, when shorter) ends the HTTP response, and the stream is opened again at once
+    with `since` set to the daemon's time of that moment: a silent daemon is asked again (a
+    hung one then fails to answer, which raises), and no event between the two responses is
+    lost. The daemon's time is its `Date` header plus the time elapsed here (so the two clocks
+    need not agree), and
     never before the last event read plus 1 ns (so no event comes twice).
     """
 
@@ -321,7 +331,9 @@ class EventStream:
         if since is not None:
             params["since"] = since
         response = await _in_thread(
-            lambda: self._api._get("/events", params, stream=True),
+            lambda: self._api._get(
+                "/events", params, stream=True, read_timeout=min(EVENTS_QUIET, self._api._timeout)
+            ),
             abandon=lambda late: late.close(),
         )
         if self._closed:
