@@ -1,0 +1,478 @@
+/**
+ * An agent on the bus (DESIGN.md, "The bus", "Councils", "Agents on the bus"): presence,
+ * council opportunities, acks, claims with the council's answer, peers and their changes,
+ * messages between agents, and a clean leave.
+ *
+ * @module
+ */
+import { checkAgentId } from "./agent_id.js";
+import { BadAnswerError, ClosedError, InvalidArgumentError, NoAnswerError } from "./errors.js";
+import { stderrLogger, type Logger } from "./log.js";
+import {
+  decodeAnnouncement,
+  decodeClaimAnswer,
+  decodeErrorReply,
+  decodeOpportunity,
+  decodeRoster,
+  encode,
+  parseJson,
+  type Announcement,
+  type ClaimAnswer,
+  type CouncilOpportunity,
+  type Peer,
+} from "./messages.js";
+import { DEFAULT_PREFIX, inboxPrefix, Names, OPPORTUNITY_ID_PATTERN } from "./names.js";
+import { Bus, type BusEvents, type BusMessage, type TlsFiles } from "./nats.js";
+import { PeerMessage, toBytes, type Payload } from "./peer_message.js";
+import { PRESENCE_INTERVAL_MS, PresenceWriter } from "./presence.js";
+import { installSignalHandlers, type SignalOptions } from "./signals.js";
+import { openStream, type Stream } from "./streams.js";
+
+/** Milliseconds to connect, and for a round trip to the server, unless configured. */
+export const CONNECT_TIMEOUT_MS = 5000;
+/** Milliseconds a claim, the roster or a peer's answer is waited for, unless configured. */
+export const REQUEST_TIMEOUT_MS = 5000;
+/** Milliseconds the leave may take to send what is pending before the connection closes. */
+export const LEAVE_TIMEOUT_MS = 5000;
+
+export interface ConnectOptions {
+  /** NATS URL(s): an array, or comma-separated (`nats://nats:4222`, `tls://...`). */
+  servers: string | readonly string[];
+  /** This agent's id, `[A-Za-z0-9_-]{1,256}`; a Swarm agent's is its task ID. */
+  agentId: string;
+  user?: string;
+  password?: string;
+  token?: string;
+  /** TLS to NATS: `caFile` is the CA that signed the server's certificate (NATS_TLS_CA). */
+  tls?: TlsFiles;
+  /** First token of every subject (BRIDGE_SUBJECT_PREFIX); the bucket is `<prefix>_presence`. */
+  prefix?: string;
+  /** Written into the presence entry for operators; the bridge matches by `agentId` only. */
+  taskId?: string | null;
+  endpoint?: string | null;
+  roles?: readonly string[];
+  /** Milliseconds between presence writes: at most 5000 (the default). */
+  presenceIntervalMs?: number;
+  /** Milliseconds to connect and for a round trip to the server (default 5000). */
+  connectTimeoutMs?: number;
+  /** Milliseconds a claim, the roster or a peer's answer is waited for (default 5000). */
+  requestTimeoutMs?: number;
+  /** Where state changes are said: one JSON line each on stderr unless given. */
+  logger?: Logger;
+}
+
+/** An answer to a request, from whoever answered on this agent's inbox. */
+export interface Reply {
+  data: Uint8Array;
+  string(): string;
+  json(): unknown;
+}
+
+/**
+ * Connect to NATS as `agentId` (inbox prefix `_INBOX.<agent id>`) and put the agent on the
+ * bus: its presence entry is written and reached the server, and it receives opportunities
+ * and messages from then on. Reconnects forever once connected.
+ * @throws InvalidArgumentError (a bad agent id, prefix, interval, or presence over 4 KiB),
+ *   ConnectError (NATS unreachable, credentials or TLS refused), PermissionError (the server
+ *   refused the agent's presence key), NoAnswerError (the server did not answer a round trip).
+ */
+export async function connectAgent(options: ConnectOptions): Promise<BusAgent> {
+  const agentId = checkAgentId(options.agentId);
+  const names = new Names(options.prefix ?? DEFAULT_PREFIX);
+  const log = options.logger ?? stderrLogger;
+  const servers = splitServers(options.servers);
+  const connectTimeoutMs = options.connectTimeoutMs ?? CONNECT_TIMEOUT_MS;
+  const relay = new EventRelay(agentId, log);
+  const bus = await Bus.connect(
+    {
+      servers,
+      name: `chorus-agent-${agentId}`,
+      inboxPrefix: inboxPrefix(agentId),
+      user: options.user,
+      password: options.password,
+      token: options.token,
+      tls: options.tls,
+      timeoutMs: connectTimeoutMs,
+    },
+    relay,
+  );
+  try {
+    const presence = new PresenceWriter(
+      bus,
+      names.presence(agentId),
+      {
+        agentId,
+        taskId: options.taskId ?? null,
+        endpoint: options.endpoint ?? null,
+        roles: options.roles ?? [],
+      },
+      options.presenceIntervalMs ?? PRESENCE_INTERVAL_MS,
+      log,
+    );
+    const agent = new BusAgent(bus, names, agentId, presence, log, {
+      requestTimeoutMs: options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS,
+    });
+    relay.agent = agent;
+    await agent.join();
+    return agent;
+  } catch (err) {
+    await bus.leave(LEAVE_TIMEOUT_MS);
+    throw err;
+  }
+}
+
+/** One agent on the bus; made by `connectAgent`. */
+export class BusAgent {
+  /** This agent's id. */
+  readonly id: string;
+  /** The subjects and bucket of the deployment. */
+  readonly names: Names;
+  private readonly opportunityStream: Stream<CouncilOpportunity>;
+  private readonly messageStream: Stream<PeerMessage>;
+  private readonly streams = new Set<Stream<object>>();
+  private readonly requestTimeoutMs: number;
+  private leaving: Promise<void> | undefined;
+  private readonly left: Promise<void>;
+  private markLeft: () => void = () => undefined;
+
+  /** @internal use `connectAgent`. */
+  constructor(
+    private readonly bus: Bus,
+    names: Names,
+    agentId: string,
+    private readonly presence: PresenceWriter,
+    private readonly log: Logger,
+    options: { requestTimeoutMs: number },
+  ) {
+    this.id = agentId;
+    this.names = names;
+    this.requestTimeoutMs = options.requestTimeoutMs;
+    this.left = new Promise((resolve) => (this.markLeft = resolve));
+    // Subscribed before the presence write: on the bus means receiving.
+    this.opportunityStream = this.own(
+      openStream(bus, {
+        subject: names.opportunities,
+        decode: (msg) => decodeOpportunity(msg.data),
+        name: "opportunities",
+        agentId,
+        log,
+        stopOnReturn: false,
+      }),
+    );
+    this.messageStream = this.own(
+      openStream(bus, {
+        subject: names.message(agentId, "*"),
+        decode: (msg) => this.peerMessage(msg),
+        name: "messages",
+        agentId,
+        log,
+        stopOnReturn: false,
+      }),
+    );
+  }
+
+  /** @internal the first presence write; then refreshed until the leave. */
+  async join(): Promise<void> {
+    await this.presence.start();
+    this.log("info", "agent_joined_bus", {
+      agent_id: this.id,
+      bucket: this.names.presenceBucket,
+      server: this.bus.server,
+    });
+  }
+
+  /**
+   * Council opportunities as they arrive, until the agent leaves; one reader at a time.
+   * What is not a valid opportunity (DESIGN.md: id `[A-Za-z0-9_-]{1,128}`, roles not empty,
+   * role names not empty, at most 64 KiB) is skipped. A reader that leaves its loop can
+   * read on later; at most 1024 wait for it (then the oldest go).
+   */
+  opportunities(): AsyncIterable<CouncilOpportunity> {
+    return this.opportunityStream;
+  }
+
+  /**
+   * Tell the bridge this agent received the opportunity: `{"agent_id", "opportunity_id"}` on
+   * `<prefix>.council.<opportunity id>.acks.<agent id>`. Ack within BRIDGE_BUS_ACK_WAIT (1 s
+   * by default), or the opportunity is also sent by HTTP.
+   * @throws InvalidArgumentError (not an opportunity id), ClosedError.
+   */
+  async ack(opportunityId: string): Promise<void> {
+    checkOpportunityId(opportunityId);
+    const body = encode({ agent_id: this.id, opportunity_id: opportunityId });
+    this.bus.publish(this.names.acks(opportunityId, this.id), body);
+    return Promise.resolve();
+  }
+
+  /**
+   * Claim `role` of the opportunity's council, as this agent, and return the bridge's answer:
+   * `{granted: true, role, holder}` or `{granted: false, role, reason, holder}` (DESIGN.md,
+   * "Councils"). The request `{"role", "agent_id"}` goes on
+   * `<prefix>.council.<opportunity id>.claims.<agent id>`; the answer comes on this agent's
+   * own inbox.
+   * @throws NoAnswerError (no bridge answered within `timeoutMs`), BadAnswerError (the answer
+   *   is no claim answer, or the bridge's error), InvalidArgumentError, PermissionError,
+   *   ClosedError.
+   */
+  async claim(
+    opportunityId: string,
+    role: string,
+    options: { timeoutMs?: number } = {},
+  ): Promise<ClaimAnswer> {
+    checkOpportunityId(opportunityId);
+    if (typeof role !== "string" || role === "") {
+      throw new InvalidArgumentError(`role ${JSON.stringify(role)}: a role name is not empty`);
+    }
+    const what = `the claim of role ${JSON.stringify(role)} of opportunity ${opportunityId}`;
+    const answer = await this.askBridge(
+      this.names.claims(opportunityId, this.id),
+      encode({ role, agent_id: this.id }),
+      what,
+      options.timeoutMs,
+    );
+    return expectAnswer(decodeClaimAnswer(answer.data), answer, what);
+  }
+
+  /**
+   * The roster, from the bridge (`<prefix>.bridge.agents`): every agent it knows, with
+   * `{id, on_bus, healthy, source, roles}` (no endpoints or addresses).
+   * @throws NoAnswerError, BadAnswerError, PermissionError, ClosedError (as `claim`).
+   */
+  async peers(options: { timeoutMs?: number } = {}): Promise<Peer[]> {
+    const answer = await this.askBridge(
+      this.names.roster,
+      new Uint8Array(),
+      "the roster request",
+      options.timeoutMs,
+    );
+    return expectAnswer(decodeRoster(answer.data), answer, "the roster request");
+  }
+
+  /**
+   * Joins, updates and leaves of the fleet as they happen (`<prefix>.agents.announce`),
+   * from now until the loop ends (`break` stops the subscription) or the agent leaves.
+   * For who is there now, ask `peers()`.
+   * @throws ClosedError.
+   */
+  announcements(): AsyncIterable<Announcement> & { stop(): void } {
+    const stream = this.own(
+      openStream(this.bus, {
+        subject: this.names.announce,
+        decode: (msg) => decodeAnnouncement(msg.data),
+        name: "announcements",
+        agentId: this.id,
+        log: this.log,
+        stopOnReturn: true,
+      }),
+    );
+    return stream;
+  }
+
+  /**
+   * Send `payload` to the agent `recipient`, on `<prefix>.agents.<recipient>.messages.<self>`.
+   * @throws InvalidArgumentError (a bad recipient id, over the server's max payload),
+   *   ClosedError.
+   */
+  async send(recipient: string, payload: Payload): Promise<void> {
+    checkAgentId(recipient, "recipient");
+    this.bus.publish(this.names.message(recipient, this.id), toBytes(payload));
+    return Promise.resolve();
+  }
+
+  /**
+   * Send `payload` to `recipient` as a request and return its answer (which comes on this
+   * agent's own inbox).
+   * @throws NoAnswerError (the recipient does not listen, or did not answer in time), and as
+   *   `send`.
+   */
+  async request(
+    recipient: string,
+    payload: Payload,
+    options: { timeoutMs?: number } = {},
+  ): Promise<Reply> {
+    checkAgentId(recipient, "recipient");
+    const subject = this.names.message(recipient, this.id);
+    const answer = await this.bus.request(
+      subject,
+      toBytes(payload),
+      options.timeoutMs ?? this.requestTimeoutMs,
+    );
+    const data = answer.data;
+    return { data, string: () => new TextDecoder().decode(data), json: () => parseJson(data) };
+  }
+
+  /**
+   * Messages from peers, until the agent leaves; one reader at a time. The sender is the
+   * subject's last token; `message.reply()` answers a request on the sender's inbox only.
+   * A reader that leaves its loop can read on later; at most 1024 wait for it.
+   */
+  messages(): AsyncIterable<PeerMessage> {
+    return this.messageStream;
+  }
+
+  /**
+   * Write the presence entry now and make sure the server has it (it is also written every
+   * `presenceIntervalMs`). @throws NoAnswerError, ClosedError.
+   */
+  async writePresence(): Promise<void> {
+    this.presence.writeNow();
+    await this.flush();
+  }
+
+  /**
+   * A round trip to the server: what this agent sent before has reached it, and its
+   * subscriptions made before are in place. @throws NoAnswerError, ClosedError.
+   */
+  async flush(): Promise<void> {
+    if (this.bus.isClosed) throw new ClosedError("the agent has left the bus");
+    await this.bus.flush();
+  }
+
+  /**
+   * Leave the bus: stop writing presence, delete the entry (a KV purge on the same subject,
+   * so the bridge sees the agent go at once), drain and close the connection (bounded: 5 s).
+   * The `opportunities()`, `messages()` and `announcements()` loops end. Never throws; a
+   * second call waits for the first.
+   */
+  close(): Promise<void> {
+    this.leaving ??= this.leave();
+    return this.leaving;
+  }
+
+  /** Resolves once the agent has left (`close()`, a signal, or the connection closed). */
+  closed(): Promise<void> {
+    return this.left;
+  }
+
+  /**
+   * Leave cleanly on SIGTERM and SIGINT (no stack trace), then exit with status 0 unless
+   * `{exit: false}`. Returns a function that removes the handlers.
+   */
+  leaveOnSignals(options: SignalOptions = {}): () => void {
+    return installSignalHandlers(() => this.close(), this.log, this.id, options);
+  }
+
+  /** @internal the connection is back: write presence at once, not at the next tick. */
+  reconnected(): void {
+    this.presence.writeNow();
+  }
+
+  /** @internal the connection closed without a leave (e.g. the server refused the user). */
+  connectionClosed(): void {
+    if (this.leaving !== undefined) return;
+    this.log("warn", "agent_connection_closed", { agent_id: this.id });
+    this.presence.stop();
+    this.endStreams();
+    this.markLeft();
+  }
+
+  private async leave(): Promise<void> {
+    this.presence.stop();
+    if (!this.bus.isClosed) this.presence.purge();
+    await this.bus.leave(LEAVE_TIMEOUT_MS);
+    this.endStreams();
+    this.log("info", "agent_left_bus", { agent_id: this.id });
+    this.markLeft();
+  }
+
+  private endStreams(): void {
+    for (const stream of this.streams) stream.stop();
+    this.streams.clear();
+  }
+
+  private own<T extends object>(stream: Stream<T>): Stream<T> {
+    this.streams.add(stream);
+    return stream;
+  }
+
+  private peerMessage(msg: BusMessage): PeerMessage | null {
+    const sender = this.names.senderOf(msg.subject, this.id);
+    if (sender === null) return null;
+    const respond = (reply: string, data: Uint8Array): void => this.bus.respond(reply, data);
+    return new PeerMessage(sender, msg.subject, msg.data, msg.reply, respond);
+  }
+
+  private async askBridge(
+    subject: string,
+    body: Uint8Array,
+    what: string,
+    timeoutMs: number | undefined,
+  ): Promise<BusMessage> {
+    try {
+      return await this.bus.request(subject, body, timeoutMs ?? this.requestTimeoutMs);
+    } catch (err) {
+      if (!(err instanceof NoAnswerError)) throw err;
+      throw new NoAnswerError(
+        `no answer to ${what}: ${err.message}; is the bridge running (and leading)?`,
+        err.subject,
+        err.noResponders,
+        { cause: err },
+      );
+    }
+  }
+}
+
+/** Relays the connection's events to the log and the agent (set once the agent exists). */
+class EventRelay implements BusEvents {
+  agent: BusAgent | undefined;
+
+  constructor(
+    private readonly agentId: string,
+    private readonly log: Logger,
+  ) {}
+
+  disconnected(server: string): void {
+    this.log("warn", "agent_disconnected", { agent_id: this.agentId, server });
+  }
+
+  reconnected(server: string): void {
+    this.log("info", "agent_reconnected", { agent_id: this.agentId, server });
+    this.agent?.reconnected();
+  }
+
+  refused(operation: string, subject: string, message: string): void {
+    this.log("warn", "agent_permission_refused", {
+      agent_id: this.agentId,
+      operation,
+      subject,
+      error: message,
+    });
+  }
+
+  error(message: string): void {
+    this.log("warn", "agent_nats_error", { agent_id: this.agentId, error: message });
+  }
+
+  closed(): void {
+    this.agent?.connectionClosed();
+  }
+}
+
+function checkOpportunityId(opportunityId: string): void {
+  if (typeof opportunityId !== "string" || !OPPORTUNITY_ID_PATTERN.test(opportunityId)) {
+    throw new InvalidArgumentError(
+      `opportunity id ${JSON.stringify(opportunityId)}: an opportunity id is 1 to 128 ` +
+        "letters, digits, '-' or '_'",
+    );
+  }
+}
+
+/** `decoded`, or the BadAnswerError that says what came instead. */
+function expectAnswer<T>(decoded: T | null, answer: BusMessage, what: string): T {
+  if (decoded !== null) return decoded;
+  const refusal = answer.header("Nats-Service-Error") ?? decodeErrorReply(answer.data)?.error;
+  const text = new TextDecoder().decode(answer.data.subarray(0, 200));
+  throw new BadAnswerError(
+    refusal !== undefined
+      ? `the bridge refused ${what}: ${refusal}`
+      : `the answer to ${what} is not what the contract says: ${JSON.stringify(text)}`,
+  );
+}
+
+function splitServers(servers: string | readonly string[]): string[] {
+  const list = (typeof servers === "string" ? servers.split(",") : [...servers])
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
+  if (list.length === 0) throw new InvalidArgumentError("no NATS server given (servers)");
+  return list;
+}

@@ -1,0 +1,318 @@
+/**
+ * The NATS edge: the only importer of the official client (`@nats-io/transport-node`), and
+ * the one place its errors become ours (`errors.ts`). What the rest of the library sees is
+ * `Bus`: publish, request, subscribe, flush, leave; messages as plain `BusMessage`s.
+ *
+ * @module
+ */
+import {
+  connect as natsConnect,
+  errors,
+  headers as natsHeaders,
+  type Msg,
+  type NatsConnection,
+  type NodeConnectionOptions,
+  type Subscription,
+} from "@nats-io/transport-node";
+
+import {
+  AgentError,
+  ClosedError,
+  ConnectError,
+  InvalidArgumentError,
+  NoAnswerError,
+  PermissionError,
+} from "./errors.js";
+
+/** TLS to NATS: the CA that signed the server's certificate, and a client certificate. */
+export interface TlsFiles {
+  /** PEM file of the CA that signed the server's certificate (NATS_TLS_CA). */
+  caFile?: string;
+  /** PEM files of a client certificate and its key, where the server asks for one. */
+  certFile?: string;
+  keyFile?: string;
+}
+
+export interface BusOptions {
+  servers: string[];
+  name: string;
+  inboxPrefix: string;
+  user?: string | undefined;
+  password?: string | undefined;
+  token?: string | undefined;
+  tls?: TlsFiles | undefined;
+  /** Milliseconds to connect (each server) and to flush. */
+  timeoutMs: number;
+}
+
+/** What the connection goes through, reported as it happens (see `Bus.connect`). */
+export interface BusEvents {
+  disconnected(server: string): void;
+  reconnected(server: string): void;
+  refused(operation: "publish" | "subscription", subject: string, message: string): void;
+  error(message: string): void;
+  /** The connection closed, by a leave or by itself (e.g. the server refused the user). */
+  closed(): void;
+}
+
+/** A message received, in the library's terms. */
+export interface BusMessage {
+  subject: string;
+  reply: string | undefined;
+  data: Uint8Array;
+  /** The first value of a header (names as sent), or undefined. */
+  header(name: string): string | undefined;
+}
+
+// Permission errors remembered for `refusalSince`: the server says "refused" asynchronously,
+// and a plain publish sees nothing of it.
+const REFUSALS_KEPT = 64;
+
+/** One connection to NATS. Reconnects forever once connected (`maxReconnectAttempts: -1`). */
+export class Bus {
+  private readonly refusals: { subject: string; message: string; at: number }[] = [];
+  private readonly watcher: Promise<void>;
+
+  private constructor(
+    private readonly nc: NatsConnection,
+    private readonly options: BusOptions,
+    private readonly events: BusEvents,
+  ) {
+    this.watcher = this.watch();
+    void nc.closed().then(() => events.closed());
+  }
+
+  /**
+   * Connect to the first server of `options.servers` that answers.
+   * @throws ConnectError naming the servers (without user info) and the client's reason.
+   */
+  static async connect(options: BusOptions, events: BusEvents): Promise<Bus> {
+    const settings: NodeConnectionOptions = {
+      servers: options.servers,
+      name: options.name,
+      inboxPrefix: options.inboxPrefix,
+      timeout: options.timeoutMs,
+      maxReconnectAttempts: -1,
+      ...(options.user !== undefined ? { user: options.user } : {}),
+      ...(options.password !== undefined ? { pass: options.password } : {}),
+      ...(options.token !== undefined ? { token: options.token } : {}),
+      ...(options.tls !== undefined ? { tls: { ...options.tls } } : {}),
+    };
+    try {
+      return new Bus(await natsConnect(settings), options, events);
+    } catch (err) {
+      throw new ConnectError(
+        `cannot connect to NATS at ${options.servers.map(redact).join(", ")}: ` +
+          `${reason(err)}; check the URL, the credentials and the TLS CA`,
+        { cause: err },
+      );
+    }
+  }
+
+  /** The server this connection is on, without user info. */
+  get server(): string {
+    return redact(this.nc.getServer());
+  }
+
+  get isClosed(): boolean {
+    return this.nc.isClosed();
+  }
+
+  /**
+   * Publish `data` on `subject` with no reply subject (and `headers`, if given).
+   * @throws InvalidArgumentError over the server's max payload; ClosedError after leave.
+   */
+  publish(subject: string, data: Uint8Array, headers?: Record<string, string>): void {
+    try {
+      this.nc.publish(subject, data, headers ? { headers: toHeaders(headers) } : undefined);
+    } catch (err) {
+      throw mapCallError(err, subject);
+    }
+  }
+
+  /** Publish `data` on `reply` (an answer to a request). Errors as `publish`. */
+  respond(reply: string, data: Uint8Array): void {
+    this.publish(reply, data);
+  }
+
+  /**
+   * Request on `subject` and return the first answer (on this connection's inbox).
+   * @throws NoAnswerError (nobody listens, or no answer within `timeoutMs`), PermissionError
+   *   (the server refused the request or the inbox), InvalidArgumentError, ClosedError.
+   */
+  async request(subject: string, data: Uint8Array, timeoutMs: number): Promise<BusMessage> {
+    try {
+      return toMessage(await this.nc.request(subject, data, { timeout: timeoutMs }));
+    } catch (err) {
+      throw mapRequestError(err, subject, timeoutMs);
+    }
+  }
+
+  /**
+   * Subscribe `subject`; `onMessage` gets each message until `stop()` or leave.
+   * @throws ClosedError after leave.
+   */
+  subscribe(subject: string, onMessage: (msg: BusMessage) => void): { stop(): void } {
+    let sub: Subscription;
+    try {
+      sub = this.nc.subscribe(subject, {
+        callback: (err, msg) => {
+          if (err === null) onMessage(toMessage(msg));
+        },
+      });
+    } catch (err) {
+      throw mapCallError(err, subject);
+    }
+    return { stop: () => sub.unsubscribe() };
+  }
+
+  /**
+   * Round trip to the server: what was published before has reached it, subscriptions made
+   * before are in place. @throws NoAnswerError when it takes over the timeout.
+   */
+  async flush(): Promise<void> {
+    const limit = bound(this.options.timeoutMs, "flush");
+    try {
+      await Promise.race([this.nc.flush(), limit.promise]);
+    } catch (err) {
+      throw err instanceof AgentError ? err : mapCallError(err, "");
+    } finally {
+      limit.cancel();
+    }
+  }
+
+  /**
+   * Drain (subscriptions, then what is waiting to be sent) and close, within `timeoutMs`;
+   * past that, close at once. Never throws.
+   */
+  async leave(timeoutMs: number): Promise<void> {
+    const limit = bound(timeoutMs, "drain");
+    try {
+      if (!this.nc.isClosed() && !this.nc.isDraining()) {
+        await Promise.race([this.nc.drain(), limit.promise]);
+      }
+    } catch {
+      // a drain cut short (timeout, or a connection lost meanwhile): closed below
+    } finally {
+      limit.cancel();
+      if (!this.nc.isClosed()) await this.nc.close().catch(() => undefined);
+      await this.watcher;
+    }
+  }
+
+  private async watch(): Promise<void> {
+    try {
+      for await (const status of this.nc.status()) {
+        if (status.type === "disconnect") this.events.disconnected(redact(status.server));
+        else if (status.type === "reconnect") this.events.reconnected(redact(status.server));
+        else if (status.type === "error") this.noteError(status.error);
+      }
+    } catch (err) {
+      this.events.error(`status of the NATS connection unreadable: ${reason(err)}`);
+    }
+  }
+
+  private noteError(err: Error): void {
+    if (err instanceof errors.PermissionViolationError) {
+      this.refusals.push({ subject: err.subject, message: err.message, at: Date.now() });
+      if (this.refusals.length > REFUSALS_KEPT) this.refusals.shift();
+      this.events.refused(err.operation, err.subject, err.message);
+    } else {
+      this.events.error(reason(err));
+    }
+  }
+
+  /**
+   * A PermissionError if the server refused a publish on `subject` since `since` (a
+   * `Date.now()`): the server says so asynchronously, so ask after a `flush()`.
+   */
+  refusalSince(since: number, subject: string): PermissionError | undefined {
+    const hit = this.refusals.find((r) => r.at >= since && r.subject === subject);
+    return hit === undefined ? undefined : refused(hit.subject, hit.message);
+  }
+}
+
+function toHeaders(values: Record<string, string>): ReturnType<typeof natsHeaders> {
+  const h = natsHeaders();
+  for (const [name, value] of Object.entries(values)) h.set(name, value);
+  return h;
+}
+
+function toMessage(msg: Msg): BusMessage {
+  const headers = msg.headers;
+  return {
+    subject: msg.subject,
+    reply: msg.reply !== undefined && msg.reply !== "" ? msg.reply : undefined,
+    data: msg.data,
+    header: (name) => (headers?.has(name) ? headers.get(name) : undefined),
+  };
+}
+
+function mapCallError(err: unknown, subject: string): AgentError {
+  if (err instanceof errors.ClosedConnectionError || err instanceof errors.DrainingConnectionError) {
+    return new ClosedError("the agent has left the bus (its NATS connection is closed)", {
+      cause: err,
+    });
+  }
+  if (err instanceof errors.InvalidArgumentError || err instanceof errors.InvalidSubjectError) {
+    return new InvalidArgumentError(`cannot send on ${subject}: ${reason(err)}`, { cause: err });
+  }
+  return new AgentError(`NATS call on ${subject} failed: ${reason(err)}`, { cause: err });
+}
+
+function refused(subject: string, message: string, cause?: unknown): PermissionError {
+  return new PermissionError(
+    `the NATS server refused ${subject} (${message}): this agent's user may not use it; ` +
+      "check its permissions (or the auth callout's)",
+    subject,
+    { cause },
+  );
+}
+
+function mapRequestError(err: unknown, subject: string, timeoutMs: number): AgentError {
+  // The client fails a request at once when the server refuses its subject or the inbox.
+  const denied = err instanceof Error && err.cause !== undefined ? err.cause : err;
+  if (denied instanceof errors.PermissionViolationError) {
+    return refused(denied.subject, denied.message, err);
+  }
+  if (err instanceof errors.TimeoutError) {
+    return new NoAnswerError(`no answer on ${subject} within ${timeoutMs} ms`, subject, false, {
+      cause: err,
+    });
+  }
+  if (err instanceof errors.RequestError && err.isNoResponders()) {
+    return new NoAnswerError(`nobody listens on ${subject}`, subject, true, { cause: err });
+  }
+  if (err instanceof errors.RequestError) {
+    return new NoAnswerError(`request on ${subject} failed: ${reason(err)}`, subject, false, {
+      cause: err,
+    });
+  }
+  return mapCallError(err, subject);
+}
+
+/** A promise that rejects with NoAnswerError after `ms` (unless cancelled). */
+function bound(ms: number, what: string): { promise: Promise<never>; cancel(): void } {
+  let timer: NodeJS.Timeout | undefined;
+  const promise = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new NoAnswerError(`NATS ${what} took over ${ms} ms`, "", false)),
+      ms,
+    );
+  });
+  promise.catch(() => undefined); // a bound nobody awaits any more is no unhandled rejection
+  return { promise, cancel: () => clearTimeout(timer) };
+}
+
+function reason(err: unknown): string {
+  if (err instanceof Error) {
+    const cause = err.cause instanceof Error ? ` (${err.cause.message})` : "";
+    return `${err.message || err.name}${cause}`;
+  }
+  return String(err);
+}
+
+/** A server URL without its user info (`nats://user:secret@host` -> `nats://host`). */
+export function redact(server: string): string {
+  return server.replace(/^([a-z]+:\/\/)?[^@/]*@/i, "$1");
+}
