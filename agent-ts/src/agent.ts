@@ -40,25 +40,25 @@ export interface ConnectOptions {
   servers: string | readonly string[];
   /** This agent's id, `[A-Za-z0-9_-]{1,256}`; a Swarm agent's is its task ID. */
   agentId: string;
-  user?: string;
-  password?: string;
-  token?: string;
+  user?: string | undefined;
+  password?: string | undefined;
+  token?: string | undefined;
   /** TLS to NATS: `caFile` is the CA that signed the server's certificate (NATS_TLS_CA). */
-  tls?: TlsFiles;
+  tls?: TlsFiles | undefined;
   /** First token of every subject (BRIDGE_SUBJECT_PREFIX); the bucket is `<prefix>_presence`. */
-  prefix?: string;
+  prefix?: string | undefined;
   /** Written into the presence entry for operators; the bridge matches by `agentId` only. */
-  taskId?: string | null;
-  endpoint?: string | null;
-  roles?: readonly string[];
+  taskId?: string | null | undefined;
+  endpoint?: string | null | undefined;
+  roles?: readonly string[] | undefined;
   /** Milliseconds between presence writes: at most 5000 (the default). */
-  presenceIntervalMs?: number;
+  presenceIntervalMs?: number | undefined;
   /** Milliseconds to connect and for a round trip to the server (default 5000). */
-  connectTimeoutMs?: number;
+  connectTimeoutMs?: number | undefined;
   /** Milliseconds a claim, the roster or a peer's answer is waited for (default 5000). */
-  requestTimeoutMs?: number;
+  requestTimeoutMs?: number | undefined;
   /** Where state changes are said: one JSON line each on stderr unless given. */
-  logger?: Logger;
+  logger?: Logger | undefined;
 }
 
 /** An answer to a request, from whoever answered on this agent's inbox. */

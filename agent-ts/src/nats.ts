@@ -27,10 +27,10 @@ import {
 /** TLS to NATS: the CA that signed the server's certificate, and a client certificate. */
 export interface TlsFiles {
   /** PEM file of the CA that signed the server's certificate (NATS_TLS_CA). */
-  caFile?: string;
+  caFile?: string | undefined;
   /** PEM files of a client certificate and its key, where the server asks for one. */
-  certFile?: string;
-  keyFile?: string;
+  certFile?: string | undefined;
+  keyFile?: string | undefined;
 }
 
 export interface BusOptions {
@@ -96,7 +96,7 @@ export class Bus {
       ...(options.user !== undefined ? { user: options.user } : {}),
       ...(options.password !== undefined ? { pass: options.password } : {}),
       ...(options.token !== undefined ? { token: options.token } : {}),
-      ...(options.tls !== undefined ? { tls: { ...options.tls } } : {}),
+      ...(options.tls !== undefined ? { tls: tlsOptions(options.tls) } : {}),
     };
     try {
       return new Bus(await natsConnect(settings), options, events);
@@ -230,6 +230,15 @@ export class Bus {
     const hit = this.refusals.find((r) => r.at >= since && r.subject === subject);
     return hit === undefined ? undefined : refused(hit.subject, hit.message);
   }
+}
+
+function tlsOptions(files: TlsFiles): NonNullable<NodeConnectionOptions["tls"]> {
+  const { caFile, certFile, keyFile } = files;
+  return {
+    ...(caFile !== undefined ? { caFile } : {}),
+    ...(certFile !== undefined ? { certFile } : {}),
+    ...(keyFile !== undefined ? { keyFile } : {}),
+  };
 }
 
 function toHeaders(values: Record<string, string>): ReturnType<typeof natsHeaders> {

@@ -14,7 +14,7 @@ import { fileURLToPath } from "node:url";
 
 import { jetstreamManager, StorageType } from "@nats-io/jetstream";
 import { Kvm, type KV, type KvEntry } from "@nats-io/kv";
-import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { connect, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 
 /** agent-ts/, from build/test/harness.js. */
 export const PACKAGE_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -219,4 +219,10 @@ export async function first<T>(
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** Unsubscribe `sub` and wait until the server knows (the next message finds no listener). */
+export async function unsubscribed(nc: NatsConnection, sub: Subscription): Promise<void> {
+  sub.unsubscribe();
+  await nc.flush();
 }
