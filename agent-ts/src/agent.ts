@@ -7,7 +7,7 @@
  */
 import { checkAgentId } from "./agent_id.js";
 import { BadAnswerError, ClosedError, InvalidArgumentError, NoAnswerError } from "./errors.js";
-import { stderrLogger, type Logger } from "./log.js";
+import type { Logger } from "./log.js";
 import {
   decodeAnnouncement,
   decodeClaimAnswer,
@@ -21,104 +21,23 @@ import {
   type CouncilOpportunity,
   type Peer,
 } from "./messages.js";
-import { DEFAULT_PREFIX, inboxPrefix, Names, OPPORTUNITY_ID_PATTERN } from "./names.js";
-import { Bus, type BusEvents, type BusMessage, type TlsFiles } from "./nats.js";
+import { type Names, OPPORTUNITY_ID_PATTERN } from "./names.js";
+import type { Bus, BusMessage } from "./nats.js";
 import { PeerMessage, toBytes, type Payload } from "./peer_message.js";
-import { PRESENCE_INTERVAL_MS, PresenceWriter } from "./presence.js";
+import type { PresenceWriter } from "./presence.js";
 import { installSignalHandlers, type SignalOptions } from "./signals.js";
 import { openStream, type Stream } from "./streams.js";
 
-/** Milliseconds to connect, and for a round trip to the server, unless configured. */
-export const CONNECT_TIMEOUT_MS = 5000;
 /** Milliseconds a claim, the roster or a peer's answer is waited for, unless configured. */
 export const REQUEST_TIMEOUT_MS = 5000;
 /** Milliseconds the leave may take to send what is pending before the connection closes. */
 export const LEAVE_TIMEOUT_MS = 5000;
-
-export interface ConnectOptions {
-  /** NATS URL(s): an array, or comma-separated (`nats://nats:4222`, `tls://...`). */
-  servers: string | readonly string[];
-  /** This agent's id, `[A-Za-z0-9_-]{1,256}`; a Swarm agent's is its task ID. */
-  agentId: string;
-  user?: string | undefined;
-  password?: string | undefined;
-  token?: string | undefined;
-  /** TLS to NATS: `caFile` is the CA that signed the server's certificate (NATS_TLS_CA). */
-  tls?: TlsFiles | undefined;
-  /** First token of every subject (BRIDGE_SUBJECT_PREFIX); the bucket is `<prefix>_presence`. */
-  prefix?: string | undefined;
-  /** Written into the presence entry for operators; the bridge matches by `agentId` only. */
-  taskId?: string | null | undefined;
-  endpoint?: string | null | undefined;
-  roles?: readonly string[] | undefined;
-  /** Milliseconds between presence writes: at most 5000 (the default). */
-  presenceIntervalMs?: number | undefined;
-  /** Milliseconds to connect and for a round trip to the server (default 5000). */
-  connectTimeoutMs?: number | undefined;
-  /** Milliseconds a claim, the roster or a peer's answer is waited for (default 5000). */
-  requestTimeoutMs?: number | undefined;
-  /** Where state changes are said: one JSON line each on stderr unless given. */
-  logger?: Logger | undefined;
-}
 
 /** An answer to a request, from whoever answered on this agent's inbox. */
 export interface Reply {
   data: Uint8Array;
   string(): string;
   json(): unknown;
-}
-
-/**
- * Connect to NATS as `agentId` (inbox prefix `_INBOX.<agent id>`) and put the agent on the
- * bus: its presence entry is written and reached the server, and it receives opportunities
- * and messages from then on. Reconnects forever once connected.
- * @throws InvalidArgumentError (a bad agent id, prefix, interval, or presence over 4 KiB),
- *   ConnectError (NATS unreachable, credentials or TLS refused), PermissionError (the server
- *   refused the agent's presence key), NoAnswerError (the server did not answer a round trip).
- */
-export async function connectAgent(options: ConnectOptions): Promise<BusAgent> {
-  const agentId = checkAgentId(options.agentId);
-  const names = new Names(options.prefix ?? DEFAULT_PREFIX);
-  const log = options.logger ?? stderrLogger;
-  const servers = splitServers(options.servers);
-  const connectTimeoutMs = options.connectTimeoutMs ?? CONNECT_TIMEOUT_MS;
-  const relay = new EventRelay(agentId, log);
-  const bus = await Bus.connect(
-    {
-      servers,
-      name: `chorus-agent-${agentId}`,
-      inboxPrefix: inboxPrefix(agentId),
-      user: options.user,
-      password: options.password,
-      token: options.token,
-      tls: options.tls,
-      timeoutMs: connectTimeoutMs,
-    },
-    relay,
-  );
-  try {
-    const presence = new PresenceWriter(
-      bus,
-      names.presence(agentId),
-      {
-        agentId,
-        taskId: options.taskId ?? null,
-        endpoint: options.endpoint ?? null,
-        roles: options.roles ?? [],
-      },
-      options.presenceIntervalMs ?? PRESENCE_INTERVAL_MS,
-      log,
-    );
-    const agent = new BusAgent(bus, names, agentId, presence, log, {
-      requestTimeoutMs: options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS,
-    });
-    relay.agent = agent;
-    await agent.join();
-    return agent;
-  } catch (err) {
-    await bus.leave(LEAVE_TIMEOUT_MS);
-    throw err;
-  }
 }
 
 /** One agent on the bus; made by `connectAgent`. */
@@ -133,7 +52,6 @@ export class BusAgent {
   private readonly requestTimeoutMs: number;
   private leaving: Promise<void> | undefined;
   private readonly left: Promise<void>;
-  private markLeft: () => void = () => undefined;
 
   /** @internal use `connectAgent`. */
   constructor(
@@ -147,7 +65,6 @@ export class BusAgent {
     this.id = agentId;
     this.names = names;
     this.requestTimeoutMs = options.requestTimeoutMs;
-    this.left = new Promise((resolve) => (this.markLeft = resolve));
     // Subscribed before the presence write: on the bus means receiving.
     this.opportunityStream = this.own(
       openStream(bus, {
@@ -169,6 +86,8 @@ export class BusAgent {
         stopOnReturn: false,
       }),
     );
+    // Ends when the connection closes, by a leave or by itself.
+    this.left = this.follow();
   }
 
   /** @internal the first presence write; then refreshed until the leave. */
@@ -340,8 +259,9 @@ export class BusAgent {
   }
 
   /** Resolves once the agent has left (`close()`, a signal, or the connection closed). */
-  closed(): Promise<void> {
-    return this.left;
+  async closed(): Promise<void> {
+    await this.left;
+    await this.leaving;
   }
 
   /**
@@ -352,27 +272,54 @@ export class BusAgent {
     return installSignalHandlers(() => this.close(), this.log, this.id, options);
   }
 
-  /** @internal the connection is back: write presence at once, not at the next tick. */
-  reconnected(): void {
-    this.presence.writeNow();
+  /** Log the connection's events; write presence at once when it is back; end with it. */
+  private async follow(): Promise<void> {
+    const agent_id = this.id;
+    for await (const event of this.bus.events()) {
+      switch (event.type) {
+        case "reconnected":
+          this.presence.writeNow(); // not at the next tick
+          this.log("info", "agent_reconnected", { agent_id, server: event.server });
+          break;
+        case "disconnected":
+          this.log("warn", "agent_disconnected", { agent_id, server: event.server });
+          break;
+        case "refused": {
+          const { operation, subject, message: error } = event;
+          this.log("warn", "agent_permission_refused", { agent_id, operation, subject, error });
+          break;
+        }
+        case "error":
+          this.log("warn", "agent_nats_error", { agent_id, error: event.message });
+      }
+    }
+    await this.bus.closed();
+    if (this.leaving === undefined) {
+      // Not a leave: e.g. the server refused the user for good. The entry expires (15 s).
+      this.log("warn", "agent_connection_closed", { agent_id });
+      this.presence.stop();
+      this.endStreams();
+    }
   }
 
-  /** @internal the connection closed without a leave (e.g. the server refused the user). */
-  connectionClosed(): void {
-    if (this.leaving !== undefined) return;
-    this.log("warn", "agent_connection_closed", { agent_id: this.id });
-    this.presence.stop();
-    this.endStreams();
-    this.markLeft();
+  /** @internal a join that failed: close without a purge or a leave's log lines. */
+  abandon(): Promise<void> {
+    this.leaving ??= (async () => {
+      this.presence.stop();
+      await this.bus.leave(LEAVE_TIMEOUT_MS);
+      await this.left;
+      this.endStreams();
+    })();
+    return this.leaving;
   }
 
   private async leave(): Promise<void> {
     this.presence.stop();
     if (!this.bus.isClosed) this.presence.purge();
     await this.bus.leave(LEAVE_TIMEOUT_MS);
+    await this.left;
     this.endStreams();
     this.log("info", "agent_left_bus", { agent_id: this.id });
-    this.markLeft();
   }
 
   private endStreams(): void {
@@ -412,42 +359,6 @@ export class BusAgent {
   }
 }
 
-/** Relays the connection's events to the log and the agent (set once the agent exists). */
-class EventRelay implements BusEvents {
-  agent: BusAgent | undefined;
-
-  constructor(
-    private readonly agentId: string,
-    private readonly log: Logger,
-  ) {}
-
-  disconnected(server: string): void {
-    this.log("warn", "agent_disconnected", { agent_id: this.agentId, server });
-  }
-
-  reconnected(server: string): void {
-    this.log("info", "agent_reconnected", { agent_id: this.agentId, server });
-    this.agent?.reconnected();
-  }
-
-  refused(operation: string, subject: string, message: string): void {
-    this.log("warn", "agent_permission_refused", {
-      agent_id: this.agentId,
-      operation,
-      subject,
-      error: message,
-    });
-  }
-
-  error(message: string): void {
-    this.log("warn", "agent_nats_error", { agent_id: this.agentId, error: message });
-  }
-
-  closed(): void {
-    this.agent?.connectionClosed();
-  }
-}
-
 function checkOpportunityId(opportunityId: string): void {
   if (typeof opportunityId !== "string" || !OPPORTUNITY_ID_PATTERN.test(opportunityId)) {
     throw new InvalidArgumentError(
@@ -469,10 +380,3 @@ function expectAnswer<T>(decoded: T | null, answer: BusMessage, what: string): T
   );
 }
 
-function splitServers(servers: string | readonly string[]): string[] {
-  const list = (typeof servers === "string" ? servers.split(",") : [...servers])
-    .map((s) => s.trim())
-    .filter((s) => s !== "");
-  if (list.length === 0) throw new InvalidArgumentError("no NATS server given (servers)");
-  return list;
-}

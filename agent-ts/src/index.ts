@@ -5,15 +5,8 @@
  *
  * @module
  */
-export {
-  BusAgent,
-  CONNECT_TIMEOUT_MS,
-  connectAgent,
-  LEAVE_TIMEOUT_MS,
-  REQUEST_TIMEOUT_MS,
-  type ConnectOptions,
-  type Reply,
-} from "./agent.js";
+export { BusAgent, LEAVE_TIMEOUT_MS, REQUEST_TIMEOUT_MS, type Reply } from "./agent.js";
+export { CONNECT_TIMEOUT_MS, connectAgent, type ConnectOptions } from "./connect.js";
 export { AGENT_ID_PATTERN, checkAgentId, isAgentId } from "./agent_id.js";
 export {
   AgentError,

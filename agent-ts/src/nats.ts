@@ -45,15 +45,11 @@ export interface BusOptions {
   timeoutMs: number;
 }
 
-/** What the connection goes through, reported as it happens (see `Bus.connect`). */
-export interface BusEvents {
-  disconnected(server: string): void;
-  reconnected(server: string): void;
-  refused(operation: "publish" | "subscription", subject: string, message: string): void;
-  error(message: string): void;
-  /** The connection closed, by a leave or by itself (e.g. the server refused the user). */
-  closed(): void;
-}
+/** What the connection goes through (see `Bus.events`). */
+export type BusEvent =
+  | { type: "disconnected" | "reconnected"; server: string }
+  | { type: "refused"; operation: "publish" | "subscription"; subject: string; message: string }
+  | { type: "error"; message: string };
 
 /** A message received, in the library's terms. */
 export interface BusMessage {
@@ -76,17 +72,15 @@ export class Bus {
   private constructor(
     private readonly nc: NatsConnection,
     private readonly options: BusOptions,
-    private readonly events: BusEvents,
   ) {
-    this.watcher = this.watch();
-    void nc.closed().then(() => events.closed());
+    this.watcher = this.noteRefusals();
   }
 
   /**
    * Connect to the first server of `options.servers` that answers.
    * @throws ConnectError naming the servers (without user info) and the client's reason.
    */
-  static async connect(options: BusOptions, events: BusEvents): Promise<Bus> {
+  static async connect(options: BusOptions): Promise<Bus> {
     const settings: NodeConnectionOptions = {
       servers: options.servers,
       name: options.name,
@@ -99,7 +93,7 @@ export class Bus {
       ...(options.tls !== undefined ? { tls: tlsOptions(options.tls) } : {}),
     };
     try {
-      return new Bus(await natsConnect(settings), options, events);
+      return new Bus(await natsConnect(settings), options);
     } catch (err) {
       throw new ConnectError(
         `cannot connect to NATS at ${options.servers.map(redact).join(", ")}: ` +
@@ -200,25 +194,37 @@ export class Bus {
     }
   }
 
-  private async watch(): Promise<void> {
+  /**
+   * The connection's events from now until it closes (then the iteration ends). Each call
+   * is a reader of its own.
+   */
+  async *events(): AsyncIterable<BusEvent> {
     try {
       for await (const status of this.nc.status()) {
-        if (status.type === "disconnect") this.events.disconnected(redact(status.server));
-        else if (status.type === "reconnect") this.events.reconnected(redact(status.server));
-        else if (status.type === "error") this.noteError(status.error);
+        if (status.type === "disconnect" || status.type === "reconnect") {
+          yield { type: `${status.type}ed`, server: redact(status.server) };
+        } else if (status.type === "error") {
+          const err = status.error;
+          yield err instanceof errors.PermissionViolationError
+            ? { type: "refused", operation: err.operation, subject: err.subject, message: err.message }
+            : { type: "error", message: reason(err) };
+        }
       }
     } catch (err) {
-      this.events.error(`status of the NATS connection unreadable: ${reason(err)}`);
+      yield { type: "error", message: `status of the NATS connection unreadable: ${reason(err)}` };
     }
   }
 
-  private noteError(err: Error): void {
-    if (err instanceof errors.PermissionViolationError) {
-      this.refusals.push({ subject: err.subject, message: err.message, at: Date.now() });
+  /** Resolves when the connection has closed (a leave, or the server refused the user). */
+  async closed(): Promise<void> {
+    await this.nc.closed();
+  }
+
+  private async noteRefusals(): Promise<void> {
+    for await (const event of this.events()) {
+      if (event.type !== "refused") continue;
+      this.refusals.push({ subject: event.subject, message: event.message, at: Date.now() });
       if (this.refusals.length > REFUSALS_KEPT) this.refusals.shift();
-      this.events.refused(err.operation, err.subject, err.message);
-    } else {
-      this.events.error(reason(err));
     }
   }
 

@@ -30,32 +30,44 @@ export interface PresenceFields {
   roles: readonly string[];
 }
 
+/**
+ * Check what presence will be written, before connecting.
+ * @throws InvalidArgumentError when the entry would be over 4 KiB (the bucket refuses it), or
+ *   the interval is not in (0, 5000] ms.
+ */
+export function checkPresence(fields: PresenceFields, intervalMs: number): void {
+  const size = presenceValue(fields).length;
+  if (size > MAX_PRESENCE_BYTES) {
+    throw new InvalidArgumentError(
+      `the presence entry of agent ${fields.agentId} is ${size} bytes, over the ` +
+        `${MAX_PRESENCE_BYTES} the presence bucket takes: use fewer or shorter roles`,
+    );
+  }
+  if (!(intervalMs > 0 && intervalMs <= PRESENCE_INTERVAL_MS)) {
+    throw new InvalidArgumentError(
+      `presence interval ${intervalMs} ms: use more than 0 and at most ${PRESENCE_INTERVAL_MS}`,
+    );
+  }
+}
+
+function presenceValue(fields: PresenceFields): Uint8Array {
+  const { agentId, taskId, endpoint, roles } = fields;
+  return encode(presenceEntry(agentId, taskId, endpoint, roles));
+}
+
 /** Writes one agent's presence entry on a timer until `stop()`. */
 export class PresenceWriter {
   private timer: NodeJS.Timeout | undefined;
   private failing = false;
 
-  /** @throws InvalidArgumentError when the entry would be over 4 KiB (the bucket refuses it). */
+  /** `fields` and `intervalMs` as `checkPresence` accepts them. */
   constructor(
     private readonly bus: Bus,
     private readonly subject: string,
     private readonly fields: PresenceFields,
     private readonly intervalMs: number,
     private readonly log: Logger,
-  ) {
-    const size = this.value().length;
-    if (size > MAX_PRESENCE_BYTES) {
-      throw new InvalidArgumentError(
-        `the presence entry of agent ${fields.agentId} is ${size} bytes, over the ` +
-          `${MAX_PRESENCE_BYTES} the presence bucket takes: use fewer or shorter roles`,
-      );
-    }
-    if (!(intervalMs > 0 && intervalMs <= PRESENCE_INTERVAL_MS)) {
-      throw new InvalidArgumentError(
-        `presence interval ${intervalMs} ms: use more than 0 and at most ${PRESENCE_INTERVAL_MS}`,
-      );
-    }
-  }
+  ) {}
 
   /**
    * Write the entry and make sure the server has it; then keep it written.
@@ -106,8 +118,7 @@ export class PresenceWriter {
   }
 
   private value(): Uint8Array {
-    const { agentId, taskId, endpoint, roles } = this.fields;
-    return encode(presenceEntry(agentId, taskId, endpoint, roles));
+    return presenceValue(this.fields);
   }
 
   private write(): void {

@@ -112,6 +112,16 @@ export class NatsServer {
     return `${this.options.tls ? "tls" : "nats"}://127.0.0.1:${this.port}`;
   }
 
+  /**
+   * Kill the server (SIGKILL) and start it again on the same port with the same store: a
+   * new server, which lives in this one's files (stop it first, then this one).
+   */
+  async restart(): Promise<NatsServer> {
+    this.proc.kill("SIGKILL");
+    await stopProcess(this.proc);
+    return await NatsServer.start({ ...this.options, port: this.port, storeDir: this.storeDir });
+  }
+
   /** Stop the server (SIGTERM, then SIGKILL after 5 s) and wait for it to end. */
   async stop(removeFiles = true): Promise<void> {
     await stopProcess(this.proc);

@@ -129,8 +129,9 @@ describe("presence", () => {
   });
 
   test("bad agent ids are refused at connect, before any connection", async () => {
+    const nowhere = "nats://127.0.0.1:1"; // refused if it were ever dialled
     for (const agentId of ["", "a.b", "a*", "a>", "a b", "ü", "a/b", "x".repeat(257), "a\n"]) {
-      await assert.rejects(join(agentId), (err: unknown) => {
+      await assert.rejects(connectAgent({ servers: nowhere, agentId }), (err: unknown) => {
         assert.ok(err instanceof InvalidArgumentError, `${JSON.stringify(agentId)}: ${String(err)}`);
         assert.match(err.message, /agent id/);
         return true;
@@ -140,14 +141,24 @@ describe("presence", () => {
     await longest.close();
   });
 
-  test("a presence entry over 4 KiB is refused at connect, with what to do", async () => {
+  test("a presence entry over 4 KiB, or an interval over 5 s, is refused before connecting", async () => {
+    const nowhere = "nats://127.0.0.1:1";
     const roles = Array.from({ length: 200 }, (_, i) => `role-with-a-long-name-${i}`);
-    await assert.rejects(join("task-big", { roles }), (err: unknown) => {
+    await assert.rejects(connectAgent({ servers: nowhere, agentId: "task-big", roles }), (err: unknown) => {
       assert.ok(err instanceof InvalidArgumentError);
-      assert.match(err.message, /over the 4096 the presence bucket takes/);
+      assert.match(err.message, /is 5\d{3} bytes, over the 4096 the presence bucket takes/);
       return true;
     });
-    assert.equal(await kv.get("task-big"), null);
+    for (const presenceIntervalMs of [0, -1, 5001, Number.NaN]) {
+      await assert.rejects(
+        connectAgent({ servers: nowhere, agentId: "task-slow", presenceIntervalMs }),
+        /presence interval .*at most 5000/,
+      );
+    }
+    // 146 of those roles make a 4075-byte entry: the bucket takes it.
+    const justFits = await join("task-fits", { roles: roles.slice(0, 146) });
+    assert.ok(await liveEntry(kv, "task-fits"));
+    await justFits.close();
   });
 
   test("a user that may not write its presence key gets a PermissionError at connect", async () => {
