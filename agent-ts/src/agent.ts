@@ -90,9 +90,14 @@ export class BusAgent {
     this.left = this.follow();
   }
 
-  /** @internal the first presence write; then refreshed until the leave. */
+  /**
+   * @internal the first presence write (then refreshed until the leave), confirmed with the
+   * subscriptions: the server has them all, and refused none.
+   */
   async join(): Promise<void> {
-    await this.presence.start();
+    this.presence.start();
+    const { names, id } = this;
+    await this.bus.confirm([names.presence(id), names.opportunities, names.message(id, "*")]);
     this.log("info", "agent_joined_bus", {
       agent_id: this.id,
       bucket: this.names.presenceBucket,

@@ -60,13 +60,12 @@ export interface BusMessage {
   header(name: string): string | undefined;
 }
 
-// Permission errors remembered for `refusalSince`: the server says "refused" asynchronously,
-// and a plain publish sees nothing of it.
+// Permission errors remembered for `confirm`: the server says "refused" asynchronously.
 const REFUSALS_KEPT = 64;
 
 /** One connection to NATS. Reconnects forever once connected (`maxReconnectAttempts: -1`). */
 export class Bus {
-  private readonly refusals: { subject: string; message: string; at: number }[] = [];
+  private readonly refusals: { subject: string; message: string }[] = [];
   private readonly watcher: Promise<void>;
 
   private constructor(
@@ -223,18 +222,22 @@ export class Bus {
   private async noteRefusals(): Promise<void> {
     for await (const event of this.events()) {
       if (event.type !== "refused") continue;
-      this.refusals.push({ subject: event.subject, message: event.message, at: Date.now() });
+      this.refusals.push({ subject: event.subject, message: event.message });
       if (this.refusals.length > REFUSALS_KEPT) this.refusals.shift();
     }
   }
 
   /**
-   * A PermissionError if the server refused a publish on `subject` since `since` (a
-   * `Date.now()`): the server says so asynchronously, so ask after a `flush()`.
+   * A round trip, then a PermissionError if the server has refused any of `subjects` (a
+   * publish or a subscription) on this connection: it says so before the round trip's answer,
+   * asynchronously, and a publish or a subscribe call sees nothing of it.
+   * @throws PermissionError, NoAnswerError (as `flush`).
    */
-  refusalSince(since: number, subject: string): PermissionError | undefined {
-    const hit = this.refusals.find((r) => r.at >= since && r.subject === subject);
-    return hit === undefined ? undefined : refused(hit.subject, hit.message);
+  async confirm(subjects: readonly string[]): Promise<void> {
+    await this.flush();
+    await new Promise((resolve) => setImmediate(resolve)); // its status event comes a tick after
+    const hit = this.refusals.find((r) => subjects.includes(r.subject));
+    if (hit !== undefined) throw refused(hit.subject, hit.message);
   }
 }
 

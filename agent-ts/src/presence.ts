@@ -69,18 +69,9 @@ export class PresenceWriter {
     private readonly log: Logger,
   ) {}
 
-  /**
-   * Write the entry and make sure the server has it; then keep it written.
-   * @throws PermissionError (the server refused the key), NoAnswerError (no round trip).
-   */
-  async start(): Promise<void> {
-    const since = Date.now();
+  /** Write the entry now, then every `intervalMs` until `stop()`. */
+  start(): void {
     this.write();
-    await this.bus.flush();
-    // The server's refusal comes before the flush's answer; its status event a tick later.
-    await new Promise((resolve) => setImmediate(resolve));
-    const refused = this.bus.refusalSince(since, this.subject);
-    if (refused !== undefined) throw refused;
     this.schedule();
   }
 

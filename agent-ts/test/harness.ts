@@ -42,15 +42,33 @@ export function natsServerBin(): string {
   );
 }
 
-const AGENT_PERMISSIONS = `{
-  publish: { allow: [ "$KV.chorus_presence.*", "chorus.council.*.acks.*",
-                      "chorus.council.*.claims.*", "chorus.bridge.agents",
-                      "chorus.agents.*.messages.*", "_INBOX.*.>" ] }
-  subscribe: { allow: [ "chorus.council.opportunities", "chorus.agents.announce",
-                        "chorus.agents.*.messages.*", "_INBOX.*.>" ] }
-}`;
-// An agent user that may do all of that except write presence.
-const NO_PRESENCE_PERMISSIONS = AGENT_PERMISSIONS.replace('"$KV.chorus_presence.*", ', "");
+// What an agent may do (DESIGN.md, "Trust"), and users that lack one thing of it.
+const AGENT_PUBLISH = [
+  "$KV.chorus_presence.*",
+  "chorus.council.*.acks.*",
+  "chorus.council.*.claims.*",
+  "chorus.bridge.agents",
+  "chorus.agents.*.messages.*",
+  "_INBOX.*.>",
+];
+const AGENT_SUBSCRIBE = [
+  "chorus.council.opportunities",
+  "chorus.agents.announce",
+  "chorus.agents.*.messages.*",
+  "_INBOX.*.>",
+];
+
+function permissions(publish: string[], subscribe: string[]): string {
+  const list = (subjects: string[]): string => subjects.map((s) => JSON.stringify(s)).join(", ");
+  return `{ publish: { allow: [${list(publish)}] }, subscribe: { allow: [${list(subscribe)}] } }`;
+}
+
+const without = (subjects: string[], gone: string): string[] => subjects.filter((s) => s !== gone);
+const USERS = {
+  agent: permissions(AGENT_PUBLISH, AGENT_SUBSCRIBE),
+  nopresence: permissions(without(AGENT_PUBLISH, "$KV.chorus_presence.*"), AGENT_SUBSCRIBE),
+  deaf: permissions(AGENT_PUBLISH, without(AGENT_SUBSCRIBE, "chorus.agents.*.messages.*")),
+};
 
 /** The server's authentication: users of one account (default), or a token. */
 export type Auth = { kind: "users" } | { kind: "token"; token: string };
@@ -74,9 +92,9 @@ function config(storeDir: string, options: ServerOptions): string {
       ? `authorization { token: "${options.auth.token}" }`
       : `accounts { CHORUS { jetstream: enabled, users: [
            { user: bridge, password: ${PASSWORDS.bridge} }
-           { user: agent, password: ${PASSWORDS.agent}, permissions: ${AGENT_PERMISSIONS} }
-           { user: nopresence, password: ${PASSWORDS.agent},
-             permissions: ${NO_PRESENCE_PERMISSIONS} } ] } }`;
+           ${Object.entries(USERS)
+             .map(([user, allowed]) => `{ user: ${user}, password: ${PASSWORDS.agent}, permissions: ${allowed} }`)
+             .join("\n")} ] } }`;
   return `listen: 127.0.0.1:${options.port ?? -1}
 jetstream { store_dir: "${storeDir}" }
 ${tls}

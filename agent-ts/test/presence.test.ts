@@ -179,6 +179,23 @@ describe("presence", () => {
     );
   });
 
+  test("a user that may not hear its messages gets a PermissionError at connect", async () => {
+    await assert.rejects(
+      connectAgent({
+        servers: server.url,
+        agentId: "task-deaf",
+        user: "deaf",
+        password: PASSWORDS.agent,
+        logger: silentLogger,
+      }),
+      (err: unknown) => {
+        assert.ok(err instanceof PermissionError, String(err));
+        assert.equal(err.subject, "chorus.agents.task-deaf.messages.*");
+        return true;
+      },
+    );
+  });
+
   test("a prefix gives the presence bucket <prefix>_presence and the subjects <prefix>.…", async () => {
     const other = await new (await import("@nats-io/kv")).Kvm(nc).create("fleet2_presence", {
       ttl: 15000,
