@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { checkAgentId } from "./agent_id.js";
+import { checkAgentId, isAgentId } from "./agent_id.js";
 import { BadAnswerError, ClosedError, InvalidArgumentError, NoAnswerError } from "./errors.js";
 import type { Logger } from "./log.js";
 import {
@@ -26,7 +26,7 @@ import type { Bus, BusMessage } from "./nats.js";
 import { PeerMessage, toBytes, type Payload } from "./peer_message.js";
 import type { PresenceWriter } from "./presence.js";
 import { installSignalHandlers, type SignalOptions } from "./signals.js";
-import { openStream, type Stream } from "./streams.js";
+import { openStream, type Stream, type StreamSpec } from "./streams.js";
 
 /** Milliseconds a claim, the roster or a peer's answer is waited for, unless configured. */
 export const REQUEST_TIMEOUT_MS = 5000;
@@ -66,26 +66,18 @@ export class BusAgent {
     this.names = names;
     this.requestTimeoutMs = options.requestTimeoutMs;
     // Subscribed before the presence write: on the bus means receiving.
-    this.opportunityStream = this.own(
-      openStream(bus, {
-        subject: names.opportunities,
-        decode: (msg) => decodeOpportunity(msg.data),
-        name: "opportunities",
-        agentId,
-        log,
-        stopOnReturn: false,
-      }),
-    );
-    this.messageStream = this.own(
-      openStream(bus, {
-        subject: names.message(agentId, "*"),
-        decode: (msg) => this.peerMessage(msg),
-        name: "messages",
-        agentId,
-        log,
-        stopOnReturn: false,
-      }),
-    );
+    this.opportunityStream = this.open({
+      subject: names.opportunities,
+      decode: (msg) => decodeOpportunity(msg.data),
+      name: "opportunities",
+      stopOnReturn: false,
+    });
+    this.messageStream = this.open({
+      subject: names.message(agentId, "*"),
+      decode: (msg) => this.peerMessage(msg),
+      name: "messages",
+      stopOnReturn: false,
+    });
     // Ends when the connection closes, by a leave or by itself.
     this.left = this.follow();
   }
@@ -125,7 +117,6 @@ export class BusAgent {
     checkOpportunityId(opportunityId);
     const body = encode({ agent_id: this.id, opportunity_id: opportunityId });
     this.bus.publish(this.names.acks(opportunityId, this.id), body);
-    return Promise.resolve();
   }
 
   /**
@@ -179,17 +170,12 @@ export class BusAgent {
    * @throws ClosedError.
    */
   announcements(): AsyncIterable<Announcement> & { stop(): void } {
-    const stream = this.own(
-      openStream(this.bus, {
-        subject: this.names.announce,
-        decode: (msg) => decodeAnnouncement(msg.data),
-        name: "announcements",
-        agentId: this.id,
-        log: this.log,
-        stopOnReturn: true,
-      }),
-    );
-    return stream;
+    return this.open({
+      subject: this.names.announce,
+      decode: (msg) => decodeAnnouncement(msg.data),
+      name: "announcements",
+      stopOnReturn: true,
+    });
   }
 
   /**
@@ -200,7 +186,6 @@ export class BusAgent {
   async send(recipient: string, payload: Payload): Promise<void> {
     checkAgentId(recipient, "recipient");
     this.bus.publish(this.names.message(recipient, this.id), toBytes(payload));
-    return Promise.resolve();
   }
 
   /**
@@ -328,18 +313,26 @@ export class BusAgent {
   }
 
   private endStreams(): void {
-    for (const stream of this.streams) stream.stop();
-    this.streams.clear();
+    for (const stream of [...this.streams]) stream.stop();
   }
 
-  private own<T extends object>(stream: Stream<T>): Stream<T> {
+  /** A stream of this agent's, kept until it stops (ended by the leave if still open). */
+  private open<T extends object>(
+    spec: Omit<StreamSpec<T>, "agentId" | "log" | "onStop">,
+  ): Stream<T> {
+    const stream: Stream<T> = openStream(this.bus, {
+      ...spec,
+      agentId: this.id,
+      log: this.log,
+      onStop: () => this.streams.delete(stream),
+    });
     this.streams.add(stream);
     return stream;
   }
 
   private peerMessage(msg: BusMessage): PeerMessage | null {
     const sender = this.names.senderOf(msg.subject, this.id);
-    if (sender === null) return null;
+    if (sender === null || !isAgentId(sender)) return null;
     const respond = (reply: string, data: Uint8Array): void => this.bus.respond(reply, data);
     return new PeerMessage(sender, msg.subject, msg.data, msg.reply, respond);
   }

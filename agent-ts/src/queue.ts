@@ -11,14 +11,13 @@ export class BoundedQueue<T> implements AsyncIterable<T> {
   private readonly items: T[] = [];
   private readonly waiting: ((result: IteratorResult<T, undefined>) => void)[] = [];
   private ended = false;
+  private dropped = 0;
 
   /** @param onDrop called with the number dropped so far, each time the oldest item goes. */
   constructor(
     private readonly limit: number,
     private readonly onDrop: (dropped: number) => void,
   ) {}
-
-  private dropped = 0;
 
   /** Add an item (ignored once ended): to a waiting reader, or to the queue. */
   push(item: T): void {

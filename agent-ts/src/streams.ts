@@ -30,6 +30,8 @@ export interface StreamSpec<T> {
    * it only ends that loop, and a later loop reads on (streams the agent holds for its life).
    */
   stopOnReturn: boolean;
+  /** Called once, when the stream stops. */
+  onStop: () => void;
 }
 
 /** Subscribe `spec.subject` now and return the stream of its decoded messages. */
@@ -49,9 +51,13 @@ export function openStream<T extends object>(bus: Bus, spec: StreamSpec<T>): Str
       log("warn", "agent_stream_invalid", { agent_id: agentId, stream: name, invalid });
     }
   });
+  let stopped = false;
   const stop = (): void => {
+    if (stopped) return;
+    stopped = true;
     sub.stop();
     queue.end();
+    spec.onStop();
   };
   const stream: Stream<T> = {
     next: () => queue.next(),

@@ -11,6 +11,7 @@ import {
   connectAgent,
   InvalidArgumentError,
   NoAnswerError,
+  QUEUE_LIMIT,
   silentLogger,
   type BusAgent,
   type CouncilOpportunity,
@@ -97,6 +98,30 @@ describe("council", () => {
     await publish({ ...OPPORTUNITY, id: "council-early" });
     const got = await first("the early opportunity", a2.opportunities(), (o) => o.id === "council-early");
     assert.equal(got.title, "Build the API");
+  });
+
+  test("a reader that falls behind loses the oldest opportunities past 1024, and a line says so", async () => {
+    const lines: [string, Record<string, unknown>][] = [];
+    const slow = await connectAgent({
+      servers: server.url,
+      agentId: "agent-slow",
+      user: "agent",
+      password: PASSWORDS.agent,
+      logger: (_level, event, fields) => lines.push([event, fields]),
+    });
+    try {
+      for (let i = 0; i < QUEUE_LIMIT + 76; i++) {
+        nc.publish("chorus.council.opportunities", JSON.stringify({ id: `council-${i}`, roles: [{ name: "tpm" }] }));
+      }
+      await nc.flush();
+      await slow.flush(); // all of them delivered to the agent's connection
+      const got = await first("the oldest one kept", slow.opportunities());
+      assert.equal(got.id, "council-76");
+      const overflow = lines.filter(([event]) => event === "agent_stream_overflow");
+      assert.deepEqual(overflow[0]?.[1], { agent_id: "agent-slow", stream: "opportunities", dropped: 1 });
+    } finally {
+      await slow.close();
+    }
   });
 
   test("ack: {agent_id, opportunity_id} on <prefix>.council.<id>.acks.<agent id>", async () => {
