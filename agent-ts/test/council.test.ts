@@ -61,9 +61,9 @@ describe("council", () => {
     [a1, a2] = await Promise.all([join("agent-1"), join("agent-2")]);
   });
   after(async () => {
-    await Promise.all([a1.close(), a2.close()]);
-    await nc.close();
-    await server.stop();
+    await Promise.all([a1?.close(), a2?.close()]);
+    await nc?.close();
+    await server?.stop();
   });
 
   const publish = async (body: unknown): Promise<void> => {

@@ -86,8 +86,8 @@ describe("the example agent", () => {
   });
   after(async () => {
     await Promise.all(running.map(stopProcess));
-    await nc.close();
-    await server.stop();
+    await nc?.close();
+    await server?.stop();
   });
 
   const start = (agentId: string, extra: Record<string, string> = {}): Running => {

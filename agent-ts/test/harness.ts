@@ -116,13 +116,19 @@ export class NatsServer {
 
   /** Start a server and wait (15 s at most) until it listens. */
   static async start(options: ServerOptions = {}): Promise<NatsServer> {
+    const binary = natsServerBin(); // before anything is made
     const dir = await mkdtemp(join(tmpdir(), "chorus-agent-ts-"));
     const storeDir = options.storeDir ?? join(dir, "store");
     const conf = join(dir, "nats.conf");
     await writeFile(conf, config(storeDir, options));
-    const proc = spawn(natsServerBin(), ["-c", conf], { stdio: ["ignore", "ignore", "pipe"] });
-    const port = await listeningPort(proc);
-    return new NatsServer(proc, dir, storeDir, port, options);
+    const proc = spawn(binary, ["-c", conf], { stdio: ["ignore", "ignore", "pipe"] });
+    try {
+      const port = await listeningPort(proc);
+      return new NatsServer(proc, dir, storeDir, port, options);
+    } catch (err) {
+      await rm(dir, { recursive: true, force: true });
+      throw err;
+    }
   }
 
   /** `nats://127.0.0.1:<port>` (`tls://` with TLS on). */

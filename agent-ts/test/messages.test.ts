@@ -38,9 +38,9 @@ describe("messages", () => {
     [alice, bob] = await Promise.all([join("alice"), join("bob")]);
   });
   after(async () => {
-    await Promise.all([alice.close(), bob.close()]);
-    await nc.close();
-    await server.stop();
+    await Promise.all([alice?.close(), bob?.close()]);
+    await nc?.close();
+    await server?.stop();
   });
 
   test("a message both ways: each knows the sender from the subject", async () => {

@@ -69,9 +69,9 @@ describe("peers", () => {
     });
   });
   after(async () => {
-    await agent.close();
-    await nc.close();
-    await server.stop();
+    await agent?.close();
+    await nc?.close();
+    await server?.stop();
   });
 
   test("peers (protocol shape, stand-in bridge): the roster, answered on the agent's inbox", async () => {

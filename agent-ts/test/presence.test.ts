@@ -36,8 +36,8 @@ describe("presence", () => {
     kv = await presenceBucket(nc);
   });
   after(async () => {
-    await nc.close();
-    await server.stop();
+    await nc?.close();
+    await server?.stop();
   });
 
   const join = (agentId: string, extra: object = {}): Promise<BusAgent> =>
