@@ -377,4 +377,3 @@ function expectAnswer<T>(decoded: T | null, answer: BusMessage, what: string): T
       : `the answer to ${what} is not what the contract says: ${JSON.stringify(text)}`,
   );
 }
-

@@ -12,7 +12,9 @@ export type Logger = (level: LogLevel, event: string, fields: Record<string, unk
 
 /** One JSON line per event on stderr: `{"at", "level", "event", ...fields}` (the default). */
 export const stderrLogger: Logger = (level, event, fields) => {
-  process.stderr.write(`${JSON.stringify({ at: new Date().toISOString(), level, event, ...fields })}\n`);
+  process.stderr.write(
+    `${JSON.stringify({ at: new Date().toISOString(), level, event, ...fields })}\n`,
+  );
 };
 
 /** Logs nothing. */

@@ -205,7 +205,12 @@ export class Bus {
         } else if (status.type === "error") {
           const err = status.error;
           yield err instanceof errors.PermissionViolationError
-            ? { type: "refused", operation: err.operation, subject: err.subject, message: err.message }
+            ? {
+                type: "refused",
+                operation: err.operation,
+                subject: err.subject,
+                message: err.message,
+              }
             : { type: "error", message: reason(err) };
         }
       }
@@ -267,7 +272,10 @@ function toMessage(msg: Msg): BusMessage {
 }
 
 function mapCallError(err: unknown, subject: string): AgentError {
-  if (err instanceof errors.ClosedConnectionError || err instanceof errors.DrainingConnectionError) {
+  if (
+    err instanceof errors.ClosedConnectionError ||
+    err instanceof errors.DrainingConnectionError
+  ) {
     return new ClosedError("the agent has left the bus (its NATS connection is closed)", {
       cause: err,
     });

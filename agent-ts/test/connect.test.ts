@@ -11,12 +11,7 @@ import { promisify } from "node:util";
 import { Kvm } from "@nats-io/kv";
 import { connect } from "@nats-io/transport-node";
 
-import {
-  ConnectError,
-  connectAgent,
-  silentLogger,
-  type Logger,
-} from "@chorus-bridge/agent";
+import { ConnectError, connectAgent, silentLogger, type Logger } from "@chorus-bridge/agent";
 
 import {
   bridgeConnection,
@@ -42,11 +37,60 @@ async function makeCertificates(dir: string): Promise<Record<string, string>> {
     ext: join(dir, "san.ext"),
   };
   const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-  await run("openssl", ["req", "-x509", ...ec, "-keyout", files.caKey, "-out", files.ca, "-days", "1", "-subj", "/CN=agent-ts test CA"]);
-  await run("openssl", ["req", "-x509", ...ec, "-keyout", files.otherCaKey, "-out", files.otherCa, "-days", "1", "-subj", "/CN=another CA"]);
-  await run("openssl", ["req", ...ec, "-keyout", files.key, "-out", files.csr, "-subj", "/CN=127.0.0.1"]);
+  await run("openssl", [
+    "req",
+    "-x509",
+    ...ec,
+    "-keyout",
+    files.caKey,
+    "-out",
+    files.ca,
+    "-days",
+    "1",
+    "-subj",
+    "/CN=agent-ts test CA",
+  ]);
+  await run("openssl", [
+    "req",
+    "-x509",
+    ...ec,
+    "-keyout",
+    files.otherCaKey,
+    "-out",
+    files.otherCa,
+    "-days",
+    "1",
+    "-subj",
+    "/CN=another CA",
+  ]);
+  await run("openssl", [
+    "req",
+    ...ec,
+    "-keyout",
+    files.key,
+    "-out",
+    files.csr,
+    "-subj",
+    "/CN=127.0.0.1",
+  ]);
   await writeFile(files.ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
-  await run("openssl", ["x509", "-req", "-in", files.csr, "-CA", files.ca, "-CAkey", files.caKey, "-CAcreateserial", "-out", files.cert, "-days", "1", "-extfile", files.ext]);
+  await run("openssl", [
+    "x509",
+    "-req",
+    "-in",
+    files.csr,
+    "-CA",
+    files.ca,
+    "-CAkey",
+    files.caKey,
+    "-CAcreateserial",
+    "-out",
+    files.cert,
+    "-days",
+    "1",
+    "-extfile",
+    files.ext,
+  ]);
   return files;
 }
 
@@ -89,7 +133,9 @@ describe("connect", () => {
 
   test("TLS: verified against the CA given; another CA is refused", async () => {
     const files = await makeCertificates(dir);
-    const server = await NatsServer.start({ tls: { certFile: String(files["cert"]), keyFile: String(files["key"]) } });
+    const server = await NatsServer.start({
+      tls: { certFile: String(files["cert"]), keyFile: String(files["key"]) },
+    });
     try {
       const nc = await connect({
         servers: server.url,
@@ -112,7 +158,10 @@ describe("connect", () => {
       for (const tls of [{ caFile: String(files["otherCa"]) }, undefined]) {
         await assert.rejects(connectAgent({ ...options, tls }), (err: unknown) => {
           assert.ok(err instanceof ConnectError, String(err));
-          assert.match(err.message, /cannot connect to NATS at tls:\/\/127\.0\.0\.1:\d+: .*certificate/);
+          assert.match(
+            err.message,
+            /cannot connect to NATS at tls:\/\/127\.0\.0\.1:\d+: .*certificate/,
+          );
           return true;
         });
       }
@@ -126,10 +175,18 @@ describe("connect", () => {
     const url = `nats://agent:${PASSWORDS.agent}@127.0.0.1:${server.port}`;
     await server.stop(); // the port is free now
     await assert.rejects(
-      connectAgent({ servers: url, agentId: "lonely", logger: silentLogger, connectTimeoutMs: 1000 }),
+      connectAgent({
+        servers: url,
+        agentId: "lonely",
+        logger: silentLogger,
+        connectTimeoutMs: 1000,
+      }),
       (err: unknown) => {
         assert.ok(err instanceof ConnectError, String(err));
-        assert.match(err.message, new RegExp(`^cannot connect to NATS at nats://127\\.0\\.0\\.1:${server.port}: `));
+        assert.match(
+          err.message,
+          new RegExp(`^cannot connect to NATS at nats://127\\.0\\.0\\.1:${server.port}: `),
+        );
         assert.doesNotMatch(err.message, new RegExp(PASSWORDS.agent));
         return true;
       },
@@ -157,7 +214,9 @@ describe("connect", () => {
       server = await first.restart();
       nc = await bridgeConnection(server);
       kv = await new Kvm(nc).open("chorus_presence"); // kept by the file store
-      await eventually("the agent reconnected", () => (events.includes("agent_reconnected") ? true : undefined));
+      await eventually("the agent reconnected", () =>
+        events.includes("agent_reconnected") ? true : undefined,
+      );
       // Written at once on reconnect, not at the next tick of the 5 s interval.
       const after = await eventually(
         "a presence write after the restart",
@@ -168,7 +227,11 @@ describe("connect", () => {
         5000,
       );
       assert.ok(after > before);
-      assert.deepEqual(events.slice(0, 3), ["agent_joined_bus", "agent_disconnected", "agent_reconnected"]);
+      assert.deepEqual(events.slice(0, 3), [
+        "agent_joined_bus",
+        "agent_disconnected",
+        "agent_reconnected",
+      ]);
     } finally {
       await agent.close();
       await nc.close();

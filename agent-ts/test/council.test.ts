@@ -67,7 +67,10 @@ describe("council", () => {
   });
 
   const publish = async (body: unknown): Promise<void> => {
-    nc.publish("chorus.council.opportunities", typeof body === "string" ? body : JSON.stringify(body));
+    nc.publish(
+      "chorus.council.opportunities",
+      typeof body === "string" ? body : JSON.stringify(body),
+    );
     await nc.flush();
   };
 
@@ -78,7 +81,11 @@ describe("council", () => {
     await publish({ id: "council-empty", roles: [] });
     await publish({ id: "council-noname", roles: [{ name: "" }] });
     await publish({ id: "x".repeat(129), roles: [{ name: "tpm" }] });
-    await publish({ id: "council-huge", roles: [{ name: "tpm" }], details: { pad: "x".repeat(70000) } });
+    await publish({
+      id: "council-huge",
+      roles: [{ name: "tpm" }],
+      details: { pad: "x".repeat(70000) },
+    });
     await publish({ id: "council-min", roles: [{ name: "tpm" }], extra: "ignored" });
     await publish(OPPORTUNITY);
     const got: CouncilOpportunity[] = [];
@@ -96,7 +103,11 @@ describe("council", () => {
 
   test("an opportunity that arrived before anyone iterates is kept for the reader", async () => {
     await publish({ ...OPPORTUNITY, id: "council-early" });
-    const got = await first("the early opportunity", a2.opportunities(), (o) => o.id === "council-early");
+    const got = await first(
+      "the early opportunity",
+      a2.opportunities(),
+      (o) => o.id === "council-early",
+    );
     assert.equal(got.title, "Build the API");
   });
 
@@ -111,14 +122,21 @@ describe("council", () => {
     });
     try {
       for (let i = 0; i < QUEUE_LIMIT + 76; i++) {
-        nc.publish("chorus.council.opportunities", JSON.stringify({ id: `council-${i}`, roles: [{ name: "tpm" }] }));
+        nc.publish(
+          "chorus.council.opportunities",
+          JSON.stringify({ id: `council-${i}`, roles: [{ name: "tpm" }] }),
+        );
       }
       await nc.flush();
       await slow.flush(); // all of them delivered to the agent's connection
       const got = await first("the oldest one kept", slow.opportunities());
       assert.equal(got.id, "council-76");
       const overflow = lines.filter(([event]) => event === "agent_stream_overflow");
-      assert.deepEqual(overflow[0]?.[1], { agent_id: "agent-slow", stream: "opportunities", dropped: 1 });
+      assert.deepEqual(overflow[0]?.[1], {
+        agent_id: "agent-slow",
+        stream: "opportunities",
+        dropped: 1,
+      });
     } finally {
       await slow.close();
     }
@@ -206,7 +224,11 @@ describe("council", () => {
       assert.ok(first);
       assert.equal(first.subject, "chorus.council.council-42.claims.agent-1");
       assert.deepEqual(first.json(), { role: "tpm", agent_id: "agent-1" });
-      assert.match(first.reply ?? "", /^_INBOX\.agent-1\./, "the answer goes to the claimer's own inbox");
+      assert.match(
+        first.reply ?? "",
+        /^_INBOX\.agent-1\./,
+        "the answer goes to the claimer's own inbox",
+      );
     } finally {
       await unsubscribed(nc, bridge);
     }
@@ -215,13 +237,24 @@ describe("council", () => {
   test("claim (protocol shape): a Holder record as `holder` is read as its agent id", async () => {
     const bridge = nc.subscribe("chorus.council.*.claims.*", {
       callback: (_err, msg) => {
-        const holder = { opportunity_id: "council-42", role: "tpm", core: true, agent_id: "agent-1", via: "bus", granted_at: "2026-11-27T00:00:00Z" };
+        const holder = {
+          opportunity_id: "council-42",
+          role: "tpm",
+          core: true,
+          agent_id: "agent-1",
+          via: "bus",
+          granted_at: "2026-11-27T00:00:00Z",
+        };
         msg.respond(JSON.stringify({ granted: true, role: "tpm", holder }));
       },
     });
     await nc.flush();
     try {
-      assert.deepEqual(await a1.claim("council-42", "tpm"), { granted: true, role: "tpm", holder: "agent-1" });
+      assert.deepEqual(await a1.claim("council-42", "tpm"), {
+        granted: true,
+        role: "tpm",
+        holder: "agent-1",
+      });
     } finally {
       await unsubscribed(nc, bridge);
     }
@@ -232,7 +265,10 @@ describe("council", () => {
       assert.ok(err instanceof NoAnswerError, String(err));
       assert.equal(err.noResponders, true);
       assert.equal(err.subject, "chorus.council.council-42.claims.agent-1");
-      assert.match(err.message, /no answer to the claim of role "tpm" of opportunity council-42: nobody listens .*is the bridge running/);
+      assert.match(
+        err.message,
+        /no answer to the claim of role "tpm" of opportunity council-42: nobody listens .*is the bridge running/,
+      );
       return true;
     });
   });
@@ -257,7 +293,11 @@ describe("council", () => {
   test("claim answered with something else, or with the bridge's error: BadAnswerError", async () => {
     const answers = [
       { data: '{"granted": "yes"}', headers: undefined, expect: /not what the contract says/ },
-      { data: '{"error": "opportunity council-42 is not recorded", "field": null}', headers: undefined, expect: /refused .*not recorded/ },
+      {
+        data: '{"error": "opportunity council-42 is not recorded", "field": null}',
+        headers: undefined,
+        expect: /refused .*not recorded/,
+      },
     ];
     for (const answer of answers) {
       const bridge = nc.subscribe("chorus.council.*.claims.*", {

@@ -132,7 +132,11 @@ describe("the example agent", () => {
       "chorus.council.opportunities",
       JSON.stringify({ id: "council-7", roles: [{ name: "tpm", core: true }] }),
     );
-    const claimed = await first("the claim's answer", example.lines, (l) => l["event"] === "claimed");
+    const claimed = await first(
+      "the claim's answer",
+      example.lines,
+      (l) => l["event"] === "claimed",
+    );
     assert.deepEqual(claimed, {
       event: "claimed",
       opportunity_id: "council-7",
@@ -173,7 +177,10 @@ describe("the example agent", () => {
     assert.deepEqual(await exited(example.proc), [1, null]);
     const stderr = example.stderr();
     assert.equal(stderr.split("\n").length, 2, stderr);
-    assert.match(stderr, /^agent: cannot connect to NATS at nats:\/\/127\.0\.0\.1:\d+: .*[Aa]uthorization/);
+    assert.match(
+      stderr,
+      /^agent: cannot connect to NATS at nats:\/\/127\.0\.0\.1:\d+: .*[Aa]uthorization/,
+    );
     assert.doesNotMatch(stderr, /wrong-secret/);
   });
 });

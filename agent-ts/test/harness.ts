@@ -93,7 +93,10 @@ function config(storeDir: string, options: ServerOptions): string {
       : `accounts { CHORUS { jetstream: enabled, users: [
            { user: bridge, password: ${PASSWORDS.bridge} }
            ${Object.entries(USERS)
-             .map(([user, allowed]) => `{ user: ${user}, password: ${PASSWORDS.agent}, permissions: ${allowed} }`)
+             .map(
+               ([user, allowed]) =>
+                 `{ user: ${user}, password: ${PASSWORDS.agent}, permissions: ${allowed} }`,
+             )
              .join("\n")} ] } }`;
   return `listen: 127.0.0.1:${options.port ?? -1}
 jetstream { store_dir: "${storeDir}" }
@@ -156,7 +159,10 @@ export class NatsServer {
 async function listeningPort(proc: ChildProcess): Promise<number> {
   let output = "";
   return await new Promise<number>((resolvePort, reject) => {
-    const timer = setTimeout(() => fail(new Error("nats-server did not listen within 15 s")), 15000);
+    const timer = setTimeout(
+      () => fail(new Error("nats-server did not listen within 15 s")),
+      15000,
+    );
     const fail = (err: Error): void => {
       clearTimeout(timer);
       proc.kill("SIGKILL");
@@ -200,7 +206,10 @@ export async function bridgeConnection(server: NatsServer): Promise<NatsConnecti
 }
 
 /** The presence bucket, as the bridge makes it: 15 s TTL, limit markers, 4 KiB values. */
-export async function presenceBucket(nc: NatsConnection, storage: "memory" | "file" = "memory"): Promise<KV> {
+export async function presenceBucket(
+  nc: NatsConnection,
+  storage: "memory" | "file" = "memory",
+): Promise<KV> {
   await jetstreamManager(nc); // fails at once, with the server's reason, without JetStream
   return await new Kvm(nc).create(BUCKET, {
     ttl: 15000,

@@ -77,11 +77,14 @@ describe("messages", () => {
       reply: "chorus.agents.carol.messages.bob",
     });
     const msg = await first("the steered request", bob.messages());
-    assert.throws(() => msg.reply("x"), (err: unknown) => {
-      assert.ok(err instanceof ReplyRefusedError);
-      assert.match(err.message, /not its inbox \(_INBOX\.alice\.…\): not answered/);
-      return true;
-    });
+    assert.throws(
+      () => msg.reply("x"),
+      (err: unknown) => {
+        assert.ok(err instanceof ReplyRefusedError);
+        assert.match(err.message, /not its inbox \(_INBOX\.alice\.…\): not answered/);
+        return true;
+      },
+    );
     await alice.send("bob", "no request");
     const plain = await first("a plain message", bob.messages());
     assert.throws(() => plain.reply("x"), ReplyRefusedError);

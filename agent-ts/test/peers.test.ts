@@ -112,7 +112,10 @@ describe("peers", () => {
     }
     await assert.rejects(agent.peers(), (err: unknown) => {
       assert.ok(err instanceof NoAnswerError);
-      assert.match(err.message, /roster request: nobody listens on chorus\.bridge\.agents.*bridge running/);
+      assert.match(
+        err.message,
+        /roster request: nobody listens on chorus\.bridge\.agents.*bridge running/,
+      );
       return true;
     });
   });
@@ -121,10 +124,19 @@ describe("peers", () => {
     const changes = agent.announcements();
     await agent.flush(); // the subscription is in place
     const at = "2026-11-27T00:37:18Z";
-    nc.publish("chorus.agents.announce", JSON.stringify({ event: "joined", agent: { id: "x" }, at }));
+    nc.publish(
+      "chorus.agents.announce",
+      JSON.stringify({ event: "joined", agent: { id: "x" }, at }),
+    );
     nc.publish("chorus.agents.announce", "[]");
-    nc.publish("chorus.agents.announce", JSON.stringify({ event: "joined", agent: agentRecord("t1"), at }));
-    nc.publish("chorus.agents.announce", JSON.stringify({ event: "left", agent: agentRecord("t2"), at }));
+    nc.publish(
+      "chorus.agents.announce",
+      JSON.stringify({ event: "joined", agent: agentRecord("t1"), at }),
+    );
+    nc.publish(
+      "chorus.agents.announce",
+      JSON.stringify({ event: "left", agent: agentRecord("t2"), at }),
+    );
     await nc.flush();
     const seen: Announcement[] = [];
     for await (const change of changes) {
@@ -140,7 +152,10 @@ describe("peers", () => {
     );
     assert.deepEqual(seen[0]?.agent, agentRecord("t1"));
     // After the break the stream is over.
-    assert.deepEqual(await changes[Symbol.asyncIterator]().next(), { value: undefined, done: true });
+    assert.deepEqual(await changes[Symbol.asyncIterator]().next(), {
+      value: undefined,
+      done: true,
+    });
   });
 
   test("announcements end when the agent leaves", async () => {

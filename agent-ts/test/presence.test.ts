@@ -60,12 +60,21 @@ describe("presence", () => {
       const entry = await liveEntry(kv, "task-join-1");
       assert.ok(entry, "the presence entry is there");
       const value = entry.json<Record<string, unknown>>();
-      assert.deepEqual(Object.keys(value).sort(), ["agent_id", "at", "endpoint", "roles", "task_id"]);
+      assert.deepEqual(Object.keys(value).sort(), [
+        "agent_id",
+        "at",
+        "endpoint",
+        "roles",
+        "task_id",
+      ]);
       assert.equal(value["agent_id"], "task-join-1");
       assert.equal(value["task_id"], "task-join-1");
       assert.equal(value["endpoint"], "http://127.0.0.1:8080");
       assert.deepEqual(value["roles"], ["tpm", "qa-engineer"]);
-      assert.ok(Math.abs(Date.parse(String(value["at"])) - Date.now()) < 60000, "at is RFC 3339 UTC");
+      assert.ok(
+        Math.abs(Date.parse(String(value["at"])) - Date.now()) < 60000,
+        "at is RFC 3339 UTC",
+      );
     } finally {
       await agent.close();
     }
@@ -118,7 +127,11 @@ describe("presence", () => {
     assert.equal(await liveEntry(kv, "task-leave"), null, "no live entry after close()");
     const entry = await kv.get("task-leave");
     assert.equal(entry?.operation, "PURGE");
-    const purge = await first("the purge on the presence subject", writes, (m) => m.data.length === 0);
+    const purge = await first(
+      "the purge on the presence subject",
+      writes,
+      (m) => m.data.length === 0,
+    );
     assert.equal(purge.headers?.get("KV-Operation"), "PURGE");
     assert.equal(purge.headers?.get("Nats-Rollup"), "sub");
     writes.unsubscribe();
@@ -132,7 +145,10 @@ describe("presence", () => {
     const nowhere = "nats://127.0.0.1:1"; // refused if it were ever dialled
     for (const agentId of ["", "a.b", "a*", "a>", "a b", "ü", "a/b", "x".repeat(257), "a\n"]) {
       await assert.rejects(connectAgent({ servers: nowhere, agentId }), (err: unknown) => {
-        assert.ok(err instanceof InvalidArgumentError, `${JSON.stringify(agentId)}: ${String(err)}`);
+        assert.ok(
+          err instanceof InvalidArgumentError,
+          `${JSON.stringify(agentId)}: ${String(err)}`,
+        );
         assert.match(err.message, /agent id/);
         return true;
       });
@@ -144,11 +160,14 @@ describe("presence", () => {
   test("a presence entry over 4 KiB, or an interval over 5 s, is refused before connecting", async () => {
     const nowhere = "nats://127.0.0.1:1";
     const roles = Array.from({ length: 200 }, (_, i) => `role-with-a-long-name-${i}`);
-    await assert.rejects(connectAgent({ servers: nowhere, agentId: "task-big", roles }), (err: unknown) => {
-      assert.ok(err instanceof InvalidArgumentError);
-      assert.match(err.message, /is 5\d{3} bytes, over the 4096 the presence bucket takes/);
-      return true;
-    });
+    await assert.rejects(
+      connectAgent({ servers: nowhere, agentId: "task-big", roles }),
+      (err: unknown) => {
+        assert.ok(err instanceof InvalidArgumentError);
+        assert.match(err.message, /is 5\d{3} bytes, over the 4096 the presence bucket takes/);
+        return true;
+      },
+    );
     for (const presenceIntervalMs of [0, -1, 5001, Number.NaN]) {
       await assert.rejects(
         connectAgent({ servers: nowhere, agentId: "task-slow", presenceIntervalMs }),
