@@ -305,7 +305,11 @@ export class BusAgent {
 
   private async leave(): Promise<void> {
     this.presence.stop();
-    if (!this.bus.isClosed) this.presence.purge();
+    if (this.bus.isConnected) this.presence.purge();
+    else {
+      const reason = "not connected: the entry expires with the presence TTL (15 s)";
+      this.log("warn", "agent_presence_not_purged", { agent_id: this.id, reason });
+    }
     await this.bus.leave(LEAVE_TIMEOUT_MS);
     await this.left;
     this.endStreams();

@@ -66,13 +66,14 @@ const REFUSALS_KEPT = 64;
 /** One connection to NATS. Reconnects forever once connected (`maxReconnectAttempts: -1`). */
 export class Bus {
   private readonly refusals: { subject: string; message: string }[] = [];
+  private connected = true;
   private readonly watcher: Promise<void>;
 
   private constructor(
     private readonly nc: NatsConnection,
     private readonly options: BusOptions,
   ) {
-    this.watcher = this.noteRefusals();
+    this.watcher = this.track();
   }
 
   /**
@@ -109,6 +110,11 @@ export class Bus {
 
   get isClosed(): boolean {
     return this.nc.isClosed();
+  }
+
+  /** True while connected to a server (false while it reconnects, and once closed). */
+  get isConnected(): boolean {
+    return this.connected && !this.nc.isClosed();
   }
 
   /**
@@ -176,12 +182,13 @@ export class Bus {
 
   /**
    * Drain (subscriptions, then what is waiting to be sent) and close, within `timeoutMs`;
-   * past that, close at once. Never throws.
+   * past that, or while disconnected (a drain would wait for the server), close at once.
+   * Never throws.
    */
   async leave(timeoutMs: number): Promise<void> {
     const limit = bound(timeoutMs, "drain");
     try {
-      if (!this.nc.isClosed() && !this.nc.isDraining()) {
+      if (this.isConnected && !this.nc.isDraining()) {
         await Promise.race([this.nc.drain(), limit.promise]);
       }
     } catch {
@@ -224,8 +231,10 @@ export class Bus {
     await this.nc.closed();
   }
 
-  private async noteRefusals(): Promise<void> {
+  private async track(): Promise<void> {
     for await (const event of this.events()) {
+      if (event.type === "disconnected") this.connected = false;
+      if (event.type === "reconnected") this.connected = true;
       if (event.type !== "refused") continue;
       this.refusals.push({ subject: event.subject, message: event.message });
       if (this.refusals.length > REFUSALS_KEPT) this.refusals.shift();

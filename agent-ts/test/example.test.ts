@@ -14,6 +14,7 @@ import { connectAgent, silentLogger } from "@chorus-bridge/agent";
 
 import {
   bridgeConnection,
+  eventually,
   first,
   liveEntry,
   NatsServer,
@@ -117,6 +118,38 @@ describe("the example agent", () => {
       assert.deepEqual(events, ["agent_joined_bus", "agent_leaving_on_signal", "agent_left_bus"]);
     });
   }
+
+  test("SIGTERM while NATS is down: the example still exits 0 at once, no stack trace", async () => {
+    const own = await NatsServer.start();
+    try {
+      const example = runExample({
+        NATS_URL: own.url,
+        AGENT_ID: "example-stranded",
+        AGENT_USER: "agent",
+        AGENT_PASSWORD: PASSWORDS.agent,
+      });
+      running.push(example.proc);
+      const ownNc = await bridgeConnection(own);
+      await presenceBucket(ownNc);
+      await ownNc.close();
+      await first("the ready line", example.lines, (line) => line["event"] === "ready");
+      await own.stop(false);
+      await eventually("the example saw NATS go", () =>
+        example.stderr().includes("agent_disconnected") ? true : undefined,
+      );
+      example.proc.kill("SIGTERM");
+      assert.deepEqual(await exited(example.proc), [0, null]);
+      assert.deepEqual(assertNoStackTrace(example.stderr()), [
+        "agent_joined_bus",
+        "agent_disconnected",
+        "agent_leaving_on_signal",
+        "agent_presence_not_purged",
+        "agent_left_bus",
+      ]);
+    } finally {
+      await own.stop();
+    }
+  });
 
   test("the example acks opportunities, claims its role and answers a peer's request", async () => {
     const example = start("example-worker", { AGENT_ROLES: "qa-engineer,tpm" });
