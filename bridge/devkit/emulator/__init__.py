@@ -5,6 +5,15 @@
     async with DockerEmulator("/tmp/docker.sock", swarm) as emulator:
         client = docker.APIClient(base_url=emulator.base_url, version="auto")
 
+A swarm of several nodes: each served node is a DockerEmulator of the same EmulatedSwarm, on a
+socket (or loopback TCP address) of its own, with failures of its own:
+
+    m2, w1 = swarm.add_node(manager=True), swarm.add_node()
+    swarm.drain(swarm.node_id)                  # the first manager runs no task
+    second = DockerEmulator("/tmp/m2.sock", swarm, node=m2)
+    second.set_error("no_leader")               # that manager lost its leader
+    swarm.node_down(w1); swarm.start_ready()    # a node event; replacements wait, then run
+
 `python -m bridge.devkit.emulator --socket PATH --tasks N` runs one until SIGTERM or SIGINT.
 """
 
