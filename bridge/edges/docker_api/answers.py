@@ -5,7 +5,7 @@ daemon/cluster/errors.go and Cluster.errNoManager; swarmkit's raft when the mana
 leader): a worker, an engine outside any swarm, a locked swarm, a manager being prepared, a swarm
 without a leader. An answer whose body is not the engine's JSON is a proxy's: HAProxy answers
 403 (an HTML page) when it refuses a call, and 502/503/504 when no engine answers behind it.
-Pure: the Docker edge (bridge/edges/docker_api.py) hands the answer over.
+Pure: the client (client.py) hands the answer over.
 """
 
 from __future__ import annotations
