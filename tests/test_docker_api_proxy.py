@@ -1,0 +1,423 @@
+"""The docker-api proxy (deploy/docker-api/haproxy.cfg) request by request, with a real haproxy.
+
+Each row of the table is sent as raw bytes through haproxy to a DaemonGate in front of the
+daemon, and checked twice: the status the client gets, and what the daemon saw. A request the
+proxy lets through must get the daemon's own answer (the same row sent straight to the daemon)
+and reach it exactly once; any other must get 403 (400 where it is not valid HTTP at all) and
+reach nothing. The daemon is the Docker Engine emulator (always) and the real engine of
+CHORUS_TEST_DOCKER_HOST (when scripts/test.sh brought it up; a failure without it under CI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from bridge.config import DOCKER_CALL_TIMEOUT, Settings
+from bridge.embedded import EmbeddedNats
+from bridge.emulator import DockerEmulator, EmulatedSwarm
+from bridge.registry import read_bucket
+from tests.conftest import run_bridge, wait_for
+from tests.docker_api_proxy import (
+    IO_DEADLINE,
+    DaemonGate,
+    Req,
+    Response,
+    haproxy_binary,
+    request,
+    running_haproxy,
+    send,
+)
+from tests.swarm_support import engine_host, in_ci
+
+PASS = 0  # the daemon's own answer, whatever it is
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """`batches` go on one connection, each written at once; `expect` has one entry per
+    request: PASS (it reaches the daemon) or the proxy's own status."""
+
+    name: str
+    batches: list[list[Req]]
+    expect: list[int]
+
+    @property
+    def requests(self) -> list[Req]:
+        return [req for batch in self.batches for req in batch]
+
+
+def one(name: str, req: Req, status: int) -> Row:
+    return Row(name, [[req]], [status])
+
+
+def raw(name: str, data: bytes, status: int) -> Row:
+    return Row(name, [[Req(data)]], [status])
+
+
+ALLOWED = [
+    one(f"{method} {prefix}{path}", request(method, f"{prefix}{path}"), PASS)
+    for method in ("GET", "HEAD")
+    for prefix in ("", "/v1.41", "/v1.24")
+    for path in ("/_ping", "/version", "/info", "/tasks", "/events?until=1")
+] + [
+    one("query string", request("GET", '/tasks?filters={"service":["x"]}'), PASS),
+    one(
+        "encoded query", request("GET", "/tasks?filters=%7B%22service%22%3A%5B%22x%22%5D%7D"), PASS
+    ),
+    one("empty query", request("GET", "/info?"), PASS),
+    one("dots in the query", request("GET", "/tasks?x=/../containers/json"), PASS),
+    one("HTTP/1.0", request("GET", "/_ping", version="HTTP/1.0"), PASS),
+]
+
+REFUSED_METHODS = [
+    one(f"{method} /tasks", request(method, "/tasks"), 403)
+    for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "get", "PROPFIND")
+] + [
+    one(
+        "POST /containers/create",
+        request(
+            "POST",
+            "/containers/create",
+            headers=("Content-Type: application/json", "Content-Length: 2"),
+            body=b"{}",
+        ),
+        403,
+    ),
+    one("POST /v1.41/swarm/leave", request("POST", "/v1.41/swarm/leave?force=1"), 403),
+    one("DELETE /services/x", request("DELETE", "/services/x"), 403),
+    # HAProxy refuses these as malformed before any rule: not a request it would forward.
+    one("CONNECT", request("CONNECT", "docker:2375"), 400),
+]
+
+REFUSED_PATHS = [
+    one(f"GET {target}", request("GET", target), 403)
+    for target in (
+        "/",
+        "/containers/json",
+        "/v1.41/containers/json",
+        "/services",
+        "/nodes",
+        "/secrets",
+        "/configs",
+        "/swarm",
+        "/swarm/unlockkey",
+        "/tasks/abc",
+        "/tasks/abc/logs?stdout=1",
+        "/images/json",
+        "/exec/abc/json",
+        "/containers/abc/archive?path=/etc/shadow",
+        "/v2.0/tasks",
+        "/v1/tasks",
+        "/v1.41",
+        "/tasks/",
+        "/_ping/",
+        "/Tasks",
+        "/TASKS",
+        "/tasks;x",
+        "/tasks.json",
+        "/tasksx",
+        "/info/../containers/json",
+        # percent-encoded
+        "/%74asks",
+        "/tasks%3Fx",
+        "/%2e/tasks",
+        "/%2E%2E/containers/json",
+        "/v1.41%2Ftasks",
+        "/tasks%2F..%2Fcontainers%2Fjson",
+        "/tasks%00",
+        # dotted
+        "/./tasks",
+        "/v1.41/./tasks",
+        "/tasks/.",
+        "/tasks/../containers/json",
+        "/v1.41/../containers/json",
+        "/../tasks",
+        # doubled slashes
+        "//tasks",
+        "/v1.41//tasks",
+        "//containers/json",
+        "//v1.41/tasks",
+        # absolute-form and other forms of the target
+        "http://docker/tasks",
+        "http://docker/containers/json",
+        "*",
+    )
+] + [
+    one("GET tasks (no slash)", request("GET", "tasks"), 400),
+    one("backslash", request("GET", "/tasks\\..\\containers\\json"), 403),
+]
+
+REFUSED_SMUGGLING = [
+    one(
+        "GET with a body",
+        request("GET", "/tasks", headers=("Content-Length: 4",), body=b"abcd"),
+        403,
+    ),
+    one(
+        "GET with a chunked body",
+        request("GET", "/tasks", headers=("Transfer-Encoding: chunked",), body=b"0\r\n\r\n"),
+        403,
+    ),
+    raw(
+        "body hiding a second request",
+        (
+            b"GET /_ping HTTP/1.1\r\nHost: docker\r\nContent-Length: 38\r\n\r\n"
+            b"DELETE /containers/x HTTP/1.1\r\nHost: d\r\n\r\n"
+        ),
+        403,
+    ),
+    # HAProxy drops the Content-Length (RFC 9112 6.3): then it is a chunked body.
+    raw(
+        "Content-Length and chunked",
+        (
+            b"GET /_ping HTTP/1.1\r\nHost: docker\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        ),
+        403,
+    ),
+    one(
+        "upgrade",
+        request("GET", "/events", headers=("Connection: Upgrade", "Upgrade: tcp"), close=False),
+        403,
+    ),
+    raw(
+        "absolute-form, other host",
+        (b"GET http://elsewhere/tasks HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n"),
+        400,
+    ),
+    raw("space in the target", b"GET /tasks /containers/json HTTP/1.1\r\nHost: d\r\n\r\n", 400),
+    raw(
+        "not HTTP",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 32 + b"\r\n\r\n",
+        400,
+    ),
+]
+
+KEEP = dataclasses.replace  # shorthand below: the same request, kept alive
+
+
+def kept(req: Req) -> Req:
+    """The request without `Connection: close`, so another can follow on its connection."""
+    return KEEP(req, raw=req.raw.replace(b"Connection: close\r\n", b""))
+
+
+PIPELINED = [
+    Row(
+        "pipelined: allowed, then POST",
+        [
+            [
+                kept(request("GET", "/_ping")),
+                request("POST", "/containers/create", headers=("Content-Length: 2",), body=b"{}"),
+            ]
+        ],
+        [PASS, 403],
+    ),
+    Row(
+        "pipelined: allowed, then a refused path",
+        [[kept(request("GET", "/info")), request("GET", "/containers/json")]],
+        [PASS, 403],
+    ),
+    Row(
+        "pipelined: allowed, then dotted",
+        [[kept(request("GET", "/version")), request("GET", "/tasks/../containers/json")]],
+        [PASS, 403],
+    ),
+    Row(
+        "pipelined: two allowed",
+        [[kept(request("GET", "/_ping")), request("GET", "/v1.41/version")]],
+        [PASS, PASS],
+    ),
+    Row(
+        "kept alive: allowed, then DELETE",
+        [[kept(request("GET", "/_ping"))], [request("DELETE", "/containers/x")]],
+        [PASS, 403],
+    ),
+    Row(
+        "kept alive: allowed, then encoded",
+        [[kept(request("GET", "/_ping"))], [request("GET", "/%63ontainers/json")]],
+        [PASS, 403],
+    ),
+    Row(
+        "kept alive: refused, then allowed",
+        [[kept(request("GET", "/secrets"))], [request("GET", "/_ping")]],
+        [403, PASS],
+    ),
+]
+
+TABLE = ALLOWED + REFUSED_METHODS + REFUSED_PATHS + REFUSED_SMUGGLING + PIPELINED
+
+
+@pytest.fixture(scope="module")
+def haproxy() -> str:
+    binary = haproxy_binary()
+    if binary is None:
+        reason = "haproxy is not installed (apt-get install haproxy; scripts/test.sh does)"
+        if in_ci():
+            pytest.fail(f"{reason}. CI=true: the proxy must be tested in CI", pytrace=False)
+        pytest.skip(reason)
+    return binary
+
+
+@dataclasses.dataclass
+class Proxy:
+    """haproxy on 127.0.0.1:port in front of a gate in front of a daemon."""
+
+    port: int
+    gate: DaemonGate
+
+
+@pytest.fixture
+async def emulated(haproxy: str, tmp_path: Path) -> AsyncIterator[tuple[Proxy, EmulatedSwarm]]:
+    swarm = EmulatedSwarm(subnet="127.10.0.0/16")
+    swarm.add_tasks(3)
+    async with (
+        DockerEmulator(tmp_path / "docker.sock", swarm),
+        DaemonGate(tmp_path / "gate.sock", str(tmp_path / "docker.sock")) as gate,
+        running_haproxy(haproxy, gate.path, tmp_path / "haproxy.log") as port,
+    ):
+        yield Proxy(port, gate), swarm
+
+
+@pytest.fixture
+async def real(haproxy: str, tmp_path: Path) -> AsyncIterator[Proxy]:
+    host = engine_host()
+    if not host.startswith("unix://"):
+        pytest.skip(f"{host}: the proxy test needs the engine's unix socket")
+    async with (
+        DaemonGate(tmp_path / "gate.sock", host.removeprefix("unix://")) as gate,
+        running_haproxy(haproxy, gate.path, tmp_path / "haproxy.log") as port,
+    ):
+        yield Proxy(port, gate)
+
+
+async def check_row(proxy: Proxy, row: Row) -> str | None:
+    """None when the row holds; else what went wrong."""
+    direct: list[Response] = []
+    for req in row.requests:
+        if row.expect[len(direct)] == PASS:
+            direct += await send(proxy.gate.path, [[req]])
+        else:
+            direct.append(Response(0, {}, b""))
+    before = len(proxy.gate.seen)
+    try:
+        answers = await send(("127.0.0.1", proxy.port), row.batches)
+    except TimeoutError:
+        return f"no answer within {IO_DEADLINE:g} s; the daemon saw {proxy.gate.seen[before:]}"
+    # The gate records a request before it forwards it, so whatever reached it is there now.
+    seen = proxy.gate.seen[before:]
+    statuses = [a.status for a in answers]
+    wanted = [d.status if e == PASS else e for e, d in zip(row.expect, direct, strict=True)]
+    reached = [
+        req.raw.split(b" ")[1] for req, e in zip(row.requests, row.expect, strict=True) if e == PASS
+    ]
+    problems = []
+    if statuses != wanted:
+        problems.append(f"status {statuses}, want {wanted}")
+    if [s.target for s in seen] != reached:
+        problems.append(f"the daemon saw {[(s.method, s.target) for s in seen]}, want {reached}")
+    return "; ".join(problems) or None
+
+
+async def check_table(proxy: Proxy) -> None:
+    failures = [
+        f"{row.name}: {problem}"
+        for row in TABLE
+        if (problem := await check_row(proxy, row)) is not None
+    ]
+    assert not failures, "\n".join(failures)
+
+
+async def test_table_against_the_emulator(emulated: tuple[Proxy, EmulatedSwarm]) -> None:
+    proxy, swarm = emulated
+    await check_table(proxy)
+    # The emulator counts only GET as expected; HEAD of the five paths is allowed too.
+    five = {"/_ping", "/version", "/info", "/tasks", "/events"}
+    others = [
+        r for r in swarm.unexpected if r.split(" ")[0] != "HEAD" or r.split(" ")[1] not in five
+    ]
+    assert others == [], "requests the proxy should have refused reached the emulator"
+
+
+@pytest.mark.swarm
+async def test_table_against_a_real_dockerd(real: Proxy) -> None:
+    await check_table(real)
+
+
+# --- what the bridge needs of the proxy, beyond the table ---------------------------------------
+
+
+async def test_a_14_mb_task_list_comes_through_whole(
+    emulated: tuple[Proxy, EmulatedSwarm],
+) -> None:
+    """10,000 tasks are about 14 MB of JSON: the proxy streams it, byte for byte."""
+    proxy, swarm = emulated
+    await asyncio.to_thread(swarm.add_tasks, 10_000)
+    wanted = await send(proxy.gate.path, [[request("GET", "/tasks")]])
+    answers = await send(("127.0.0.1", proxy.port), [[request("GET", "/v1.41/tasks")]])
+    assert [a.status for a in answers] == [200]
+    assert len(answers[0].body) > 13_000_000
+    assert answers[0].body == wanted[0].body
+
+
+async def test_a_quiet_event_stream_outlasts_the_bridges_docker_timeout(
+    emulated: tuple[Proxy, EmulatedSwarm],
+) -> None:
+    """The daemon sends nothing on /events while nothing happens. The bridge ends a stream
+    that stayed quiet for its Docker timeout itself; the proxy must not cut it sooner (an
+    end it did not choose is an outage to the bridge: a warning and a backoff)."""
+    proxy, _ = emulated
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(request("GET", "/events").raw)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IO_DEADLINE)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        quiet = DOCKER_CALL_TIMEOUT + 2.0
+        with pytest.raises(TimeoutError):
+            # An end of the stream (b"") within `quiet` seconds fails the test.
+            data = await asyncio.wait_for(reader.read(1), quiet)
+            pytest.fail(f"the proxy ended a quiet /events stream within {quiet:g} s ({data!r})")
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def test_the_bridge_discovers_and_follows_events_through_the_proxy(
+    emulated: tuple[Proxy, EmulatedSwarm], nats_server: EmbeddedNats, nc: NATS, unique: str
+) -> None:
+    """The bridge at tcp://<proxy>: its first round lists the tasks, and a task added later
+    reaches the bucket through the event stream (the poll is an hour away)."""
+    proxy, swarm = emulated
+    settings = Settings(
+        docker_host=f"tcp://127.0.0.1:{proxy.port}",
+        discovery_method="swarm",
+        subject_prefix=f"t{unique}",
+        kv_bucket=f"agents_{unique}",
+        poll_interval=3600.0,
+        listen_host="127.0.0.1",
+        listen_port=0,
+        dns_names=(),
+    )
+
+    async def keys() -> set[str]:
+        agents, _ = await read_bucket(await nc.jetstream().key_value(settings.kv_bucket))
+        return set(agents)
+
+    async with run_bridge(settings, nats_server.url):
+        assert await keys() == set(swarm.running_ids())
+        (added,) = await asyncio.to_thread(swarm.add_tasks, 1)
+
+        async def listed() -> bool:
+            return added in await keys()
+
+        await wait_for(listed, timeout=10, what=f"task {added} in the bucket via /events")
+    paths = {s.target.split(b"?")[0] for s in proxy.gate.seen}
+    assert paths <= {b"/info", b"/tasks", b"/events"}, paths
