@@ -24,6 +24,7 @@
 #   down           stop every node (by PID), remove its cgroups, data, sockets and namespaces.
 #   status         one line per node, then `docker node ls` from the first answering manager.
 #   env N          print `export DOCKER_HOST=...` for node N.
+#   describe       one line per node: number, role, address, socket (what tests/multinode reads).
 #   load IMAGE...  copy images from SOURCE to every node that lacks them (or has another build).
 #   crash N        SIGKILL everything of node N (dockerd, containerd, shims, its containers),
 #                  like a machine losing power. `start N` brings it back with its old state.
@@ -64,7 +65,6 @@ HUB=$NAME-hub
 say() { echo "swarm-nodes: $*" >&2; }
 fail() { echo "swarm-nodes: error: $*" >&2; exit 1; }
 
-[ "$(id -u)" -eq 0 ] || fail "run as root (network namespaces, mounts, dockerd)"
 case "$NODES" in ''|*[!0-9]*|0) fail "NODES must be a positive number" ;; esac
 case "$MANAGERS" in ''|*[!0-9]*|0) fail "MANAGERS must be a positive number" ;; esac
 [ "$MANAGERS" -le "$NODES" ] || fail "MANAGERS ($MANAGERS) > NODES ($NODES)"
@@ -459,10 +459,19 @@ node_arg() {
 command=${1:-}
 [ $# -gt 0 ] && shift
 case "$command" in
+    describe|env|'') ;;
+    *) [ "$(id -u)" -eq 0 ] || fail "run as root (network namespaces, mounts, dockerd)" ;;
+esac
+case "$command" in
     up) cmd_up "$@" ;;
     down) cmd_down ;;
     status) cmd_status ;;
     env) node_arg "${1:-}"; echo "export DOCKER_HOST=unix://$(sock "$1")" ;;
+    describe)
+        for n in $(seq 1 "$NODES"); do
+            role=worker; [ "$n" -le "$MANAGERS" ] && role=manager
+            echo "$n $role $(addr "$n") unix://$(sock "$n")"
+        done ;;
     crash) node_arg "${1:-}"; kill_node "$1" KILL; say "node $1: SIGKILL sent to all its processes" ;;
     stop) node_arg "${1:-}"; stop_node "$1" ;;
     start) node_arg "${1:-}"; start_node "$1" ;;
