@@ -359,7 +359,7 @@ cmd_up() {
         case "$1" in
             --service) service=${2:?}; shift 2 ;;
             --replicas) replicas=${2:?}; shift 2 ;;
-            --load) images=${2:?}; shift 2 ;;
+            --load) images=${2?--load needs image names (may be empty)}; shift 2 ;;
             *) fail "unknown argument to up: $1" ;;
         esac
     done

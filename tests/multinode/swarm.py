@@ -108,6 +108,12 @@ class MultiNodeSwarm:
                 f"no multi-node swarm: {MULTINODE_VARIABLE} is not 1 (run `bash "
                 "scripts/test.sh` as root, which sets it after scripts/swarm-nodes.sh up)"
             )
+        return cls.discover()
+
+    @classmethod
+    def discover(cls) -> MultiNodeSwarm:
+        """The swarm of scripts/swarm-nodes.sh, whoever brought it up (MultiNodeUnavailable
+        when it does not answer, or this process is not root: the faults need it)."""
         if os.geteuid() != 0:
             raise MultiNodeUnavailable("the multi-node faults need root")
         nodes = [
