@@ -7,8 +7,7 @@ nodes up (CHORUS_TEST_MULTINODE is not 1), and fails instead under CI=true.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -60,13 +59,9 @@ def bridge_node(multinode: MultiNodeSwarm) -> Node:
 
 
 @pytest.fixture
-async def agents(
-    multinode: MultiNodeSwarm, bridge_node: Node, unique: str
-) -> AsyncIterator[NodeService]:
+def agents(multinode: MultiNodeSwarm, bridge_node: Node, unique: str) -> Iterator[NodeService]:
     """12 agents on every node but the bridge's, removed at the end."""
-    with await asyncio.to_thread(
-        node_service, multinode, f"chorus-mn-{unique}", 12, avoid=(bridge_node,)
-    ) as service:
+    with node_service(multinode, f"chorus-mn-{unique}", 12, avoid=(bridge_node,)) as service:
         yield service
 
 

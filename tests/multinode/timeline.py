@@ -35,6 +35,7 @@ __all__ = [
     "Lag",
     "Sample",
     "TaskSampler",
+    "divergence",
     "lags",
     "missing",
     "task_listers",
@@ -265,3 +266,24 @@ def missing(sampler: TaskSampler, bucket: BucketTimeline, since: float = 0.0) ->
             if tid not in absent:
                 del began[tid]
     return longest
+
+
+def divergence(
+    sampler: TaskSampler, bucket: BucketTimeline, since: float = 0.0
+) -> tuple[float, int, int]:
+    """Over the samples after `since`: how long (s, summed over sample periods) the bucket's
+    keys were not the list's running tasks, the largest difference (agents missing plus
+    agents extra), and how many the list had running at that moment."""
+    total, worst, listed = 0.0, 0, 0
+    previous: float | None = None
+    for sample in sampler.samples:
+        if sample.t < since or sample.error is not None:
+            continue
+        keys = bucket.keys_at(sample.t)
+        off = len(sample.running ^ keys)
+        if off and previous is not None:
+            total += sample.t - previous
+        if off > worst:
+            worst, listed = off, len(sample.running)
+        previous = sample.t
+    return total, worst, listed
