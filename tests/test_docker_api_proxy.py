@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -421,3 +422,35 @@ async def test_the_bridge_discovers_and_follows_events_through_the_proxy(
         await wait_for(listed, timeout=10, what=f"task {added} in the bucket via /events")
     paths = {s.target.split(b"?")[0] for s in proxy.gate.seen}
     assert paths <= {b"/info", b"/tasks", b"/events"}, paths
+
+
+async def test_http2_requests_are_refused(emulated: tuple[Proxy, EmulatedSwarm]) -> None:
+    """HAProxy also speaks HTTP/2 (prior knowledge) on the bind; such a request reaches the
+    rules with an absolute-form target, so even an allowed path is refused. Sent with curl,
+    when it is installed."""
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed (the HTTP/2 requests are sent with it)")
+    proxy, _ = emulated
+    before = len(proxy.gate.seen)
+    for method, path in (
+        ("GET", "/_ping"),
+        ("GET", "/v1.41/tasks"),
+        ("POST", "/containers/create"),
+    ):
+        done = await asyncio.create_subprocess_exec(
+            curl,
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+            "--http2-prior-knowledge",
+            "-X",
+            method,
+            f"http://127.0.0.1:{proxy.port}{path}",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await asyncio.wait_for(done.communicate(), IO_DEADLINE)
+        assert out.decode() == "403 2", f"{method} {path} over HTTP/2: {out!r}"
+    assert proxy.gate.seen[before:] == []
