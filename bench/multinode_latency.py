@@ -16,10 +16,11 @@ managers' task list every 50 ms and watches the bucket, on one clock:
   swarm     from the command (scale, crash, drain, kill) to the list showing it: Swarm's own time.
 Scenarios: scale-up and scale-down by 3 (SAMPLES times), a worker crashed (SIGKILL of the whole
 node, then started again), a worker drained (then active), and the bridge's manager killed
-(scale-up by 3 during the outage; then started again).
+(scale-up by 3 during the outage; then started again), and the raft leader killed (whichever
+manager it is; 3 agents added through the new leader).
 
 Usage: python bench/multinode_latency.py [--samples 3] [--replicas 12] [--target 1.0]
-                                         [--only scale,crash,drain,manager]
+                                         [--only scale,crash,drain,manager,leader]
 Needs root and the nodes up (bash scripts/swarm-nodes.sh up). Exit status: 0 every target met,
 1 some missed, 2 the nodes are not there.
 """
@@ -39,7 +40,9 @@ from pathlib import Path
 
 import _multinode
 import common
+import docker.errors
 import nats
+import requests
 from nats.aio.client import Client as NATS
 
 from bridge.embedded import EmbeddedNats
@@ -154,7 +157,7 @@ async def with_victims(
 async def manager_killed(run: Run) -> Result:
     """The bridge's own manager dies; 3 agents are added through another one meanwhile."""
     result = Result("bridge's manager killed, scale up by 3")
-    leader = await asyncio.to_thread(raft_leader, run.swarm)
+    leader = (await asyncio.to_thread(run.swarm.raft_leader)).hostname
     t0 = await run.do(lambda: run.swarm.crash(run.bridge_node))
     answered = await run.until_list(lambda s: s.error is None and s.t > t0, "another manager")
     result.swarm.add(answered.t - t0)
@@ -188,13 +191,56 @@ async def manager_killed(run: Run) -> Result:
     return result
 
 
-def raft_leader(swarm: MultiNodeSwarm) -> str:
-    api = swarm.engine(swarm.leader()).api
-    return next(
-        str(n["Description"]["Hostname"])
-        for n in api.nodes()
-        if (n.get("ManagerStatus") or {}).get("Leader")
-    )
+async def leader_killed(run: Run) -> Result:
+    """The raft leader dies (the bridge's manager or another); 3 agents are added through the
+    new leader as soon as one takes the command."""
+    result = Result("raft leader killed, scale up by 3")
+    leader = await asyncio.to_thread(run.swarm.raft_leader)
+    t0 = await run.do(lambda: run.swarm.crash(leader))
+    t1 = await asyncio.to_thread(_retry, lambda: run.service.scale(run.replicas + 3))
+    listed = await run.until_list(running_count(run.replicas + 3), "3 more running")
+    result.swarm.add(listed.t - t1)
+    await run.settle(t1, result)
+    failed = [s.t for s in run.sampler.samples if s.t >= t0 and s.error is not None]
+    after = run.sampler.first(lambda s: s.error is None, failed[-1]) if failed else None
+    unhealthy = run.health.first_not_ok(t0)
+    result.notes += [
+        f"killed {leader.hostname}"
+        + (" (the bridge's manager)" if leader == run.bridge_node else ""),
+        "the task list failed "
+        + (
+            f"from {failed[0] - t0:.1f} s to {after.t - t0:.1f} s after the kill (the election)"
+            if failed and after
+            else "on no sample"
+        ),
+        f"a manager took the scale {t1 - t0:.1f} s after the kill; 3 new agents listed "
+        f"{listed.t - t1:.1f} s later",
+        "/healthz: "
+        + (
+            f"{unhealthy[0] - t0:.1f} s after the kill: {unhealthy[1][:120]}"
+            if unhealthy
+            else "200 throughout"
+        ),
+    ]
+    await asyncio.to_thread(run.swarm.start, leader)
+    await asyncio.to_thread(run.swarm.wait_node, leader, "ready", SWARM_DEADLINE)
+    await asyncio.to_thread(_retry, lambda: run.service.scale(run.replicas))
+    await run.until_list(running_count(run.replicas), f"{run.replicas} running")
+    await _multinode.converged(run.sampler, run.bucket, WINDOW)
+    return result
+
+
+def _retry(call: Callable[[], object]) -> float:
+    """Call until a manager accepts it (during an election none does); when it was accepted."""
+    deadline = time.monotonic() + SWARM_DEADLINE
+    while True:
+        try:
+            call()
+            return time.monotonic()
+        except (docker.errors.APIError, AssertionError, requests.RequestException):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _divergence(run: Run, since: float) -> str:
@@ -251,6 +297,7 @@ async def scenarios(run: Run, only: set[str], samples: int) -> list[Result]:
         ("crash", lambda: with_victims(run, "worker crashed", run.swarm.crash, run.swarm.start)),
         ("drain", lambda: with_victims(run, "worker drained", run.swarm.drain, run.swarm.activate)),
         ("manager", lambda: manager_killed(run)),
+        ("leader", lambda: leader_killed(run)),
     ]
     for name, step in steps:
         if name in only:
@@ -321,7 +368,7 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=3, help="scale-ups (and downs) by 3")
     parser.add_argument("--replicas", type=int, default=12)
     parser.add_argument("--target", type=float, default=1.0, help="p95 target in seconds")
-    parser.add_argument("--only", default="scale,crash,drain,manager")
+    parser.add_argument("--only", default="scale,crash,drain,manager,leader")
     args = parser.parse_args()
     common.quiet_logs()
     try:

@@ -169,6 +169,14 @@ class MultiNodeSwarm:
                     return node
         raise AssertionError("no manager of the multi-node swarm answers")
 
+    def raft_leader(self) -> Node:
+        """The manager that leads the raft (`docker node ls`: Leader)."""
+        for entry in self.engine(self.leader()).api.nodes():
+            if (entry.get("ManagerStatus") or {}).get("Leader"):
+                name = entry["Description"]["Hostname"]
+                return next(n for n in self.managers if n.hostname == name)
+        raise AssertionError("no manager is the raft leader")
+
     def check(self) -> None:
         """MultiNodeUnavailable unless every node answers and the swarm lists it Ready."""
         try:
