@@ -105,9 +105,13 @@ setup_multinode() {
         return
     fi
     local start=$SECONDS
-    # The proxy's image goes onto every node as an operator without a registry does it.
-    if bash scripts/swarm-nodes.sh up --load "${CHORUS_TEST_DOCKER_API_IMAGE:-}" \
-        && bash scripts/swarm-nodes.sh restore; then
+    if bash scripts/swarm-nodes.sh up && bash scripts/swarm-nodes.sh restore; then
+        # The proxy's image goes onto the managers (where the stack runs it) as an operator
+        # without a registry does it: docker save | docker -H <node> load.
+        if [ -n "${CHORUS_TEST_DOCKER_API_IMAGE:-}" ]; then
+            bash scripts/swarm-nodes.sh load --managers "$CHORUS_TEST_DOCKER_API_IMAGE" \
+                || unavailable "the proxy's image could not be copied to the managers"
+        fi
         export CHORUS_TEST_MULTINODE=1
         say "multi-node swarm up in $((SECONDS - start))s"
     else

@@ -1,11 +1,11 @@
 """The docker-api proxy's image on a node of the multi-node swarm, as the stack runs it.
 
 The image (scripts/build-images.sh: chorus-docker-api:test, named by
-CHORUS_TEST_DOCKER_API_IMAGE) is built on the host's engine and reaches the node the way an
-operator without a registry does it: `docker save | docker -H <node> load` (swarm-nodes.sh
-load). It runs on a manager with that node's socket, as uid 10002 with the socket's gid,
-read-only, no capabilities, no network; it listens on a unix socket in a shared directory, so
-the test reaches it without any network at all.
+CHORUS_TEST_DOCKER_API_IMAGE) is built on the host's engine and reaches the managers the way an
+operator without a registry does it: `docker save | docker -H <node> load` (swarm-nodes.sh load
+--managers: the stack runs it on the managers). It runs on a manager with that node's socket,
+as uid 10002 with the socket's gid, read-only, no capabilities, no network; it listens on a
+unix socket in a shared directory, so the test reaches it without any network at all.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ async def proxy_socket(
     multinode: MultiNodeSwarm, bridge_node: Node, proxy_image: str, tmp_path: Path
 ) -> AsyncIterator[Path]:
     """The proxy running on the bridge's manager; the path of its socket."""
-    await asyncio.to_thread(script, "load", proxy_image)
+    await asyncio.to_thread(script, "load", "--managers", proxy_image)
     shared = tmp_path / "api"
     shared.mkdir()
     shared.chmod(0o777)  # the proxy's uid creates its socket here
