@@ -80,6 +80,17 @@ async def test_a_crashed_worker_is_marked_down_and_comes_back(
     await asyncio.to_thread(agents.wait_running, 12, RECOVERY)
 
 
+async def test_a_stopped_worker_is_marked_down_and_starts_again(
+    faults: MultiNodeSwarm, agents: NodeService
+) -> None:
+    """A clean shutdown of a node's dockerd (SIGTERM), then a start: it rejoins by itself."""
+    worker = faults.workers[1]
+    await asyncio.to_thread(faults.stop, worker)
+    await asyncio.to_thread(faults.wait_node, worker, "down", NODE_DOWN)
+    await asyncio.to_thread(faults.start, worker)
+    await asyncio.to_thread(faults.wait_node, worker, "ready", RECOVERY)
+
+
 async def test_a_partitioned_worker_is_marked_down_and_heals(
     faults: MultiNodeSwarm, agents: NodeService
 ) -> None:
