@@ -43,9 +43,8 @@
 # 10.250.0.11 ...), ADDR_POOL (10.251.0.0/16, the swarm's overlay pool), NETWORK (chorus_mn),
 # IMAGE (chorus-agent:test), SOURCE (unix:///var/run/docker.sock: where `load` takes images
 # from), NAME (cmn: prefix of the namespaces), DATA (/var/lib/chorus-nodes; a tmpfs of at most
-# DATA_SIZE, 6g, unless DATA_TMPFS=0), RUN (/run/cmn: exec
-# roots; short, for unix socket paths), SOCK_PREFIX (/run/chorus-node-: node N answers on
-# ${SOCK_PREFIX}N.sock), HEARTBEAT (the swarm's dispatcher heartbeat at init; empty: Docker's
+# DATA_SIZE, 6g, unless DATA_TMPFS=0), RUN (/run/cmn: exec roots; short, for unix socket
+# paths), SOCK_PREFIX (/run/chorus-node-: node N answers on ${SOCK_PREFIX}N.sock), HEARTBEAT (the swarm's dispatcher heartbeat at init; empty: Docker's
 # default 5s), DEADLINE (120 s per wait).
 # Needs root. Installs what is missing (Debian): docker.io, busybox-static, iproute2, util-linux.
 set -euo pipefail
