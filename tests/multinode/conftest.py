@@ -11,12 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.multinode.service import NodeService, node_service
 from tests.multinode.swarm import (
     MultiNodeSwarm,
     MultiNodeUnavailable,
     Node,
-    NodeService,
-    node_service,
     unavailable_message,
 )
 from tests.multinode.timeline import TaskSampler, task_listers

@@ -15,7 +15,8 @@ from bridge.config import Settings
 from bridge.embedded import EmbeddedNats
 from bridge.registry import read_bucket
 from tests.conftest import run_bridge
-from tests.multinode.swarm import NETWORK, Node, NodeService
+from tests.multinode.service import NodeService
+from tests.multinode.swarm import NETWORK, Node
 from tests.multinode.timeline import TaskSampler, watching_bucket
 
 POLL_INTERVAL = 30.0

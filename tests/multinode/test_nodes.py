@@ -11,7 +11,8 @@ import asyncio
 import docker.errors
 import pytest
 
-from tests.multinode.swarm import MultiNodeSwarm, Node, NodeService
+from tests.multinode.service import NodeService
+from tests.multinode.swarm import MultiNodeSwarm, Node
 from tests.multinode.timeline import Sample, TaskSampler
 
 # A dead worker is marked down after 11-14 s with the default dispatcher heartbeat (5 s).
