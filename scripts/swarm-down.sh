@@ -9,7 +9,7 @@
 set -euo pipefail
 
 NETWORK=chorus_default
-TEST_IMAGES=(chorus-agent:test chorus-bridge:test chorus-nats:test chorus-python-base:test)
+TEST_IMAGES=(chorus-agent:test chorus-bridge:test chorus-nats:test chorus-docker-api:test chorus-python-base:test)
 leave=0
 images=0
 

@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # The project's test command: sets up .venv, brings up the real Docker Swarm the swarm tests
-# use (as root), builds the stack's images, then runs ruff (lint and format), mypy, import-linter and pytest.
+# use (as root), the multi-node swarm beside it (scripts/swarm-nodes.sh, as root), installs
+# haproxy for the docker-api proxy's tests, builds the stack's images, then runs ruff (lint and
+# format), mypy, import-linter and pytest.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k nats_conf -x`.
 #
 # Environment:
 #   CHORUS_SKIP_SWARM=1     do not touch Docker; the swarm and stack tests are skipped
 #   CHORUS_SKIP_IMAGES=1    do not build the images; the stack tests are skipped
+#   CHORUS_SKIP_MULTINODE=1 do not bring up the multi-node swarm; its tests are skipped
+#   CHORUS_MULTINODE_DOWN=1 take the multi-node swarm down when the tests are done (by default
+#                           it stays up, like the one-node swarm, so the next run starts at once;
+#                           `bash scripts/swarm-nodes.sh down` removes it)
 #   CHORUS_REQUIRE_SWARM=1  fail (instead of skipping those tests) when the swarm cannot be had
 # The tests learn what is available from CHORUS_TEST_DOCKER_HOST (the engine, in swarm mode)
-# and CHORUS_TEST_{BRIDGE,NATS,AGENT}_IMAGE, which this script exports. Without them those tests
-# are skipped, except under CI=true (set by .ci/run), where they fail.
+# and CHORUS_TEST_{BRIDGE,NATS,AGENT,DOCKER_API}_IMAGE, and CHORUS_TEST_MULTINODE=1 (the nodes of
+# scripts/swarm-nodes.sh answer), which this script exports. Without them those tests are
+# skipped, except under CI=true (set by .ci/run), where they fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -82,16 +89,56 @@ setup_swarm() {
     if bash scripts/build-images.sh; then
         export CHORUS_TEST_BRIDGE_IMAGE=chorus-bridge:test
         export CHORUS_TEST_NATS_IMAGE=chorus-nats:test
+        export CHORUS_TEST_DOCKER_API_IMAGE=chorus-docker-api:test
     else
         unavailable "the stack's images could not be built"
     fi
 }
 
+setup_multinode() {
+    if [ "${CHORUS_SKIP_MULTINODE:-0}" = 1 ] || [ "${CHORUS_SKIP_SWARM:-0}" = 1 ]; then
+        say "CHORUS_SKIP_MULTINODE=1 (or CHORUS_SKIP_SWARM=1): multi-node tests are skipped"
+        return
+    fi
+    if [ "$(id -u)" -ne 0 ]; then
+        say "not root: no multi-node swarm; its tests are skipped"
+        return
+    fi
+    local start=$SECONDS
+    if bash scripts/swarm-nodes.sh up && bash scripts/swarm-nodes.sh restore; then
+        # The proxy's image goes onto the managers (where the stack runs it) as an operator
+        # without a registry does it: docker save | docker -H <node> load.
+        if [ -n "${CHORUS_TEST_DOCKER_API_IMAGE:-}" ]; then
+            bash scripts/swarm-nodes.sh load --managers "$CHORUS_TEST_DOCKER_API_IMAGE" \
+                || unavailable "the proxy's image could not be copied to the managers"
+        fi
+        export CHORUS_TEST_MULTINODE=1
+        say "multi-node swarm up in $((SECONDS - start))s"
+    else
+        unavailable "the multi-node swarm could not be brought up"
+    fi
+}
+
+# Debian's haproxy runs the docker-api proxy's tests (tests/test_docker_api_proxy.py).
+setup_haproxy() {
+    command -v haproxy >/dev/null 2>&1 && return
+    if [ "$(id -u)" -ne 0 ]; then
+        say "no haproxy and not root: the proxy tests are skipped (they fail under CI=true)"
+        return
+    fi
+    say "apt-get install haproxy"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy >/dev/null \
+        || say "warning: haproxy could not be installed; the proxy tests are skipped" >&2
+}
+
 setup_venv
 setup_js
+setup_haproxy
 # shellcheck source=/dev/null
 . .venv/bin/activate
 setup_swarm
+setup_multinode
 
 failed=()
 say "ruff check . && ruff format --check ."
@@ -104,6 +151,9 @@ lint-imports --no-cache || failed+=(lint-imports)
 say "pytest $*"
 pytest_status=0
 pytest "$@" || pytest_status=$?
+if [ "${CHORUS_MULTINODE_DOWN:-0}" = 1 ] && [ "${CHORUS_TEST_MULTINODE:-}" = 1 ]; then
+    bash scripts/swarm-nodes.sh down || true
+fi
 
 if [ ${#failed[@]} -gt 0 ]; then
     say "failed: ${failed[*]}" >&2
