@@ -50,7 +50,7 @@ from _multinode_scenarios import (
 )
 from nats.aio.client import Client as NATS
 
-from bridge.embedded import EmbeddedNats
+from bridge.edges.nats_server import EmbeddedNats
 from tests.multinode.service import NodeService
 from tests.multinode.swarm import MultiNodeSwarm, MultiNodeUnavailable, Node
 from tests.multinode.timeline import (

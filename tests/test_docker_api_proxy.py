@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
+from bridge.bus.registry import read_bucket
 from bridge.config import DOCKER_CALL_TIMEOUT, Settings
-from bridge.embedded import EmbeddedNats
-from bridge.emulator import DockerEmulator, EmulatedSwarm
-from bridge.registry import read_bucket
+from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
+from bridge.edges.nats_server import EmbeddedNats
 from tests.conftest import run_bridge, wait_for
 from tests.docker_api_proxy import (
     IO_DEADLINE,

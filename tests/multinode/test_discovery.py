@@ -11,9 +11,9 @@ import asyncio
 
 from nats.aio.client import Client as NATS
 
+from bridge.bus.registry import read_bucket
 from bridge.config import Settings
-from bridge.embedded import EmbeddedNats
-from bridge.registry import read_bucket
+from bridge.edges.nats_server import EmbeddedNats
 from tests.conftest import run_bridge
 from tests.multinode.service import NodeService
 from tests.multinode.swarm import NETWORK, Node
