@@ -16,6 +16,7 @@ Only the leader arbitrates: `Lease.holds()` (its own clock) before each claim, a
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Protocol
 
@@ -25,6 +26,7 @@ import structlog
 from bridge.bus.councils import Council
 from bridge.contract.buckets import council_key, holder_key, seat_key
 from bridge.contract.messages import (
+    OPPORTUNITY_ID_PATTERN,
     ClaimAnswer,
     CouncilOpportunity,
     CouncilRecord,
@@ -34,14 +36,20 @@ from bridge.contract.messages import (
     now_rfc3339,
 )
 from bridge.council.book import CouncilBook
-from bridge.council.members import Members
 from bridge.council.rules import Decision, decide
 from bridge.errors import CouncilRefusedError, LeaseLostError, NatsError, WrongRevisionError
 from bridge.ops.metrics import Metrics
 
-__all__ = ["Arbiter", "Lease"]
+__all__ = ["Arbiter", "Lease", "Membership"]
 
 log = structlog.get_logger(__name__)
+
+_OPPORTUNITY_ID = re.compile(OPPORTUNITY_ID_PATTERN)
+
+
+def is_opportunity_id(text: str) -> bool:
+    return _OPPORTUNITY_ID.match(text) is not None
+
 
 # Decisions per claim: each retry follows a write refused for its revision (another writer)
 # or a stale Seat cleared; more than this means the bucket is being fought over.
@@ -56,12 +64,23 @@ class Lease(Protocol):
     async def confirm(self) -> None: ...
 
 
+class Membership(Protocol):
+    """Who is an agent (bridge/council/members.py's Members)."""
+
+    def is_agent(self, agent_id: str) -> bool: ...
+
+
 class Arbiter:
     """Records opportunities and arbitrates claims on the leader; satisfies the broadcast
     room's `Councils` (bridge/broadcast/councils.py)."""
 
     def __init__(
-        self, book: CouncilBook, members: Members, lease: Lease, *, metrics: Metrics | None = None
+        self,
+        book: CouncilBook,
+        members: Membership,
+        lease: Lease,
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self._book = book
         self._members = members
@@ -121,6 +140,9 @@ class Arbiter:
     async def _decided(
         self, opportunity_id: str, agent_id: str, role: str, via: Via
     ) -> ClaimAnswer | None:
+        if self._book.council(opportunity_id) is None and is_opportunity_id(opportunity_id):
+            # Recorded by another bridge since this one read the bucket? Read before refusing.
+            await self._book.bucket.reread([council_key(opportunity_id)])
         for _attempt in range(ATTEMPTS):
             council = self._book.council(opportunity_id)
             decision = decide(
