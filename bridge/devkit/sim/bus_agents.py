@@ -307,6 +307,10 @@ class BusAgents:
         else:
             await connection.nc.publish(*claim_message(self._names, opportunity_id, agent.id, role))
 
+    async def ask_again(self) -> int:
+        """Send the claims still unanswered once more; how many."""
+        return sum([await c.asker.ask_again() for c in self._connections if c.asker is not None])
+
     @property
     def unanswered(self) -> int:
         """Claims sent as requests whose answer has not come."""

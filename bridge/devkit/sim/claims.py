@@ -37,7 +37,7 @@ class ClaimAsker:
         self._shared = shared_prefix
         self._token = uuid.uuid4().hex[:12]
         self._numbers = itertools.count()
-        self._pending: dict[str, tuple[SimAgent, str]] = {}
+        self._pending: dict[str, tuple[SimAgent, str, str]] = {}
 
     async def subscribe(self) -> None:
         head = "_INBOX.*" if self._own else self._shared
@@ -50,7 +50,7 @@ class ClaimAsker:
     async def claim(self, agent: SimAgent, opportunity_id: str, role: str) -> None:
         """Publish `agent`'s claim of `role` with a reply inbox; the answer comes later."""
         reply = self._reply(agent)
-        self._pending[reply] = (agent, opportunity_id)
+        self._pending[reply] = (agent, opportunity_id, role)
         subject, body = claim_message(self._names, opportunity_id, agent.id, role)
         await self._nc.publish(subject, body, reply=reply)
 
@@ -58,11 +58,21 @@ class ClaimAsker:
     def unanswered(self) -> int:
         return len(self._pending)
 
+    async def ask_again(self) -> int:
+        """Send every claim still unanswered once more (an agent retrying after its
+        timeout); an answer to the earlier request is ignored then. How many were sent."""
+        pending, self._pending = self._pending, {}
+        for agent, opportunity_id, role in pending.values():
+            await self.claim(agent, opportunity_id, role)
+        return len(pending)
+
     async def _on_answer(self, msg: Msg) -> None:
+        if msg.headers and msg.headers.get("Status") == "503":
+            return  # no responders (no bridge subscribed yet): still unanswered
         asked = self._pending.pop(msg.subject, None)
         if asked is None:
             return
-        agent, opportunity_id = asked
+        agent, opportunity_id, _role = asked
         try:
             answer = CLAIM_ANSWER_DECODER.decode(msg.data)
         except msgspec.DecodeError:

@@ -183,6 +183,10 @@ class SimFleet:
         """Claim a role as an agent on the bus, now."""
         await self._bus_of(agent_id).claim(self.agent(agent_id), opportunity_id, role)
 
+    async def ask_again(self) -> int:
+        """Send the claims still unanswered once more (as agents retry after a timeout)."""
+        return await self._bus.ask_again() if self._bus is not None else 0
+
     @property
     def unanswered(self) -> int:
         """Claims sent as requests whose answer has not come (yet)."""
