@@ -14,7 +14,7 @@ from nats.aio.client import Client as NATS
 
 from bridge.broadcast.api import BROADCAST_QUEUE, encode_report, validate_request
 from bridge.config import Settings
-from bridge.contract.asyncapi import MicroInfo, MicroPing, MicroStats
+from bridge.contract.micro_answers import MicroInfo, MicroPing, MicroStats
 from bridge.contract.messages import (
     BroadcastReport,
     CouncilOpportunity,
