@@ -29,7 +29,7 @@ from bridge.contract.messages import (
 )
 from bridge.contract.names import Names
 from bridge.edges.micro import QUEUE_GROUP, Endpoint, Request
-from bridge.errors import NatsError
+from bridge.errors import LeaseLostError, NatsError
 from bridge.ops.metrics import Metrics
 
 __all__ = [
@@ -156,8 +156,9 @@ class BroadcastEndpoint:
             log.info("broadcast_refused", error=str(exc), field="$.id")
             await self._refuse(request, ErrorReply(error=str(exc), field="$.id"), "400", "refused")
             return
-        except NatsError as exc:
-            # The opportunity could not be recorded: nothing was sent to anyone.
+        except (NatsError, LeaseLostError) as exc:
+            # The opportunity could not be recorded (or this bridge leads no more): nothing
+            # was sent to anyone.
             log.warning("broadcast_not_recorded", opportunity_id=opportunity.id, error=str(exc))
             error = ErrorReply(
                 error=f"the bridge could not record the opportunity ({exc}); nothing was "

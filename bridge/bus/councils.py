@@ -55,6 +55,10 @@ class Council:
     record: CouncilRecord
     holders: dict[str, Holder] = dataclasses.field(default_factory=dict)
     seats: dict[str, Seat] = dataclasses.field(default_factory=dict)
+    # The deadline parsed, with the record it was parsed from (every claim asks for it).
+    _parsed: tuple[CouncilRecord, float | None] | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def id(self) -> str:
@@ -63,12 +67,9 @@ class Council:
     @property
     def deadline(self) -> float | None:
         """The deadline in seconds since the epoch (None: none, or not a time)."""
-        if self.record.deadline is None:
-            return None
-        try:
-            return rfc3339_seconds(self.record.deadline)
-        except ValueError:
-            return None
+        if self._parsed is None or self._parsed[0] is not self.record:
+            self._parsed = (self.record, _seconds(self.record.deadline))
+        return self._parsed[1]
 
     def role(self, name: str) -> Role | None:
         return next((role for role in self.record.roles if role.name == name), None)
@@ -78,6 +79,15 @@ class Council:
         roles = [holder_key(self.id, role.name) for role in self.record.roles]
         seats = [seat_key(self.id, agent_id) for agent_id in self.seats]
         return [council_key(self.id), *roles, *seats]
+
+
+def _seconds(deadline: str | None) -> float | None:
+    if deadline is None:
+        return None
+    try:
+        return rfc3339_seconds(deadline)
+    except ValueError:
+        return None
 
 
 class CouncilsBucket:

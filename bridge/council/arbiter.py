@@ -10,8 +10,11 @@ means this bridge believed something stale: it reads the council's keys again an
 anew. A write whose answer never came (NATS failed) leaves the claim unanswered; the keys are
 read again, and what they hold is announced then (bridge/council/book.py).
 
-Only the leader arbitrates: `Lease.holds()` (its own clock) before each claim, and
-`Lease.confirm()` (the lease key) before each grant.
+Only the leader arbitrates: `Lease.holds()` (its own clock: a bridge woken from a pause finds
+out at once) before each claim and again before a grant's writes; `Lease.confirm()` (a read of
+the lease key) before recording an opportunity. A grant does not read the key: its writes are
+safe whoever makes them (the revisions they expect), and the read would cost every council a
+round trip on its way to `activated`.
 """
 
 from __future__ import annotations
@@ -98,7 +101,7 @@ class Arbiter:
                 if council is not None:
                     _check_same(council.record, opportunity)
                     return
-                await self._fence()
+                await self._lease.confirm()
                 record = CouncilRecord(
                     **msgspec.structs.asdict(opportunity), recorded_at=now_rfc3339()
                 )
@@ -157,7 +160,7 @@ class Arbiter:
             assert council is not None
             try:
                 if decision.stale_seat:
-                    await self._fence()
+                    await self._lease.confirm()
                     await self._book.clear_seat(council, agent_id)
                     continue
                 await self._grant(council, role, agent_id, via)
@@ -171,7 +174,8 @@ class Arbiter:
 
     async def _grant(self, council: Council, role: str, agent_id: str, via: Via) -> None:
         """The Seat, then the Holder; the Seat given back when the Holder is refused."""
-        await self._fence()
+        if not self._lease.holds():
+            raise LeaseLostError("the lease ran out on this bridge's clock")
         core = bool((found := council.role(role)) and found.core)
         now = now_rfc3339()
         seat = Seat(opportunity_id=council.id, agent_id=agent_id, role=role, taken_at=now)
@@ -223,9 +227,6 @@ class Arbiter:
             await self._book.reconcile(self._book.council(opportunity_id), opportunity_id)
         except NatsError as exc:
             log.debug("council_reread_failed", opportunity_id=opportunity_id, error=str(exc))
-
-    async def _fence(self) -> None:
-        await self._lease.confirm()
 
     def _answer(self, role: str, decision: Decision) -> ClaimAnswer:
         if decision.refusal is None:

@@ -10,6 +10,7 @@ published, and is not taken again.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -18,7 +19,6 @@ import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from bridge.contract.agent_id import is_agent_id
 from bridge.contract.messages import CLAIM_DECODER, MAX_CLAIM_BYTES, VIA_HEADER, encode
@@ -55,23 +55,32 @@ class ClaimDesk:
         self._metrics = metrics
 
     @contextlib.asynccontextmanager
-    async def subscribed(self) -> AsyncIterator[Subscription]:
-        """The claims subscription, open first (claims are kept while the councils are read);
-        not in a queue group, so that a paused bridge's subscription takes none from the
-        leader. Raises nats-py's errors when it cannot subscribe."""
+    async def taking(self, ready: asyncio.Event) -> AsyncIterator[None]:
+        """Claims are taken while the context is open, one after another, once `ready` is
+        set (until then they are kept: the subscription opens before the councils are read).
+        Not in a queue group, so that a paused bridge's subscription takes none from the
+        leader. Raises nats-py's errors when it cannot subscribe.
+
+        A callback, not nats-py's message iterator: the iterator makes a task and a turn of
+        the event loop per message, so every answer went out in a write of its own; with a
+        callback, the claims that arrive together are decided together and their answers
+        leave in one write."""
+
+        async def on_claim(msg: Msg) -> None:
+            await ready.wait()
+            try:
+                await self.take(msg)
+            except Exception:  # a bug must cost this claim, never the bridge
+                log.exception("claim_failed", subject=msg.subject[:200])
+
         sub = await self._nc.subscribe(
-            self._names.claims("*", "*"), pending_msgs_limit=PENDING_LIMIT
+            self._names.claims("*", "*"), cb=on_claim, pending_msgs_limit=PENDING_LIMIT
         )
         try:
-            yield sub
+            yield
         finally:
             with contextlib.suppress(nats.errors.Error, OSError):
                 await sub.unsubscribe()
-
-    async def serve(self, sub: Subscription) -> None:
-        """Decide each claim in turn until cancelled."""
-        async for msg in sub.messages:
-            await self.take(msg)
 
     async def take(self, msg: Msg) -> None:
         """One claim: bounded, read, decided, answered."""
@@ -80,10 +89,9 @@ class ClaimDesk:
             return
         if msg.headers and msg.headers.get(VIA_HEADER) == "http":
             return  # republished by a bridge from an HTTP answer: decided already
-        parts = msg.subject.split(".")
-        opportunity_id = parts[-3] if len(parts) >= 5 else ""
-        agent_id = self._names.agent_of(msg.subject, opportunity_id, "claims")
-        if agent_id is None or not is_agent_id(agent_id):
+        # <prefix>.council.<opportunity id>.claims.<agent id>: the subscription's own shape.
+        _prefix, _council, opportunity_id, _claims, agent_id = msg.subject.split(".")
+        if not is_agent_id(agent_id):
             self._drop("invalid", msg.subject)
             return
         try:

@@ -35,15 +35,15 @@ class CouncilDuties:
 
     async def run(self) -> None:
         self._members.begin_term()
+        ready = asyncio.Event()
         try:
-            async with self._desk.subscribed() as sub:
+            async with self._desk.taking(ready):
                 await self._begin()
                 # Claims wait until who is on the bus is known: an agent on the bus only
                 # would be refused as no agent before.
                 await self._members.wait_ready()
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._desk.serve(sub), name="council-claims")
-                    tg.create_task(self._upkeep.run(), name="council-upkeep")
+                ready.set()
+                await self._upkeep.run()
         finally:
             self._book.loaded.clear()
 

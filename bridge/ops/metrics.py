@@ -218,8 +218,13 @@ class Metrics:
             self.deliveries.labels(path=path, outcome=outcome)
         for outcome, reason in CALLOUTS:
             self.callouts.labels(outcome=outcome, reason=reason)
+        # Claims are counted on the hot path of a race (thousands a second): the labelled
+        # children are looked up once, here, by the reason as the answer says it too.
+        self._claims_by: dict[tuple[str, str], Counter] = {}
         for outcome, reason in CLAIMS:
-            self.claims.labels(outcome=outcome, reason=reason)
+            child = self.claims.labels(outcome=outcome, reason=reason)
+            self._claims_by[(outcome, reason)] = child
+            self._claims_by[(outcome, reason.replace("_", " "))] = child
         for state in COUNCIL_STATES:
             self.councils.labels(state=state)
         for event in COUNCIL_EVENTS:
@@ -228,7 +233,10 @@ class Metrics:
     def count_claim(self, outcome: str, reason: str = "none") -> None:
         """Count one claim: outcome granted|refused|dropped|failed, reason as in CLAIMS (a
         refusal's reason as the answer says it, spaces and all, is accepted too)."""
-        self.claims.labels(outcome=outcome, reason=reason.replace(" ", "_")).inc()
+        child = self._claims_by.get((outcome, reason))
+        if child is None:
+            child = self.claims.labels(outcome=outcome, reason=reason.replace(" ", "_"))
+        child.inc()
 
     def set_councils(self, states: Iterable[str]) -> None:
         """The councils' states now (one item per council)."""

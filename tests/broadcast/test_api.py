@@ -14,7 +14,6 @@ from nats.aio.client import Client as NATS
 
 from bridge.broadcast.api import BROADCAST_QUEUE, encode_report, validate_request
 from bridge.config import Settings
-from bridge.contract.micro_answers import MicroInfo, MicroPing, MicroStats
 from bridge.contract.messages import (
     BroadcastReport,
     CouncilOpportunity,
@@ -23,6 +22,7 @@ from bridge.contract.messages import (
     decode_reply,
     encode,
 )
+from bridge.contract.micro_answers import MicroInfo, MicroPing, MicroStats
 from bridge.contract.names import SERVICE_NAME
 from bridge.edges.nats_server import EmbeddedNats
 from tests.conftest import run_bridge, wait_for
