@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Protocol
 
 import structlog
 
@@ -19,11 +20,10 @@ from bridge.bus.councils import Council
 from bridge.contract.buckets import COUNCIL_RETENTION
 from bridge.council.arbiter import Lease
 from bridge.council.book import CouncilBook
-from bridge.council.members import Members
 from bridge.council.rules import stale_seats, state_of
 from bridge.errors import LeaseLostError, NatsError, WrongRevisionError
 
-__all__ = ["Upkeep"]
+__all__ = ["Departures", "Upkeep"]
 
 log = structlog.get_logger(__name__)
 
@@ -33,13 +33,19 @@ AUDIT_INTERVAL = 2.0
 REMOVAL_MARKER_TTL = 60
 
 
+class Departures(Protocol):
+    """Whose agent is gone (bridge/council/members.py's Members)."""
+
+    def gone(self, agent_id: str) -> bool: ...
+
+
 class Upkeep:
     """Runs the upkeep until cancelled (one term of the leader)."""
 
     def __init__(
         self,
         book: CouncilBook,
-        members: Members,
+        members: Departures,
         lease: Lease,
         *,
         tick: float = TICK,
