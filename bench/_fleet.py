@@ -23,10 +23,11 @@ from pathlib import Path
 
 from common import quiet_logs
 
+from bridge.contract.messages import CouncilOpportunity
 from bridge.contract.names import Names
 from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
 from bridge.devkit.sim import SimFleet, allocate_addresses
-from bridge.devkit.sim.agent import Behaviour
+from bridge.devkit.sim.agent import Behaviour, ClaimPolicy, SimAgent, claim_core_role
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,7 +48,28 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--prefix", default="chorus")
     parser.add_argument("--emulator-socket", default=None)
     parser.add_argument("--max-seconds", type=float, default=900.0)
+    parser.add_argument(
+        "--claims-for",
+        default=None,
+        metavar="PREFIX",
+        help="agents on the bus claim every role of each opportunity whose id starts with "
+        "PREFIX, as requests on their own inboxes (others: no claim)",
+    )
     return parser
+
+
+def _every_role_of(prefix: str | None) -> ClaimPolicy:
+    if prefix is None:
+        return claim_core_role  # the fleet's usual agents: agent i claims core role i
+
+    def every_role(agent: SimAgent, opportunity: CouncilOpportunity) -> list[str]:
+        if not opportunity.id.startswith(prefix):
+            return []
+        roles = [role.name for role in opportunity.roles]
+        start = agent.index % len(roles)  # agents start at different roles, as in a race
+        return roles[start:] + roles[:start]
+
+    return every_role
 
 
 def _stop_on_eof(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
@@ -88,6 +110,9 @@ async def serve(args: argparse.Namespace) -> None:
                 slow_delay=args.delay,
                 task_ids=task_ids,
                 connections=args.connections,
+                claim_policy=_every_role_of(args.claims_for),
+                ask_claims=args.claims_for is not None,
+                own_inboxes=True,
             )
         )
         print(f"READY {fleet.port}", flush=True)

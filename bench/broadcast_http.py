@@ -58,7 +58,7 @@ import bridge.broadcast.broadcaster
 from bridge.broadcast.broadcaster import Broadcaster
 from bridge.broadcast.targets import Target
 from bridge.config import Settings
-from bridge.contract.messages import CouncilOpportunity, encode
+from bridge.contract.messages import ClaimAnswer, CouncilOpportunity, Via, encode
 from bridge.contract.names import Names
 from bridge.devkit.sim import allocate_addresses
 from bridge.edges.agent_http import AgentHTTP
@@ -69,6 +69,19 @@ BASE = "127.5.0.1"
 SPEEDUP_MIN = 20.0
 RATIO_LIMIT = 1.5
 FLEET_START_TIMEOUT = 120.0
+
+
+class _NoCouncils:
+    """Delivery alone is measured here: no opportunity is recorded and the claims in the
+    agents' answers are not arbitrated (bench/council.py measures the councils)."""
+
+    async def record(self, opportunity: CouncilOpportunity) -> None:
+        return None
+
+    async def claim(
+        self, opportunity_id: str, agent_id: str, role: str, *, via: Via
+    ) -> ClaimAnswer | None:
+        return None
 
 
 class Run:
@@ -92,7 +105,9 @@ class Run:
 
     async def _broadcast(self, settings: Settings, targets: list[Target], what: str) -> None:
         async with AgentHTTP(settings) as http:
-            broadcaster = Broadcaster(self.nc, self.names, settings, http, lambda: targets)
+            broadcaster = Broadcaster(
+                self.nc, self.names, settings, http, lambda: targets, councils=_NoCouncils()
+            )
             report = await broadcaster.broadcast(self._next())
         self._check(what, report.success_count, len(targets))
 

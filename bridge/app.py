@@ -13,15 +13,26 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import structlog
+from nats.aio.client import Client as NATS
 
-from bridge.broadcast.api import BroadcastService
+from bridge import __version__
+from bridge.broadcast.api import BroadcastEndpoint
 from bridge.broadcast.broadcaster import Broadcaster
 from bridge.broadcast.targets import TargetPlan
+from bridge.bus.councils import CouncilsBucket
 from bridge.bus.lease import LeaderElection
 from bridge.bus.presence import Presence
 from bridge.bus.registry import AgentRegistry
 from bridge.config import Settings
-from bridge.contract.names import Names
+from bridge.contract.buckets import councils_bucket
+from bridge.contract.names import SERVICE_NAME, SHARED_AGENT_INBOX, Names
+from bridge.council.api import CouncilEndpoint
+from bridge.council.arbiter import Arbiter
+from bridge.council.book import CouncilBook
+from bridge.council.claims import ClaimDesk
+from bridge.council.duties import CouncilDuties
+from bridge.council.members import Members
+from bridge.council.upkeep import Upkeep
 from bridge.discovery.dns import DnsDiscovery
 from bridge.discovery.events import EventFollower
 from bridge.discovery.followup import SCHEDULE, Schedule
@@ -30,6 +41,7 @@ from bridge.discovery.methods import Discoverer
 from bridge.discovery.pipeline import DiscoveryPipeline
 from bridge.discovery.swarm import SwarmDiscovery
 from bridge.edges.agent_http import AgentHTTP
+from bridge.edges.micro import Endpoint, MicroService
 from bridge.edges.nats_client import NatsProbe, connect
 from bridge.edges.nats_server import EmbeddedNats
 from bridge.ops.health import NATS_SILENCE_LIMIT
@@ -126,8 +138,30 @@ async def open_bridge(
             settings, swarm=swarm, dns=dns or DnsDiscovery(settings), http=http, metrics=metrics
         )
         pipeline = DiscoveryPipeline(settings, discoverer, registry, schedule)
+        book = CouncilBook(
+            nc,
+            names,
+            CouncilsBucket(nc, councils_bucket(names, replicas=replicas)),
+            metrics=metrics,
+        )
+        members = Members(registry, presence, rounds=lambda: pipeline.rounds)
+        arbiter = Arbiter(book, members, election, metrics=metrics)
         broadcaster = Broadcaster(
-            nc, names, settings, http, TargetPlan(registry, presence), metrics=metrics
+            nc,
+            names,
+            settings,
+            http,
+            TargetPlan(registry, presence),
+            councils=arbiter,
+            metrics=metrics,
+        )
+        desk = ClaimDesk(
+            nc,
+            names,
+            arbiter,
+            # The open mode's agents share one user and its inbox (bridge/council/answers.py).
+            shared_inbox=None if settings.auth_callout else SHARED_AGENT_INBOX,
+            metrics=metrics,
         )
         sock = stack.enter_context(listening_socket(settings.listen_host, settings.listen_port))
         bridge = Bridge(
@@ -140,7 +174,15 @@ async def open_bridge(
             registry=registry,
             election=election,
             pipeline=pipeline,
-            api=BroadcastService(nc, names, broadcaster, metrics=metrics),
+            service=_micro_service(
+                nc,
+                names,
+                [
+                    BroadcastEndpoint(nc, names, broadcaster, metrics=metrics).endpoint(),
+                    CouncilEndpoint(names, book).endpoint(),
+                ],
+            ),
+            councils=CouncilDuties(book, desk, Upkeep(book, members, election), members),
             swarm=swarm,
             follower=EventFollower(
                 swarm.managers,
@@ -166,6 +208,18 @@ async def open_bridge(
         await stack.enter_async_context(serve_http(sock, metrics, bridge.health))
         yield bridge
     log.info("bridge_stopped")
+
+
+def _micro_service(nc: NATS, names: Names, endpoints: list[Endpoint]) -> MicroService:
+    """The NATS micro service chorus-bridge, with the endpoint each room contributes."""
+    return MicroService(
+        nc,
+        name=SERVICE_NAME,
+        version=__version__,
+        description="Council opportunities to every agent, and the councils they form",
+        metadata={"prefix": names.prefix},
+        endpoints=endpoints,
+    )
 
 
 async def run_bridge(settings: Settings, nats_url: str, stop: asyncio.Event) -> None:

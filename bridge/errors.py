@@ -9,6 +9,7 @@
      |    +-- WriteRefusedError        the server refused a write (its own text)
      |    +-- BucketSettingsError      a bucket's setting would lose or refuse records
      +-- LeaseLostError               this bridge is no longer the leader
+     +-- CouncilRefusedError          an opportunity whose id is recorded with other roles
      +-- EmbeddedServerError          the embedded nats-server did not start
      +-- BridgeUnavailableError       no bridge answered a request on the bus
      +-- AgentHTTPError               an HTTP call to an agent got no answer; `reason` says why
@@ -29,6 +30,7 @@ __all__ = [
     "CalloutKeyError",
     "CalloutRequestError",
     "ConfigError",
+    "CouncilRefusedError",
     "DockerAPIError",
     "EmbeddedServerError",
     "LeaseLostError",
@@ -68,6 +70,11 @@ class DockerAPIError(BridgeError):
 
 class NatsError(BridgeError):
     """NATS could not be reached, or a bucket could not be opened."""
+
+
+class CouncilRefusedError(BridgeError):
+    """An opportunity cannot be recorded: its id is recorded already, with other roles or
+    another deadline (a council is one opportunity; a new one needs a new id)."""
 
 
 class EmbeddedServerError(BridgeError):

@@ -4,7 +4,9 @@
 - on every replica: presence, the leader election, the NATS probe (for /healthz) and
   (BRIDGE_AUTH_CALLOUT) the auth callout;
 - on the leader only, for as long as its term lasts: discovery rounds into the bucket, the
-  presence sync, the broadcast API, the bucket's audit and the Docker events follower.
+  presence sync, the micro service chorus-bridge (its endpoints: broadcast, council), the
+  council duties (claims, holders whose agents are gone, expiry), the bucket's audit and the
+  Docker events follower.
 Its collaborators are built and passed in by bridge/app.py's `open_bridge`.
 """
 
@@ -15,15 +17,16 @@ import asyncio
 import structlog
 from nats.aio.client import Client as NATS
 
-from bridge.broadcast.api import BroadcastService
 from bridge.bus.lease import LeaderElection
 from bridge.bus.presence import Presence
 from bridge.bus.registry import AgentRegistry
 from bridge.config import Settings
+from bridge.council.duties import CouncilDuties
 from bridge.discovery.events import EventFollower
 from bridge.discovery.pipeline import DiscoveryPipeline
 from bridge.discovery.roster import Roster
 from bridge.discovery.swarm import SwarmDiscovery
+from bridge.edges.micro import MicroService
 from bridge.edges.nats_client import NatsProbe
 from bridge.errors import DockerAPIError, NatsError
 from bridge.ops.health import Observed, assess
@@ -56,7 +59,8 @@ class Bridge:
         registry: AgentRegistry,
         election: LeaderElection,
         pipeline: DiscoveryPipeline,
-        api: BroadcastService,
+        service: MicroService,
+        councils: CouncilDuties,
         swarm: SwarmDiscovery | None,
         follower: EventFollower | None,
         callout: Callout | None,
@@ -71,7 +75,8 @@ class Bridge:
         self.registry = registry
         self.election = election
         self.pipeline = pipeline
-        self.api = api
+        self.service = service
+        self.councils = councils
         self.swarm = swarm
         self.follower = follower
         self.callout = callout
@@ -123,7 +128,8 @@ class Bridge:
             tg.create_task(self.pipeline.run(roster), name="discovery")
             tg.create_task(self._follow_presence(), name="presence-sync")
             tg.create_task(self._resync_after_reconnects(), name="resync")
-            tg.create_task(self.api.run(), name="broadcast-api")
+            tg.create_task(self.councils.run(), name="councils")
+            tg.create_task(self.service.run(), name="micro-service")
             tg.create_task(self.registry.run(), name="registry-audit")
             if self.follower is not None:
                 tg.create_task(self.follower.run(), name="docker-events")

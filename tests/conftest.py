@@ -16,7 +16,14 @@ from nats.aio.msg import Msg
 
 from bridge.app import Bridge, open_bridge
 from bridge.config import Settings
-from bridge.contract.messages import ANNOUNCEMENT_DECODER, Announcement, CouncilOpportunity, Role
+from bridge.contract.messages import (
+    ANNOUNCEMENT_DECODER,
+    Announcement,
+    ClaimAnswer,
+    CouncilOpportunity,
+    Role,
+    Via,
+)
 from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
 from bridge.discovery.dns import DnsDiscovery
 from bridge.discovery.followup import SCHEDULE, Schedule
@@ -39,6 +46,24 @@ OPPORTUNITY = CouncilOpportunity(
         Role(name="qa-engineer", core=False),
     ],
 )
+
+
+class RecordedCouncils:
+    """The broadcaster's councils for tests of delivery alone: what it was handed, kept in
+    order (the councils themselves are tested against a running bridge, tests/council/)."""
+
+    def __init__(self) -> None:
+        self.recorded: list[str] = []
+        self.claims: list[tuple[str, str, str, Via]] = []
+
+    async def record(self, opportunity: CouncilOpportunity) -> None:
+        self.recorded.append(opportunity.id)
+
+    async def claim(
+        self, opportunity_id: str, agent_id: str, role: str, *, via: Via
+    ) -> ClaimAnswer | None:
+        self.claims.append((opportunity_id, agent_id, role, via))
+        return None
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ and claims roles (DESIGN.md, "The bus").
         async for opportunity in agent.opportunities():
             await agent.ack(opportunity.id)
             if any(role.name == "tpm" for role in opportunity.roles):
-                await agent.claim(opportunity.id, "tpm")
+                answer = await agent.claim(opportunity.id, "tpm")  # granted, or why not
 
 While the context is open the agent keeps its presence entry (key: its agent id, which for a
 Swarm task is its task ID, `{{.Task.ID}}`) in the presence bucket, rewritten every 5 s; the
@@ -41,9 +41,11 @@ from bridge.contract.agent_id import check_agent_id
 from bridge.contract.buckets import PRESENCE_INTERVAL
 from bridge.contract.kv_wire import delete_headers, key_subject
 from bridge.contract.messages import (
+    CLAIM_ANSWER_DECODER,
     OPPORTUNITY_DECODER,
     Ack,
     Claim,
+    ClaimAnswer,
     CouncilOpportunity,
     PresenceEntry,
     encode,
@@ -76,6 +78,8 @@ PURGE_HEADERS = delete_headers(purge_ttl=0)
 QUEUE_LIMIT = 1024
 # Seconds a presence write may wait for the server's confirmation.
 WRITE_TIMEOUT = 5.0
+# Seconds a claim waits for the bridge's answer.
+CLAIM_TIMEOUT = 5.0
 
 
 def ack_message(names: Names, opportunity_id: str, agent_id: str) -> tuple[str, bytes]:
@@ -159,9 +163,28 @@ class BusAgent:
         1 s by default, or it is also sent by HTTP)."""
         await self._publish(*ack_message(self.names, opportunity_id, self.id))
 
-    async def claim(self, opportunity_id: str, role: str) -> None:
-        """Claim `role` of the opportunity's council, as this agent."""
-        await self._publish(*claim_message(self.names, opportunity_id, self.id, role))
+    async def claim(
+        self, opportunity_id: str, role: str, *, timeout: float = CLAIM_TIMEOUT
+    ) -> ClaimAnswer:
+        """Claim `role` of the opportunity's council, as this agent, and return the bridge's
+        answer: `granted`, or refused with its `reason` and the role's `holder` (DESIGN.md,
+        "Councils"). The answer comes on this agent's inbox. NatsError when none comes
+        within `timeout` seconds (no bridge running, NATS unreachable) or it is no answer."""
+        subject, body = claim_message(self.names, opportunity_id, self.id, role)
+        try:
+            msg = await self._nc.request(subject, body, timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise NatsError(
+                f"nobody answers the claim on {subject}: is the bridge running?"
+            ) from None
+        except (nats.errors.Error, OSError) as exc:
+            raise NatsError(f"no answer to the claim on {subject}: {exc!r}") from exc
+        try:
+            return CLAIM_ANSWER_DECODER.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            raise NatsError(
+                f"the answer to the claim on {subject} is no claim answer: {msg.data[:200]!r}"
+            ) from exc
 
     async def write_presence(self) -> None:
         """Write the presence entry now and wait for the server to store it (NatsError if it

@@ -8,7 +8,11 @@
    BRIDGE_HTTP_TIMEOUT each, `Idempotency-Key`, one retry when no answer came). A role claim in
    the answer is republished on `<prefix>.council.<id>.claims.<agent id>` of the agent that
    answered.
+   The claim is arbitrated first (bridge/council/, through `Councils`), like a claim on the bus;
+   the republished copy carries the header `Chorus-Via: http`, so that it is not taken again.
 3. The report counts each agent once, whatever paths reached it.
+Before anything is sent, the opportunity is recorded in the councils bucket (`Councils.record`):
+an opportunity that cannot be recorded reaches nobody.
 Agents marked `healthy: false` are not called: they are reported as failed, "unhealthy".
 
 Trust (DESIGN.md): an ack counts for the agent its subject names, whatever its body says, and
@@ -31,11 +35,14 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from bridge.broadcast.councils import Councils
 from bridge.broadcast.gc_tuning import fewer_collections
 from bridge.broadcast.targets import Target
 from bridge.config import Settings
 from bridge.contract.messages import (
     CLAIM_DECODER,
+    MAX_CLAIM_BYTES,
+    VIA_HEADER,
     BroadcastReport,
     Claim,
     CouncilOpportunity,
@@ -72,9 +79,11 @@ class Broadcaster:
         http: AgentHTTP,
         targets: Callable[[], Sequence[Target]],
         *,
+        councils: Councils,
         metrics: Metrics | None = None,
     ) -> None:
         self._nc = nc
+        self._councils = councils
         self._names = names
         self._settings = settings
         self._http = http
@@ -83,8 +92,11 @@ class Broadcaster:
         self._limit = asyncio.Semaphore(settings.http_concurrency)
 
     async def broadcast(self, opportunity: CouncilOpportunity) -> BroadcastReport:
-        """Deliver one opportunity to every target and report who got it."""
+        """Record one opportunity, deliver it to every target and report who got it.
+        CouncilRefusedError or NatsError (from `Councils.record`) when it cannot be recorded:
+        then it was sent to nobody."""
         started = time.perf_counter()
+        await self._councils.record(opportunity)
         targets = list({t.agent_id: t for t in self._targets()}.values())
         payload = encode(opportunity)
         result = _Delivery()
@@ -253,6 +265,11 @@ class Broadcaster:
         its name: whatever agent the body names, that is who claimed."""
         if not body.lstrip().startswith(b"{"):
             return
+        if len(body) > MAX_CLAIM_BYTES:
+            # Claims are bounded (DESIGN.md, "Trust"); an answer this long is no claim.
+            if self._metrics is not None:
+                self._metrics.count_claim("dropped", "too_large")
+            return
         try:
             claimed = CLAIM_DECODER.decode(body)
         except msgspec.DecodeError:
@@ -264,9 +281,14 @@ class Broadcaster:
                 agent_id=agent_id,
                 named=claimed.agent_id[:128],
             )
+        await self._councils.claim(opportunity.id, agent_id, claimed.role, via="http")
         claim = Claim(role=claimed.role, agent_id=agent_id)
         try:
-            await self._nc.publish(self._names.claims(opportunity.id, agent_id), encode(claim))
+            await self._nc.publish(
+                self._names.claims(opportunity.id, agent_id),
+                encode(claim),
+                headers={VIA_HEADER: "http"},
+            )
         except (nats.errors.Error, OSError) as exc:
             log.warning(
                 "claim_republish_failed",

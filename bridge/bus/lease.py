@@ -209,6 +209,11 @@ class LeaderElection:
             self._revision = await bucket.create(LEADER_KEY, self._value())
         self._valid_until = started + self._lease
 
+    def holds(self) -> bool:
+        """Whether this bridge leads and its lease has not run out on its own clock (no
+        round trip: what a bridge woken from a pause finds out at once)."""
+        return self.is_leader.is_set() and self._now() < self._valid_until
+
     async def confirm(self) -> None:
         """Raise LeaseLostError unless this bridge holds the lease now (its own clock, then
         the key's revision in the bucket). NatsError when the bucket cannot be read."""

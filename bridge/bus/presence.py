@@ -90,6 +90,9 @@ class Presence:
         self._seen: dict[str, tuple[PresenceEntry, float]] = {}
         self._changed = on_change
         self._invalid = _InvalidEntries()
+        # Set once the watch has given every entry the bucket held when it began: before,
+        # an agent on the bus may not be known yet (the councils wait for it).
+        self.loaded = asyncio.Event()
 
     def bucket_spec(self) -> BucketSpec:
         return presence_bucket(self._names, replicas=self._replicas, ttl=self._ttl)
@@ -119,6 +122,11 @@ class Presence:
         """Keys of the entries received within the TTL: the agents on the bus."""
         now = time.monotonic()
         return frozenset(key for key, (_, seen) in self._seen.items() if now - seen < self._ttl)
+
+    def is_present(self, key: str) -> bool:
+        """Whether a live entry sits under `key` (received within the TTL)."""
+        seen = self._seen.get(key)
+        return seen is not None and time.monotonic() - seen[1] < self._ttl
 
     def match(self, agents: Iterable[Agent]) -> Matched:
         return match_presence(agents, self.present_ids())
@@ -163,6 +171,8 @@ class Presence:
                     entry = None
                 if entry is not None:
                     self._apply(entry.key, entry.value, entry.operation)
+                if watcher.current_done and not self.loaded.is_set():
+                    self.loaded.set()  # every entry the bucket held is in
                 if loop.time() >= next_sweep:
                     # Stale entries are swept once a second: scanning them all on every
                     # update would cost O(n) per refresh with 10,000 agents on the bus.

@@ -111,6 +111,12 @@ class AgentRegistry:
         return self._view.published
 
     @property
+    def desired(self) -> Mapping[str, Agent]:
+        """The agents discovery last handed over (the roster; read-only), whatever the
+        bucket holds at the moment (it may be lost and being written again)."""
+        return self._desired
+
+    @property
     def problem(self) -> str | None:
         """Why the bucket cannot be written now (a refused setting or write), or None."""
         return self._view.problem

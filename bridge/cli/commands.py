@@ -39,6 +39,8 @@ def _names_of(names: Names) -> tuple[str, ...]:
         names.leader_bucket,
         names.announce,
         names.broadcast,
+        names.council,
+        names.councils_bucket,
     )
 
 

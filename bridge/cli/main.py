@@ -298,6 +298,37 @@ def broadcast(
 
 
 @main.command()
+@client_options
+@click.argument("opportunity_id", metavar="ID")
+@click.option("--watch", is_flag=True, help="Then print each event and the state after it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the state (and events) as JSON.")
+def council(
+    nats_url: str | None,
+    prefix: str | None,
+    bucket: str | None,
+    inbox_prefix: str | None,
+    opportunity_id: str,
+    watch: bool,
+    as_json: bool,
+) -> None:
+    """Print a council's state: who holds each role (from a running bridge).
+
+    Exit status: 0 printed, 1 the bridge knows no council ID, 2 the bridge refused the
+    request, 3 no answer could be had (NATS unreachable, permission denied, no bridge
+    serving), 64 a usage error.
+    """
+    from bridge.cli.council import show_council
+
+    settings = _client_settings(nats_url, prefix, bucket)
+    status = run_until_signal(
+        lambda stop: show_council(
+            settings, opportunity_id, stop, watch=watch, as_json=as_json, inbox_prefix=inbox_prefix
+        )
+    )
+    sys.exit(status)
+
+
+@main.command()
 @click.option(
     "--agents",
     type=click.IntRange(1, 10_000),

@@ -15,6 +15,7 @@ import dataclasses
 from bridge.contract.names import Names
 
 __all__ = [
+    "COUNCIL_RETENTION",
     "LEADER_KEY",
     "LEASE",
     "PRESENCE_INTERVAL",
@@ -23,8 +24,13 @@ __all__ = [
     "PURGE_MARKER_TTL",
     "BucketSpec",
     "agents_bucket",
+    "council_key",
+    "councils_bucket",
+    "holder_key",
     "lease_bucket",
     "presence_bucket",
+    "seat_key",
+    "split_council_key",
 ]
 
 # DESIGN.md: an agent rewrites its presence at least every 5 s; 15 s without one is absence.
@@ -37,6 +43,10 @@ PURGE_MARKER_TTL = 3600
 # The leader lease, in seconds: the lease bucket's max age, renewed 5 times per lease.
 LEASE = 10.0
 LEADER_KEY = "leader"
+# An expired council's records are removed this many seconds after its deadline (a day).
+COUNCIL_RETENTION = 86400
+# The token between an opportunity and an agent id in a seat's key (see seat_key).
+_SEATS = "agents"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,3 +96,44 @@ def lease_bucket(names: Names, *, replicas: int = 1, lease: float = LEASE) -> Bu
         keeps_records=False,
         description="chorus-bridge: leader lease",
     )
+
+
+def councils_bucket(names: Names, *, replicas: int = 1) -> BucketSpec:
+    """The councils bucket: file storage, records kept until the bridge removes them."""
+    return BucketSpec(
+        name=names.councils_bucket,
+        replicas=replicas,
+        description="chorus-bridge: council opportunities and the holders of their roles",
+    )
+
+
+def council_key(opportunity_id: str) -> str:
+    """`<opportunity id>`: the opportunity as the bridge recorded it (DESIGN.md)."""
+    return opportunity_id
+
+
+def holder_key(opportunity_id: str, role: str) -> str:
+    """`<opportunity id>.<role>`: the Holder of that role (DESIGN.md)."""
+    return f"{opportunity_id}.{role}"
+
+
+def seat_key(opportunity_id: str, agent_id: str) -> str:
+    """`<opportunity id>.agents.<agent id>`: the one role an agent holds in that council, or
+    is being granted (a Seat). Created before the Holder, with a write that expects the key
+    to hold nothing: what makes "one role per agent" hold under two bridges (README,
+    "Councils"). Three tokens, so it is never a role's key (two)."""
+    return f"{opportunity_id}.{_SEATS}.{agent_id}"
+
+
+def split_council_key(key: str) -> tuple[str, str | None, str | None]:
+    """(opportunity id, role, agent id) of a councils bucket key: (id, None, None) for an
+    opportunity, (id, role, None) for a Holder, (id, None, agent) for a Seat. ValueError for
+    a key of no such shape."""
+    tokens = key.split(".")
+    if len(tokens) == 1:
+        return tokens[0], None, None
+    if len(tokens) == 2:
+        return tokens[0], tokens[1], None
+    if len(tokens) == 3 and tokens[1] == _SEATS:
+        return tokens[0], None, tokens[2]
+    raise ValueError(f"{key!r} is no key of the councils bucket")

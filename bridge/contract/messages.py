@@ -19,12 +19,20 @@ __all__ = [
     "Announcement",
     "BroadcastReport",
     "Claim",
+    "ClaimAnswer",
+    "CouncilEvent",
     "CouncilOpportunity",
+    "CouncilRecord",
+    "CouncilRequest",
+    "CouncilState",
     "ErrorReply",
     "FailedDelivery",
+    "Holder",
     "Lease",
     "PresenceEntry",
     "Role",
+    "RoleState",
+    "Seat",
     "WireDecoder",
     "encode",
     "now_rfc3339",
@@ -32,16 +40,39 @@ __all__ = [
 
 Source = Literal["swarm", "dns", "static"]
 AnnounceEvent = Literal["joined", "updated", "left"]
+# DESIGN.md, "Councils".
+Via = Literal["bus", "http"]
+CouncilStateName = Literal["forming", "active", "degraded", "expired"]
+CouncilEventName = Literal["granted", "released", "activated", "degraded", "expired"]
+ClaimRefusal = Literal[
+    "taken", "expired", "unknown opportunity", "unknown role", "holds another role", "not an agent"
+]
 
 # DESIGN.md: an opportunity id is [A-Za-z0-9_-]{1,128}; a request is at most 64 KiB.
 # \Z, not $: msgspec searches with re, whose $ also matches before a final newline.
 OPPORTUNITY_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}\Z"
 MAX_OPPORTUNITY_BYTES = 64 * 1024
+# DESIGN.md, "Councils": a role name is [A-Za-z0-9_-]{1,64} (a KV key token); "Trust": acks
+# and claims larger than 4 KiB are dropped and counted.
+ROLE_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}\Z"
+MAX_CLAIM_BYTES = 4 * 1024
+# The header of a claim the bridge republishes from an agent's HTTP answer (already arbitrated
+# when it is published; an agent that sets it on its own claim only has it ignored).
+VIA_HEADER = "Chorus-Via"
 
 
 def now_rfc3339() -> str:
     """The current time as RFC 3339 UTC with microseconds and a Z suffix."""
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def rfc3339_seconds(text: str) -> float:
+    """Seconds since the epoch of an RFC 3339 time, which must name its offset (`Z` or
+    `+01:00`). ValueError when it is no such time."""
+    moment = dt.datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone offset (RFC 3339 needs one, e.g. Z)")
+    return moment.timestamp()
 
 
 class Agent(msgspec.Struct, kw_only=True, frozen=True):
@@ -82,7 +113,9 @@ class PresenceEntry(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class Role(msgspec.Struct, kw_only=True, frozen=True):
-    name: Annotated[str, msgspec.Meta(min_length=1)]
+    """A role of a council; names are unique within an opportunity."""
+
+    name: Annotated[str, msgspec.Meta(pattern=ROLE_NAME_PATTERN)]
     core: bool = False
 
 
@@ -95,6 +128,80 @@ class CouncilOpportunity(msgspec.Struct, kw_only=True, frozen=True):
     title: str = ""
     deadline: str | None = None
     details: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class CouncilRecord(CouncilOpportunity, kw_only=True, frozen=True):
+    """The value under `<opportunity id>` in the councils bucket: the opportunity as the
+    coordinator sent it (a reader that decodes a CouncilOpportunity gets exactly that), and
+    what the bridge adds: when it recorded it, the council's state as last announced, and
+    when it last became active (RFC 3339 UTC)."""
+
+    recorded_at: str = ""
+    state: CouncilStateName = "forming"
+    activated_at: str | None = None
+
+
+class Holder(msgspec.Struct, kw_only=True, frozen=True):
+    """The value under `<opportunity id>.<role>`: who holds the role, granted how and when."""
+
+    opportunity_id: str
+    role: str
+    core: bool
+    agent_id: str
+    via: Via
+    granted_at: str
+
+
+class Seat(msgspec.Struct, kw_only=True, frozen=True):
+    """The value under `<opportunity id>.agents.<agent id>`: the one role an agent holds in a
+    council (or is being granted: it is written before the Holder)."""
+
+    opportunity_id: str
+    agent_id: str
+    role: str
+    taken_at: str
+
+
+class ClaimAnswer(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """The answer to a claim sent as a request: `{"granted": true, "role", "holder"}`, or
+    `{"granted": false, "role", "reason", "holder"}` where `holder` is the role's holder (an
+    agent id) or null."""
+
+    granted: bool
+    role: str
+    holder: str | None
+    reason: ClaimRefusal | None = None
+
+
+class CouncilEvent(msgspec.Struct, kw_only=True, frozen=True):
+    """One change of a council, on `<prefix>.council.<opportunity id>.events`."""
+
+    event: CouncilEventName
+    opportunity_id: str
+    role: str | None = None
+    agent_id: str | None = None
+    at: str
+
+
+class CouncilRequest(msgspec.Struct, kw_only=True, frozen=True):
+    """A request for a council's state on `<prefix>.bridge.council`."""
+
+    opportunity_id: str
+
+
+class RoleState(msgspec.Struct, kw_only=True, frozen=True):
+    name: str
+    core: bool
+    holder: str | None
+
+
+class CouncilState(msgspec.Struct, kw_only=True, frozen=True):
+    """The answer on `<prefix>.bridge.council`: the council's state and who holds each role."""
+
+    opportunity_id: str
+    state: CouncilStateName
+    roles: list[RoleState]
+    activated_at: str | None
 
 
 class Ack(msgspec.Struct, kw_only=True, frozen=True):
@@ -178,6 +285,13 @@ CLAIM_DECODER = WireDecoder(Claim)
 REPORT_DECODER = WireDecoder(BroadcastReport)
 ERROR_DECODER = WireDecoder(ErrorReply)
 LEASE_DECODER = WireDecoder(Lease)
+COUNCIL_RECORD_DECODER = WireDecoder(CouncilRecord)
+HOLDER_DECODER = WireDecoder(Holder)
+SEAT_DECODER = WireDecoder(Seat)
+CLAIM_ANSWER_DECODER = WireDecoder(ClaimAnswer)
+COUNCIL_EVENT_DECODER = WireDecoder(CouncilEvent)
+COUNCIL_REQUEST_DECODER = WireDecoder(CouncilRequest)
+COUNCIL_STATE_DECODER = WireDecoder(CouncilState)
 
 
 def decode_reply(data: bytes) -> BroadcastReport | ErrorReply:

@@ -2,8 +2,9 @@
 
 An embedded nats-server, an emulated Docker Engine API whose service has N tasks with loopback
 addresses, N simulated agents on those addresses (some also on the bus), and the real bridge:
-discovery through the Swarm API, presence, one broadcast through the real broadcast API, and
-its report. Only Docker and the agents are stand-ins.
+discovery through the Swarm API, presence, one broadcast through the real broadcast API, its
+report, and the council it forms (who holds each role, how soon it was active). Only Docker
+and the agents are stand-ins.
 """
 
 from __future__ import annotations
@@ -22,12 +23,10 @@ import click
 import nats
 import structlog
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 
 from bridge.app import running_bridge
 from bridge.config import Settings
 from bridge.contract.messages import (
-    CLAIM_DECODER,
     BroadcastReport,
     CouncilOpportunity,
     ErrorReply,
@@ -36,6 +35,7 @@ from bridge.contract.messages import (
     encode,
 )
 from bridge.contract.names import Names
+from bridge.devkit.demo_council import CouncilWatch, Newcomer
 from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
 from bridge.devkit.sim import SimAgent, SimFleet, allocate_addresses
 from bridge.edges.nats_server import EmbeddedNats
@@ -64,15 +64,16 @@ OPPORTUNITY = CouncilOpportunity(
 
 
 class DemoResult:
-    """What the demo saw, for its caller (and its tests). `claims`: role -> the agents that
-    claimed it, in the order their claims arrived."""
+    """What the demo saw, for its caller (and its tests). `holders`: role -> its holder;
+    `activated_ms`: from the broadcast request to the council's `activated` event."""
 
     def __init__(self) -> None:
         self.discovered = 0
         self.discovery_ms = 0.0
         self.on_bus = 0
         self.report: BroadcastReport | None = None
-        self.claims: dict[str, list[str]] = {}
+        self.holders: dict[str, str | None] = {}
+        self.activated_ms: float | None = None
         self.nats_url = ""
 
 
@@ -150,38 +151,27 @@ async def _stage(
                     task_ids=task_ids,
                     progress=_Progress(say, agents),
                     claim_policy=claim_every_role,
+                    ask_claims=True,
+                    own_inboxes=True,
                 )
             )
             yield server, swarm, docker_api, fleet, names
 
 
-async def _broadcast(nc: NATS, names: Names, result: DemoResult, say: Say) -> None:
-    claims: dict[str, list[str]] = {}
-
-    async def on_claim(msg: Msg) -> None:
-        # <prefix>.council.<id>.claims[.<agent id>]: the id in the subject is the one that counts.
-        tokens = msg.subject.split(".")
-        if len(tokens) < 4 or tokens[3] != "claims":
-            return
-        claim = CLAIM_DECODER.decode(msg.data)
-        agent_id = tokens[4] if len(tokens) > 4 else claim.agent_id
-        claims.setdefault(claim.role, []).append(agent_id)
-
-    sub = await nc.subscribe(f"{names.prefix}.council.{OPPORTUNITY.id}.>", cb=on_claim)
+async def _broadcast(
+    watch: CouncilWatch, fleet: SimFleet, nc: NATS, result: DemoResult, say: Say
+) -> None:
+    names = fleet.names
     say(
         f"\nBroadcast of {OPPORTUNITY.id!r} ({', '.join(r.name for r in OPPORTUNITY.roles)}) "
         f"through {names.broadcast}..."
     )
+    sent = time.perf_counter()
     msg = await nc.request(names.broadcast, encode(OPPORTUNITY), timeout=STEP_TIMEOUT)
     reply = decode_reply(msg.data)
     if isinstance(reply, ErrorReply):
         raise BridgeError(f"the bridge refused the demo's opportunity: {reply.error}")
-    wanted = [r.name for r in OPPORTUNITY.roles][: result.discovered]
-    await nc.flush()
-    with contextlib.suppress(BridgeError):
-        await _until(lambda: all(role in claims for role in wanted), "the roles' claims")
-    await sub.unsubscribe()
-    result.report, result.claims = reply, claims
+    result.report = reply
     say(
         f"  reached {reply.success_count} of {reply.total_agents} agents in "
         f"{reply.duration_ms} ms: {reply.via_bus} via the bus, {reply.via_http} via HTTP, "
@@ -189,10 +179,20 @@ async def _broadcast(nc: NATS, names: Names, result: DemoResult, say: Say) -> No
     )
     for failure in reply.failed:
         say(f"    failed: {failure.agent_id} {failure.endpoint} ({failure.error})")
-    for role in OPPORTUNITY.roles:
-        kind = "core role" if role.core else "role     "
-        by = ", ".join(claims.get(role.name, [])) or "(nobody)"
-        say(f"  {kind} {role.name:<26} claimed by {by}")
+    core = sum(role.core for role in OPPORTUNITY.roles)
+    if result.discovered >= core:  # fewer agents than core roles: it cannot form
+        try:
+            activated = await watch.until("activated")
+        except TimeoutError:
+            say(f"  {OPPORTUNITY.id} did not activate within {STEP_TIMEOUT:.0f} s")
+        else:
+            result.activated_ms = (activated - sent) * 1000
+            say(f"  {OPPORTUNITY.id} activated {result.activated_ms:.0f} ms after the broadcast")
+    await _until(lambda: fleet.unanswered == 0, "the answers to the agents' claims")
+    state = await watch.state()
+    result.holders = {role.name: role.holder for role in state.roles}
+    for line in watch.show(state):
+        say(line)
 
 
 _NEXT = '{"id": "council-43", "roles": [{"name": "tpm", "core": true}]}'
@@ -203,6 +203,10 @@ _NATS_COMMANDS = (
     "kv get chorus_bridge leader",
     "sub chorus.agents.announce",
     "sub 'chorus.council.>'",
+    "kv ls chorus_councils",
+    "kv get chorus_councils council-42.tpm",
+    "sub chorus.council.council-42.events",
+    """req chorus.bridge.council '{"opportunity_id": "council-42"}'""",
     "micro ls",
     "micro stats chorus-bridge",
     f"req chorus.bridge.broadcast '{_NEXT}'",
@@ -237,6 +241,10 @@ def _explore(url: str, http_port: int | None, first_id: str, say: Say) -> None:
         f"  NATS_URL={url} {command} agents",
         f"  NATS_URL={url} {command} watch",
         f"  echo '{_NEXT}' | NATS_URL={url} {command} broadcast -",
+        f"  NATS_URL={url} {command} council council-42 --watch",
+        "and a newcomer's test of the council: type `kill` and Enter here to kill the holder "
+        "of tpm (`kill AGENT_ID` for another): the council degrades, then an idle agent takes "
+        "the role and it is active again (watch it with the council command above)",
         f"and the bridge's own HTTP: http://127.0.0.1:{http_port}/healthz and /metrics",
     ]
     for line in lines:
@@ -253,7 +261,7 @@ async def run_demo(
             f"--agents must be 1..10000 and --on-bus 0..agents (got {agents} and {on_bus})"
         )
     result = DemoResult()
-    async with _stage(agents, on_bus, say) as (server, _swarm, docker_api, fleet, names):
+    async with _stage(agents, on_bus, say) as (server, swarm, docker_api, fleet, names):
         settings = Settings(
             discovery_method="swarm",
             docker_host=docker_api.base_url,
@@ -285,14 +293,25 @@ async def run_demo(
                 f"{agents - result.on_bus} reachable by HTTP only"
             )
             async with _client(server.url) as nc:
-                await _broadcast(nc, names, result, say)
-            result.nats_url = server.url
-            if keep is not None:
-                _explore(server.url, bridge.http_port, min(registry.published), say)
-                await keep.wait()
-                say("\nStopping...")
+                watch = CouncilWatch(nc, names, OPPORTUNITY, say)
+                await watch.start()
+                await _broadcast(watch, fleet, nc, result, say)
+                result.nats_url = server.url
+                if keep is not None:
+                    _explore(server.url, bridge.http_port, min(registry.published), say)
+                    await _kept(keep, Newcomer(watch, swarm, fleet, say))
+                    say("\nStopping...")
         say("\nDone: the bridge, the agents, Docker's stand-in and NATS stopped cleanly.")
     return result
+
+
+async def _kept(keep: asyncio.Event, newcomer: Newcomer) -> None:
+    """Until Ctrl-C (`keep`): the newcomer's commands on stdin."""
+    with newcomer.reading():
+        async with asyncio.TaskGroup() as tg:
+            commands = tg.create_task(newcomer.run(), name="demo-newcomer")
+            await keep.wait()
+            commands.cancel()
 
 
 @contextlib.asynccontextmanager

@@ -25,7 +25,7 @@ from prometheus_client import (
 from bridge import __version__
 from bridge.contract.messages import Agent
 
-__all__ = ["CALLOUT_REFUSALS", "DOCKER_ERROR_KINDS", "Metrics"]
+__all__ = ["CALLOUT_REFUSALS", "CLAIMS", "DOCKER_ERROR_KINDS", "Metrics"]
 
 # No `*_created` series: the start time is process_start_time_seconds, once.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -64,6 +64,28 @@ CALLOUTS = (
     *(("refused", reason) for reason in CALLOUT_REFUSALS),
     ("rejected", "none"),
 )
+
+# Claims (DESIGN.md, "Councils"): granted; refused, by the answer's reason (spaces as `_`);
+# dropped unanswered: larger than 4 KiB, not a claim, or received by a bridge that no longer
+# leads; failed: NATS failed while the grant was written (the claim is decided again later).
+CLAIM_REFUSALS = (
+    "taken",
+    "expired",
+    "unknown_opportunity",
+    "unknown_role",
+    "holds_another_role",
+    "not_an_agent",
+)
+CLAIMS = (
+    ("granted", "none"),
+    *(("refused", reason) for reason in CLAIM_REFUSALS),
+    ("dropped", "too_large"),
+    ("dropped", "invalid"),
+    ("dropped", "not_leading"),
+    ("failed", "nats"),
+)
+COUNCIL_STATES = ("forming", "active", "degraded", "expired")
+COUNCIL_EVENTS = ("granted", "released", "activated", "degraded", "expired")
 
 
 class Metrics:
@@ -133,6 +155,30 @@ class Metrics:
             registry=r,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.claims = Counter(
+            "chorus_bridge_claims_total",
+            "Claims of council roles, by outcome and reason",
+            ["outcome", "reason"],
+            registry=r,
+        )
+        self.councils = Gauge(
+            "chorus_bridge_councils",
+            "Councils in the councils bucket, by state (on the leader)",
+            ["state"],
+            registry=r,
+        )
+        self.council_events = Counter(
+            "chorus_bridge_council_events_total",
+            "Council events published, by event",
+            ["event"],
+            registry=r,
+        )
+        self.activation = Histogram(
+            "chorus_bridge_council_activation_seconds",
+            "Time from recording an opportunity (its broadcast) to its council's first activation",
+            registry=r,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+        )
         self.leader = Gauge("chorus_bridge_leader", "1 when this bridge is the leader", registry=r)
         self.nats_connected = Gauge(
             "chorus_bridge_nats_connected", "1 while connected to NATS", registry=r
@@ -176,6 +222,33 @@ class Metrics:
             self.deliveries.labels(path=path, outcome=outcome)
         for outcome, reason in CALLOUTS:
             self.callouts.labels(outcome=outcome, reason=reason)
+        # Claims are counted on the hot path of a race (thousands a second): the labelled
+        # children are looked up once, here, by the reason as the answer says it too.
+        self._claims_by: dict[tuple[str, str], Counter] = {}
+        for outcome, reason in CLAIMS:
+            child = self.claims.labels(outcome=outcome, reason=reason)
+            self._claims_by[(outcome, reason)] = child
+            self._claims_by[(outcome, reason.replace("_", " "))] = child
+        for state in COUNCIL_STATES:
+            self.councils.labels(state=state)
+        for event in COUNCIL_EVENTS:
+            self.council_events.labels(event=event)
+
+    def count_claim(self, outcome: str, reason: str = "none") -> None:
+        """Count one claim: outcome granted|refused|dropped|failed, reason as in CLAIMS (a
+        refusal's reason as the answer says it, spaces and all, is accepted too)."""
+        child = self._claims_by.get((outcome, reason))
+        if child is None:
+            child = self.claims.labels(outcome=outcome, reason=reason.replace(" ", "_"))
+        child.inc()
+
+    def set_councils(self, states: Iterable[str]) -> None:
+        """The councils' states now (one item per council)."""
+        counts = dict.fromkeys(COUNCIL_STATES, 0)
+        for state in states:
+            counts[state] = counts.get(state, 0) + 1
+        for state, count in counts.items():
+            self.councils.labels(state=state).set(count)
 
     def observe_round(self, method: str, outcome: str, duration_s: float) -> None:
         """Count one discovery round: method swarm|dns|auto, outcome ok|fallback|failed."""

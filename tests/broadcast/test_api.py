@@ -14,7 +14,6 @@ from nats.aio.client import Client as NATS
 
 from bridge.broadcast.api import BROADCAST_QUEUE, encode_report, validate_request
 from bridge.config import Settings
-from bridge.contract.asyncapi import MicroInfo, MicroPing, MicroStats
 from bridge.contract.messages import (
     BroadcastReport,
     CouncilOpportunity,
@@ -23,6 +22,7 @@ from bridge.contract.messages import (
     decode_reply,
     encode,
 )
+from bridge.contract.micro_answers import MicroInfo, MicroPing, MicroStats
 from bridge.contract.names import SERVICE_NAME
 from bridge.edges.nats_server import EmbeddedNats
 from tests.conftest import run_bridge, wait_for
@@ -51,7 +51,29 @@ def test_design_example_is_accepted() -> None:
         (b'{"id": "' + b"x" * 129 + b'", "roles": [{"name": "tpm"}]}', "$.id", "{1,128}"),
         (b'{"id": "c1", "roles": []}', "$.roles", "length >= 1"),
         (b'{"id": "c1"}', "$", "missing required field `roles`"),
-        (b'{"id": "c1", "roles": [{"name": ""}]}', "$.roles[0].name", "length >= 1"),
+        (b'{"id": "c1", "roles": [{"name": ""}]}', "$.roles[0].name", "[A-Za-z0-9_-]{1,64}"),
+        # a role name is a key token of the councils bucket (DESIGN.md, "Councils")
+        (b'{"id": "c1", "roles": [{"name": "a.b"}]}', "$.roles[0].name", "[A-Za-z0-9_-]{1,64}"),
+        (
+            b'{"id": "c1", "roles": [{"name": "' + b"r" * 65 + b'"}]}',
+            "$.roles[0].name",
+            "{1,64}",
+        ),
+        (
+            b'{"id": "c1", "roles": [{"name": "tpm"}, {"name": "qa"}, {"name": "tpm"}]}',
+            "$.roles[2].name",
+            "named twice",
+        ),
+        (
+            b'{"id": "c1", "roles": [{"name": "tpm"}], "deadline": "tomorrow"}',
+            "$.deadline",
+            "RFC 3339",
+        ),
+        (
+            b'{"id": "c1", "roles": [{"name": "tpm"}], "deadline": "2026-11-27T01:00:00"}',
+            "$.deadline",
+            "offset",
+        ),
         (b'{"id": "c1", "roles": [{"name": "tpm", "core": "yes"}]}', "$.roles[0].core", "bool"),
         (b"[1, 2]", "$", "Expected `object`"),
         # re's $ would let a final newline through, and the id goes into subjects
@@ -135,8 +157,9 @@ async def _ask(nc: NATS, subject: str) -> dict[str, Any]:
 async def test_micro_service_is_found_with_its_counts(
     nats_server: EmbeddedNats, nc: NATS, settings: Settings
 ) -> None:
-    """`nats micro info|stats` find chorus-bridge and its broadcast endpoint; a refusal
-    carries the micro error headers and the JSON error, and counts as a request and an error."""
+    """`nats micro info|stats` find chorus-bridge and its endpoints (broadcast, council); a
+    refusal carries the micro error headers and the JSON error, and counts as a request and
+    an error of its endpoint."""
     async with run_bridge(settings, nats_server.url):
         info = await _ask(nc, f"$SRV.INFO.{SERVICE_NAME}")
         msgspec.convert(info, MicroInfo)  # what docs/asyncapi.yaml says it is
@@ -144,7 +167,8 @@ async def test_micro_service_is_found_with_its_counts(
         assert info["type"] == "io.nats.micro.v1.info_response"
         assert info["name"] == "chorus-bridge"
         assert [(e["name"], e["subject"], e["queue_group"]) for e in info["endpoints"]] == [
-            ("broadcast", f"{settings.subject_prefix}.bridge.broadcast", BROADCAST_QUEUE)
+            ("broadcast", f"{settings.subject_prefix}.bridge.broadcast", BROADCAST_QUEUE),
+            ("council", f"{settings.subject_prefix}.bridge.council", BROADCAST_QUEUE),
         ]
         refused = await nc.request(
             f"{settings.subject_prefix}.bridge.broadcast", b'{"id": "c1", "roles": []}', timeout=10
@@ -161,8 +185,9 @@ async def test_micro_service_is_found_with_its_counts(
         assert not ok.headers and json.loads(ok.data)["opportunity_id"] == "c2"
         stats = await _ask(nc, f"$SRV.STATS.{SERVICE_NAME}.{info['id']}")
         msgspec.convert(stats, MicroStats)
-        (endpoint,) = stats["endpoints"]
+        endpoint, council = stats["endpoints"]
         assert (endpoint["num_requests"], endpoint["num_errors"]) == (2, 1)
+        assert (council["num_requests"], council["num_errors"]) == (0, 0)
         assert "length >= 1" in endpoint["last_error"]
         assert endpoint["processing_time"] > 0
     with pytest.raises(nats.errors.NoRespondersError):  # stopped: gone from the bus

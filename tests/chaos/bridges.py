@@ -34,6 +34,7 @@ class BridgeProcess:
             "DISCOVERY_METHOD": "swarm",
             "WHOOSH_DOCKER_HOST": settings.docker_host,
             "WHOOSH_DNS_NAMES": "",
+            "WHOOSH_AGENT_PORT": str(settings.agent_port),
             "BRIDGE_SUBJECT_PREFIX": settings.subject_prefix,
             "BRIDGE_KV_BUCKET": settings.kv_bucket,
             "BRIDGE_POLL_INTERVAL": "1",

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -53,10 +54,23 @@ def test_every_subject_bucket_and_payload() -> None:
         "$SRV.PING.chorus-bridge": "MicroPing",
         "$SRV.INFO.chorus-bridge": "MicroInfo",
         "$SRV.STATS.chorus-bridge": "MicroStats",
+        # DESIGN.md, "Councils"
+        "chorus.bridge.council": "CouncilRequest",
+        "chorus.council.{opportunityId}.events": "CouncilEvent",
+        "$KV.chorus_councils.{opportunityId}": "CouncilRecord",
+        "$KV.chorus_councils.{opportunityId}.{role}": "Holder",
+        "$KV.chorus_councils.{opportunityId}.agents.{agentId}": "Seat",
     }
     for address, message in expected.items():
         assert list(channels[address]["messages"]) == [message], address
-    assert set(channels[None]["messages"]) == {"BroadcastReport", "ErrorReply"}
+    by_id = doc["channels"]
+    assert set(by_id["broadcastReply"]["messages"]) == {"BroadcastReport", "ErrorReply"}
+    assert set(by_id["councilReply"]["messages"]) == {"CouncilState", "ErrorReply"}
+    assert set(by_id["claimAnswer"]["messages"]) == {"ClaimAnswer"}
+    assert doc["operations"]["receiveClaim"]["reply"]["channel"] == {
+        "$ref": "#/channels/claimAnswer"
+    }
+    assert schemas_pattern(doc, "Role", "name") == "^[A-Za-z0-9_-]{1,64}$"
     assert set(channels["chorus.council.{opportunityId}.acks.{agentId}"]["parameters"]) == {
         "opportunityId",
         "agentId",
@@ -67,6 +81,11 @@ def test_every_subject_bucket_and_payload() -> None:
     assert schemas["CouncilOpportunity"]["properties"]["id"]["pattern"] == "^[A-Za-z0-9_-]{1,128}$"
     reply = doc["operations"]["serveBroadcast"]["reply"]
     assert reply["channel"] == {"$ref": "#/channels/broadcastReply"}
+
+
+def schemas_pattern(doc: dict[str, Any], model: str, field: str) -> str:
+    pattern: str = doc["components"]["schemas"][model]["properties"][field]["pattern"]
+    return pattern
 
 
 def test_subjects_come_from_names() -> None:

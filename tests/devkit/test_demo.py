@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(120)
 
 async def test_demo_reaches_every_agent() -> None:
     """With 8 agents, 4 on the bus: 8 discovered, 4 on the bus, 8 of 8 reached, every role
-    claimed, the non-core one too."""
+    held (the non-core one too), each by another agent, and the council activated."""
     lines: list[str] = []
     result = await run_demo(8, 4, say=lines.append)
     assert result.discovered == 8 and result.on_bus == 4
@@ -28,16 +28,19 @@ async def test_demo_reaches_every_agent() -> None:
     assert report is not None
     assert (report.total_agents, report.success_count) == (8, 8)
     assert (report.via_bus, report.via_http, report.failed) == (4, 4, [])
-    assert set(result.claims) == {
+    assert set(result.holders) == {
         "tpm",
         "senior-software-architect",
         "backend-developer",
         "qa-engineer",
     }
-    assert all(len(agents) == 1 for agents in result.claims.values())
+    holders = list(result.holders.values())
+    assert None not in holders and len(set(holders)) == 4
+    assert result.activated_ms is not None
+    assert any(re.search(r"council-42 activated \d+ ms after the broadcast", x) for x in lines)
     assert any("reached 8 of 8 agents" in line for line in lines)
     assert any("discovered 8 of 8 agents via the Swarm API" in line for line in lines)
-    assert any(re.search(r"role +qa-engineer +claimed by \w+", line) for line in lines)
+    assert any(re.search(r"role +qa-engineer +held by \w+", line) for line in lines)
 
 
 async def test_demo_keep_runs_until_ctrl_c() -> None:
@@ -82,6 +85,57 @@ async def test_demo_keep_runs_until_ctrl_c() -> None:
         rest, _ = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0
         assert b"stopped cleanly" in rest
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+
+async def test_demo_keep_lets_a_newcomer_kill_a_holder() -> None:
+    """`kill` on the kept demo's stdin: the holder of tpm leaves, the council is degraded,
+    an idle agent takes the role and the council is active again."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        "demo",
+        "--agents",
+        "6",
+        "--on-bus",
+        "3",
+        "--keep",
+        env=env(),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    try:
+        out: list[str] = []
+
+        async def until(text: str) -> None:
+            async with asyncio.timeout(60):
+                while not any(text in line for line in out):
+                    line = (await proc.stdout.readline()).decode()  # type: ignore[union-attr]
+                    assert line, "the demo ended: " + "".join(out)
+                    out.append(line)
+
+        await until("/metrics")
+        holder = re.search(r"core role tpm +held by (\w+)", "".join(out))
+        assert holder is not None
+        proc.stdin.write(b"kill\n")
+        await proc.stdin.drain()
+        try:
+            await until("event: activated")
+        except TimeoutError:
+            raise AssertionError("".join(out)) from None
+        events = [line.split("event: ")[1].split()[0] for line in out if "event: " in line]
+        assert events == ["released", "degraded", "granted", "activated"]
+        assert any(f"killing {holder.group(1)} (holds tpm)" in line for line in out)
+        os.killpg(proc.pid, signal.SIGINT)
+        await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0
     finally:
         if proc.returncode is None:
             os.killpg(proc.pid, signal.SIGKILL)

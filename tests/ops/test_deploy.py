@@ -26,6 +26,7 @@ ALERTS = (
     "ChorusBridgeWritesFailing",
     "ChorusBridgeAgentsRefused",
     "ChorusBridgeCalloutRejecting",
+    "ChorusBridgeCouncilsExpired",
 )
 
 
@@ -74,7 +75,7 @@ def test_rules_fire_on_their_series() -> None:
 
 def _metric_names(expr: str) -> set[str]:
     names = set(re.findall(r"\b((?:chorus_bridge|process|python)_[a-z_]+)", expr))
-    return {re.sub(r"_(bucket|sum|count)$", "", n) if "duration_seconds" in n else n for n in names}
+    return {re.sub(r"_(bucket|sum|count)$", "", n) if "_seconds_" in n else n for n in names}
 
 
 def test_rules_and_dashboard_use_served_metrics() -> None:
@@ -90,4 +91,8 @@ def test_rules_and_dashboard_use_served_metrics() -> None:
         "chorus_bridge_deliveries_total",
         "chorus_bridge_callouts_total",
         "chorus_bridge_build_info",
+        "chorus_bridge_claims_total",
+        "chorus_bridge_councils",
+        "chorus_bridge_council_activation_seconds",
+        "chorus_bridge_council_events_total",
     } <= used

@@ -94,6 +94,10 @@ async def test_readme_lists_exactly_what_metrics_serves(
     assert samples[("chorus_bridge_deliveries_total", failed)] == 0
     refused = (("outcome", "refused"), ("reason", "address"))
     assert samples[("chorus_bridge_callouts_total", refused)] == 0  # served with the callout off
+    taken = (("outcome", "refused"), ("reason", "taken"))
+    assert samples[("chorus_bridge_claims_total", taken)] == 0
+    assert samples[("chorus_bridge_councils", (("state", "expired"),))] == 0
+    assert samples[("chorus_bridge_council_events_total", (("event", "expired"),))] == 0
     (build,) = [labels for (name, labels) in samples if name == "chorus_bridge_build_info"]
     assert dict(build)["version"] == importlib.metadata.version("chorus-bridge")
     assert samples[("process_open_fds", ())] > 0

@@ -15,7 +15,13 @@ from nats.aio.msg import Msg
 
 from bridge.agent import BusAgent, check_agent_id, connect_agent
 from bridge.config import Settings
-from bridge.contract.messages import CLAIM_DECODER, PRESENCE_DECODER, Claim, CouncilOpportunity
+from bridge.contract.messages import (
+    CLAIM_DECODER,
+    PRESENCE_DECODER,
+    Claim,
+    ClaimAnswer,
+    CouncilOpportunity,
+)
 from bridge.contract.names import Names
 from bridge.devkit.emulator import EmulatedSwarm
 from bridge.devkit.sim.presence import ensure_presence_bucket
@@ -41,12 +47,15 @@ async def test_an_agent_joins_acks_claims_and_leaves(
         me = s.fleet.agents[0]
         await nc.subscribe(s.names.claims(OPPORTUNITY.id, "*"), cb=on_claim)
         received: list[CouncilOpportunity] = []
+        answers: list[ClaimAnswer] = []
 
         async def answer(agent: BusAgent) -> None:
             async for opportunity in agent.opportunities():
                 received.append(opportunity)
                 await agent.ack(opportunity.id)
-                await agent.claim(opportunity.id, "tpm")
+                answers.append(await agent.claim(opportunity.id, "tpm"))
+                # The bridge's answer to the claim: granted; asked again, granted again.
+                answers.append(await agent.claim(opportunity.id, "tpm"))
 
         async with connect_agent(
             nats_server.url,
@@ -62,7 +71,7 @@ async def test_an_agent_joins_acks_claims_and_leaves(
             await wait_for(lambda: me.id in s.on_bus_in_bucket(), what="the agent on the bus")
             answering = asyncio.create_task(answer(agent))
             report = await s.broadcast(nc)
-            await wait_for(lambda: len(claims) == 1, what="the claim")
+            await wait_for(lambda: len(answers) == 2, what="the answers to the claims")
         async with asyncio.timeout(5):
             await answering  # opportunities() ends when the agent leaves
         await wait_for(
@@ -75,7 +84,10 @@ async def test_an_agent_joins_acks_claims_and_leaves(
     assert [o.id for o in received] == [OPPORTUNITY.id]
     assert (report.via_bus, report.via_http, report.failed) == (1, 1, [])
     assert me.got(OPPORTUNITY.id) == []  # reached on the bus: no HTTP fallback
-    assert claims == [(s.names.claims(OPPORTUNITY.id, me.id), Claim(role="tpm", agent_id=me.id))]
+    assert claims == 2 * [
+        (s.names.claims(OPPORTUNITY.id, me.id), Claim(role="tpm", agent_id=me.id))
+    ]
+    assert answers == 2 * [ClaimAnswer(granted=True, role="tpm", holder=me.id)]
 
 
 async def test_joining_without_a_presence_bucket_says_what_to_check(

@@ -35,7 +35,7 @@ from bridge.edges.agent_http import AgentHTTP
 from bridge.edges.nats_server import EmbeddedNats
 from bridge.errors import ConfigError
 from tests.broadcast.test_broadcaster import Stage, stage
-from tests.conftest import OPPORTUNITY, wait_for
+from tests.conftest import OPPORTUNITY, RecordedCouncils, wait_for
 
 RECORDER_HOST = "127.40.0.50"
 
@@ -225,6 +225,7 @@ async def test_an_http_claim_is_republished_as_the_agent_that_answered(
     subject of the agent that answered, in its own name."""
     names = Names(prefix=f"t{unique}", agents_bucket=f"agents_{unique}")
     claims: list[tuple[str, Claim]] = []
+    councils = RecordedCouncils()
 
     async def on_claim(msg: Msg) -> None:
         claims.append((msg.subject, CLAIM_DECODER.decode(msg.data)))
@@ -235,7 +236,9 @@ async def test_an_http_claim_is_republished_as_the_agent_that_answered(
         settings = Settings(subject_prefix=names.prefix, bus_ack_wait=0.1, opportunity_path="/op")
         target = Target(agent_id="agent-7", endpoint=f"http://127.40.0.51:{port}")
         async with AgentHTTP(settings) as http:
-            broadcaster = Broadcaster(nc, names, settings, http, lambda: [target])
+            broadcaster = Broadcaster(
+                nc, names, settings, http, lambda: [target], councils=councils
+            )
             report = await broadcaster.broadcast(OPPORTUNITY)
         await wait_for(lambda: len(claims) == 1, what="the claim")
     assert seen == [f"POST http://127.40.0.51:{port}/op"]
@@ -243,6 +246,9 @@ async def test_an_http_claim_is_republished_as_the_agent_that_answered(
     assert claims == [
         (names.claims(OPPORTUNITY.id, "agent-7"), Claim(role="tpm", agent_id="agent-7"))
     ]
+    # Recorded before it was sent; the claim arbitrated as the agent that answered, by HTTP.
+    assert councils.recorded == [OPPORTUNITY.id]
+    assert councils.claims == [(OPPORTUNITY.id, "agent-7", "tpm", "http")]
 
 
 async def test_a_bad_discovered_endpoint_is_reported_not_called(
@@ -254,9 +260,10 @@ async def test_a_bad_discovered_endpoint_is_reported_not_called(
         settings = Settings(subject_prefix=names.prefix, bus_ack_wait=0.1)
         target = Target(agent_id="a1", endpoint=f"http://127.40.0.52:{port}/x?y=1#")
         async with AgentHTTP(settings) as http:
-            report = await Broadcaster(nc, names, settings, http, lambda: [target]).broadcast(
-                OPPORTUNITY
+            broadcaster = Broadcaster(
+                nc, names, settings, http, lambda: [target], councils=RecordedCouncils()
             )
+            report = await broadcaster.broadcast(OPPORTUNITY)
     assert seen == []
     (failure,) = report.failed
     assert failure.error.startswith("not an endpoint")

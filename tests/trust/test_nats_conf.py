@@ -23,10 +23,13 @@ from bridge.broadcast.api import BROADCAST_QUEUE
 from bridge.bus.presence import Presence
 from bridge.bus.registry import AgentRegistry, open_bucket
 from bridge.config import Settings
+from bridge.contract.buckets import councils_bucket
+from bridge.contract.messages import COUNCIL_STATE_DECODER, HOLDER_DECODER
 from bridge.contract.names import Names
 from bridge.devkit.emulator import EmulatedSwarm
 from bridge.devkit.sim import SimFleet, allocate_addresses
 from bridge.devkit.sim.presence import ensure_presence_bucket
+from bridge.edges.kv import bucket_config
 from bridge.edges.nats_server import EmbeddedNats
 from tests.conftest import RunningBridge, run_bridge, wait_for
 
@@ -45,6 +48,7 @@ ROLES = {  # user -> (password variable, inbox prefix)
 }
 NAMES = Names(prefix="chorus", agents_bucket="chorus_agents")
 AGENTS, PRESENCE, LEADER = NAMES.agents_bucket, NAMES.presence_bucket, NAMES.leader_bucket
+COUNCILS = NAMES.councils_bucket
 DENIAL_WAIT = 5.0
 
 
@@ -119,9 +123,10 @@ async def _peer(server: EmbeddedNats, user: str) -> AsyncIterator[Peer]:
 
 @pytest.fixture
 async def bridge(secured_server: EmbeddedNats) -> AsyncIterator[Peer]:
-    """The bridge's user, with the three buckets created as the bridge creates them."""
+    """The bridge's user, with the four buckets created as the bridge creates them."""
     async with _peer(secured_server, "bridge") as peer:
         await open_bucket(peer.js, AgentRegistry(peer.nc, NAMES).bucket_config())
+        await open_bucket(peer.js, bucket_config(councils_bucket(NAMES)))
         await open_bucket(peer.js, Presence(peer.nc, NAMES).bucket_config())
         await open_bucket(peer.js, KeyValueConfig(bucket=LEADER, history=1, ttl=10))
         yield peer
@@ -151,9 +156,10 @@ async def _next_value(watcher: KeyValue.KeyWatcher, key: str) -> bytes:
                 return value
 
 
-async def test_bridge_manages_its_three_buckets(bridge: Peer) -> None:
-    """The bridge can put, get, watch and delete in the agents, presence and leader buckets."""
-    for bucket in (AGENTS, PRESENCE, LEADER):
+async def test_bridge_manages_its_four_buckets(bridge: Peer) -> None:
+    """The bridge can put, get, watch and delete in the agents, presence, leader and councils
+    buckets."""
+    for bucket in (AGENTS, PRESENCE, LEADER, COUNCILS):
         kv = await bridge.js.key_value(bucket)
         watcher = await kv.watchall()
         await kv.put("task1", b'{"id": "task1"}')
@@ -245,6 +251,22 @@ async def test_agent_cannot_write_the_agents_bucket(bridge: Peer, agent: Peer) -
     await agent.violation("publish", "$KV.chorus_agents.forged")
     with pytest.raises(nats.js.errors.KeyNotFoundError):
         await (await bridge.js.key_value(AGENTS)).get("forged")
+
+
+async def test_agent_cannot_write_the_councils_bucket(
+    bridge: Peer, agent: Peer, coordinator: Peer
+) -> None:
+    """Holders are the bridge's to write: an agent's put is refused (and it cannot read the
+    bucket either); a coordinator reads it, and cannot write it."""
+    with pytest.raises(nats.errors.TimeoutError):
+        await agent.nc.request("$KV.chorus_councils.c-1.tpm", b'{"agent_id": "me"}', timeout=1)
+    await agent.violation("publish", "$KV.chorus_councils.c-1.tpm")
+    await (await bridge.js.key_value(COUNCILS)).put("c-1.tpm", b'{"agent_id": "a1"}')
+    councils = await coordinator.js.key_value(COUNCILS)
+    assert (await councils.get("c-1.tpm")).value == b'{"agent_id": "a1"}'
+    with pytest.raises(nats.errors.TimeoutError):
+        await councils.put("c-1.tpm", b'{"agent_id": "forged"}')
+    await coordinator.violation("publish", "$KV.chorus_councils.c-1.tpm")
 
 
 async def test_agent_cannot_request_a_broadcast(bridge: Peer, agent: Peer) -> None:
@@ -363,6 +385,17 @@ async def test_real_bridge_works_with_its_user_alone(
         report = decode_reply(msg.data)
         assert isinstance(report, BroadcastReport)
         assert (report.success_count, report.via_bus, report.via_http) == (4, 2, 2)
+        # Agent 0 claimed tpm (its core role number 0) on the bus: the council is active.
+
+        async def active() -> bool:
+            reply = await coordinator.nc.request(
+                NAMES.council, b'{"opportunity_id": "c-9"}', timeout=5
+            )
+            return COUNCIL_STATE_DECODER.decode(reply.data).state == "active"
+
+        await wait_for(active, what="the council active")
+        holder = await (await coordinator.js.key_value(COUNCILS)).get("c-9.tpm")
+        assert HOLDER_DECODER.decode(holder.value or b"").agent_id == task_ids[0]
         assert coordinator.no_violations()
 
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Literal, get_args
 
-from bridge.contract.messages import CouncilOpportunity, PresenceEntry, now_rfc3339
+from bridge.contract.messages import ClaimAnswer, CouncilOpportunity, PresenceEntry, now_rfc3339
 
 __all__ = [
     "BEHAVIOURS",
@@ -20,6 +20,7 @@ __all__ = [
     "allocate_addresses",
     "build_agents",
     "claim_core_role",
+    "claimed_roles",
     "spread_on_bus",
 ]
 
@@ -70,6 +71,8 @@ class SimAgent:
     advertised_endpoint: str | None = None
     received: list[Delivery] = dataclasses.field(default_factory=list)
     acks: int = 0
+    # Answers to its claims sent as requests: (opportunity id, answer), as they came.
+    answers: list[tuple[str, ClaimAnswer]] = dataclasses.field(default_factory=list)
     # On the bus right now: acks opportunities and has its presence refreshed.
     present: bool = False
 
@@ -104,7 +107,16 @@ class SimAgent:
         )
 
 
-ClaimPolicy = Callable[[SimAgent, CouncilOpportunity], str | None]
+# The role (or roles, claimed one after another on the bus) an agent claims; an HTTP answer
+# carries one claim: the first.
+ClaimPolicy = Callable[[SimAgent, CouncilOpportunity], str | Sequence[str] | None]
+
+
+def claimed_roles(claimed: str | Sequence[str] | None) -> list[str]:
+    """What a ClaimPolicy gave, as a list of roles."""
+    if claimed is None:
+        return []
+    return [claimed] if isinstance(claimed, str) else list(claimed)
 
 
 def claim_core_role(agent: SimAgent, opportunity: CouncilOpportunity) -> str | None:

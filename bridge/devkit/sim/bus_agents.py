@@ -26,7 +26,8 @@ from bridge.agent import AGENT_INBOX_PREFIX, PRESENCE_INTERVAL, ack_message, cla
 from bridge.config import Settings
 from bridge.contract.messages import OPPORTUNITY_DECODER, CouncilOpportunity
 from bridge.contract.names import Names
-from bridge.devkit.sim.agent import ClaimPolicy, SimAgent
+from bridge.devkit.sim.agent import ClaimPolicy, SimAgent, claimed_roles
+from bridge.devkit.sim.claims import ClaimAsker
 from bridge.devkit.sim.presence import PresenceWriter, ensure_presence_bucket
 from bridge.edges.nats_client import connect
 from bridge.errors import NatsError
@@ -62,15 +63,19 @@ class _Connection:
         *,
         claim_policy: ClaimPolicy | None,
         presence_ttl: int | None,
+        asker: ClaimAsker | None,
     ) -> None:
         self.nc = nc
         self.agents = agents
         self.presence = PresenceWriter(nc, names, ttl=presence_ttl)
         self._names = names
         self._claim_policy = claim_policy
+        self.asker = asker
         self.invalid_messages = 0
 
     async def subscribe(self) -> None:
+        if self.asker is not None:
+            await self.asker.subscribe()
         await self.nc.subscribe(self._names.opportunities, cb=self._on_opportunity)
 
     async def _on_opportunity(self, msg: Msg) -> None:
@@ -91,9 +96,12 @@ class _Connection:
             for _ in range(2 if agent.behaviour == "double_ack" else 1):
                 await self.nc.publish(subject, ack)
                 agent.acks += 1
-        role = self._claim_policy(agent, opportunity) if self._claim_policy else None
-        if role is not None:
-            await self.nc.publish(*claim_message(self._names, opportunity.id, agent.id, role))
+        policy = self._claim_policy
+        for role in claimed_roles(policy(agent, opportunity) if policy else None):
+            if self.asker is not None:
+                await self.asker.claim(agent, opportunity.id, role)
+            else:
+                await self.nc.publish(*claim_message(self._names, opportunity.id, agent.id, role))
 
 
 class BusAgents:
@@ -105,7 +113,9 @@ class BusAgents:
     agents leave cleanly, and the connections are drained.
 
     `resilient=True` (a long-running single agent) logs and retries bucket and presence
-    failures on the next refresh instead of raising them on entry.
+    failures on the next refresh instead of raising them on entry. `ask_claims`: claims go
+    as requests and their answers land on the agents (`SimAgent.answers`), on each agent's
+    own inbox with `own_inboxes`, else on the connection's (shared) inbox prefix.
     """
 
     def __init__(
@@ -123,6 +133,8 @@ class BusAgents:
         inbox_prefix: str = AGENT_INBOX_PREFIX,
         client_name: str = "chorus-sim",
         resilient: bool = False,
+        ask_claims: bool = False,
+        own_inboxes: bool = False,
     ) -> None:
         self._agents = list(agents)
         self._url = nats_url
@@ -137,6 +149,8 @@ class BusAgents:
         self._inbox_prefix = inbox_prefix
         self._client_name = client_name
         self._resilient = resilient
+        self._ask_claims = ask_claims
+        self._own_inboxes = own_inboxes
         self._stack = contextlib.AsyncExitStack()
         self._connections: list[_Connection] = []
         self._home: dict[str, _Connection] = {}
@@ -176,6 +190,14 @@ class BusAgents:
                 agents,
                 claim_policy=self._claim_policy,
                 presence_ttl=self._presence_ttl,
+                asker=ClaimAsker(
+                    nc,
+                    self._names,
+                    own_inboxes=self._own_inboxes,
+                    shared_prefix=self._inbox_prefix,
+                )
+                if self._ask_claims
+                else None,
             )
             self._connections.append(connection)
             self._home.update((agent.id, connection) for agent in agents)
@@ -276,6 +298,23 @@ class BusAgents:
                 await connection.presence.refresh(agents)
             except (nats.errors.Error, OSError) as exc:
                 self._set_healthy(False, repr(exc))
+
+    async def claim(self, agent: SimAgent, opportunity_id: str, role: str) -> None:
+        """Claim `role` as `agent` now (as a request when the agents ask their claims)."""
+        connection = self._home[agent.id]
+        if connection.asker is not None:
+            await connection.asker.claim(agent, opportunity_id, role)
+        else:
+            await connection.nc.publish(*claim_message(self._names, opportunity_id, agent.id, role))
+
+    async def ask_again(self) -> int:
+        """Send the claims still unanswered once more; how many."""
+        return sum([await c.asker.ask_again() for c in self._connections if c.asker is not None])
+
+    @property
+    def unanswered(self) -> int:
+        """Claims sent as requests whose answer has not come."""
+        return sum(c.asker.unanswered for c in self._connections if c.asker is not None)
 
     async def leave(self, agent: SimAgent, *, purge: bool = True) -> None:
         """Take `agent` off the bus: no more acks or refreshes; purge=False lets it expire."""

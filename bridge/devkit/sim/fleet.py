@@ -31,7 +31,9 @@ class SimFleet:
     `ids` are given, or `task_ids` (ids that are Swarm task ids, also put in presence entries).
     `behaviours` maps an index to a misbehaviour (see `Behaviour`). `claim_policy` decides
     which role an agent claims (default: agent i claims core role i); None claims nothing.
-    `progress(started, total)` is called as agents come up.
+    `progress(started, total)` is called as agents come up. `ask_claims`: agents on the bus
+    send their claims as requests and keep the answers (`SimAgent.answers`), on their own
+    inboxes with `own_inboxes` (the callout mode's `_INBOX.<agent id>`).
     """
 
     def __init__(
@@ -56,6 +58,8 @@ class SimFleet:
         slow_delay: float = 2.0,
         presence_interval: float = PRESENCE_INTERVAL,
         presence_ttl: int | None = None,
+        ask_claims: bool = False,
+        own_inboxes: bool = False,
     ) -> None:
         self.agents: list[SimAgent] = build_agents(
             n, base=base, on_bus=on_bus, behaviours=behaviours or {}, ids=ids, task_ids=task_ids
@@ -85,6 +89,8 @@ class SimFleet:
                 presence_ttl=presence_ttl,
                 presence_interval=presence_interval,
                 on_joined=self._tick,
+                ask_claims=ask_claims,
+                own_inboxes=own_inboxes,
             )
         self._stack = contextlib.AsyncExitStack()
         self._started = 0
@@ -172,6 +178,19 @@ class SimFleet:
     async def rejoin(self, agent_id: str) -> None:
         """Put an agent that left back on the bus."""
         await self._bus_of(agent_id).rejoin(self.agent(agent_id))
+
+    async def claim(self, agent_id: str, opportunity_id: str, role: str) -> None:
+        """Claim a role as an agent on the bus, now."""
+        await self._bus_of(agent_id).claim(self.agent(agent_id), opportunity_id, role)
+
+    async def ask_again(self) -> int:
+        """Send the claims still unanswered once more (as agents retry after a timeout)."""
+        return await self._bus.ask_again() if self._bus is not None else 0
+
+    @property
+    def unanswered(self) -> int:
+        """Claims sent as requests whose answer has not come (yet)."""
+        return self._bus.unanswered if self._bus is not None else 0
 
     async def refresh_presence(self) -> None:
         """Rewrite every bus agent's presence now, without waiting for the timer."""

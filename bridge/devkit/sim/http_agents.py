@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from bridge.contract.messages import OPPORTUNITY_DECODER, Claim, CouncilOpportunity, encode
-from bridge.devkit.sim.agent import ClaimPolicy, SimAgent
+from bridge.devkit.sim.agent import ClaimPolicy, SimAgent, claimed_roles
 from bridge.devkit.sim.sockets import bind_all, close_all, ensure_fd_limit
 
 __all__ = ["DEFAULT_OPPORTUNITY_PATH", "HUGE_BODY_BYTES", "HttpAgents"]
@@ -151,9 +151,11 @@ class HttpAgents:
                 return _reset(request)
             case "huge":
                 return await _huge(request)
-        role = self._claim_policy(agent, opportunity) if self._claim_policy else None
-        if role is not None:
-            claim = encode(Claim(role=role, agent_id=agent.id))
+        roles = claimed_roles(
+            self._claim_policy(agent, opportunity) if self._claim_policy else None
+        )
+        if roles:
+            claim = encode(Claim(role=roles[0], agent_id=agent.id))
             return web.Response(body=claim, content_type=_JSON)
         return web.Response(body=_RECEIVED, content_type=_JSON)
 

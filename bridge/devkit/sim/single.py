@@ -9,7 +9,13 @@ import structlog
 
 from bridge.agent import AGENT_INBOX_PREFIX, PRESENCE_INTERVAL, BusAgent, connect_agent
 from bridge.contract.names import Names
-from bridge.devkit.sim.agent import Behaviour, ClaimPolicy, SimAgent, claim_core_role
+from bridge.devkit.sim.agent import (
+    Behaviour,
+    ClaimPolicy,
+    SimAgent,
+    claim_core_role,
+    claimed_roles,
+)
 from bridge.devkit.sim.bus_agents import BusAuth
 from bridge.devkit.sim.http_agents import DEFAULT_OPPORTUNITY_PATH, HttpAgents
 from bridge.errors import NatsError
@@ -161,6 +167,10 @@ async def _answer(agent: SimAgent, bus: BusAgent, policy: ClaimPolicy | None) ->
             for _ in range(2 if agent.behaviour == "double_ack" else 1):
                 await bus.ack(opportunity.id)
                 agent.acks += 1
-        role = policy(agent, opportunity) if policy is not None else None
-        if role is not None:
-            await bus.claim(opportunity.id, role)
+        for role in claimed_roles(policy(agent, opportunity) if policy is not None else None):
+            try:
+                answer = await bus.claim(opportunity.id, role)
+            except NatsError as exc:
+                log.warning("sim_agent_claim_unanswered", agent_id=agent.id, error=str(exc))
+                continue
+            agent.answers.append((opportunity.id, answer))

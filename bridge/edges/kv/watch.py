@@ -40,6 +40,11 @@ class Watcher:
         # Messages still to come after the last entry (nats-py's `delta`).
         self.pending = 0
 
+    @property
+    def current_done(self) -> bool:
+        """Whether every value the bucket held when the watch began has been given."""
+        return self._current_done
+
     async def next(self) -> Entry | None:
         if self._marker_due:
             self._marker_due, self._current_done = False, True
