@@ -23,6 +23,7 @@ from bridge.edges.nats_server import EmbeddedNats
 from bridge.errors import NatsError
 from tests.broadcast.test_broadcaster import stage
 from tests.conftest import OPPORTUNITY, wait_for
+from tests.trust.design import AGENT_SIDE_PENDING
 from tests.trust.test_nats_conf import PASSWORDS, _peer, _test_copy_of_conf
 
 
@@ -140,6 +141,7 @@ async def shipped_conf(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
         yield server
 
 
+@pytest.mark.skip(reason=AGENT_SIDE_PENDING)
 async def test_an_agent_with_the_shipped_permissions_is_reached_on_the_bus(
     settings: Settings, shipped_conf: EmbeddedNats, swarm: EmulatedSwarm
 ) -> None:
