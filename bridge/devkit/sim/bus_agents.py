@@ -62,10 +62,11 @@ class _Connection:
         *,
         claim_policy: ClaimPolicy | None,
         presence_ttl: int | None,
+        jetstream: bool,
     ) -> None:
         self.nc = nc
         self.agents = agents
-        self.presence = PresenceWriter(nc, names, ttl=presence_ttl)
+        self.presence = PresenceWriter(nc, names, ttl=presence_ttl, confirm=jetstream)
         self._names = names
         self._claim_policy = claim_policy
         self.invalid_messages = 0
@@ -105,7 +106,9 @@ class BusAgents:
     agents leave cleanly, and the connections are drained.
 
     `resilient=True` (a long-running single agent) logs and retries bucket and presence
-    failures on the next refresh instead of raising them on entry.
+    failures on the next refresh instead of raising them on entry. `jetstream=False`: the
+    agents' user has no JetStream (nats.conf's AGENTS account): the bridge makes the bucket,
+    and writes are flushed, not confirmed.
     """
 
     def __init__(
@@ -123,6 +126,7 @@ class BusAgents:
         inbox_prefix: str = AGENT_INBOX_PREFIX,
         client_name: str = "chorus-sim",
         resilient: bool = False,
+        jetstream: bool = True,
     ) -> None:
         self._agents = list(agents)
         self._url = nats_url
@@ -137,6 +141,7 @@ class BusAgents:
         self._inbox_prefix = inbox_prefix
         self._client_name = client_name
         self._resilient = resilient
+        self._jetstream = jetstream
         self._stack = contextlib.AsyncExitStack()
         self._connections: list[_Connection] = []
         self._home: dict[str, _Connection] = {}
@@ -176,6 +181,7 @@ class BusAgents:
                 agents,
                 claim_policy=self._claim_policy,
                 presence_ttl=self._presence_ttl,
+                jetstream=self._jetstream,
             )
             self._connections.append(connection)
             self._home.update((agent.id, connection) for agent in agents)
@@ -218,6 +224,8 @@ class BusAgents:
         ]
 
     async def _ensure_bucket(self) -> None:
+        if not self._jetstream:
+            return  # the bridge makes it
         try:
             await ensure_presence_bucket(self._connections[0].nc, self._names)
         except NatsError as exc:
@@ -242,7 +250,7 @@ class BusAgents:
 
     async def _write_safely(self, connection: _Connection, agents: Sequence[SimAgent]) -> None:
         try:
-            if not self._healthy:
+            if not self._healthy and self._jetstream:
                 await ensure_presence_bucket(connection.nc, self._names)
             await self._write(connection, agents)
         except (NatsError, nats.errors.Error) as exc:

@@ -31,7 +31,8 @@ class SimFleet:
     `ids` are given, or `task_ids` (ids that are Swarm task ids, also put in presence entries).
     `behaviours` maps an index to a misbehaviour (see `Behaviour`). `claim_policy` decides
     which role an agent claims (default: agent i claims core role i); None claims nothing.
-    `progress(started, total)` is called as agents come up.
+    `progress(started, total)` is called as agents come up. `jetstream=False`: the agents'
+    NATS user has no JetStream (nats.conf's AGENTS account; see `BusAgents`).
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class SimFleet:
         slow_delay: float = 2.0,
         presence_interval: float = PRESENCE_INTERVAL,
         presence_ttl: int | None = None,
+        jetstream: bool = True,
     ) -> None:
         self.agents: list[SimAgent] = build_agents(
             n, base=base, on_bus=on_bus, behaviours=behaviours or {}, ids=ids, task_ids=task_ids
@@ -85,6 +87,7 @@ class SimFleet:
                 presence_ttl=presence_ttl,
                 presence_interval=presence_interval,
                 on_joined=self._tick,
+                jetstream=jetstream,
             )
         self._stack = contextlib.AsyncExitStack()
         self._started = 0
