@@ -1,6 +1,6 @@
 """The AGENTS account (docs/trust-design.md) on a real nats-server running the shipped
-configuration, in the open mode and with the bridge's callout issuing the design's user: what
-agents need still works, by the routes the design gives it, and nothing more.
+configuration, in the open mode and with the bridge's callout: what agents need still works,
+by the routes the design gives it, and nothing more.
 
 - the bridge's answers reach the asking agent's inbox, and only by the bridge's route;
 - roster requests reach the bridge apart from the coordinators' micro endpoint;
@@ -23,16 +23,19 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from bridge.contract.buckets import MAX_PRESENCE_BYTES
 from bridge.edges.nats_server import EmbeddedNats
+from bridge.trust.callout import AGENT_ACCOUNT
 from tests.callout_client import RawClient
 from tests.callout_support import PASSWORDS
 from tests.conftest import wait_for
-from tests.trust import design
 from tests.trust.support import (
     ATTACKER,
+    HEARD_WAIT,
     NAMES,
     OPPORTUNITY_ID,
     THIRD,
+    VARIANTS,
     VICTIM,
     Variant,
     agent_connection,
@@ -40,12 +43,11 @@ from tests.trust.support import (
     make_buckets,
     serving_callout,
     shipped_server,
+    until_heard,
 )
 
-OPEN = Variant("open", callout=False, design=True)
-CALLOUT = Variant("callout-design", callout=True, design=True)
 QUEUE = "chorus-bridge"
-ROSTER_FROM_AGENTS = f"{NAMES.prefix}.bridge.agents.from_agents"
+ROSTER_FROM_AGENTS = f"{NAMES.roster}.from_agents"
 PRESENCE_KEY = f"$KV.{NAMES.presence_bucket}"
 QUIET = 0.5  # seconds a subscription must stay silent where nothing may arrive
 
@@ -60,18 +62,16 @@ class Bus:
         return agent_connection(self.server, agent_id, callout=self.variant.callout)
 
 
-@pytest.fixture(params=(OPEN, CALLOUT), ids=lambda v: v.name)
+@pytest.fixture(params=VARIANTS, ids=lambda v: v.name)
 async def bus(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Bus]:
     variant: Variant = request.param
     async with contextlib.AsyncExitStack() as stack:
         server = await stack.enter_async_context(shipped_server(tmp_path, callout=variant.callout))
         nc = await bridge_client(server)
         stack.push_async_callback(nc.close)
-        await make_buckets(nc, design_presence=True)
+        await make_buckets(nc)
         if variant.callout:
-            await stack.enter_async_context(
-                serving_callout(nc, tmp_path / "keys", design_user=True)
-            )
+            await stack.enter_async_context(serving_callout(nc, tmp_path / "keys"))
         yield Bus(variant, server, nc)
 
 
@@ -92,13 +92,13 @@ async def _nothing(client: RawClient, sid: int) -> None:
 async def _answering(
     nc: NATS, subject: str, agent_of: Callable[[Msg], str], body: bytes
 ) -> list[Msg]:
-    """A responder in the bridge's account, as docs/trust-design.md has the bridge answer:
-    on `design.answer_subject` of the agent `agent_of` names, never on `msg.reply`."""
+    """A responder in the bridge's account that answers as the bridge must: on
+    `Names.answer_subject` of the agent `agent_of` names, never on `msg.reply`."""
     received: list[Msg] = []
 
     async def answer(msg: Msg) -> None:
         received.append(msg)
-        route = design.answer_subject(NAMES, agent_of(msg), msg.reply)
+        route = NAMES.answer_subject(agent_of(msg), msg.reply)
         if route is not None:
             await nc.publish(route, body)
 
@@ -127,18 +127,19 @@ async def test_a_claim_is_answered_on_the_claiming_agents_inbox_only(bus: Bus) -
         lambda msg: msg.subject.rsplit(".", 1)[1],
         b'{"granted": true, "role": "tpm"}',
     )
+    claim, reply = NAMES.claims(OPPORTUNITY_ID, ATTACKER), f"_INBOX.{ATTACKER}.claim.1"
     async with bus.agent(ATTACKER) as agent:
         inbox = await agent.subscribe(f"_INBOX.{ATTACKER}.>")
-        claim = NAMES.claims(OPPORTUNITY_ID, ATTACKER)
-        await agent.publish(claim, b'{"role": "tpm"}', reply=f"_INBOX.{ATTACKER}.claim.1")
-        assert await agent.next_msg(inbox) == (
-            f"_INBOX.{ATTACKER}.claim.1",
-            b'{"granted": true, "role": "tpm"}',
+        answer = await until_heard(
+            lambda: agent.publish(claim, b'{"role": "tpm"}', reply=reply),
+            lambda: agent.next_msg(inbox, timeout=HEARD_WAIT),
         )
-        assert [(m.subject, m.reply) for m in claims] == [(claim, f"_INBOX.{ATTACKER}.claim.1")]
-        await agent.publish(claim, b'{"role": "tpm"}', reply=f"_INBOX.{VICTIM}.claim.2")
-        await agent.publish(claim, b'{"role": "tpm"}', reply=f"$KV.{NAMES.leader_bucket}.leader")
-        await wait_for(lambda: len(claims) == 3, what="both claims at the bridge")
+        assert answer == (reply, b'{"granted": true, "role": "tpm"}')
+        assert {(m.subject, m.reply) for m in claims} == {(claim, reply)}
+        others = {f"_INBOX.{VICTIM}.claim.2", f"$KV.{NAMES.leader_bucket}.leader", "_INBOX.x"}
+        for other in others:
+            await agent.publish(claim, b'{"role": "tpm"}', reply=other)
+        await wait_for(lambda: others <= {m.reply for m in claims}, what="the claims heard")
         await _nothing(agent, inbox)
         assert await agent.sync() == []
 
@@ -153,13 +154,17 @@ async def test_the_roster_request_reaches_the_bridge_apart_from_coordinators(bus
         lambda msg: msg.reply.split(".")[1] if msg.reply.startswith("_INBOX.") else "",
         b'[{"id": "a1"}]',
     )
-    from_coordinators = await bus.bridge.subscribe(f"{NAMES.prefix}.bridge.agents", queue=QUEUE)
+    from_coordinators = await bus.bridge.subscribe(NAMES.roster, queue=QUEUE)
     await bus.bridge.flush()
+    reply = f"_INBOX.{ATTACKER}.r1"
     async with bus.agent(ATTACKER) as agent:
         inbox = await agent.subscribe(f"_INBOX.{ATTACKER}.>")
-        await agent.publish(f"{NAMES.prefix}.bridge.agents", reply=f"_INBOX.{ATTACKER}.r1")
-        assert await agent.next_msg(inbox) == (f"_INBOX.{ATTACKER}.r1", b'[{"id": "a1"}]')
-    assert [m.reply for m in from_agents] == [f"_INBOX.{ATTACKER}.r1"]
+        answer = await until_heard(
+            lambda: agent.publish(NAMES.roster, reply=reply),
+            lambda: agent.next_msg(inbox, timeout=HEARD_WAIT),
+        )
+    assert answer == (reply, b'[{"id": "a1"}]')
+    assert {m.reply for m in from_agents} == {reply}
     with pytest.raises(nats.errors.TimeoutError):
         await from_coordinators.next_msg(timeout=QUIET)
 
@@ -171,6 +176,7 @@ async def test_answers_are_read_only_on_the_inbox_they_are_for(bus: Bus) -> None
         mine = await owner.subscribe(f"_INBOX.{ATTACKER}.>")
         theirs = await other.subscribe(f"_INBOX.{ATTACKER}.>")
         refused = await other.sync()
+        await owner.sync()
         await bus.bridge.publish(f"{NAMES.prefix}.bridge.answers.{ATTACKER}.x.1", b"answer")
         assert await owner.next_msg(mine) == (f"_INBOX.{ATTACKER}.x.1", b"answer")
         if bus.variant.callout:
@@ -186,27 +192,30 @@ async def test_messages_stay_among_agents(bus: Bus) -> None:
     nothing of either is in CHORUS. With the callout the server holds each to its own id: no
     message as another sender, no reply under another's id, no reading another's messages."""
     ops = await _ops(bus.server, "CHORUS")
-    leaked = await ops.subscribe(f"{NAMES.prefix}.agents.*.messages.*")
-    await ops.flush()
-    to_victim = f"{NAMES.prefix}.agents.{VICTIM}.messages.{ATTACKER}"
-    reply = f"_INBOX.{ATTACKER}.{VICTIM}.m1"
+    leaked = await ops.subscribe(NAMES.messages("*", "*"))
+    await until_heard(  # the listener hears a message there before it may hear none
+        lambda: ops.publish(NAMES.messages("x", "y"), b"control"),
+        lambda: leaked.next_msg(timeout=HEARD_WAIT),
+    )
+    to_victim, reply = NAMES.messages(VICTIM, ATTACKER), f"_INBOX.{ATTACKER}.{VICTIM}.m1"
+    forged = NAMES.messages(VICTIM, THIRD)
     try:
         async with bus.agent(ATTACKER) as sender, bus.agent(VICTIM) as recipient:
             inbox = await sender.subscribe(f"_INBOX.{ATTACKER}.>")
-            messages = await recipient.subscribe(f"{NAMES.prefix}.agents.{VICTIM}.messages.*")
+            messages = await recipient.subscribe(NAMES.messages(VICTIM, "*"))
+            await sender.sync()
             await recipient.sync()
             await sender.publish(to_victim, b"hello", reply=reply)
             assert await recipient.next_msg(messages) == (to_victim, b"hello")
             await recipient.publish(reply, b"hello back")
             assert await sender.next_msg(inbox) == (reply, b"hello back")
-            await sender.publish(f"{NAMES.prefix}.agents.{VICTIM}.messages.{THIRD}", b"forged")
+            await sender.publish(forged, b"forged")
             await recipient.publish(f"_INBOX.{ATTACKER}.{THIRD}.m2", b"forged reply")
-            snoop = await sender.subscribe(f"{NAMES.prefix}.agents.{VICTIM}.messages.*")
+            snoop = await sender.subscribe(NAMES.messages(VICTIM, "*"))
             if bus.variant.callout:
-                forged = f"{NAMES.prefix}.agents.{VICTIM}.messages.{THIRD}"
                 assert await sender.sync() == [
                     f'Permissions Violation for Publish to "{forged}"',
-                    f'Permissions Violation for Subscription to "{forged[: -len(THIRD)]}*"',
+                    f'Permissions Violation for Subscription to "{NAMES.messages(VICTIM, "*")}"',
                 ]
                 assert await recipient.sync() == [
                     f'Permissions Violation for Publish to "_INBOX.{ATTACKER}.{THIRD}.m2"'
@@ -253,7 +262,7 @@ async def test_presence_is_stored_without_an_answer_and_cannot_be_rolled_up(bus:
         await wait_for(both_present, what="both entries in the bucket")
         for headers in ({"Nats-Rollup": "all"}, {"Nats-TTL": "1"}):
             await agent.hpublish(mine, headers, b"{}", reply=f"_INBOX.{ATTACKER}.p")
-        too_large = b"x" * (design.MAX_PRESENCE_BYTES + 1)
+        too_large = b"x" * (MAX_PRESENCE_BYTES + 1)
         await agent.publish(mine, too_large, reply=f"_INBOX.{ATTACKER}.p")
         await _nothing(agent, inbox)
         # After the refused writes in the same stream: when the DEL shows, they were handled.
@@ -278,15 +287,16 @@ async def test_the_bridge_hears_an_agents_connection_close(bus: Bus) -> None:
     bridge tells which agent left from the connection it admitted (docs/trust-design.md)."""
     events = await bus.bridge.subscribe("$SYS.ACCOUNT.AGENTS.DISCONNECT")
     await bus.bridge.flush()
-    async with bus.agent(ATTACKER) as agent:
-        await agent.sync()
-        source = agent.source
-    event = json.loads((await events.next_msg(timeout=5)).data)
+    sources: list[str] = []
+
+    async def come_and_go() -> None:
+        async with bus.agent(ATTACKER) as agent:
+            await agent.sync()
+            sources.append(agent.source)
+
+    msg = await until_heard(come_and_go, lambda: events.next_msg(timeout=HEARD_WAIT * 5))
+    event = json.loads(msg.data)
     client = event["client"]
-    assert (client["acc"], client["host"], client["name"]) == (
-        design.AGENTS_ACCOUNT,
-        source,
-        ATTACKER,
-    )
+    assert (client["acc"], client["host"], client["name"]) == (AGENT_ACCOUNT, sources[0], ATTACKER)
     assert isinstance(client["id"], int) and event["server"]["id"]
     assert client["user"] == "agent"  # the user it connected as, in both modes

@@ -28,7 +28,7 @@ from bridge.devkit.emulator import EmulatedSwarm
 from bridge.devkit.sim import SimFleet, allocate_addresses
 from bridge.edges.nats_server import EmbeddedNats
 from tests.conftest import RunningBridge, run_bridge, wait_for
-from tests.trust.design import AGENT_SIDE_PENDING
+from tests.trust.support import HEARD_WAIT, until_heard
 
 NATS_CONF = Path(__file__).resolve().parents[2] / "nats.conf"
 PASSWORDS = {
@@ -214,8 +214,10 @@ async def test_agent_acks_opportunities_and_claims_roles(
 
     await agent.nc.subscribe("chorus.council.opportunities", cb=on_opportunity)
     await agent.nc.flush()
-    await bridge.nc.publish("chorus.council.opportunities", b'{"id": "council-1"}')
-    ack = await acks.next_msg(timeout=5)
+    ack = await until_heard(
+        lambda: bridge.nc.publish("chorus.council.opportunities", b'{"id": "council-1"}'),
+        lambda: acks.next_msg(timeout=HEARD_WAIT),
+    )
     assert (ack.subject, ack.data) == ("chorus.council.council-1.acks.a1", ack_body)
     claim = await claims.next_msg(timeout=5)
     assert (claim.subject, claim.data) == ("chorus.council.council-1.claims.a1", claim_body)
@@ -226,20 +228,32 @@ async def test_agent_hears_announcements_and_writes_presence_without_jetstream(
     bridge: Peer, agent: Peer, coordinator: Peer
 ) -> None:
     """An agent hears announcements and council events; its presence write is a plain
-    publish that reaches the bridge's account (where the presence streams take it, see
-    tests/trust/test_agents_account.py); JetStream is no part of its account."""
+    publish that reaches the bridge's account (where the presence bucket's inbound stream
+    takes it: tests/trust/test_agents_account.py); JetStream is no part of its account."""
     heard = await agent.nc.subscribe("chorus.agents.announce")
     events = await agent.nc.subscribe("chorus.council.*.events")
     await agent.nc.flush()  # subscribed on the server before anyone publishes
-    await bridge.nc.publish("chorus.agents.announce", b'{"event": "joined"}')
-    await bridge.nc.publish("chorus.council.council-1.events", b'{"event": "activated"}')
-    assert (await heard.next_msg(timeout=5)).data == b'{"event": "joined"}'
-    assert (await events.next_msg(timeout=5)).data == b'{"event": "activated"}'
+    announcement = await until_heard(
+        lambda: bridge.nc.publish("chorus.agents.announce", b'{"event": "joined"}'),
+        lambda: heard.next_msg(timeout=HEARD_WAIT),
+    )
+    assert announcement.data == b'{"event": "joined"}'
+    event = await until_heard(
+        lambda: bridge.nc.publish("chorus.council.council-1.events", b'{"event": "activated"}'),
+        lambda: events.next_msg(timeout=HEARD_WAIT),
+    )
+    assert (event.subject, event.data) == (
+        "chorus.council.council-1.events",
+        b'{"event": "activated"}',
+    )
 
     arrived = await coordinator.nc.subscribe("chorus.presence.in.task1")
     await coordinator.nc.flush()
-    await agent.nc.publish("$KV.chorus_presence.task1", b'{"agent_id": "task1"}')
-    assert (await arrived.next_msg(timeout=5)).data == b'{"agent_id": "task1"}'
+    write = await until_heard(
+        lambda: agent.nc.publish("$KV.chorus_presence.task1", b'{"agent_id": "task1"}'),
+        lambda: arrived.next_msg(timeout=HEARD_WAIT),
+    )
+    assert write.data == b'{"agent_id": "task1"}'
     assert agent.no_violations()
 
     with pytest.raises(nats.errors.TimeoutError):
@@ -334,7 +348,6 @@ async def secured_fleet(
 ) -> AsyncIterator[tuple[RunningBridge, list[str]]]:
     """A real bridge as user `bridge`, and 4 agents (2 on the bus, as user `agent`) on
     loopback addresses from `base`; yields once both bus agents are seen on the bus."""
-    pytest.skip(AGENT_SIDE_PENDING)
     addresses = allocate_addresses(4, base)
     task_ids = swarm.add_tasks(4, addresses=addresses)
     with socket.socket() as probe:  # the agents' port, known before they start
@@ -361,9 +374,8 @@ async def secured_fleet(
             task_ids=task_ids,
             nats_user="agent",
             nats_password=PASSWORDS["AGENT_PASS"],
-            # One connection per agent, as real agents have: allow_responses lets
-            # a connection answer each request once.
-            connections=2,
+            jetstream=False,  # agents live in AGENTS
+            connections=2,  # one connection per agent, as real agents have
         ),
     ):
         registry = running.bridge.registry

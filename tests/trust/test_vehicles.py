@@ -10,7 +10,7 @@ bound), and again after each call. A call fails the test when anything arrives o
 within the bound.
 
 Real nats-server, the shipped nats.conf and nats-callout.conf, the buckets made by the
-bridge's own code, the bridge's own callout; see tests/trust/support.py for the variants.
+bridge's own code, agents as the static `agent` user or admitted by the bridge's own callout.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from tests.trust.support import (
     Variant,
     agent_connection,
     bridge_client,
-    callout_lacks_agents_account,
     has_agents_account,
     make_buckets,
     serving_callout,
@@ -197,18 +196,14 @@ async def bus(
 ) -> AsyncIterator[Bus]:
     """A server of one variant, listened to, the attacker connected as an agent."""
     variant: Variant = request.param
-    if variant.callout and not variant.design and (missing := callout_lacks_agents_account()):
-        pytest.skip(missing)
     directory = tmp_path_factory.mktemp(variant.name)
     async with contextlib.AsyncExitStack() as stack:
         server = await stack.enter_async_context(shipped_server(directory, callout=variant.callout))
         nc = await bridge_client(server)
         stack.push_async_callback(nc.close)
-        await make_buckets(nc, design_presence=variant.design)
+        await make_buckets(nc)
         if variant.callout:
-            await stack.enter_async_context(
-                serving_callout(nc, directory / "keys", design_user=variant.design)
-            )
+            await stack.enter_async_context(serving_callout(nc, directory / "keys"))
         listener = Listener()
         stack.push_async_callback(listener.close)
         accounts = {"CHORUS": "ops"}
@@ -221,6 +216,7 @@ async def bus(
         }
         for account, subjects in watched.items():
             await listener.watch(account, subjects)
+        await listener.control(watched, fresh=True)
         took = await listener.control(watched)
         bound = max(BOUND_FLOOR, BOUND_FACTOR * took)
         print(
