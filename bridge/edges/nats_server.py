@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ from types import TracebackType
 
 import structlog
 
+from bridge.contract.names import Names
 from bridge.errors import EmbeddedServerError
 from bridge.waits import cancel_and_wait
 
@@ -111,6 +113,7 @@ class EmbeddedNats:
         extra_args: tuple[str, ...] = (),
         env: Mapping[str, str] | None = None,
         supervise: bool = True,
+        mappings: Mapping[str, str] | None = None,
     ) -> None:
         self._host = host
         self._requested_port = port
@@ -119,6 +122,13 @@ class EmbeddedNats:
         self._extra_args = extra_args
         self._env = dict(env) if env is not None else None
         self._supervise = supervise
+        # Without a configuration file of the caller's, the server gets one of ours: the
+        # mapping that takes the bridge's answers to agents' inboxes (default names).
+        self._mappings = dict(
+            mappings
+            if mappings is not None
+            else Names(prefix="chorus", agents_bucket="").answer_mapping()
+        )
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._drain: asyncio.Task[None] | None = None
@@ -176,8 +186,7 @@ class EmbeddedNats:
             str(self._store_dir),
             *self._extra_args,
         ]
-        if self._config_file is not None:
-            args += ["-c", str(self._config_file)]
+        args += ["-c", str(self._config_file or self._own_config())]
         self.lines = []
         self._proc = await asyncio.create_subprocess_exec(
             *args,
@@ -277,6 +286,15 @@ class EmbeddedNats:
         if self._drain is not None:
             await cancel_and_wait(self._drain)
             self._drain = None
+
+    def _own_config(self) -> Path:
+        """A configuration file of the server's mappings, in its store directory."""
+        assert self._store_dir is not None
+        self._store_dir.mkdir(parents=True, exist_ok=True)
+        path = self._store_dir / "chorus-embedded.conf"
+        lines = [f"  {json.dumps(src)}: {json.dumps(dst)}" for src, dst in self._mappings.items()]
+        path.write_text("mappings {\n" + "\n".join(lines) + "\n}\n")
+        return path
 
     def _cleanup_tmp(self) -> None:
         if self._tmp is not None:
