@@ -63,8 +63,7 @@ async def nats_for(settings: Settings, state_dir: Path | None = None) -> AsyncIt
     if settings.nats_url:
         yield settings.nats_url
         return
-    mappings = Names.from_settings(settings).answer_mapping()
-    async with EmbeddedNats(store_dir=state_dir, mappings=mappings) as server:
+    async with EmbeddedNats(store_dir=state_dir) as server:
         log.info(
             "nats_embedded",
             url=server.url,

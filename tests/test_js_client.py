@@ -103,7 +103,8 @@ async def test_operator_side_with_the_js_client(
     assert steps["leader"]["value"] is not None
     assert steps["micro"]["pings"] == ["chorus-bridge"]
     assert steps["micro"]["endpoints"] == [
-        ["broadcast", "chorus.bridge.broadcast", "chorus-bridge"]
+        ["broadcast", "chorus.bridge.broadcast", "chorus-bridge"],
+        ["council", "chorus.bridge.council", "chorus-bridge"],
     ]
     report = steps["broadcast"]["report"]
     assert (

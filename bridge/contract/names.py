@@ -6,12 +6,18 @@ import dataclasses
 import re
 from typing import Protocol
 
-__all__ = ["SERVICE_NAME", "Names"]
+__all__ = ["ANSWER_MAPPING", "SERVICE_NAME", "Names"]
 
 # The NATS micro service the bridge's request endpoints belong to (`nats micro ls` shows it).
 SERVICE_NAME = "chorus-bridge"
 # One token of a subject an answer goes to: not empty, no wildcard, no whitespace.
 _INBOX_TOKEN = re.compile(r"^[^.*>\s]+\Z")
+
+
+# The subject mapping that delivers the bridge's answers onto agents' inboxes in a server of
+# one account (the embedded one, a test's), as nats.conf's import into the agents' account
+# does: `<prefix>.bridge.answers.<agent id>.<rest>` -> `_INBOX.<agent id>.<rest>`, any prefix.
+ANSWER_MAPPING = {"*.bridge.answers.*.>": "_INBOX.{{wildcard(2)}}.>"}
 
 
 class _Deployment(Protocol):
@@ -124,12 +130,6 @@ class Names:
         if not rest or not all(_INBOX_TOKEN.match(token) for token in rest.split(".")):
             return None
         return f"{self.prefix}.bridge.answers.{agent_id}.{rest}"
-
-    def answer_mapping(self) -> dict[str, str]:
-        """The subject mapping that delivers the bridge's answers onto agents' inboxes in a
-        server of one account (the embedded one, a test's), as nats.conf's import into the
-        agents' account does: `<prefix>.bridge.answers.*.>` -> `_INBOX.<agent id>.>`."""
-        return {f"{self.prefix}.bridge.answers.*.>": "_INBOX.{{wildcard(1)}}.>"}
 
     @property
     def leader_bucket(self) -> str:

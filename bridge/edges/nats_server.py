@@ -19,7 +19,7 @@ from types import TracebackType
 
 import structlog
 
-from bridge.contract.names import Names
+from bridge.contract.names import ANSWER_MAPPING
 from bridge.errors import EmbeddedServerError
 from bridge.waits import cancel_and_wait
 
@@ -113,7 +113,6 @@ class EmbeddedNats:
         extra_args: tuple[str, ...] = (),
         env: Mapping[str, str] | None = None,
         supervise: bool = True,
-        mappings: Mapping[str, str] | None = None,
     ) -> None:
         self._host = host
         self._requested_port = port
@@ -122,13 +121,6 @@ class EmbeddedNats:
         self._extra_args = extra_args
         self._env = dict(env) if env is not None else None
         self._supervise = supervise
-        # Without a configuration file of the caller's, the server gets one of ours: the
-        # mapping that takes the bridge's answers to agents' inboxes (default names).
-        self._mappings = dict(
-            mappings
-            if mappings is not None
-            else Names(prefix="chorus", agents_bucket="").answer_mapping()
-        )
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._drain: asyncio.Task[None] | None = None
@@ -164,6 +156,8 @@ class EmbeddedNats:
             self._tmp = tempfile.TemporaryDirectory(prefix="chorus-bridge-nats-")
             self._store_dir = Path(self._tmp.name)
         try:
+            if self._config_file is None:
+                self._config_file = self._own_config()
             await self._start(self._choose_port())
         except (EmbeddedServerError, asyncio.CancelledError):
             self._cleanup_tmp()
@@ -186,7 +180,8 @@ class EmbeddedNats:
             str(self._store_dir),
             *self._extra_args,
         ]
-        args += ["-c", str(self._config_file or self._own_config())]
+        if self._config_file is not None:
+            args += ["-c", str(self._config_file)]
         self.lines = []
         self._proc = await asyncio.create_subprocess_exec(
             *args,
@@ -288,11 +283,12 @@ class EmbeddedNats:
             self._drain = None
 
     def _own_config(self) -> Path:
-        """A configuration file of the server's mappings, in its store directory."""
+        """Our configuration file, when the caller gives none: the mapping that takes the
+        bridge's answers to agents' inboxes (ANSWER_MAPPING), in the store directory."""
         assert self._store_dir is not None
         self._store_dir.mkdir(parents=True, exist_ok=True)
         path = self._store_dir / "chorus-embedded.conf"
-        lines = [f"  {json.dumps(src)}: {json.dumps(dst)}" for src, dst in self._mappings.items()]
+        lines = [f"  {json.dumps(src)}: {json.dumps(dst)}" for src, dst in ANSWER_MAPPING.items()]
         path.write_text("mappings {\n" + "\n".join(lines) + "\n}\n")
         return path
 
