@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import structlog
@@ -48,13 +49,19 @@ from bridge.ops.health import NATS_SILENCE_LIMIT
 from bridge.ops.http import listening_socket, serve_http
 from bridge.ops.metrics import Metrics
 from bridge.service import Bridge
-from bridge.trust.agent_index import AgentAddresses
-from bridge.trust.callout import Callout, CalloutKeys
+from bridge.trust.agent_index import AgentAddresses, normal_address
+from bridge.trust.callout import Callout, CalloutKeys, make_callout
+from bridge.trust.evictions import Evictions
 from bridge.waits import cancel_and_wait
 
 __all__ = ["Bridge", "nats_for", "open_bridge", "run_bridge", "running_bridge"]
 
 log = structlog.get_logger(__name__)
+
+# Seconds between the bridge's attempts to reconnect to NATS (agents wait 0.5 s,
+# bridge/edges/nats_client.py): after a NATS restart the bridge is back, and subscribed to the
+# auth callout, before its agents come back through it.
+BRIDGE_RECONNECT_WAIT = 0.1
 
 
 @contextlib.asynccontextmanager
@@ -83,14 +90,16 @@ async def open_bridge(
     follow_events: bool = True,
     resolve: Resolve | None = None,
     schedule: Schedule = SCHEDULE,
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Bridge]:
     """Build a bridge connected to NATS at `nats_url`, and close all it opened on exit.
 
     follow_events=False: no Docker /events follower, rounds on the poll interval only (what
     bench/swarm_latency.py compares the bridge with). resolve: how WHOOSH_DOCKER_HOST's host
     names are resolved (default: the system resolver); schedule: the rounds' schedule between
-    polls (bridge/discovery/followup.py). Raises NatsError when NATS cannot be reached,
-    ConfigError for a bad setting found while opening (a seed file, BRIDGE_LISTEN).
+    polls (bridge/discovery/followup.py); clock: the wall clock the auth callout reads requests
+    with (tests give one that is off from the server's). Raises NatsError when NATS cannot be
+    reached, ConfigError for a bad setting found while opening (a seed file, BRIDGE_LISTEN).
     """
     metrics = metrics or Metrics()
     names = Names.from_settings(settings)
@@ -109,6 +118,7 @@ async def open_bridge(
         networks=",".join(settings.network_names),
         bucket=settings.kv_bucket,
     )
+    _say_identity(settings, metrics)
     async with contextlib.AsyncExitStack() as stack:
         managers = (
             stack.enter_context(contextlib.closing(DockerManagers(settings, resolve=resolve)))
@@ -119,7 +129,11 @@ async def open_bridge(
         http = await stack.enter_async_context(AgentHTTP(settings))
         nc = await stack.enter_async_context(
             connect(
-                settings, nats_url, on_reconnect=on_reconnect, on_state=metrics.nats_connected.set
+                settings,
+                nats_url,
+                on_reconnect=on_reconnect,
+                on_state=metrics.nats_connected.set,
+                reconnect_wait=BRIDGE_RECONNECT_WAIT,
             )
         )
         replicas = settings.kv_replicas
@@ -161,6 +175,18 @@ async def open_bridge(
             arbiter,
             metrics=metrics,
         )
+        callout = (
+            make_callout(
+                nc,
+                names,
+                callout_keys,
+                AgentAddresses(nc, names, replicas=replicas),
+                metrics=metrics,
+                clock=clock,
+            )
+            if callout_keys is not None
+            else None
+        )
         sock = stack.enter_context(listening_socket(settings.listen_host, settings.listen_port))
         bridge = Bridge(
             settings=settings,
@@ -190,15 +216,8 @@ async def open_bridge(
             )
             if swarm is not None and follow_events
             else None,
-            callout=Callout(
-                nc,
-                names,
-                callout_keys,
-                AgentAddresses(nc, names, replicas=replicas),
-                metrics=metrics,
-            )
-            if callout_keys is not None
-            else None,
+            callout=callout,
+            evictions=_evictions(nc, callout, registry, metrics),
             reconnected=reconnected,
             presence_changed=presence_changed,
             http_port=sock.getsockname()[1],
@@ -206,6 +225,35 @@ async def open_bridge(
         await stack.enter_async_context(serve_http(sock, metrics, bridge.health))
         yield bridge
     log.info("bridge_stopped")
+
+
+def _say_identity(settings: Settings, metrics: Metrics) -> None:
+    """Whether the server holds each agent to its own subjects: only with the callout."""
+    metrics.agent_identity_enforced.set(1 if settings.auth_callout else 0)
+    if not settings.auth_callout:
+        log.warning(
+            "agent_identity_not_enforced",
+            mode="open (BRIDGE_AUTH_CALLOUT=false)",
+            effect="every agent shares the agent user: any agent may write another's "
+            "presence, acks, claims and messages",
+            hint="for agents that are not all trusted, set BRIDGE_AUTH_CALLOUT=true "
+            "(nats-callout.conf)",
+        )
+
+
+def _evictions(
+    nc: NATS, callout: Callout | None, registry: AgentRegistry, metrics: Metrics
+) -> Evictions | None:
+    """With the callout: closing the connections of agents that left discovery (on the
+    leader), for whom discovery (the roster the registry was last handed) has no address."""
+    if callout is None:
+        return None
+
+    def discovered(agent_id: str) -> str | None:
+        agent = registry.desired.get(agent_id)
+        return normal_address(agent.address) if agent is not None else None
+
+    return Evictions(nc, callout.agents, discovered, metrics=metrics)
 
 
 def _micro_service(nc: NATS, names: Names, endpoints: list[Endpoint]) -> MicroService:

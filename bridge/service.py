@@ -29,9 +29,10 @@ from bridge.discovery.swarm import SwarmDiscovery
 from bridge.edges.micro import MicroService
 from bridge.edges.nats_client import NatsProbe
 from bridge.errors import DockerAPIError, NatsError
-from bridge.ops.health import Observed, assess
+from bridge.ops.health import NATS_SILENCE_LIMIT, Observed, assess
 from bridge.ops.metrics import Metrics
 from bridge.trust.callout import Callout
+from bridge.trust.evictions import Evictions
 from bridge.waits import raise_if_cancelled
 
 __all__ = ["Bridge"]
@@ -64,6 +65,7 @@ class Bridge:
         swarm: SwarmDiscovery | None,
         follower: EventFollower | None,
         callout: Callout | None,
+        evictions: Evictions | None,
         reconnected: asyncio.Event,
         presence_changed: asyncio.Event,
         http_port: int,
@@ -80,6 +82,7 @@ class Bridge:
         self.swarm = swarm
         self.follower = follower
         self.callout = callout
+        self.evictions = evictions
         self._reconnected = reconnected
         self._presence_changed = presence_changed
         self.http_port = http_port
@@ -133,6 +136,8 @@ class Bridge:
             tg.create_task(self.registry.run(), name="registry-audit")
             if self.follower is not None:
                 tg.create_task(self.follower.run(), name="docker-events")
+            if self.evictions is not None:
+                tg.create_task(self.evictions.run(), name="callout-evictions")
 
     async def _follow_presence(self) -> None:
         """Re-publish on_bus flags when presence changes (not a discovery round)."""
@@ -175,8 +180,28 @@ class Bridge:
             docker_problem=str(outage[0])
             if (outage := self.pipeline.discoverer.docker_outage)
             else None,
+            replica_problems=self._replica_problems(),
+            extra=self._extra(),
         )
         return assess(observed, self.settings.poll_interval)
+
+    def _replica_problems(self) -> tuple[str, ...]:
+        """What keeps any replica from doing its part, once it has lasted a few seconds: the
+        lease or presence bucket the server cannot make or serve (its reason), the bridge's
+        clock far from the server's."""
+        lasting = (
+            self.election.trouble.lasting(NATS_SILENCE_LIMIT),
+            self.presence.trouble.lasting(NATS_SILENCE_LIMIT),
+            self.callout.skew.problem() if self.callout is not None else None,
+        )
+        return tuple(problem for problem in lasting if problem)
+
+    def _extra(self) -> tuple[tuple[str, object], ...]:
+        skew = self.callout.skew.seconds if self.callout is not None else None
+        identity = ("agent_identity", "enforced" if self.callout else "not enforced")
+        if skew is None:
+            return (identity,)
+        return (identity, ("callout_clock_skew_s", round(skew, 1)))
 
 
 async def _check_engine(swarm: SwarmDiscovery) -> None:

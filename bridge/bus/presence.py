@@ -30,6 +30,7 @@ from bridge.contract.messages import PRESENCE_DECODER, Agent, PresenceEntry
 from bridge.contract.names import Names
 from bridge.edges.kv import Bucket, BucketConfig, bucket_config, ensure_bucket
 from bridge.errors import BucketSettingsError, NatsError
+from bridge.ops.health import Trouble
 from bridge.waits import raise_if_cancelled
 
 __all__ = ["PRESENCE_TTL", "Presence", "match_presence"]
@@ -93,6 +94,8 @@ class Presence:
         # Set once the watch has given every entry the bucket held when it began: before,
         # an agent on the bus may not be known yet (the councils wait for it).
         self.loaded = asyncio.Event()
+        # Why the bucket cannot be opened or watched now (the server's words), for /healthz.
+        self.trouble = Trouble()
 
     def bucket_spec(self) -> BucketSpec:
         return presence_bucket(self._names, replicas=self._replicas, ttl=self._ttl)
@@ -144,6 +147,7 @@ class Presence:
             raise_if_cancelled()  # a stop some NATS call swallowed (bridge/waits.py)
             try:
                 bucket = await self.open()
+                self.trouble.clear()
                 if lost:
                     log.info("presence_watch_restored", bucket=bucket.name)
                     lost = False
@@ -152,6 +156,7 @@ class Presence:
                 if not lost:
                     log.warning("presence_watch_lost", error=str(exc), retry_in_s=1)
                 lost = True
+                self.trouble.set(str(exc))
                 await asyncio.sleep(1.0)
 
     async def _follow(self, bucket: Bucket) -> None:

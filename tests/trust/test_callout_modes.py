@@ -103,7 +103,7 @@ async def test_a_different_issuer_is_refused_with_a_hint(
 
         async def rejected_counted() -> bool:
             counts = await callouts(bridge)
-            return counts[("rejected", "none")] >= 1 and counts[("admitted", "none")] == 0
+            return counts[("rejected", "invalid")] >= 1 and counts[("admitted", "none")] == 0
 
         # Rejected requests get no answer: the client's refusal comes from the server's
         # timeout, which does not wait for the bridge to count, so /metrics is polled.
