@@ -146,21 +146,29 @@ class Callout:
                     log.debug("callout_unsubscribe_failed", error=repr(exc))
 
     async def _on_request(self, msg: Msg) -> None:
+        answer = await self.handle(msg.data, msg.headers or {})
+        if answer is None:
+            return
         try:
-            request = await self._reader.read(msg.data, msg.headers or {})
+            await msg.respond(answer)
+        except nats.errors.Error as exc:
+            log.warning("callout_answer_failed", error=repr(exc))
+
+    async def handle(self, data: bytes, headers: dict[str, str]) -> bytes | None:
+        """The answer to one request (`data`, with its headers), or None when it gets none:
+        a request that cannot be trusted, or that the server stopped waiting for. Counted."""
+        try:
+            request = await self._reader.read(data, headers)
         except Dropped as exc:
             # Without a trusted request there is no one to answer: the server times it out.
             self._metrics.callouts.labels(outcome=exc.outcome, reason=exc.reason).inc()
             self._log_dropped(exc.outcome, exc.reason, str(exc))
-            return
+            return None
         except CalloutRequestError as exc:
             self._metrics.callouts.labels(outcome="rejected", reason="invalid").inc()
             self._log_dropped("rejected", "invalid", str(exc))
-            return
-        try:
-            await msg.respond(self.answer(request))
-        except nats.errors.Error as exc:
-            log.warning("callout_answer_failed", error=repr(exc))
+            return None
+        return self.answer(request)
 
     def answer(self, request: Request) -> bytes:
         """The answer to a trusted request: a signed response admitting or refusing the
