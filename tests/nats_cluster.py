@@ -20,7 +20,7 @@ import nats
 import nats.errors
 import nats.js.errors
 
-from bridge.edges.nats_server import find_nats_server
+from bridge.edges.nats_server import find_nats_server, write_answer_mapping
 
 __all__ = ["NatsCluster", "NatsProcess", "free_port", "nats_cluster", "nats_process", "settled"]
 
@@ -66,6 +66,8 @@ class NatsProcess:
             str(self.store),
             "-n",
             self.name,
+            "-c",
+            str(write_answer_mapping(self.store.parent / f"{self.name}.conf")),
         ]
         if self.cluster_port is not None:
             args += [
