@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import signal
 
 import nats
@@ -15,10 +16,10 @@ import nats.errors
 from bridge.app import Bridge
 from bridge.config import Settings
 from bridge.emulator import EmulatedSwarm
-from tests.chaos.support import has_key, try_broadcast
+from tests.chaos.support import has_key, lease_of, try_broadcast
 from tests.nats_cluster import NatsCluster, settled
 
-__all__ = ["KILLS", "Gap", "kill_and_measure", "measure", "streams_of"]
+__all__ = ["KILLS", "Gap", "kill_and_measure", "lease_renewed", "measure", "streams_of"]
 
 # What to kill: the server the bridge is connected to, the JetStream meta leader, and the
 # stream leader of each bucket.
@@ -120,4 +121,30 @@ async def kill_and_measure(
     server.start()
     await server.ready(30)
     await settled(cluster, list(streams_of(settings).values()))
+    await lease_renewed(cluster.url, settings, bridge)
     return Gap(fault=fault, server=name, discovery_s=found, broadcast_s=answered)
+
+
+async def lease_renewed(url: str, settings: Settings, bridge: Bridge, timeout: float = 30) -> None:
+    """Wait until the bridge writes its lease again after the cluster settled: what a fault
+    does to the lease (ridden out, or lost and taken back) is then done, and logged, before
+    the next fault begins. The cluster settles when the lease stream has elected its leader;
+    the bridge learns it at its next retry, which can come after that (up to 2 s: a write
+    answered "no responders", then a bucket lookup that times out), and a lease lost then
+    would be logged after the next fault's start, and counted as its doing."""
+    assert bridge.election is not None
+    since = datetime.datetime.now(datetime.UTC)
+
+    async def renewed() -> bool:
+        found = await lease_of(url, f"{settings.subject_prefix}_bridge")
+        lease = found[0] if found is not None else None
+        return (
+            lease is not None
+            and lease.bridge_id == bridge.election.identity
+            and lease.renewed_at is not None
+            and datetime.datetime.fromisoformat(lease.renewed_at) > since
+        )
+
+    async with asyncio.timeout(timeout):
+        while not await renewed():  # noqa: ASYNC110 - polls the server: no event to wait on
+            await asyncio.sleep(0.05)

@@ -11,12 +11,14 @@ import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import nats
 import nats.errors
 import nats.js.errors
 
 from bridge.config import Settings
 from bridge.errors import NatsError
+from bridge.leader import LEADER_KEY, Lease
 from bridge.models import (
     REPORT_DECODER,
     Agent,
@@ -29,7 +31,7 @@ from bridge.models import (
 )
 from bridge.registry import read_bucket
 
-__all__ = ["bucket_agents", "has_key", "healthz", "on_the_bus", "try_broadcast"]
+__all__ = ["bucket_agents", "has_key", "healthz", "lease_of", "on_the_bus", "try_broadcast"]
 
 
 async def bucket_agents(url: str, settings: Settings) -> dict[str, Agent]:
@@ -67,6 +69,27 @@ async def has_key(url: str, settings: Settings, key: str, timeout: float = 0.5) 
         return bool(msg.data)
     except (nats.errors.Error, nats.js.errors.Error, OSError):
         return False
+    finally:
+        await nc.close()
+
+
+async def lease_of(url: str, bucket: str, timeout: float = 0.5) -> tuple[Lease, int] | None:
+    """The leader lease and its revision as `nats kv get <bucket> leader` shows them now, read
+    from the stream leader (a meta leader is not needed); None when there is none, or it
+    cannot be read."""
+    try:
+        nc = await nats.connect(
+            url.split(","), connect_timeout=0.5, max_reconnect_attempts=0, allow_reconnect=False
+        )
+    except (nats.errors.Error, OSError):
+        return None
+    try:
+        msg = await nc.jetstream(timeout=timeout).get_msg(
+            f"KV_{bucket}", subject=f"$KV.{bucket}.{LEADER_KEY}"
+        )
+        return (msgspec.json.decode(msg.data, type=Lease), msg.seq or 0) if msg.data else None
+    except (nats.errors.Error, nats.js.errors.Error, OSError, msgspec.DecodeError):
+        return None
     finally:
         await nc.close()
 

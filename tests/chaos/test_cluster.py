@@ -38,7 +38,10 @@ async def test_kills_in_a_cluster_of_three(
         assert gap.discovery_s < bound and gap.broadcast_s < BOUND, (gap, _after(logs, gap))
     # The lease survived the elections: renewals are retried within it. (Only the lease
     # stream's own election may outlast the 7.5 s left to retry: nats-server followers wait
-    # 4 to 9 s before they campaign; the bridge then steps down and leads again.)
+    # 4 to 9 s before they campaign; the bridge then steps down and leads again.) A loss is
+    # counted against the last kill before it: kill_and_measure waits for the bridge to
+    # write its lease again before the next fault, so a loss is never logged after the next
+    # fault's start.
     lost = [e for e in logs if e["event"] in ("leader_lease_lost", "kill")]
     kills_before_loss = [e["fault"] for e in lost if e["event"] == "kill"]
     for index, event in enumerate(lost):
