@@ -10,10 +10,14 @@ still naming itself (it stepped down for want of answers while its renewals stil
 server) takes it again at once: nobody else holds it.
 
 A renewal that fails for want of an answer (a NATS restart, a stream leader election in a
-cluster) is retried until the lease would run out on this bridge's own clock, less a margin;
-only then does the leader step down. A bucket lost with the server is created again and the
-lease taken again at once when nobody else took it. `confirm()` is the fence the registry
-calls before each write batch: a bridge that was paused past its lease finds out there.
+cluster, the server it went through killed) is sent again every RENEW_RETRY seconds, each
+attempt waiting RENEW_ATTEMPT for its answer, until the lease would run out on this bridge's
+own clock, less a margin; only then does the leader step down. A renewal that was stored but
+whose answer was lost leaves the key naming this bridge at a revision it does not know: the
+next renewal, and the fence, take that revision as theirs (only this bridge writes its name).
+A bucket lost with the server is created again and the lease taken again at once when nobody
+else took it. `confirm()` is the fence the registry calls before each write batch: a bridge
+that was paused past its lease finds out there.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from bridge.errors import BucketMissingError, LeaseLostError, NatsError, WrongRevisionError
-from bridge.kv import Bucket, BucketConfig, BucketSpec, Write, ensure_bucket
+from bridge.kv import Bucket, BucketConfig, BucketSpec, Entry, Write, ensure_bucket
 from bridge.metrics import Metrics
 from bridge.models import WireDecoder, now_rfc3339
 from bridge.subjects import Names
@@ -48,6 +52,11 @@ LEADER_KEY = "leader"
 RENEWALS = 5
 RENEW_RETRY = 0.5
 MARGIN = 0.5
+# How long one renewal waits for its answer. An answer lost with the server the write went
+# through (kill -9 of the bridge's server in a cluster) would otherwise hold the renewal, and
+# the lease, until the margin: the client reconnects in milliseconds, and a write sent again
+# then is answered.
+RENEW_ATTEMPT = 1.0
 # The fence's read of the key: normally a millisecond; without an answer (the lease stream
 # electing a leader) the clock decides, and a write batch should not wait long for that.
 CONFIRM_TIMEOUT = 0.5
@@ -188,19 +197,30 @@ class LeaderElection:
 
     async def _note_leader(self, bucket: Bucket) -> int | None:
         """Note who holds the lease; the key's revision when it names this bridge."""
-        entry = await bucket.get(LEADER_KEY)
-        if entry is None or entry.operation is not None or not entry.value:
-            return None
-        try:
-            leader = _LEASE_DECODER.decode(entry.value).bridge_id
-        except msgspec.DecodeError:
-            return None
+        leader, revision = await self._holder(bucket)
         if leader == self.identity:
-            return entry.revision
-        if leader != self.leader:
+            return revision
+        self._note(leader)
+        return None
+
+    def _note(self, leader: str | None) -> None:
+        if leader is not None and leader != self.identity and leader != self.leader:
             self.leader = leader
             log.info("bridge_standby", leader=leader, me=self.identity)
-        return None
+
+    async def _holder(self, bucket: Bucket) -> tuple[str | None, int]:
+        """Who the key names (None: nobody, or not a lease) and its revision."""
+        entry = await bucket.get(LEADER_KEY)
+        return (self._named(entry), entry.revision) if entry is not None else (None, 0)
+
+    @staticmethod
+    def _named(entry: Entry) -> str | None:
+        if entry.operation is not None or not entry.value:
+            return None
+        try:
+            return _LEASE_DECODER.decode(entry.value).bridge_id
+        except msgspec.DecodeError:
+            return None
 
     async def _renew(self, bucket: Bucket) -> None:
         started = self._now()
@@ -212,22 +232,35 @@ class LeaderElection:
         try:
             self._revision = await bucket.write(
                 Write(LEADER_KEY, self._value(), expect=self._revision),
-                timeout=max(0.5, self._valid_until - started - MARGIN),
+                timeout=min(RENEW_ATTEMPT, max(0.5, self._valid_until - started - MARGIN)),
             )
         except WrongRevisionError:
-            # Nobody may hold it (the bucket was created again, the key expired): then take
-            # it again at once; else another bridge leads.
-            try:
-                self._revision = await bucket.create(LEADER_KEY, self._value())
-            except WrongRevisionError:
-                log.warning("leader_lease_lost", reason="another bridge holds the lease")
-                self._become(False)
-                await self._note_leader(bucket)
+            if not await self._retake(bucket):
                 return
         except BucketMissingError:
             self._bucket = bucket = await ensure_bucket(self._nc, self.spec)
             self._revision = await bucket.create(LEADER_KEY, self._value())
         self._valid_until = started + self._lease
+
+    async def _retake(self, bucket: Bucket) -> bool:
+        """After a renewal found another revision: whether the lease is still this bridge's.
+        Nobody may hold it (the bucket was created again, the key expired): it is taken again
+        at once. The key may still name this bridge (a renewal stored, its answer lost): it
+        is renewed from that revision. Else another bridge leads, and this one steps down."""
+        try:
+            self._revision = await bucket.create(LEADER_KEY, self._value())
+            return True
+        except WrongRevisionError:
+            holder, revision = await self._holder(bucket)
+        if holder != self.identity:
+            log.warning("leader_lease_lost", reason="another bridge holds the lease")
+            self._become(False)
+            self._note(holder)
+            return False
+        self._revision = await bucket.write(
+            Write(LEADER_KEY, self._value(), expect=revision), timeout=RENEW_ATTEMPT
+        )
+        return True
 
     async def confirm(self) -> None:
         """Raise LeaseLostError unless this bridge holds the lease now (its own clock, then
@@ -257,7 +290,9 @@ class LeaderElection:
             log.info("leader_lease_restored", me=self.identity)
             return
         if entry.revision != self._revision:
-            raise LeaseLostError("the lease key was written by another bridge")
+            if self._named(entry) != self.identity:
+                raise LeaseLostError("the lease key was written by another bridge")
+            self._revision = entry.revision  # a renewal stored, its answer lost
 
     async def _resign(self) -> None:
         if not self.is_leader.is_set():
