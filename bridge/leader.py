@@ -52,10 +52,8 @@ LEADER_KEY = "leader"
 RENEWALS = 5
 RENEW_RETRY = 0.5
 MARGIN = 0.5
-# How long one renewal waits for its answer. An answer lost with the server the write went
-# through (kill -9 of the bridge's server in a cluster) would otherwise hold the renewal, and
-# the lease, until the margin: the client reconnects in milliseconds, and a write sent again
-# then is answered.
+# How long one renewal waits for its answer before it is sent again: an answer lost with the
+# server the write went through (killed, in a cluster) must not hold the lease until it ends.
 RENEW_ATTEMPT = 1.0
 # The fence's read of the key: normally a millisecond; without an answer (the lease stream
 # electing a leader) the clock decides, and a write batch should not wait long for that.
@@ -197,24 +195,18 @@ class LeaderElection:
 
     async def _note_leader(self, bucket: Bucket) -> int | None:
         """Note who holds the lease; the key's revision when it names this bridge."""
-        leader, revision = await self._holder(bucket)
-        if leader == self.identity:
-            return revision
-        self._note(leader)
-        return None
-
-    def _note(self, leader: str | None) -> None:
-        if leader is not None and leader != self.identity and leader != self.leader:
+        entry = await bucket.get(LEADER_KEY)
+        leader = self._named(entry) if entry is not None else None
+        if entry is not None and leader == self.identity:
+            return entry.revision
+        if leader is not None and leader != self.leader:
             self.leader = leader
             log.info("bridge_standby", leader=leader, me=self.identity)
-
-    async def _holder(self, bucket: Bucket) -> tuple[str | None, int]:
-        """Who the key names (None: nobody, or not a lease) and its revision."""
-        entry = await bucket.get(LEADER_KEY)
-        return (self._named(entry), entry.revision) if entry is not None else (None, 0)
+        return None
 
     @staticmethod
     def _named(entry: Entry) -> str | None:
+        """The bridge the key's entry names; None for a tombstone or what is no lease."""
         if entry.operation is not None or not entry.value:
             return None
         try:
@@ -251,14 +243,13 @@ class LeaderElection:
             self._revision = await bucket.create(LEADER_KEY, self._value())
             return True
         except WrongRevisionError:
-            holder, revision = await self._holder(bucket)
-        if holder != self.identity:
+            own = await self._note_leader(bucket)
+        if own is None:
             log.warning("leader_lease_lost", reason="another bridge holds the lease")
             self._become(False)
-            self._note(holder)
             return False
         self._revision = await bucket.write(
-            Write(LEADER_KEY, self._value(), expect=revision), timeout=RENEW_ATTEMPT
+            Write(LEADER_KEY, self._value(), expect=own), timeout=RENEW_ATTEMPT
         )
         return True
 
