@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from bridge.errors import LeaseLostError
 from bridge.leader import LEADER_KEY, LeaderElection, Lease
 from bridge.models import now_rfc3339
 from bridge.subjects import Names
+from bridge.waits import cancel_and_wait
 from tests.chaos.support import lease_of
 from tests.conftest import wait_for
 from tests.nats_cluster import NatsCluster, nats_cluster, settled
@@ -39,16 +40,15 @@ def _unread_bytes_at(port: int) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _leading(nc: NATS, names: Names) -> AsyncIterator[LeaderElection]:
-    election = LeaderElection(nc, names, replicas=3)
+async def _leading(nc: NATS, names: Names, **options: Any) -> AsyncIterator[LeaderElection]:
+    """An election run until the context ends, once it leads."""
+    election = LeaderElection(nc, names, **options)
     task = asyncio.create_task(election.run())
     try:
         await asyncio.wait_for(election.is_leader.wait(), 30)
         yield election
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 async def _lease_stream_off(cluster: NatsCluster, admin: NATS, stream: str, name: str) -> None:
@@ -79,7 +79,7 @@ async def test_a_renewal_lost_with_its_server_is_sent_again(tmp_path: Path, uniq
         try:
             assert nc.connected_url is not None and nc.connected_url.port == first.port
             with structlog.testing.capture_logs() as logs:
-                async with _leading(nc, names) as election:
+                async with _leading(nc, names, replicas=3) as election:
                     await _lease_stream_off(cluster, admin, stream, first.name)
                     first.send(signal.SIGSTOP)
                     await wait_for(
@@ -111,12 +111,8 @@ async def test_a_renewal_stored_without_its_answer_is_renewed_from(nc: NATS, uni
     answer lost): the fence lets its writes through and the next renewal goes on from that
     revision; the lease is not lost. A key naming another bridge still fences it."""
     names = Names(prefix=f"r{unique}", agents_bucket=f"agents_{unique}")
-    logs: list[MutableMapping[str, Any]]
     with structlog.testing.capture_logs() as logs:
-        election = LeaderElection(nc, names, lease=3.0, retry=0.2)
-        task = asyncio.create_task(election.run())
-        try:
-            await asyncio.wait_for(election.is_leader.wait(), 10)
+        async with _leading(nc, names, lease=3.0, retry=0.2) as election:
             kv = await nc.jetstream().key_value(names.leader_bucket)
             own = Lease(bridge_id=election.identity, since="x", renewed_at=now_rfc3339())
             stored = await kv.put(LEADER_KEY, msgspec.json.encode(own))
@@ -134,7 +130,3 @@ async def test_a_renewal_stored_without_its_answer_is_renewed_from(nc: NATS, uni
             await kv.put(LEADER_KEY, msgspec.json.encode(other))
             with pytest.raises(LeaseLostError):
                 await election.confirm()
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
