@@ -145,6 +145,11 @@ async def lease_renewed(url: str, settings: Settings, bridge: Bridge, timeout: f
             and datetime.datetime.fromisoformat(lease.renewed_at) > since
         )
 
-    async with asyncio.timeout(timeout):
-        while not await renewed():  # noqa: ASYNC110 - polls the server: no event to wait on
-            await asyncio.sleep(0.05)
+    try:
+        async with asyncio.timeout(timeout):
+            while not await renewed():  # noqa: ASYNC110 - polls the server: no event to wait on
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(
+            f"the bridge did not write its lease within {timeout:g} s of the cluster settling"
+        ) from None
