@@ -12,6 +12,7 @@ import signal
 
 import nats
 import nats.errors
+import structlog
 
 from bridge.app import Bridge
 from bridge.config import Settings
@@ -20,6 +21,8 @@ from tests.chaos.support import has_key, lease_of, try_broadcast
 from tests.nats_cluster import NatsCluster, settled
 
 __all__ = ["KILLS", "Gap", "kill_and_measure", "lease_renewed", "measure", "streams_of"]
+
+log = structlog.get_logger(__name__)
 
 # What to kill: the server the bridge is connected to, the JetStream meta leader, and the
 # stream leader of each bucket.
@@ -88,7 +91,9 @@ async def measure(
 
 async def _isolate(cluster: NatsCluster, fault: str, victim: str, settings: Settings) -> None:
     """Move the agents and lease streams' leaders off the victim (a graceful step-down)
-    unless the fault is theirs, so that a kill costs what the fault named costs."""
+    unless the fault is theirs, so that a kill costs what the fault named costs. A step-down
+    is an election of that stream: logged as `step_down` with its role, so that what it costs
+    is counted against it, not against the kill that follows."""
     streams = streams_of(settings)
     nc = await nats.connect(cluster.urls, connect_timeout=1)
     try:
@@ -97,6 +102,7 @@ async def _isolate(cluster: NatsCluster, fault: str, victim: str, settings: Sett
                 continue
             async with asyncio.timeout(30):
                 while await cluster.stream_leader(streams[role]) == victim:
+                    log.info("step_down", role=role, server=victim)
                     with contextlib.suppress(nats.errors.Error):
                         await nc.request(
                             f"$JS.API.STREAM.LEADER.STEPDOWN.{streams[role]}", b"", timeout=2
@@ -110,11 +116,15 @@ async def _isolate(cluster: NatsCluster, fault: str, victim: str, settings: Sett
 async def kill_and_measure(
     cluster: NatsCluster, fault: str, bridge: Bridge, settings: Settings, swarm: EmulatedSwarm
 ) -> Gap:
-    """kill -9 the server `fault` names, measure, then start it again and let it catch up."""
+    """kill -9 the server `fault` names (logged as `kill`), measure, then start it again and
+    let it catch up. Before the kill and after the restart, the bridge writes its lease again
+    (lease_renewed), so that each fault's cost to the lease is logged before the next one."""
     name = await _victim(cluster, fault, bridge, settings)
     await _isolate(cluster, fault, name, settings)
+    await lease_renewed(cluster.url, settings, bridge)
     name = await _victim(cluster, fault, bridge, settings)  # a step-down may move others
     server = cluster.by_name(name)
+    log.info("kill", fault=fault, server=name)
     await server.stop(signal.SIGKILL)
     label = fault.replace(" ", "-")
     found, answered = await measure(cluster.url, settings, swarm, label)
