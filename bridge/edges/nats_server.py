@@ -79,7 +79,11 @@ def _ending_with_parent() -> Callable[[], None] | None:
 
 
 def _port_is_free(host: str, port: int) -> bool:
+    """Whether nats-server could listen on the port now. SO_REUSEADDR as nats-server's own
+    listener has it (Go sets it): a connection of a server stopped a moment ago, lingering in
+    TIME_WAIT, does not make the port look taken, while a server listening there still does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
