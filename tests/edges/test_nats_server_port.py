@@ -13,7 +13,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from bridge import embedded
+from bridge.edges import nats_server as embedded
 from bridge.edges.nats_server import EmbeddedNats
 from tests.conftest import wait_for
 from tests.nats_cluster import free_port
