@@ -20,6 +20,7 @@ from bridge.broadcast.api import BroadcastEndpoint
 from bridge.broadcast.broadcaster import Broadcaster
 from bridge.broadcast.targets import TargetPlan
 from bridge.bus.councils import CouncilsBucket
+from bridge.bus.departures import Departures
 from bridge.bus.lease import LeaderElection
 from bridge.bus.presence import Presence
 from bridge.bus.registry import AgentRegistry
@@ -47,9 +48,11 @@ from bridge.edges.nats_server import EmbeddedNats
 from bridge.ops.health import NATS_SILENCE_LIMIT
 from bridge.ops.http import listening_socket, serve_http
 from bridge.ops.metrics import Metrics
+from bridge.peers.api import AgentsEndpoint
+from bridge.peers.roster import RosterView
 from bridge.service import Bridge
 from bridge.trust.agent_index import AgentAddresses
-from bridge.trust.callout import Callout, CalloutKeys
+from bridge.trust.callout import AGENT_ACCOUNT, Callout, CalloutKeys
 from bridge.waits import cancel_and_wait
 
 __all__ = ["Bridge", "nats_for", "open_bridge", "run_bridge", "running_bridge"]
@@ -161,6 +164,8 @@ async def open_bridge(
             arbiter,
             metrics=metrics,
         )
+        # The roster, from what the leader writes and who is on the bus now.
+        peers = AgentsEndpoint(nc, names, RosterView(lambda: registry.published, presence.entries))
         sock = stack.enter_context(listening_socket(settings.listen_host, settings.listen_port))
         bridge = Bridge(
             settings=settings,
@@ -178,8 +183,10 @@ async def open_bridge(
                 [
                     BroadcastEndpoint(nc, names, broadcaster, metrics=metrics).endpoint(),
                     CouncilEndpoint(names, book).endpoint(),
+                    peers.endpoint(),
                 ],
             ),
+            peers=peers,
             councils=CouncilDuties(book, desk, Upkeep(book, members, election), members),
             swarm=swarm,
             follower=EventFollower(
@@ -197,6 +204,11 @@ async def open_bridge(
                 AgentAddresses(nc, names, replicas=replicas),
                 metrics=metrics,
             )
+            if callout_keys is not None
+            else None,
+            # With the callout, the server tells which agent a connection is: its close is
+            # seen at once (without it, agents share one user and the TTL applies).
+            departures=Departures(nc, presence, account=AGENT_ACCOUNT)
             if callout_keys is not None
             else None,
             reconnected=reconnected,
