@@ -19,7 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +66,11 @@ class Stack:
         return seen
 
 
-def bridge_base(count: int) -> tuple[Settings, list[str]]:
-    """Settings of a bridge whose agents are `count` known endpoints on 127.0.0.1, and their
-    ids."""
-    endpoints = [f"http://127.0.0.1:{FIRST_PORT + i}" for i in range(count)]
+def bridge_base(count: int, ports: Sequence[int] = ()) -> tuple[Settings, list[str]]:
+    """Settings of a bridge whose agents are `count` known endpoints on 127.0.0.1 (and one
+    more on each of `ports`), and their ids."""
+    every = [FIRST_PORT + i for i in range(count)] + list(ports)
+    endpoints = [f"http://127.0.0.1:{port}" for port in every]
     settings = Settings(
         discovery_method="dns",
         docker_enabled=False,
@@ -81,14 +82,17 @@ def bridge_base(count: int) -> tuple[Settings, list[str]]:
         bus_ack_wait=2.0,
         http_timeout=1.0,
     )
-    return settings, [host_agent_id("127.0.0.1", FIRST_PORT + i) for i in range(count)]
+    return settings, [host_agent_id("127.0.0.1", port) for port in every]
 
 
 @contextlib.asynccontextmanager
-async def callout_stack(directory: Path, count: int) -> AsyncIterator[Stack]:
-    """nats-callout.conf, the real bridge (callout on) with `count` agents, a coordinator."""
+async def callout_stack(
+    directory: Path, count: int, ports: Sequence[int] = ()
+) -> AsyncIterator[Stack]:
+    """nats-callout.conf, the real bridge (callout on) with `count` agents (and one on each of
+    `ports`: an HTTP agent listening there), a coordinator."""
     files = make_keys(directory / "keys")
-    base, ids = bridge_base(count)
+    base, ids = bridge_base(count, ports)
     async with (
         callout_server(directory, files) as server,
         run_bridge(bridge_settings(base, files), server.url) as running,
@@ -110,7 +114,7 @@ async def callout_stack(directory: Path, count: int) -> AsyncIterator[Stack]:
         callout = running.bridge.callout
         assert callout is not None
         try:
-            await wait_for(lambda: len(running.bridge.registry.published) == count, timeout=15)
+            await wait_for(lambda: len(running.bridge.registry.published) == len(ids), timeout=15)
             yield Stack(server, running, ids, coordinator, seen)
         finally:
             await coordinator.close()
