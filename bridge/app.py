@@ -165,7 +165,12 @@ async def open_bridge(
             metrics=metrics,
         )
         # The roster, from what the leader writes and who is on the bus now.
-        peers = AgentsEndpoint(nc, names, RosterView(lambda: registry.published, presence.entries))
+        roster = RosterView(
+            lambda: registry.published,
+            presence.entries,
+            version=lambda: (registry.version, presence.version),
+        )
+        peers = AgentsEndpoint(nc, names, roster)
         sock = stack.enter_context(listening_socket(settings.listen_host, settings.listen_port))
         bridge = Bridge(
             settings=settings,

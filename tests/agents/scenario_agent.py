@@ -114,7 +114,7 @@ async def command(agent: BusAgent, line: dict[str, Any]) -> None:
                         "on_bus": p.on_bus,
                         "healthy": p.healthy,
                         "source": p.source,
-                        "roles": p.roles,
+                        "roles": list(p.roles),
                     }
                     for p in peers
                 ],

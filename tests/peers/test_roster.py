@@ -79,7 +79,7 @@ async def test_a_roster_over_the_max_payload_in_pages_for_coordinators_and_agent
             mine = await agent.peers()
         assert [p.id for p in mine] == [p.id for p in peers]
         assert [p for p in mine if p.on_bus] == [
-            Peer(id=me, on_bus=True, healthy=None, source="static", roles=["tpm"])
+            Peer(id=me, on_bus=True, healthy=None, source="static", roles=("tpm",))
         ]
 
 
