@@ -189,9 +189,16 @@ exec dockerd --data-root $DATA/node$n --exec-root $RUN/$n --pidfile $(pidfile "$
 EOF
 )
     say "starting node $n dockerd (netns $(ns "$n"), log $(log "$n"))"
-    setsid nsenter --net="/run/netns/$(ns "$n")" -- \
-        unshare --mount --uts --propagation slave -- /bin/sh -c "$script" \
-        >>"$(log "$n")" 2>&1 </dev/null &
+    # The daemons outlive this script: they get none of its other open files (a caller's
+    # `flock LOCKFILE swarm-nodes.sh up` would otherwise stay locked while the nodes run).
+    (
+        for fd in $(ls /proc/$BASHPID/fd); do
+            [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null
+        done
+        setsid nsenter --net="/run/netns/$(ns "$n")" -- \
+            unshare --mount --uts --propagation slave -- /bin/sh -c "$script" \
+            >>"$(log "$n")" 2>&1 </dev/null &
+    )
 }
 
 wait_answers() {
