@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
@@ -19,6 +18,7 @@ from nats.aio.msg import Msg
 from bridge.agent.connection import Events
 from bridge.agent.errors import BadAnswerError, InvalidArgumentError, NoAnswerError
 from bridge.agent.inbox import Inbox, publish
+from bridge.agent.logs import DEBUG, INFO, say
 from bridge.agent.peer_message import PeerMessage, Reply
 from bridge.agent.presence import PresenceWriter
 from bridge.agent.streams import Stream
@@ -38,7 +38,6 @@ from bridge.contract.roster import PEERS_DECODER, ROSTER_NEXT_HEADER, Peer, Rost
 
 __all__ = ["REQUEST_TIMEOUT", "BusAgent"]
 
-log = logging.getLogger("bridge.agent")
 
 # Seconds a claim, the roster or a peer's answer is waited for, unless told otherwise.
 REQUEST_TIMEOUT = 5.0
@@ -109,7 +108,7 @@ class BusAgent:
         except BaseException:
             await stack.aclose()
             raise
-        log.info("agent_joined_bus agent_id=%s", self.id)
+        say(INFO, "agent_joined_bus", agent_id=self.id)
         return self
 
     async def __aexit__(
@@ -121,7 +120,7 @@ class BusAgent:
         self.end_streams()
         with contextlib.suppress(Exception):  # the leave never raises: the TTL is its fallback
             await self._stack.aclose()
-        log.info("agent_left_bus agent_id=%s", self.id)
+        say(INFO, "agent_left_bus", agent_id=self.id)
 
     def end_streams(self) -> None:
         """End `opportunities()`, `messages()` and the announcements: their loops end."""
@@ -140,7 +139,7 @@ class BusAgent:
             loop.add_signal_handler(signum, self._on_signal, signum)
 
     def _on_signal(self, signum: signal.Signals) -> None:
-        log.info("agent_leaving_on_signal agent_id=%s signal=%s", self.id, signum.name)
+        say(INFO, "agent_leaving_on_signal", agent_id=self.id, signal=signum.name)
         self.end_streams()
 
     def opportunities(self) -> AsyncIterator[CouncilOpportunity]:
@@ -253,7 +252,7 @@ class BusAgent:
         try:
             self._opportunities.put(OPPORTUNITY_DECODER.decode(msg.data))
         except msgspec.DecodeError:
-            log.debug("agent_opportunity_invalid agent_id=%s", self.id)
+            say(DEBUG, "agent_opportunity_invalid", agent_id=self.id)
 
     async def _message(self, msg: Msg) -> None:
         sender = msg.subject.rsplit(".", 1)[-1]

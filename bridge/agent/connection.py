@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import logging
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,10 +20,10 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from bridge.agent.errors import ConnectError
+from bridge.agent.logs import INFO, WARNING, say
 
 __all__ = ["Credentials", "Events", "open_connection", "redact"]
 
-log = logging.getLogger("bridge.agent")
 
 # Attempts at the first connection, half a second apart (an agent started with its NATS, in a
 # stack, waits for it ~15 s); once connected the client reconnects forever.
@@ -85,11 +84,11 @@ class Events:
 
     async def disconnected(self) -> None:
         if not self.closing:
-            log.warning("agent_disconnected agent_id=%s", self.agent_id)
+            say(WARNING, "agent_disconnected", agent_id=self.agent_id)
 
     async def on_reconnected(self) -> None:
         self._last_error = ""
-        log.info("agent_reconnected agent_id=%s", self.agent_id)
+        say(INFO, "agent_reconnected", agent_id=self.agent_id)
         self.reconnected.set()
 
     async def error(self, exc: Exception) -> None:
@@ -98,7 +97,7 @@ class Events:
         text = str(exc) or repr(exc)
         if text != self._last_error and not self.closing:
             self._last_error = text
-            log.warning("agent_nats_error agent_id=%s error=%s", self.agent_id, text)
+            say(WARNING, "agent_nats_error", agent_id=self.agent_id, error=text)
 
 
 def redact(url: str) -> str:

@@ -10,7 +10,6 @@ same subject with `KV-Operation: DEL` (a purge is a rollup, which the server ref
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Sequence
 
 import nats.errors
@@ -19,6 +18,7 @@ from nats.aio.client import Client as NATS
 from bridge.agent.connection import Events
 from bridge.agent.errors import AgentError, InvalidArgumentError
 from bridge.agent.inbox import publish
+from bridge.agent.logs import INFO, WARNING, say
 from bridge.agent.wire import LEAVE_HEADERS, presence_subject
 from bridge.contract.buckets import MAX_PRESENCE_BYTES, PRESENCE_INTERVAL
 from bridge.contract.messages import PresenceEntry, encode, now_rfc3339
@@ -26,7 +26,6 @@ from bridge.contract.names import Names
 
 __all__ = ["PresenceWriter"]
 
-log = logging.getLogger("bridge.agent")
 
 # Seconds the leave's delete may take to reach the server.
 LEAVE_TIMEOUT = 2
@@ -99,21 +98,21 @@ class PresenceWriter:
         self._failing = failing
         agent_id = self._fields[0]
         if failing:
-            log.warning("agent_presence_failing agent_id=%s error=%s", agent_id, error)
+            say(WARNING, "agent_presence_failing", agent_id=agent_id, error=error)
         else:
-            log.info("agent_presence_recovered agent_id=%s", agent_id)
+            say(INFO, "agent_presence_recovered", agent_id=agent_id)
 
     async def delete(self) -> bool:
         """The leave: delete the entry (a DEL), and make sure the server has it (bounded).
         Whether it was sent; when not (not connected), the entry expires with the TTL."""
         agent_id = self._fields[0]
         if not self._nc.is_connected:
-            log.warning("agent_presence_not_deleted agent_id=%s reason=not connected", agent_id)
+            say(WARNING, "agent_presence_not_deleted", agent_id=agent_id, reason="not connected")
             return False
         try:
             await self._nc.publish(self._subject, b"", headers=dict(LEAVE_HEADERS))
             await self._nc.flush(timeout=LEAVE_TIMEOUT)
         except (nats.errors.Error, OSError) as exc:
-            log.warning("agent_presence_not_deleted agent_id=%s error=%r", agent_id, exc)
+            say(WARNING, "agent_presence_not_deleted", agent_id=agent_id, error=repr(exc))
             return False
         return True

@@ -5,14 +5,13 @@ way out (its presence deleted), and the process exits with status 0, without a t
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
 
-__all__ = ["run"]
+from bridge.agent.logs import INFO, say
 
-log = logging.getLogger("bridge.agent")
+__all__ = ["run"]
 
 
 def run(main: Callable[[], Awaitable[None]]) -> None:
@@ -30,7 +29,7 @@ async def _until_signalled(main: Callable[[], Awaitable[None]]) -> None:
         if stopped:  # asked twice: the leave is bounded, but someone wants out now
             os._exit(128 + signum)
         stopped.append(signum)
-        log.info("agent_leaving_on_signal signal=%s", signum.name)
+        say(INFO, "agent_leaving_on_signal", signal=signum.name)
         task.cancel()
 
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -5,13 +5,13 @@ when the agent leaves."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from typing import Generic, TypeVar
 
+from bridge.agent.logs import WARNING, say
+
 __all__ = ["QUEUE_LIMIT", "Stream"]
 
-log = logging.getLogger("bridge.agent")
 
 # Items received and not yet read; past this, the oldest go.
 QUEUE_LIMIT = 1024
@@ -35,9 +35,7 @@ class Stream(Generic[T]):
             return
         if self._queue.full():
             self._queue.get_nowait()
-            log.warning(
-                "agent_%s_dropped agent_id=%s limit=%d", self._name, self._agent_id, QUEUE_LIMIT
-            )
+            say(WARNING, "agent_item_dropped", agent_id=self._agent_id, stream=self._name)
         self._queue.put_nowait(item)
 
     def end(self) -> None:
