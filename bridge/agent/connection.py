@@ -15,7 +15,6 @@ import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
-import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
@@ -79,6 +78,7 @@ class Events:
     def __init__(self, agent_id: str) -> None:
         self.agent_id = agent_id
         self.reconnected = asyncio.Event()
+        self.connected = False
         self.closing = False
         self._last_error = ""
 
@@ -94,10 +94,18 @@ class Events:
     async def error(self, exc: Exception) -> None:
         # nats-py reports each failed attempt and each refused subject here: one line per
         # distinct error, never a traceback.
+        if not self.connected and isinstance(exc, ssl.SSLCertVerificationError):
+            # A certificate the CA does not vouch for stays so: no point in trying again.
+            # Raised from here, it ends nats-py's first connection (open_connection).
+            raise _CertificateRefused(exc) from exc
         text = str(exc) or repr(exc)
         if text != self._last_error and not self.closing:
             self._last_error = text
             say(WARNING, "agent_nats_error", agent_id=self.agent_id, error=text)
+
+
+class _CertificateRefused(Exception):
+    """The server's certificate is not one `tls_ca` vouches for (or no CA was given)."""
 
 
 def redact(url: str) -> str:
@@ -115,27 +123,35 @@ async def open_connection(
     """A client connected as `agent_id` with inbox prefix `inbox`, drained and closed on exit
     (within DRAIN_TIMEOUT + CLOSE_TIMEOUT). ConnectError when NATS cannot be reached."""
     urls = [server.strip() for server in servers.split(",") if server.strip()]
+    # nats-py types these as int; it takes fractions of a second all the same.
+    timing: dict[str, Any] = {
+        "connect_timeout": CONNECT_TIMEOUT,
+        "reconnect_time_wait": RECONNECT_WAIT,
+        "drain_timeout": DRAIN_TIMEOUT,
+    }
+    nc = NATS()  # made here, so that a first connection that fails is closed here too
     try:
-        nc = await nats.connect(
+        await nc.connect(
             urls,
             name=agent_id,
             inbox_prefix=inbox,
-            connect_timeout=CONNECT_TIMEOUT,
             ping_interval=PING_INTERVAL,
             max_outstanding_pings=MAX_OUTSTANDING_PINGS,
             max_reconnect_attempts=INITIAL_CONNECT_ATTEMPTS,
-            reconnect_time_wait=RECONNECT_WAIT,
-            drain_timeout=DRAIN_TIMEOUT,
+            **timing,
             disconnected_cb=events.disconnected,
             reconnected_cb=events.on_reconnected,
             error_cb=events.error,
             **credentials.options(),
         )
-    except (nats.errors.Error, OSError, ssl.SSLError) as exc:
+    except (nats.errors.Error, OSError, ssl.SSLError, _CertificateRefused) as exc:
+        await _close(nc)
+        cause = exc.__cause__ if isinstance(exc, _CertificateRefused) else exc
         raise ConnectError(
-            f"cannot connect to NATS at {redact(servers)} ({exc!r}); check the URL, the "
+            f"cannot connect to NATS at {redact(servers)} ({cause!r}); check the URL, the "
             "credentials and the TLS CA"
         ) from exc
+    events.connected = True
     nc.options["max_reconnect_attempts"] = -1  # read at each reconnect: never give up now
     try:
         yield nc
