@@ -21,6 +21,7 @@ from bridge.broadcast.api import BroadcastEndpoint
 from bridge.broadcast.broadcaster import Broadcaster
 from bridge.broadcast.targets import TargetPlan
 from bridge.bus.councils import CouncilsBucket
+from bridge.bus.departures import Departures
 from bridge.bus.lease import LeaderElection
 from bridge.bus.presence import Presence
 from bridge.bus.registry import AgentRegistry
@@ -48,10 +49,13 @@ from bridge.edges.nats_server import EmbeddedNats
 from bridge.ops.health import NATS_SILENCE_LIMIT
 from bridge.ops.http import listening_socket, serve_http
 from bridge.ops.metrics import Metrics
+from bridge.peers.api import AgentsEndpoint
+from bridge.peers.roster import RosterView
 from bridge.service import Bridge
 from bridge.trust.agent_index import AgentAddresses, normal_address
-from bridge.trust.callout import Callout, CalloutKeys, make_callout
+from bridge.trust.callout import AGENT_ACCOUNT, Callout, CalloutKeys, make_callout
 from bridge.trust.evictions import Evictions
+from bridge.trust.issued import say_identity
 from bridge.waits import cancel_and_wait
 
 __all__ = ["Bridge", "nats_for", "open_bridge", "run_bridge", "running_bridge"]
@@ -122,7 +126,7 @@ async def open_bridge(
         networks=",".join(settings.network_names),
         bucket=settings.kv_bucket,
     )
-    _say_identity(settings, metrics)
+    say_identity(settings.auth_callout, metrics)
     async with contextlib.AsyncExitStack() as stack:
         managers = (
             stack.enter_context(contextlib.closing(DockerManagers(settings, resolve=resolve)))
@@ -191,6 +195,13 @@ async def open_bridge(
             if callout_keys is not None
             else None
         )
+        # The roster, from what the leader writes and who is on the bus now.
+        roster = RosterView(
+            lambda: registry.published,
+            presence.entries,
+            version=lambda: (registry.version, presence.version),
+        )
+        peers = AgentsEndpoint(nc, names, roster)
         sock = stack.enter_context(listening_socket(settings.listen_host, settings.listen_port))
         bridge = Bridge(
             settings=settings,
@@ -208,8 +219,10 @@ async def open_bridge(
                 [
                     BroadcastEndpoint(nc, names, broadcaster, metrics=metrics).endpoint(),
                     CouncilEndpoint(names, book).endpoint(),
+                    peers.endpoint(),
                 ],
             ),
+            peers=peers,
             councils=CouncilDuties(book, desk, Upkeep(book, members, election), members),
             swarm=swarm,
             follower=EventFollower(
@@ -222,6 +235,11 @@ async def open_bridge(
             else None,
             callout=callout,
             evictions=_evictions(nc, callout, registry, metrics),
+            # With the callout, the server tells which agent a connection is: its close is
+            # seen at once (without it, agents share one user and the TTL applies).
+            departures=Departures(nc, presence, account=AGENT_ACCOUNT)
+            if callout_keys is not None
+            else None,
             reconnected=reconnected,
             presence_changed=presence_changed,
             http_port=sock.getsockname()[1],
@@ -229,20 +247,6 @@ async def open_bridge(
         await stack.enter_async_context(serve_http(sock, metrics, bridge.health))
         yield bridge
     log.info("bridge_stopped")
-
-
-def _say_identity(settings: Settings, metrics: Metrics) -> None:
-    """Whether the server holds each agent to its own subjects: only with the callout."""
-    metrics.agent_identity_enforced.set(1 if settings.auth_callout else 0)
-    if not settings.auth_callout:
-        log.warning(
-            "agent_identity_not_enforced",
-            mode="open (BRIDGE_AUTH_CALLOUT=false)",
-            effect="every agent shares the agent user: any agent may write another's "
-            "presence, acks, claims and messages",
-            hint="for agents that are not all trusted, set BRIDGE_AUTH_CALLOUT=true "
-            "(nats-callout.conf)",
-        )
 
 
 def _evictions(

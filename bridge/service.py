@@ -2,11 +2,11 @@
 
 `Bridge.run()` runs, in one TaskGroup until asked to stop:
 - on every replica: presence, the leader election, the NATS probe (for /healthz) and
-  (BRIDGE_AUTH_CALLOUT) the auth callout;
+  (BRIDGE_AUTH_CALLOUT) the auth callout and the agents' connection advisories;
 - on the leader only, for as long as its term lasts: discovery rounds into the bucket, the
-  presence sync, the micro service chorus-bridge (its endpoints: broadcast, council), the
-  council duties (claims, holders whose agents are gone, expiry), the bucket's audit and the
-  Docker events follower.
+  presence sync, the micro service chorus-bridge (its endpoints: broadcast, council, agents),
+  agents' roster requests, the council duties (claims, holders whose agents are gone,
+  expiry), the bucket's audit and the Docker events follower.
 Its collaborators are built and passed in by bridge/app.py's `open_bridge`.
 """
 
@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 
+import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 
+from bridge.bus.departures import Departures
 from bridge.bus.lease import LeaderElection
 from bridge.bus.presence import Presence
 from bridge.bus.registry import AgentRegistry
@@ -31,6 +33,7 @@ from bridge.edges.nats_client import NatsProbe
 from bridge.errors import DockerAPIError, NatsError
 from bridge.ops.health import NATS_SILENCE_LIMIT, Observed, assess
 from bridge.ops.metrics import Metrics
+from bridge.peers.api import AgentsEndpoint
 from bridge.trust.callout import Callout
 from bridge.trust.evictions import Evictions
 from bridge.waits import raise_if_cancelled
@@ -61,11 +64,13 @@ class Bridge:
         election: LeaderElection,
         pipeline: DiscoveryPipeline,
         service: MicroService,
+        peers: AgentsEndpoint,
         councils: CouncilDuties,
         swarm: SwarmDiscovery | None,
         follower: EventFollower | None,
         callout: Callout | None,
         evictions: Evictions | None,
+        departures: Departures | None,
         reconnected: asyncio.Event,
         presence_changed: asyncio.Event,
         http_port: int,
@@ -78,6 +83,8 @@ class Bridge:
         self.election = election
         self.pipeline = pipeline
         self.service = service
+        self.peers = peers
+        self.departures = departures
         self.councils = councils
         self.swarm = swarm
         self.follower = follower
@@ -101,6 +108,8 @@ class Bridge:
             ]
             if self.callout is not None:
                 tasks.append(tg.create_task(self.callout.run(), name="auth-callout"))
+            if self.departures is not None:
+                tasks.append(tg.create_task(self.departures.run(), name="departures"))
             self.ready.set()
             await stop.wait()
             log.info("bridge_stopping")
@@ -133,6 +142,7 @@ class Bridge:
             tg.create_task(self._resync_after_reconnects(), name="resync")
             tg.create_task(self.councils.run(), name="councils")
             tg.create_task(self.service.run(), name="micro-service")
+            tg.create_task(self._answer_agents(), name="roster-for-agents")
             tg.create_task(self.registry.run(), name="registry-audit")
             if self.follower is not None:
                 tg.create_task(self.follower.run(), name="docker-events")
@@ -156,6 +166,14 @@ class Bridge:
                     updated=result.updated,
                     failed_writes=result.failed,
                 )
+
+    async def _answer_agents(self) -> None:
+        """Agents' roster requests, for as long as this term lasts."""
+        try:
+            async with self.peers.answering_agents():
+                await asyncio.Event().wait()
+        except nats.errors.Error as exc:
+            raise NatsError(f"cannot take agents' roster requests: {exc!r}") from exc
 
     async def _resync_after_reconnects(self) -> None:
         """A round after each reconnect re-publishes whatever changed while NATS was away."""

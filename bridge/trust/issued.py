@@ -10,11 +10,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from bridge.config import Settings
 from bridge.contract.kv_wire import key_subject
 from bridge.contract.names import Names
 from bridge.edges.nkeys_jwt import CurveKey, SigningKey
 from bridge.errors import CalloutKeyError, ConfigError
+from bridge.ops.metrics import Metrics
+
+log = structlog.get_logger(__name__)
 
 __all__ = [
     "AGENT_ACCOUNT",
@@ -22,6 +27,7 @@ __all__ = [
     "USER_TTL",
     "CalloutKeys",
     "agent_permissions",
+    "say_identity",
     "user_claims",
 ]
 
@@ -128,3 +134,18 @@ def user_claims(
             **agent_permissions(names, agent_id),
         },
     }
+
+
+def say_identity(enforced: bool, metrics: Metrics) -> None:
+    """Whether the server holds each agent to its own subjects (only with the callout): on
+    /metrics, and at start a warning when it does not (DESIGN.md, "Trust")."""
+    metrics.agent_identity_enforced.set(1 if enforced else 0)
+    if not enforced:
+        log.warning(
+            "agent_identity_not_enforced",
+            mode="open (BRIDGE_AUTH_CALLOUT=false)",
+            effect="every agent shares the agent user: any agent may write another's "
+            "presence, acks, claims and messages",
+            hint="for agents that are not all trusted, set BRIDGE_AUTH_CALLOUT=true "
+            "(nats-callout.conf)",
+        )

@@ -166,7 +166,7 @@ async def _ask(nc: NATS, subject: str) -> dict[str, Any]:
 async def test_micro_service_is_found_with_its_counts(
     nats_server: EmbeddedNats, nc: NATS, settings: Settings
 ) -> None:
-    """`nats micro info|stats` find chorus-bridge and its endpoints (broadcast, council); a
+    """`nats micro info|stats` find chorus-bridge and its endpoints (broadcast, council, agents); a
     refusal carries the micro error headers and the JSON error, and counts as a request and
     an error of its endpoint."""
     async with run_bridge(settings, nats_server.url):
@@ -178,6 +178,7 @@ async def test_micro_service_is_found_with_its_counts(
         assert [(e["name"], e["subject"], e["queue_group"]) for e in info["endpoints"]] == [
             ("broadcast", f"{settings.subject_prefix}.bridge.broadcast", BROADCAST_QUEUE),
             ("council", f"{settings.subject_prefix}.bridge.council", BROADCAST_QUEUE),
+            ("agents", f"{settings.subject_prefix}.bridge.agents", BROADCAST_QUEUE),
         ]
         refused = await nc.request(
             f"{settings.subject_prefix}.bridge.broadcast", b'{"id": "c1", "roles": []}', timeout=10
@@ -194,9 +195,10 @@ async def test_micro_service_is_found_with_its_counts(
         assert not ok.headers and json.loads(ok.data)["opportunity_id"] == "c2"
         stats = await _ask(nc, f"$SRV.STATS.{SERVICE_NAME}.{info['id']}")
         msgspec.convert(stats, MicroStats)
-        endpoint, council = stats["endpoints"]
+        endpoint, council, agents = stats["endpoints"]
         assert (endpoint["num_requests"], endpoint["num_errors"]) == (2, 1)
         assert (council["num_requests"], council["num_errors"]) == (0, 0)
+        assert (agents["num_requests"], agents["num_errors"]) == (0, 0)
         assert "length >= 1" in endpoint["last_error"]
         assert endpoint["processing_time"] > 0
     with pytest.raises(nats.errors.NoRespondersError):  # stopped: gone from the bus
