@@ -113,16 +113,16 @@ class Callout:
         return self._reader.skew
 
     async def run(self) -> None:
-        """Follow the agents bucket and, once its agents are loaded and the servers listed,
-        answer requests in the replicas' queue group until cancelled. A replica that cannot
-        answer yet stays out of the group, so it takes no request that a loaded replica would
-        admit."""
+        """Follow the agents bucket and, once its agents are loaded, answer requests in the
+        replicas' queue group until cancelled. A replica that cannot answer yet stays out of
+        the group, so it takes no request that a loaded replica would admit."""
         sub = None
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.agents.run(), name="callout-agents")
                 await self.agents.loaded.wait()
-                await self._servers.ask()
+                # The servers are asked for when a request names one not known yet (it is
+                # answered as soon as its server answers): nothing to wait for here.
                 await self._unanswered.subscribe()
                 sub = await self._nc.subscribe(
                     AUTH_SUBJECT, queue=CALLOUT_QUEUE, cb=self._on_request
