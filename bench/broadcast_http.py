@@ -55,6 +55,7 @@ from common import (
 from nats.aio.client import Client as NATS
 
 import bridge.broadcast.broadcaster
+from bridge.broadcast.acks import AckDesk
 from bridge.broadcast.broadcaster import Broadcaster
 from bridge.broadcast.targets import Target
 from bridge.config import Settings
@@ -104,9 +105,16 @@ class Run:
             self.unreached.append(f"{what}: {ok} of {expected}")
 
     async def _broadcast(self, settings: Settings, targets: list[Target], what: str) -> None:
-        async with AgentHTTP(settings) as http:
+        acks = AckDesk(self.nc, self.names)
+        async with AgentHTTP(settings) as http, acks.taking():
             broadcaster = Broadcaster(
-                self.nc, self.names, settings, http, lambda: targets, councils=_NoCouncils()
+                self.nc,
+                self.names,
+                settings,
+                http,
+                lambda: targets,
+                acks=acks,
+                councils=_NoCouncils(),
             )
             report = await broadcaster.broadcast(self._next())
         self._check(what, report.success_count, len(targets))

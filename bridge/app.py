@@ -17,6 +17,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from bridge import __version__
+from bridge.broadcast.acks import AckDesk
 from bridge.broadcast.api import BroadcastEndpoint
 from bridge.broadcast.broadcaster import Broadcaster
 from bridge.broadcast.targets import TargetPlan
@@ -168,12 +169,14 @@ async def open_bridge(
         )
         members = Members(registry, presence, rounds=lambda: pipeline.rounds)
         arbiter = Arbiter(book, members, election, metrics=metrics)
+        acks = AckDesk(nc, names, metrics)
         broadcaster = Broadcaster(
             nc,
             names,
             settings,
             http,
             TargetPlan(registry, presence),
+            acks=acks,
             councils=arbiter,
             metrics=metrics,
         )
@@ -224,6 +227,7 @@ async def open_bridge(
             ),
             peers=peers,
             councils=CouncilDuties(book, desk, Upkeep(book, members, election), members),
+            acks=acks,
             swarm=swarm,
             follower=EventFollower(
                 swarm.managers,

@@ -4,9 +4,9 @@
 - on every replica: presence, the leader election, the NATS probe (for /healthz) and
   (BRIDGE_AUTH_CALLOUT) the auth callout and the agents' connection advisories;
 - on the leader only, for as long as its term lasts: discovery rounds into the bucket, the
-  presence sync, the micro service chorus-bridge (its endpoints: broadcast, council, agents),
-  agents' roster requests, the council duties (claims, holders whose agents are gone,
-  expiry), the bucket's audit and the Docker events follower.
+  presence sync, agents' acks, the micro service chorus-bridge (its endpoints: broadcast,
+  council, agents), agents' roster requests, the council duties (claims, holders whose agents
+  are gone, expiry), the bucket's audit and the Docker events follower.
 Its collaborators are built and passed in by bridge/app.py's `open_bridge`.
 """
 
@@ -18,6 +18,7 @@ import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 
+from bridge.broadcast.acks import AckDesk
 from bridge.bus.departures import Departures
 from bridge.bus.lease import LeaderElection
 from bridge.bus.presence import Presence
@@ -66,6 +67,7 @@ class Bridge:
         service: MicroService,
         peers: AgentsEndpoint,
         councils: CouncilDuties,
+        acks: AckDesk,
         swarm: SwarmDiscovery | None,
         follower: EventFollower | None,
         callout: Callout | None,
@@ -86,6 +88,7 @@ class Bridge:
         self.peers = peers
         self.departures = departures
         self.councils = councils
+        self.acks = acks
         self.swarm = swarm
         self.follower = follower
         self.callout = callout
@@ -141,6 +144,9 @@ class Bridge:
             tg.create_task(self._follow_presence(), name="presence-sync")
             tg.create_task(self._resync_after_reconnects(), name="resync")
             tg.create_task(self.councils.run(), name="councils")
+            # Before the service: its subscription is sent first, so no broadcast comes
+            # before the acks are taken.
+            tg.create_task(self._take_acks(), name="acks")
             tg.create_task(self.service.run(), name="micro-service")
             tg.create_task(self._answer_agents(), name="roster-for-agents")
             tg.create_task(self.registry.run(), name="registry-audit")
@@ -174,6 +180,11 @@ class Bridge:
                 await asyncio.Event().wait()
         except nats.errors.Error as exc:
             raise NatsError(f"cannot take agents' roster requests: {exc!r}") from exc
+
+    async def _take_acks(self) -> None:
+        """Agents' acks, for every broadcast of this term (bridge/broadcast/acks.py)."""
+        async with self.acks.taking():
+            await asyncio.Event().wait()
 
     async def _resync_after_reconnects(self) -> None:
         """A round after each reconnect re-publishes whatever changed while NATS was away."""

@@ -195,8 +195,7 @@ class RunningBridge:
 
     async def stop(self) -> None:
         self._stop.set()
-        async with asyncio.timeout(10):
-            await self.task
+        await stopped(self.task)
 
 
 async def unless_stopped(
@@ -264,8 +263,22 @@ async def run_bridge(
     finally:
         if not task.done():
             stop.set()
-            async with asyncio.timeout(10):
-                await task
+            await stopped(task)
+
+
+async def stopped(task: asyncio.Task[None], timeout: float = 10.0) -> None:
+    """Wait for the bridge's task to end once asked to stop; its error is raised. Not
+    `await task` under asyncio.timeout: a task that swallowed its cancellation (bridge/waits.py)
+    keeps that await waiting past any timeout."""
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        running = sorted(t.get_name() for t in asyncio.all_tasks() if not t.done())
+        task.cancel()  # a second stop, so that the loop can still be closed
+        await asyncio.wait({task}, timeout=timeout)
+        raise AssertionError(
+            f"the bridge did not stop within {timeout}s of its stop; tasks left: {running}"
+        )
+    task.result()
 
 
 async def swallow_a_stop() -> None:

@@ -49,8 +49,11 @@ class Inbox:
         finally:
             with contextlib.suppress(nats.errors.Error, OSError):
                 await sub.unsubscribe()
+            # A request still waiting ends with ClosedError: cancelling its future would raise
+            # CancelledError in a caller that nobody cancelled.
             for waiting in self._waiting.values():
-                waiting.cancel()
+                if not waiting.done():
+                    waiting.set_exception(ClosedError("the agent left the bus before the answer"))
 
     async def request(
         self,

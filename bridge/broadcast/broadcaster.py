@@ -1,8 +1,9 @@
 """The broadcaster: a council opportunity reaches every agent, over the bus or by HTTP.
 
 1. The opportunity is published on `<prefix>.council.opportunities`; agents on the bus ack on
-   `<prefix>.council.<id>.acks.<agent id>`. Acks are gathered until every agent on the bus has
-   acked, or BRIDGE_BUS_ACK_WAIT passes.
+   `<prefix>.council.<id>.acks.<agent id>`. Acks are gathered (from the term's one subscription
+   to every ack, bridge/broadcast/acks.py) until every agent on the bus has acked, or
+   BRIDGE_BUS_ACK_WAIT passes.
 2. Every discovered agent not on the bus, and every one on the bus that did not ack, gets an
    HTTP POST at its discovered endpoint (one pooled client, BRIDGE_HTTP_CONCURRENCY in flight,
    BRIDGE_HTTP_TIMEOUT each, `Idempotency-Key`, one retry when no answer came). A role claim in
@@ -33,15 +34,14 @@ import msgspec
 import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 
+from bridge.broadcast.acks import AckDesk
 from bridge.broadcast.councils import Councils
 from bridge.broadcast.gc_tuning import fewer_collections
 from bridge.broadcast.targets import Target
 from bridge.config import Settings
 from bridge.contract.messages import (
     CLAIM_DECODER,
-    MAX_ACK_BYTES,
     MAX_CLAIM_BYTES,
     VIA_HEADER,
     BroadcastReport,
@@ -80,10 +80,12 @@ class Broadcaster:
         http: AgentHTTP,
         targets: Callable[[], Sequence[Target]],
         *,
+        acks: AckDesk,
         councils: Councils,
         metrics: Metrics | None = None,
     ) -> None:
         self._nc = nc
+        self._acks = acks
         self._councils = councils
         self._names = names
         self._settings = settings
@@ -95,7 +97,7 @@ class Broadcaster:
     async def broadcast(self, opportunity: CouncilOpportunity) -> BroadcastReport:
         """Record one opportunity, deliver it to every target and report who got it.
         CouncilRefusedError or NatsError (from `Councils.record`) when it cannot be recorded:
-        then it was sent to nobody."""
+        then it was sent to nobody. NatsError too when `acks` is not taking acks."""
         started = time.perf_counter()
         await self._councils.record(opportunity)
         targets = list({t.agent_id: t for t in self._targets()}.values())
@@ -149,16 +151,8 @@ class Broadcaster:
         if not waiting:
             everyone.set()
 
-        async def on_ack(msg: Msg) -> None:
-            if len(msg.data) > MAX_ACK_BYTES:
-                # Acks are bounded (DESIGN.md, "Trust"): one this large is no ack.
-                if self._metrics is not None:
-                    self._metrics.acks_dropped.labels(reason="too_large").inc()
-                return
+        def on_ack(agent_id: str) -> None:
             # The subject names the agent; the body is that agent's word and decides nothing.
-            agent_id = self._names.agent_of(msg.subject, opportunity.id, "acks")
-            if agent_id is None:
-                return
             if agent_id in on_bus:
                 result.via_bus.add(agent_id)
                 waiting.discard(agent_id)
@@ -172,20 +166,18 @@ class Broadcaster:
                 strangers.add(agent_id)
                 result.unregistered_acks += 1
 
-        sub = await self._nc.subscribe(self._names.acks(opportunity.id, "*"), cb=on_ack)
-        try:
-            await self._nc.publish(self._names.opportunities, payload)
-            # Without bus agents, an unregistered listener may still ack: keep the window short.
-            wait = self._settings.bus_ack_wait if waiting else 0.0
+        with self._acks.gathering(opportunity.id, on_ack):
             try:
-                async with asyncio.timeout(wait):
-                    await everyone.wait()
-            except TimeoutError:
-                pass
-        except (nats.errors.Error, OSError) as exc:
-            log.warning("broadcast_bus_failed", opportunity_id=opportunity.id, error=repr(exc))
-        finally:
-            await sub.unsubscribe()
+                await self._nc.publish(self._names.opportunities, payload)
+                # Without bus agents, an unregistered listener may still ack: keep it short.
+                wait = self._settings.bus_ack_wait if waiting else 0.0
+                try:
+                    async with asyncio.timeout(wait):
+                        await everyone.wait()
+                except TimeoutError:
+                    pass
+            except (nats.errors.Error, OSError) as exc:
+                log.warning("broadcast_bus_failed", opportunity_id=opportunity.id, error=repr(exc))
 
     async def _over_http(
         self,

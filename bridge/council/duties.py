@@ -13,6 +13,7 @@ from bridge.council.claims import ClaimDesk
 from bridge.council.members import Members
 from bridge.council.upkeep import Upkeep
 from bridge.errors import NatsError
+from bridge.waits import raise_if_cancelled
 
 __all__ = ["CouncilDuties"]
 
@@ -48,8 +49,12 @@ class CouncilDuties:
             self._book.loaded.clear()
 
     async def _begin(self) -> None:
+        """Read the councils bucket, again every RETRY seconds until it can be. A stop that
+        its NATS calls swallowed (bridge/waits.py) is raised here: what follows waits for
+        presence, and a stop lost there was a bridge that never stopped."""
         failing = False
         while True:
+            raise_if_cancelled()
             try:
                 async with self._book.lock:
                     await self._book.begin_term()
@@ -59,5 +64,6 @@ class CouncilDuties:
                     log.warning("councils_unreadable", error=str(exc), retry_in_s=RETRY)
                 failing = True
                 await asyncio.sleep(RETRY)
+        raise_if_cancelled()
         if failing:
             log.info("councils_readable")

@@ -22,6 +22,7 @@ from bridge.council.arbiter import Lease
 from bridge.council.book import CouncilBook
 from bridge.council.rules import stale_seats, state_of
 from bridge.errors import LeaseLostError, NatsError, WrongRevisionError
+from bridge.waits import raise_if_cancelled
 
 __all__ = ["Departures", "Upkeep"]
 
@@ -62,6 +63,7 @@ class Upkeep:
         loop = asyncio.get_running_loop()
         next_audit = loop.time() + AUDIT_INTERVAL
         while True:
+            raise_if_cancelled()  # a stop the last round's NATS calls swallowed (bridge/waits.py)
             await asyncio.sleep(self._tick)
             audit = loop.time() >= next_audit
             if audit:

@@ -1,24 +1,30 @@
 """The upkeep on a real nats-server: a council expires at its deadline and its records go a
 retention after it; a holder whose agent is gone is released; a Seat no Holder backs is
-cleared, its role fenced first."""
+cleared, its role fenced first. A stop that a NATS call swallowed ends the council duties."""
 
 from __future__ import annotations
 
 import datetime as dt
 
 import nats
+import pytest
 from nats.aio.client import Client as NATS
 
 from bridge.bus.councils import CouncilsBucket
+from bridge.bus.presence import Presence
+from bridge.bus.registry import AgentRegistry
 from bridge.contract.buckets import councils_bucket, holder_key
 from bridge.contract.messages import CouncilEvent, CouncilOpportunity, Role, Seat
 from bridge.contract.names import Names
 from bridge.council.arbiter import Arbiter
 from bridge.council.book import CouncilBook
+from bridge.council.claims import ClaimDesk
+from bridge.council.duties import CouncilDuties
+from bridge.council.members import Members
 from bridge.council.upkeep import Upkeep
 from bridge.edges.kv import snapshot_of
 from bridge.edges.nats_server import EmbeddedNats
-from tests.conftest import wait_for
+from tests.conftest import ends_cancelled, swallow_a_stop, wait_for
 from tests.council.support import council_events, read_council
 from tests.council.test_two_writers import AlwaysLeading, EveryoneIsAnAgent
 
@@ -100,3 +106,40 @@ async def test_a_gone_holder_is_released_and_a_stale_seat_cleared(
         ("released", "tpm", "a1"),
         ("degraded", None, None),
     ]
+
+
+async def test_a_stop_that_a_nats_call_swallowed_ends_the_upkeep(
+    nats_server: EmbeddedNats, nc: NATS, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop lost in a round's NATS calls (nats-py's wait_for, Python 3.11) ends the upkeep,
+    where its ticks would have gone on for good (a bridge that did not stop)."""
+    book = await _book(nc, Names(prefix=f"t{unique}", agents_bucket=f"agents_{unique}"))
+    upkeep = Upkeep(book, Gone(), AlwaysLeading(), tick=0.01)
+
+    async def swallowing_round(*, audit: bool = False) -> None:
+        await swallow_a_stop()
+
+    monkeypatch.setattr(upkeep, "once", swallowing_round)
+    assert await ends_cancelled(upkeep.run())
+
+
+async def test_a_stop_swallowed_reading_the_councils_ends_the_duties(
+    nats_server: EmbeddedNats, nc: NATS, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop lost as a term's first read of the councils bucket ends (seen: a bridge stopped
+    right after it started): the duties end, and do not go on to wait for presence, which
+    nothing would ever end."""
+    names = Names(prefix=f"t{unique}", agents_bucket=f"agents_{unique}")
+    book = CouncilBook(nc, names, CouncilsBucket(nc, councils_bucket(names)))
+    read = book.begin_term
+
+    async def read_then_swallow() -> None:
+        await read()
+        await swallow_a_stop()
+
+    monkeypatch.setattr(book, "begin_term", read_then_swallow)
+    presence = Presence(nc, names)  # never run: who is on the bus is never known
+    members = Members(AgentRegistry(nc, names), presence, rounds=lambda: 0)
+    desk = ClaimDesk(nc, names, Arbiter(book, members, AlwaysLeading()))
+    duties = CouncilDuties(book, desk, Upkeep(book, members, AlwaysLeading()), members)
+    assert await ends_cancelled(duties.run())

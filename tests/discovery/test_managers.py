@@ -180,6 +180,11 @@ async def test_a_workers_address_says_not_a_manager(
     with structlog.testing.capture_logs() as logs:
         async with run_bridge(settings, nats_server.url) as running:
             status, body = await healthz(running)
+            # The start's GET /info runs beside the first round, which may end first.
+            await wait_for(
+                lambda: any(e["event"] == "docker_engine_not_manager" for e in logs),
+                what="the start's word on the engine",
+            )
     assert status == 503
     reasons = " ".join(str(r) for r in body["reasons"])  # type: ignore[attr-defined]
     assert "not a manager" in reasons and "worker" in reasons, reasons

@@ -16,6 +16,7 @@ import nats
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from bridge.contract.buckets import agents_bucket, lease_bucket, presence_bucket
 from bridge.contract.messages import Agent, encode
@@ -28,6 +29,7 @@ from bridge.trust.agent_index import AgentAddresses
 from bridge.trust.callout import CalloutKeys, make_callout
 from tests.callout_client import RawClient, Refused, raw_connect
 from tests.callout_support import PASSWORDS, make_keys, write_confs
+from tests.conftest import wait_for
 
 T = TypeVar("T")
 NAMES = Names(prefix="chorus", agents_bucket="chorus_agents")
@@ -78,6 +80,7 @@ class Listener:
     def __init__(self) -> None:
         self.seen: list[Seen] = []
         self._clients: dict[str, NATS] = {}
+        self._subs: list[Subscription] = []
         self._heard = asyncio.Event()
 
     @property
@@ -106,7 +109,7 @@ class Listener:
             self._heard.set()
 
         for subject in subjects:
-            await nc.subscribe(subject, cb=heard)
+            self._subs.append(await nc.subscribe(subject, cb=heard))
         await nc.flush()
 
     async def control(
@@ -137,8 +140,25 @@ class Listener:
                             self._heard.clear()
                             await self._heard.wait()
         took = loop.time() - started
+        await self._settle()
         del self.seen[mark:]  # the control's own messages are no finding
         return took
+
+    async def _settle(self) -> None:
+        """Wait until every message the server has sent the listener is in `seen`. A control
+        message published in one account also reaches the other through the imports (an ack
+        subject, the announce subject), and that copy can come after every expected one: it
+        counted as a finding of the next call (seen: 4 controls in 200). A PING to every
+        client, twice (the first PONGs: every publish handled, republished ones too; the
+        second: every copy those made read), then every subscription's queue drained."""
+        for _ in range(2):
+            for nc in self._clients.values():
+                await nc.flush()
+        await wait_for(
+            lambda: all(sub.pending_msgs == 0 for sub in self._subs),
+            timeout=10,
+            what="the listener to take what it read",
+        )
 
     def _heard_since(self, mark: int) -> set[tuple[str, str, bytes]]:
         return {(s.account, s.subject, s.data) for s in self.seen[mark:]}

@@ -14,6 +14,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from bridge.agent import BusAgent, check_agent_id, connect_agent
+from bridge.agent.errors import ClosedError
 from bridge.agent.presence import PresenceWriter
 from bridge.config import Settings
 from bridge.contract.messages import (
@@ -132,6 +133,22 @@ async def test_leaving_ends_when_a_presence_write_swallowed_the_stop(
         await kv.get("agent-1")  # and its entry was deleted on the way out
 
 
+async def test_a_claim_waiting_as_the_agent_leaves_ends_closed(
+    nats_server: EmbeddedNats, nc: NATS, unique: str
+) -> None:
+    """Someone takes the claim and never answers, and the agent leaves: the claim raises
+    ClosedError, not a CancelledError in a task that nobody cancelled."""
+    names = Names(prefix=f"t{unique}", agents_bucket=f"agents_{unique}")
+    taken = await nc.subscribe(names.claims("council-1", "agent-1"))
+    await nc.flush()
+    async with connect_agent(nats_server.url, "agent-1", prefix=names.prefix) as agent:
+        claiming = asyncio.create_task(agent.claim("council-1", "tpm", timeout=30))
+        await taken.next_msg(timeout=5)
+    done, _ = await asyncio.wait({claiming}, timeout=5)
+    assert claiming in done and not claiming.cancelled()
+    assert isinstance(claiming.exception(), ClosedError)
+
+
 @pytest.mark.parametrize("agent_id", ["", "a.b", "a b", "a*", "a>", "é"])
 def test_an_agent_id_must_be_a_key_and_a_subject_token(agent_id: str) -> None:
     with pytest.raises(ValueError, match="agent id"):
@@ -179,16 +196,19 @@ async def test_an_agent_with_the_shipped_permissions_is_reached_on_the_bus(
         ) as agent:
             await wait_for(lambda: me.id in s.on_bus_in_bucket(), what="the agent on the bus")
 
-            async def answer() -> None:
+            async def answer() -> ClaimAnswer:
                 async for opportunity in agent.opportunities():
                     await agent.ack(opportunity.id)
-                    await agent.claim(opportunity.id, "tpm")
+                    return await agent.claim(opportunity.id, "tpm")
+                raise AssertionError("the agent left before an opportunity came")
 
             answering = asyncio.create_task(answer())
             report = await s.broadcast(coordinator.nc)
             claim = await claims.next_msg(timeout=5)
-        async with asyncio.timeout(5):
-            await answering
+            # The claim's answer comes while the agent is on the bus: leaving first ended it.
+            async with asyncio.timeout(5):
+                answered = await answering
+    assert answered.granted and answered.holder == me.id
     assert (report.via_bus, report.via_http, report.failed) == (1, 0, [])
     assert claim.subject == s.names.claims(OPPORTUNITY.id, me.id)
     assert coordinator.no_violations()

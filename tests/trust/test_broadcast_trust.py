@@ -16,6 +16,7 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from bridge.broadcast.acks import AckDesk
 from bridge.broadcast.broadcaster import Broadcaster
 from bridge.broadcast.targets import Target
 from bridge.config import Settings, load_settings
@@ -237,9 +238,10 @@ async def test_an_http_claim_is_republished_as_the_agent_that_answered(
     async with recorder("127.40.0.51") as (port, seen):
         settings = Settings(subject_prefix=names.prefix, bus_ack_wait=0.1, opportunity_path="/op")
         target = Target(agent_id="agent-7", endpoint=f"http://127.40.0.51:{port}")
-        async with AgentHTTP(settings) as http:
+        acks = AckDesk(nc, names)
+        async with AgentHTTP(settings) as http, acks.taking():
             broadcaster = Broadcaster(
-                nc, names, settings, http, lambda: [target], councils=councils
+                nc, names, settings, http, lambda: [target], acks=acks, councils=councils
             )
             report = await broadcaster.broadcast(OPPORTUNITY)
         await wait_for(lambda: len(claims) == 1, what="the claim")
@@ -261,9 +263,10 @@ async def test_a_bad_discovered_endpoint_is_reported_not_called(
     async with recorder("127.40.0.52") as (port, seen):
         settings = Settings(subject_prefix=names.prefix, bus_ack_wait=0.1)
         target = Target(agent_id="a1", endpoint=f"http://127.40.0.52:{port}/x?y=1#")
-        async with AgentHTTP(settings) as http:
+        acks = AckDesk(nc, names)
+        async with AgentHTTP(settings) as http, acks.taking():
             broadcaster = Broadcaster(
-                nc, names, settings, http, lambda: [target], councils=RecordedCouncils()
+                nc, names, settings, http, lambda: [target], acks=acks, councils=RecordedCouncils()
             )
             report = await broadcaster.broadcast(OPPORTUNITY)
     assert seen == []
