@@ -271,6 +271,9 @@ async def connect_agent(
     password: str | None = None,
     token: str | None = None,
     creds: str | None = None,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
     task_id: str | None = None,
     endpoint: str | None = None,
     roles: Sequence[str] = (),
@@ -279,8 +282,21 @@ async def connect_agent(
 ) -> AsyncIterator[BusAgent]:
     """Connect to NATS (`nats_url`, comma-separated for a cluster; reconnects forever once
     connected) and put `agent_id` on the bus until the context closes. NatsError if NATS
-    cannot be reached or the presence entry cannot be written."""
-    auth = Settings(nats_user=user, nats_password=password, nats_token=token, nats_creds=creds)
+    cannot be reached or the presence entry cannot be written.
+
+    TLS (the stack's): `tls_ca` is the path of the CA that signed the server's certificate
+    (NATS_TLS_CA); the server must then speak TLS and its certificate verify, or NatsError
+    says so at once. `tls_cert` and `tls_key`: a client certificate, where the server asks
+    for one (NATS_TLS_CERT, NATS_TLS_KEY)."""
+    auth = Settings(
+        nats_user=user,
+        nats_password=password,
+        nats_token=token,
+        nats_creds=creds,
+        nats_tls_ca=tls_ca,
+        nats_tls_cert=tls_cert,
+        nats_tls_key=tls_key,
+    )
     async with (
         connect(auth, nats_url, name=f"chorus-agent-{agent_id}", inbox_prefix=inbox_prefix) as nc,
         BusAgent(

@@ -1,0 +1,137 @@
+"""TLS to NATS (NATS_TLS_CA, NATS_TLS_CERT, NATS_TLS_KEY): the client's SSL context, a server
+that must speak TLS, and a certificate that does not verify said in one line.
+
+nats-py upgrades to TLS only when the server's INFO says `tls_required`: given a CA but facing a
+server without TLS, it would go on in the clear and send the password. So, with a CA configured,
+the first server that answers is asked for its INFO (nothing is sent to it) before nats-py
+connects, and a server that does not require TLS is refused. A certificate that the CA does not
+verify is not a passing fault (nats-py would retry it for its whole reconnect budget): it is
+named at once, with what to check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from bridge.config import Settings
+from bridge.errors import NatsError
+from bridge.ops.redact import redact_url
+
+__all__ = ["nats_tls", "require_tls", "tls_failure", "tls_failure_message"]
+
+# Schemes whose first line from the server is its INFO (ws/wss: a websocket handshake first).
+_INFO_SCHEMES = ("nats", "tls")
+_INFO_LIMIT = 64 * 1024
+
+
+def nats_tls(settings: Settings) -> dict[str, Any]:
+    """nats.connect() keyword arguments for TLS: {} without NATS_TLS_CA, else `tls`, an SSL
+    context that verifies the server against that CA only (and presents the client
+    certificate of NATS_TLS_CERT/NATS_TLS_KEY when set). NatsError naming the variable when a
+    file cannot be read or is not PEM."""
+    if not settings.nats_tls_ca:
+        return {}
+    # Hostname checked and certificate required; the CA below is the only one trusted.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load(context.load_verify_locations, "NATS_TLS_CA", settings.nats_tls_ca)
+    if settings.nats_tls_cert and settings.nats_tls_key:
+        _load(
+            lambda path: context.load_cert_chain(path, settings.nats_tls_key),
+            "NATS_TLS_CERT",
+            settings.nats_tls_cert,
+        )
+    return {"tls": context}
+
+
+def _load(call: Callable[[str], object], variable: str, path: str) -> None:
+    try:
+        call(path)
+    except FileNotFoundError:
+        raise NatsError(f"{variable}={path}: no such file") from None
+    except PermissionError:
+        raise NatsError(f"{variable}={path}: permission denied") from None
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise NatsError(f"{variable}={path}: not a PEM file of what it names ({exc})") from None
+
+
+async def require_tls(servers: list[str], timeout: float) -> None:
+    """NatsError unless the first of `servers` that answers requires TLS (its INFO line says
+    `tls_required`). Servers that do not answer are skipped: nats-py then says why it cannot
+    connect."""
+    for server in servers:
+        parts = urlsplit(server if "://" in server else f"nats://{server}")
+        if parts.scheme not in _INFO_SCHEMES or not parts.hostname:
+            continue
+        info = await _info(parts.hostname, parts.port or 4222, timeout)
+        if info is None:
+            continue
+        if info.get("tls_required") is True:
+            return
+        raise NatsError(
+            f"NATS at {redact_url(server)} does not require TLS, yet NATS_TLS_CA is set: "
+            "refusing to send credentials in the clear; turn TLS on in the server (the stack's "
+            "`--tls` flags) or unset NATS_TLS_CA"
+        )
+
+
+async def _info(host: str, port: int, timeout: float) -> dict[str, Any] | None:
+    """The server's INFO, or None when it does not answer with one within `timeout`."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port, limit=_INFO_LIMIT)
+            try:
+                line = await reader.readline()
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError, ValueError):
+        return None
+    verb, _, body = line.partition(b" ")
+    if verb.upper() != b"INFO":
+        return None
+    try:
+        info = json.loads(body)
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def tls_failure(exc: BaseException) -> str | None:
+    """What went wrong in the TLS handshake, in OpenSSL's words (e.g. "certificate verify
+    failed: unable to get local issuer certificate"), or None when `exc` is no TLS failure."""
+    for error in _chain(exc):
+        if isinstance(error, ssl.SSLCertVerificationError):
+            detail = error.verify_message or error.reason
+            return f"certificate verify failed: {detail}" if detail else str(error)
+        if isinstance(error, ssl.SSLError):
+            return str(error.reason or error)
+    return None
+
+
+def tls_failure_message(url: str, reason: str, settings: Settings) -> str:
+    """The one line for a handshake that failed: what, at which server, and what to check."""
+    if settings.nats_tls_ca:
+        check = (
+            f"check that NATS_TLS_CA ({settings.nats_tls_ca}) is the CA that signed the "
+            "server's certificate and that the certificate names the host of NATS_URL"
+        )
+    else:
+        check = "set NATS_TLS_CA to the CA that signed the server's certificate"
+    return f"TLS to NATS at {redact_url(url)} failed ({reason}): {check}"
