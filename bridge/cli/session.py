@@ -180,7 +180,7 @@ async def open_session(
     reported = Reported()
     tls = nats_tls(settings)
     if tls:
-        await require_tls(nats_servers(url), 2)
+        await require_tls(nats_servers(url), settings, 2)
     try:
         nc = await nats.connect(
             nats_servers(url),

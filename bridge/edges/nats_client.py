@@ -110,7 +110,7 @@ async def connect(
 
     tls = nats_tls(settings)
     if tls:
-        await require_tls(nats_servers(url), CONNECT_TIMEOUT)
+        await require_tls(nats_servers(url), settings, CONNECT_TIMEOUT)
     nc = NATS()
     # A certificate that does not verify ends the first connection at once (nats-py would try
     # it again for its whole budget); once connected, a failed handshake is one more error.

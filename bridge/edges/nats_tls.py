@@ -3,8 +3,10 @@ that must speak TLS, and a certificate that does not verify said in one line.
 
 nats-py upgrades to TLS only when the server's INFO says `tls_required`: given a CA but facing a
 server without TLS, it would go on in the clear and send the password. So, with a CA configured,
-the first server that answers is asked for its INFO (nothing is sent to it) before nats-py
-connects, and a server that does not require TLS is refused. A certificate that the CA does not
+the first server that answers is asked for its INFO, and its certificate checked, before nats-py
+connects (nothing else is sent), and a server that does not require TLS is refused. (This
+guards the start against a server left without TLS; it is no defence against an impostor on
+the path, which could answer the two connections differently.) A certificate that the CA does not
 verify is not a passing fault (nats-py would retry it for its whole reconnect budget): it is
 named at once, with what to check.
 """
@@ -61,18 +63,25 @@ def _load(call: Callable[[str], object], variable: str, path: str) -> None:
         raise NatsError(f"{variable}={path}: not a PEM file of what it names ({exc})") from None
 
 
-async def require_tls(servers: list[str], timeout: float) -> None:
+async def require_tls(servers: list[str], settings: Settings, timeout: float) -> None:
     """NatsError unless the first of `servers` that answers requires TLS (its INFO line says
-    `tls_required`). Servers that do not answer are skipped: nats-py then says why it cannot
+    `tls_required`) and its certificate verifies against NATS_TLS_CA: the handshake is made
+    here, then the connection closed, so the server sees a client that left, not a failed
+    handshake. Servers that do not answer are skipped: nats-py then says why it cannot
     connect."""
+    context = nats_tls(settings)["tls"]
     for server in servers:
         parts = urlsplit(server if "://" in server else f"nats://{server}")
         if parts.scheme not in _INFO_SCHEMES or not parts.hostname:
             continue
-        info = await _info(parts.hostname, parts.port or 4222, timeout)
-        if info is None:
+        try:
+            required = await _requires_tls(parts.hostname, parts.port or 4222, context, timeout)
+        except ssl.SSLError as exc:
+            reason = tls_failure(exc) or str(exc)
+            raise NatsError(tls_failure_message(server, reason, settings)) from None
+        if required is None:
             continue
-        if info.get("tls_required") is True:
+        if required:
             return
         raise NatsError(
             f"NATS at {redact_url(server)} does not require TLS, yet NATS_TLS_CA is set: "
@@ -81,19 +90,31 @@ async def require_tls(servers: list[str], timeout: float) -> None:
         )
 
 
-async def _info(host: str, port: int, timeout: float) -> dict[str, Any] | None:
-    """The server's INFO, or None when it does not answer with one within `timeout`."""
+async def _requires_tls(
+    host: str, port: int, context: ssl.SSLContext, timeout: float
+) -> bool | None:
+    """Whether the server's INFO requires TLS (then the handshake is made: ssl.SSLError when
+    it fails), or None when it does not answer with an INFO within `timeout`."""
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port, limit=_INFO_LIMIT)
             try:
-                line = await reader.readline()
+                info = _parse_info(await reader.readline())
+                required = None if info is None else info.get("tls_required") is True
+                if required:
+                    await writer.start_tls(context, server_hostname=host)
             finally:
                 writer.close()
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, ssl.SSLError):
                     await writer.wait_closed()
+    except ssl.SSLError:
+        raise
     except (OSError, TimeoutError, ValueError):
         return None
+    return required
+
+
+def _parse_info(line: bytes) -> dict[str, Any] | None:
     verb, _, body = line.partition(b" ")
     if verb.upper() != b"INFO":
         return None

@@ -14,14 +14,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 
 from bridge.agent import connect_agent
 from bridge.config import Settings, load_settings
 from bridge.contract.names import Names
-from bridge.devkit.sim import presence_bucket_config
+from bridge.devkit.sim import BusAuth, presence_bucket_config, run_single_agent
 from bridge.edges.nats_client import INITIAL_CONNECT_ATTEMPTS, RECONNECT_WAIT, connect
 from bridge.edges.nats_server import EmbeddedNats
 from bridge.errors import ConfigError, NatsError
+from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "nats-tls.sh"
@@ -148,14 +151,43 @@ async def test_a_client_certificate_where_the_server_asks_for_one(
             await nc.flush(timeout=5)
 
 
-async def test_the_agent_library_speaks_tls(tls_server: EmbeddedNats, stack_tls: Path) -> None:
+async def test_the_agent_library_and_the_simulated_agent_speak_tls(
+    tls_server: EmbeddedNats, stack_tls: Path
+) -> None:
+    """connect_agent with tls_ca, and `chorus-bridge sim-agent`'s agent (NATS_TLS_CA), each
+    write their presence over TLS."""
     ca = stack_tls / "nats_tls_ca.pem"
     names = Names(prefix="tls", agents_bucket="tls_agents")
     async with connect(with_ca(ca), tls_server.url) as nc:
         kv = await nc.jetstream().create_key_value(presence_bucket_config(names))
         async with connect_agent(tls_server.url, "task0tls", prefix="tls", tls_ca=str(ca)):
             entry = await kv.get("task0tls")
-    assert entry.value
+        assert entry.value
+        stop = asyncio.Event()
+        single = asyncio.create_task(
+            run_single_agent(
+                names=names,
+                stop=stop,
+                host="127.61.0.1",
+                port=0,
+                agent_id="task1tls",
+                nats_url=tls_server.url,
+                auth=BusAuth(tls_ca=str(ca)),
+            )
+        )
+        try:
+            await wait_for(lambda: _has_key(kv, "task1tls"), what="the sim agent's presence")
+        finally:
+            stop.set()
+            await single
+
+
+async def _has_key(kv: KeyValue, key: str) -> bool:
+    try:
+        await kv.get(key)
+    except KeyNotFoundError:
+        return False
+    return True
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
