@@ -17,8 +17,9 @@ WORKDIR /src
 # reuses this layer. constraints.txt pins every package to the versions the tests ran with.
 COPY pyproject.toml constraints.txt README.m[d] ./
 # The build tree goes too: setuptools keeps a built file that is newer than its source, and the
-# placeholder __init__.py is newer than the real one copied below.
-RUN mkdir bridge && touch bridge/__init__.py \
+# placeholder __init__.py is newer than the real one copied below. The placeholder has a
+# version, which pyproject.toml reads from it.
+RUN mkdir bridge && echo '__version__ = "0"' > bridge/__init__.py \
     && /opt/venv/bin/pip install -c constraints.txt . \
     && /opt/venv/bin/pip uninstall -y chorus-bridge \
     && rm -rf build bridge *.egg-info

@@ -59,7 +59,7 @@ def _test_copy_of_conf(directory: Path) -> Path:
     error), and monitoring is off so that nothing listens beyond loopback.
     """
     text = NATS_CONF.read_text()
-    for line in (r"^\s*store_dir: /data\s*$", r"^\s*http: 0\.0\.0\.0:8222\s*$"):
+    for line in (r"^\s*store_dir: /data\s*$", r"^\s*http: 127\.0\.0\.1:8222\s*$"):
         text, count = re.subn(line, "", text, flags=re.MULTILINE)
         assert count == 1, f"nats.conf no longer has exactly one line matching {line!r}"
     path = directory / "nats-test.conf"
