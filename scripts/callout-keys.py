@@ -11,7 +11,8 @@ writes, each readable by its owner only:
     DIR/callout_issuer_public  its public key, nats-callout.conf's $CALLOUT_ISSUER
     DIR/callout_xkey_public    its public key, nats-callout.conf's $CALLOUT_XKEY
 and prints the two public keys. Existing files are kept (exit 1), so that a stack's keys are
-never replaced by accident. Needs the chorus-bridge package (its nkeys dependency).
+never replaced by accident. Needs the nkeys and PyNaCl packages (the chorus-bridge package's
+dependencies); the package itself is taken from this clone when it is not installed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ import os
 import sys
 from pathlib import Path
 
-from bridge.edges.nkeys_jwt import CurveKey, SigningKey, new_seed
+# From a fresh clone: the package next to this script.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+try:
+    from bridge.edges.nkeys_jwt import CurveKey, SigningKey, new_seed
+except ImportError as exc:
+    sys.exit(
+        f"callout-keys: {exc}; install the bridge's dependencies (pip install .) or run this "
+        "script with the bridge image's python (README, Deploying on Docker Swarm)"
+    )
 
 
 def _write(path: Path, data: bytes) -> None:
