@@ -16,9 +16,9 @@ WORKDIR /src
 # Dependencies first, from the project metadata and the lock alone, so a change of the code
 # reuses this layer. constraints.txt pins every package to the versions the tests ran with.
 COPY pyproject.toml constraints.txt README.m[d] ./
+# The placeholder package carries a version, which pyproject.toml reads from bridge/__init__.py.
 # The build tree goes too: setuptools keeps a built file that is newer than its source, and the
-# placeholder __init__.py is newer than the real one copied below. The placeholder has a
-# version, which pyproject.toml reads from it.
+# placeholder __init__.py is newer than the real one copied below.
 RUN mkdir bridge && echo '__version__ = "0"' > bridge/__init__.py \
     && /opt/venv/bin/pip install -c constraints.txt . \
     && /opt/venv/bin/pip uninstall -y chorus-bridge \

@@ -112,7 +112,6 @@ async def serve(args: argparse.Namespace) -> None:
                 connections=args.connections,
                 claim_policy=_every_role_of(args.claims_for),
                 ask_claims=args.claims_for is not None,
-                own_inboxes=True,
             )
         )
         print(f"READY {fleet.port}", flush=True)

@@ -25,7 +25,7 @@ from bridge.bus.presence import Presence
 from bridge.bus.registry import AgentRegistry
 from bridge.config import Settings
 from bridge.contract.buckets import councils_bucket
-from bridge.contract.names import SERVICE_NAME, SHARED_AGENT_INBOX, Names
+from bridge.contract.names import SERVICE_NAME, Names
 from bridge.council.api import CouncilEndpoint
 from bridge.council.arbiter import Arbiter
 from bridge.council.book import CouncilBook
@@ -160,8 +160,6 @@ async def open_bridge(
             nc,
             names,
             arbiter,
-            # The open mode's agents share one user and its inbox (bridge/council/answers.py).
-            shared_inbox=None if settings.auth_callout else SHARED_AGENT_INBOX,
             metrics=metrics,
         )
         sock = stack.enter_context(listening_socket(settings.listen_host, settings.listen_port))

@@ -8,7 +8,11 @@
 #   - nothing is added to the host's network namespace (no host routes, no host iptables rules:
 #     the host dockerd's FORWARD DROP policy and br_netfilter never see the nodes' traffic);
 #   - the nodes reach only each other (10.250.0.0/24 by default, no default route);
-#   - the host talks to each node through its unix socket /run/chorus-node-N.sock.
+#   - the host talks to each node through its unix socket /run/chorus-node-N.sock;
+#   - inside its own mount namespace, each node's engine answers on NODE_SOCKET as well
+#     (/run/chorus-node/docker.sock, on a tmpfs only that node sees): what a container's bind
+#     mount of that path reaches there is that node's own engine, as /var/run/docker.sock is on
+#     a real machine (the stack's docker-api proxy: DOCKER_SOCKET=/run/chorus-node/docker.sock).
 #
 # Images: the nodes share no registry. An image reaches every node the way an operator without a
 # registry does it: `docker save IMAGE | docker -H <node> load` (the `load` command below), from
@@ -59,6 +63,8 @@ SOURCE=${SOURCE:-unix:///var/run/docker.sock}
 NAME=${NAME:-cmn}
 DATA=${DATA:-/var/lib/chorus-nodes}
 RUN=${RUN:-/run/cmn}
+NODE_SOCKET_DIR=/run/chorus-node
+NODE_SOCKET=$NODE_SOCKET_DIR/docker.sock
 SOCK_PREFIX=${SOCK_PREFIX:-/run/chorus-node-}
 HEARTBEAT=${HEARTBEAT:-}
 DATA_TMPFS=${DATA_TMPFS:-1}
@@ -159,16 +165,26 @@ ensure_node_net() {
 
 # --- one dockerd per node --------------------------------------------------------------------
 
+# Whether node N's running dockerd answers on NODE_SOCKET in its own mount namespace (a node
+# started by an older copy of this script does not).
+has_node_socket() {
+    nsenter --mount --target "$(cat "$(pidfile "$1")")" -- test -S "$NODE_SOCKET" 2>/dev/null
+}
+
 # Start node N's dockerd unless it runs; `start_node` also waits until it answers.
 launch_node() {
     local n=$1
-    alive "$(pidfile "$n")" dockerd && return
+    if alive "$(pidfile "$n")" dockerd; then
+        has_node_socket "$n" && return
+        say "node $n has no $NODE_SOCKET: restarting its dockerd (its swarm state is kept)"
+        stop_node "$n"
+    fi
     ensure_node_net "$n"
     rm -f "$(pidfile "$n")" "$(sock "$n")"
     # A containerd killed with its node can linger as a zombie for a moment: dockerd then takes
     # its pid file for a live containerd, waits for its socket and gives up after 2 minutes.
     alive "$RUN/$n/containerd/containerd.pid" containerd || rm -f "$RUN/$n/containerd/containerd.pid"
-    mkdir -p "$DATA/node$n" "$RUN/$n"
+    mkdir -p "$DATA/node$n" "$RUN/$n" "$NODE_SOCKET_DIR"
     # Inside fresh mount + UTS namespaces (slave propagation: nothing leaks back to the host):
     # a sysfs of the node's network namespace (what `ip netns exec` does), keeping the host's
     # cgroup mounts, which the fresh sysfs would hide.
@@ -183,15 +199,23 @@ umount -l /sys
 mount -t sysfs sysfs /sys
 mount --rbind \$hold /sys/fs/cgroup
 umount -l \$hold
+mount -t tmpfs -o size=1m,mode=0755 chorus-node-$n $NODE_SOCKET_DIR
 exec dockerd --data-root $DATA/node$n --exec-root $RUN/$n --pidfile $(pidfile "$n") \
-    -H unix://$(sock "$n") --bip 172.30.$n.1/24 --cgroup-parent $(cgparent "$n") \
+    -H unix://$(sock "$n") -H unix://$NODE_SOCKET --bip 172.30.$n.1/24 --cgroup-parent $(cgparent "$n") \
     --exec-opt native.cgroupdriver=cgroupfs --swarm-default-advertise-addr $(addr "$n")
 EOF
 )
     say "starting node $n dockerd (netns $(ns "$n"), log $(log "$n"))"
-    setsid nsenter --net="/run/netns/$(ns "$n")" -- \
-        unshare --mount --uts --propagation slave -- /bin/sh -c "$script" \
-        >>"$(log "$n")" 2>&1 </dev/null &
+    # The daemons outlive this script: they get none of its other open files (a caller's
+    # `flock LOCKFILE swarm-nodes.sh up` would otherwise stay locked while the nodes run).
+    (
+        for fd in $(ls /proc/$BASHPID/fd); do
+            [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null
+        done
+        setsid nsenter --net="/run/netns/$(ns "$n")" -- \
+            unshare --mount --uts --propagation slave -- /bin/sh -c "$script" \
+            >>"$(log "$n")" 2>&1 </dev/null &
+    )
 }
 
 wait_answers() {
@@ -432,7 +456,7 @@ cmd_down() {
         umount /run/netns 2>/dev/null || true
         rmdir /run/netns 2>/dev/null || true
     fi
-    rmdir "$RUN" 2>/dev/null || true
+    rmdir "$RUN" "$NODE_SOCKET_DIR" 2>/dev/null || true
     if mountpoint -q "$DATA"; then
         # Every node process is gone, so is every mount namespace that held it.
         umount "$DATA" || fail "could not unmount $DATA (busy: $(fuser -m "$DATA" 2>&1 | tr -s ' '))"

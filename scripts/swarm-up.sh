@@ -103,7 +103,14 @@ start_engine() {
         alive "$CONTAINERD_PIDFILE" containerd || rm -f "$CONTAINERD_PIDFILE"
         say "starting dockerd (log: $DOCKERD_LOG)"
         # setsid: the engine outlives this script and the job that ran it.
-        setsid dockerd >"$DOCKERD_LOG" 2>&1 < /dev/null &
+        # dockerd outlives this script: it gets none of its other open files (a caller's
+        # `flock LOCKFILE` would otherwise stay locked while the daemon runs).
+        (
+            for fd in $(ls /proc/$BASHPID/fd); do
+                [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null
+            done
+            setsid dockerd >"$DOCKERD_LOG" 2>&1 < /dev/null &
+        )
     fi
     local deadline=$((SECONDS + ENGINE_DEADLINE))
     until engine_up; do

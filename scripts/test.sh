@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command: sets up .venv, brings up the real Docker Swarm the swarm tests
 # use (as root), the multi-node swarm beside it (scripts/swarm-nodes.sh, as root), installs
-# haproxy for the docker-api proxy's tests, builds the stack's images, then runs ruff (lint and
-# format), mypy, import-linter and pytest.
+# haproxy for the docker-api proxy's tests, builds the stack's images, installs promtool (as
+# root, for the alert rules' tests), then runs ruff (lint and format), mypy, import-linter and
+# pytest.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k nats_conf -x`.
 #
 # Environment:
@@ -145,6 +146,19 @@ setup_openssl() {
         || say "warning: openssl could not be installed" >&2
 }
 
+failed=()
+not_run=()
+
+setup_promtool() {
+    # promtool checks deploy/prometheus's alert rules; as root it is installed (Debian's
+    # prometheus package), else the tests that need it skip (and fail under CI=true).
+    if ! bash scripts/ensure-promtool.sh; then
+        failed+=(promtool)
+    elif ! command -v promtool >/dev/null 2>&1; then
+        not_run+=("the alert rules' tests (no promtool: apt-get install prometheus)")
+    fi
+}
+
 setup_venv
 setup_js
 setup_openssl
@@ -153,8 +167,8 @@ setup_haproxy
 . .venv/bin/activate
 setup_swarm
 setup_multinode
+setup_promtool
 
-failed=()
 say "ruff check . && ruff format --check ."
 ruff check . || failed+=(ruff)
 ruff format --check . || failed+=(ruff-format)
@@ -169,6 +183,9 @@ if [ "${CHORUS_MULTINODE_DOWN:-0}" = 1 ] && [ "${CHORUS_TEST_MULTINODE:-}" = 1 ]
     bash scripts/swarm-nodes.sh down || true
 fi
 
+for what in "${not_run[@]}"; do
+    say "not run: $what" >&2
+done
 if [ ${#failed[@]} -gt 0 ]; then
     say "failed: ${failed[*]}" >&2
 fi

@@ -4,7 +4,8 @@ nats-py cannot choose the local address of its connection (no public option; its
 calls asyncio.open_connection without local_addr), and the callout admits an agent by that
 address. Linux lets a socket bind any 127.x.y.z and connect to a server on 127.0.0.1, so this
 client speaks the NATS text protocol itself (INFO, CONNECT, PING/PONG, SUB, PUB, MSG, -ERR)
-over asyncio streams opened with local_addr. Only what the tests need: no TLS, no reconnect.
+over asyncio streams opened with local_addr. Only what the tests need: no TLS, no reconnect;
+headers (HPUB, HMSG) and no-responders statuses when connected with `headers=True`.
 """
 
 from __future__ import annotations
@@ -69,12 +70,14 @@ class RawClient:
             self._pongs.put_nowait(None)
         elif line.startswith(b"-ERR"):
             self._errors.append(line[5:].decode().strip("'"))
-        elif line.startswith(b"MSG "):
+        elif line.startswith((b"MSG ", b"HMSG ")):
             parts = line.split()
+            # HMSG <subject> <sid> [reply] <header bytes> <total bytes>: headers come first.
+            skip = int(parts[-2]) if line.startswith(b"HMSG ") else 0
             payload = await self._reader.readexactly(int(parts[-1]) + 2)
             queue = self._msgs.get(int(parts[2]))
             if queue is not None:
-                queue.put_nowait((parts[1].decode(), payload[:-2]))
+                queue.put_nowait((parts[1].decode(), payload[skip:-2]))
 
     async def subscribe(self, subject: str) -> int:
         self._sid += 1
@@ -86,6 +89,17 @@ class RawClient:
     async def publish(self, subject: str, payload: bytes = b"", reply: str = "") -> None:
         head = f"PUB {subject} {reply + ' ' if reply else ''}{len(payload)}\r\n".encode()
         self._writer.write(head + payload + b"\r\n")
+        await self._writer.drain()
+
+    async def hpublish(
+        self, subject: str, headers: dict[str, str], payload: bytes = b"", reply: str = ""
+    ) -> None:
+        """PUB with NATS headers (the connection must have been made with `headers=True`)."""
+        lines = "".join(f"{key}: {value}\r\n" for key, value in headers.items())
+        head = f"NATS/1.0\r\n{lines}\r\n".encode()
+        size = f"{len(head)} {len(head) + len(payload)}"
+        command = f"HPUB {subject} {reply + ' ' if reply else ''}{size}\r\n".encode()
+        self._writer.write(command + head + payload + b"\r\n")
         await self._writer.drain()
 
     async def next_msg(self, sid: int, timeout: float = TIMEOUT) -> tuple[str, bytes]:
@@ -112,9 +126,17 @@ class RawClient:
 
 @contextlib.asynccontextmanager
 async def raw_connect(
-    port: int, *, source: str, user: str, password: str, name: str = "", host: str = "127.0.0.1"
+    port: int,
+    *,
+    source: str,
+    user: str,
+    password: str,
+    name: str = "",
+    host: str = "127.0.0.1",
+    headers: bool = False,
 ) -> AsyncIterator[RawClient]:
-    """A client connected from `source` (a loopback address); Refused if the server says no."""
+    """A client connected from `source` (a loopback address); Refused if the server says no.
+    `headers`: the client speaks NATS headers and asks for no-responders statuses."""
     reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
     client = RawClient(reader, writer)
     try:
@@ -128,6 +150,8 @@ async def raw_connect(
                 "lang": "raw",
                 "version": "0",
                 "protocol": 1,
+                "headers": headers,
+                "no_responders": headers,
             }
         )
         yield client

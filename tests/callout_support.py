@@ -66,7 +66,7 @@ def write_confs(directory: Path, *, xkey: bool = True) -> Path:
     does),
     and less the xkey line of nats-callout.conf when `xkey` is False. Returns the callout one."""
     text = (ROOT / "nats.conf").read_text()
-    for line in (r"^\s*store_dir: /data\s*$", r"^\s*http: 127\.0\.0\.1:8222\s*$"):
+    for line in (r"^\s*store_dir: /data\s*$", r"^\s*http: [0-9.]+:8222\s*$"):
         text, count = re.subn(line, "", text, flags=re.MULTILINE)
         assert count == 1, f"nats.conf no longer has exactly one line matching {line!r}"
     (directory / "nats.conf").write_text(text)

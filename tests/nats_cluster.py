@@ -20,15 +20,27 @@ import nats
 import nats.errors
 import nats.js.errors
 
-from bridge.edges.nats_server import find_nats_server
+from bridge.edges.nats_server import find_nats_server, write_answer_mapping
 
 __all__ = ["NatsCluster", "NatsProcess", "free_port", "nats_cluster", "nats_process", "settled"]
 
 
+# Every port free_port handed out in this process.
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port that is free now and that this process was not given before. The
+    kernel may give the port it just released to the next bind to port 0 (seen: a cluster's
+    client port equal to its route port), and a cluster asks for nine ports before any server
+    binds one."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 class NatsProcess:
@@ -66,6 +78,8 @@ class NatsProcess:
             str(self.store),
             "-n",
             self.name,
+            "-c",
+            str(write_answer_mapping(self.store.parent / f"{self.name}.conf")),
         ]
         if self.cluster_port is not None:
             args += [

@@ -12,8 +12,12 @@ and claims roles (DESIGN.md, "The bus").
 
 While the context is open the agent keeps its presence entry (key: its agent id, which for a
 Swarm task is its task ID, `{{.Task.ID}}`) in the presence bucket, rewritten every 5 s; the
-bucket's 15 s TTL removes it if the agent dies. Leaving the context deletes the entry (a
-purge), so the bridge sees the agent go at once. Acks and claims go to the agent's own
+bucket's 15 s TTL removes it if the agent dies. Leaving the context deletes the entry, so the
+bridge sees the agent go at once. Presence is a plain publish on the key's subject, answered by
+no one (agents have no JetStream, and the stream their writes land in acknowledges nothing:
+DESIGN.md, "Trust"): an agent sees itself on the bus in its `updated` announcement. The
+connection's inbox prefix is `_INBOX.<agent id>`, the only one the auth callout lets an agent
+read. Acks and claims go to the agent's own
 subjects, `<prefix>.council.<opportunity id>.acks.<agent id>` and `....claims.<agent id>`:
 the bridge counts an ack for the agent its subject names, and with the NATS auth callout on,
 those are the only ack and claim subjects the agent may publish to.
@@ -58,8 +62,8 @@ from bridge.waits import cancel_and_wait, raise_if_cancelled
 
 __all__ = [
     "AGENT_INBOX_PREFIX",
+    "LEAVE_HEADERS",
     "PRESENCE_INTERVAL",
-    "PURGE_HEADERS",
     "BusAgent",
     "ack_message",
     "check_agent_id",
@@ -70,14 +74,16 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
+# The inbox prefix of a connection that speaks for many agents (the simulated fleet), which
+# only the shared `agent` user of the open mode may read; one agent's is `_INBOX.<its id>`.
 AGENT_INBOX_PREFIX = "_INBOX.agent"
-# A KV purge: the entry and its history go, watchers see PURGE; the marker stays (the
-# bucket's own marker TTL does not apply to a purge the writer makes).
-PURGE_HEADERS = delete_headers(purge_ttl=0)
+# A leave: a KV delete, which watchers see as DEL. Not a purge: that is a rollup, which the
+# stream agents' writes land in refuses (docs/trust-design.md).
+LEAVE_HEADERS = delete_headers()
 # Opportunities received and not yet taken by `opportunities()`; past this, the oldest go.
 QUEUE_LIMIT = 1024
-# Seconds a presence write may wait for the server's confirmation.
-WRITE_TIMEOUT = 5.0
+# Seconds a presence write may take to reach the server.
+WRITE_TIMEOUT = 5
 # Seconds a claim waits for the bridge's answer.
 CLAIM_TIMEOUT = 5.0
 
@@ -103,8 +109,8 @@ class BusAgent:
 
     `endpoint` and `task_id` are written into the presence entry as information for operators;
     the bridge matches the entry by its key (`agent_id`) only. Entering writes the presence
-    entry (NatsError if the server does not confirm it, e.g. no presence bucket: is the bridge
-    running?) and subscribes to opportunities; leaving purges the entry.
+    entry (NatsError if it does not reach the server) and subscribes to opportunities; leaving
+    deletes the entry.
     """
 
     def __init__(
@@ -121,7 +127,6 @@ class BusAgent:
         self.id = check_agent_id(agent_id)
         self.names = Names(prefix=prefix, agents_bucket=f"{prefix}_agents")
         self._nc = nc
-        self._js = nc.jetstream()
         self._task_id, self._endpoint, self._roles = task_id, endpoint, list(roles)
         self._interval = presence_interval
         self._queue: asyncio.Queue[CouncilOpportunity | None] = asyncio.Queue(QUEUE_LIMIT)
@@ -131,7 +136,7 @@ class BusAgent:
     async def __aenter__(self) -> Self:
         try:
             await self.write_presence()
-            self._stack.push_async_callback(self._purge)
+            self._stack.push_async_callback(self._leave)
             sub = await self._nc.subscribe(self.names.opportunities, cb=self._received)
             self._stack.push_async_callback(sub.unsubscribe)
             refresher = asyncio.create_task(self._refresh(), name=f"presence-{self.id}")
@@ -187,8 +192,8 @@ class BusAgent:
             ) from exc
 
     async def write_presence(self) -> None:
-        """Write the presence entry now and wait for the server to store it (NatsError if it
-        does not within 5 s). Done every `presence_interval` seconds while on the bus."""
+        """Write the presence entry now (NatsError if it does not reach the server within
+        5 s). Done every `presence_interval` seconds while on the bus."""
         entry = PresenceEntry(
             agent_id=self.id,
             task_id=self._task_id,
@@ -197,14 +202,12 @@ class BusAgent:
             at=now_rfc3339(),
         )
         try:
-            await self._js.publish(
-                presence_subject(self.names, self.id), encode(entry), timeout=WRITE_TIMEOUT
-            )
+            await self._nc.publish(presence_subject(self.names, self.id), encode(entry))
+            await self._nc.flush(timeout=WRITE_TIMEOUT)
         except (nats.errors.Error, OSError) as exc:
             raise NatsError(
                 f"cannot write the presence of agent {self.id!r} in "
-                f"{self.names.presence_bucket!r}: {exc!r}; check that the bridge "
-                "runs (it creates the bucket) and the agent may write its key"
+                f"{self.names.presence_bucket!r}: {exc!r}; check that NATS is reachable"
             ) from exc
 
     async def _publish(self, subject: str, body: bytes) -> None:
@@ -247,18 +250,15 @@ class BusAgent:
         else:
             log.warning("agent_presence_failing", agent_id=self.id, error=error)
 
-    async def _purge(self) -> None:
+    async def _leave(self) -> None:
         if not self._nc.is_connected:
             return  # the entry expires on its own (15 s)
         try:
-            await self._js.publish(
-                presence_subject(self.names, self.id),
-                b"",
-                headers=dict(PURGE_HEADERS),
-                timeout=WRITE_TIMEOUT,
-            )
+            subject = presence_subject(self.names, self.id)
+            await self._nc.publish(subject, b"", headers=dict(LEAVE_HEADERS))
+            await self._nc.flush(timeout=WRITE_TIMEOUT)
         except (nats.errors.Error, OSError) as exc:
-            log.warning("agent_presence_not_purged", agent_id=self.id, error=repr(exc))
+            log.warning("agent_presence_not_deleted", agent_id=self.id, error=repr(exc))
 
 
 @contextlib.asynccontextmanager
@@ -278,11 +278,12 @@ async def connect_agent(
     endpoint: str | None = None,
     roles: Sequence[str] = (),
     presence_interval: float = PRESENCE_INTERVAL,
-    inbox_prefix: str = AGENT_INBOX_PREFIX,
+    inbox_prefix: str | None = None,
 ) -> AsyncIterator[BusAgent]:
     """Connect to NATS (`nats_url`, comma-separated for a cluster; reconnects forever once
     connected) and put `agent_id` on the bus until the context closes. NatsError if NATS
-    cannot be reached or the presence entry cannot be written.
+    cannot be reached or the presence entry cannot be written. `inbox_prefix` None: the
+    agent's own, `_INBOX.<agent id>`.
 
     TLS (the stack's): `tls_ca` is the path of the CA that signed the server's certificate
     (NATS_TLS_CA); the server must then speak TLS and its certificate verify, or NatsError
@@ -297,8 +298,9 @@ async def connect_agent(
         nats_tls_cert=tls_cert,
         nats_tls_key=tls_key,
     )
+    inbox = inbox_prefix or Names.agent_inbox(check_agent_id(agent_id))
     async with (
-        connect(auth, nats_url, name=f"chorus-agent-{agent_id}", inbox_prefix=inbox_prefix) as nc,
+        connect(auth, nats_url, name=f"chorus-agent-{agent_id}", inbox_prefix=inbox) as nc,
         BusAgent(
             nc,
             agent_id,

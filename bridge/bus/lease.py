@@ -10,10 +10,14 @@ still naming itself (it stepped down for want of answers while its renewals stil
 server) takes it again at once: nobody else holds it.
 
 A renewal that fails for want of an answer (a NATS restart, a stream leader election in a
-cluster) is retried until the lease would run out on this bridge's own clock, less a margin;
-only then does the leader step down. A bucket lost with the server is created again and the
-lease taken again at once when nobody else took it. `confirm()` is the fence the registry
-calls before each write batch: a bridge that was paused past its lease finds out there.
+cluster, the server it went through killed) is sent again every RENEW_RETRY seconds, each
+attempt waiting RENEW_ATTEMPT for its answer, until the lease would run out on this bridge's
+own clock, less a margin; only then does the leader step down. A renewal that was stored but
+whose answer was lost leaves the key naming this bridge at a revision it does not know: the
+next renewal, and the fence, take that revision as theirs (only this bridge writes its name).
+A bucket lost with the server is created again and the lease taken again at once when nobody
+else took it. `confirm()` is the fence the registry calls before each write batch: a bridge
+that was paused past its lease finds out there.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from nats.aio.client import Client as NATS
 from bridge.contract.buckets import LEADER_KEY, LEASE, lease_bucket
 from bridge.contract.messages import LEASE_DECODER, Lease, now_rfc3339
 from bridge.contract.names import Names
-from bridge.edges.kv import Bucket, BucketConfig, Write, bucket_config, ensure_bucket
+from bridge.edges.kv import Bucket, BucketConfig, Entry, Write, bucket_config, ensure_bucket
 from bridge.errors import BucketMissingError, LeaseLostError, NatsError, WrongRevisionError
 from bridge.ops.metrics import Metrics
 from bridge.waits import raise_if_cancelled
@@ -47,6 +51,9 @@ RETRY = 2.0
 RENEWALS = 5
 RENEW_RETRY = 0.5
 MARGIN = 0.5
+# How long one renewal waits for its answer before it is sent again: an answer lost with the
+# server the write went through (killed, in a cluster) must not hold the lease until it ends.
+RENEW_ATTEMPT = 1.0
 # The fence's read of the key: normally a millisecond; without an answer (the lease stream
 # electing a leader) the clock decides, and a write batch should not wait long for that.
 CONFIRM_TIMEOUT = 0.5
@@ -169,18 +176,23 @@ class LeaderElection:
     async def _note_leader(self, bucket: Bucket) -> int | None:
         """Note who holds the lease; the key's revision when it names this bridge."""
         entry = await bucket.get(LEADER_KEY)
-        if entry is None or entry.operation is not None or not entry.value:
-            return None
-        try:
-            leader = LEASE_DECODER.decode(entry.value).bridge_id
-        except msgspec.DecodeError:
-            return None
-        if leader == self.identity:
+        leader = self._named(entry) if entry is not None else None
+        if entry is not None and leader == self.identity:
             return entry.revision
-        if leader != self.leader:
+        if leader is not None and leader != self.leader:
             self.leader = leader
             log.info("bridge_standby", leader=leader, me=self.identity)
         return None
+
+    @staticmethod
+    def _named(entry: Entry) -> str | None:
+        """The bridge the key's entry names; None for a tombstone or what is no lease."""
+        if entry.operation is not None or not entry.value:
+            return None
+        try:
+            return LEASE_DECODER.decode(entry.value).bridge_id
+        except msgspec.DecodeError:
+            return None
 
     async def _renew(self, bucket: Bucket) -> None:
         started = self._now()
@@ -192,17 +204,10 @@ class LeaderElection:
         try:
             self._revision = await bucket.write(
                 Write(LEADER_KEY, self._value(), expect=self._revision),
-                timeout=max(0.5, self._valid_until - started - MARGIN),
+                timeout=min(RENEW_ATTEMPT, max(0.5, self._valid_until - started - MARGIN)),
             )
         except WrongRevisionError:
-            # Nobody may hold it (the bucket was created again, the key expired): then take
-            # it again at once; else another bridge leads.
-            try:
-                self._revision = await bucket.create(LEADER_KEY, self._value())
-            except WrongRevisionError:
-                log.warning("leader_lease_lost", reason="another bridge holds the lease")
-                self._become(False)
-                await self._note_leader(bucket)
+            if not await self._retake(bucket):
                 return
         except BucketMissingError:
             self._bucket = bucket = await ensure_bucket(self._nc, self.spec)
@@ -213,6 +218,25 @@ class LeaderElection:
         """Whether this bridge leads and its lease has not run out on its own clock (no
         round trip: what a bridge woken from a pause finds out at once)."""
         return self.is_leader.is_set() and self._now() < self._valid_until
+
+    async def _retake(self, bucket: Bucket) -> bool:
+        """After a renewal found another revision: whether the lease is still this bridge's.
+        Nobody may hold it (the bucket was created again, the key expired): it is taken again
+        at once. The key may still name this bridge (a renewal stored, its answer lost): it
+        is renewed from that revision. Else another bridge leads, and this one steps down."""
+        try:
+            self._revision = await bucket.create(LEADER_KEY, self._value())
+            return True
+        except WrongRevisionError:
+            own = await self._note_leader(bucket)
+        if own is None:
+            log.warning("leader_lease_lost", reason="another bridge holds the lease")
+            self._become(False)
+            return False
+        self._revision = await bucket.write(
+            Write(LEADER_KEY, self._value(), expect=own), timeout=RENEW_ATTEMPT
+        )
+        return True
 
     async def confirm(self) -> None:
         """Raise LeaseLostError unless this bridge holds the lease now (its own clock, then
@@ -242,7 +266,9 @@ class LeaderElection:
             log.info("leader_lease_restored", me=self.identity)
             return
         if entry.revision != self._revision:
-            raise LeaseLostError("the lease key was written by another bridge")
+            if self._named(entry) != self.identity:
+                raise LeaseLostError("the lease key was written by another bridge")
+            self._revision = entry.revision  # a renewal stored, its answer lost
 
     async def _resign(self) -> None:
         if not self.is_leader.is_set():

@@ -2,10 +2,21 @@
 
 DESIGN.md, "The bus": `chorus_agents` (BRIDGE_KV_BUCKET) keeps its records for good (no TTL,
 no max age); `chorus_presence` expires an entry 15 s after its last write, with limit markers
-so that watchers see it go; `chorus_bridge` holds the leader lease, whose messages expire after
-the lease. The bridge creates each when missing, as defined here; a tool that creates one (the
-demo's simulated agents, tests, benchmarks) takes the same definition. The KV edge
-(bridge/edges/kv/) turns a `BucketSpec` into nats-py's configuration.
+so that watchers see it go, and takes agents' writes through an inbound stream (below);
+`chorus_bridge` holds the leader lease, whose messages expire after the lease.
+
+An inbound stream is where writers that must get no answer write (DESIGN.md, "Trust"): agents,
+whose presence writes nats.conf maps from `$KV.<bucket>.<id>` in their account onto
+`<prefix>.presence.in.<id>` in the bridge's. It acknowledges nothing (a PubAck goes to whatever
+reply subject the writer named), refuses rollups (a bucket with limit markers must allow them,
+and `Nats-Rollup: all` on one's own key would empty it) and per-message TTLs, and holds one
+message per key for as long as an entry lives; the bucket sources it, the key's token mapped
+onto `$KV.<bucket>.<key>`. Where everyone shares one account (no nats.conf), agents write the
+bucket's own subjects and the inbound stream stays empty.
+
+The bridge creates each when missing, as defined here; a tool that creates one (the demo's
+simulated agents, tests, benchmarks) takes the same definition. The KV edge (bridge/edges/kv/)
+turns a `BucketSpec` into nats-py's configuration.
 """
 
 from __future__ import annotations
@@ -18,11 +29,13 @@ __all__ = [
     "COUNCIL_RETENTION",
     "LEADER_KEY",
     "LEASE",
+    "MAX_PRESENCE_BYTES",
     "PRESENCE_INTERVAL",
     "PRESENCE_MARKER_TTL",
     "PRESENCE_TTL",
     "PURGE_MARKER_TTL",
     "BucketSpec",
+    "Inbound",
     "agents_bucket",
     "council_key",
     "councils_bucket",
@@ -38,6 +51,8 @@ PRESENCE_INTERVAL = 5.0
 PRESENCE_TTL = 15.0
 # Markers left by presence expiries live this long, so a late watcher still sees the agent go.
 PRESENCE_MARKER_TTL = 5
+# DESIGN.md, "Trust": a presence value is at most 4 KiB, refused by the server beyond it.
+MAX_PRESENCE_BYTES = 4096
 # A departed agent's purge marker expires after this many seconds (DESIGN.md: about an hour).
 PURGE_MARKER_TTL = 3600
 # The leader lease, in seconds: the lease bucket's max age, renewed 5 times per lease.
@@ -50,10 +65,20 @@ _SEATS = "agents"
 
 
 @dataclasses.dataclass(frozen=True)
+class Inbound:
+    """The inbound stream a bucket sources (see above): its name, and its subject, whose one
+    `*` token is the key."""
+
+    stream: str
+    subject: str
+
+
+@dataclasses.dataclass(frozen=True)
 class BucketSpec:
     """What a bucket must be. `ttl` (max age) and `marker_ttl` in seconds. `keeps_records`:
     a TTL or max age would lose records, so an existing bucket with one is refused (DESIGN.md:
-    the bridge refuses to write there and /healthz says why)."""
+    the bridge refuses to write there and /healthz says why). `max_value_size` in bytes (None:
+    the server's max payload). `inbound`: the stream the bucket sources writes from."""
 
     name: str
     description: str
@@ -62,6 +87,8 @@ class BucketSpec:
     ttl: float | None = None
     marker_ttl: int | None = None
     keeps_records: bool = True
+    max_value_size: int | None = None
+    inbound: Inbound | None = None
 
 
 def agents_bucket(names: Names, *, replicas: int = 1) -> BucketSpec:
@@ -74,7 +101,8 @@ def agents_bucket(names: Names, *, replicas: int = 1) -> BucketSpec:
 
 
 def presence_bucket(names: Names, *, replicas: int = 1, ttl: float = PRESENCE_TTL) -> BucketSpec:
-    """The presence bucket: in memory, entries expire `ttl` s after their last write."""
+    """The presence bucket: in memory, entries of at most 4 KiB expire `ttl` s after their
+    last write; agents' writes come in through its inbound stream."""
     return BucketSpec(
         name=names.presence_bucket,
         ttl=ttl,
@@ -83,6 +111,8 @@ def presence_bucket(names: Names, *, replicas: int = 1, ttl: float = PRESENCE_TT
         replicas=replicas,
         keeps_records=False,
         description="chorus-bridge: agents present on the bus",
+        max_value_size=MAX_PRESENCE_BYTES,
+        inbound=Inbound(stream=names.presence_inbound, subject=names.presence_in("*")),
     )
 
 

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Protocol
 
-__all__ = ["SERVICE_NAME", "SHARED_AGENT_INBOX", "Names"]
+__all__ = ["ANSWER_MAPPING", "SERVICE_NAME", "Names"]
 
 # The NATS micro service the bridge's request endpoints belong to (`nats micro ls` shows it).
 SERVICE_NAME = "chorus-bridge"
-# The inbox prefix of nats.conf's shared `agent` user (open mode: every agent shares it). With
-# the auth callout each agent has its own, `_INBOX.<agent id>`.
-SHARED_AGENT_INBOX = "_INBOX.agent"
+# One token of a subject an answer goes to: not empty, no wildcard, no whitespace.
+_INBOX_TOKEN = re.compile(r"^[^.*>\s]+\Z")
+
+
+# The subject mapping that delivers the bridge's answers onto agents' inboxes in a server of
+# one account (the embedded one, a test's), as nats.conf's import into the agents' account
+# does: `<prefix>.bridge.answers.<agent id>.<rest>` -> `_INBOX.<agent id>.<rest>`, any prefix.
+ANSWER_MAPPING = {"*.bridge.answers.*.>": "_INBOX.{{wildcard(2)}}.>"}
 
 
 class _Deployment(Protocol):
@@ -83,8 +89,47 @@ class Names:
         return agent_id if agent_id and "." not in agent_id else None
 
     @property
+    def roster(self) -> str:
+        """`<prefix>.bridge.agents`: the roster, asked by agents and coordinators."""
+        return f"{self.prefix}.bridge.agents"
+
+    def messages(self, recipient: str, sender: str) -> str:
+        """`<prefix>.agents.<recipient>.messages.<sender>` (`*`: any agent's)."""
+        return f"{self.prefix}.agents.{recipient}.messages.{sender}"
+
+    @property
     def presence_bucket(self) -> str:
         return f"{self.prefix}_presence"
+
+    @property
+    def presence_inbound(self) -> str:
+        """The stream agents' presence writes land in, which the presence bucket sources."""
+        return f"{self.presence_bucket}_in"
+
+    def presence_in(self, agent_id: str) -> str:
+        """`<prefix>.presence.in.<agent id>` (`*`: every agent's): where an agent's write of
+        its presence key arrives in the bridge's account (nats.conf's import maps it there)."""
+        return f"{self.prefix}.presence.in.{agent_id}"
+
+    @staticmethod
+    def agent_inbox(agent_id: str) -> str:
+        """`_INBOX.<agent id>`: the agent's inbox prefix, in the agents' account."""
+        return f"_INBOX.{agent_id}"
+
+    def answer_subject(self, agent_id: str, reply: str) -> str | None:
+        """Where the bridge publishes its answer to a request of agent `agent_id` (a claim:
+        the agent its subject names) whose reply subject is `reply`: on
+        `<prefix>.bridge.answers.<agent id>.<rest>` when `reply` is that agent's inbox,
+        `_INBOX.<agent id>.<rest>`; None otherwise, and then there is no answer.
+
+        nats.conf exports that subject to the agents' account as `_INBOX.<agent id>.<rest>`
+        only: whatever a request names, its answer can land on no other subject, in no other
+        account (DESIGN.md, "Trust"; docs/trust-design.md)."""
+        head = f"{self.agent_inbox(agent_id)}."
+        rest = reply[len(head) :] if reply.startswith(head) else ""
+        if not rest or not all(_INBOX_TOKEN.match(token) for token in rest.split(".")):
+            return None
+        return f"{self.prefix}.bridge.answers.{agent_id}.{rest}"
 
     @property
     def leader_bucket(self) -> str:

@@ -45,13 +45,11 @@ class ClaimDesk:
         names: Names,
         arbiter: Arbiter,
         *,
-        shared_inbox: str | None,
         metrics: Metrics | None = None,
     ) -> None:
         self._nc = nc
         self._names = names
         self._arbiter = arbiter
-        self._shared_inbox = shared_inbox
         self._metrics = metrics
 
     @contextlib.asynccontextmanager
@@ -104,9 +102,7 @@ class ClaimDesk:
             log.debug("claim_names_another_agent", agent_id=agent_id, named=claim.agent_id[:128])
         answer = await self._arbiter.claim(opportunity_id, agent_id, claim.role, via="bus")
         if answer is not None:
-            await answer_claim(
-                self._nc, msg.reply, agent_id, encode(answer), shared_inbox=self._shared_inbox
-            )
+            await answer_claim(self._nc, self._names, msg.reply, agent_id, encode(answer))
 
     def _drop(self, reason: str, subject: str) -> None:
         log.debug("claim_dropped", reason=reason, subject=subject[:200])

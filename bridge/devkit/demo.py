@@ -152,7 +152,6 @@ async def _stage(
                     progress=_Progress(say, agents),
                     claim_policy=claim_every_role,
                     ask_claims=True,
-                    own_inboxes=True,
                 )
             )
             yield server, swarm, docker_api, fleet, names

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import json
 import os
 import re
 import shutil
@@ -18,10 +19,11 @@ from types import TracebackType
 
 import structlog
 
+from bridge.contract.names import ANSWER_MAPPING
 from bridge.errors import EmbeddedServerError
 from bridge.waits import cancel_and_wait
 
-__all__ = ["EmbeddedNats", "find_nats_server"]
+__all__ = ["EmbeddedNats", "find_nats_server", "write_answer_mapping"]
 
 log = structlog.get_logger(__name__)
 
@@ -77,12 +79,25 @@ def _ending_with_parent() -> Callable[[], None] | None:
 
 
 def _port_is_free(host: str, port: int) -> bool:
+    """Whether nats-server could listen on the port now. SO_REUSEADDR as nats-server's own
+    listener has it (Go sets it): a connection of a server stopped a moment ago, lingering in
+    TIME_WAIT, does not make the port look taken, while a server listening there still does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
             return False
     return True
+
+
+def write_answer_mapping(path: Path) -> Path:
+    """Write at `path` a nats-server configuration of one account whose mapping takes the
+    bridge's answers to agents' inboxes (ANSWER_MAPPING), as nats.conf's import into the
+    agents' account does. Returns `path`."""
+    lines = [f"  {json.dumps(src)}: {json.dumps(dst)}" for src, dst in ANSWER_MAPPING.items()]
+    path.write_text("mappings {\n" + "\n".join(lines) + "\n}\n")
+    return path
 
 
 class EmbeddedNats:
@@ -154,6 +169,8 @@ class EmbeddedNats:
             self._tmp = tempfile.TemporaryDirectory(prefix="chorus-bridge-nats-")
             self._store_dir = Path(self._tmp.name)
         try:
+            if self._config_file is None:
+                self._config_file = self._own_config()
             await self._start(self._choose_port())
         except (EmbeddedServerError, asyncio.CancelledError):
             self._cleanup_tmp()
@@ -277,6 +294,12 @@ class EmbeddedNats:
         if self._drain is not None:
             await cancel_and_wait(self._drain)
             self._drain = None
+
+    def _own_config(self) -> Path:
+        """Our configuration file, when the caller gives none (in the store directory)."""
+        assert self._store_dir is not None
+        self._store_dir.mkdir(parents=True, exist_ok=True)
+        return write_answer_mapping(self._store_dir / "chorus-embedded.conf")
 
     def _cleanup_tmp(self) -> None:
         if self._tmp is not None:

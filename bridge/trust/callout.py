@@ -4,9 +4,10 @@ With BRIDGE_AUTH_CALLOUT=true the NATS server sends every connection that is not
 `auth_users` (bridge, coordinator, ops) to `$SYS.REQ.USER.AUTH`, as a JWT it signs (sealed to
 our curve key when the server has `xkey` set). A connection with the shared agent credentials
 whose address (`client_info.host`) is the address of exactly one agent in the agents bucket is
-admitted as that agent: a user JWT, signed with the issuer seed, that may publish only that
-agent's presence key and its ack and claim subjects, and read what agents read. Anything else
-gets an error answer, which the server turns into "Authorization Violation". Every request is
+admitted as that agent: a user JWT, signed with the issuer seed, in the account AGENTS (its
+`aud`), expiring within 10 minutes, that may publish only that agent's own subjects and read
+what agents read, its own messages and its own inbox (`agent_permissions`). Anything else gets
+an error answer, which the server turns into "Authorization Violation". Every request is
 counted in `chorus_bridge_callouts_total` (bridge/ops/metrics.py), before it is answered.
 
 Every bridge replica, leader or standby, answers from its own watch of the agents bucket, in
@@ -30,6 +31,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from bridge.config import Settings
+from bridge.contract.kv_wire import key_subject
 from bridge.contract.names import Names
 from bridge.edges.nkeys_jwt import CurveKey, SigningKey, decode_verified
 from bridge.errors import CalloutKeyError, CalloutRequestError, ConfigError
@@ -43,6 +45,7 @@ __all__ = [
     "Callout",
     "CalloutKeys",
     "agent_permissions",
+    "user_claims",
 ]
 
 log = structlog.get_logger(__name__)
@@ -51,13 +54,15 @@ AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
 # The queue group of every bridge replica (nats.conf allows the bridge this one).
 CALLOUT_QUEUE = "chorus-bridge"
 AGENT_USER = "agent"
-AGENT_INBOX = "_INBOX.agent"
-# nats.conf's account of the bus: admitted agents land there, beside the bridge.
-AGENT_ACCOUNT = "CHORUS"
+# nats.conf's account of the agents (the user JWT's `aud`): no JetStream, and nothing of the
+# bridge's account but the streams nats.conf exports and imports.
+AGENT_ACCOUNT = "AGENTS"
 SERVER_XKEY_HEADER = "Nats-Server-Xkey"
-# The answer is read by the server at once; the user it carries has no expiry: the address
-# is checked again whenever the agent reconnects.
+# The answer is read by the server at once.
 RESPONSE_TTL = 10
+# Seconds an issued user lives (DESIGN.md: at most 10 minutes). The server then closes the
+# connection and the client reconnects through the callout, which checks its address again.
+USER_TTL = 600
 # Refusals are logged once per address and reason, not on every retry of a client.
 MAX_REMEMBERED_REFUSALS = 4096
 
@@ -128,33 +133,53 @@ class CalloutKeys:
 
 
 def agent_permissions(names: Names, agent_id: str) -> dict[str, Any]:
-    """The `pub`/`sub` permissions of an admitted agent: its own presence key, ack and claim
-    subjects to write; what nats.conf's shared `agent` user reads, to read."""
-    agents, presence = f"KV_{names.agents_bucket}", f"KV_{names.presence_bucket}"
-    read_agents = [
-        f"$JS.API.STREAM.INFO.{agents}",
-        f"$JS.API.STREAM.MSG.GET.{agents}",
-        f"$JS.API.DIRECT.GET.{agents}",
-        f"$JS.API.DIRECT.GET.{agents}.>",
-        f"$JS.API.CONSUMER.CREATE.{agents}",
-        f"$JS.API.CONSUMER.CREATE.{agents}.>",
-        f"$JS.API.CONSUMER.INFO.{agents}.>",
-        f"$JS.API.CONSUMER.DELETE.{agents}.>",
-    ]
-    read_presence = [
-        f"$JS.API.STREAM.INFO.{presence}",
-        f"$JS.API.STREAM.MSG.GET.{presence}",
-        f"$JS.API.DIRECT.GET.{presence}",
-        f"$JS.API.DIRECT.GET.{presence}.>",
-    ]
-    own = [
-        f"$KV.{names.presence_bucket}.{agent_id}",
-        f"{names.prefix}.council.*.acks.{agent_id}",
-        f"{names.prefix}.council.*.claims.{agent_id}",
-    ]
+    """The `pub`/`sub` permissions of an admitted agent (docs/trust-design.md): an allow-list
+    of its own subjects to publish (its presence key, acks and claims, messages as their
+    sender, the roster request, and replies to a peer's inbox under its own id), nothing of
+    `$JS.API` or `$SYS` (both still answer in an account without JetStream); to read, what
+    agents read, its own messages and its own inbox."""
     return {
-        "pub": {"allow": ["$JS.API.INFO", *read_agents, *read_presence, "$JS.FC.>", *own]},
-        "sub": {"allow": [names.opportunities, names.announce, f"{AGENT_INBOX}.>"]},
+        "pub": {
+            "allow": [
+                key_subject(names.presence_bucket, agent_id),
+                names.acks("*", agent_id),
+                names.claims("*", agent_id),
+                names.messages("*", agent_id),
+                names.roster,
+                f"_INBOX.*.{agent_id}.>",
+            ]
+        },
+        "sub": {
+            "allow": [
+                names.opportunities,
+                names.announce,
+                names.council_events("*"),
+                names.messages(agent_id, "*"),
+                f"{names.agent_inbox(agent_id)}.>",
+            ]
+        },
+    }
+
+
+def user_claims(
+    names: Names, agent_id: str, user_nkey: str, *, account: str = AGENT_ACCOUNT
+) -> dict[str, Any]:
+    """The claims of the user JWT that admits agent `agent_id` on the connection whose key is
+    `user_nkey`: in `account` (`aud`), named after the agent, expiring USER_TTL seconds from
+    now, with `agent_permissions`."""
+    return {
+        "sub": user_nkey,
+        "aud": account,
+        "name": agent_id,
+        "exp": int(time.time()) + USER_TTL,
+        "nats": {
+            "type": "user",
+            "version": 2,
+            "subs": -1,
+            "data": -1,
+            "payload": -1,
+            **agent_permissions(names, agent_id),
+        },
     }
 
 
@@ -316,18 +341,5 @@ class Callout:
         log.warning("callout_refused", address=host, user=user, reason=reason)
 
     def _user(self, request: AuthRequest, agent_id: str) -> str:
-        return self._keys.issuer.encode(
-            {
-                "sub": request.user_nkey,
-                "aud": self._account,
-                "name": agent_id,
-                "nats": {
-                    "type": "user",
-                    "version": 2,
-                    "subs": -1,
-                    "data": -1,
-                    "payload": -1,
-                    **agent_permissions(self._names, agent_id),
-                },
-            }
-        )
+        claims = user_claims(self._names, agent_id, request.user_nkey, account=self._account)
+        return self._keys.issuer.encode(claims)

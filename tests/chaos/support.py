@@ -11,18 +11,22 @@ import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import nats
 import nats.errors
 import nats.js.errors
+from nats.js.api import RawStreamMsg
 
 from bridge.bus.registry import read_bucket
 from bridge.config import Settings
+from bridge.contract.buckets import LEADER_KEY
 from bridge.contract.kv_wire import key_subject, stream_of
 from bridge.contract.messages import (
     REPORT_DECODER,
     Agent,
     BroadcastReport,
     CouncilOpportunity,
+    Lease,
     PresenceEntry,
     Role,
     encode,
@@ -31,7 +35,7 @@ from bridge.contract.messages import (
 from bridge.contract.names import Names
 from bridge.errors import NatsError
 
-__all__ = ["bucket_agents", "has_key", "healthz", "on_the_bus", "try_broadcast"]
+__all__ = ["bucket_agents", "has_key", "healthz", "lease_of", "on_the_bus", "try_broadcast"]
 
 
 async def bucket_agents(url: str, settings: Settings) -> dict[str, Agent]:
@@ -53,24 +57,41 @@ async def bucket_agents(url: str, settings: Settings) -> dict[str, Agent]:
         await nc.close()
 
 
-async def has_key(url: str, settings: Settings, key: str, timeout: float = 0.5) -> bool:
-    """Whether the agents bucket holds a value under `key` now, read from its stream leader
-    (a watch would need the meta leader, which a fault may have taken away)."""
+async def _last_message(url: str, bucket: str, key: str, timeout: float) -> RawStreamMsg | None:
+    """The last message of `key` in `bucket`, read from its stream leader (a watch would need
+    the meta leader, which a fault may have taken away); None when it cannot be read."""
     try:
         nc = await nats.connect(
             url.split(","), connect_timeout=0.5, max_reconnect_attempts=0, allow_reconnect=False
         )
     except (nats.errors.Error, OSError):
-        return False
+        return None
     try:
-        msg = await nc.jetstream(timeout=timeout).get_msg(
-            stream_of(settings.kv_bucket), subject=key_subject(settings.kv_bucket, key)
+        return await nc.jetstream(timeout=timeout).get_msg(
+            stream_of(bucket), subject=key_subject(bucket, key)
         )
-        return bool(msg.data)
     except (nats.errors.Error, nats.js.errors.Error, OSError):
-        return False
+        return None
     finally:
         await nc.close()
+
+
+async def has_key(url: str, settings: Settings, key: str, timeout: float = 0.5) -> bool:
+    """Whether the agents bucket holds a value under `key` now."""
+    msg = await _last_message(url, settings.kv_bucket, key, timeout)
+    return msg is not None and bool(msg.data)
+
+
+async def lease_of(url: str, bucket: str, timeout: float = 0.5) -> tuple[Lease, int] | None:
+    """The leader lease and its revision as `nats kv get <bucket> leader` shows them now; None
+    when there is none, or it cannot be read."""
+    msg = await _last_message(url, bucket, LEADER_KEY, timeout)
+    if msg is None or not msg.data:
+        return None
+    try:
+        return msgspec.json.decode(msg.data, type=Lease), msg.seq or 0
+    except msgspec.DecodeError:
+        return None
 
 
 async def try_broadcast(

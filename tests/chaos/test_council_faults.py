@@ -56,7 +56,6 @@ async def fleet_of(
         ids=task_ids,
         claim_policy=None,
         ask_claims=True,
-        own_inboxes=True,
         opportunity_path=settings.opportunity_path,
     ) as fleet:
         yield fleet, settings.replace(agent_port=fleet.port)

@@ -99,9 +99,9 @@ async def test_each_rule_and_its_reason(
 async def test_answers_go_only_to_the_claimers_inbox(
     settings: Settings, nats_server: EmbeddedNats, swarm: EmulatedSwarm, nc: NATS
 ) -> None:
-    """The answer goes to `_INBOX.<agent id>.…` (or the open mode's shared `_INBOX.agent.…`),
-    never to another agent's inbox nor any other subject, though the claim is decided;
-    oversized or unreadable claims are dropped, unanswered, and counted."""
+    """The answer goes to `_INBOX.<agent id>.…`, never to another agent's inbox nor any other
+    subject (a shared `_INBOX.agent.…` neither), though the claim is decided; oversized or
+    unreadable claims are dropped, unanswered, and counted."""
     async with stage(settings, nats_server, swarm, 3, on_bus=1, claim_policy=None) as s:
         asker = Asker(nc, s)
         await asker.start()
@@ -116,7 +116,13 @@ async def test_answers_go_only_to_the_claimers_inbox(
             await nc.subscribe(subject, cb=on_elsewhere)
         a, b, c = (agent.id for agent in s.fleet.agents)
         await s.broadcast(nc, encode(OPPORTUNITY))
-        for reply in (f"_INBOX.{b}.x.1", lease, f"_INBOX.{a}", s.names.announce):
+        for reply in (
+            f"_INBOX.{b}.x.1",
+            lease,
+            f"_INBOX.{a}",
+            s.names.announce,
+            "_INBOX.agent.t.9",
+        ):
             await asker.send(a, "qa", reply=reply)
         await asker.send(a, "tpm", body="x" * 5000)
         await asker.send(a, "tpm", body="not json")
@@ -124,7 +130,7 @@ async def test_answers_go_only_to_the_claimers_inbox(
         assert (await asker.ask(b, "tpm")).granted
         assert [reply for reply in asker.answers if not reply.startswith(f"_INBOX.{b}.t.")] == []
         assert elsewhere == []
-        shared = await asker.ask(c, "qa", reply="_INBOX.agent.t.99")
+        taken = await asker.ask(c, "qa")
         holders, _seats = await read_council(nc, s.names, OPPORTUNITY.id)
         metrics = s.running.bridge.metrics
         dropped = {
@@ -135,7 +141,7 @@ async def test_answers_go_only_to_the_claimers_inbox(
         }
     # The claims answered nowhere were decided all the same: a holds qa (the first of them).
     assert {r: h.agent_id for r, h in holders.items()} == {"qa": a, "tpm": b}
-    assert shared == ClaimAnswer(granted=False, role="qa", holder=a, reason="taken")
+    assert taken == ClaimAnswer(granted=False, role="qa", holder=a, reason="taken")
     assert dropped == {"too_large": 1.0, "invalid": 1.0}
 
 

@@ -51,7 +51,6 @@ async def test_a_race_for_every_role(
         on_bus=on_bus,
         claim_policy=every_role,
         ask_claims=True,
-        own_inboxes=True,
         ack_wait=1.0,
     ) as s:
         events = await council_events(nc, s.names, OPPORTUNITY.id)

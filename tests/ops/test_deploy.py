@@ -35,8 +35,13 @@ def promtool() -> str:
     if found:
         return found
     if os.environ.get("CI") == "true":
-        pytest.fail("promtool is missing: apt-get install prometheus (.ci/run does)")
-    pytest.skip("promtool is missing (Debian's prometheus package)")
+        pytest.fail(
+            "promtool is missing: apt-get install prometheus (scripts/test.sh does, as root)"
+        )
+    pytest.skip(
+        "promtool is missing: the alert rules are not checked; apt-get install prometheus "
+        "(scripts/test.sh does as root), or put promtool on PATH"
+    )
 
 
 def _served() -> set[str]:

@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from bridge.broadcast.broadcaster import Broadcaster
 from bridge.broadcast.targets import Target
 from bridge.config import Settings, load_settings
+from bridge.contract.buckets import MAX_PRESENCE_BYTES
 from bridge.contract.messages import (
     CLAIM_DECODER,
     Ack,
@@ -155,10 +156,11 @@ async def test_an_ack_on_an_http_only_agents_subject_does_not_skip_it(
 async def test_a_presence_value_nested_too_deeply_costs_nothing(
     settings: Settings, nats_server: EmbeddedNats, swarm: EmulatedSwarm, nc: NATS
 ) -> None:
-    """Attack 4: a 10 KB presence value nested 5,000 deep (msgspec raises RecursionError for
-    it, which is no DecodeError). The entry is ignored as invalid, the bridge keeps running,
-    and a broadcast reaches everyone."""
-    deep = b'{"agent_id": "x", "z": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    """Attack 4: a presence value nested 2,000 deep, within the bucket's 4 KiB (msgspec raises
+    RecursionError for it, which is no DecodeError). The entry is ignored as invalid, the
+    bridge keeps running, and a broadcast reaches everyone."""
+    deep = b'{"agent_id": "x", "z": ' + b"[" * 2000 + b"]" * 2000 + b"}"
+    assert len(deep) <= MAX_PRESENCE_BYTES
     with structlog.testing.capture_logs() as logs:
         async with stage(settings, nats_server, swarm, 2, on_bus={1}) as s:
             kv = await nc.jetstream().key_value(s.names.presence_bucket)

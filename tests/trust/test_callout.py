@@ -4,6 +4,7 @@ agents are admitted by the address they connect from, each only as itself."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,8 +12,10 @@ import pytest
 import structlog
 
 from bridge.config import Settings
+from bridge.contract.names import Names
 from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
 from bridge.edges.nats_server import EmbeddedNats
+from bridge.trust.callout import AGENT_ACCOUNT, user_claims
 from tests.callout_support import (
     CALLOUT_LABELS,
     CalloutFiles,
@@ -61,19 +64,20 @@ def tasks(swarm: EmulatedSwarm) -> list[tuple[str, str]]:
 async def test_admitted_agent_writes_its_presence_acks_and_claims_as_itself(
     bridge: RunningBridge, server: EmbeddedNats, swarm: EmulatedSwarm
 ) -> None:
-    """An agent connecting from its task's address writes its own presence key, acks and
-    claims as itself; the server denies it another agent's key, ack and claim."""
+    """An agent connecting from its task's address writes its own presence key (which
+    answers nothing: the agent has no JetStream), acks and claims as itself; the server denies
+    it another agent's key, ack, claim and inbox, and JetStream."""
     (me, address), (other, _) = tasks(swarm)
     ops = await user(server, "ops", "OPS_PASS")
     seen = await ops.subscribe("chorus.council.>")
     await ops.flush()
     async with admitted(server, address) as agent:
         assert agent.source == address
-        inbox = await agent.subscribe("_INBOX.agent.t1")
+        inbox = await agent.subscribe(f"_INBOX.{me}.t1")
         entry = json.dumps({"agent_id": me, "task_id": me}).encode()
-        await agent.publish(f"$KV.chorus_presence.{me}", entry, reply="_INBOX.agent.t1")
-        _, ack = await agent.next_msg(inbox)
-        assert json.loads(ack)["stream"] == "KV_chorus_presence"
+        await agent.publish(f"$KV.chorus_presence.{me}", entry, reply=f"_INBOX.{me}.t1")
+        with pytest.raises(TimeoutError):
+            await agent.next_msg(inbox, timeout=0.5)  # stored without an answer
         await agent.publish(f"chorus.council.c1.acks.{me}", b'{"opportunity_id": "c1"}')
         await agent.publish(f"chorus.council.c1.claims.{me}", b'{"role": "tpm"}')
         assert await agent.sync() == []
@@ -85,6 +89,8 @@ async def test_admitted_agent_writes_its_presence_acks_and_claims_as_itself(
             "chorus.council.c1.claims",
             f"$KV.chorus_agents.{me}",
             "chorus.council.opportunities",
+            "$JS.API.INFO",
+            f"_INBOX.{other}.x",
         ]
         for subject in denied:
             await agent.publish(subject, b"{}")
@@ -96,7 +102,11 @@ async def test_admitted_agent_writes_its_presence_acks_and_claims_as_itself(
     await ops.flush()
     assert seen.pending_msgs == 0  # nothing as the other agent got through
     presence = await ops.jetstream().key_value("chorus_presence")
-    assert await live_keys(presence) == [me]
+
+    async def only_mine() -> bool:
+        return await live_keys(presence) == [me]
+
+    await wait_for(only_mine, what="the agent's own presence entry, and no other")
     await ops.close()
 
 
@@ -205,3 +215,53 @@ async def test_departed_agent_is_no_longer_admitted(
         return True
 
     await wait_for(gone, timeout=10, what="the departed agent's address to be refused")
+
+
+async def test_the_admitted_agent_is_in_agents_as_itself(
+    bridge: RunningBridge, server: EmbeddedNats, swarm: EmulatedSwarm
+) -> None:
+    """The server holds the admitted connection in the account AGENTS, as the agent at its
+    address (the system account's view of connections)."""
+    (me, address), _ = tasks(swarm)
+    sys_user = await user(server, "sys", "SYS_PASS")
+    try:
+        async with admitted(server, address) as agent:
+            await agent.sync()
+            reply = await sys_user.request(
+                "$SYS.REQ.SERVER.PING.CONNZ", b'{"auth": true}', timeout=5
+            )
+    finally:
+        await sys_user.close()
+    connections = json.loads(reply.data)["data"]["connections"]
+    mine = [c for c in connections if c["ip"] == address]
+    assert [(c["account"], c["authorized_user"]) for c in mine] == [(AGENT_ACCOUNT, me)]
+
+
+def test_the_issued_user_expires_and_holds_the_agent_to_its_own_subjects() -> None:
+    """The user JWT: in AGENTS, expiring within 10 minutes (DESIGN.md), publishing only the
+    agent's own subjects (nothing of JetStream or $SYS, which still answer in AGENTS) and
+    reading only what agents read, its own messages and its own inbox."""
+    names = Names(prefix="chorus", agents_bucket="chorus_agents")
+    before = time.time()
+    claims = user_claims(names, "t1", "UKEY")
+    assert (claims["aud"], claims["name"], claims["sub"]) == (AGENT_ACCOUNT, "t1", "UKEY")
+    assert before + 60 <= claims["exp"] <= time.time() + 600
+    assert claims["nats"]["pub"] == {
+        "allow": [
+            "$KV.chorus_presence.t1",
+            "chorus.council.*.acks.t1",
+            "chorus.council.*.claims.t1",
+            "chorus.agents.*.messages.t1",
+            "chorus.bridge.agents",
+            "_INBOX.*.t1.>",
+        ]
+    }
+    assert claims["nats"]["sub"] == {
+        "allow": [
+            "chorus.council.opportunities",
+            "chorus.agents.announce",
+            "chorus.council.*.events",
+            "chorus.agents.t1.messages.*",
+            "_INBOX.t1.>",
+        ]
+    }

@@ -28,10 +28,10 @@ from bridge.contract.messages import COUNCIL_STATE_DECODER, HOLDER_DECODER
 from bridge.contract.names import Names
 from bridge.devkit.emulator import EmulatedSwarm
 from bridge.devkit.sim import SimFleet, allocate_addresses
-from bridge.devkit.sim.presence import ensure_presence_bucket
 from bridge.edges.kv import bucket_config
 from bridge.edges.nats_server import EmbeddedNats
 from tests.conftest import RunningBridge, run_bridge, wait_for
+from tests.trust.support import HEARD_WAIT, until_heard
 
 NATS_CONF = Path(__file__).resolve().parents[2] / "nats.conf"
 PASSWORDS = {
@@ -59,7 +59,7 @@ def _test_copy_of_conf(directory: Path) -> Path:
     error), and monitoring is off so that nothing listens beyond loopback.
     """
     text = NATS_CONF.read_text()
-    for line in (r"^\s*store_dir: /data\s*$", r"^\s*http: 127\.0\.0\.1:8222\s*$"):
+    for line in (r"^\s*store_dir: /data\s*$", r"^\s*http: [0-9.]+:8222\s*$"):
         text, count = re.subn(line, "", text, flags=re.MULTILINE)
         assert count == 1, f"nats.conf no longer has exactly one line matching {line!r}"
     path = directory / "nats-test.conf"
@@ -203,51 +203,73 @@ async def test_bridge_takes_broadcasts_only_in_its_queue_group(bridge: Peer) -> 
 async def test_agent_acks_opportunities_and_claims_roles(
     bridge: Peer, agent: Peer, coordinator: Peer
 ) -> None:
-    """An agent receives an opportunity, acks it to the bridge and publishes a claim."""
-    claims = await coordinator.nc.subscribe("chorus.council.*.claims")
-    await coordinator.nc.flush()  # subscribed on the server before anyone publishes
+    """An agent (account AGENTS) receives the bridge's opportunity and acks and claims on its
+    own subjects; the bridge hears the ack and a coordinator the claim, in CHORUS."""
+    acks = await bridge.nc.subscribe("chorus.council.*.acks.*")
+    claims = await coordinator.nc.subscribe("chorus.council.*.claims.*")
+    await bridge.nc.flush()  # subscribed on the server before anyone publishes
+    await coordinator.nc.flush()
+    ack_body = b'{"agent_id": "a1", "opportunity_id": "council-1"}'
+    claim_body = b'{"role": "tpm", "agent_id": "a1"}'
 
     async def on_opportunity(msg: Msg) -> None:
-        await msg.respond(b'{"agent_id": "a1", "opportunity_id": "council-1"}')
-        await agent.nc.publish("chorus.council.council-1.claims", b'{"role": "tpm"}')
+        assert msg.data == b'{"id": "council-1"}'
+        await agent.nc.publish("chorus.council.council-1.acks.a1", ack_body)
+        await agent.nc.publish("chorus.council.council-1.claims.a1", claim_body)
 
     await agent.nc.subscribe("chorus.council.opportunities", cb=on_opportunity)
     await agent.nc.flush()
-    ack = await bridge.nc.request("chorus.council.opportunities", b'{"id": "council-1"}', timeout=5)
-    assert ack.data == b'{"agent_id": "a1", "opportunity_id": "council-1"}'
+    ack = await until_heard(
+        lambda: bridge.nc.publish("chorus.council.opportunities", b'{"id": "council-1"}'),
+        lambda: acks.next_msg(timeout=HEARD_WAIT),
+    )
+    assert (ack.subject, ack.data) == ("chorus.council.council-1.acks.a1", ack_body)
     claim = await claims.next_msg(timeout=5)
-    assert (claim.subject, claim.data) == ("chorus.council.council-1.claims", b'{"role": "tpm"}')
+    assert (claim.subject, claim.data) == ("chorus.council.council-1.claims.a1", claim_body)
     assert agent.no_violations() and bridge.no_violations()
 
 
-async def test_agent_reads_agents_and_writes_its_presence(bridge: Peer, agent: Peer) -> None:
-    """An agent reads and watches the agents bucket, hears announcements, and puts presence."""
-    announcements = await agent.nc.subscribe("chorus.agents.announce")
+async def test_agent_hears_announcements_and_writes_presence_without_jetstream(
+    bridge: Peer, agent: Peer, coordinator: Peer
+) -> None:
+    """An agent hears announcements and council events; its presence write is a plain
+    publish that reaches the bridge's account (where the presence bucket's inbound stream
+    takes it: tests/trust/test_agents_account.py); JetStream is no part of its account."""
+    heard = await agent.nc.subscribe("chorus.agents.announce")
+    events = await agent.nc.subscribe("chorus.council.*.events")
     await agent.nc.flush()  # subscribed on the server before anyone publishes
-    agents = await agent.js.key_value(AGENTS)
-    watcher = await agents.watchall()
-    bridge_agents = await bridge.js.key_value(AGENTS)
-    await bridge_agents.put("task1", b'{"id": "task1"}')
-    await bridge.nc.publish("chorus.agents.announce", b'{"event": "joined"}')
-    assert await _next_value(watcher, "task1") == b'{"id": "task1"}'
-    assert (await agents.get("task1")).value == b'{"id": "task1"}'
-    assert (await announcements.next_msg(timeout=5)).data == b'{"event": "joined"}'
-    await watcher.stop()  # type: ignore[no-untyped-call]
+    announcement = await until_heard(
+        lambda: bridge.nc.publish("chorus.agents.announce", b'{"event": "joined"}'),
+        lambda: heard.next_msg(timeout=HEARD_WAIT),
+    )
+    assert announcement.data == b'{"event": "joined"}'
+    event = await until_heard(
+        lambda: bridge.nc.publish("chorus.council.council-1.events", b'{"event": "activated"}'),
+        lambda: events.next_msg(timeout=HEARD_WAIT),
+    )
+    assert (event.subject, event.data) == (
+        "chorus.council.council-1.events",
+        b'{"event": "activated"}',
+    )
 
-    await ensure_presence_bucket(agent.nc, NAMES)  # what a simulated agent does first
-    presence = await agent.js.key_value(PRESENCE)
-    await presence.put("task1", b'{"agent_id": "task1"}')
-    assert (
-        await (await bridge.js.key_value(PRESENCE)).get("task1")
-    ).value == b'{"agent_id": "task1"}'
+    arrived = await coordinator.nc.subscribe("chorus.presence.in.task1")
+    await coordinator.nc.flush()
+    write = await until_heard(
+        lambda: agent.nc.publish("$KV.chorus_presence.task1", b'{"agent_id": "task1"}'),
+        lambda: arrived.next_msg(timeout=HEARD_WAIT),
+    )
+    assert write.data == b'{"agent_id": "task1"}'
     assert agent.no_violations()
+
+    with pytest.raises(nats.errors.TimeoutError):
+        await agent.js.key_value(AGENTS)
+    await agent.violation("publish", f"$JS.API.STREAM.INFO.KV_{AGENTS}")
 
 
 async def test_agent_cannot_write_the_agents_bucket(bridge: Peer, agent: Peer) -> None:
-    """An agent's put into the agents bucket is refused and leaves the bucket unchanged."""
-    agents = await agent.js.key_value(AGENTS)
-    with pytest.raises(nats.errors.TimeoutError):
-        await agents.put("forged", b'{"id": "forged"}')
+    """An agent's write on the agents bucket's subject is refused and changes nothing."""
+    await agent.nc.publish("$KV.chorus_agents.forged", b'{"id": "forged"}')
+    await agent.nc.flush()
     await agent.violation("publish", "$KV.chorus_agents.forged")
     with pytest.raises(nats.js.errors.KeyNotFoundError):
         await (await bridge.js.key_value(AGENTS)).get("forged")
@@ -351,9 +373,8 @@ async def secured_fleet(
             task_ids=task_ids,
             nats_user="agent",
             nats_password=PASSWORDS["AGENT_PASS"],
-            # One connection per agent, as real agents have: allow_responses lets
-            # a connection answer each request once.
-            connections=2,
+            jetstream=False,  # agents live in AGENTS
+            connections=2,  # one connection per agent, as real agents have
         ),
     ):
         registry = running.bridge.registry
@@ -436,8 +457,8 @@ async def test_coordinator_finds_the_bridges_micro_service(
 async def test_cli_names_the_user_and_subject_it_was_denied(
     secured_server: EmbeddedNats, bridge: Peer
 ) -> None:
-    """`broadcast` as agent: exit status 3 and one line naming the user and the subject;
-    `agents` as agent reads the bucket (its inbox prefix follows the user)."""
+    """`broadcast` and `agents` as agent: exit status 3 and one line naming the user and the
+    subject (agents have no JetStream: they ask the bridge for the roster instead)."""
     from tests.cli.test_cli import command
 
     as_agent = {
@@ -460,12 +481,13 @@ async def test_cli_names_the_user_and_subject_it_was_denied(
         f"chorus.bridge.broadcast on {secured_server.url} (see the user's permissions in "
         "nats.conf)"
     ]
-    code, out, err = await command("agents", **as_agent)
-    assert code == 0, err
-    assert out.strip().endswith("0 agents (0 swarm, 0 dns, 0 static; 0 on the bus)")
-    code, _, err = await command("agents", "--inbox-prefix", "_INBOX.coord", **as_agent)
-    assert code == 3 and len(err.strip().splitlines()) == 1
-    assert "NATS user 'agent' may not subscribe to _INBOX.coord." in err
+    code, _, err = await command("agents", **as_agent)
+    assert code == 3
+    assert err.strip().splitlines() == [
+        f"chorus-bridge: NatsError: permission denied: NATS user 'agent' may not publish to "
+        f"$JS.API.STREAM.INFO.KV_chorus_agents on {secured_server.url} (see the user's "
+        "permissions in nats.conf)"
+    ]
 
 
 async def test_cli_says_which_user_was_refused(secured_server: EmbeddedNats) -> None:
@@ -479,3 +501,16 @@ async def test_cli_says_which_user_was_refused(secured_server: EmbeddedNats) -> 
         f"chorus-bridge: NatsError: NATS at {secured_server.url} refused user 'coordinator' "
         "(Authorization Violation): check NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_CREDS"
     ]
+
+
+def test_monitoring_listens_on_loopback_only() -> None:
+    """Monitoring has no authentication and maps every client to its address: nats.conf puts
+    it on 127.0.0.1 (the container's healthcheck reaches it there), and the callout and
+    cluster configurations, which include nats.conf, open no other."""
+    root = NATS_CONF.parent
+    assert re.findall(r"^\s*http\s*:\s*(\S+)", NATS_CONF.read_text(), re.MULTILINE) == [
+        "127.0.0.1:8222"
+    ]
+    for name in ("nats-callout.conf", "nats-cluster.conf", "nats-cluster-callout.conf"):
+        text = (root / name).read_text()
+        assert not re.search(r"^\s*(http|https|monitor_port)\s*:", text, re.MULTILINE), name

@@ -75,10 +75,11 @@ class _Connection:
         claim_policy: ClaimPolicy | None,
         presence_ttl: int | None,
         asker: ClaimAsker | None,
+        jetstream: bool,
     ) -> None:
         self.nc = nc
         self.agents = agents
-        self.presence = PresenceWriter(nc, names, ttl=presence_ttl)
+        self.presence = PresenceWriter(nc, names, ttl=presence_ttl, confirm=jetstream)
         self._names = names
         self._claim_policy = claim_policy
         self.asker = asker
@@ -126,7 +127,9 @@ class BusAgents:
     `resilient=True` (a long-running single agent) logs and retries bucket and presence
     failures on the next refresh instead of raising them on entry. `ask_claims`: claims go
     as requests and their answers land on the agents (`SimAgent.answers`), on each agent's
-    own inbox with `own_inboxes`, else on the connection's (shared) inbox prefix.
+    own inbox.
+    `jetstream=False`: the agents' user has no JetStream (nats.conf's AGENTS account): the
+    bridge makes the bucket, and writes are flushed, not confirmed.
     """
 
     def __init__(
@@ -145,7 +148,7 @@ class BusAgents:
         client_name: str = "chorus-sim",
         resilient: bool = False,
         ask_claims: bool = False,
-        own_inboxes: bool = False,
+        jetstream: bool = True,
     ) -> None:
         self._agents = list(agents)
         self._url = nats_url
@@ -161,7 +164,7 @@ class BusAgents:
         self._client_name = client_name
         self._resilient = resilient
         self._ask_claims = ask_claims
-        self._own_inboxes = own_inboxes
+        self._jetstream = jetstream
         self._stack = contextlib.AsyncExitStack()
         self._connections: list[_Connection] = []
         self._home: dict[str, _Connection] = {}
@@ -201,14 +204,8 @@ class BusAgents:
                 agents,
                 claim_policy=self._claim_policy,
                 presence_ttl=self._presence_ttl,
-                asker=ClaimAsker(
-                    nc,
-                    self._names,
-                    own_inboxes=self._own_inboxes,
-                    shared_prefix=self._inbox_prefix,
-                )
-                if self._ask_claims
-                else None,
+                asker=ClaimAsker(nc, self._names) if self._ask_claims else None,
+                jetstream=self._jetstream,
             )
             self._connections.append(connection)
             self._home.update((agent.id, connection) for agent in agents)
@@ -251,6 +248,8 @@ class BusAgents:
         ]
 
     async def _ensure_bucket(self) -> None:
+        if not self._jetstream:
+            return  # the bridge makes it
         try:
             await ensure_presence_bucket(self._connections[0].nc, self._names)
         except NatsError as exc:
@@ -275,7 +274,7 @@ class BusAgents:
 
     async def _write_safely(self, connection: _Connection, agents: Sequence[SimAgent]) -> None:
         try:
-            if not self._healthy:
+            if not self._healthy and self._jetstream:
                 await ensure_presence_bucket(connection.nc, self._names)
             await self._write(connection, agents)
         except (NatsError, nats.errors.Error) as exc:

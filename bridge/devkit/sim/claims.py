@@ -1,10 +1,9 @@
 """Claims of simulated agents sent as requests, many agents over one connection.
 
 A real agent asks with its own connection (`BusAgent.claim`, whose reply inbox is its own).
-Simulated agents share a connection, so each claim names its agent's inbox by hand: with
-`own_inboxes` (the callout mode's layout, `_INBOX.<agent id>.…`) or the connection's shared
-prefix (the open mode's `_INBOX.agent.…`), and one wildcard subscription per connection takes
-every answer. Answers land on the agent (`SimAgent.answers`).
+Simulated agents share a connection, so each claim names its agent's inbox by hand
+(`_INBOX.<agent id>.…`, the only inbox the bridge answers an agent on), and one wildcard
+subscription per connection takes every answer. Answers land on the agent (`SimAgent.answers`).
 """
 
 from __future__ import annotations
@@ -30,22 +29,18 @@ log = structlog.get_logger(__name__)
 class ClaimAsker:
     """Sends claims as requests over `nc` and files each answer with its agent."""
 
-    def __init__(self, nc: NATS, names: Names, *, own_inboxes: bool, shared_prefix: str) -> None:
+    def __init__(self, nc: NATS, names: Names) -> None:
         self._nc = nc
         self._names = names
-        self._own = own_inboxes
-        self._shared = shared_prefix
         self._token = uuid.uuid4().hex[:12]
         self._numbers = itertools.count()
         self._pending: dict[str, tuple[SimAgent, str, str]] = {}
 
     async def subscribe(self) -> None:
-        head = "_INBOX.*" if self._own else self._shared
-        await self._nc.subscribe(f"{head}.{self._token}.*", cb=self._on_answer)
+        await self._nc.subscribe(f"_INBOX.*.{self._token}.*", cb=self._on_answer)
 
     def _reply(self, agent: SimAgent) -> str:
-        head = f"_INBOX.{agent.id}" if self._own else self._shared
-        return f"{head}.{self._token}.{next(self._numbers)}"
+        return f"{self._names.agent_inbox(agent.id)}.{self._token}.{next(self._numbers)}"
 
     async def claim(self, agent: SimAgent, opportunity_id: str, role: str) -> None:
         """Publish `agent`'s claim of `role` with a reply inbox; the answer comes later."""

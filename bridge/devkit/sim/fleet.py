@@ -33,7 +33,8 @@ class SimFleet:
     which role an agent claims (default: agent i claims core role i); None claims nothing.
     `progress(started, total)` is called as agents come up. `ask_claims`: agents on the bus
     send their claims as requests and keep the answers (`SimAgent.answers`), on their own
-    inboxes with `own_inboxes` (the callout mode's `_INBOX.<agent id>`).
+    inboxes (`_INBOX.<agent id>`). `jetstream=False`:
+    the agents' NATS user has no JetStream (nats.conf's AGENTS account; see `BusAgents`).
     """
 
     def __init__(
@@ -59,7 +60,7 @@ class SimFleet:
         presence_interval: float = PRESENCE_INTERVAL,
         presence_ttl: int | None = None,
         ask_claims: bool = False,
-        own_inboxes: bool = False,
+        jetstream: bool = True,
     ) -> None:
         self.agents: list[SimAgent] = build_agents(
             n, base=base, on_bus=on_bus, behaviours=behaviours or {}, ids=ids, task_ids=task_ids
@@ -90,7 +91,7 @@ class SimFleet:
                 presence_interval=presence_interval,
                 on_joined=self._tick,
                 ask_claims=ask_claims,
-                own_inboxes=own_inboxes,
+                jetstream=jetstream,
             )
         self._stack = contextlib.AsyncExitStack()
         self._started = 0

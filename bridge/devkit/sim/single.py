@@ -7,7 +7,7 @@ import socket
 
 import structlog
 
-from bridge.agent import AGENT_INBOX_PREFIX, PRESENCE_INTERVAL, BusAgent, connect_agent
+from bridge.agent import PRESENCE_INTERVAL, BusAgent, connect_agent
 from bridge.contract.names import Names
 from bridge.devkit.sim.agent import (
     Behaviour,
@@ -42,7 +42,7 @@ async def run_single_agent(
     endpoint: str | None = None,
     index: int | None = None,
     behaviour: Behaviour = "ok",
-    inbox_prefix: str = AGENT_INBOX_PREFIX,
+    inbox_prefix: str | None = None,
 ) -> None:
     """Serve one agent's HTTP API on host:port, and put it on the bus when `nats_url` is set.
 
@@ -51,6 +51,7 @@ async def run_single_agent(
     (None: left out; the bridge then matches the entry by task id). With `index` i, the agent
     claims core role number i of each opportunity; without it, it claims nothing. NATS
     failures are logged and retried; the agent keeps serving HTTP until `stop` is set.
+    `inbox_prefix` None: the agent's own, `_INBOX.<agent id>`.
     """
     name = agent_id or socket.gethostname()
     agent = SimAgent(
@@ -93,7 +94,7 @@ async def _serve(
     opportunity_path: str,
     claims: bool,
     nats_url: str | None,
-    inbox_prefix: str,
+    inbox_prefix: str | None,
     auth: BusAuth,
 ) -> None:
     """Runs until cancelled; leaving cancels it, which purges the presence entry and drains."""
@@ -122,7 +123,7 @@ async def _stay_on_bus(
     nats_url: str,
     auth: BusAuth,
     policy: ClaimPolicy | None,
-    inbox_prefix: str,
+    inbox_prefix: str | None,
 ) -> None:
     """On the bus, through the agent library, until cancelled; a NATS server that cannot be
     reached (or a presence bucket that is not there yet) is retried with a backoff."""

@@ -13,8 +13,9 @@ and is re-raised as it is.
 
 One module per concept: `errors` (that mapping, and the answers to writes), `records` (what a
 bucket must be, its entries, a write), `watch` (a running watch, a snapshot), `writes` (a batch
-of writes and their answers), `settings` (an existing bucket's settings, refused or named) and
-`bucket` (an opened bucket, and opening one). Callers import from `bridge.edges.kv` alone.
+of writes and their answers), `settings` (an existing bucket's settings, refused or named),
+`inbound` (the stream a bucket sources untrusted writes from) and `bucket` (an opened bucket,
+and opening one). Callers import from `bridge.edges.kv` alone.
 """
 
 from bridge.edges.kv.bucket import Bucket, bind_bucket, ensure_bucket, open_bucket

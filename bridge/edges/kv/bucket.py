@@ -18,6 +18,7 @@ from nats.js.kv import KeyValue
 from bridge.contract.buckets import BucketSpec
 from bridge.contract.kv_wire import operation_of
 from bridge.edges.kv.errors import _NO_STREAM, _mapped
+from bridge.edges.kv.inbound import ensure_inbound
 from bridge.edges.kv.records import Entry, RawBucket, Write, _seconds, bucket_config
 from bridge.edges.kv.settings import _check
 from bridge.edges.kv.watch import Watcher, snapshot_of, watching
@@ -66,9 +67,16 @@ class Bucket:
         leader, a slow server) is no proof of loss, and passes."""
         try:
             await self.last_sequence()
+            if self.spec.inbound is not None:  # writes would vanish without it
+                await self._js.stream_info(self.spec.inbound.stream)
         except BucketMissingError:
             raise
-        except NatsError:
+        except nats.js.errors.NotFoundError as exc:
+            if exc.err_code == _NO_STREAM:
+                raise BucketMissingError(
+                    f"bucket {self.name!r}: its inbound stream is missing"
+                ) from exc
+        except (NatsError, nats.errors.Error, nats.js.errors.Error):
             return
 
     async def get(self, key: str, timeout: float = API_TIMEOUT) -> Entry | None:
@@ -148,9 +156,10 @@ async def open_bucket(js: JetStreamContext, config: KeyValueConfig) -> RawBucket
 
 
 async def ensure_bucket(nc: NATS, spec: BucketSpec) -> Bucket:
-    """Open the bucket, creating it when missing. An existing bucket is used as it is (one
-    warning naming settings that differ) unless a setting would lose or refuse records:
-    then BucketSettingsError names it. Other failures: NatsError."""
+    """Open the bucket, creating it when missing, with its inbound stream when it has one (made,
+    or made safe, and sourced). An existing bucket is used as it is (one warning naming
+    settings that differ) unless a setting would lose or refuse records: then
+    BucketSettingsError names it. Other failures: NatsError."""
     js = nc.jetstream(timeout=API_TIMEOUT)
     what = f"KV bucket {spec.name!r}"
     kv = await _opened(js, spec, what)
@@ -159,6 +168,7 @@ async def ensure_bucket(nc: NATS, spec: BucketSpec) -> Bucket:
     except (nats.errors.Error, nats.js.errors.Error) as exc:
         raise _mapped(exc, what) from exc
     _check(spec, info.config)
+    await ensure_inbound(js, spec, info.config)
     created = info.created.isoformat() if info.created else ""
     return Bucket(nc, kv, spec, info.config, created)
 

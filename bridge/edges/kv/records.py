@@ -27,6 +27,7 @@ def bucket_config(spec: BucketSpec) -> BucketConfig:
         history=1,
         ttl=spec.ttl,
         limit_marker_ttl=spec.marker_ttl,
+        max_value_size=spec.max_value_size,
         replicas=spec.replicas,
         storage=StorageType.MEMORY if spec.memory else StorageType.FILE,
     )

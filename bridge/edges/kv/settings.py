@@ -66,6 +66,8 @@ def _differences(spec: BucketSpec, config: StreamConfig) -> dict[str, tuple[obje
             "memory" if spec.memory else "file",
         ),
     }
+    if spec.max_value_size is not None:
+        settings["max_value_size"] = (config.max_msg_size, spec.max_value_size)
     return {k: v for k, v in settings.items() if v[0] != v[1]}
 
 
