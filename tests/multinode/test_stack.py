@@ -78,16 +78,23 @@ def stack(
 def converged(stack: DeployedStack) -> None:
     """Wait until every service runs its tasks and the bucket lists every agent, on the bus."""
 
+    last = {"state": "nothing yet"}
+
     def settled() -> bool:
         managers = len(stack.swarm.managers)
         counts = [len(stack.tasks(s)) for s in ("nats", "docker-api", "bridge", "agent")]
+        last["state"] = f"running nats, docker-api, bridge, agent: {counts}"
         if counts != [1, managers, 2, AGENTS]:
             return False
         running = {t["ID"] for t in stack.tasks("agent")}
         bucket = stack.bucket()
+        last["state"] += f"; bucket {len(bucket)}, {sum(a['on_bus'] for a in bucket)} on the bus"
         return {a["id"] for a in bucket} == running and all(a["on_bus"] for a in bucket)
 
-    wait_until(settled, CONVERGE, "the stack's services and every agent in the bucket", 3.0)
+    try:
+        wait_until(settled, CONVERGE, "the stack's services and every agent in the bucket", 3.0)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last: {last['state']}") from None
 
 
 async def test_the_agents_run_on_the_workers_and_are_all_in_the_bucket(
