@@ -40,8 +40,9 @@
 #   heal N         bring node N's link back up.
 #   drain N | active N   set node N's availability (docker node update, on a manager).
 #   restore        undo every fault: links up, nodes started, availability active, all Ready.
-#   hub CMD...     run CMD in the hub's network namespace (it reaches the sockets, and nothing
-#                  it sends can leave the machine).
+#   hub CMD...     run CMD in the hub's network namespace (it reaches the sockets, and the nodes'
+#                  addresses from the hub's own, NODE_NET.1; nothing it sends can leave the
+#                  machine).
 #
 # Settings (environment): NODES (5), MANAGERS (3), NODE_NET (10.250.0: node N gets .1N, i.e.
 # 10.250.0.11 ...), ADDR_POOL (10.251.0.0/16, the swarm's overlay pool), NETWORK (chorus_mn),
@@ -147,6 +148,9 @@ ensure_hub() {
     ip -n "$HUB" link set lo up
     ip -n "$HUB" link show br0 >/dev/null 2>&1 || ip -n "$HUB" link add br0 type bridge
     ip -n "$HUB" link set br0 up
+    # The hub's own address on the nodes' link (.1): what `hub CMD` runs reaches the nodes'
+    # addresses (a stack's host-mode ports), as an operator's machine on their network would.
+    ip -n "$HUB" addr replace "$NODE_NET.1/24" dev br0
 }
 
 ensure_node_net() {
