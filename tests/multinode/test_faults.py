@@ -38,7 +38,12 @@ REPLICAS = 12
 TAKEOVER = 5.0
 # A majority of managers lost: /healthz turns 503 after 3 poll intervals without a round.
 POLL_SHORT = 3.0
-UNHEALTHY_WITHIN = 3 * POLL_SHORT + 10.0
+UNHEALTHY_WITHIN = 45.0
+# How late it may be beyond 3 polls of the last manager's answer: the round in flight.
+POLL_LATE = 5.0
+# ... and names the swarm's state: the last manager's calls hang (10 s each, the Docker timeout)
+# until it knows it has no leader (15-20 s after the kill), then answer so.
+NAMED_WITHIN = 45.0
 
 
 async def _in_thread(call: Callable[[], object]) -> float:
@@ -76,8 +81,8 @@ async def test_scale_up_and_down(
 
 
 async def test_a_crashed_worker(
-    faults: MultiNodeSwarm,
     agents: NodeService,
+    faults: MultiNodeSwarm,
     bridge_node: Node,
     task_list: TaskSampler,
     nats_server: EmbeddedNats,
@@ -100,8 +105,8 @@ async def test_a_crashed_worker(
 
 
 async def test_a_partitioned_worker_and_back(
-    faults: MultiNodeSwarm,
     agents: NodeService,
+    faults: MultiNodeSwarm,
     bridge_node: Node,
     task_list: TaskSampler,
     nats_server: EmbeddedNats,
@@ -122,8 +127,8 @@ async def test_a_partitioned_worker_and_back(
 
 
 async def test_a_drained_node_and_active_again(
-    faults: MultiNodeSwarm,
     agents: NodeService,
+    faults: MultiNodeSwarm,
     bridge_node: Node,
     task_list: TaskSampler,
     nats_server: EmbeddedNats,
@@ -165,8 +170,8 @@ async def test_a_rolling_update(
 
 
 async def test_the_manager_read_killed_costs_no_more_than_the_election(
-    faults: MultiNodeSwarm,
     agents: NodeService,
+    faults: MultiNodeSwarm,
     bridge_node: Node,
     task_list: TaskSampler,
     nats_server: EmbeddedNats,
@@ -187,8 +192,8 @@ async def test_the_manager_read_killed_costs_no_more_than_the_election(
 
 
 async def test_a_majority_of_managers_lost_freezes_the_bucket(
-    faults: MultiNodeSwarm,
     agents: NodeService,
+    faults: MultiNodeSwarm,
     bridge_node: Node,
     task_list: TaskSampler,
     nats_server: EmbeddedNats,
@@ -210,9 +215,24 @@ async def test_a_majority_of_managers_lost_freezes_the_bucket(
             return not bridge.health()[0]
 
         await wait_for(unhealthy, timeout=UNHEALTHY_WITHIN, interval=0.2, what="/healthz 503")
+        # Counted from the last moment a manager still listed the tasks: the last one can
+        # answer for some seconds after the kill, until its raft notices the leader is gone.
+        turned = time.monotonic()
+        answered = max(x.t for x in task_list.samples if x.error is None and x.t < turned)
+        print(
+            f"/healthz 503 {turned - killed:.1f}s after the kill, {turned - answered:.1f}s "
+            "after the last manager's answer"
+        )
+        assert turned - answered <= 3 * POLL_SHORT + POLL_LATE, "503 later than a few polls"
+
+        def names_it() -> bool:
+            return "no leader" in _reasons(bridge.health()[1])
+
+        # The last manager hangs the calls it still forwards to the dead leader until it knows
+        # there is none (tests/fixtures/docker-engine-20.10/README.md), then says so at once.
+        await wait_for(names_it, timeout=NAMED_WITHIN, interval=0.2, what="the reason")
         reasons = _reasons(bridge.health()[1])
-        assert "no leader" in reasons, reasons
-        print(f"/healthz 503 {time.monotonic() - killed:.1f}s after the kill: {reasons}")
+        print(f"/healthz names it {time.monotonic() - killed:.1f}s after the kill: {reasons}")
         assert watch.bucket.keys == held
         assert not [e for e in watch.bucket.events if e[0] > killed and not e[2]], "removed"
         for manager in faults.managers[:2]:
