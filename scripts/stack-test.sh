@@ -360,7 +360,7 @@ r = json.loads(sys.argv[1])
 print(len(r["addresses"]), sum(s == [200, 403] for s in r["statuses"]))' "$proxy")
 [ "$proxies" -ge 1 ] && [ "$proxied" -eq "$proxies" ] \
     || fail "of $proxies docker-api proxies, $proxied answered GET /tasks 200 and POST /containers/create 403"
-say "check: from a bridge's container, each of $proxies docker-api proxies answers GET /tasks 200 and POST /containers/create 403"
+say "check: from a bridge's container, all $proxies docker-api proxies answer GET /tasks 200 and POST /containers/create 403"
 
 # --- check 6: least power, and a leader with a standby ------------------------------------------
 hardened=0

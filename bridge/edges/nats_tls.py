@@ -30,6 +30,10 @@ __all__ = ["nats_tls", "require_tls", "tls_failure", "tls_failure_message"]
 # Schemes whose first line from the server is its INFO (ws/wss: a websocket handshake first).
 _INFO_SCHEMES = ("nats", "tls")
 _INFO_LIMIT = 64 * 1024
+# OpenSSL's reasons for a handshake that fails the same way every time: a certificate the peer
+# refused or asked for (TLSV13_ALERT_CERTIFICATE_REQUIRED, SSLV3_ALERT_BAD_CERTIFICATE,
+# TLSV1_ALERT_UNKNOWN_CA), no protocol or cipher in common.
+_LASTING = ("CERTIFICATE", "UNKNOWN_CA", "HANDSHAKE_FAILURE", "PROTOCOL_VERSION")
 
 
 def nats_tls(settings: Settings) -> dict[str, Any]:
@@ -136,13 +140,18 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def tls_failure(exc: BaseException) -> str | None:
     """What went wrong in the TLS handshake, in OpenSSL's words (e.g. "certificate verify
-    failed: unable to get local issuer certificate"), or None when `exc` is no TLS failure."""
+    failed: unable to get local issuer certificate"), when trying again cannot help: the
+    server's certificate does not verify, or the server refused ours (or that we have none).
+    None for anything else, a TLS connection the server closed included (a server starting or
+    stopping): that is a passing fault, tried again."""
     for error in _chain(exc):
         if isinstance(error, ssl.SSLCertVerificationError):
             detail = error.verify_message or error.reason
             return f"certificate verify failed: {detail}" if detail else str(error)
-        if isinstance(error, ssl.SSLError):
-            return str(error.reason or error)
+        if isinstance(error, ssl.SSLError) and any(
+            word in str(error.reason or "") for word in _LASTING
+        ):
+            return str(error.reason)
     return None
 
 

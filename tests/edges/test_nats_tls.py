@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from bridge.contract.names import Names
 from bridge.devkit.sim import BusAuth, presence_bucket_config, run_single_agent
 from bridge.edges.nats_client import INITIAL_CONNECT_ATTEMPTS, RECONNECT_WAIT, connect
 from bridge.edges.nats_server import EmbeddedNats
+from bridge.edges.nats_tls import tls_failure
 from bridge.errors import ConfigError, NatsError
 from tests.conftest import wait_for
 
@@ -240,3 +242,18 @@ async def test_a_ca_file_that_is_not_there_is_named(tls_server: EmbeddedNats) ->
     with pytest.raises(NatsError, match=r"^NATS_TLS_CA=/nonexistent/ca.pem: no such file$"):
         async with connect(Settings(nats_tls_ca="/nonexistent/ca.pem"), tls_server.url):
             pass
+
+
+def _ssl_error(reason: str) -> ssl.SSLError:
+    error = ssl.SSLError(1, f"[SSL: {reason}] ({reason.lower()})")
+    error.reason = reason
+    return error
+
+
+def test_only_lasting_handshake_failures_stop_a_connection() -> None:
+    """A certificate refused either way stops at once; a TLS connection the server closed (a
+    server starting or stopping, seen while a NATS cluster comes up) is tried again."""
+    assert tls_failure(_ssl_error("TLSV13_ALERT_CERTIFICATE_REQUIRED")) is not None
+    assert tls_failure(_ssl_error("TLSV1_ALERT_UNKNOWN_CA")) is not None
+    assert tls_failure(_ssl_error("APPLICATION_DATA_AFTER_CLOSE_NOTIFY")) is None
+    assert tls_failure(ConnectionResetError(104, "Connection reset by peer")) is None
