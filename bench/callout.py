@@ -14,6 +14,18 @@ and bridge without xkey (requests in the clear) show what the sealing costs.
 
 Target: the p99 of a callout connect under 100 ms (the server gives a callout 2 s).
 
+The restart storm: 1,000 agents (tests/callout_storm.py: raw clients, each from its own
+loopback address, reconnecting as the agent library does: at once, then every 0.5 s) are
+connected through the callout of a bridge whose bucket holds them (known endpoints); the
+nats-server is killed (SIGKILL) and started again on its port and store, ROUNDS times. Each
+round is timed from the moment the server answers again to the moment the last agent is
+admitted, and the refusals the agents saw are counted. Baseline, in the same run: the same
+storm of 1,000 clients as the static `coordinator` user (no callout), ROUNDS restarts.
+Targets: every round, all back within 5 s of the server answering, and 0 refused.
+
+TLS: NATS_TLS_* (the stack's TLS on the client port) is not on main yet, so these figures are
+without TLS.
+
     python bench/callout.py [--quick]
 """
 
@@ -23,6 +35,7 @@ import asyncio
 import contextlib
 import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -31,11 +44,16 @@ from pathlib import Path
 
 from common import REPO, Bench, Series, arguments, child_process, main, quiet_logs
 
+from bridge.edges.nats_server import EmbeddedNats
 from tests.callout_client import Refused, raw_connect
+from tests.callout_storm import Storm, bridge_process, storm, storm_addresses
 from tests.callout_support import AGENT_PASSWORD, PASSWORDS, callout_server, make_keys, port_of
+from tests.conftest import wait_for
 
 SOURCES = [f"127.7.0.{i}" for i in range(1, 11)]
 LIMIT_P99_S = 0.100
+STORM_AGENTS = 1000
+STORM_BACK_WITHIN_S = 5.0
 
 
 def p99(series: Series) -> float:
@@ -102,6 +120,61 @@ async def callout_stack(directory: Path, *, xkey: bool) -> AsyncIterator[int]:
             yield port_of(server)
 
 
+async def restart_rounds(server: EmbeddedNats, fleet: Storm, rounds: int, series: Series) -> int:
+    """Kill the server `rounds` times under `fleet`; each round's time from the server
+    answering again to every client back goes into `series`. Returns the refusals seen."""
+    loop = asyncio.get_running_loop()
+    refused = fleet.refusals
+    for _ in range(rounds):
+        restarts = server.restarts
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGKILL)
+        # B023: awaited within this iteration, so the lambda sees its own `restarts`.
+        await wait_for(lambda: server.restarts > restarts, timeout=30, interval=0.005)  # noqa: B023
+        answering = loop.time()
+        async with asyncio.timeout(60):
+            await fleet.all_connected()
+        series.add(loop.time() - answering)
+        await asyncio.sleep(2.0)  # let the last round's advisories and logs settle
+    return fleet.refusals - refused
+
+
+async def restart_storm(bench: Bench, directory: Path, rounds: int) -> None:
+    """The restart storm of STORM_AGENTS agents through the callout, against its baseline."""
+    files = make_keys(directory / "keys")
+    addresses = storm_addresses(STORM_AGENTS)
+    agents = Series(f"{STORM_AGENTS} agents through the callout")
+    static = Series(f"{STORM_AGENTS} static users (coordinator), no callout")
+    async with (
+        callout_server(directory, files) as server,
+        bridge_process(server.url, files, addresses, directory / "bridge.log") as bridge,
+    ):
+        port = port_of(server)
+        async with storm(port, addresses) as fleet:
+            async with asyncio.timeout(120):
+                await fleet.all_connected()
+            before = await bridge.callouts()
+            refused = await restart_rounds(server, fleet, rounds, agents)
+            after = await bridge.callouts()
+        async with storm(
+            port, addresses, user="coordinator", password=PASSWORDS["COORD_PASS"]
+        ) as fleet:
+            async with asyncio.timeout(60):
+                await fleet.all_connected()
+            await restart_rounds(server, fleet, rounds, static)
+    counted = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+    bench.table("restart storm: server answering -> every client back", [static, agents], static)
+    bench.info("callouts during the storm rounds (from /metrics)", repr(counted))
+    bench.target(
+        f"restart storm: all {STORM_AGENTS} back within {STORM_BACK_WITHIN_S:g} s, every round",
+        max(agents.seconds) < STORM_BACK_WITHIN_S,
+        f"slowest round {max(agents.seconds):.2f} s of {agents.n}",
+    )
+    bench.target(
+        "restart storm: 0 refused", refused == 0, f"{refused} refusals in {agents.n} rounds"
+    )
+
+
 async def run() -> int:
     args = arguments(__doc__ or "")
     quiet_logs()
@@ -144,6 +217,8 @@ async def run() -> int:
         p99(sealed) < LIMIT_P99_S,
         f"p99 {p99(sealed) * 1000:.2f} ms (xkey)",
     )
+    with tempfile.TemporaryDirectory(prefix="bench-callout-storm-") as tmp:
+        await restart_storm(bench, Path(tmp), 3 if args.quick else 10)
     return bench.exit_code()
 
 

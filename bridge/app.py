@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import structlog
@@ -20,6 +21,7 @@ from bridge.broadcast.api import BroadcastEndpoint
 from bridge.broadcast.broadcaster import Broadcaster
 from bridge.broadcast.targets import TargetPlan
 from bridge.bus.councils import CouncilsBucket
+from bridge.bus.departures import Departures
 from bridge.bus.lease import LeaderElection
 from bridge.bus.presence import Presence
 from bridge.bus.registry import AgentRegistry
@@ -48,14 +50,27 @@ from bridge.edges.nats_server import EmbeddedNats
 from bridge.ops.health import NATS_SILENCE_LIMIT
 from bridge.ops.http import listening_socket, serve_http
 from bridge.ops.metrics import Metrics
+from bridge.peers.api import AgentsEndpoint
+from bridge.peers.roster import RosterView
 from bridge.service import Bridge
-from bridge.trust.agent_index import AgentAddresses
-from bridge.trust.callout import Callout, CalloutKeys
+from bridge.trust.agent_index import AgentAddresses, normal_address
+from bridge.trust.callout import AGENT_ACCOUNT, Callout, CalloutKeys, make_callout
+from bridge.trust.evictions import Evictions
+from bridge.trust.issued import say_identity
 from bridge.waits import cancel_and_wait
 
 __all__ = ["Bridge", "nats_for", "open_bridge", "run_bridge", "running_bridge"]
 
 log = structlog.get_logger(__name__)
+
+# Seconds between the bridge's attempts to reconnect to NATS. Agents (bridge/edges/nats_client.py)
+# try at once, then every 0.5 s, all from the moment the server went: after a restart, any of
+# them that reaches the server before the bridge has subscribed again to the auth callout is
+# refused (no one hears its request). The bridge trying every 20 ms is back, subscribed, within
+# a few milliseconds of the server (measured: 1,000 agents, 10 restarts, none refused; at 0.1 s
+# one restart in ten lost that race, bench/README.md). A refused connect costs nothing; the
+# attempts last only as long as the server is away.
+BRIDGE_RECONNECT_WAIT = 0.02
 
 
 @contextlib.asynccontextmanager
@@ -84,14 +99,16 @@ async def open_bridge(
     follow_events: bool = True,
     resolve: Resolve | None = None,
     schedule: Schedule = SCHEDULE,
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Bridge]:
     """Build a bridge connected to NATS at `nats_url`, and close all it opened on exit.
 
     follow_events=False: no Docker /events follower, rounds on the poll interval only (what
     bench/swarm_latency.py compares the bridge with). resolve: how WHOOSH_DOCKER_HOST's host
     names are resolved (default: the system resolver); schedule: the rounds' schedule between
-    polls (bridge/discovery/followup.py). Raises NatsError when NATS cannot be reached,
-    ConfigError for a bad setting found while opening (a seed file, BRIDGE_LISTEN).
+    polls (bridge/discovery/followup.py); clock: the wall clock the auth callout reads requests
+    with (tests give one that is off from the server's). Raises NatsError when NATS cannot be
+    reached, ConfigError for a bad setting found while opening (a seed file, BRIDGE_LISTEN).
     """
     metrics = metrics or Metrics()
     names = Names.from_settings(settings)
@@ -110,6 +127,7 @@ async def open_bridge(
         networks=",".join(settings.network_names),
         bucket=settings.kv_bucket,
     )
+    say_identity(settings.auth_callout, metrics)
     async with contextlib.AsyncExitStack() as stack:
         managers = (
             stack.enter_context(contextlib.closing(DockerManagers(settings, resolve=resolve)))
@@ -120,7 +138,11 @@ async def open_bridge(
         http = await stack.enter_async_context(AgentHTTP(settings))
         nc = await stack.enter_async_context(
             connect(
-                settings, nats_url, on_reconnect=on_reconnect, on_state=metrics.nats_connected.set
+                settings,
+                nats_url,
+                on_reconnect=on_reconnect,
+                on_state=metrics.nats_connected.set,
+                reconnect_wait=BRIDGE_RECONNECT_WAIT,
             )
         )
         replicas = settings.kv_replicas
@@ -162,6 +184,25 @@ async def open_bridge(
             arbiter,
             metrics=metrics,
         )
+        callout = (
+            make_callout(
+                nc,
+                names,
+                callout_keys,
+                AgentAddresses(nc, names, replicas=replicas),
+                metrics=metrics,
+                clock=clock,
+            )
+            if callout_keys is not None
+            else None
+        )
+        # The roster, from what the leader writes and who is on the bus now.
+        roster = RosterView(
+            lambda: registry.published,
+            presence.entries,
+            version=lambda: (registry.version, presence.version),
+        )
+        peers = AgentsEndpoint(nc, names, roster)
         sock = stack.enter_context(listening_socket(settings.listen_host, settings.listen_port))
         bridge = Bridge(
             settings=settings,
@@ -179,8 +220,10 @@ async def open_bridge(
                 [
                     BroadcastEndpoint(nc, names, broadcaster, metrics=metrics).endpoint(),
                     CouncilEndpoint(names, book).endpoint(),
+                    peers.endpoint(),
                 ],
             ),
+            peers=peers,
             councils=CouncilDuties(book, desk, Upkeep(book, members, election), members),
             swarm=swarm,
             follower=EventFollower(
@@ -191,13 +234,11 @@ async def open_bridge(
             )
             if swarm is not None and follow_events
             else None,
-            callout=Callout(
-                nc,
-                names,
-                callout_keys,
-                AgentAddresses(nc, names, replicas=replicas),
-                metrics=metrics,
-            )
+            callout=callout,
+            evictions=_evictions(nc, callout, registry, metrics),
+            # With the callout, the server tells which agent a connection is: its close is
+            # seen at once (without it, agents share one user and the TTL applies).
+            departures=Departures(nc, presence, account=AGENT_ACCOUNT)
             if callout_keys is not None
             else None,
             reconnected=reconnected,
@@ -207,6 +248,21 @@ async def open_bridge(
         await stack.enter_async_context(serve_http(sock, metrics, bridge.health))
         yield bridge
     log.info("bridge_stopped")
+
+
+def _evictions(
+    nc: NATS, callout: Callout | None, registry: AgentRegistry, metrics: Metrics
+) -> Evictions | None:
+    """With the callout: closing the connections of agents that left discovery (on the
+    leader), for whom discovery (the roster the registry was last handed) has no address."""
+    if callout is None:
+        return None
+
+    def discovered(agent_id: str) -> str | None:
+        agent = registry.desired.get(agent_id)
+        return normal_address(agent.address) if agent is not None else None
+
+    return Evictions(nc, callout.agents, discovered, metrics=metrics)
 
 
 def _micro_service(nc: NATS, names: Names, endpoints: list[Endpoint]) -> MicroService:

@@ -2,11 +2,11 @@
 
 `Bridge.run()` runs, in one TaskGroup until asked to stop:
 - on every replica: presence, the leader election, the NATS probe (for /healthz) and
-  (BRIDGE_AUTH_CALLOUT) the auth callout;
+  (BRIDGE_AUTH_CALLOUT) the auth callout and the agents' connection advisories;
 - on the leader only, for as long as its term lasts: discovery rounds into the bucket, the
-  presence sync, the micro service chorus-bridge (its endpoints: broadcast, council), the
-  council duties (claims, holders whose agents are gone, expiry), the bucket's audit and the
-  Docker events follower.
+  presence sync, the micro service chorus-bridge (its endpoints: broadcast, council, agents),
+  agents' roster requests, the council duties (claims, holders whose agents are gone,
+  expiry), the bucket's audit and the Docker events follower.
 Its collaborators are built and passed in by bridge/app.py's `open_bridge`.
 """
 
@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 
+import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 
+from bridge.bus.departures import Departures
 from bridge.bus.lease import LeaderElection
 from bridge.bus.presence import Presence
 from bridge.bus.registry import AgentRegistry
@@ -29,9 +31,11 @@ from bridge.discovery.swarm import SwarmDiscovery
 from bridge.edges.micro import MicroService
 from bridge.edges.nats_probe import NatsProbe
 from bridge.errors import DockerAPIError, NatsError
-from bridge.ops.health import Observed, assess
+from bridge.ops.health import NATS_SILENCE_LIMIT, Observed, assess
 from bridge.ops.metrics import Metrics
+from bridge.peers.api import AgentsEndpoint
 from bridge.trust.callout import Callout
+from bridge.trust.evictions import Evictions
 from bridge.waits import raise_if_cancelled
 
 __all__ = ["Bridge"]
@@ -60,10 +64,13 @@ class Bridge:
         election: LeaderElection,
         pipeline: DiscoveryPipeline,
         service: MicroService,
+        peers: AgentsEndpoint,
         councils: CouncilDuties,
         swarm: SwarmDiscovery | None,
         follower: EventFollower | None,
         callout: Callout | None,
+        evictions: Evictions | None,
+        departures: Departures | None,
         reconnected: asyncio.Event,
         presence_changed: asyncio.Event,
         http_port: int,
@@ -76,10 +83,13 @@ class Bridge:
         self.election = election
         self.pipeline = pipeline
         self.service = service
+        self.peers = peers
+        self.departures = departures
         self.councils = councils
         self.swarm = swarm
         self.follower = follower
         self.callout = callout
+        self.evictions = evictions
         self._reconnected = reconnected
         self._presence_changed = presence_changed
         self.http_port = http_port
@@ -98,6 +108,8 @@ class Bridge:
             ]
             if self.callout is not None:
                 tasks.append(tg.create_task(self.callout.run(), name="auth-callout"))
+            if self.departures is not None:
+                tasks.append(tg.create_task(self.departures.run(), name="departures"))
             self.ready.set()
             await stop.wait()
             log.info("bridge_stopping")
@@ -130,9 +142,12 @@ class Bridge:
             tg.create_task(self._resync_after_reconnects(), name="resync")
             tg.create_task(self.councils.run(), name="councils")
             tg.create_task(self.service.run(), name="micro-service")
+            tg.create_task(self._answer_agents(), name="roster-for-agents")
             tg.create_task(self.registry.run(), name="registry-audit")
             if self.follower is not None:
                 tg.create_task(self.follower.run(), name="docker-events")
+            if self.evictions is not None:
+                tg.create_task(self.evictions.run(), name="callout-evictions")
 
     async def _follow_presence(self) -> None:
         """Re-publish on_bus flags when presence changes (not a discovery round)."""
@@ -151,6 +166,14 @@ class Bridge:
                     updated=result.updated,
                     failed_writes=result.failed,
                 )
+
+    async def _answer_agents(self) -> None:
+        """Agents' roster requests, for as long as this term lasts."""
+        try:
+            async with self.peers.answering_agents():
+                await asyncio.Event().wait()
+        except nats.errors.Error as exc:
+            raise NatsError(f"cannot take agents' roster requests: {exc!r}") from exc
 
     async def _resync_after_reconnects(self) -> None:
         """A round after each reconnect re-publishes whatever changed while NATS was away."""
@@ -175,8 +198,28 @@ class Bridge:
             docker_problem=str(outage[0])
             if (outage := self.pipeline.discoverer.docker_outage)
             else None,
+            replica_problems=self._replica_problems(),
+            extra=self._extra(),
         )
         return assess(observed, self.settings.poll_interval)
+
+    def _replica_problems(self) -> tuple[str, ...]:
+        """What keeps any replica from doing its part, once it has lasted a few seconds: the
+        lease or presence bucket the server cannot make or serve (its reason), the bridge's
+        clock far from the server's."""
+        lasting = (
+            self.election.trouble.lasting(NATS_SILENCE_LIMIT),
+            self.presence.trouble.lasting(NATS_SILENCE_LIMIT),
+            self.callout.skew.problem() if self.callout is not None else None,
+        )
+        return tuple(problem for problem in lasting if problem)
+
+    def _extra(self) -> tuple[tuple[str, object], ...]:
+        skew = self.callout.skew.seconds if self.callout is not None else None
+        identity = ("agent_identity", "enforced" if self.callout else "not enforced")
+        if skew is None:
+            return (identity,)
+        return (identity, ("callout_clock_skew_s", round(skew, 1)))
 
 
 async def _check_engine(swarm: SwarmDiscovery) -> None:

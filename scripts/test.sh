@@ -49,13 +49,18 @@ setup_js() {
         say "no npm: the JavaScript client tests are skipped (they fail under CI=true)"
         return
     fi
-    local stamp=tests/js/node_modules/.chorus-lock.sha256 want
-    want=$(sha256sum tests/js/package-lock.json | cut -d' ' -f1)
-    if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
-        say "npm ci (tests/js)"
-        (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
-        echo "$want" >"$stamp"
-    fi
+    # The TypeScript agent library (agent-ts) likewise: its tests here, and against the real
+    # bridge in tests/agents/ (which builds it).
+    local dir stamp want
+    for dir in tests/js agent-ts; do
+        stamp=$dir/node_modules/.chorus-lock.sha256
+        want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+        if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+            say "npm ci ($dir)"
+            (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+            echo "$want" >"$stamp"
+        fi
+    done
 }
 
 swarm_wanted() {
@@ -176,6 +181,13 @@ say "mypy"
 mypy || failed+=(mypy)
 say "lint-imports (the import contracts in pyproject.toml)"
 lint-imports --no-cache || failed+=(lint-imports)
+if command -v npm >/dev/null 2>&1; then
+    # Formatting, types and the library's own tests (a real nats-server: .venv's); the same
+    # scenario against the real bridge runs in pytest (tests/agents/test_scenario.py).
+    say "agent-ts: npm run lint && npm test"
+    (cd agent-ts && npm run --silent lint) || failed+=(agent-ts-lint)
+    (cd agent-ts && npm test --silent) || failed+=(agent-ts-test)
+fi
 say "pytest $*"
 pytest_status=0
 pytest "$@" || pytest_status=$?

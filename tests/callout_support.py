@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridge.config import Settings
 from bridge.edges.nats_server import EmbeddedNats
 from bridge.edges.nkeys_jwt import CurveKey, SigningKey, new_seed
-from bridge.ops.metrics import CALLOUT_REFUSALS
+from bridge.ops.metrics import CALLOUTS
 from tests.callout_client import RawClient, Refused, raw_connect
 from tests.conftest import RunningBridge
 
@@ -159,11 +159,7 @@ async def refused(
 
 
 # Every (outcome, reason) of chorus_bridge_callouts_total, each served from the start.
-CALLOUT_LABELS = {
-    ("admitted", "none"),
-    *(("refused", reason) for reason in CALLOUT_REFUSALS),
-    ("rejected", "none"),
-}
+CALLOUT_LABELS = set(CALLOUTS)
 
 
 async def callouts(bridge: RunningBridge) -> dict[tuple[str, str], float]:

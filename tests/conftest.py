@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -227,6 +228,7 @@ async def run_bridge(
     first_round: bool = True,
     schedule: Schedule = SCHEDULE,
     resolve: Resolve | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[RunningBridge]:
     """Start a bridge and wait until it is ready and (first_round) a leader's first round is
     done; a standby has none: pass first_round=False."""
@@ -241,6 +243,7 @@ async def run_bridge(
             follow_events=follow_events,
             schedule=schedule,
             resolve=resolve,
+            clock=clock,
         ) as bridge:
             opened.set_result(bridge)
             await bridge.run(stop)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -23,6 +24,11 @@ def node_or_skip() -> str:
     )
     if missing is None and node is not None:
         return node
+    return unavailable(missing or "node is missing")
+
+
+def unavailable(missing: str) -> NoReturn:
+    """Skip the test for want of `missing`, or fail it under CI=true."""
     if os.environ.get("CI") == "true":
         pytest.fail(f"{missing}: CI must run the JavaScript client tests")
-    pytest.skip(missing or "node is missing")
+    pytest.skip(missing)

@@ -105,6 +105,7 @@ async def test_operator_side_with_the_js_client(
     assert steps["micro"]["endpoints"] == [
         ["broadcast", "chorus.bridge.broadcast", "chorus-bridge"],
         ["council", "chorus.bridge.council", "chorus-bridge"],
+        ["agents", "chorus.bridge.agents", "chorus-bridge"],
     ]
     report = steps["broadcast"]["report"]
     assert (

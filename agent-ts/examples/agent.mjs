@@ -31,7 +31,7 @@ async function main() {
     taskId: env.AGENT_ID,
     roles,
   });
-  agent.leaveOnSignals(); // SIGTERM, SIGINT: purge presence, drain, exit 0
+  agent.leaveOnSignals(); // SIGTERM, SIGINT: delete presence, drain, exit 0
   say({ event: "ready", agent_id: agent.id });
   // Both loops end when the agent leaves.
   await Promise.all([takeOpportunities(agent), answerPeers(agent)]);

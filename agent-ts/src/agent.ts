@@ -21,7 +21,7 @@ import {
   type CouncilOpportunity,
   type Peer,
 } from "./messages.js";
-import { type Names, OPPORTUNITY_ID_PATTERN } from "./names.js";
+import { inboxPrefix, type Names, OPPORTUNITY_ID_PATTERN } from "./names.js";
 import type { Bus, BusMessage } from "./nats.js";
 import { PeerMessage, toBytes, type Payload } from "./peer_message.js";
 import type { PresenceWriter } from "./presence.js";
@@ -32,6 +32,11 @@ import { openStream, type Stream, type StreamSpec } from "./streams.js";
 export const REQUEST_TIMEOUT_MS = 5000;
 /** Milliseconds the leave may take to send what is pending before the connection closes. */
 export const LEAVE_TIMEOUT_MS = 5000;
+/** The header of a roster page that is not the last: the id to ask `after` next. */
+export const ROSTER_NEXT_HEADER = "Chorus-Roster-Next";
+// Pages of the roster asked for at most (10,000 agents are 2): a bridge that keeps answering
+// "more" is not followed for good.
+const MAX_ROSTER_PAGES = 1000;
 
 /** An answer to a request, from whoever answered on this agent's inbox. */
 export interface Reply {
@@ -150,17 +155,27 @@ export class BusAgent {
 
   /**
    * The roster, from the bridge (`<prefix>.bridge.agents`): every agent it knows, with
-   * `{id, on_bus, healthy, source, roles}` (no endpoints or addresses).
+   * `{id, on_bus, healthy, source, roles}` (no endpoints or addresses), sorted by id. A large
+   * fleet's roster comes in pages (`{"after": "<id>"}` asked until an answer has no
+   * `Chorus-Roster-Next` header): all of them are read.
    * @throws NoAnswerError, BadAnswerError, PermissionError, ClosedError (as `claim`).
    */
   async peers(options: { timeoutMs?: number } = {}): Promise<Peer[]> {
-    const answer = await this.askBridge(
-      this.names.roster,
-      new Uint8Array(),
-      "the roster request",
-      options.timeoutMs,
-    );
-    return expectAnswer(decodeRoster(answer.data), answer, "the roster request");
+    const peers: Peer[] = [];
+    let after: string | undefined;
+    for (let pages = 0; pages < MAX_ROSTER_PAGES; pages++) {
+      const body = after === undefined ? new Uint8Array() : encode({ after });
+      const answer = await this.askBridge(
+        this.names.roster,
+        body,
+        "the roster request",
+        options.timeoutMs,
+      );
+      peers.push(...expectAnswer(decodeRoster(answer.data), answer, "the roster request"));
+      after = answer.header(ROSTER_NEXT_HEADER);
+      if (after === undefined || after === "") return peers;
+    }
+    throw new BadAnswerError(`the roster did not end within ${MAX_ROSTER_PAGES} pages`);
   }
 
   /**
@@ -189,8 +204,9 @@ export class BusAgent {
   }
 
   /**
-   * Send `payload` to `recipient` as a request and return its answer (which comes on this
-   * agent's own inbox).
+   * Send `payload` to `recipient` as a request and return its answer, which comes on this
+   * agent's own inbox, `_INBOX.<self>.<recipient>.<token>`: with the auth callout only that
+   * peer may publish there.
    * @throws NoAnswerError (the recipient does not listen, or did not answer in time), and as
    *   `send`.
    */
@@ -205,6 +221,7 @@ export class BusAgent {
       subject,
       toBytes(payload),
       options.timeoutMs ?? this.requestTimeoutMs,
+      `${inboxPrefix(this.id)}.${recipient}`,
     );
     const data = answer.data;
     return { data, string: () => new TextDecoder().decode(data), json: () => parseJson(data) };
@@ -238,7 +255,7 @@ export class BusAgent {
   }
 
   /**
-   * Leave the bus: stop writing presence, delete the entry (a KV purge on the same subject,
+   * Leave the bus: stop writing presence, delete the entry (a KV delete on the same subject,
    * so the bridge sees the agent go at once), drain and close the connection (bounded: 5 s).
    * The `opportunities()`, `messages()` and `announcements()` loops end. Never throws; a
    * second call waits for the first.
@@ -292,7 +309,7 @@ export class BusAgent {
     }
   }
 
-  /** @internal a join that failed: close without a purge or a leave's log lines. */
+  /** @internal a join that failed: close without a delete or a leave's log lines. */
   abandon(): Promise<void> {
     this.leaving ??= (async () => {
       this.presence.stop();
@@ -305,10 +322,10 @@ export class BusAgent {
 
   private async leave(): Promise<void> {
     this.presence.stop();
-    if (this.bus.isConnected) this.presence.purge();
+    if (this.bus.isConnected) this.presence.remove();
     else {
       const reason = "not connected: the entry expires with the presence TTL (15 s)";
-      this.log("warn", "agent_presence_not_purged", { agent_id: this.id, reason });
+      this.log("warn", "agent_presence_not_deleted", { agent_id: this.id, reason });
     }
     await this.bus.leave(LEAVE_TIMEOUT_MS);
     await this.left;
@@ -338,7 +355,7 @@ export class BusAgent {
     const sender = this.names.senderOf(msg.subject, this.id);
     if (sender === null || !isAgentId(sender)) return null;
     const respond = (reply: string, data: Uint8Array): void => this.bus.respond(reply, data);
-    return new PeerMessage(sender, msg.subject, msg.data, msg.reply, respond);
+    return new PeerMessage(sender, this.id, msg.subject, msg.data, msg.reply, respond);
   }
 
   private async askBridge(

@@ -64,7 +64,9 @@ export async function connectAgent(options: ConnectOptions): Promise<BusAgent> {
   checkPresence(fields, intervalMs); // before anything touches the network
   const bus = await Bus.connect({
     servers,
-    name: `chorus-agent-${agentId}`,
+    // The agent id: where agents share an address, the callout admits a connection as the
+    // agent its name names (and only as one of them).
+    name: agentId,
     inboxPrefix: inboxPrefix(agentId),
     user: options.user,
     password: options.password,

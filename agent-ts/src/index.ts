@@ -5,7 +5,13 @@
  *
  * @module
  */
-export { BusAgent, LEAVE_TIMEOUT_MS, REQUEST_TIMEOUT_MS, type Reply } from "./agent.js";
+export {
+  BusAgent,
+  LEAVE_TIMEOUT_MS,
+  REQUEST_TIMEOUT_MS,
+  ROSTER_NEXT_HEADER,
+  type Reply,
+} from "./agent.js";
 export { CONNECT_TIMEOUT_MS, connectAgent, type ConnectOptions } from "./connect.js";
 export { AGENT_ID_PATTERN, checkAgentId, isAgentId } from "./agent_id.js";
 export {
@@ -31,9 +37,9 @@ export {
   type PresenceEntry,
   type Role,
 } from "./messages.js";
-export { DEFAULT_PREFIX, inboxPrefix, Names } from "./names.js";
+export { DEFAULT_PREFIX, inboxPrefix, isReplyFor, Names } from "./names.js";
 export type { TlsFiles } from "./nats.js";
 export { PeerMessage, type Payload } from "./peer_message.js";
-export { PRESENCE_INTERVAL_MS, PURGE_HEADERS } from "./presence.js";
+export { LEAVE_HEADERS, PRESENCE_INTERVAL_MS } from "./presence.js";
 export type { SignalOptions } from "./signals.js";
 export { QUEUE_LIMIT } from "./streams.js";

@@ -81,8 +81,18 @@ export function inboxPrefix(agentId: string): string {
   return `_INBOX.${agentId}`;
 }
 
-/** True when `reply` is an inbox of `agentId` (`_INBOX.<agent id>.…`). */
-export function isInboxOf(reply: string, agentId: string): boolean {
-  const head = `${inboxPrefix(agentId)}.`;
-  return reply.startsWith(head) && reply.length > head.length;
+// One token of a reply subject: not empty, no wildcard, no whitespace.
+const TOKEN = /^[^.*>\s]+$/;
+
+/**
+ * True when `reply` is `sender`'s inbox for an answer from `recipient`:
+ * `_INBOX.<sender>.<recipient>.<token>…`. With the auth callout `recipient` may publish only
+ * `_INBOX.*.<recipient>.>`, so an answer carries its sender as a message does; an agent
+ * answers nowhere else (docs/trust-design.md).
+ */
+export function isReplyFor(reply: string, sender: string, recipient: string): boolean {
+  const head = `${inboxPrefix(sender)}.${recipient}.`;
+  if (!reply.startsWith(head)) return false;
+  const rest = reply.slice(head.length);
+  return rest !== "" && rest.split(".").every((token) => TOKEN.test(token));
 }

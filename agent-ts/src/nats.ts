@@ -9,6 +9,7 @@ import {
   connect as natsConnect,
   errors,
   headers as natsHeaders,
+  nuid,
   type Msg,
   type NatsConnection,
   type NodeConnectionOptions,
@@ -135,13 +136,23 @@ export class Bus {
   }
 
   /**
-   * Request on `subject` and return the first answer (on this connection's inbox).
+   * Request on `subject` and return the first answer, on this connection's inbox; with
+   * `replyTo`, on `<replyTo>.<a fresh token>` (a subscription of its own for the answer).
    * @throws NoAnswerError (nobody listens, or no answer within `timeoutMs`), PermissionError
    *   (the server refused the request or the inbox), InvalidArgumentError, ClosedError.
    */
-  async request(subject: string, data: Uint8Array, timeoutMs: number): Promise<BusMessage> {
+  async request(
+    subject: string,
+    data: Uint8Array,
+    timeoutMs: number,
+    replyTo?: string,
+  ): Promise<BusMessage> {
+    const options =
+      replyTo === undefined
+        ? { timeout: timeoutMs }
+        : { timeout: timeoutMs, noMux: true, reply: `${replyTo}.${nuid.next()}` };
     try {
-      return toMessage(await this.nc.request(subject, data, { timeout: timeoutMs }));
+      return toMessage(await this.nc.request(subject, data, options));
     } catch (err) {
       throw mapRequestError(err, subject, timeoutMs);
     }

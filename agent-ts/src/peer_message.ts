@@ -6,7 +6,7 @@
  * @module
  */
 import { ReplyRefusedError } from "./errors.js";
-import { isInboxOf } from "./names.js";
+import { isReplyFor } from "./names.js";
 import { parseJson } from "./messages.js";
 
 /** What may be sent: text (sent as UTF-8) or bytes. */
@@ -25,6 +25,8 @@ export class PeerMessage {
   constructor(
     /** The sending agent's id, from the subject. */
     readonly sender: string,
+    /** This agent's id (the recipient). */
+    readonly recipient: string,
     /** The subject it arrived on. */
     readonly subject: string,
     /** Its bytes. */
@@ -45,7 +47,7 @@ export class PeerMessage {
   }
 
   /**
-   * Answer a request, on the sender's own inbox only (`_INBOX.<sender>.…`): a reply subject
+   * Answer a request, on the sender's own inbox only (`_INBOX.<sender>.<self>.…`): a reply subject
    * anywhere else could make this agent publish on a subject the asker chose for it.
    * @throws ReplyRefusedError (not a request, or not the sender's inbox; nothing is sent),
    *   InvalidArgumentError (over the server's max payload), ClosedError.
@@ -56,10 +58,10 @@ export class PeerMessage {
         `the message from ${this.sender} on ${this.subject} is no request: nothing to answer`,
       );
     }
-    if (!isInboxOf(this.replyTo, this.sender)) {
+    if (!isReplyFor(this.replyTo, this.sender, this.recipient)) {
       throw new ReplyRefusedError(
         `the message from ${this.sender} asks for an answer on ${this.replyTo}, which is not ` +
-          `its inbox (_INBOX.${this.sender}.…): not answered`,
+          `its inbox (_INBOX.${this.sender}.${this.recipient}.…): not answered`,
       );
     }
     this.respond(this.replyTo, toBytes(payload));

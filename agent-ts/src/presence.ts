@@ -1,12 +1,13 @@
 /**
  * Presence: the agent's entry in the presence bucket, written at once, then at least every
- * `intervalMs` (5 s unless configured), and purged on leave (DESIGN.md, "The bus").
+ * `intervalMs` (5 s unless configured), and deleted on leave (DESIGN.md, "The bus").
  *
  * Each write is a plain publish on `$KV.<prefix>_presence.<agent id>` with no reply subject:
  * in the agents' account the presence stream acknowledges nothing (an ack would go wherever
  * the writer says, DESIGN.md, "Trust"), so the agent sees itself on the bus in its `updated`
  * announcement, not in an ack. The bucket's 15 s TTL removes the entry of an agent that stops
- * writing; the purge on leave removes it at once.
+ * writing; the delete on leave (`KV-Operation: DEL`) removes it at once. Not a purge: that is
+ * a rollup, which the stream agents' writes land in refuses (docs/trust-design.md).
  *
  * @module
  */
@@ -17,11 +18,8 @@ import type { Bus } from "./nats.js";
 
 /** DESIGN.md: an agent writes its presence at least every 5 s; 15 s without one is absence. */
 export const PRESENCE_INTERVAL_MS = 5000;
-/** A KV purge as the NATS clients write it: the entry and its history go, watchers see PURGE. */
-export const PURGE_HEADERS: Readonly<Record<string, string>> = {
-  "KV-Operation": "PURGE",
-  "Nats-Rollup": "sub",
-};
+/** A KV delete, as the NATS clients write it: watchers see DEL. */
+export const LEAVE_HEADERS: Readonly<Record<string, string>> = { "KV-Operation": "DEL" };
 
 export interface PresenceFields {
   agentId: string;
@@ -88,12 +86,12 @@ export class PresenceWriter {
     this.timer = undefined;
   }
 
-  /** Delete the entry: a purge on the same subject. Never throws (the TTL is the fallback). */
-  purge(): void {
+  /** Delete the entry: a DEL on the same subject. Never throws (the TTL is the fallback). */
+  remove(): void {
     try {
-      this.bus.publish(this.subject, new Uint8Array(), { ...PURGE_HEADERS });
+      this.bus.publish(this.subject, new Uint8Array(), { ...LEAVE_HEADERS });
     } catch (err) {
-      this.log("warn", "agent_presence_not_purged", {
+      this.log("warn", "agent_presence_not_deleted", {
         agent_id: this.fields.agentId,
         error: String(err),
       });

@@ -113,7 +113,7 @@ describe("the example agent", () => {
       example.proc.kill(signal);
       assert.deepEqual(await exited(example.proc), [0, null]);
       assert.equal(await liveEntry(kv, agentId), null, "the presence entry is gone at once");
-      assert.equal((await kv.get(agentId))?.operation, "PURGE");
+      assert.equal((await kv.get(agentId))?.operation, "DEL");
       const events = assertNoStackTrace(example.stderr());
       assert.deepEqual(events, ["agent_joined_bus", "agent_leaving_on_signal", "agent_left_bus"]);
     });
@@ -143,7 +143,7 @@ describe("the example agent", () => {
         "agent_joined_bus",
         "agent_disconnected",
         "agent_leaving_on_signal",
-        "agent_presence_not_purged",
+        "agent_presence_not_deleted",
         "agent_left_bus",
       ]);
     } finally {

@@ -60,7 +60,8 @@ describe("messages", () => {
   test("request and reply: the answer comes back to the asker", async () => {
     const answering = (async () => {
       const msg = await first("alice's request", bob.messages(), (m) => m.replyTo !== undefined);
-      assert.match(msg.replyTo ?? "", /^_INBOX\.alice\./);
+      // The sender's inbox, for an answer from this recipient: only it may publish there.
+      assert.match(msg.replyTo ?? "", /^_INBOX\.alice\.bob\.[^.]+$/);
       msg.reply(`pong to ${msg.sender}: ${msg.string()}`);
     })();
     const reply = await alice.request("bob", "ping");
@@ -81,7 +82,7 @@ describe("messages", () => {
       () => msg.reply("x"),
       (err: unknown) => {
         assert.ok(err instanceof ReplyRefusedError);
-        assert.match(err.message, /not its inbox \(_INBOX\.alice\.…\): not answered/);
+        assert.match(err.message, /not its inbox \(_INBOX\.alice\.bob\.…\): not answered/);
         return true;
       },
     );

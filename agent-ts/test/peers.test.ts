@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
-import type { NatsConnection } from "@nats-io/transport-node";
+import { headers, type NatsConnection } from "@nats-io/transport-node";
 
 import {
   BadAnswerError,
@@ -86,6 +86,30 @@ describe("peers", () => {
     try {
       assert.deepEqual(await agent.peers(), ROSTER);
       assert.match(replies[0] ?? "", /^_INBOX\.agent-1\./);
+    } finally {
+      await unsubscribed(nc, bridge);
+    }
+  });
+
+  test("peers (protocol shape, stand-in bridge): every page of a paged roster", async () => {
+    const sorted = [...ROSTER].sort((a, b) => (a.id < b.id ? -1 : 1));
+    const asked: string[] = [];
+    const bridge = nc.subscribe("chorus.bridge.agents", {
+      callback: (_err, msg) => {
+        const body = msg.data.length === 0 ? {} : (msg.json() as { after?: string });
+        asked.push(body.after ?? "");
+        const rest = sorted.filter((p) => body.after === undefined || p.id > body.after);
+        const page = rest.slice(0, 1);
+        const more = rest.length > 1 && page[0] !== undefined;
+        const h = headers();
+        if (more) h.set("Chorus-Roster-Next", page[0]?.id ?? "");
+        msg.respond(JSON.stringify(page), more ? { headers: h } : {});
+      },
+    });
+    await nc.flush();
+    try {
+      assert.deepEqual(await agent.peers(), sorted);
+      assert.deepEqual(asked, ["", sorted[0]?.id, sorted[1]?.id]);
     } finally {
       await unsubscribed(nc, bridge);
     }

@@ -117,7 +117,7 @@ describe("presence", () => {
     }
   });
 
-  test("clean leave: close() purges the entry at once and closes the connection", async () => {
+  test("clean leave: close() deletes the entry at once (a DEL) and closes the connection", async () => {
     const agent = await join("task-leave");
     const writes = nc.subscribe(`$KV.${BUCKET}.task-leave`);
     await nc.flush();
@@ -126,14 +126,15 @@ describe("presence", () => {
     await agent.close();
     assert.equal(await liveEntry(kv, "task-leave"), null, "no live entry after close()");
     const entry = await kv.get("task-leave");
-    assert.equal(entry?.operation, "PURGE");
-    const purge = await first(
-      "the purge on the presence subject",
+    assert.equal(entry?.operation, "DEL");
+    const deleted = await first(
+      "the delete on the presence subject",
       writes,
       (m) => m.data.length === 0,
     );
-    assert.equal(purge.headers?.get("KV-Operation"), "PURGE");
-    assert.equal(purge.headers?.get("Nats-Rollup"), "sub");
+    assert.equal(deleted.headers?.get("KV-Operation"), "DEL");
+    // Not a purge: a rollup, which the stream agents' writes land in refuses.
+    assert.equal(deleted.headers?.has("Nats-Rollup"), false);
     writes.unsubscribe();
     assert.deepEqual(await opportunities.next(), { value: undefined, done: true });
     await agent.closed(); // resolved

@@ -1,7 +1,13 @@
 """The broadcast API: CouncilOpportunity requests on `<prefix>.bridge.broadcast`.
 
 A request is validated before anything is sent: one that is not JSON, breaks the schema, or is
-larger than 64 KiB gets `{"error": ..., "field": ...}` back and reaches no agent. The endpoint
+larger than 64 KiB gets `{"error": ..., "field": ...}` back and reaches no agent.
+
+Broadcasts are served MAX_IN_FLIGHT at a time, and at most MAX_WAITING more wait their turn
+(in the order they came); beyond that a request is refused at once (`Nats-Service-Error-Code`
+503, "busy", nothing sent): a burst of requests, or a coordinator that retries in a loop, then
+costs the bridge a bounded amount of memory and its agents a bounded number of POSTs at once,
+and the coordinator learns at once to send it again, rather than after its timeout. The endpoint
 `broadcast` belongs to the NATS micro service `chorus-bridge` (bridge/edges/micro.py serves
 it, with the other rooms' endpoints), so `nats micro ls|info|stats` find it.
 """
@@ -46,6 +52,10 @@ log = structlog.get_logger(__name__)
 BROADCAST_QUEUE = QUEUE_GROUP
 # The endpoint of the NATS micro service `chorus-bridge` (DESIGN.md, "Running it").
 ENDPOINT_NAME = "broadcast"
+# Broadcasts at once, and waiting for their turn (see above). Each fans out to every agent,
+# under BRIDGE_HTTP_CONCURRENCY calls shared by all of them.
+MAX_IN_FLIGHT = 4
+MAX_WAITING = 16
 _AT_PATH = re.compile(r" - at `(?P<path>[^`]*)`$")
 
 
@@ -135,6 +145,8 @@ class BroadcastEndpoint:
         self._names = names
         self._broadcaster = broadcaster
         self._metrics = metrics
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._admitted = 0  # in flight and waiting
 
     def endpoint(self) -> Endpoint:
         return Endpoint(name=ENDPOINT_NAME, subject=self._names.broadcast, handle=self.handle)
@@ -145,6 +157,22 @@ class BroadcastEndpoint:
             log.info("broadcast_refused", error=opportunity.error, field=opportunity.field)
             await self._refuse(request, opportunity, "400", "refused")
             return
+        if self._admitted >= MAX_IN_FLIGHT + MAX_WAITING:
+            log.warning("broadcast_busy", opportunity_id=opportunity.id, in_flight=MAX_IN_FLIGHT)
+            error = ErrorReply(
+                error=f"busy: {MAX_IN_FLIGHT} broadcasts in flight and {MAX_WAITING} waiting; "
+                "nothing was sent: send it again later",
+            )
+            await self._refuse(request, error, "503", "busy")
+            return
+        self._admitted += 1
+        try:
+            async with self._slots:
+                await self._serve(request, opportunity)
+        finally:
+            self._admitted -= 1
+
+    async def _serve(self, request: Request, opportunity: CouncilOpportunity) -> None:
         try:
             report = await self._broadcaster.broadcast(opportunity)
         except asyncio.CancelledError:

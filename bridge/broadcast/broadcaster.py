@@ -41,6 +41,7 @@ from bridge.broadcast.targets import Target
 from bridge.config import Settings
 from bridge.contract.messages import (
     CLAIM_DECODER,
+    MAX_ACK_BYTES,
     MAX_CLAIM_BYTES,
     VIA_HEADER,
     BroadcastReport,
@@ -149,6 +150,11 @@ class Broadcaster:
             everyone.set()
 
         async def on_ack(msg: Msg) -> None:
+            if len(msg.data) > MAX_ACK_BYTES:
+                # Acks are bounded (DESIGN.md, "Trust"): one this large is no ack.
+                if self._metrics is not None:
+                    self._metrics.acks_dropped.labels(reason="too_large").inc()
+                return
             # The subject names the agent; the body is that agent's word and decides nothing.
             agent_id = self._names.agent_of(msg.subject, opportunity.id, "acks")
             if agent_id is None:

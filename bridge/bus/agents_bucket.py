@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 
 from bridge.contract.buckets import BucketSpec
 from bridge.contract.messages import AGENT_DECODER, Agent
-from bridge.edges.kv import Bucket, Entry, RawBucket, ensure_bucket, snapshot_of
+from bridge.edges.kv import Bucket, Entry, RawBucket, StreamState, ensure_bucket, snapshot_of
 from bridge.errors import (
     BucketMissingError,
     BucketSettingsError,
@@ -33,6 +33,9 @@ log = structlog.get_logger(__name__)
 
 # How long reading a whole bucket may take (10,000 agents take about a second).
 READ_TIMEOUT = 30.0
+# Every this many audits (of the registry's, one every 2 s), the audit also asks which keys
+# have a message, and finds a record lost whatever the counts say.
+KEYS_AUDIT_EVERY = 15
 
 
 def _decode(entry: Entry) -> Agent | None:
@@ -79,6 +82,7 @@ class AgentsBucket:
         self.invalid: set[str] = set()
         self.revisions: dict[str, int] = {}
         self.last_seq = 0  # the stream's last sequence as far as this bridge knows
+        self._audits = 0
         self.problem: str | None = None
 
     @property
@@ -147,17 +151,35 @@ class AgentsBucket:
 
     async def audit(self) -> bool:
         """True when the belief was read afresh (or the bucket came back): the bucket was
-        gone, written by someone else, or refused before and maybe fixed since."""
+        gone, lost records, was written by someone else, or was refused before and maybe
+        fixed since."""
         try:
             if self.bucket is None:
                 return await self.load()
-            last = await self.bucket.last_sequence()
-            if last == self.last_seq:
+            self._audits += 1
+            state = await self.bucket.state(keys=self._audits % KEYS_AUDIT_EVERY == 0)
+            missing = self._missing(state)
+            if missing:
+                # A stream that lost messages (a truncated block after a crash on a full disk
+                # leaves it empty with the same last sequence): the last sequence alone would
+                # never tell.
+                log.error(
+                    "kv_bucket_lost_records",
+                    bucket=self.spec.name,
+                    believed=len(self.published),
+                    messages=state.messages,
+                    first_seq=state.first_seq,
+                    last_seq=state.last_seq,
+                    missing=missing,
+                    action="re-read and written again",
+                )
+                return await self.load(reread=True)
+            if state.last_seq == self.last_seq:
                 return False
             log.warning(
                 "kv_bucket_changed_by_another_writer",
                 bucket=self.spec.name,
-                last_seq=last,
+                last_seq=state.last_seq,
                 expected=self.last_seq,
                 action="re-read",
             )
@@ -169,6 +191,19 @@ class AgentsBucket:
         except NatsError as exc:
             log.debug("kv_audit_failed", bucket=self.spec.name, error=str(exc))
             return False
+
+    def _missing(self, state: StreamState) -> int:
+        """How many records this bridge believes in that the stream cannot hold (0: none
+        lost). Every agent is a message of its own (tombstones and markers are more), so
+        fewer messages than agents, a first sequence past an agent's revision, or (when the
+        keys were asked for) an agent's key without a message, are records lost."""
+        published = self.published
+        if state.keys is not None:
+            return len(published.keys() - state.keys)
+        if state.messages < len(published):
+            return len(published) - state.messages
+        revisions = self.revisions
+        return sum(1 for key in published if revisions.get(key, 0) < state.first_seq)
 
     def written(self, key: str, revision: int, record: Agent | None) -> None:
         """A write of this bridge was stored: `record`, or a delete (None)."""

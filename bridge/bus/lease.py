@@ -37,6 +37,7 @@ from bridge.contract.messages import LEASE_DECODER, Lease, now_rfc3339
 from bridge.contract.names import Names
 from bridge.edges.kv import Bucket, BucketConfig, Entry, Write, bucket_config, ensure_bucket
 from bridge.errors import BucketMissingError, LeaseLostError, NatsError, WrongRevisionError
+from bridge.ops.health import Trouble
 from bridge.ops.metrics import Metrics
 from bridge.waits import raise_if_cancelled
 
@@ -91,6 +92,9 @@ class LeaderElection:
         # LEASE): the server's expiry counts from a later instant.
         self._valid_until = 0.0
         self._failing = False
+        # Why the lease cannot be read or made now (the server's words), for /healthz: every
+        # replica failing alike (a lease bucket the account has no memory for) is no leader.
+        self.trouble = Trouble()
         self.is_leader = asyncio.Event()
         self.lost = asyncio.Event()
         self.leader: str | None = None
@@ -126,6 +130,7 @@ class LeaderElection:
                     "leader_lease_unreachable", error=str(exc), leading=self.is_leader.is_set()
                 )
             self._failing = True
+            self.trouble.set(f"the leader lease ({self.spec.name}): {exc}")
             if self.is_leader.is_set():
                 if self._now() < self._valid_until - MARGIN:
                     return RENEW_RETRY
@@ -135,6 +140,7 @@ class LeaderElection:
         if self._failing:
             log.info("leader_lease_reachable", leading=self.is_leader.is_set())
             self._failing = False
+        self.trouble.clear()
         return self._lease / RENEWALS if self.is_leader.is_set() else self._retry
 
     async def _ensure(self) -> Bucket:

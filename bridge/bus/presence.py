@@ -30,6 +30,7 @@ from bridge.contract.messages import PRESENCE_DECODER, Agent, PresenceEntry
 from bridge.contract.names import Names
 from bridge.edges.kv import Bucket, BucketConfig, bucket_config, ensure_bucket
 from bridge.errors import BucketSettingsError, NatsError
+from bridge.ops.health import Trouble
 from bridge.waits import raise_if_cancelled
 
 __all__ = ["PRESENCE_TTL", "Presence", "match_presence"]
@@ -90,9 +91,19 @@ class Presence:
         self._seen: dict[str, tuple[PresenceEntry, float]] = {}
         self._changed = on_change
         self._invalid = _InvalidEntries()
+        # Agents whose last connection the server saw close (`depart`), by when: writes that
+        # arrive for them before a connection of theirs is seen again are held, not applied
+        # (a write sent just before a kill -9 can arrive after the advisory of its close).
+        self._departed: dict[str, float] = {}
+        self._held: dict[str, tuple[PresenceEntry, float]] = {}
+        # Counts the changes of who is on the bus and of what their entries say (the roster
+        # is built again only when it moved).
+        self.version = 0
         # Set once the watch has given every entry the bucket held when it began: before,
         # an agent on the bus may not be known yet (the councils wait for it).
         self.loaded = asyncio.Event()
+        # Why the bucket cannot be opened or watched now (the server's words), for /healthz.
+        self.trouble = Trouble()
 
     def bucket_spec(self) -> BucketSpec:
         return presence_bucket(self._names, replicas=self._replicas, ttl=self._ttl)
@@ -144,6 +155,7 @@ class Presence:
             raise_if_cancelled()  # a stop some NATS call swallowed (bridge/waits.py)
             try:
                 bucket = await self.open()
+                self.trouble.clear()
                 if lost:
                     log.info("presence_watch_restored", bucket=bucket.name)
                     lost = False
@@ -152,6 +164,7 @@ class Presence:
                 if not lost:
                     log.warning("presence_watch_lost", error=str(exc), retry_in_s=1)
                 lost = True
+                self.trouble.set(str(exc))
                 await asyncio.sleep(1.0)
 
     async def _follow(self, bucket: Bucket) -> None:
@@ -182,11 +195,37 @@ class Presence:
                     await bucket.check_stream()
                     next_check = loop.time() + STREAM_CHECK_INTERVAL
 
+    def _change(self) -> None:
+        self.version += 1
+        self._changed()
+
+    def depart(self, key: str) -> None:
+        """The server saw agent `key`'s last connection close (bridge/bus/departures.py): it
+        is off the bus now, not when its entry expires. It is back with a write made once a
+        connection of its own is seen again (`connected`), or made after the TTL."""
+        self._departed[key] = time.monotonic()
+        self._held.pop(key, None)
+        if self._seen.pop(key, None) is not None:
+            log.info("agent_left_bus", agent_id=key, reason="disconnected")
+            self._change()
+
+    def connected(self, key: str) -> None:
+        """The server admitted a connection of agent `key`: what it writes counts again, and a
+        write held back since it departed counts from when it arrived."""
+        if self._departed.pop(key, None) is None:
+            return
+        held = self._held.pop(key, None)
+        if held is not None and time.monotonic() - held[1] < self._ttl:
+            self._seen[key] = held
+            log.info("agent_on_bus", agent_id=key, reason="reconnected")
+            self._change()
+
     def _apply(self, key: str, value: bytes | None, operation: str | None) -> None:
         if operation is not None or not value:
+            self._held.pop(key, None)
             if self._seen.pop(key, None) is not None:
                 log.debug("agent_left_bus", agent_id=key, reason=operation or "empty")
-                self._changed()
+                self._change()
             return
         if not is_agent_id(key):
             self._invalid.note(key, "the key cannot be an agent id (it could never ack)")
@@ -197,20 +236,31 @@ class Presence:
             self._invalid.note(key, str(exc))
             return
         # The server's TTL expires what was not refreshed; what arrives is fresh from now.
-        fresh = key not in self._seen
+        if key in self._departed:
+            self._held[key] = (entry, time.monotonic())
+            return
+        previous = self._seen.get(key)
+        fresh = previous is None
         self._seen[key] = (entry, time.monotonic())
+        if previous is not None and previous[0].roles != entry.roles:
+            self.version += 1  # who is on the bus is the same: only the roster changes
         if fresh:
             log.debug("agent_on_bus", agent_id=key, task_id=entry.task_id)
-            self._changed()
+            self._change()
 
     def _expire(self) -> None:
         now = time.monotonic()
+        for key in [k for k, at in self._departed.items() if now - at >= self._ttl]:
+            # No connection of its own seen within the TTL (an advisory lost): writes count
+            # as they do without the advisories.
+            del self._departed[key]
+            self._held.pop(key, None)
         stale = [k for k, (_, seen) in self._seen.items() if now - seen >= self._ttl]
         for key in stale:
             del self._seen[key]
             log.debug("agent_left_bus", agent_id=key, reason="stale")
         if stale:
-            self._changed()
+            self._change()
 
 
 class _InvalidEntries:

@@ -111,6 +111,11 @@ class AgentRegistry:
         return self._view.published
 
     @property
+    def version(self) -> tuple[int, int]:
+        """Changes whenever `published` may have: a new belief (read afresh) or a write."""
+        return id(self._view.published), self._view.last_seq
+
+    @property
     def desired(self) -> Mapping[str, Agent]:
         """The agents discovery last handed over (the roster; read-only), whatever the
         bucket holds at the moment (it may be lost and being written again)."""

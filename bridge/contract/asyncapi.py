@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from bridge import __version__
-from bridge.contract.asyncapi_channels import channels_of, operations_of
+from bridge.contract.asyncapi_channels import AGENT_MESSAGE, ROSTER, channels_of, operations_of
 from bridge.contract.messages import (
     Ack,
     Agent,
@@ -35,6 +35,7 @@ from bridge.contract.messages import (
 )
 from bridge.contract.micro_answers import MicroInfo, MicroPing, MicroStats
 from bridge.contract.names import Names
+from bridge.contract.roster import Peer, RosterRequest
 
 __all__ = ["asyncapi_document", "asyncapi_yaml"]
 
@@ -60,7 +61,21 @@ _MODELS: tuple[type[msgspec.Struct], ...] = (
     MicroPing,
     MicroInfo,
     MicroStats,
+    Peer,
+    RosterRequest,
 )
+# Messages whose payload is no model of their own: (summary, payload schema).
+_OTHER_MESSAGES = {
+    ROSTER: (
+        "A page of the roster: the agents, sorted by id, without endpoints or addresses.",
+        {"type": "array", "items": {"$ref": _REF.format(name="Peer")}},
+    ),
+    AGENT_MESSAGE: (
+        "A message between agents: whatever the sender wrote, at most the server's max "
+        "payload; the sender is the subject's last token.",
+        {},
+    ),
+}
 
 
 def _components() -> dict[str, Any]:
@@ -76,6 +91,8 @@ def _components() -> dict[str, Any]:
         }
         for m in _MODELS
     }
+    for name, (summary, payload) in _OTHER_MESSAGES.items():
+        messages[name] = {"name": name, "title": name, "summary": summary, "payload": payload}
     return {"schemas": schemas, "messages": messages}
 
 

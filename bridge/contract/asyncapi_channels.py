@@ -28,12 +28,17 @@ from bridge.contract.messages import (
 )
 from bridge.contract.micro_answers import MicroInfo, MicroPing, MicroStats
 from bridge.contract.names import SERVICE_NAME, Names
+from bridge.contract.roster import ROSTER_NEXT_HEADER, RosterRequest
 
-__all__ = ["channels_of", "operations_of"]
+__all__ = ["AGENT_MESSAGE", "ROSTER", "channels_of", "operations_of"]
 
 
 OPPORTUNITY_ID, AGENT_ID, ROLE = "{opportunityId}", "{agentId}", "{role}"
 _PLACEHOLDERS = (OPPORTUNITY_ID, AGENT_ID)
+RECIPIENT = "{recipient}"
+# Messages without a model of their own (asyncapi.py writes their payload schemas).
+ROSTER, AGENT_MESSAGE = "Roster", "AgentMessage"
+Model = type[msgspec.Struct] | str
 _PARAMETERS = {
     "opportunityId": {"description": "The opportunity's id, [A-Za-z0-9_-]{1,128}."},
     "agentId": {
@@ -41,6 +46,8 @@ _PARAMETERS = {
         "in the subject is the one that counts."
     },
     "role": {"description": "A role's name, [A-Za-z0-9_-]{1,64}."},
+    "recipient": {"description": "The id of the agent a message is for."},
+    "rest": {"description": "The rest of the asking agent's reply subject, after its inbox."},
 }
 
 
@@ -57,9 +64,13 @@ def _subject(names: Names, attribute: str, fallback: str) -> str:
     return member if all(p in member for p in wanted) else fallback
 
 
+def _name(model: Model) -> str:
+    return model if isinstance(model, str) else model.__name__
+
+
 def channels_of(names: Names) -> dict[str, Any]:
     council = f"{names.prefix}.council"
-    spec: dict[str, tuple[str, str, tuple[type[msgspec.Struct], ...]]] = {
+    spec: dict[str, tuple[str, str, tuple[Model, ...]]] = {
         "announce": (
             names.announce,
             "One message per change of the agents bucket, after the "
@@ -93,8 +104,8 @@ def channels_of(names: Names) -> dict[str, Any]:
         "claims": (
             _subject(names, "claims", f"{council}.{OPPORTUNITY_ID}.claims.{AGENT_ID}"),
             "An agent claims a role on its own subject, as a request to have the answer "
-            "(on the claiming agent's own inbox: `_INBOX.<agent id>.…`, or the shared "
-            "`_INBOX.agent.…` without the auth callout). The bridge republishes here the "
+            "(on the claiming agent's own inbox only: `_INBOX.<agent id>.…`). The bridge "
+            "republishes here the "
             "claims of agents' HTTP answers, under the answering agent's id, with the "
             "header `Chorus-Via: http` (decided already; not taken again).",
             (Claim,),
@@ -103,6 +114,41 @@ def channels_of(names: Names) -> dict[str, Any]:
             "",
             "The answer to a claim sent as a request, on the claiming agent's inbox only.",
             (ClaimAnswer,),
+        ),
+        "roster": (
+            names.roster,
+            "Requests for the roster (the NATS micro service chorus-bridge, endpoint agents, "
+            "queue group chorus-bridge: the leader answers). Empty for the first page, or "
+            '`{"after": "<agent id>"}` for the page after it.',
+            (RosterRequest,),
+        ),
+        "rosterReply": (
+            "",
+            "A page of the roster, sorted by id, without endpoints or addresses; the header "
+            f"`{ROSTER_NEXT_HEADER}` names the id to ask `after` when more pages follow.",
+            (ROSTER, ErrorReply),
+        ),
+        "rosterFromAgents": (
+            names.roster_from_agents,
+            "Agents' roster requests as they reach the bridge's account (nats.conf imports "
+            f"the agents' `{names.roster}` here, apart from coordinators'). Answered on "
+            "the asking agent's own inbox only.",
+            (RosterRequest,),
+        ),
+        "agentAnswers": (
+            f"{names.prefix}.bridge.answers.{AGENT_ID}.{{rest}}",
+            "The bridge's answers to an agent's requests (a claim, the roster): nats.conf "
+            "delivers them into the agents' account as `_INBOX.<agent id>.<rest>` only, "
+            "never on any other subject the request named.",
+            (ClaimAnswer, ROSTER),
+        ),
+        "agentMessages": (
+            names.messages(RECIPIENT, AGENT_ID),
+            "Messages among agents, published or sent as requests by the agent the last "
+            "token names (the server enforces it in the callout mode); the recipient "
+            "subscribes to its own. A reply goes to the sender's inbox "
+            "`_INBOX.<sender>.<recipient>.…`. The bridge neither sends nor reads them.",
+            (AGENT_MESSAGE,),
         ),
         "council": (
             names.council,
@@ -173,9 +219,7 @@ def channels_of(names: Names) -> dict[str, Any]:
         channel: dict[str, Any] = {
             "address": address or None,
             "description": description,
-            "messages": {
-                m.__name__: {"$ref": f"#/components/messages/{m.__name__}"} for m in models
-            },
+            "messages": {_name(m): {"$ref": f"#/components/messages/{_name(m)}"} for m in models},
         }
         parameters = {p: _PARAMETERS[p] for p in _PARAMETERS if f"{{{p}}}" in address}
         if parameters:
@@ -192,6 +236,9 @@ _OPERATIONS = (
     ("receiveAck", "receive", "acks", "Count an agent's ack."),
     ("receiveClaim", "receive", "claims", "Take an agent's claim."),
     ("republishClaim", "send", "claims", "Republish the claim of an agent's HTTP answer."),
+    ("serveRoster", "receive", "roster", "Answer a coordinator's request for the roster."),
+    ("serveAgentsRoster", "receive", "rosterFromAgents", "Take an agent's roster request."),
+    ("answerAgent", "send", "agentAnswers", "Answer an agent's claim or roster request."),
     ("serveCouncil", "receive", "council", "Answer a request for a council's state."),
     ("publishCouncilEvent", "send", "councilEvents", "Announce a change of a council."),
     ("writeCouncil", "send", "councilsBucket", "Record an opportunity before its broadcast."),
@@ -211,6 +258,7 @@ _REPLIES = {
     "serveBroadcast": "broadcastReply",
     "receiveClaim": "claimAnswer",
     "serveCouncil": "councilReply",
+    "serveRoster": "rosterReply",
 }
 
 

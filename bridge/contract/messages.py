@@ -56,6 +56,8 @@ MAX_OPPORTUNITY_BYTES = 64 * 1024
 # and claims larger than 4 KiB are dropped and counted.
 ROLE_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}\Z"
 MAX_CLAIM_BYTES = 4 * 1024
+# DESIGN.md, "Trust": an ack larger than this is dropped (and counted), like a claim.
+MAX_ACK_BYTES = 4 * 1024
 # The header of a claim the bridge republishes from an agent's HTTP answer (already arbitrated
 # when it is published; an agent that sets it on its own claim only has it ignored).
 VIA_HEADER = "Chorus-Via"

@@ -93,6 +93,12 @@ class Names:
         """`<prefix>.bridge.agents`: the roster, asked by agents and coordinators."""
         return f"{self.prefix}.bridge.agents"
 
+    @property
+    def roster_from_agents(self) -> str:
+        """`<prefix>.bridge.agents.from_agents`: agents' roster requests, as they arrive in the
+        bridge's account (nats.conf imports them there, apart from coordinators' requests)."""
+        return f"{self.roster}.from_agents"
+
     def messages(self, recipient: str, sender: str) -> str:
         """`<prefix>.agents.<recipient>.messages.<sender>` (`*`: any agent's)."""
         return f"{self.prefix}.agents.{recipient}.messages.{sender}"
@@ -130,6 +136,18 @@ class Names:
         if not rest or not all(_INBOX_TOKEN.match(token) for token in rest.split(".")):
             return None
         return f"{self.prefix}.bridge.answers.{agent_id}.{rest}"
+
+    @staticmethod
+    def connect_advisories(account: str) -> str:
+        """`$SYS.ACCOUNT.<account>.CONNECT`: the server's advisory of each connection made in
+        `account` (nats.conf imports the agents' account's into the bridge's)."""
+        return f"$SYS.ACCOUNT.{account}.CONNECT"
+
+    @staticmethod
+    def disconnect_advisories(account: str) -> str:
+        """`$SYS.ACCOUNT.<account>.DISCONNECT`: the server's advisory of each connection of
+        `account` that closed."""
+        return f"$SYS.ACCOUNT.{account}.DISCONNECT"
 
     @property
     def leader_bucket(self) -> str:

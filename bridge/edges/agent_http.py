@@ -63,6 +63,11 @@ _ONE_DEADLINE: dict[str, object] = {
 }
 _READ_CHUNK = 16 * 1024
 
+# Answers are read as they come (auto_decompress is off, and at most 64 KiB is read): a
+# compressed answer would be no claim, and a decompressed one no longer bounded. So the bridge
+# asks for no encoding at all (aiohttp and httpx would otherwise offer gzip and deflate).
+_IDENTITY = {"Accept-Encoding": "identity"}
+
 AgentURL: TypeAlias = httpx.URL
 PostHeaders: TypeAlias = httpx.Headers
 
@@ -258,7 +263,7 @@ class AgentHTTP:
             trust_env=False,
             transport=self.transport,
             cookies=no_cookies,
-            headers={"User-Agent": USER_AGENT},
+            headers={"User-Agent": USER_AGENT, **_IDENTITY},
         )
         self._deadline = settings.http_timeout
 
@@ -283,6 +288,7 @@ class AgentHTTP:
                 "Accept": "*/*",
                 "Content-Type": "application/json",
                 "Content-Length": str(len(body)),
+                **_IDENTITY,
                 **extra,
             }
         )
@@ -304,7 +310,7 @@ class AgentHTTP:
         """GET `url` and return the status; the body is not read. `timeout` (seconds, default
         BRIDGE_HTTP_TIMEOUT) bounds the whole call. Raises AgentHTTPError as `post` does."""
         request = httpx.Request(
-            "GET", url, headers={"User-Agent": USER_AGENT}, extensions=_ONE_DEADLINE
+            "GET", url, headers={"User-Agent": USER_AGENT, **_IDENTITY}, extensions=_ONE_DEADLINE
         )
         status, _ = await self._exchange(request, timeout or self._deadline, 0)
         return status

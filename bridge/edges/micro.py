@@ -50,8 +50,8 @@ class Request:
     def data(self) -> bytes:
         return self._request.data
 
-    async def respond(self, data: bytes) -> None:
-        await self._send(self._request.respond(data))
+    async def respond(self, data: bytes, headers: dict[str, str] | None = None) -> None:
+        await self._send(self._request.respond(data, headers=headers))
 
     async def respond_error(self, code: str, description: str, data: bytes) -> None:
         """An error answer: micro's headers Nats-Service-Error-Code and Nats-Service-Error

@@ -78,11 +78,13 @@ async def connect(
     inbox_prefix: str = "_INBOX.bridge",
     on_reconnect: Callable[[], Awaitable[None]] | None = None,
     on_state: Callable[[bool], None] | None = None,
+    reconnect_wait: float = RECONNECT_WAIT,
 ) -> AsyncIterator[NATS]:
     """A connected client, drained and closed on exit.
 
     on_reconnect runs after every reconnection (the registry re-publishes what changed while
-    the connection was down); on_state(connected) follows the connection's state.
+    the connection was down); on_state(connected) follows the connection's state;
+    reconnect_wait: seconds between attempts on one server.
     """
     last_error = {"text": ""}
     closing = False  # our own drain and close are not worth a warning
@@ -130,7 +132,7 @@ async def connect(
         "ping_interval": PING_INTERVAL,
         "max_outstanding_pings": MAX_OUTSTANDING_PINGS,
         "max_reconnect_attempts": INITIAL_CONNECT_ATTEMPTS,
-        "reconnect_time_wait": RECONNECT_WAIT,
+        "reconnect_time_wait": reconnect_wait,
         "disconnected_cb": disconnected,
         "reconnected_cb": reconnected,
         "error_cb": error,

@@ -11,13 +11,19 @@ with PyNaCl's Box as nats-io/nkeys' xkeys do: b"xkv1" + 24-byte nonce + box(mess
 
 Errors: a seed or key that is not what it should be raises CalloutKeyError; a token or sealed
 message that cannot be trusted raises CalloutRequestError. The messages never carry a seed.
+
+A restart of NATS under a thousand agents is a thousand requests at once, each answered within
+the server's callout timeout (2 s): what can be made once is (a server's verify key, the box
+of a curve key pair), and a token's claims are read before its signature is checked, so that a
+request the server has given up on costs no signature check.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
+import dataclasses
+import functools
 import json
 import os
 import time
@@ -30,7 +36,14 @@ import nkeys
 
 from bridge.errors import CalloutKeyError, CalloutRequestError
 
-__all__ = ["CurveKey", "SigningKey", "decode_verified", "new_seed"]
+__all__ = [
+    "CurveKey",
+    "ServerToken",
+    "SigningKey",
+    "decode_verified",
+    "new_seed",
+    "read_server_token",
+]
 
 # The first byte of a public key (and the second of a seed) says what kind of key it is.
 _PREFIX_ACCOUNT = nkeys.PREFIX_BYTE_ACCOUNT  # "A..."
@@ -41,6 +54,8 @@ _XKEY_VERSION = b"xkv1"
 _NONCE = nacl.public.Box.NONCE_SIZE
 _HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
 _KINDS = {"account": _PREFIX_ACCOUNT, "curve": _PREFIX_CURVE}
+# Peers whose box is kept (servers of a cluster, each restart a new key).
+_MAX_BOXES = 64
 
 
 def _b64(data: bytes) -> str:
@@ -114,20 +129,51 @@ class SigningKey:
             raise CalloutKeyError(f"not an account seed ({exc})") from None
         self.public_key: str = self._pair.public_key.decode()
 
-    def encode(self, claims: dict[str, Any]) -> str:
-        """A signed JWT of `claims`, with `iss`, `iat` and a unique `jti` set here."""
-        body = {**claims, "iss": self.public_key, "iat": int(time.time()), "jti": ""}
-        body["jti"] = base64.b32encode(hashlib.sha256(_json(body)).digest()).decode().rstrip("=")
+    def encode(self, claims: dict[str, Any], *, iat: int | None = None) -> str:
+        """A signed JWT of `claims`, with `iss`, `iat` (`iat`, or now on this clock) and a
+        unique `jti` set here."""
+        body = {
+            **claims,
+            "iss": self.public_key,
+            "iat": int(time.time()) if iat is None else iat,
+            "jti": base64.b32encode(os.urandom(20)).decode(),
+        }
         signed = f"{_HEADER_B64}.{_b64(_json(body))}"
         return f"{signed}.{_b64(self._pair.sign(signed.encode()))}"
 
 
-def decode_verified(token: str, *, now: float | None = None) -> dict[str, Any]:
-    """The claims of a JWT signed by the server key ("N...") its `iss` names.
+@functools.lru_cache(maxsize=64)
+def _server_verify_key(public: str) -> nacl.signing.VerifyKey:
+    """The verify key of a server's public key ("N..."): a server keeps one per process."""
+    return nacl.signing.VerifyKey(_decode_public(public, _PREFIX_SERVER))
 
-    Raises CalloutRequestError when it is not such a JWT, its signature does not verify with
-    that key, or it has expired.
-    """
+
+@dataclasses.dataclass(frozen=True)
+class ServerToken:
+    """A JWT read but not yet trusted: its claims, and what its signature covers."""
+
+    claims: dict[str, Any]
+    issuer: str
+    _signed: bytes
+    _signature: bytes
+
+    def verify(self) -> dict[str, Any]:
+        """The claims, once the signature verifies with the server key `iss` names.
+        Raises CalloutRequestError otherwise."""
+        try:
+            _server_verify_key(self.issuer).verify(self._signed, self._signature)
+        except CalloutKeyError:
+            raise CalloutRequestError("the issuer is not a server key") from None
+        except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+            raise CalloutRequestError(
+                "the signature does not verify with the issuer's key"
+            ) from None
+        return self.claims
+
+
+def read_server_token(token: str) -> ServerToken:
+    """A JWT's claims and issuer, unverified (`verify()` checks it). Raises
+    CalloutRequestError when it is no ed25519-nkey JWT with an issuer."""
     parts = token.strip().split(".")
     if len(parts) != 3:
         raise CalloutRequestError("not a JWT")
@@ -140,13 +186,18 @@ def decode_verified(token: str, *, now: float | None = None) -> dict[str, Any]:
         raise CalloutRequestError("not an ed25519-nkey JWT")
     if not isinstance(claims, dict) or not isinstance(claims.get("iss"), str):
         raise CalloutRequestError("a JWT without an issuer")
-    try:
-        key = _decode_public(claims["iss"], _PREFIX_SERVER)
-        nacl.signing.VerifyKey(key).verify(f"{parts[0]}.{parts[1]}".encode(), signature)
-    except CalloutKeyError:
-        raise CalloutRequestError("the issuer is not a server key") from None
-    except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
-        raise CalloutRequestError("the signature does not verify with the issuer's key") from None
+    signed = f"{parts[0]}.{parts[1]}".encode()
+    return ServerToken(claims, claims["iss"], signed, signature)
+
+
+def decode_verified(token: str, *, now: float | None = None) -> dict[str, Any]:
+    """The claims of a JWT signed by the server key ("N...") its `iss` names.
+
+    Raises CalloutRequestError when it is not such a JWT, its signature does not verify with
+    that key, or it has expired (on this clock: the callout reads `exp` itself, with a
+    tolerance for the two clocks, bridge/trust/requests.py).
+    """
+    claims = read_server_token(token).verify()
     expires = claims.get("exp")
     if isinstance(expires, int | float) and expires < (time.time() if now is None else now):
         raise CalloutRequestError("the JWT has expired")
@@ -159,14 +210,24 @@ class CurveKey:
     def __init__(self, seed: bytes) -> None:
         self._private = nacl.public.PrivateKey(_decode_seed(seed, _PREFIX_CURVE))
         self.public_key: str = _public(_PREFIX_CURVE, bytes(self._private.public_key))
+        # A box per peer: its shared key costs as much as the sealing itself. A server keeps
+        # its curve key for its life, so a few peers are all there ever are.
+        self._boxes: dict[str, nacl.public.Box] = {}
 
     def _box(self, peer: str) -> nacl.public.Box:
+        box = self._boxes.get(peer)
+        if box is not None:
+            return box
         try:
-            return nacl.public.Box(
+            box = nacl.public.Box(
                 self._private, nacl.public.PublicKey(_decode_public(peer, _PREFIX_CURVE))
             )
         except CalloutKeyError:
             raise CalloutRequestError(f"{peer[:12]}... is not a curve public key") from None
+        if len(self._boxes) >= _MAX_BOXES:
+            self._boxes.clear()
+        self._boxes[peer] = box
+        return box
 
     def open(self, sealed: bytes, sender: str) -> bytes:
         """The message `sender` (an "X..." key) sealed to this key."""

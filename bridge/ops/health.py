@@ -14,8 +14,9 @@ unhealthy until it clears.
 from __future__ import annotations
 
 import dataclasses
+import time
 
-__all__ = ["NATS_SILENCE_LIMIT", "ROUNDS_BEFORE_UNHEALTHY", "Observed", "assess"]
+__all__ = ["NATS_SILENCE_LIMIT", "ROUNDS_BEFORE_UNHEALTHY", "Observed", "Trouble", "assess"]
 
 # A leader whose last successful round is older than this many poll intervals is unhealthy:
 # one missed round is a hiccup, three are an outage.
@@ -42,6 +43,33 @@ class Observed:
     # What the Docker API answers while discovery's Swarm calls fail (every manager failed),
     # named as what it is (not a manager, no leader, locked, refused by a proxy, ...).
     docker_problem: str | None = None
+    # Reasons that hold whatever the role: a bucket every replica needs that cannot be made
+    # (the lease: then no bridge leads), the clocks of the bridge and NATS far apart.
+    replica_problems: tuple[str, ...] = ()
+    # Extra details to show (the measured clock skew).
+    extra: tuple[tuple[str, object], ...] = ()
+
+
+class Trouble:
+    """A failure that lasts: its text (the server's reason) and since when. `lasting(s)`
+    is the text once it has lasted `s` seconds: a blip is no outage."""
+
+    def __init__(self) -> None:
+        self.text: str | None = None
+        self._since = 0.0
+
+    def set(self, text: str) -> None:
+        if self.text is None:
+            self._since = time.monotonic()
+        self.text = text
+
+    def clear(self) -> None:
+        self.text = None
+
+    def lasting(self, seconds: float) -> str | None:
+        if self.text is None or time.monotonic() - self._since < seconds:
+            return None
+        return self.text
 
 
 def assess(observed: Observed, poll_interval: float) -> tuple[bool, dict[str, object]]:
@@ -68,12 +96,14 @@ def assess(observed: Observed, poll_interval: float) -> tuple[bool, dict[str, ob
         if stale and observed.docker_problem:
             reasons.append(f"Docker API: {observed.docker_problem}")
         reasons.extend(observed.problems)
+    reasons.extend(observed.replica_problems)
     details: dict[str, object] = {
         "role": "leader" if observed.leading else "standby",
         "leader": observed.leader,
         "nats": nats,
         "last_round_s_ago": None if age is None or not observed.leading else round(age, 1),
         "agents": observed.agents,
+        **dict(observed.extra),
     }
     if reasons:
         details["reasons"] = reasons

@@ -25,7 +25,15 @@ from prometheus_client import (
 from bridge import __version__
 from bridge.contract.messages import Agent
 
-__all__ = ["CALLOUT_REFUSALS", "CLAIMS", "DOCKER_ERROR_KINDS", "Metrics"]
+__all__ = [
+    "ACK_DROPS",
+    "CALLOUTS",
+    "CALLOUT_REFUSALS",
+    "CALLOUT_REJECTIONS",
+    "CLAIMS",
+    "DOCKER_ERROR_KINDS",
+    "Metrics",
+]
 
 # No `*_created` series: the start time is process_start_time_seconds, once.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -52,18 +60,29 @@ DOCKER_ERROR_KINDS = (
     "api_error",
 )
 KV_WRITES = (("put", "ok"), ("put", "error"), ("delete", "ok"), ("delete", "error"))
-BROADCAST_OUTCOMES = ("ok", "refused", "error")
+# busy: refused because as many broadcasts as the bridge serves at once were in flight and
+# waiting (bridge/broadcast/api.py).
+BROADCAST_OUTCOMES = ("ok", "refused", "error", "busy")
 DELIVERIES = (("bus", "ok"), ("http", "ok"), ("any", "failed"))
 # Why the auth callout refused a client (bridge/trust/callout.py): not the agent user, a wrong
 # password, or an address that is not the address of one discovered agent.
 CALLOUT_REFUSALS = ("user", "password", "address")
-# Its answers: admitted, refused for one of those reasons, or a request rejected as one that
-# cannot be trusted (and so not answered); the address is in the logs, never in a label.
+# Why it answered a request not at all (bridge/trust/requests.py): not a request it can
+# read, not sealed where a curve key is set, not signed by a server of the cluster, expired.
+CALLOUT_REJECTIONS = ("invalid", "unsealed", "issuer", "expired")
+# Its answers: admitted, refused for one of those reasons; a request rejected as one that
+# cannot be trusted, or reached after the server stopped waiting (late), and so not answered;
+# a client the server refused for want of any answer (unanswered: the server's advisory,
+# bridge/trust/unanswered.py). The address is in the logs, never in a label.
 CALLOUTS = (
     ("admitted", "none"),
     *(("refused", reason) for reason in CALLOUT_REFUSALS),
-    ("rejected", "none"),
+    *(("rejected", reason) for reason in CALLOUT_REJECTIONS),
+    ("late", "none"),
+    ("unanswered", "none"),
 )
+# Acks (bridge/broadcast/broadcaster.py) dropped unread: larger than 4 KiB.
+ACK_DROPS = ("too_large",)
 
 # Claims (DESIGN.md, "Councils"): granted; refused, by the answer's reason (spaces as `_`);
 # dropped unanswered: larger than 4 KiB, not a claim, or received by a bridge that no longer
@@ -149,6 +168,27 @@ class Metrics:
             ["outcome", "reason"],
             registry=r,
         )
+        self.callout_clock_skew = Gauge(
+            "chorus_bridge_callout_clock_skew_seconds",
+            "The bridge's clock minus the NATS server's, from the auth callout's requests",
+            registry=r,
+        )
+        self.callout_evictions = Counter(
+            "chorus_bridge_callout_evictions_total",
+            "Connections of agents that left discovery closed by the bridge",
+            registry=r,
+        )
+        self.agent_identity_enforced = Gauge(
+            "chorus_bridge_agent_identity_enforced",
+            "1 when the auth callout makes each agent act only as itself, 0 in the open mode",
+            registry=r,
+        )
+        self.acks_dropped = Counter(
+            "chorus_bridge_acks_dropped_total",
+            "Acks of opportunities dropped unread, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.http_latency = Histogram(
             "chorus_bridge_http_delivery_duration_seconds",
             "Latency of one HTTP delivery to an agent",
@@ -222,6 +262,8 @@ class Metrics:
             self.deliveries.labels(path=path, outcome=outcome)
         for outcome, reason in CALLOUTS:
             self.callouts.labels(outcome=outcome, reason=reason)
+        for reason in ACK_DROPS:
+            self.acks_dropped.labels(reason=reason)
         # Claims are counted on the hot path of a race (thousands a second): the labelled
         # children are looked up once, here, by the reason as the answer says it too.
         self._claims_by: dict[tuple[str, str], Counter] = {}

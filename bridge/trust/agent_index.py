@@ -51,25 +51,30 @@ class _Index:
         self.address_of: dict[str, str] = {}
         self.ids_at: dict[str, set[str]] = {}
 
-    def put(self, key: str, value: bytes) -> None:
+    def put(self, key: str, value: bytes) -> bool:
+        """Whether an agent left the address it had (an agent's rights there end)."""
+        before = self.address_of.get(key)
         self.delete(key)
         try:
             agent = AGENT_DECODER.decode(value)
         except msgspec.DecodeError:
-            return  # the leader deletes what is not an agent; it admits no one meanwhile
+            return before is not None  # the leader deletes what is not an agent
         address = normal_address(agent.address)
         if agent.id != key or address is None:
-            return
+            return before is not None
         self.address_of[key] = address
         self.ids_at.setdefault(address, set()).add(key)
+        return before is not None and before != address
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str) -> bool:
+        """Whether there was an agent under `key`."""
         address = self.address_of.pop(key, None)
         if address is not None:
             ids = self.ids_at[address]
             ids.discard(key)
             if not ids:
                 del self.ids_at[address]
+        return address is not None
 
 
 class AgentAddresses:
@@ -81,6 +86,8 @@ class AgentAddresses:
         self._spec = agents_bucket(names, replicas=replicas)
         self._index = _Index()
         self.loaded = asyncio.Event()
+        # Set when an agent left the index or its address (bridge/trust/evictions.py).
+        self.departed = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._index.address_of)
@@ -147,9 +154,13 @@ class AgentAddresses:
                     if fresh is not None:  # the current values are in: answer from them
                         self._index, fresh = fresh, None
                         self.loaded.set()
+                        self.departed.set()  # whoever left while the watch was away
                         log.info("callout_agents_loaded", agents=len(self))
-                elif entry.operation is None and entry.value:
-                    index.put(entry.key, entry.value)
+                    continue
+                if entry.operation is None and entry.value:
+                    gone = index.put(entry.key, entry.value)
                 else:
-                    index.delete(entry.key)
+                    gone = index.delete(entry.key)
+                if gone and fresh is None:
+                    self.departed.set()
         log.info("callout_watch_restarted", reason="NATS reconnected")

@@ -3,6 +3,7 @@ micro service that serves them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -12,7 +13,13 @@ import pytest
 import structlog
 from nats.aio.client import Client as NATS
 
-from bridge.broadcast.api import BROADCAST_QUEUE, encode_report, validate_request
+from bridge.broadcast.api import (
+    BROADCAST_QUEUE,
+    MAX_IN_FLIGHT,
+    MAX_WAITING,
+    encode_report,
+    validate_request,
+)
 from bridge.config import Settings
 from bridge.contract.messages import (
     BroadcastReport,
@@ -24,8 +31,10 @@ from bridge.contract.messages import (
 )
 from bridge.contract.micro_answers import MicroInfo, MicroPing, MicroStats
 from bridge.contract.names import SERVICE_NAME
+from bridge.devkit.emulator import EmulatedSwarm
 from bridge.edges.nats_server import EmbeddedNats
-from tests.conftest import run_bridge, wait_for
+from tests.broadcast.test_broadcaster import stage
+from tests.conftest import OPPORTUNITY, run_bridge, wait_for
 
 GOOD = (
     b'{"id": "council-42", "project": "whoosh", "title": "Build the API", "roles": '
@@ -157,7 +166,7 @@ async def _ask(nc: NATS, subject: str) -> dict[str, Any]:
 async def test_micro_service_is_found_with_its_counts(
     nats_server: EmbeddedNats, nc: NATS, settings: Settings
 ) -> None:
-    """`nats micro info|stats` find chorus-bridge and its endpoints (broadcast, council); a
+    """`nats micro info|stats` find chorus-bridge and its endpoints (broadcast, council, agents); a
     refusal carries the micro error headers and the JSON error, and counts as a request and
     an error of its endpoint."""
     async with run_bridge(settings, nats_server.url):
@@ -169,6 +178,7 @@ async def test_micro_service_is_found_with_its_counts(
         assert [(e["name"], e["subject"], e["queue_group"]) for e in info["endpoints"]] == [
             ("broadcast", f"{settings.subject_prefix}.bridge.broadcast", BROADCAST_QUEUE),
             ("council", f"{settings.subject_prefix}.bridge.council", BROADCAST_QUEUE),
+            ("agents", f"{settings.subject_prefix}.bridge.agents", BROADCAST_QUEUE),
         ]
         refused = await nc.request(
             f"{settings.subject_prefix}.bridge.broadcast", b'{"id": "c1", "roles": []}', timeout=10
@@ -185,9 +195,10 @@ async def test_micro_service_is_found_with_its_counts(
         assert not ok.headers and json.loads(ok.data)["opportunity_id"] == "c2"
         stats = await _ask(nc, f"$SRV.STATS.{SERVICE_NAME}.{info['id']}")
         msgspec.convert(stats, MicroStats)
-        endpoint, council = stats["endpoints"]
+        endpoint, council, agents = stats["endpoints"]
         assert (endpoint["num_requests"], endpoint["num_errors"]) == (2, 1)
         assert (council["num_requests"], council["num_errors"]) == (0, 0)
+        assert (agents["num_requests"], agents["num_errors"]) == (0, 0)
         assert "length >= 1" in endpoint["last_error"]
         assert endpoint["processing_time"] > 0
     with pytest.raises(nats.errors.NoRespondersError):  # stopped: gone from the bus
@@ -213,3 +224,30 @@ async def test_only_the_leader_serves(
         assert first.bridge.election.is_leader.is_set()
         assert not standby.election.is_leader.is_set()
         assert pings[0]["name"] == SERVICE_NAME
+
+
+async def test_broadcasts_beyond_the_cap_are_refused_as_busy_at_once(
+    settings: Settings, nats_server: EmbeddedNats, swarm: EmulatedSwarm, nc: NATS
+) -> None:
+    """Against agents that never answer (each broadcast takes the HTTP timeout), 4 broadcasts
+    are served at once and 16 wait their turn: of 21 sent together, one is refused at once
+    with "busy" (503), the 20 others get their reports."""
+    async with stage(settings, nats_server, swarm, 2, behaviours={0: "hang", 1: "hang"}) as s:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        timings: list[tuple[float, bytes]] = []
+
+        async def send(i: int) -> None:
+            data = encode(msgspec.structs.replace(OPPORTUNITY, id=f"council-busy-{i}"))
+            answer = await s.request(nc, data)
+            timings.append((loop.time() - started, answer))
+
+        async with asyncio.TaskGroup() as tg:
+            for i in range(MAX_IN_FLIGHT + MAX_WAITING + 1):
+                tg.create_task(send(i))
+    replies = [decode_reply(data) for _, data in timings]
+    busy = [r for r in replies if isinstance(r, ErrorReply)]
+    assert len(busy) == 1 and busy[0].error.startswith("busy:"), busy
+    assert sum(isinstance(r, BroadcastReport) for r in replies) == MAX_IN_FLIGHT + MAX_WAITING
+    first_answer = min(t for t, _ in timings)
+    assert decode_reply(next(d for t, d in timings if t == first_answer)) == busy[0]

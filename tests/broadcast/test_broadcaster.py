@@ -313,3 +313,30 @@ async def test_presence_expiry_and_return_flip_on_bus(
         await wait_for(
             lambda: leaving.id in s.on_bus_in_bucket(), timeout=8, what="the agent back on the bus"
         )
+
+
+async def test_an_ack_over_4_kib_is_dropped_and_counted(
+    settings: Settings, nats_server: EmbeddedNats, swarm: EmulatedSwarm, nc: NATS
+) -> None:
+    """An ack larger than 4 KiB on an agent's own subject is no ack (DESIGN.md, "Trust"): the
+    agent gets its POST, and the drop is counted; a small one on the same subject counts."""
+    async with stage(
+        settings, nats_server, swarm, 1, on_bus={0}, behaviours={0: "no_ack"}, ack_wait=2.0
+    ) as s:
+        (agent_id,) = s.on_bus_in_bucket()
+        bodies = iter([b"x" * (5 * 1024), b'{"opportunity_id": "council-42"}'])
+
+        async def ack(msg: Any) -> None:
+            await nc.publish(s.names.acks(OPPORTUNITY.id, agent_id), next(bodies))
+
+        await nc.subscribe(s.names.opportunities, cb=ack)
+        await nc.flush()
+        first = await s.broadcast(nc)
+        assert (first.via_bus, first.via_http) == (0, 1)
+        registry = s.running.bridge.metrics.registry
+        sample = registry.get_sample_value(
+            "chorus_bridge_acks_dropped_total", {"reason": "too_large"}
+        )
+        assert sample == 1
+        second = await s.broadcast(nc)
+        assert (second.via_bus, second.via_http) == (1, 0)

@@ -117,6 +117,8 @@ async def test_post_sends_the_body_and_headers_and_reads_the_answer(
     assert sent["Content-Length"] == str(len(body))
     assert sent["User-Agent"] == USER_AGENT
     assert sent["Host"] == base.removeprefix("http://")
+    # Answers are read undecoded and bounded: no encoding is asked for (not gzip, deflate).
+    assert sent["Accept-Encoding"] == "identity"
 
 
 async def test_an_answer_is_read_no_further_than_64_kib(
@@ -267,3 +269,14 @@ async def test_a_cookie_an_agent_sets_is_never_sent_back(
             await http.client.get(f"{by_name}/cookie")
     assert len(seen) == 4
     assert [r.headers.get("Cookie") for r in seen] == [None] * 4
+
+
+async def test_no_call_asks_for_an_encoding(
+    agent: tuple[str, list[web.Request], list[bytes]],
+) -> None:
+    """The health check and the shared client ask for no encoding either."""
+    base, seen, _ = agent
+    async with agent_http() as http:
+        await http.get_status(agent_url(base, "/health"))
+        await http.client.get(base + "/health")
+    assert [r.headers.get("Accept-Encoding") for r in seen] == ["identity", "identity"]

@@ -10,8 +10,8 @@ from nats.js.api import StorageType, StreamConfig
 
 from bridge.contract.buckets import MAX_PRESENCE_BYTES, BucketSpec, presence_bucket
 from bridge.contract.names import Names
-from bridge.edges.kv import Bucket, bucket_config, ensure_bucket
-from bridge.errors import BucketMissingError
+from bridge.edges.kv import Bucket, Write, bucket_config, ensure_bucket
+from bridge.errors import BucketMissingError, WriteRefusedError
 from tests.conftest import wait_for
 
 QUIET = 0.5  # seconds an inbox must stay silent
@@ -105,3 +105,16 @@ async def test_a_lost_inbound_stream_is_noticed_and_made_again(
     bucket = await ensure_bucket(nc, spec)
     await bucket.check_stream()
     await _reaches_the_bucket(nc, names, bucket, "a1")
+
+
+async def test_a_presence_value_of_5_kib_is_refused_by_the_server(
+    nc: NATS, names: Names, spec: BucketSpec
+) -> None:
+    """Where agents write the bucket itself (one account: the embedded server, the demo), the
+    bucket's max value size refuses 5 KiB, with the server's own words; 4 KiB is stored. (The
+    inbound stream refuses it too: above.)"""
+    bucket = await ensure_bucket(nc, spec)
+    assert await bucket.write(Write("a1", b"x" * MAX_PRESENCE_BYTES)) > 0
+    with pytest.raises(WriteRefusedError, match="message size exceeds maximum allowed"):
+        await bucket.write(Write("a1", b"x" * 5 * 1024))
+    assert await _value(bucket, "a1") == b"x" * MAX_PRESENCE_BYTES

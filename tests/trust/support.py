@@ -25,7 +25,7 @@ from bridge.edges.nats_server import EmbeddedNats
 from bridge.edges.nkeys_jwt import CurveKey, SigningKey
 from bridge.ops.metrics import Metrics
 from bridge.trust.agent_index import AgentAddresses
-from bridge.trust.callout import Callout, CalloutKeys
+from bridge.trust.callout import CalloutKeys, make_callout
 from tests.callout_client import RawClient, Refused, raw_connect
 from tests.callout_support import PASSWORDS, make_keys, write_confs
 
@@ -199,7 +199,7 @@ async def serving_callout(nc: NATS, keys_dir: Path) -> AsyncIterator[None]:
         xkey=CurveKey((keys_dir / "xkey.seed").read_bytes()),
         agent_password=PASSWORDS["AGENT_PASS"],
     )
-    callout = Callout(nc, NAMES, keys, AgentAddresses(nc, NAMES), metrics=Metrics())
+    callout = make_callout(nc, NAMES, keys, AgentAddresses(nc, NAMES), metrics=Metrics())
     task = asyncio.create_task(callout.run(), name="callout")
     try:
         yield

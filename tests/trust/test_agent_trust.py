@@ -14,6 +14,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from bridge.agent import BusAgent, check_agent_id, connect_agent
+from bridge.agent.presence import PresenceWriter
 from bridge.config import Settings
 from bridge.contract.messages import (
     CLAIM_DECODER,
@@ -112,7 +113,7 @@ async def test_leaving_ends_when_a_presence_write_swallowed_the_stop(
     await ensure_presence_bucket(nc, names)  # what the bridge does
     refreshing = asyncio.Event()
 
-    async def write_that_swallows_the_stop() -> None:
+    async def write_that_swallows_the_stop(_writer: PresenceWriter) -> None:
         answer = asyncio.get_running_loop().create_future()  # never answered
         if refreshing.is_set():
             await answer  # a second write would wait for good: the leave must not make one
@@ -123,12 +124,12 @@ async def test_leaving_ends_when_a_presence_write_swallowed_the_stop(
     async with asyncio.timeout(10):
         async with connect_agent(
             nats_server.url, "agent-1", prefix=names.prefix, presence_interval=0.05
-        ) as agent:
-            monkeypatch.setattr(agent, "write_presence", write_that_swallows_the_stop)
+        ):
+            monkeypatch.setattr(PresenceWriter, "write", write_that_swallows_the_stop)
             await refreshing.wait()
     kv = await nc.jetstream().key_value(names.presence_bucket)
     with pytest.raises(nats.js.errors.KeyNotFoundError):
-        await kv.get("agent-1")  # and its entry was purged on the way out
+        await kv.get("agent-1")  # and its entry was deleted on the way out
 
 
 @pytest.mark.parametrize("agent_id", ["", "a.b", "a b", "a*", "a>", "é"])

@@ -7,12 +7,15 @@ from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import structlog
+from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.app import open_bridge
 from bridge.config import Settings, load_settings
 from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
+from bridge.edges.nats_server import EmbeddedNats
 from bridge.edges.nkeys_jwt import new_seed
 from bridge.errors import ConfigError
 from tests.callout_support import (
@@ -24,7 +27,7 @@ from tests.callout_support import (
     make_keys,
     refused,
 )
-from tests.conftest import run_bridge, wait_for
+from tests.conftest import RunningBridge, run_bridge, wait_for
 
 
 @pytest.fixture
@@ -103,7 +106,7 @@ async def test_a_different_issuer_is_refused_with_a_hint(
 
         async def rejected_counted() -> bool:
             counts = await callouts(bridge)
-            return counts[("rejected", "none")] >= 1 and counts[("admitted", "none")] == 0
+            return counts[("rejected", "invalid")] >= 1 and counts[("admitted", "none")] == 0
 
         # Rejected requests get no answer: the client's refusal comes from the server's
         # timeout, which does not wait for the bridge to count, so /metrics is polled.
@@ -167,3 +170,38 @@ def test_the_callout_needs_its_issuer_seed() -> None:
         settings.callout_xkey_seed,
         settings.callout_agent_password_file,
     ) == (True, "/s", "/x", "/p")
+
+
+async def test_the_open_mode_says_identity_is_not_enforced(
+    tmp_path: Path,
+    settings: Settings,
+    files: CalloutFiles,
+    address: str,
+    nats_server: EmbeddedNats,
+    logs: list[MutableMapping[str, Any]],
+) -> None:
+    """Without the callout the bridge warns at start (`agent_identity_not_enforced`) and
+    /metrics says 0; with it, 1 and no warning."""
+    async with run_bridge(settings, nats_server.url) as open_mode:
+        assert await identity_enforced(open_mode) == 0
+    assert [e["log_level"] for e in logs if e["event"] == "agent_identity_not_enforced"] == [
+        "warning"
+    ]
+    logs.clear()
+    (tmp_path / "callout").mkdir()
+    async with (
+        callout_server(tmp_path / "callout", files) as server,
+        run_bridge(bridge_settings(settings, files), server.url) as enforced,
+    ):
+        assert await identity_enforced(enforced) == 1
+    assert not any(e["event"] == "agent_identity_not_enforced" for e in logs)
+
+
+async def identity_enforced(running: RunningBridge) -> float:
+    async with httpx.AsyncClient(trust_env=False) as client:
+        response = await client.get(f"http://127.0.0.1:{running.bridge.http_port}/metrics")
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name == "chorus_bridge_agent_identity_enforced":
+                return float(sample.value)
+    raise AssertionError("chorus_bridge_agent_identity_enforced is not on /metrics")

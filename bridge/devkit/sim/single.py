@@ -7,7 +7,7 @@ import socket
 
 import structlog
 
-from bridge.agent import PRESENCE_INTERVAL, BusAgent, connect_agent
+from bridge.agent import PRESENCE_INTERVAL, AgentError, BusAgent, connect_agent
 from bridge.contract.names import Names
 from bridge.devkit.sim.agent import (
     Behaviour,
@@ -18,7 +18,6 @@ from bridge.devkit.sim.agent import (
 )
 from bridge.devkit.sim.bus_agents import BusAuth
 from bridge.devkit.sim.http_agents import DEFAULT_OPPORTUNITY_PATH, HttpAgents
-from bridge.errors import NatsError
 from bridge.waits import cancel_and_wait, raise_if_cancelled
 
 __all__ = ["run_single_agent"]
@@ -42,7 +41,6 @@ async def run_single_agent(
     endpoint: str | None = None,
     index: int | None = None,
     behaviour: Behaviour = "ok",
-    inbox_prefix: str | None = None,
 ) -> None:
     """Serve one agent's HTTP API on host:port, and put it on the bus when `nats_url` is set.
 
@@ -51,7 +49,6 @@ async def run_single_agent(
     (None: left out; the bridge then matches the entry by task id). With `index` i, the agent
     claims core role number i of each opportunity; without it, it claims nothing. NATS
     failures are logged and retried; the agent keeps serving HTTP until `stop` is set.
-    `inbox_prefix` None: the agent's own, `_INBOX.<agent id>`.
     """
     name = agent_id or socket.gethostname()
     agent = SimAgent(
@@ -71,7 +68,6 @@ async def run_single_agent(
             opportunity_path=opportunity_path,
             claims=index is not None,
             nats_url=nats_url,
-            inbox_prefix=inbox_prefix,
             auth=auth or BusAuth(),
         ),
         name=f"sim-agent-{name}",
@@ -94,7 +90,6 @@ async def _serve(
     opportunity_path: str,
     claims: bool,
     nats_url: str | None,
-    inbox_prefix: str | None,
     auth: BusAuth,
 ) -> None:
     """Runs until cancelled; leaving cancels it, which purges the presence entry and drains."""
@@ -112,7 +107,6 @@ async def _serve(
             nats_url=nats_url,
             auth=auth,
             policy=policy,
-            inbox_prefix=inbox_prefix,
         )
 
 
@@ -123,7 +117,6 @@ async def _stay_on_bus(
     nats_url: str,
     auth: BusAuth,
     policy: ClaimPolicy | None,
-    inbox_prefix: str | None,
 ) -> None:
     """On the bus, through the agent library, until cancelled; a NATS server that cannot be
     reached (or a presence bucket that is not there yet) is retried with a backoff."""
@@ -147,12 +140,11 @@ async def _stay_on_bus(
                 task_id=agent.task_id,
                 endpoint=agent.advertised_endpoint,
                 presence_interval=interval,
-                inbox_prefix=inbox_prefix,
             ) as bus:
                 agent.present = True
                 delay, last_error = RETRY_MIN, ""
                 await _answer(agent, bus, policy)
-        except NatsError as exc:
+        except AgentError as exc:
             if str(exc) != last_error:  # one line per outage, not one per attempt
                 last_error = str(exc)
                 log.warning("sim_agent_bus_unavailable", agent_id=agent.id, error=last_error)
@@ -172,7 +164,7 @@ async def _answer(agent: SimAgent, bus: BusAgent, policy: ClaimPolicy | None) ->
         for role in claimed_roles(policy(agent, opportunity) if policy is not None else None):
             try:
                 answer = await bus.claim(opportunity.id, role)
-            except NatsError as exc:
+            except AgentError as exc:
                 log.warning("sim_agent_claim_unanswered", agent_id=agent.id, error=str(exc))
                 continue
             agent.answers.append((opportunity.id, answer))

@@ -19,7 +19,14 @@ and opening one). Callers import from `bridge.edges.kv` alone.
 """
 
 from bridge.edges.kv.bucket import Bucket, bind_bucket, ensure_bucket, open_bucket
-from bridge.edges.kv.records import BucketConfig, Entry, RawBucket, Write, bucket_config
+from bridge.edges.kv.records import (
+    BucketConfig,
+    Entry,
+    RawBucket,
+    StreamState,
+    Write,
+    bucket_config,
+)
 from bridge.edges.kv.settings import MIN_VALUE_SIZE
 from bridge.edges.kv.watch import Watcher, snapshot_of
 from bridge.edges.kv.writes import write_batch
@@ -30,6 +37,7 @@ __all__ = [
     "BucketConfig",
     "Entry",
     "RawBucket",
+    "StreamState",
     "Watcher",
     "Write",
     "bind_bucket",

@@ -19,7 +19,14 @@ from bridge.contract.buckets import BucketSpec
 from bridge.contract.kv_wire import operation_of
 from bridge.edges.kv.errors import _NO_STREAM, _mapped
 from bridge.edges.kv.inbound import ensure_inbound
-from bridge.edges.kv.records import Entry, RawBucket, Write, _seconds, bucket_config
+from bridge.edges.kv.records import (
+    Entry,
+    RawBucket,
+    StreamState,
+    Write,
+    _seconds,
+    bucket_config,
+)
 from bridge.edges.kv.settings import _check
 from bridge.edges.kv.watch import Watcher, snapshot_of, watching
 from bridge.edges.kv.writes import write_batch
@@ -54,11 +61,26 @@ class Bucket:
 
     async def last_sequence(self) -> int:
         """The stream's last sequence: changes whenever anyone writes the bucket."""
+        return (await self.state()).last_seq
+
+    async def state(self, *, keys: bool = False) -> StreamState:
+        """What the stream holds now; with `keys`, also which keys have a message (one
+        answer of the server: up to 100,000 keys)."""
+        filtered = f"{self._prefix}>" if keys else None
         try:
-            info = await self._js.stream_info(self.stream)
+            info = await self._js.stream_info(self.stream, subjects_filter=filtered)
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             raise _mapped(exc, f"bucket {self.name!r}") from exc
-        return int(info.state.last_seq or 0)
+        state = info.state
+        subjects = state.subjects if keys else None
+        return StreamState(
+            last_seq=int(state.last_seq or 0),
+            first_seq=int(state.first_seq or 0),
+            messages=int(state.messages or 0),
+            keys=None
+            if subjects is None
+            else frozenset(s.removeprefix(self._prefix) for s in subjects),
+        )
 
     async def check_stream(self) -> None:
         """BucketMissingError when the bucket's stream is gone. A watch does not see its stream

@@ -46,6 +46,18 @@ class Entry:
 
 
 @dataclasses.dataclass(frozen=True)
+class StreamState:
+    """What a bucket's stream holds: its last and first sequence, how many messages (every
+    key's latest message: values, tombstones, markers), and the keys that have one (when
+    asked for: `Bucket.state(keys=True)`)."""
+
+    last_seq: int
+    first_seq: int
+    messages: int
+    keys: frozenset[str] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Write:
     """One write. `value` None: a delete (`purge_ttl` None) or a purge whose marker expires
     after `purge_ttl` seconds. `expect`: the key's last revision, 0 for "no message yet";

@@ -1,0 +1,1 @@
+"""Agents among themselves: the roster the bridge answers them (and coordinators) with."""
