@@ -48,14 +48,16 @@ class BridgeProcess:
 
 @contextlib.asynccontextmanager
 async def bridge_process(
-    node: Node, service: str, nats_url: str, bucket: str, log: Path, poll: float
+    nodes: list[Node], service: str, nats_url: str, bucket: str, log: Path, poll: float
 ) -> AsyncIterator[BridgeProcess]:
-    """`python -m bridge run` reading `node`'s engine, until the context exits (SIGTERM)."""
+    """`python -m bridge run` reading the first of `nodes`' engines (the next when it fails:
+    WHOOSH_DOCKER_HOST lists them all, as the stack's tasks.docker-api names every manager),
+    until the context exits (SIGTERM)."""
     port = free_port()
     env = {
         **os.environ,
         "DISCOVERY_METHOD": "swarm",
-        "WHOOSH_DOCKER_HOST": node.socket,
+        "WHOOSH_DOCKER_HOST": ",".join(n.socket for n in nodes),
         "WHOOSH_SERVICE_NAME": service,
         "WHOOSH_NETWORK_NAME": NETWORK,
         "WHOOSH_DNS_NAMES": "",

@@ -7,8 +7,9 @@ swarm's own election.
 
 Setup: the nodes of scripts/swarm-nodes.sh (3 managers, 2 workers); a service of REPLICAS
 busybox agents kept off node 1; the bridge (`python -m bridge run`, a process of its own)
-reads node 1's engine only, its poll at 30 s, NATS on loopback. This program samples the
-managers' task list every 50 ms and watches the bucket, on one clock:
+reads node 1's engine, and the other managers' when it fails (WHOOSH_DOCKER_HOST lists the
+three, as the stack's tasks.docker-api does), its poll at 30 s, NATS on loopback. This program
+samples the managers' task list every 50 ms and watches the bucket, on one clock:
   list      when a sample of the manager's task list first showed the change (the baseline: what
             the swarm itself knew, measured in the same run);
   bucket    when the bucket's watch saw the key put or deleted;
@@ -121,7 +122,12 @@ async def measure(args: argparse.Namespace, swarm: MultiNodeSwarm, state: Path) 
         async with (
             EmbeddedNats(port=0, store_dir=state / "nats") as server,
             _multinode.bridge_process(
-                bridge_node, service.name, server.url, f"bench_{token}", state / "bridge.log", POLL
+                swarm.managers,
+                service.name,
+                server.url,
+                f"bench_{token}",
+                state / "bridge.log",
+                POLL,
             ) as bridge,
         ):
             bench.say(f"bridge pid {bridge.pid} reads {bridge_node.socket}; log {bridge.log}")

@@ -45,7 +45,8 @@ from bridge.discovery.pipeline import DiscoveryPipeline
 from bridge.discovery.swarm import SwarmDiscovery
 from bridge.edges.agent_http import AgentHTTP
 from bridge.edges.micro import Endpoint, MicroService
-from bridge.edges.nats_client import NatsProbe, connect
+from bridge.edges.nats_client import connect
+from bridge.edges.nats_probe import NatsProbe
 from bridge.edges.nats_server import EmbeddedNats
 from bridge.ops.health import NATS_SILENCE_LIMIT
 from bridge.ops.http import listening_socket, serve_http

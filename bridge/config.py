@@ -64,6 +64,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     nats_user: str | None = None
     nats_password: str | None = None
     nats_token: str | None = None
+    # TLS to NATS (DESIGN.md, "Trust"): paths of the CA that signed the server's certificate
+    # (PEM), and of a client certificate and its key where the server asks for one.
+    nats_tls_ca: str | None = None
+    nats_tls_cert: str | None = None
+    nats_tls_key: str | None = None
     subject_prefix: Token = "chorus"
     kv_bucket: Token = "chorus_agents"
     kv_replicas: Replicas = 1
@@ -222,6 +227,9 @@ _VARIABLES: dict[str, Parser] = {
     "NATS_USER": _with("nats_user", _text),
     "NATS_PASSWORD": _with("nats_password", _text),
     "NATS_TOKEN": _with("nats_token", _text),
+    "NATS_TLS_CA": _with("nats_tls_ca", _text),
+    "NATS_TLS_CERT": _with("nats_tls_cert", _text),
+    "NATS_TLS_KEY": _with("nats_tls_key", _text),
     "BRIDGE_SUBJECT_PREFIX": _as("subject_prefix"),
     "BRIDGE_KV_BUCKET": _as("kv_bucket"),
     "BRIDGE_POLL_INTERVAL": _as("poll_interval"),
@@ -321,6 +329,9 @@ def load_settings(
     fields["dns_names"] = tuple(str(n).replace("{service}", service) for n in names)
     if "nats_user" in fields and "nats_password" not in fields:
         raise ConfigError("NATS_PASSWORD", "", "must be set when NATS_USER is set")
+    for given, needed in (("NATS_TLS_CERT", "NATS_TLS_KEY"), ("NATS_TLS_KEY", "NATS_TLS_CERT")):
+        if given in env and needed not in env:
+            raise ConfigError(needed, "", f"must be set when {given} is set (a client certificate)")
     if fields.get("auth_callout") and "callout_issuer_seed" not in fields:
         raise ConfigError(
             "BRIDGE_CALLOUT_ISSUER_SEED", "", "must be set when BRIDGE_AUTH_CALLOUT is true"

@@ -30,7 +30,7 @@ from bridge.discovery.pipeline import DiscoveryPipeline
 from bridge.discovery.roster import Roster
 from bridge.discovery.swarm import SwarmDiscovery
 from bridge.edges.micro import MicroService
-from bridge.edges.nats_client import NatsProbe
+from bridge.edges.nats_probe import NatsProbe
 from bridge.errors import DockerAPIError, NatsError
 from bridge.ops.health import NATS_SILENCE_LIMIT, Observed, assess
 from bridge.ops.metrics import Metrics

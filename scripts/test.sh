@@ -138,6 +138,19 @@ setup_haproxy() {
         || say "warning: haproxy could not be installed; the proxy tests are skipped" >&2
 }
 
+# openssl makes the stack's CA and certificates (scripts/nats-tls.sh) for the TLS tests.
+setup_openssl() {
+    command -v openssl >/dev/null 2>&1 && return
+    if [ "$(id -u)" -ne 0 ]; then
+        say "no openssl and not root: the TLS tests fail (install openssl)"
+        return
+    fi
+    say "apt-get install openssl"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssl >/dev/null \
+        || say "warning: openssl could not be installed" >&2
+}
+
 failed=()
 not_run=()
 
@@ -153,6 +166,7 @@ setup_promtool() {
 
 setup_venv
 setup_js
+setup_openssl
 setup_haproxy
 # shellcheck source=/dev/null
 . .venv/bin/activate

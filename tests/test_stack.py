@@ -1,4 +1,6 @@
-"""The Swarm stack, deployed for real by scripts/stack-test.sh: NATS, the bridge, 10 agents."""
+"""The Swarm stack, deployed for real by scripts/stack-test.sh on the one-node swarm: NATS with
+TLS, the docker-api proxy, a leader and a standby bridge, 10 agents. (On several nodes:
+tests/multinode/test_stack.py.)"""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ SCRIPT = ROOT / "scripts" / "stack-test.sh"
 IMAGE_VARIABLES = {
     "BRIDGE_IMAGE": "CHORUS_TEST_BRIDGE_IMAGE",
     "NATS_IMAGE": "CHORUS_TEST_NATS_IMAGE",
+    "DOCKER_API_IMAGE": "CHORUS_TEST_DOCKER_API_IMAGE",
 }
 
 
@@ -40,7 +43,10 @@ def stack_env(unique: str) -> dict[str, str]:
 def _run_stack(env: dict[str, str]) -> str:
     """scripts/stack-test.sh's output, after checking what every variant must show: the 10
     agents in the bucket, each admitted through the auth callout as itself only, a broadcast
-    that reaches (and is acked by) all 10, and nothing of the stack left afterwards."""
+    that reaches (and is acked by) all 10 (the host's client over TLS with the stack's CA), the
+    proxy refusing a container's creation and answering the task list from inside a bridge,
+    every container non-root, read-only, without capabilities or new privileges, a leader and
+    a standby, and nothing of the stack left afterwards."""
     result = subprocess.run(
         ["bash", str(SCRIPT), "--skip-build"],
         env=env,
@@ -67,6 +73,14 @@ def _run_stack(env: dict[str, str]) -> str:
         in result.stdout
     ), tail
     assert "check: 10 of 10 agents acked on the bus, each on its own subject" in result.stdout, tail
+    assert "docker-api proxies answer GET /tasks 200 and POST /containers/create 403" in (
+        result.stdout
+    ), tail
+    assert (
+        "containers run as non-root, read-only, without capabilities, with no-new-privileges"
+        in result.stdout
+    ), tail
+    assert "check: two bridges answer /healthz 200: leader standby" in result.stdout, tail
 
     stack = env["STACK"]
     client = docker.DockerClient(base_url=env["DOCKER_HOST"], version="auto")

@@ -424,11 +424,11 @@ def sim_agent(
     """Run one simulated agent: its HTTP API, and presence/acks on NATS when NATS_URL is set.
 
     For trying a stack or a bridge against stand-in agents; it is not part of the bridge.
-    NATS_URL, NATS_USER/NATS_PASSWORD or NATS_TOKEN and BRIDGE_SUBJECT_PREFIX are read as
-    for the bridge.
+    NATS_URL, NATS_USER/NATS_PASSWORD or NATS_TOKEN, NATS_TLS_CA (NATS_TLS_CERT and
+    NATS_TLS_KEY) and BRIDGE_SUBJECT_PREFIX are read as for the bridge.
     """
     from bridge.contract.names import Names
-    from bridge.devkit.sim import run_single_agent
+    from bridge.devkit.sim import BusAuth, run_single_agent
 
     settings = build_settings({}, BRIDGE_LOG_FORMAT="console")
     run_until_signal(
@@ -439,9 +439,14 @@ def sim_agent(
             port=port,
             agent_id=agent_id,
             nats_url=settings.nats_url,
-            nats_user=settings.nats_user,
-            nats_password=settings.nats_password,
-            nats_token=settings.nats_token,
+            auth=BusAuth(
+                user=settings.nats_user,
+                password=settings.nats_password,
+                token=settings.nats_token,
+                tls_ca=settings.nats_tls_ca,
+                tls_cert=settings.nats_tls_cert,
+                tls_key=settings.nats_tls_key,
+            ),
             opportunity_path=settings.opportunity_path,
             endpoint=endpoint,
             index=index,

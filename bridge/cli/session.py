@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 
 from bridge.config import Settings
 from bridge.edges.nats_client import nats_auth, nats_servers
+from bridge.edges.nats_tls import nats_tls, require_tls, tls_failure, tls_failure_message
 from bridge.errors import NatsError
 from bridge.ops.redact import redact_text, redact_url
 
@@ -177,6 +178,9 @@ async def open_session(
     """A connected Session for one command; NatsError when NATS cannot be had."""
     url = settings.nats_url or DEFAULT_CLIENT_URL
     reported = Reported()
+    tls = nats_tls(settings)
+    if tls:
+        await require_tls(nats_servers(url), settings, 2)
     try:
         nc = await nats.connect(
             nats_servers(url),
@@ -188,8 +192,12 @@ async def open_session(
             error_cb=reported.on_error,
             disconnected_cb=reported.on_disconnect,
             **nats_auth(settings),
+            **tls,
         )
     except (nats.errors.Error, OSError) as exc:
+        failed = tls_failure(exc)
+        if failed is not None:
+            raise NatsError(tls_failure_message(url, failed, settings)) from None
         last = reported.errors[-1] if reported.errors else (str(exc) or type(exc).__name__)
         reason = redact_text(last).removeprefix("nats: ").strip("'")
         if "authorization violation" in reason.lower():

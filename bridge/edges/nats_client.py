@@ -1,6 +1,6 @@
-"""The NATS connection of the bridge: authentication, reconnects, and what they log; how
-long closing it may take; and the probe that tells a connection that still reads from one that
-no longer does."""
+"""The NATS connection of the bridge: authentication, TLS, reconnects, and what they log; how
+long closing it may take. (The probe that tells a connection that still reads from one that no
+longer does: nats_probe.py.)"""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from bridge.config import Settings
+from bridge.edges.nats_tls import nats_tls, require_tls, tls_failure, tls_failure_message
 from bridge.errors import NatsError
 from bridge.ops.redact import redact_url
 
-__all__ = ["NatsProbe", "connect", "nats_auth", "nats_servers"]
+__all__ = ["connect", "nats_auth", "nats_servers"]
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +30,7 @@ log = structlog.get_logger(__name__)
 # cluster member the bridge is back within about that (2 s cost a 2 s gap to every fault).
 INITIAL_CONNECT_ATTEMPTS = 60
 RECONNECT_WAIT = 0.5
+CONNECT_TIMEOUT = 2.0
 # Closing on exit (SIGTERM) is bounded: Docker sends SIGKILL 10 s after SIGTERM. First one round
 # trip, within ANSWER_TIMEOUT: a server that does not answer it (frozen, or a client that no
 # longer reads) cannot be drained, and the connection is closed at once. Else drained, within
@@ -49,19 +51,6 @@ CLOSE_TIMEOUT = 1.0
 # its lease (10 s) already, so waiting longer for it saves nothing.
 PING_INTERVAL = 5
 MAX_OUTSTANDING_PINGS = 2
-# The probe behind /healthz: one round trip (a PING) at a time, one every PROBE_INTERVAL s.
-PROBE_INTERVAL = 2.0
-# How long a probe waits for its PONG before giving up. nats-py's rtt() and flush() cancel their
-# PONG future when their timeout fires, and leave it queued: the PONG that comes after it then
-# fails on the cancelled future and kills the read loop (InvalidStateError), which is how a NATS
-# freeze of 15 s made the bridge deaf. Given longer than the pings' staleness bound, a probe
-# times out only once the connection was found stale and reconnected (a new PONG queue), when
-# the cancelled future can never be answered.
-PROBE_GIVE_UP = 60
-# A probe still unanswered when the bridge stops is waited for this long, never cancelled while
-# its connection lives (that would kill the read loop during the drain); the stops of the other
-# tasks run meanwhile.
-PROBE_LET_GO = 1.0
 
 
 def nats_servers(url: str) -> list[str]:
@@ -114,34 +103,44 @@ async def connect(
         if on_reconnect is not None:
             await on_reconnect()
 
-    async def error(exc: Exception) -> None:
+    async def log_error(exc: Exception) -> None:
         # nats-py reports each failed attempt here; one line per distinct error is enough.
         text = str(exc) or repr(exc)
         if text != last_error["text"] and not closing:
             last_error["text"] = text
             log.warning("nats_error", url=url, error=text)
 
-    try:
-        nc = await nats.connect(
-            nats_servers(url),
-            name=name,
-            inbox_prefix=inbox_prefix,
-            connect_timeout=2,
-            drain_timeout=DRAIN_TIMEOUT,
-            ping_interval=PING_INTERVAL,
-            max_outstanding_pings=MAX_OUTSTANDING_PINGS,
-            max_reconnect_attempts=INITIAL_CONNECT_ATTEMPTS,
-            reconnect_time_wait=reconnect_wait,
-            disconnected_cb=disconnected,
-            reconnected_cb=reconnected,
-            error_cb=error,
-            **nats_auth(settings),
-        )
-    except (nats.errors.Error, OSError) as exc:
-        raise NatsError(
-            f"cannot connect to NATS at {url} ({exc!r}); check NATS_URL and the "
-            "credentials (NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_CREDS)"
-        ) from exc
+    tls = nats_tls(settings)
+    if tls:
+        await require_tls(nats_servers(url), settings, CONNECT_TIMEOUT)
+    nc = NATS()
+    # A certificate that does not verify ends the first connection at once (nats-py would try
+    # it again for its whole budget); once connected, a failed handshake is one more error.
+    tls_refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def error(exc: Exception) -> None:
+        reason = tls_failure(exc)
+        if reason is not None and not nc.is_connected and not tls_refused.done():
+            tls_refused.set_result(reason)
+        await log_error(exc)
+
+    options: dict[str, Any] = {
+        "name": name,
+        "inbox_prefix": inbox_prefix,
+        "connect_timeout": CONNECT_TIMEOUT,
+        "drain_timeout": DRAIN_TIMEOUT,
+        "ping_interval": PING_INTERVAL,
+        "max_outstanding_pings": MAX_OUTSTANDING_PINGS,
+        "max_reconnect_attempts": INITIAL_CONNECT_ATTEMPTS,
+        "reconnect_time_wait": reconnect_wait,
+        "disconnected_cb": disconnected,
+        "reconnected_cb": reconnected,
+        "error_cb": error,
+        **nats_auth(settings),
+        **tls,
+    }
+    connecting = asyncio.ensure_future(nc.connect(nats_servers(url), **options))
+    await _first_connection(nc, connecting, tls_refused, url, settings)
     # From now on, never give up: nats-py reads this option at each reconnect.
     nc.options["max_reconnect_attempts"] = -1
     log.info(
@@ -158,6 +157,37 @@ async def connect(
         await _drain_and_close(nc, url)
         if on_state is not None:
             on_state(False)
+
+
+async def _first_connection(
+    nc: NATS,
+    connecting: asyncio.Future[None],
+    tls_refused: asyncio.Future[str],
+    url: str,
+    settings: Settings,
+) -> None:
+    """Wait for nats-py's first connection; NatsError when it gives up or a TLS handshake
+    fails (then at once, the attempt cancelled and the client closed)."""
+    either: list[asyncio.Future[Any]] = [connecting, tls_refused]
+    try:
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in either:
+            future.cancel()  # no-op for the one that is done
+        await asyncio.wait([connecting])  # a cancelled attempt ends before the client closes
+    refused = None if tls_refused.cancelled() else tls_refused.result()
+    failure = None if connecting.cancelled() else connecting.exception()
+    if refused is None and failure is None and not connecting.cancelled():
+        return
+    with contextlib.suppress(nats.errors.Error, OSError):
+        await nc.close()
+    reason = refused or (tls_failure(failure) if failure else None)
+    if reason is not None:
+        raise NatsError(tls_failure_message(url, reason, settings)) from failure
+    raise NatsError(
+        f"cannot connect to NATS at {redact_url(url)} ({failure!r}); check NATS_URL and the "
+        "credentials (NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_CREDS)"
+    ) from failure
 
 
 async def _drain_and_close(nc: NATS, url: str) -> None:
@@ -203,88 +233,3 @@ def _consume(task: asyncio.Future[None]) -> None:
     """Take a shutdown call's outcome: its errors are expected (the server may be gone)."""
     if not task.cancelled():
         task.exception()
-
-
-class NatsProbe:
-    """Whether the connection still reads: a PING every PROBE_INTERVAL seconds (one at a time),
-    and how long the one still waiting for its PONG has waited. `is_connected` stays true while
-    nats-py's read loop is dead; the probe's PONG does not come then. Logs one line when NATS
-    stops answering (after `patience` seconds) and one when it answers again."""
-
-    def __init__(
-        self,
-        nc: NATS,
-        *,
-        patience: float,
-        interval: float = PROBE_INTERVAL,
-        give_up: int = PROBE_GIVE_UP,
-    ) -> None:
-        self._nc = nc
-        self._patience = patience
-        self._interval = interval
-        self._give_up = give_up
-        self._pending: asyncio.Task[None] | None = None
-        self._sent_at = 0.0
-        # nc.stats["reconnects"] when the pending probe was sent: its PONG future is in the
-        # queue of that connection, which a reconnect replaces.
-        self._generation = 0
-        # When the probe that NATS did not answer was sent, once that has been logged; it
-        # holds across reconnects until a probe is answered.
-        self._silent_since: float | None = None
-
-    def silent_for(self) -> float:
-        """Seconds the probe has waited for its PONG: 0 while NATS answers (and for a probe
-        sent on a connection that was replaced since: the new one is probed next)."""
-        if self._pending is None or self._pending.done():
-            return 0.0
-        if self._generation != self._nc.stats["reconnects"]:
-            return 0.0
-        return self._now() - self._sent_at
-
-    async def run(self) -> None:
-        """Probe until cancelled."""
-        try:
-            while True:
-                self._tick()
-                await asyncio.sleep(self._interval)
-        finally:
-            await self._let_go()
-
-    def _tick(self) -> None:
-        pending = self._pending
-        if pending is not None and not pending.done():
-            if self._generation != self._nc.stats["reconnects"]:
-                # Sent on a connection since replaced: no PONG will come, and cancelling its
-                # future is safe (no read loop will ever see it). Probe the new one.
-                pending.cancel()
-            else:
-                silent = self._now() - self._sent_at
-                if silent >= self._patience and self._silent_since is None:
-                    self._silent_since = self._sent_at
-                    log.warning("nats_not_answering", silent_s=round(silent, 1))
-                return
-        if self._nc.is_connected:
-            self._sent_at = self._now()
-            self._generation = self._nc.stats["reconnects"]
-            self._pending = asyncio.ensure_future(self._round_trip())
-
-    async def _round_trip(self) -> None:
-        try:
-            await self._nc.rtt(timeout=self._give_up)
-        except (nats.errors.Error, OSError):
-            return  # closed, or no PONG within give_up: the next tick probes again
-        if self._silent_since is not None:
-            log.info("nats_answering", silent_s=round(self._now() - self._silent_since, 1))
-            self._silent_since = None
-
-    async def _let_go(self) -> None:
-        pending = self._pending
-        if pending is None or pending.done():
-            return
-        if self._generation == self._nc.stats["reconnects"] and not self._nc.is_closed:
-            await asyncio.wait({pending}, timeout=PROBE_LET_GO)
-        # Still unanswered: that server does not answer, and the connection is closed next.
-        pending.cancel()
-
-    def _now(self) -> float:
-        return asyncio.get_running_loop().time()

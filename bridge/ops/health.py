@@ -5,7 +5,7 @@ succeeds (a round within 3 poll intervals; when none did, the Docker API's error
 too, named as what it is) and the bucket takes its writes. A standby is healthy
 while NATS answers: it has nothing to discover. Connected is not enough: a client that no
 longer reads stays connected, so the bridge probes the connection
-(bridge/edges/nats_client.py, NatsProbe)
+(bridge/edges/nats_probe.py, NatsProbe)
 and a probe unanswered for NATS_SILENCE_LIMIT seconds makes the bridge unhealthy. A problem the
 bucket reports (settings that would lose records, writes the server refuses) makes the bridge
 unhealthy until it clears.

@@ -22,9 +22,21 @@ def redact_urls(_logger: WrappedLogger, _method: str, event: EventDict) -> Event
     return event
 
 
+# asyncio's own warning when a TLS connection to NATS closes (nats-py's stream protocol asks to
+# keep the transport half-open, which TLS cannot): a line that says nothing to an operator.
+_ASYNCIO_NOISE = "returning true from eof_received() has no effect when using ssl"
+
+
+def _not_noise(record: logging.LogRecord) -> bool:
+    return record.getMessage() != _ASYNCIO_NOISE
+
+
 def configure_logging(fmt: Literal["json", "console"], level: str) -> None:
     """Configure structlog once, at the command's start. Logs go to stderr so that a command's
     own output on stdout (tables, JSON) stays clean."""
+    asyncio_log = logging.getLogger("asyncio")
+    if _not_noise not in asyncio_log.filters:
+        asyncio_log.addFilter(_not_noise)
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"

@@ -106,16 +106,33 @@ def _engine(message: str) -> bytes:
         (503, "tasks_not_swarm_503.body", "not_manager", "not a manager"),
         (404, "tasks_service_not_found_404.body", "service_not_found", "WHOOSH_SERVICE_NAME"),
         (500, "tasks_bad_filter_500.body", "server_error", "HTTP 500"),
+        # From the multi-node swarm: a worker, the last manager of three, a locked manager.
+        (503, "tasks_worker_503.body", "not_manager", "not a manager: it is a worker"),
+        (500, "tasks_no_leader_500.body", "no_leader", "lost quorum"),
+        (503, "tasks_locked_503.body", "swarm_locked", "docker swarm unlock"),
     ],
 )
 def test_recorded_error_answers_are_classified(
     status: int, body: str, kind: str, says: str
 ) -> None:
-    """The recorded 503, 404 and 500 answers map to errors that say what to do."""
+    """The recorded answers map to errors that say what to do."""
     answer = _answer(status, (FIXTURES / body).read_bytes())
     error = status_error(answer, Settings())
     assert error.kind == kind
     assert says in str(error) and json.loads(answer.content)["message"] in str(error)
+
+
+@pytest.mark.parametrize(
+    ("message", "body"),
+    [
+        (documents.NOT_MANAGER_WORKER, "tasks_worker_503.body"),
+        (documents.NO_LEADER, "tasks_no_leader_500.body"),
+        (documents.SWARM_LOCKED, "tasks_locked_503.body"),
+    ],
+)
+def test_the_emulators_texts_are_the_recorded_ones(message: str, body: str) -> None:
+    """What the emulator answers is what the real engines answered."""
+    assert json.loads((FIXTURES / body).read_bytes())["message"] == message
 
 
 @pytest.mark.parametrize(

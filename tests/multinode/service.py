@@ -71,6 +71,27 @@ class NodeService:
             endpoint_spec=spec.get("EndpointSpec"),
         )
 
+    def roll(self, parallelism: int = 3) -> None:
+        """A rolling update: every task replaced (`docker service update --force`),
+        `parallelism` at a time, each new one started before its old one stops."""
+        api = self._api()
+        current = api.inspect_service(self.name)
+        spec = current["Spec"]
+        template = dict(spec["TaskTemplate"])
+        template["ForceUpdate"] = int(template.get("ForceUpdate", 0)) + 1
+        api.update_service(
+            current["ID"],
+            current["Version"]["Index"],
+            name=spec["Name"],
+            labels=spec.get("Labels"),
+            mode=spec["Mode"],
+            task_template=template,
+            endpoint_spec=spec.get("EndpointSpec"),
+            update_config=docker.types.UpdateConfig(
+                parallelism=parallelism, order="start-first", monitor=1_000_000_000
+            ),
+        )
+
     def tasks(self) -> list[dict[str, Any]]:
         """The manager's list: tasks desired running or ready (replacements waiting)."""
         tasks: list[dict[str, Any]] = self._api().tasks(

@@ -42,14 +42,25 @@ AGENTS_PER_CONNECTION = 500
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BusAuth:
-    """How simulated agents authenticate to NATS (all None: no authentication)."""
+    """How simulated agents authenticate to NATS (all None: no authentication, no TLS)."""
 
     user: str | None = None
     password: str | None = None
     token: str | None = None
+    # TLS: the CA's path (NATS_TLS_CA), and a client certificate and key where one is used.
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def settings(self) -> Settings:
-        return Settings(nats_user=self.user, nats_password=self.password, nats_token=self.token)
+        return Settings(
+            nats_user=self.user,
+            nats_password=self.password,
+            nats_token=self.token,
+            nats_tls_ca=self.tls_ca,
+            nats_tls_cert=self.tls_cert,
+            nats_tls_key=self.tls_key,
+        )
 
 
 class _Connection:
