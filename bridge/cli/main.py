@@ -1,156 +1,24 @@
-"""The `chorus-bridge` command: run, agents, watch, broadcast, demo."""
+"""The `chorus-bridge` command: run, agents, watch, broadcast, council, demo, asyncapi."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import sys
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-import structlog
 
-from bridge.config import Settings, load_settings, unknown_variables
-from bridge.errors import BridgeError, BridgeUnavailableError, ConfigError, NatsError
+from bridge.cli.exits import Commands, fail, run_until_signal
+from bridge.cli.options import build_settings, client_options, client_settings, setting_flags
+from bridge.errors import BridgeError
 from bridge.ops.logs import configure_logging
-from bridge.ops.redact import redact_text
 
 __all__ = ["main"]
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-# Flags of `run` (and `demo`), each overriding the environment variable it names.
-_SETTING_FLAGS: tuple[tuple[str, str, str], ...] = (
-    ("--method", "DISCOVERY_METHOD", "swarm, dns or auto (default auto)."),
-    ("--docker-host", "WHOOSH_DOCKER_HOST", "Docker Engine address (unix:// or tcp://)."),
-    ("--service", "WHOOSH_SERVICE_NAME", "Swarm service whose tasks are the agents."),
-    ("--network", "WHOOSH_NETWORK_NAME", "Network(s) of the agent's address, comma-separated."),
-    ("--agent-port", "WHOOSH_AGENT_PORT", "The agents' HTTP port."),
-    ("--dns-names", "WHOOSH_DNS_NAMES", "Names resolved by the DNS fallback ({service} expands)."),
-    ("--known-endpoints", "WHOOSH_KNOWN_ENDPOINTS", "http://host:port agents always included."),
-    ("--nats-url", "NATS_URL", "NATS server; unset: start an embedded one."),
-    ("--prefix", "BRIDGE_SUBJECT_PREFIX", "First token of every subject."),
-    ("--bucket", "BRIDGE_KV_BUCKET", "The agents bucket."),
-    ("--poll-interval", "BRIDGE_POLL_INTERVAL", "Seconds between rounds if nothing triggers one."),
-    ("--listen", "BRIDGE_LISTEN", "HOST:PORT of /healthz and /metrics."),
-    ("--log-format", "BRIDGE_LOG_FORMAT", "json or console."),
-    ("--log-level", "BRIDGE_LOG_LEVEL", "debug, info, warning or error."),
-)
-
-
-_FLAG_OF = {variable: flag for flag, variable, _text in _SETTING_FLAGS}
-
-
-def setting_flags(func: F) -> F:
-    """Add the flags of _SETTING_FLAGS to a command."""
-    for flag, variable, text in reversed(_SETTING_FLAGS):
-        func = click.option(
-            flag, variable.lower(), default=None, metavar="VALUE", help=f"{text} [env {variable}]"
-        )(func)
-    return func
-
-
-def build_settings(flags: dict[str, Any], **defaults: str) -> Settings:
-    """Settings from the environment, then `defaults` (the command's own), then the flags."""
-    overrides = {k.upper(): str(v) for k, v in flags.items() if v is not None}
-    environ = {**defaults, **os.environ} if defaults else dict(os.environ)
-    try:
-        settings = load_settings(environ, overrides)
-    except ConfigError as exc:
-        # A value given as a flag is named as the flag the user typed.
-        flag = _FLAG_OF.get(exc.variable) if exc.variable in overrides else None
-        fail(ConfigError(flag, exc.value, exc.reason) if flag else exc)
-    except BridgeError as exc:
-        fail(exc)
-    configure_logging(settings.log_format, settings.log_level)
-    for name in unknown_variables(environ):
-        structlog.get_logger(__name__).warning(
-            "config_unknown_variable",
-            variable=name,
-            hint="not a chorus-bridge setting (a typo?); it is ignored",
-        )
-    return settings
-
-
-# Exit statuses (DESIGN.md, "Running it"): 0 and 1 are the command's own answer (for
-# `broadcast`: every agent reached, some not), 2 the bridge refused the request.
-EXIT_FAILED = 1
-EXIT_NO_ANSWER = 3  # NATS unreachable, permission denied, no bridge serving, no report
-EXIT_USAGE = 64  # a missing file, a bad flag or variable (sysexits.h EX_USAGE)
-
-
-def exit_status(exc: BaseException) -> int:
-    """The exit status a failure ends a command with."""
-    if isinstance(exc, ConfigError | click.UsageError):
-        return EXIT_USAGE
-    if isinstance(exc, NatsError | BridgeUnavailableError):
-        return EXIT_NO_ANSWER
-    return EXIT_FAILED
-
-
-def fail(exc: BaseException) -> Any:
-    """One line on stderr (never a password, never a traceback), then the exit status."""
-    text = " ".join(str(exc).split()) or "(no detail)"
-    click.echo(redact_text(f"chorus-bridge: {type(exc).__name__}: {text}"), err=True)
-    sys.exit(exit_status(exc))
-
-
-class _Commands(click.Group):
-    """The command group, with DESIGN.md's exit statuses for usage errors (64, not click's 2)
-    and one line for any failure a command did not foresee."""
-
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs["standalone_mode"] = False
-        try:
-            status = super().main(*args, **kwargs)
-        except click.UsageError as exc:
-            # One line, as for every other failure; --help has the usage.
-            where = f" {exc.ctx.command_path}" if exc.ctx is not None else ""
-            click.echo(
-                f"chorus-bridge: usage:{where}: {exc.format_message()} (see --help)", err=True
-            )
-            sys.exit(EXIT_USAGE)
-        except click.ClickException as exc:  # e.g. a FILE that cannot be opened
-            click.echo(f"chorus-bridge: {exc.format_message()}", err=True)
-            sys.exit(EXIT_USAGE)
-        except click.Abort:
-            click.echo("chorus-bridge: aborted", err=True)
-            sys.exit(130)
-        except Exception as exc:  # a bug: still one line, never a traceback
-            fail(exc)
-        sys.exit(status if isinstance(status, int) else 0)
-
-
-def run_until_signal(make: Callable[[asyncio.Event], Coroutine[Any, Any, Any]]) -> Any:
-    """Run a coroutine until it ends or SIGTERM/SIGINT asks it to stop (it gets the Event)."""
-
-    async def main() -> Any:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        return await make(stop)
-
-    try:
-        return asyncio.run(main())
-    except BridgeError as exc:
-        error: BaseException = exc
-    except BaseExceptionGroup as group:  # a TaskGroup's failure
-        matched, _ = group.split(BridgeError)
-        error = (matched or group).exceptions[0]
-        while isinstance(error, BaseExceptionGroup):
-            error = error.exceptions[0]
-    except Exception as exc:  # a bug: still one line; BRIDGE_LOG_LEVEL=debug has more
-        error = exc
-    structlog.get_logger(__name__).debug("command_failed", exc_info=error)
-    return fail(error)
-
 
 @click.group(
-    cls=_Commands,
+    cls=Commands,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.version_option(package_name="chorus-bridge")
@@ -189,31 +57,6 @@ def run(state_dir: Path | None, **flags: Any) -> None:
     run_until_signal(serve)
 
 
-def _client_settings(nats_url: str | None, prefix: str | None, bucket: str | None) -> Settings:
-    flags = {"nats_url": nats_url, "bridge_subject_prefix": prefix, "bridge_kv_bucket": bucket}
-    return build_settings(flags, BRIDGE_LOG_FORMAT="console", BRIDGE_LOG_LEVEL="warning")
-
-
-def client_options(func: F) -> F:
-    func = click.option(
-        "--inbox-prefix",
-        default=None,
-        help="Inbox prefix of the NATS user (default: _INBOX.agent for user "
-        "agent, _INBOX.bridge for bridge, else _INBOX.coord).",
-    )(func)
-    func = click.option("--bucket", default=None, help="The agents bucket [env BRIDGE_KV_BUCKET].")(
-        func
-    )
-    func = click.option(
-        "--prefix", default=None, help="Subject prefix [env BRIDGE_SUBJECT_PREFIX]."
-    )(func)
-    return click.option(
-        "--nats-url",
-        default=None,
-        help="NATS server [env NATS_URL, default nats://127.0.0.1:4222].",
-    )(func)
-
-
 @main.command()
 @client_options
 @click.option("--json", "as_json", is_flag=True, help="Print the agents as a JSON array.")
@@ -230,7 +73,7 @@ def agents(
     """
     from bridge.cli.commands import print_agents
 
-    settings = _client_settings(nats_url, prefix, bucket)
+    settings = client_settings(nats_url, prefix, bucket)
     run_until_signal(
         lambda stop: print_agents(settings, as_json=as_json, inbox_prefix=inbox_prefix)
     )
@@ -252,7 +95,7 @@ def watch(
     """
     from bridge.cli.commands import watch_announcements
 
-    settings = _client_settings(nats_url, prefix, bucket)
+    settings = client_settings(nats_url, prefix, bucket)
     run_until_signal(
         lambda stop: watch_announcements(settings, stop, as_json=as_json, inbox_prefix=inbox_prefix)
     )
@@ -287,7 +130,7 @@ def broadcast(
     """
     from bridge.cli.commands import send_broadcast
 
-    settings = _client_settings(nats_url, prefix, bucket)
+    settings = client_settings(nats_url, prefix, bucket)
     data = file.read()
     status = run_until_signal(
         lambda stop: send_broadcast(
@@ -319,7 +162,7 @@ def council(
     """
     from bridge.cli.council import show_council
 
-    settings = _client_settings(nats_url, prefix, bucket)
+    settings = client_settings(nats_url, prefix, bucket)
     status = run_until_signal(
         lambda stop: show_council(
             settings, opportunity_id, stop, watch=watch, as_json=as_json, inbox_prefix=inbox_prefix
@@ -386,7 +229,7 @@ def asyncapi(prefix: str | None, bucket: str | None) -> None:
     from bridge.contract.asyncapi import asyncapi_yaml
     from bridge.contract.names import Names
 
-    settings = _client_settings(None, prefix, bucket)
+    settings = client_settings(None, prefix, bucket)
     click.echo(asyncapi_yaml(Names.from_settings(settings)), nl=False)
 
 
