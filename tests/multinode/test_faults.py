@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 import docker.errors
+import pytest
 from nats.aio.client import Client as NATS
 
 from bridge.edges.nats_server import EmbeddedNats
@@ -80,7 +81,17 @@ async def test_scale_up_and_down(
         watch.check(since, "scale up and down by 3, twice")
 
 
-async def test_a_crashed_worker(
+# A worker lost and back: (the fault, what undoes it, how the check names it).
+NodeAction = Callable[[MultiNodeSwarm, Node], None]
+LOST_AND_BACK: dict[str, tuple[NodeAction, NodeAction, str]] = {
+    "crash": (MultiNodeSwarm.crash, MultiNodeSwarm.start, "crashed"),
+    "partition": (MultiNodeSwarm.partition, MultiNodeSwarm.heal, "partitioned and healed"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(LOST_AND_BACK))
+async def test_a_worker_lost_and_back(
+    fault: str,
     agents: NodeService,
     faults: MultiNodeSwarm,
     bridge_node: Node,
@@ -89,41 +100,21 @@ async def test_a_crashed_worker(
     nc: NATS,
     unique: str,
 ) -> None:
-    """Its agents leave the bucket when Swarm drops them (marked down), their replacements
-    join as they run; the node started again."""
+    """A worker crashed (kill -9 of its engine) or cut off the nodes' link: its agents leave
+    the bucket when Swarm drops them (marked down), their replacements join as they run; the
+    worker back (started again, or its link healed) and ready."""
+    lose, restore, said = LOST_AND_BACK[fault]
     settings = bridge_settings([bridge_node], agents, unique)
     async with watched_bridge(settings, nats_server, nc, task_list) as watch:
         worker, _, victims = busiest(faults, task_list)
-        since = await _in_thread(functools.partial(faults.crash, worker))
+        since = await _in_thread(functools.partial(lose, faults, worker))
         await watch.until(lambda s: not victims & s.running, f"{worker.hostname}'s agents off")
         await watch.until(running_count(REPLICAS), f"{REPLICAS} running elsewhere")
         await watch.settled()
-        await asyncio.to_thread(faults.start, worker)
+        await asyncio.to_thread(restore, faults, worker)
         await asyncio.to_thread(faults.wait_node, worker, "ready", 60)
         await watch.settled()
-        watch.check(since, f"{len(victims)} agents on crashed {worker.hostname}")
-
-
-async def test_a_partitioned_worker_and_back(
-    agents: NodeService,
-    faults: MultiNodeSwarm,
-    bridge_node: Node,
-    task_list: TaskSampler,
-    nats_server: EmbeddedNats,
-    nc: NATS,
-    unique: str,
-) -> None:
-    settings = bridge_settings([bridge_node], agents, unique)
-    async with watched_bridge(settings, nats_server, nc, task_list) as watch:
-        worker, _, victims = busiest(faults, task_list)
-        since = await _in_thread(functools.partial(faults.partition, worker))
-        await watch.until(lambda s: not victims & s.running, f"{worker.hostname}'s agents off")
-        await watch.until(running_count(REPLICAS), f"{REPLICAS} running elsewhere")
-        await watch.settled()
-        await asyncio.to_thread(faults.heal, worker)
-        await asyncio.to_thread(faults.wait_node, worker, "ready", 60)
-        await watch.settled()
-        watch.check(since, f"{len(victims)} agents on partitioned {worker.hostname}, healed")
+        watch.check(since, f"{len(victims)} agents on {said} {worker.hostname}")
 
 
 async def test_a_drained_node_and_active_again(
