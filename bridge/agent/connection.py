@@ -24,9 +24,13 @@ from bridge.agent.logs import INFO, WARNING, say
 __all__ = ["Credentials", "Events", "open_connection", "redact"]
 
 
-# Attempts at the first connection, half a second apart (an agent started with its NATS, in a
-# stack, waits for it ~15 s); once connected the client reconnects forever.
-INITIAL_CONNECT_ATTEMPTS = 30
+# How long the first connection is tried, an attempt every half second whatever each attempt's
+# failure. An agent started with its stack waits for NATS and, with the auth callout, for a
+# bridge to lead and a discovery round to list its task: until then it is refused ("no
+# discovered agent"). Measured on a stack of a 3-server NATS cluster and 2 bridges on a loaded
+# machine: refused for 15 s and more, where 30 attempts gave up for good. Once connected the
+# client reconnects forever.
+FIRST_CONNECTION_WINDOW = 60.0
 RECONNECT_WAIT = 0.5
 CONNECT_TIMEOUT = 5.0
 # Pings find a server that stopped answering in 10 to 15 s (nats-py's default: 6 minutes).
@@ -82,6 +86,11 @@ class Events:
         self.closing = False
         self._last_error = ""
 
+    @property
+    def last_error(self) -> str:
+        """The last error nats-py reported ("" since the last connection)."""
+        return self._last_error
+
     async def disconnected(self) -> None:
         if not self.closing:
             say(WARNING, "agent_disconnected", agent_id=self.agent_id)
@@ -110,10 +119,12 @@ class _CertificateRefused(Exception):
 
 def redact(url: str) -> str:
     """URLs without their user info (`nats://user:secret@host` -> `nats://host`)."""
-    return ",".join(
-        (part.split("://", 1)[0] + "://" if "://" in part else "") + part.rpartition("@")[2]
-        for part in url.split(",")
-    )
+    return ",".join(_without_user_info(part) for part in url.split(","))
+
+
+def _without_user_info(url: str) -> str:
+    scheme, sep, rest = url.rpartition("://")
+    return scheme + sep + rest.rpartition("@")[2]
 
 
 @contextlib.asynccontextmanager
@@ -121,7 +132,9 @@ async def open_connection(
     servers: str, agent_id: str, credentials: Credentials, events: Events, *, inbox: str
 ) -> AsyncIterator[NATS]:
     """A client connected as `agent_id` with inbox prefix `inbox`, drained and closed on exit
-    (within DRAIN_TIMEOUT + CLOSE_TIMEOUT). ConnectError when NATS cannot be reached."""
+    (within DRAIN_TIMEOUT + CLOSE_TIMEOUT). ConnectError when NATS cannot be reached (or does
+    not admit the agent) within FIRST_CONNECTION_WINDOW seconds, or at once for a certificate
+    the CA does not vouch for."""
     urls = [server.strip() for server in servers.split(",") if server.strip()]
     # nats-py types these as int; it takes fractions of a second all the same.
     timing: dict[str, Any] = {
@@ -131,28 +144,34 @@ async def open_connection(
     }
     nc = NATS()  # made here, so that a first connection that fails is closed here too
     try:
-        await nc.connect(
-            urls,
-            name=agent_id,
-            inbox_prefix=inbox,
-            ping_interval=PING_INTERVAL,
-            max_outstanding_pings=MAX_OUTSTANDING_PINGS,
-            max_reconnect_attempts=INITIAL_CONNECT_ATTEMPTS,
-            **timing,
-            disconnected_cb=events.disconnected,
-            reconnected_cb=events.on_reconnected,
-            error_cb=events.error,
-            **credentials.options(),
-        )
+        async with asyncio.timeout(FIRST_CONNECTION_WINDOW):
+            await nc.connect(
+                urls,
+                name=agent_id,
+                inbox_prefix=inbox,
+                ping_interval=PING_INTERVAL,
+                max_outstanding_pings=MAX_OUTSTANDING_PINGS,
+                max_reconnect_attempts=-1,  # the window bounds the first connection
+                **timing,
+                disconnected_cb=events.disconnected,
+                reconnected_cb=events.on_reconnected,
+                error_cb=events.error,
+                **credentials.options(),
+            )
     except (nats.errors.Error, OSError, ssl.SSLError, _CertificateRefused) as exc:
+        # TimeoutError (an OSError): the window ran out; nats-py retries its own timeouts.
         await _close(nc)
         cause = exc.__cause__ if isinstance(exc, _CertificateRefused) else exc
+        why = (
+            f"not within {FIRST_CONNECTION_WINDOW:g} s; last error: {events.last_error or 'none'}"
+            if isinstance(exc, TimeoutError)
+            else repr(cause)
+        )
         raise ConnectError(
-            f"cannot connect to NATS at {redact(servers)} ({cause!r}); check the URL, the "
+            f"cannot connect to NATS at {redact(servers)} ({why}); check the URL, the "
             "credentials and the TLS CA"
         ) from exc
     events.connected = True
-    nc.options["max_reconnect_attempts"] = -1  # read at each reconnect: never give up now
     try:
         yield nc
     finally:

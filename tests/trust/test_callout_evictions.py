@@ -166,3 +166,50 @@ async def test_a_reused_address_is_the_new_task(
                 await wait_for(new_on_bus, timeout=20, interval=0.1, what="the new agent on bus")
                 await coordinator.close()
                 assert {name for name, _ in await agents_connected(server)} == {new}
+
+
+async def test_an_agent_refused_until_discovery_lists_it_joins_then(
+    settings: Settings,
+    files: CalloutFiles,
+    server: EmbeddedNats,
+    swarm: EmulatedSwarm,
+    docker_api: DockerEmulator,
+) -> None:
+    """A stack starts its agents with the bridge: an agent's first connection is refused ("no
+    discovered agent") until a round lists its task, which on a starting swarm can take longer
+    than the client's first attempts (32 refusals here, 16 s at the library's pace). It keeps
+    trying for its first-connection window and joins once listed, on the bus in the bucket."""
+    (task,) = swarm.add_tasks(1, addresses=[HOME], state="starting")
+    async with run_bridge(bridge_settings(settings, files), server.url) as running:
+        await wait_index(running, 0)
+        joining = asyncio.create_task(_joins(server, task))
+
+        async def refused_enough() -> bool:
+            if joining.done():
+                return True  # its error is raised below
+            return (await callouts(running)).get(("refused", "address"), 0) >= 32
+
+        await wait_for(refused_enough, timeout=40, interval=0.2, what="32 refusals")
+        assert not joining.done(), joining.result()
+        swarm.set_state(task, "running")
+        await asyncio.wait_for(joining, timeout=30)
+
+
+async def _joins(server: EmbeddedNats, task: str) -> None:
+    """The agent library's first connection, then its presence: on the bus in the bucket."""
+    async with agent(server, task):
+        await until_connected(server, [(task, HOME)])
+        coordinator = await user(server, "coordinator", "COORD_PASS", "_INBOX.coord")
+        try:
+            bucket = await coordinator.jetstream().key_value("chorus_agents")
+
+            async def on_bus() -> bool:
+                try:
+                    entry = await bucket.get(task)
+                except Exception:
+                    return False
+                return entry.value is not None and AGENT_DECODER.decode(entry.value).on_bus
+
+            await wait_for(on_bus, timeout=20, interval=0.1, what="the agent on the bus")
+        finally:
+            await coordinator.close()
