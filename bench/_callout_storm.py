@@ -39,9 +39,18 @@ class StormRounds:
     back: Series
     refused: int = 0
     unanswered: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    unanswered_at: list[float] = dataclasses.field(default_factory=list)  # s after answering
     cpu: dict[str, list[float]] = dataclasses.field(
         default_factory=lambda: {"fleet": [], "nats-server": [], "bridge": []}
     )
+
+    def unanswered_summary(self) -> str:
+        """The attempts without an answer after the server answered: how many of each kind,
+        and when (seconds after the server answered, the earliest and the latest)."""
+        if not self.unanswered:
+            return "0"
+        when = f"{min(self.unanswered_at):.2f} to {max(self.unanswered_at):.2f} s"
+        return f"{dict(self.unanswered)}, {when} after the server answered"
 
     def cpu_summary(self) -> str:
         """The median CPU seconds per round of each process, one line."""
@@ -62,6 +71,7 @@ async def restart_rounds(
         # B023: awaited within this iteration, so the lambda sees its own `restarts`.
         await wait_for(lambda: server.restarts > restarts, timeout=30, interval=0.005)  # noqa: B023
         answering, unanswered = loop.time(), fleet.failure_kinds.copy()
+        failed = len(fleet.failure_times)
         assert server.pid is not None
         pids = {"nats-server": server.pid, "bridge": bridge_pid}
         cpu = {name: cpu_seconds(pid) for name, pid in pids.items()} | {
@@ -75,6 +85,7 @@ async def restart_rounds(
             into.cpu[name].append(cpu_seconds(pid) - cpu[name])
         into.refused += fleet.refusals - refused
         into.unanswered += fleet.failure_kinds - unanswered
+        into.unanswered_at += [t - answering for t in fleet.failure_times[failed:]]
         await asyncio.sleep(SETTLE)
 
 

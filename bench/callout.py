@@ -142,7 +142,7 @@ def report_storm(
         bench.info(
             f"{what.back.name}: CPU per round (median)",
             f"{what.cpu_summary()}; {what.refused} refused in {what.back.n} rounds; "
-            f"attempts unanswered after the server answered: {dict(what.unanswered) or 0}",
+            f"attempts unanswered after the server answered: {what.unanswered_summary()}",
         )
     bench.info(f"callouts during the {kind} storm rounds (from /metrics)", repr(counted))
     if kind != "TLS":

@@ -77,6 +77,7 @@ class Storm:
         self.refusal_texts: list[str] = []
         # What the attempts without an answer met, by kind ("ConnectionRefusedError", ...).
         self.failure_kinds: collections.Counter[str] = collections.Counter()
+        self.failure_times: list[float] = []  # loop time of each, in order
 
     @property
     def refusals(self) -> int:
@@ -138,6 +139,7 @@ class Storm:
 
     def _failed(self, agent: _Agent, exc: Exception) -> None:
         agent.failures += 1
+        self.failure_times.append(asyncio.get_running_loop().time())
         detail = f": {exc}" if isinstance(exc, Refused) else ""
         self.failure_kinds[f"{type(exc).__name__}{detail}"] += 1
 
