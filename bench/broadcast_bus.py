@@ -21,7 +21,6 @@ broadcasts that is the slowest one), each counting 10,000 agents reached over th
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
@@ -29,7 +28,17 @@ import time
 from pathlib import Path
 
 import nats
-from common import BENCH, Bench, Series, arguments, child_process, main, opportunity, quiet_logs
+from common import (
+    BENCH,
+    Bench,
+    Series,
+    arguments,
+    child_process,
+    cpu_seconds,
+    main,
+    opportunity,
+    quiet_logs,
+)
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -79,12 +88,6 @@ async def wait_until_on_bus(nc: NATS, bench: Bench, started: float) -> None:
         await asyncio.sleep(1.0)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _memory(pid: int) -> str:
     status = dict(
         line.split(":", 1)
@@ -97,9 +100,9 @@ def _memory(pid: int) -> str:
 
 async def idle_cpu(bench: Bench, pid: int, seconds: float) -> None:
     """What the bridge spends with no broadcast: following 10,000 agents' presence."""
-    before, started = _cpu_seconds(pid), time.monotonic()
+    before, started = cpu_seconds(pid), time.monotonic()
     await asyncio.sleep(seconds)
-    share = (_cpu_seconds(pid) - before) / (time.monotonic() - started)
+    share = (cpu_seconds(pid) - before) / (time.monotonic() - started)
     bench.info(
         "bridge CPU between broadcasts",
         f"{share:.0%} of one core over {seconds:g} s "

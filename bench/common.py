@@ -32,6 +32,7 @@ __all__ = [
     "Series",
     "arguments",
     "child_process",
+    "cpu_seconds",
     "main",
     "opportunity",
     "quiet_logs",
@@ -142,6 +143,12 @@ class Bench:
             flush=True,
         )
         return 1 if failed else 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, in seconds (/proc/<pid>/stat, Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def timed(series: Series, call: Callable[[], Awaitable[Any]]) -> Any:

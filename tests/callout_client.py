@@ -4,8 +4,10 @@ nats-py cannot choose the local address of its connection (no public option; its
 calls asyncio.open_connection without local_addr), and the callout admits an agent by that
 address. Linux lets a socket bind any 127.x.y.z and connect to a server on 127.0.0.1, so this
 client speaks the NATS text protocol itself (INFO, CONNECT, PING/PONG, SUB, PUB, MSG, -ERR)
-over asyncio streams opened with local_addr. Only what the tests need: no TLS, no reconnect;
-headers (HPUB, HMSG) and no-responders statuses when connected with `headers=True`.
+over asyncio streams opened with local_addr. Only what the tests need: no reconnect; headers
+(HPUB, HMSG) and no-responders statuses when connected with `headers=True`; TLS when given an
+SSL context, upgraded after the server's INFO as nats-py does (the stack's server says
+`tls_required` there, and the handshake follows on the same connection).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from collections.abc import AsyncIterator
 
 TIMEOUT = 5.0
@@ -39,11 +42,22 @@ class RawClient:
     def source(self) -> str:
         return str(self._writer.get_extra_info("sockname")[0])
 
-    async def _handshake(self, connect: dict[str, object]) -> None:
+    @property
+    def tls_version(self) -> str | None:
+        """The connection's TLS version ("TLSv1.3"), None in the clear."""
+        ssl_object = self._writer.get_extra_info("ssl_object")
+        return str(ssl_object.version()) if ssl_object is not None else None
+
+    async def _handshake(
+        self, connect: dict[str, object], tls: ssl.SSLContext | None, host: str
+    ) -> None:
         async with asyncio.timeout(TIMEOUT):
             info = await self._reader.readline()
             if not info.startswith(b"INFO "):
                 raise Refused(f"no INFO from the server: {info[:80]!r}")
+            if tls is not None:
+                # The writer's transport becomes the TLS one; the reader is fed by it.
+                await self._writer.start_tls(tls, server_hostname=host)
             self._writer.write(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
             await self._writer.drain()
             while True:
@@ -58,7 +72,8 @@ class RawClient:
         try:
             while line := await self._reader.readline():
                 await self._dispatch(line.rstrip(b"\r\n"))
-        except (ConnectionError, asyncio.IncompleteReadError):
+        # OSError: a reset, or over TLS an ssl.SSLError of a server killed mid-record.
+        except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
             self.closed.set()
@@ -120,8 +135,14 @@ class RawClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._writer.close()
-        with contextlib.suppress(ConnectionError):
-            await self._writer.wait_closed()
+        try:
+            # Bounded: over TLS the close waits for the server's close_notify.
+            async with asyncio.timeout(TIMEOUT):
+                await self._writer.wait_closed()
+        except TimeoutError:
+            self._writer.transport.abort()
+        except OSError:  # ConnectionError, or ssl.SSLError over TLS
+            pass
 
 
 @contextlib.asynccontextmanager
@@ -134,10 +155,17 @@ async def raw_connect(
     name: str = "",
     host: str = "127.0.0.1",
     headers: bool = False,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[RawClient]:
     """A client connected from `source` (a loopback address); Refused if the server says no.
-    `headers`: the client speaks NATS headers and asks for no-responders statuses."""
-    reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
+    `headers`: the client speaks NATS headers and asks for no-responders statuses. `tls`: the
+    connection is upgraded after INFO, the server verified as `host` (ssl.SSLError when its
+    certificate does not verify; OSError when the server closes it during the handshake);
+    TimeoutError after TIMEOUT seconds without a connection or an answer."""
+    # Bounded as nats-py's connect_timeout bounds it: a SYN that a listener with a full accept
+    # queue dropped is sent again only after 1, 2, 4 ... s.
+    async with asyncio.timeout(TIMEOUT):
+        reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
     client = RawClient(reader, writer)
     try:
         await client._handshake(
@@ -152,7 +180,9 @@ async def raw_connect(
                 "protocol": 1,
                 "headers": headers,
                 "no_responders": headers,
-            }
+            },
+            tls,
+            host,
         )
         yield client
     finally:

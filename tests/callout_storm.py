@@ -11,11 +11,13 @@ operator would: refusals ("Authorization Violation"), and when each agent was ba
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import ipaddress
 import os
 import socket
+import ssl
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,7 +28,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.callout_client import Refused, raw_connect
 from tests.callout_support import AGENT_PASSWORD, PASSWORDS, CalloutFiles
 
-__all__ = ["BridgeProcess", "Storm", "bridge_process", "storm", "storm_addresses"]
+__all__ = [
+    "BridgeProcess",
+    "Storm",
+    "bridge_env",
+    "bridge_process",
+    "storm",
+    "storm_addresses",
+]
 
 # The agent library's wait between attempts on one server (bridge/edges/nats_client.py).
 RECONNECT_WAIT = 0.5
@@ -58,16 +67,26 @@ class Storm:
         wait: float = RECONNECT_WAIT,
         user: str = "agent",
         password: str = AGENT_PASSWORD,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._port = port
+        self._tls = tls
         self._wait = wait
         self._user, self._password = user, password
         self.agents = [_Agent(address) for address in addresses]
         self.refusal_texts: list[str] = []
+        # What the attempts without an answer met, by kind ("ConnectionRefusedError", ...).
+        self.failure_kinds: collections.Counter[str] = collections.Counter()
+        self.failure_times: list[float] = []  # loop time of each, in order
 
     @property
     def refusals(self) -> int:
         return sum(agent.refusals for agent in self.agents)
+
+    @property
+    def failures(self) -> int:
+        """Attempts that got no answer: the server down, or over TLS a handshake cut short."""
+        return sum(agent.failures for agent in self.agents)
 
     @property
     def connected(self) -> int:
@@ -97,7 +116,11 @@ class Storm:
             started = loop.time()
             try:
                 async with raw_connect(
-                    self._port, source=agent.address, user=self._user, password=self._password
+                    self._port,
+                    source=agent.address,
+                    user=self._user,
+                    password=self._password,
+                    tls=self._tls,
                 ) as client:
                     agent.back_at = loop.time()
                     agent.connected.set()
@@ -109,19 +132,30 @@ class Storm:
                     agent.refusals += 1
                     self.refusal_texts.append(str(exc))
                 else:
-                    agent.failures += 1
-            except (OSError, TimeoutError):
-                agent.failures += 1
+                    self._failed(agent, exc)
+            except (OSError, TimeoutError) as exc:  # ssl.SSLError included
+                self._failed(agent, exc)
             await asyncio.sleep(max(0.0, started + self._wait - loop.time()))
+
+    def _failed(self, agent: _Agent, exc: Exception) -> None:
+        agent.failures += 1
+        self.failure_times.append(asyncio.get_running_loop().time())
+        detail = f": {exc}" if isinstance(exc, Refused) else ""
+        self.failure_kinds[f"{type(exc).__name__}{detail}"] += 1
 
 
 @contextlib.asynccontextmanager
 async def storm(
-    port: int, addresses: list[str], *, user: str = "agent", password: str = AGENT_PASSWORD
+    port: int,
+    addresses: list[str],
+    *,
+    user: str = "agent",
+    password: str = AGENT_PASSWORD,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Storm]:
     """A running Storm of clients at `addresses` against the server on `port` (agents, or a
-    static user that skips the callout: a baseline)."""
-    fleet = Storm(port, addresses, user=user, password=password)
+    static user that skips the callout: a baseline); over TLS with `tls`."""
+    fleet = Storm(port, addresses, user=user, password=password, tls=tls)
     task = asyncio.create_task(fleet.run(), name="storm")
     try:
         yield fleet
@@ -167,10 +201,18 @@ class BridgeProcess:
 
 
 def bridge_env(
-    url: str, files: CalloutFiles, addresses: list[str], http_port: int
+    url: str,
+    files: CalloutFiles,
+    addresses: list[str],
+    http_port: int,
+    *,
+    xkey: bool = True,
+    tls_ca: Path | None = None,
 ) -> dict[str, str]:
-    """The bridge of the stack's names as the `bridge` user, serving the callout with xkey:
-    discovery `dns` with the agents as known endpoints (no Docker; no HTTP is ever sent)."""
+    """The bridge of the stack's names as the `bridge` user, serving the callout (requests
+    sealed with `xkey`): discovery `dns` with the agents as known endpoints (no Docker; no
+    HTTP is ever sent); `tls_ca`: NATS_TLS_CA, for a server that requires TLS. `http_port` 0:
+    any free port."""
     own = {
         k: v
         for k, v in os.environ.items()
@@ -188,17 +230,19 @@ def bridge_env(
         "BRIDGE_LOG_LEVEL": "warning",
         "BRIDGE_AUTH_CALLOUT": "true",
         "BRIDGE_CALLOUT_ISSUER_SEED": str(files.issuer_seed),
-        "BRIDGE_CALLOUT_XKEY_SEED": str(files.xkey_seed),
         "BRIDGE_CALLOUT_AGENT_PASSWORD_FILE": str(files.agent_password),
+        **({"BRIDGE_CALLOUT_XKEY_SEED": str(files.xkey_seed)} if xkey else {}),
+        **({"NATS_TLS_CA": str(tls_ca)} if tls_ca is not None else {}),
     }
 
 
 @contextlib.asynccontextmanager
 async def bridge_process(
-    url: str, files: CalloutFiles, addresses: list[str], log: Path
+    url: str, files: CalloutFiles, addresses: list[str], log: Path, *, tls_ca: Path | None = None
 ) -> AsyncIterator[BridgeProcess]:
     """The bridge in its own process (as in the stack: the agents' load is not its own),
-    stopped with SIGTERM on exit (SIGKILL after 10 s); its log goes to `log`."""
+    stopped with SIGTERM on exit (SIGKILL after 10 s); its log goes to `log`. `tls_ca`: the
+    CA it verifies a server with TLS by (NATS_TLS_CA)."""
     port = _free_port()
     with log.open("wb") as out:
         process = await asyncio.create_subprocess_exec(
@@ -206,7 +250,7 @@ async def bridge_process(
             "-m",
             "bridge",
             "run",
-            env=bridge_env(url, files, addresses, port),
+            env=bridge_env(url, files, addresses, port, tls_ca=tls_ca),
             stdout=out,
             stderr=asyncio.subprocess.STDOUT,
         )

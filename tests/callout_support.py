@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import re
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from bridge.edges.nkeys_jwt import CurveKey, SigningKey, new_seed
 from bridge.ops.metrics import CALLOUTS
 from tests.callout_client import RawClient, Refused, raw_connect
 from tests.conftest import RunningBridge
+from tests.tls_support import tls_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORDS = {
@@ -85,11 +87,19 @@ async def callout_server(
     files: CalloutFiles,
     *,
     xkey: bool = True,
+    tls: Path | None = None,
 ) -> AsyncIterator[EmbeddedNats]:
+    """A nats-server running nats-callout.conf (see write_confs) on a free port, its store in
+    `directory`/nats; with `tls`, a directory of scripts/nats-tls.sh's certificates, it
+    requires TLS on the client port as the stack starts it (tests/tls_support.py)."""
     conf = write_confs(directory, xkey=xkey)
     env = {**PASSWORDS, "CALLOUT_ISSUER": files.issuer, "CALLOUT_XKEY": files.xkey}
     async with EmbeddedNats(
-        port=0, store_dir=directory / "nats", config_file=conf, env=env
+        port=0,
+        store_dir=directory / "nats",
+        config_file=conf,
+        extra_args=tls_flags(tls) if tls is not None else (),
+        env=env,
     ) as server:
         yield server
 
@@ -127,16 +137,22 @@ def port_of(server: EmbeddedNats) -> int:
 
 @contextlib.asynccontextmanager
 async def admitted(
-    server: EmbeddedNats, source: str, *, password: str = AGENT_PASSWORD, timeout: float = 15.0
+    server: EmbeddedNats,
+    source: str,
+    *,
+    password: str = AGENT_PASSWORD,
+    timeout: float = 15.0,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[RawClient]:
     """An agent connection from `source`, retried until the callout admits it (the bridge
-    needs its first discovery round and its watch of the bucket); fails after `timeout`."""
+    needs its first discovery round and its watch of the bucket); fails after `timeout`.
+    `tls`: over TLS, as raw_connect."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         try:
             async with raw_connect(
-                port_of(server), source=source, user="agent", password=password
+                port_of(server), source=source, user="agent", password=password, tls=tls
             ) as client:
                 yield client
                 return
@@ -147,11 +163,19 @@ async def admitted(
 
 
 async def refused(
-    server: EmbeddedNats, source: str, *, user_name: str = "agent", password: str = AGENT_PASSWORD
+    server: EmbeddedNats,
+    source: str,
+    *,
+    user_name: str = "agent",
+    password: str = AGENT_PASSWORD,
+    tls: ssl.SSLContext | None = None,
 ) -> str:
-    """The server's refusal of a connection from `source`; AssertionError if it admits it."""
+    """The server's refusal of a connection from `source`; AssertionError if it admits it.
+    `tls`: over TLS, as raw_connect."""
     try:
-        async with raw_connect(port_of(server), source=source, user=user_name, password=password):
+        async with raw_connect(
+            port_of(server), source=source, user=user_name, password=password, tls=tls
+        ):
             pass
     except Refused as exc:
         return str(exc)

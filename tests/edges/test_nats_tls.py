@@ -27,23 +27,10 @@ from bridge.edges.nats_server import EmbeddedNats
 from bridge.edges.nats_tls import tls_failure
 from bridge.errors import ConfigError, NatsError
 from tests.conftest import wait_for
+from tests.tls_support import make_certificates, tls_flags
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "nats-tls.sh"
 # What nats-py would spend retrying a failure it takes for a passing one.
 RETRY_BUDGET = INITIAL_CONNECT_ATTEMPTS * RECONNECT_WAIT
-
-
-def make_certificates(directory: Path, *args: str) -> Path:
-    subprocess.run(
-        ["bash", str(SCRIPT), *args, str(directory)]
-        if args[:1] == ("--client",)
-        else ["bash", str(SCRIPT), str(directory), *args],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +44,6 @@ def stack_tls(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def other_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Another CA, which signed nothing the server has."""
     return make_certificates(tmp_path_factory.mktemp("other") / "secrets") / "nats_tls_ca.pem"
-
-
-def tls_flags(tls: Path, *, verify_clients: bool = False) -> tuple[str, ...]:
-    flags = ["--tls", "--tlscert", str(tls / "nats_tls_cert.pem")]
-    flags += ["--tlskey", str(tls / "nats_tls_key.pem")]
-    if verify_clients:
-        flags += ["--tlsverify", "--tlscacert", str(tls / "nats_tls_ca.pem")]
-    return tuple(flags)
 
 
 @pytest.fixture
