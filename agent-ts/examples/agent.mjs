@@ -10,7 +10,9 @@
 // Environment: NATS_URL (default nats://127.0.0.1:4222, comma-separated for a cluster),
 // AGENT_ID (required; a Swarm task's is {{.Task.ID}}), AGENT_USER and AGENT_PASSWORD, or
 // AGENT_TOKEN; NATS_TLS_CA (the CA of the server's certificate); AGENT_ROLES (comma-separated
-// roles this agent claims); BRIDGE_SUBJECT_PREFIX (default chorus).
+// roles this agent claims); BRIDGE_SUBJECT_PREFIX (default chorus); AGENT_CONNECT_WINDOW_MS (how
+// long the first connection is tried, default 60000: with the auth callout an agent is refused
+// until the bridge's discovery lists its task).
 // stdout: one JSON line per thing the agent did; stderr: the library's state changes.
 import { AgentError, connectAgent } from "@chorus-bridge/agent";
 
@@ -30,6 +32,9 @@ async function main() {
     prefix: env.BRIDGE_SUBJECT_PREFIX || undefined,
     taskId: env.AGENT_ID,
     roles,
+    firstConnectionWindowMs: env.AGENT_CONNECT_WINDOW_MS
+      ? Number(env.AGENT_CONNECT_WINDOW_MS)
+      : undefined,
   });
   agent.leaveOnSignals(); // SIGTERM, SIGINT: delete presence, drain, exit 0
   say({ event: "ready", agent_id: agent.id });

@@ -14,6 +14,8 @@ import { checkPresence, PRESENCE_INTERVAL_MS, PresenceWriter } from "./presence.
 
 /** Milliseconds to connect, and for a round trip to the server, unless configured. */
 export const CONNECT_TIMEOUT_MS = 5000;
+/** How long the first connection is tried (as the Python library's FIRST_CONNECTION_WINDOW). */
+export const FIRST_CONNECTION_WINDOW_MS = 60_000;
 
 export interface ConnectOptions {
   /** NATS URL(s): an array, or comma-separated (`nats://nats:4222`, `tls://...`). */
@@ -35,6 +37,11 @@ export interface ConnectOptions {
   presenceIntervalMs?: number | undefined;
   /** Milliseconds to connect and for a round trip to the server (default 5000). */
   connectTimeoutMs?: number | undefined;
+  /**
+   * Milliseconds the first connection is tried before ConnectError (default 60000): with the
+   * auth callout, an agent is refused until a discovery round lists its task.
+   */
+  firstConnectionWindowMs?: number | undefined;
   /** Milliseconds a claim, the roster or a peer's answer is waited for (default 5000). */
   requestTimeoutMs?: number | undefined;
   /** Where state changes are said: one JSON line each on stderr unless given. */
@@ -73,6 +80,7 @@ export async function connectAgent(options: ConnectOptions): Promise<BusAgent> {
     token: options.token,
     tls: options.tls,
     timeoutMs: options.connectTimeoutMs ?? CONNECT_TIMEOUT_MS,
+    firstConnectionWindowMs: options.firstConnectionWindowMs ?? FIRST_CONNECTION_WINDOW_MS,
   });
   const presence = new PresenceWriter(bus, names.presence(agentId), fields, intervalMs, log);
   const agent = new BusAgent(bus, names, agentId, presence, log, {

@@ -12,7 +12,12 @@ export {
   ROSTER_NEXT_HEADER,
   type Reply,
 } from "./agent.js";
-export { CONNECT_TIMEOUT_MS, connectAgent, type ConnectOptions } from "./connect.js";
+export {
+  CONNECT_TIMEOUT_MS,
+  connectAgent,
+  FIRST_CONNECTION_WINDOW_MS,
+  type ConnectOptions,
+} from "./connect.js";
 export { AGENT_ID_PATTERN, checkAgentId, isAgentId } from "./agent_id.js";
 export {
   AgentError,

@@ -44,7 +44,12 @@ export interface BusOptions {
   tls?: TlsFiles | undefined;
   /** Milliseconds to connect (each server) and to flush. */
   timeoutMs: number;
+  /** Milliseconds the first connection is tried, an attempt every `RECONNECT_WAIT_MS`. */
+  firstConnectionWindowMs: number;
 }
+
+/** Between two attempts at one server (nats.js's default is 2 s). */
+export const RECONNECT_WAIT_MS = 500;
 
 /** What the connection goes through (see `Bus.events`). */
 export type BusEvent =
@@ -88,19 +93,32 @@ export class Bus {
       inboxPrefix: options.inboxPrefix,
       timeout: options.timeoutMs,
       maxReconnectAttempts: -1,
+      reconnectTimeWait: RECONNECT_WAIT_MS,
+      // Once connected it reconnects forever, refusals included, as the Python library does
+      // (nats.js would give up at the second refusal in a row).
+      ignoreAuthErrorAbort: true,
       ...(options.user !== undefined ? { user: options.user } : {}),
       ...(options.password !== undefined ? { pass: options.password } : {}),
       ...(options.token !== undefined ? { token: options.token } : {}),
       ...(options.tls !== undefined ? { tls: tlsOptions(options.tls) } : {}),
     };
-    try {
-      return new Bus(await natsConnect(settings), options);
-    } catch (err) {
-      throw new ConnectError(
-        `cannot connect to NATS at ${options.servers.map(redact).join(", ")}: ` +
-          `${reason(err)}; check the URL, the credentials and the TLS CA`,
-        { cause: err },
-      );
+    // The first connection is tried for a window whatever each attempt's failure but a
+    // certificate the CA does not vouch for: an agent started with its stack waits for NATS,
+    // and with the auth callout is refused until a discovery round lists its task.
+    const deadline = Date.now() + options.firstConnectionWindowMs;
+    for (;;) {
+      try {
+        return new Bus(await natsConnect(settings), options);
+      } catch (err) {
+        if (/certificate/i.test(reason(err)) || Date.now() + RECONNECT_WAIT_MS >= deadline) {
+          throw new ConnectError(
+            `cannot connect to NATS at ${options.servers.map(redact).join(", ")}: ` +
+              `${reason(err)}; check the URL, the credentials and the TLS CA`,
+            { cause: err },
+          );
+        }
+      }
+      await new Promise((wake) => setTimeout(wake, RECONNECT_WAIT_MS));
     }
   }
 

@@ -119,7 +119,13 @@ describe("connect", () => {
       await agent.close();
       await nc.close();
       await assert.rejects(
-        connectAgent({ servers: server.url, agentId: "x", token: "wrong", logger: silentLogger }),
+        connectAgent({
+          servers: server.url,
+          agentId: "x",
+          token: "wrong",
+          logger: silentLogger,
+          firstConnectionWindowMs: 1000,
+        }),
         (err: unknown) => {
           assert.ok(err instanceof ConnectError, String(err));
           assert.doesNotMatch(err.message, /wrong/);
@@ -180,6 +186,7 @@ describe("connect", () => {
         agentId: "lonely",
         logger: silentLogger,
         connectTimeoutMs: 1000,
+        firstConnectionWindowMs: 1000,
       }),
       (err: unknown) => {
         assert.ok(err instanceof ConnectError, String(err));
@@ -191,6 +198,34 @@ describe("connect", () => {
         return true;
       },
     );
+  });
+
+  test("a server that comes up within the first-connection window: the agent joins", async () => {
+    const first = await NatsServer.start();
+    const port = first.port;
+    await first.stop(); // nobody listens for a while, as when an agent starts before its NATS
+    const joining = connectAgent({
+      servers: `nats://127.0.0.1:${port}`,
+      agentId: "early",
+      user: "agent",
+      password: PASSWORDS.agent,
+      logger: silentLogger,
+      firstConnectionWindowMs: 20_000,
+    });
+    let settled = false;
+    void joining.then(
+      () => (settled = true),
+      () => (settled = true),
+    );
+    await new Promise((r) => setTimeout(r, 1500)); // several attempts fail meanwhile
+    assert.equal(settled, false, "gave up at the first failures");
+    const server = await NatsServer.start({ port });
+    try {
+      const agent = await joining;
+      await agent.close();
+    } finally {
+      await server.stop();
+    }
   });
 
   test("a NATS restart (kill -9): the agent reconnects and its presence is back within the interval", async () => {

@@ -206,7 +206,10 @@ describe("the example agent", () => {
   });
 
   test("a wrong password: one line on stderr that names no password, exit status 1", async () => {
-    const example = start("example-wrong", { AGENT_PASSWORD: "wrong-secret" });
+    const example = start("example-wrong", {
+      AGENT_PASSWORD: "wrong-secret",
+      AGENT_CONNECT_WINDOW_MS: "1500",
+    });
     assert.deepEqual(await exited(example.proc), [1, null]);
     const stderr = example.stderr();
     assert.equal(stderr.split("\n").length, 2, stderr);
