@@ -137,30 +137,24 @@ async def open_connection(
     the CA does not vouch for."""
     urls = [server.strip() for server in servers.split(",") if server.strip()]
     # nats-py types these as int; it takes fractions of a second all the same.
-    timing: dict[str, Any] = {
+    options: dict[str, Any] = {
+        "name": agent_id,
+        "inbox_prefix": inbox,
+        "ping_interval": PING_INTERVAL,
+        "max_outstanding_pings": MAX_OUTSTANDING_PINGS,
+        "max_reconnect_attempts": -1,  # the window bounds the first connection
         "connect_timeout": CONNECT_TIMEOUT,
         "reconnect_time_wait": RECONNECT_WAIT,
         "drain_timeout": DRAIN_TIMEOUT,
+        "disconnected_cb": events.disconnected,
+        "reconnected_cb": events.on_reconnected,
+        "error_cb": events.error,
+        **credentials.options(),
     }
-    nc = NATS()  # made here, so that a first connection that fails is closed here too
     try:
-        async with asyncio.timeout(FIRST_CONNECTION_WINDOW):
-            await nc.connect(
-                urls,
-                name=agent_id,
-                inbox_prefix=inbox,
-                ping_interval=PING_INTERVAL,
-                max_outstanding_pings=MAX_OUTSTANDING_PINGS,
-                max_reconnect_attempts=-1,  # the window bounds the first connection
-                **timing,
-                disconnected_cb=events.disconnected,
-                reconnected_cb=events.on_reconnected,
-                error_cb=events.error,
-                **credentials.options(),
-            )
+        nc = await _first_connection(urls, options, events)
     except (nats.errors.Error, OSError, ssl.SSLError, _CertificateRefused) as exc:
         # TimeoutError (an OSError): the window ran out; nats-py retries its own timeouts.
-        await _close(nc)
         cause = exc.__cause__ if isinstance(exc, _CertificateRefused) else exc
         why = (
             f"not within {FIRST_CONNECTION_WINDOW:g} s; last error: {events.last_error or 'none'}"
@@ -177,6 +171,33 @@ async def open_connection(
     finally:
         events.closing = True
         await _close(nc)
+
+
+async def _first_connection(urls: list[str], options: dict[str, Any], events: Events) -> NATS:
+    """A client connected within FIRST_CONNECTION_WINDOW (TimeoutError beyond it).
+
+    nats-py's connect() also returns when the server closed the connection before its PONG
+    (with TLS, a callout that did not answer within the server's auth timeout: seen on a
+    starting stack), and that client then closes for good: no connection, so a new client
+    tries again, within the same window.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + FIRST_CONNECTION_WINDOW
+    while True:
+        nc = NATS()  # made here, so that an attempt that fails is closed here too
+        try:
+            async with asyncio.timeout_at(deadline):
+                await nc.connect(urls, **options)
+        except BaseException:
+            await _close(nc)
+            raise
+        if nc.is_connected:
+            return nc
+        await _close(nc)
+        await events.error(ConnectionError("the server closed the connection as it began"))
+        if loop.time() + RECONNECT_WAIT >= deadline:
+            raise TimeoutError
+        await asyncio.sleep(RECONNECT_WAIT)
 
 
 async def _close(nc: NATS) -> None:
