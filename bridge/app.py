@@ -14,28 +14,16 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import structlog
-from nats.aio.client import Client as NATS
 
-from bridge import __version__
+from bridge.assembly import bus_state, council_room, evictions_for, micro_service
 from bridge.broadcast.acks import AckDesk
 from bridge.broadcast.api import BroadcastEndpoint
 from bridge.broadcast.broadcaster import Broadcaster
 from bridge.broadcast.targets import TargetPlan
-from bridge.bus.councils import CouncilsBucket
 from bridge.bus.departures import Departures
-from bridge.bus.lease import LeaderElection
-from bridge.bus.presence import Presence
-from bridge.bus.registry import AgentRegistry
 from bridge.config import Settings
-from bridge.contract.buckets import councils_bucket
-from bridge.contract.names import SERVICE_NAME, Names
+from bridge.contract.names import Names
 from bridge.council.api import CouncilEndpoint
-from bridge.council.arbiter import Arbiter
-from bridge.council.book import CouncilBook
-from bridge.council.claims import ClaimDesk
-from bridge.council.duties import CouncilDuties
-from bridge.council.members import Members
-from bridge.council.upkeep import Upkeep
 from bridge.discovery.dns import DnsDiscovery
 from bridge.discovery.events import EventFollower
 from bridge.discovery.followup import SCHEDULE, Schedule
@@ -44,7 +32,6 @@ from bridge.discovery.methods import Discoverer
 from bridge.discovery.pipeline import DiscoveryPipeline
 from bridge.discovery.swarm import SwarmDiscovery
 from bridge.edges.agent_http import AgentHTTP
-from bridge.edges.micro import Endpoint, MicroService
 from bridge.edges.nats_client import connect
 from bridge.edges.nats_probe import NatsProbe
 from bridge.edges.nats_server import EmbeddedNats
@@ -54,9 +41,8 @@ from bridge.ops.metrics import Metrics
 from bridge.peers.api import AgentsEndpoint
 from bridge.peers.roster import RosterView
 from bridge.service import Bridge
-from bridge.trust.agent_index import AgentAddresses, normal_address
-from bridge.trust.callout import AGENT_ACCOUNT, Callout, CalloutKeys, make_callout
-from bridge.trust.evictions import Evictions
+from bridge.trust.agent_index import AgentAddresses
+from bridge.trust.callout import AGENT_ACCOUNT, CalloutKeys, make_callout
 from bridge.trust.issued import say_identity
 from bridge.waits import cancel_and_wait
 
@@ -147,44 +133,21 @@ async def open_bridge(
             )
         )
         replicas = settings.kv_replicas
-        election = LeaderElection(nc, names, replicas=replicas, metrics=metrics)
-        presence = Presence(nc, names, replicas=replicas, on_change=presence_changed.set)
-        # The lease fences the registry's writes: a bridge that lost it writes nothing.
-        registry = AgentRegistry(
-            nc,
-            names,
-            replicas=replicas,
-            metrics=metrics,
-            fence=election.confirm,
-            bus_ids=presence.bus_ids,
-        )
+        state = bus_state(nc, names, replicas, metrics, presence_changed)
         discoverer = Discoverer(
             settings, swarm=swarm, dns=dns or DnsDiscovery(settings), http=http, metrics=metrics
         )
-        pipeline = DiscoveryPipeline(settings, discoverer, registry, schedule)
-        book = CouncilBook(
-            nc,
-            names,
-            CouncilsBucket(nc, councils_bucket(names, replicas=replicas)),
-            metrics=metrics,
-        )
-        members = Members(registry, presence, rounds=lambda: pipeline.rounds)
-        arbiter = Arbiter(book, members, election, metrics=metrics)
+        pipeline = DiscoveryPipeline(settings, discoverer, state.registry, schedule)
+        councils = council_room(nc, names, replicas, metrics, state, pipeline)
         acks = AckDesk(nc, names, metrics)
         broadcaster = Broadcaster(
             nc,
             names,
             settings,
             http,
-            TargetPlan(registry, presence),
+            TargetPlan(state.registry, state.presence),
             acks=acks,
-            councils=arbiter,
-            metrics=metrics,
-        )
-        desk = ClaimDesk(
-            nc,
-            names,
-            arbiter,
+            councils=councils.arbiter,
             metrics=metrics,
         )
         callout = (
@@ -200,12 +163,18 @@ async def open_bridge(
             else None
         )
         # The roster, from what the leader writes and who is on the bus now.
+        registry, presence = state.registry, state.presence
         roster = RosterView(
             lambda: registry.published,
             presence.entries,
             version=lambda: (registry.version, presence.version),
         )
         peers = AgentsEndpoint(nc, names, roster)
+        endpoints = [
+            BroadcastEndpoint(nc, names, broadcaster, metrics=metrics).endpoint(),
+            CouncilEndpoint(names, councils.book).endpoint(),
+            peers.endpoint(),
+        ]
         sock = stack.enter_context(listening_socket(settings.listen_host, settings.listen_port))
         bridge = Bridge(
             settings=settings,
@@ -215,19 +184,11 @@ async def open_bridge(
             metrics=metrics,
             presence=presence,
             registry=registry,
-            election=election,
+            election=state.election,
             pipeline=pipeline,
-            service=_micro_service(
-                nc,
-                names,
-                [
-                    BroadcastEndpoint(nc, names, broadcaster, metrics=metrics).endpoint(),
-                    CouncilEndpoint(names, book).endpoint(),
-                    peers.endpoint(),
-                ],
-            ),
+            service=micro_service(nc, names, endpoints),
             peers=peers,
-            councils=CouncilDuties(book, desk, Upkeep(book, members, election), members),
+            councils=councils.duties,
             acks=acks,
             swarm=swarm,
             follower=EventFollower(
@@ -239,7 +200,7 @@ async def open_bridge(
             if swarm is not None and follow_events
             else None,
             callout=callout,
-            evictions=_evictions(nc, callout, registry, metrics),
+            evictions=evictions_for(nc, callout, registry, metrics),
             # With the callout, the server tells which agent a connection is: its close is
             # seen at once (without it, agents share one user and the TTL applies).
             departures=Departures(nc, presence, account=AGENT_ACCOUNT)
@@ -252,33 +213,6 @@ async def open_bridge(
         await stack.enter_async_context(serve_http(sock, metrics, bridge.health))
         yield bridge
     log.info("bridge_stopped")
-
-
-def _evictions(
-    nc: NATS, callout: Callout | None, registry: AgentRegistry, metrics: Metrics
-) -> Evictions | None:
-    """With the callout: closing the connections of agents that left discovery (on the
-    leader), for whom discovery (the roster the registry was last handed) has no address."""
-    if callout is None:
-        return None
-
-    def discovered(agent_id: str) -> str | None:
-        agent = registry.desired.get(agent_id)
-        return normal_address(agent.address) if agent is not None else None
-
-    return Evictions(nc, callout.agents, discovered, metrics=metrics)
-
-
-def _micro_service(nc: NATS, names: Names, endpoints: list[Endpoint]) -> MicroService:
-    """The NATS micro service chorus-bridge, with the endpoint each room contributes."""
-    return MicroService(
-        nc,
-        name=SERVICE_NAME,
-        version=__version__,
-        description="Council opportunities to every agent, and the councils they form",
-        metadata={"prefix": names.prefix},
-        endpoints=endpoints,
-    )
 
 
 async def run_bridge(settings: Settings, nats_url: str, stop: asyncio.Event) -> None:
