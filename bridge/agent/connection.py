@@ -39,6 +39,8 @@ MAX_OUTSTANDING_PINGS = 2
 # Leaving: the drain and the close, each bounded (docker stop gives 10 s before SIGKILL).
 DRAIN_TIMEOUT = 2.0
 CLOSE_TIMEOUT = 1.0
+# Distinct errors said in one outage, at most (the rest are not said again until it ends).
+SAID_LIMIT = 16
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -85,18 +87,29 @@ class Events:
         self.connected = False
         self.closing = False
         self._last_error = ""
+        # Errors said during this outage: attempts that fail two ways in turn (a refusal, then
+        # the closed socket) are still one line each, not one per attempt.
+        self._said: set[str] = set()
 
     @property
     def last_error(self) -> str:
         """The last error nats-py reported ("" since the last connection)."""
         return self._last_error
 
+    def on_connected(self) -> None:
+        """The first connection is made: from now on, errors are those of a connection."""
+        self.connected = True
+        self._last_error = ""
+        self._said.clear()
+
     async def disconnected(self) -> None:
-        if not self.closing:
+        # Before the first connection, a failed attempt is no disconnection.
+        if self.connected and not self.closing:
             say(WARNING, "agent_disconnected", agent_id=self.agent_id)
 
     async def on_reconnected(self) -> None:
         self._last_error = ""
+        self._said.clear()
         say(INFO, "agent_reconnected", agent_id=self.agent_id)
         self.reconnected.set()
 
@@ -108,8 +121,9 @@ class Events:
             # Raised from here, it ends nats-py's first connection (open_connection).
             raise _CertificateRefused(exc) from exc
         text = str(exc) or repr(exc)
-        if text != self._last_error and not self.closing:
-            self._last_error = text
+        self._last_error = text
+        if text not in self._said and not self.closing and len(self._said) < SAID_LIMIT:
+            self._said.add(text)
             say(WARNING, "agent_nats_error", agent_id=self.agent_id, error=text)
 
 
@@ -165,7 +179,7 @@ async def open_connection(
             f"cannot connect to NATS at {redact(servers)} ({why}); check the URL, the "
             "credentials and the TLS CA"
         ) from exc
-    events.connected = True
+    events.on_connected()
     try:
         yield nc
     finally:
