@@ -1,7 +1,12 @@
 """How soon a new replica on a real swarm reaches the agents bucket.
 
-Claim: a new replica is in the bucket within 50 ms of Docker listing it running (p95 over 10
-scale-ups), instead of waiting for the 30 s poll.
+Claim: a new replica is in the bucket within 1 s of Docker listing it running (p95 over 10
+scale-ups; DESIGN.md's target for every node of a swarm), instead of waiting for the 30 s poll.
+On one node this was 50 ms while every event opened 0.5 s of rounds 10 ms apart; a change is
+now one burst of rounds (bridge/discovery/followup.py: a task listed running while its burst is
+at its 0.25 s pace is seen up to 0.25 s later), which is what keeps a multi-node swarm's events
+(and a healthcheck's) from costing a task list every 10 ms. bench/multinode_latency.py times
+the same on five nodes.
 
 The real bridge runs in this process (Swarm discovery only, no DNS, poll 30 s) against the
 Docker Engine and an embedded nats-server on loopback. A service of busybox httpd agents on the
@@ -21,7 +26,7 @@ agents' overlay addresses are only read from the Docker API; nothing connects to
 Baseline, in the same run: the same bridge with its Docker events follower off (rounds on the
 30 s poll only), over --baseline-samples scale-ups (3 by default: each may take up to 30 s).
 
-Usage: python bench/swarm_latency.py [--samples 10] [--baseline-samples 3] [--target 0.05]
+Usage: python bench/swarm_latency.py [--samples 10] [--baseline-samples 3] [--target 1.0]
                                      [--docker-host URL]
 The engine defaults to $CHORUS_TEST_DOCKER_HOST, else unix:///var/run/docker.sock.
 Exit status: 0 PASS, 1 FAIL, 2 the engine or its test image/network is missing.
@@ -297,7 +302,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--baseline-samples", type=int, default=3)
-    parser.add_argument("--target", type=float, default=0.05, help="p95 target in seconds")
+    parser.add_argument("--target", type=float, default=1.0, help="p95 target in seconds")
     parser.add_argument(
         "--docker-host",
         default=os.environ.get("CHORUS_TEST_DOCKER_HOST") or "unix:///var/run/docker.sock",
