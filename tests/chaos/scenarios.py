@@ -20,7 +20,16 @@ from bridge.devkit.emulator import EmulatedSwarm
 from tests.chaos.support import has_key, lease_of, try_broadcast
 from tests.nats_cluster import NatsCluster, settled
 
-__all__ = ["KILLS", "Gap", "kill_and_measure", "lease_renewed", "measure", "streams_of"]
+__all__ = [
+    "BROADCAST_WAITS_FOR",
+    "DISCOVERY_WAITS_FOR",
+    "KILLS",
+    "Gap",
+    "kill_and_measure",
+    "lease_renewed",
+    "measure",
+    "streams_of",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -32,7 +41,13 @@ KILLS = (
     "agents stream leader",
     "lease stream leader",
     "presence stream leader",
+    "councils stream leader",
 )
+# The streams whose own leader's kill waits for that stream's election before the path that
+# writes there works again: discovery writes the agents bucket, and a broadcast records its
+# opportunity in the councils bucket before it is sent (DESIGN.md, "Councils").
+DISCOVERY_WAITS_FOR = "agents stream leader"
+BROADCAST_WAITS_FOR = "councils stream leader"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +66,7 @@ def streams_of(settings: Settings) -> dict[str, str]:
         "agents stream leader": f"KV_{settings.kv_bucket}",
         "lease stream leader": f"KV_{prefix}_bridge",
         "presence stream leader": f"KV_{prefix}_presence",
+        "councils stream leader": f"KV_{prefix}_councils",
     }
 
 
@@ -90,14 +106,14 @@ async def measure(
 
 
 async def _isolate(cluster: NatsCluster, fault: str, victim: str, settings: Settings) -> None:
-    """Move the agents and lease streams' leaders off the victim (a graceful step-down)
-    unless the fault is theirs, so that a kill costs what the fault named costs. A step-down
-    is an election of that stream: logged as `step_down` with its role, so that what it costs
-    is counted against it, not against the kill that follows."""
+    """Move the agents, lease and councils streams' leaders off the victim (a graceful
+    step-down) unless the fault is theirs, so that a kill costs what the fault named costs.
+    A step-down is an election of that stream: logged as `step_down` with its role, so that
+    what it costs is counted against it, not against the kill that follows."""
     streams = streams_of(settings)
     nc = await nats.connect(cluster.urls, connect_timeout=1)
     try:
-        for role in ("agents stream leader", "lease stream leader"):
+        for role in ("agents stream leader", "lease stream leader", "councils stream leader"):
             if fault == role:
                 continue
             async with asyncio.timeout(30):
