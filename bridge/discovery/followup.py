@@ -20,8 +20,9 @@ run at the event usually sees nothing new yet). So:
   what it waited before. One stuck task costs what the poll costs;
 - a failed round (every manager failed) is retried every `retry_every` for `retry_normal`
   (a manager election takes about 10 s), then with a backoff doubling to the poll interval;
-- never sooner than the last round took (at most half the time is spent fetching), and never
-  later than the poll interval.
+- never sooner than the last successful round took (at most half the time is spent fetching;
+  a failed round's time went to managers that did not answer), and never later than the poll
+  interval.
 """
 
 from __future__ import annotations
@@ -94,7 +95,10 @@ class FollowUps:
         """The delay until the next round, after one that found these slots waiting (or
         failed: every manager failed)."""
         if failed:
-            return max(min(self._after_failure(now), self._poll), round_s)
+            # Not held back by how long it took: a round in which every manager failed spent
+            # its time waiting on managers that did not answer (10 s per hung call during an
+            # election), not loading them, and one that answers now is one retry away.
+            return min(self._after_failure(now), self._poll)
         self._failing_since, self._retry = None, self._s.retry_every
         if self._track(set(waiting), now):
             self._backoff = self._s.backoff_start  # a new wait: look often again

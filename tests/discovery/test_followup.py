@@ -139,6 +139,14 @@ def test_a_round_never_waits_less_than_it_took() -> None:
     assert schedule.after_round(["slot 1"], 0.0, round_s=0.4) == 0.4
 
 
+def test_a_failed_round_that_waited_on_hung_managers_is_retried_at_once() -> None:
+    """Every manager failed after 20 s of timeouts (the read one dead, the others hung in
+    their election): the retry comes retry_every later, not 20 s later, when a manager may
+    answer again (seen: tasks listed 5 s after such a round, in the bucket 15 s later)."""
+    schedule = FollowUps(POLL)
+    assert schedule.after_round([], 20.0, failed=True, round_s=20.0) == S.retry_every
+
+
 def test_failed_rounds_are_retried_every_second_for_an_election_then_back_off() -> None:
     """Every manager failing: a round a second for 15 s (a manager election takes about
     10 s), then a backoff to the poll interval; a success ends it."""
