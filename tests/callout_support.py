@@ -22,6 +22,7 @@ from bridge.edges.nkeys_jwt import CurveKey, SigningKey, new_seed
 from bridge.ops.metrics import CALLOUTS
 from tests.callout_client import RawClient, Refused, raw_connect
 from tests.conftest import RunningBridge
+from tests.nats_cluster import free_port
 from tests.tls_support import tls_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +80,58 @@ def write_confs(directory: Path, *, xkey: bool = True) -> Path:
     path = directory / "nats-callout.conf"
     path.write_text(callout)
     return path
+
+
+ROUTE_PASS = "route-secret"
+
+
+def _member_conf(directory: Path, cluster_port: int, *, callout: bool) -> Path:
+    """The shipped files in `directory`, the route listener moved to a loopback port: the
+    member's nats-cluster.conf, or nats-cluster-callout.conf (`callout`) that includes it."""
+    write_confs(directory)
+    text = (ROOT / "nats-cluster.conf").read_text()
+    text, count = re.subn(r"listen: 0\.0\.0\.0:6222", f"listen: 127.0.0.1:{cluster_port}", text)
+    assert count == 1
+    path = directory / "nats-cluster.conf"
+    path.write_text(text)
+    if callout:
+        path = directory / "nats-cluster-callout.conf"
+        path.write_text((ROOT / "nats-cluster-callout.conf").read_text())
+    return path
+
+
+@contextlib.asynccontextmanager
+async def shipped_cluster(
+    root: Path, files: CalloutFiles | None = None
+) -> AsyncIterator[list[EmbeddedNats]]:
+    """Three nats-servers on loopback running the shipped cluster files (with the auth callout
+    of `files` when given: nats-cluster-callout.conf), routed to each other."""
+    ports = [free_port() for _ in range(3)]
+    routes = {
+        f"ROUTE_{i + 1}": f"nats-route://route:{ROUTE_PASS}@127.0.0.1:{p}"
+        for i, p in enumerate(ports)
+    }
+    keys = {"CALLOUT_ISSUER": files.issuer, "CALLOUT_XKEY": files.xkey} if files else {}
+    async with contextlib.AsyncExitStack() as stack:
+        members = []
+        for i, port in enumerate(ports):
+            directory = root / f"n{i + 1}"
+            directory.mkdir()
+            env = {
+                **PASSWORDS,
+                **routes,
+                **keys,
+                "ROUTE_PASS": ROUTE_PASS,
+                "SERVER_NAME": f"n{i + 1}",
+            }
+            server = EmbeddedNats(
+                port=0,
+                store_dir=directory / "js",
+                config_file=_member_conf(directory, port, callout=files is not None),
+                env=env,
+            )
+            members.append(await stack.enter_async_context(server))
+        yield members
 
 
 @contextlib.asynccontextmanager

@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
+import structlog
+import structlog.testing
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -299,3 +301,10 @@ async def ends_cancelled(run: Coroutine[Any, Any, object], timeout: float = 10.0
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     return ended and task.cancelled()
+
+
+@pytest.fixture
+async def logs() -> AsyncIterator[list[MutableMapping[str, Any]]]:
+    """The structured log lines of the test, as structlog's capture gives them."""
+    with structlog.testing.capture_logs() as captured:
+        yield captured

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -23,51 +21,14 @@ from bridge.agent import BusAgent, connect_agent
 from bridge.config import Settings
 from bridge.contract.messages import BroadcastReport, CouncilOpportunity, Role, decode_reply, encode
 from bridge.contract.names import Names
-from bridge.edges.nats_server import EmbeddedNats
-from tests.callout_support import PASSWORDS, ROOT, write_confs
+from tests.callout_support import PASSWORDS, shipped_cluster
 from tests.conftest import RunningBridge, run_bridge, wait_for
-from tests.nats_cluster import free_port
 
 pytestmark = pytest.mark.timeout(90)
-ROUTE_PASS = "route-secret"
 # Broadcasts, each acked by 2 agents on other members: 200 acks (with 3 to 8 lost in 300,
 # as measured, the old subscription lost one here in nearly every run).
 BROADCASTS = 100
 ACK_WAIT = 1.0  # the stack's BRIDGE_BUS_ACK_WAIT
-
-
-def _member_conf(directory: Path, cluster_port: int) -> Path:
-    """The shipped nats.conf and nats-cluster.conf in `directory`, the routes on loopback."""
-    write_confs(directory)
-    text = (ROOT / "nats-cluster.conf").read_text()
-    text, count = re.subn(r"listen: 0\.0\.0\.0:6222", f"listen: 127.0.0.1:{cluster_port}", text)
-    assert count == 1
-    path = directory / "nats-cluster.conf"
-    path.write_text(text)
-    return path
-
-
-@contextlib.asynccontextmanager
-async def open_cluster(root: Path) -> AsyncIterator[list[EmbeddedNats]]:
-    ports = [free_port() for _ in range(3)]
-    routes = {
-        f"ROUTE_{i + 1}": f"nats-route://route:{ROUTE_PASS}@127.0.0.1:{p}"
-        for i, p in enumerate(ports)
-    }
-    async with contextlib.AsyncExitStack() as stack:
-        members = []
-        for i, port in enumerate(ports):
-            directory = root / f"n{i + 1}"
-            directory.mkdir()
-            env = {**PASSWORDS, **routes, "ROUTE_PASS": ROUTE_PASS, "SERVER_NAME": f"n{i + 1}"}
-            server = EmbeddedNats(
-                port=0,
-                store_dir=directory / "js",
-                config_file=_member_conf(directory, port),
-                env=env,
-            )
-            members.append(await stack.enter_async_context(server))
-        yield members
 
 
 async def acking(agent: BusAgent) -> None:
@@ -91,7 +52,7 @@ async def test_every_ack_from_agents_on_other_members_counts(
     agent_ids = ["agent-2", "agent-3"]
     readers: list[asyncio.Task[None]] = []
     async with (
-        open_cluster(tmp_path) as members,
+        shipped_cluster(tmp_path) as members,
         run_bridge(tuned, members[0].url) as running,
         contextlib.AsyncExitStack() as agents,
         asyncio.TaskGroup() as tg,

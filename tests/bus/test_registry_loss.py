@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 import nats
 import pytest
-import structlog
 from nats.js.api import StorageType, StreamConfig
 
 from bridge.config import Settings
@@ -26,12 +25,6 @@ from tests.nats_cluster import NatsProcess
 pytestmark = pytest.mark.timeout(90)
 
 AGENTS = 15
-
-
-@pytest.fixture
-async def logs() -> AsyncIterator[list[MutableMapping[str, Any]]]:
-    with structlog.testing.capture_logs() as captured:
-        yield captured
 
 
 async def healthz(running: RunningBridge) -> tuple[int, dict[str, Any]]:

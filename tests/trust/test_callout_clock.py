@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.config import Settings
@@ -46,12 +45,6 @@ async def _gauge(bridge: RunningBridge, name: str) -> float:
             if sample.name == name:
                 return float(sample.value)
     raise AssertionError(f"{name} is not on /metrics")
-
-
-@pytest.fixture
-async def logs() -> AsyncIterator[list[MutableMapping[str, Any]]]:
-    with structlog.testing.capture_logs() as captured:
-        yield captured
 
 
 @pytest.mark.parametrize("skew", [1.5, 2.5, -11.0])

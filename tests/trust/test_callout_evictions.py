@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from bridge.agent import connect_agent
 from bridge.config import Settings
@@ -60,12 +59,6 @@ def files(tmp_path: Path) -> CalloutFiles:
 async def server(tmp_path: Path, files: CalloutFiles) -> AsyncIterator[EmbeddedNats]:
     async with callout_server(tmp_path, files) as running:
         yield running
-
-
-@pytest.fixture
-async def logs() -> AsyncIterator[list[MutableMapping[str, Any]]]:
-    with structlog.testing.capture_logs() as captured:
-        yield captured
 
 
 def agent(server: EmbeddedNats, agent_id: str) -> Any:

@@ -3,13 +3,12 @@ seed files that are not seeds."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.app import open_bridge
@@ -53,12 +52,6 @@ async def test_requests_in_the_clear_without_xkey(
         async with admitted(server, address):
             pass
         assert "Authorization Violation" in await refused(server, "127.10.255.254")
-
-
-@pytest.fixture
-async def logs() -> AsyncIterator[list[MutableMapping[str, Any]]]:
-    with structlog.testing.capture_logs() as captured:
-        yield captured
 
 
 async def test_encrypted_requests_without_the_xkey_seed_are_refused_with_a_hint(

@@ -7,13 +7,11 @@ import base64
 import json
 import os
 import time
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
 import nkeys
-import pytest
-import structlog
 
 from bridge.config import Settings
 from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
@@ -64,12 +62,6 @@ def forged_request(files: CalloutFiles, address: str) -> tuple[bytes, dict[str, 
     token = f"{head}.{body}.{_b64(server.sign(f'{head}.{body}'.encode()))}"
     curve = CurveKey(new_seed("curve"))
     return curve.seal(token.encode(), files.xkey), {"Nats-Server-Xkey": curve.public_key}
-
-
-@pytest.fixture
-async def logs() -> AsyncIterator[list[MutableMapping[str, Any]]]:
-    with structlog.testing.capture_logs() as captured:
-        yield captured
 
 
 async def test_a_request_signed_by_another_servers_key_gets_no_answer(
