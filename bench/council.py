@@ -13,7 +13,9 @@ coordinator:
    opportunity, timed from the first claim sent to the last answer; against the baseline, in
    the same run: the same 3,000 claims as bare KV creates of the same Holder keys (each
    expecting no previous revision, answered by the server) in a bucket of the same settings.
-   Target: the arbitration's median <= 1.5x the bare creates' median.
+   Target: the arbitration's median <= 1.5x the bare creates' median. The CPU time each
+   process spent per claim (the bridge, the fleet, nats-server, this benchmark; /proc) is
+   printed beside it: on a machine of few cores the bridge's share is what the ratio follows.
 """
 
 from __future__ import annotations
@@ -21,17 +23,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import socket
 import sys
 import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import nats
-from common import BENCH, Bench, Series, arguments, child_process, main, opportunity, quiet_logs
+from common import (
+    BENCH,
+    Bench,
+    Series,
+    arguments,
+    child_process,
+    cpu_seconds,
+    main,
+    opportunity,
+    quiet_logs,
+)
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -79,9 +92,11 @@ async def claims_decided(port: int, count: float) -> None:
 
 
 @contextlib.asynccontextmanager
-async def bridge_with_fleet(server: EmbeddedNats, agents: int, tmp: Path) -> AsyncIterator[int]:
+async def bridge_with_fleet(
+    server: EmbeddedNats, agents: int, tmp: Path
+) -> AsyncIterator[tuple[int, dict[str, int]]]:
     """The fleet process and `chorus-bridge run` on it, until every agent is on the bus;
-    yields the port of the bridge's /metrics."""
+    yields the port of the bridge's /metrics and the pids of the bridge and the fleet."""
     sock = tmp / f"docker-{agents}.sock"
     fleet_cmd = [
         sys.executable,
@@ -106,7 +121,7 @@ async def bridge_with_fleet(server: EmbeddedNats, agents: int, tmp: Path) -> Asy
         log = tmp / f"bridge-{agents}.log"
         async with child_process("chorus-bridge run", bridge_cmd, env=env, stderr_to=log) as b:
             await _all_on_bus(server.url, agents)
-            yield metrics_port
+            yield metrics_port, {"bridge": b.pid, "fleet": fleet.pid}
             if await b.stop() != 0:
                 sys.stderr.write(log.read_text()[-4000:])
 
@@ -200,7 +215,33 @@ class Claimers:
         return took, stored
 
 
-async def measure_arbitration(bench: Bench, nc: NATS, url: str, reps: int) -> None:
+class CpuUse:
+    """CPU seconds spent by each of some processes, summed over the runs of each series."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._pids = pids
+        self.spent: dict[tuple[str, str], float] = {}
+
+    @contextlib.contextmanager
+    def counting(self, series: str) -> Iterator[None]:
+        before = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+        yield
+        for name, pid in self._pids.items():
+            key = (series, name)
+            self.spent[key] = self.spent.get(key, 0.0) + cpu_seconds(pid) - before[name]
+
+    def report(self, bench: Bench, claims: int) -> None:
+        """One line per series: CPU microseconds per claim of each process."""
+        for series in dict.fromkeys(series for series, _ in self.spent):
+            parts = [
+                f"{name} {self.spent[(series, name)] / claims * 1e6:.1f} us" for name in self._pids
+            ]
+            bench.info(f"CPU per claim, {series}", ", ".join(parts))
+
+
+async def measure_arbitration(
+    bench: Bench, nc: NATS, url: str, reps: int, pids: dict[str, int]
+) -> None:
     agents, _ = await read_bucket(await nc.jetstream().key_value(NAMES.agents_bucket))
     conns = [await nats.connect(url, name=f"bench-claims-{i}") for i in range(CONNECTIONS)]
     bare_names = Names(prefix="bare", agents_bucket="bare_agents")
@@ -209,6 +250,7 @@ async def measure_arbitration(bench: Bench, nc: NATS, url: str, reps: int) -> No
     arbitrated = Series("arbitration (bridge), per 1,000 claims")
     bare = Series("bare KV create, per 1,000 claims")
     claims = len(agents) * len(ROLES)
+    cpu = CpuUse(pids)
     try:
         for rep in range(reps + 1):
             arb_id, bare_id = f"arb-{rep}", f"bare-{rep}"
@@ -218,7 +260,8 @@ async def measure_arbitration(bench: Bench, nc: NATS, url: str, reps: int) -> No
                 (bare, {r: f"$KV.bare_councils.{holder_key(bare_id, r)}" for r in ROLES}, True),
             ]
             for series, subjects, expect in steps if rep % 2 == 0 else steps[::-1]:
-                took, stored = await claimers.run(subjects, expect)
+                with cpu.counting(series.name):
+                    took, stored = await claimers.run(subjects, expect)
                 if stored != len(ROLES):
                     raise RuntimeError(f"{series.name}: {stored} stored or granted, not 3")
                 if rep > 0:  # the first is a warm-up
@@ -227,6 +270,7 @@ async def measure_arbitration(bench: Bench, nc: NATS, url: str, reps: int) -> No
         for conn in conns:
             await conn.close()
     bench.table(f"{claims:,} claims of {len(ROLES)} roles at once", [arbitrated, bare], bare)
+    cpu.report(bench, claims * (reps + 1))
     ratio = arbitrated.median / bare.median
     bench.target(
         "arbitration per claim <= 1.5x a bare KV create",
@@ -264,12 +308,14 @@ async def run() -> int:
         tmp = Path(tmp_name)
         async with EmbeddedNats(port=0, store_dir=tmp / "nats") as server:
             for agents in (34, 1000):
-                async with bridge_with_fleet(server, agents, tmp) as metrics_port:
+                async with bridge_with_fleet(server, agents, tmp) as (metrics_port, pids):
                     nc = await nats.connect(server.url, name="bench-coordinator")
                     try:
                         await measure_activation(bench, nc, agents, reps, metrics_port)
                         if agents == 1000:
-                            await measure_arbitration(bench, nc, server.url, reps)
+                            pids["nats-server"] = server.pid or 0
+                            pids["benchmark"] = os.getpid()
+                            await measure_arbitration(bench, nc, server.url, reps, pids)
                     finally:
                         await nc.drain()
     return bench.exit_code()

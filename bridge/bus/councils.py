@@ -55,8 +55,9 @@ class Council:
     record: CouncilRecord
     holders: dict[str, Holder] = dataclasses.field(default_factory=dict)
     seats: dict[str, Seat] = dataclasses.field(default_factory=dict)
-    # The deadline parsed, with the record it was parsed from (every claim asks for it).
-    _parsed: tuple[CouncilRecord, float | None] | None = dataclasses.field(
+    # The deadline parsed and the roles by name, with the record they were read from (every
+    # claim asks for both).
+    _parsed: tuple[CouncilRecord, float | None, dict[str, Role]] | None = dataclasses.field(
         default=None, repr=False, compare=False
     )
 
@@ -67,12 +68,16 @@ class Council:
     @property
     def deadline(self) -> float | None:
         """The deadline in seconds since the epoch (None: none, or not a time)."""
-        if self._parsed is None or self._parsed[0] is not self.record:
-            self._parsed = (self.record, _seconds(self.record.deadline))
-        return self._parsed[1]
+        return self._read()[1]
 
     def role(self, name: str) -> Role | None:
-        return next((role for role in self.record.roles if role.name == name), None)
+        return self._read()[2].get(name)
+
+    def _read(self) -> tuple[CouncilRecord, float | None, dict[str, Role]]:
+        if self._parsed is None or self._parsed[0] is not self.record:
+            roles = {role.name: role for role in reversed(self.record.roles)}  # the first wins
+            self._parsed = (self.record, _seconds(self.record.deadline), roles)
+        return self._parsed
 
     def keys(self) -> list[str]:
         """Every key of this council that this bridge knows of."""

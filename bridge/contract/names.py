@@ -10,8 +10,9 @@ __all__ = ["ANSWER_MAPPING", "SERVICE_NAME", "Names"]
 
 # The NATS micro service the bridge's request endpoints belong to (`nats micro ls` shows it).
 SERVICE_NAME = "chorus-bridge"
-# One token of a subject an answer goes to: not empty, no wildcard, no whitespace.
-_INBOX_TOKEN = re.compile(r"^[^.*>\s]+\Z")
+# The rest of an inbox after `_INBOX.<agent id>.`: tokens, each not empty, no wildcard, no
+# whitespace (one pattern for the whole: it is matched for every answer of a race).
+_INBOX_REST = re.compile(r"[^.*>\s]+(?:\.[^.*>\s]+)*\Z")
 
 
 # The subject mapping that delivers the bridge's answers onto agents' inboxes in a server of
@@ -133,7 +134,7 @@ class Names:
         account (DESIGN.md, "Trust"; docs/trust-design.md)."""
         head = f"{self.agent_inbox(agent_id)}."
         rest = reply[len(head) :] if reply.startswith(head) else ""
-        if not rest or not all(_INBOX_TOKEN.match(token) for token in rest.split(".")):
+        if _INBOX_REST.match(rest) is None:
             return None
         return f"{self.prefix}.bridge.answers.{agent_id}.{rest}"
 

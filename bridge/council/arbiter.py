@@ -123,6 +123,9 @@ class Arbiter:
         if not self._lease.holds():
             self._count("dropped", "not_leading")
             return None
+        known = self.answer_now(opportunity_id, agent_id, role)
+        if known is not None:
+            return known
         async with self._book.lock:
             try:
                 return await self._decided(opportunity_id, agent_id, role, via)
@@ -139,6 +142,19 @@ class Arbiter:
                 self._count("failed", "nats")
                 await self._read_after_failure(opportunity_id, agent_id, role)
         return None
+
+    def answer_now(self, opportunity_id: str, agent_id: str, role: str) -> ClaimAnswer | None:
+        """The answer to a claim that needs no write (refused, or the role held by the agent
+        already), decided at once; None when `claim` must decide it: it may be granted, a
+        change is under way, the opportunity is not known here yet, or this bridge does not
+        lead. Most claims of a race are refused by what this bridge knows already; with the
+        lock free and nothing awaited, the answer is the one the lock would have given."""
+        council = self._book.council(opportunity_id)
+        if council is None or self._book.lock.locked() or not self._lease.holds():
+            return None
+        is_agent = self._members.is_agent(agent_id)
+        decision = decide(council, role, agent_id, is_agent=is_agent, now=time.time())
+        return self._answer(role, decision) if decision.refusal or decision.again else None
 
     async def _decided(
         self, opportunity_id: str, agent_id: str, role: str, via: Via

@@ -65,7 +65,8 @@ class ClaimDesk:
         leave in one write."""
 
         async def on_claim(msg: Msg) -> None:
-            await ready.wait()
+            if not ready.is_set():
+                await ready.wait()
             try:
                 await self.take(msg)
             except Exception:  # a bug must cost this claim, never the bridge
@@ -100,7 +101,9 @@ class ClaimDesk:
         if claim.agent_id != agent_id:
             # The subject names the agent; the body is its word and decides nothing.
             log.debug("claim_names_another_agent", agent_id=agent_id, named=claim.agent_id[:128])
-        answer = await self._arbiter.claim(opportunity_id, agent_id, claim.role, via="bus")
+        answer = self._arbiter.answer_now(opportunity_id, agent_id, claim.role)
+        if answer is None:  # not decided at once: perhaps a grant
+            answer = await self._arbiter.claim(opportunity_id, agent_id, claim.role, via="bus")
         if answer is not None:
             await answer_claim(self._nc, self._names, msg.reply, agent_id, encode(answer))
 

@@ -14,7 +14,7 @@ as soon as it is recorded.
 
 from __future__ import annotations
 
-import dataclasses
+from typing import NamedTuple
 
 from bridge.bus.councils import Council
 from bridge.contract.messages import ClaimRefusal, CouncilStateName
@@ -22,12 +22,11 @@ from bridge.contract.messages import ClaimRefusal, CouncilStateName
 __all__ = ["Decision", "decide", "expired", "stale_seats", "state_of", "whole"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     """What a claim gets: `refusal` None for a grant (`again`: the agent holds it already);
     `holder` the role's holder when refused (None when it has none). `stale_seat`: the agent
     has a Seat that no Holder backs (a grant cut short): it must be cleared first, then the
-    claim decided again."""
+    claim decided again. A NamedTuple: one is made for every claim of a race."""
 
     refusal: ClaimRefusal | None
     holder: str | None = None

@@ -31,6 +31,9 @@ def test_an_answer_goes_to_the_agents_own_inbox(reply: str, route: str) -> None:
         "_INBOX.t2.claim.1",  # another agent's inbox
         "_INBOX.t10.x",  # an id that only starts like this one
         "_INBOX.t1.x..y",
+        "_INBOX.t1.x.",
+        "_INBOX.t1..x",
+        "_INBOX.t1.x\ty",
         "_INBOX.t1.*",
         "_INBOX.t1.>",
         "_INBOX.t1.x y",
