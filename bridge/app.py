@@ -15,22 +15,19 @@ from pathlib import Path
 
 import structlog
 
-from bridge.assembly import bus_state, council_room, evictions_for, micro_service
-from bridge.broadcast.acks import AckDesk
-from bridge.broadcast.api import BroadcastEndpoint
-from bridge.broadcast.broadcaster import Broadcaster
-from bridge.broadcast.targets import TargetPlan
-from bridge.bus.departures import Departures
+from bridge.assembly import (
+    broadcast_room,
+    bus_state,
+    council_room,
+    discovery_room,
+    requests_room,
+    trust_room,
+)
 from bridge.config import Settings
 from bridge.contract.names import Names
-from bridge.council.api import CouncilEndpoint
 from bridge.discovery.dns import DnsDiscovery
-from bridge.discovery.events import EventFollower
 from bridge.discovery.followup import SCHEDULE, Schedule
 from bridge.discovery.managers import DockerManagers, Resolve
-from bridge.discovery.methods import Discoverer
-from bridge.discovery.pipeline import DiscoveryPipeline
-from bridge.discovery.swarm import SwarmDiscovery
 from bridge.edges.agent_http import AgentHTTP
 from bridge.edges.nats_client import connect
 from bridge.edges.nats_probe import NatsProbe
@@ -38,11 +35,8 @@ from bridge.edges.nats_server import EmbeddedNats
 from bridge.ops.health import NATS_SILENCE_LIMIT
 from bridge.ops.http import listening_socket, serve_http
 from bridge.ops.metrics import Metrics
-from bridge.peers.api import AgentsEndpoint
-from bridge.peers.roster import RosterView
 from bridge.service import Bridge
-from bridge.trust.agent_index import AgentAddresses
-from bridge.trust.callout import AGENT_ACCOUNT, CalloutKeys, make_callout
+from bridge.trust.callout import CalloutKeys
 from bridge.trust.issued import say_identity
 from bridge.waits import cancel_and_wait
 
@@ -121,7 +115,6 @@ async def open_bridge(
             if settings.docker_active
             else None
         )
-        swarm = SwarmDiscovery(settings, managers) if managers is not None else None
         http = await stack.enter_async_context(AgentHTTP(settings))
         nc = await stack.enter_async_context(
             connect(
@@ -134,47 +127,22 @@ async def open_bridge(
         )
         replicas = settings.kv_replicas
         state = bus_state(nc, names, replicas, metrics, presence_changed)
-        discoverer = Discoverer(
-            settings, swarm=swarm, dns=dns or DnsDiscovery(settings), http=http, metrics=metrics
-        )
-        pipeline = DiscoveryPipeline(settings, discoverer, state.registry, schedule)
-        councils = council_room(nc, names, replicas, metrics, state, pipeline)
-        acks = AckDesk(nc, names, metrics)
-        broadcaster = Broadcaster(
-            nc,
-            names,
+        discovery = discovery_room(
             settings,
+            managers,
             http,
-            TargetPlan(state.registry, state.presence),
-            acks=acks,
-            councils=councils.arbiter,
-            metrics=metrics,
+            dns or DnsDiscovery(settings),
+            metrics,
+            state.registry,
+            schedule,
+            follow_events=follow_events,
         )
-        callout = (
-            make_callout(
-                nc,
-                names,
-                callout_keys,
-                AgentAddresses(nc, names, replicas=replicas),
-                metrics=metrics,
-                clock=clock,
-            )
-            if callout_keys is not None
-            else None
+        councils = council_room(nc, names, replicas, metrics, state, discovery.pipeline)
+        acks, broadcaster = broadcast_room(
+            nc, names, settings, http, state, councils.arbiter, metrics
         )
-        # The roster, from what the leader writes and who is on the bus now.
-        registry, presence = state.registry, state.presence
-        roster = RosterView(
-            lambda: registry.published,
-            presence.entries,
-            version=lambda: (registry.version, presence.version),
-        )
-        peers = AgentsEndpoint(nc, names, roster)
-        endpoints = [
-            BroadcastEndpoint(nc, names, broadcaster, metrics=metrics).endpoint(),
-            CouncilEndpoint(names, councils.book).endpoint(),
-            peers.endpoint(),
-        ]
+        trust = trust_room(nc, names, callout_keys, replicas, metrics, clock, state)
+        requests = requests_room(nc, names, state, broadcaster, councils.book, metrics)
         sock = stack.enter_context(listening_socket(settings.listen_host, settings.listen_port))
         bridge = Bridge(
             settings=settings,
@@ -182,30 +150,19 @@ async def open_bridge(
             # Whether NATS still answers: a connected client may no longer read (bus.py).
             probe=NatsProbe(nc, patience=NATS_SILENCE_LIMIT),
             metrics=metrics,
-            presence=presence,
-            registry=registry,
+            presence=state.presence,
+            registry=state.registry,
             election=state.election,
-            pipeline=pipeline,
-            service=micro_service(nc, names, endpoints),
-            peers=peers,
+            pipeline=discovery.pipeline,
+            service=requests.service,
+            peers=requests.peers,
             councils=councils.duties,
             acks=acks,
-            swarm=swarm,
-            follower=EventFollower(
-                swarm.managers,
-                settings.service_name,
-                on_event=pipeline.docker_event,
-                catch_up=pipeline.trigger,
-            )
-            if swarm is not None and follow_events
-            else None,
-            callout=callout,
-            evictions=evictions_for(nc, callout, registry, metrics),
-            # With the callout, the server tells which agent a connection is: its close is
-            # seen at once (without it, agents share one user and the TTL applies).
-            departures=Departures(nc, presence, account=AGENT_ACCOUNT)
-            if callout_keys is not None
-            else None,
+            swarm=discovery.swarm,
+            follower=discovery.follower,
+            callout=trust.callout,
+            evictions=trust.evictions,
+            departures=trust.departures,
             reconnected=reconnected,
             presence_changed=presence_changed,
             http_port=sock.getsockname()[1],
