@@ -365,6 +365,9 @@ copy_image() { # FROM IMAGE [NODE...]: to the nodes given (default: every node)
             || { rm -f "$archive"; fail "could not save $image from $from"; }
         dk "$n" load -q -i "$archive" >/dev/null \
             || { rm -f "$archive"; fail "could not load $image into node $n"; }
+        # The build this one replaces is left untagged: removed (unless a container still
+        # runs it), or every load of a new build would stay in the nodes' tmpfs until it fills.
+        dk "$n" image prune -f >/dev/null || say "node $n: could not remove untagged images"
         say "node $n: loaded $image"
     done
     rm -f "$archive"

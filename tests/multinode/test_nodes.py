@@ -7,12 +7,16 @@ or a drain stops moving tasks, a discovery test would measure the wrong thing.
 from __future__ import annotations
 
 import asyncio
+import io
+import subprocess
+import tarfile
+from collections.abc import Iterator
 
 import docker.errors
 import pytest
 
 from tests.multinode.service import NodeService
-from tests.multinode.swarm import MultiNodeSwarm, Node
+from tests.multinode.swarm import MultiNodeSwarm, Node, script
 from tests.multinode.timeline import Sample, TaskSampler
 
 # A dead worker is marked down after 11-14 s with the default dispatcher heartbeat (5 s).
@@ -135,3 +139,53 @@ async def test_the_other_managers_answer_when_the_leader_is_killed(
     )
     await asyncio.to_thread(faults.start, leader)
     await asyncio.to_thread(faults.wait_node, leader, "ready", RECOVERY)
+
+
+CHECK_IMAGE = "chorus-load-check:test"
+
+
+def build_on_host(number: int) -> str:
+    """A one-file image tagged CHECK_IMAGE, different for each `number`, on the host's engine
+    (where `swarm-nodes.sh load` takes images from); its id."""
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        files = {"Dockerfile": b"FROM scratch\nCOPY build /build\n", "build": str(number).encode()}
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    done = subprocess.run(
+        ["docker", "build", "-q", "-t", CHECK_IMAGE, "-"],
+        input=context.getvalue(),
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout.decode().strip()
+
+
+@pytest.fixture
+def check_image(multinode: MultiNodeSwarm) -> Iterator[None]:
+    yield
+    for node in multinode.nodes:
+        subprocess.run(["docker", "-H", node.socket, "rmi", "-f", CHECK_IMAGE], capture_output=True)
+    subprocess.run(["docker", "rmi", "-f", CHECK_IMAGE], capture_output=True)
+    subprocess.run(["docker", "image", "prune", "-f"], capture_output=True)
+
+
+@pytest.mark.usefixtures("check_image")
+async def test_loading_a_new_build_leaves_no_old_one_on_the_nodes(
+    multinode: MultiNodeSwarm,
+) -> None:
+    """Each test run loads new builds onto the nodes, whose data is a tmpfs of 6 GiB: the build
+    a load replaces must go, or the nodes fill up after a few runs ("no space left on
+    device" while loading)."""
+    first = await asyncio.to_thread(build_on_host, 1)
+    await asyncio.to_thread(script, "load", CHECK_IMAGE)
+    second = await asyncio.to_thread(build_on_host, 2)
+    assert second != first
+    await asyncio.to_thread(script, "load", CHECK_IMAGE)
+    for node in multinode.nodes:
+        ids = await asyncio.to_thread(multinode.docker, node, "images", "-aq", "--no-trunc")
+        assert second in ids.split(), node
+        assert first not in ids.split(), f"node {node.number} kept the replaced build"
