@@ -81,6 +81,9 @@ export async function connectAgent(options: ConnectOptions): Promise<BusAgent> {
     tls: options.tls,
     timeoutMs: options.connectTimeoutMs ?? CONNECT_TIMEOUT_MS,
     firstConnectionWindowMs: options.firstConnectionWindowMs ?? FIRST_CONNECTION_WINDOW_MS,
+    // One line per distinct reason while the first connection is tried (as the Python library).
+    onFirstConnectionError: (error) =>
+      log("warn", "agent_nats_error", { agent_id: agentId, error }),
   });
   const presence = new PresenceWriter(bus, names.presence(agentId), fields, intervalMs, log);
   const agent = new BusAgent(bus, names, agentId, presence, log, {

@@ -46,7 +46,16 @@ export interface BusOptions {
   timeoutMs: number;
   /** Milliseconds the first connection is tried, an attempt every `RECONNECT_WAIT_MS`. */
   firstConnectionWindowMs: number;
+  /**
+   * Told each distinct reason an attempt at the first connection failed, once, while the
+   * window goes on (the last reason is the ConnectError's).
+   */
+  onFirstConnectionError?: ((reason: string) => void) | undefined;
 }
+
+// Distinct reasons told during the first connection, at most (a server that fails a new way
+// on every attempt does not fill the log).
+const FIRST_REASONS_TOLD = 16;
 
 /** Between two attempts at one server (nats.js's default is 2 s). */
 export const RECONNECT_WAIT_MS = 500;
@@ -106,16 +115,22 @@ export class Bus {
     // certificate the CA does not vouch for: an agent started with its stack waits for NATS,
     // and with the auth callout is refused until a discovery round lists its task.
     const deadline = Date.now() + options.firstConnectionWindowMs;
+    const told = new Set<string>();
     for (;;) {
       try {
         return new Bus(await natsConnect(settings), options);
       } catch (err) {
-        if (/certificate/i.test(reason(err)) || Date.now() + RECONNECT_WAIT_MS >= deadline) {
+        const why = reason(err);
+        if (/certificate/i.test(why) || Date.now() + RECONNECT_WAIT_MS >= deadline) {
           throw new ConnectError(
             `cannot connect to NATS at ${options.servers.map(redact).join(", ")}: ` +
-              `${reason(err)}; check the URL, the credentials and the TLS CA`,
+              `${why}; check the URL, the credentials and the TLS CA`,
             { cause: err },
           );
+        }
+        if (!told.has(why) && told.size < FIRST_REASONS_TOLD) {
+          told.add(why);
+          options.onFirstConnectionError?.(why);
         }
       }
       await new Promise((wake) => setTimeout(wake, RECONNECT_WAIT_MS));

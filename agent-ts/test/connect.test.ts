@@ -180,13 +180,14 @@ describe("connect", () => {
     const server = await NatsServer.start();
     const url = `nats://agent:${PASSWORDS.agent}@127.0.0.1:${server.port}`;
     await server.stop(); // the port is free now
+    const lines: [string, Record<string, unknown>][] = [];
     await assert.rejects(
       connectAgent({
         servers: url,
         agentId: "lonely",
-        logger: silentLogger,
+        logger: (_level, event, fields) => lines.push([event, fields]),
         connectTimeoutMs: 1000,
-        firstConnectionWindowMs: 1000,
+        firstConnectionWindowMs: 2000,
       }),
       (err: unknown) => {
         assert.ok(err instanceof ConnectError, String(err));
@@ -198,18 +199,25 @@ describe("connect", () => {
         return true;
       },
     );
+    // While the window lasted (attempts 0.5 s apart, all refused alike): said once, not per
+    // attempt, and without the password.
+    const said = lines.filter(([event]) => event === "agent_nats_error");
+    assert.equal(said.length, 1, JSON.stringify(lines));
+    assert.equal(said[0]?.[1]["agent_id"], "lonely");
+    assert.doesNotMatch(JSON.stringify(said), new RegExp(PASSWORDS.agent));
   });
 
   test("a server that comes up within the first-connection window: the agent joins", async () => {
     const first = await NatsServer.start();
     const port = first.port;
     await first.stop(); // nobody listens for a while, as when an agent starts before its NATS
+    const events: string[] = [];
     const joining = connectAgent({
       servers: `nats://127.0.0.1:${port}`,
       agentId: "early",
       user: "agent",
       password: PASSWORDS.agent,
-      logger: silentLogger,
+      logger: (_level, event) => events.push(event),
       firstConnectionWindowMs: 20_000,
     });
     let settled = false;
@@ -217,8 +225,11 @@ describe("connect", () => {
       () => (settled = true),
       () => (settled = true),
     );
-    await new Promise((r) => setTimeout(r, 1500)); // several attempts fail meanwhile
-    assert.equal(settled, false, "gave up at the first failures");
+    // The first attempt failed (and was said), and the agent goes on trying.
+    await eventually("a failed attempt said", () =>
+      events.includes("agent_nats_error") ? true : undefined,
+    );
+    assert.equal(settled, false, "gave up at the first failure");
     const server = await NatsServer.start({ port });
     try {
       const agent = await joining;
