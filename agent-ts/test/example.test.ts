@@ -205,16 +205,21 @@ describe("the example agent", () => {
     );
   });
 
-  test("a wrong password: one line on stderr that names no password, exit status 1", async () => {
+  test("a wrong password: said at once, then one line at the end; no password; exit status 1", async () => {
     const example = start("example-wrong", {
       AGENT_PASSWORD: "wrong-secret",
       AGENT_CONNECT_WINDOW_MS: "1500",
     });
     assert.deepEqual(await exited(example.proc), [1, null]);
     const stderr = example.stderr();
-    assert.equal(stderr.split("\n").length, 2, stderr);
+    const [first, last, ...rest] = stderr.split("\n").filter((line) => line !== "");
+    assert.deepEqual(rest, [], stderr);
+    // While the window lasts: the refusal, once (the attempts repeat it every 0.5 s).
+    const said = JSON.parse(first ?? "{}") as Record<string, unknown>;
+    assert.equal(said["event"], "agent_nats_error", stderr);
+    assert.match(String(said["error"]), /[Aa]uthorization/);
     assert.match(
-      stderr,
+      last ?? "",
       /^agent: cannot connect to NATS at nats:\/\/127\.0\.0\.1:\d+: .*[Aa]uthorization/,
     );
     assert.doesNotMatch(stderr, /wrong-secret/);
