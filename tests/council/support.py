@@ -24,7 +24,30 @@ from bridge.contract.messages import (
 )
 from bridge.contract.names import Names
 
-__all__ = ["Race", "council_events", "council_state", "read_council", "wants"]
+__all__ = [
+    "AlwaysLeading",
+    "EveryoneIsAnAgent",
+    "Race",
+    "council_events",
+    "council_state",
+    "read_council",
+    "wants",
+]
+
+
+class AlwaysLeading:
+    """A lease that always holds (an arbiter that acts as the leader whatever happens)."""
+
+    def holds(self) -> bool:
+        return True
+
+    async def confirm(self) -> None:
+        return None
+
+
+class EveryoneIsAnAgent:
+    def is_agent(self, agent_id: str) -> bool:
+        return True
 
 
 async def council_events(nc: NATS, names: Names, opportunity_id: str) -> list[CouncilEvent]:

@@ -26,28 +26,13 @@ from bridge.council.arbiter import Arbiter
 from bridge.council.book import CouncilBook
 from bridge.edges.nats_server import EmbeddedNats
 from bridge.errors import WrongRevisionError
-from tests.council.support import Race, read_council
+from tests.council.support import AlwaysLeading, EveryoneIsAnAgent, Race, read_council
 
 OPPORTUNITY = CouncilOpportunity(
     id="council-7",
     roles=[Role(name="tpm", core=True), Role(name="architect", core=True), Role(name="qa")],
 )
 ROLES = [role.name for role in OPPORTUNITY.roles]
-
-
-class AlwaysLeading:
-    """A lease that always holds: both arbiters act as leaders."""
-
-    def holds(self) -> bool:
-        return True
-
-    async def confirm(self) -> None:
-        return None
-
-
-class EveryoneIsAnAgent:
-    def is_agent(self, agent_id: str) -> bool:
-        return True
 
 
 async def _arbiter(nc: NATS, names: Names) -> tuple[Arbiter, CouncilBook]:

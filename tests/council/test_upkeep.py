@@ -25,8 +25,7 @@ from bridge.council.upkeep import Upkeep
 from bridge.edges.kv import snapshot_of
 from bridge.edges.nats_server import EmbeddedNats
 from tests.conftest import ends_cancelled, swallow_a_stop, wait_for
-from tests.council.support import council_events, read_council
-from tests.council.test_two_writers import AlwaysLeading, EveryoneIsAnAgent
+from tests.council.support import AlwaysLeading, EveryoneIsAnAgent, council_events, read_council
 
 ROLES = [Role(name="tpm", core=True), Role(name="qa")]
 
