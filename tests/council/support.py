@@ -23,6 +23,7 @@ from bridge.contract.messages import (
     encode,
 )
 from bridge.contract.names import Names
+from bridge.council.book import CouncilBook
 
 __all__ = [
     "AlwaysLeading",
@@ -30,6 +31,7 @@ __all__ = [
     "Race",
     "council_events",
     "council_state",
+    "loaded_book",
     "read_council",
     "wants",
 ]
@@ -48,6 +50,14 @@ class AlwaysLeading:
 class EveryoneIsAnAgent:
     def is_agent(self, agent_id: str) -> bool:
         return True
+
+
+async def loaded_book(nc: NATS, names: Names) -> CouncilBook:
+    """A leader's book of the councils bucket, its term begun (the bucket read)."""
+    book = CouncilBook(nc, names, CouncilsBucket(nc, councils_bucket(names)))
+    async with book.lock:
+        await book.begin_term()
+    return book
 
 
 async def council_events(nc: NATS, names: Names, opportunity_id: str) -> list[CouncilEvent]:

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from nats.aio.client import Client as NATS
 
-from bridge.bus.councils import CouncilsBucket
-from bridge.contract.buckets import councils_bucket
 from bridge.contract.messages import ClaimAnswer, CouncilOpportunity, Role
 from bridge.contract.names import Names
 from bridge.council.arbiter import Arbiter
 from bridge.council.book import CouncilBook
-from tests.council.support import AlwaysLeading, EveryoneIsAnAgent
+from tests.council.support import AlwaysLeading, EveryoneIsAnAgent, loaded_book
 
 OPPORTUNITY = CouncilOpportunity(
     id="council-9", roles=[Role(name="tpm", core=True), Role(name="qa")]
@@ -28,9 +26,7 @@ class Lease(AlwaysLeading):
 
 async def _arbiter(nc: NATS, unique: str, lease: Lease) -> tuple[Arbiter, CouncilBook]:
     names = Names(prefix=f"t{unique}", agents_bucket=f"agents_{unique}")
-    book = CouncilBook(nc, names, CouncilsBucket(nc, councils_bucket(names)))
-    async with book.lock:
-        await book.begin_term()
+    book = await loaded_book(nc, names)
     arbiter = Arbiter(book, EveryoneIsAnAgent(), lease)
     await arbiter.record(OPPORTUNITY)
     return arbiter, book

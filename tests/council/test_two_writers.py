@@ -11,8 +11,6 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from bridge.bus.councils import CouncilsBucket
-from bridge.contract.buckets import councils_bucket
 from bridge.contract.messages import (
     ClaimAnswer,
     CouncilOpportunity,
@@ -26,7 +24,13 @@ from bridge.council.arbiter import Arbiter
 from bridge.council.book import CouncilBook
 from bridge.edges.nats_server import EmbeddedNats
 from bridge.errors import WrongRevisionError
-from tests.council.support import AlwaysLeading, EveryoneIsAnAgent, Race, read_council
+from tests.council.support import (
+    AlwaysLeading,
+    EveryoneIsAnAgent,
+    Race,
+    loaded_book,
+    read_council,
+)
 
 OPPORTUNITY = CouncilOpportunity(
     id="council-7",
@@ -36,9 +40,7 @@ ROLES = [role.name for role in OPPORTUNITY.roles]
 
 
 async def _arbiter(nc: NATS, names: Names) -> tuple[Arbiter, CouncilBook]:
-    book = CouncilBook(nc, names, CouncilsBucket(nc, councils_bucket(names)))
-    async with book.lock:
-        await book.begin_term()
+    book = await loaded_book(nc, names)
     return Arbiter(book, EveryoneIsAnAgent(), AlwaysLeading()), book
 
 

@@ -25,7 +25,13 @@ from bridge.council.upkeep import Upkeep
 from bridge.edges.kv import snapshot_of
 from bridge.edges.nats_server import EmbeddedNats
 from tests.conftest import ends_cancelled, swallow_a_stop, wait_for
-from tests.council.support import AlwaysLeading, EveryoneIsAnAgent, council_events, read_council
+from tests.council.support import (
+    AlwaysLeading,
+    EveryoneIsAnAgent,
+    council_events,
+    loaded_book,
+    read_council,
+)
 
 ROLES = [Role(name="tpm", core=True), Role(name="qa")]
 
@@ -38,13 +44,6 @@ class Gone:
         return agent_id in self.ids
 
 
-async def _book(nc: NATS, names: Names) -> CouncilBook:
-    book = CouncilBook(nc, names, CouncilsBucket(nc, councils_bucket(names)))
-    async with book.lock:
-        await book.begin_term()
-    return book
-
-
 async def test_expiry_then_removal_a_retention_after_the_deadline(
     nats_server: EmbeddedNats, nc: NATS, unique: str
 ) -> None:
@@ -52,7 +51,7 @@ async def test_expiry_then_removal_a_retention_after_the_deadline(
     deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.5)).isoformat()
     late = CouncilOpportunity(id="council-late", roles=ROLES, deadline=deadline)
     events = await council_events(nc, names, late.id)
-    book = await _book(nc, names)
+    book = await loaded_book(nc, names)
     await Arbiter(book, EveryoneIsAnAgent(), AlwaysLeading()).record(late)
     upkeep = Upkeep(book, Gone(), AlwaysLeading(), retention=1.0)
 
@@ -77,7 +76,7 @@ async def test_a_gone_holder_is_released_and_a_stale_seat_cleared(
     events: list[CouncilEvent] = await council_events(nc, names, council.id)
     other = await nats.connect(nats_server.url)
     try:
-        book = await _book(other, names)
+        book = await loaded_book(other, names)
         arbiter = Arbiter(book, EveryoneIsAnAgent(), AlwaysLeading())
         await arbiter.record(council)
         assert (await arbiter.claim(council.id, "a1", "tpm", via="http")) is not None
@@ -112,7 +111,7 @@ async def test_a_stop_that_a_nats_call_swallowed_ends_the_upkeep(
 ) -> None:
     """A stop lost in a round's NATS calls (nats-py's wait_for, Python 3.11) ends the upkeep,
     where its ticks would have gone on for good (a bridge that did not stop)."""
-    book = await _book(nc, Names(prefix=f"t{unique}", agents_bucket=f"agents_{unique}"))
+    book = await loaded_book(nc, Names(prefix=f"t{unique}", agents_bucket=f"agents_{unique}"))
     upkeep = Upkeep(book, Gone(), AlwaysLeading(), tick=0.01)
 
     async def swallowing_round(*, audit: bool = False) -> None:
