@@ -12,7 +12,10 @@ __all__ = ["ANSWER_MAPPING", "SERVICE_NAME", "Names"]
 SERVICE_NAME = "chorus-bridge"
 # The rest of an inbox after `_INBOX.<agent id>.`: tokens, each not empty, no wildcard, no
 # whitespace (one pattern for the whole: it is matched for every answer of a race).
-_INBOX_REST = re.compile(r"[^.*>\s]+(?:\.[^.*>\s]+)*\Z")
+# An agent's inbox as a reply subject: `_INBOX.<agent id>.<rest>`, the rest one or more
+# tokens, none empty, none a wildcard, no white space (one match per answer: every claim of a
+# race asks it). \Z, not $: $ also matches before a final newline.
+_AGENT_REPLY = re.compile(r"_INBOX\.([^.*>\s]+)\.([^.*>\s]+(?:\.[^.*>\s]+)*)\Z")
 
 
 # The subject mapping that delivers the bridge's answers onto agents' inboxes in a server of
@@ -132,11 +135,10 @@ class Names:
         nats.conf exports that subject to the agents' account as `_INBOX.<agent id>.<rest>`
         only: whatever a request names, its answer can land on no other subject, in no other
         account (DESIGN.md, "Trust"; docs/trust-design.md)."""
-        head = f"{self.agent_inbox(agent_id)}."
-        rest = reply[len(head) :] if reply.startswith(head) else ""
-        if _INBOX_REST.match(rest) is None:
+        found = _AGENT_REPLY.match(reply)
+        if found is None or found.group(1) != agent_id:
             return None
-        return f"{self.prefix}.bridge.answers.{agent_id}.{rest}"
+        return f"{self.prefix}.bridge.answers.{agent_id}.{found.group(2)}"
 
     @staticmethod
     def connect_advisories(account: str) -> str:

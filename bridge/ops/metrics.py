@@ -24,6 +24,7 @@ from prometheus_client import (
 
 from bridge import __version__
 from bridge.contract.messages import Agent
+from bridge.ops.tally import ClaimTally
 
 __all__ = [
     "ACK_DROPS",
@@ -195,12 +196,7 @@ class Metrics:
             registry=r,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
-        self.claims = Counter(
-            "chorus_bridge_claims_total",
-            "Claims of council roles, by outcome and reason",
-            ["outcome", "reason"],
-            registry=r,
-        )
+        self.claims = ClaimTally(r, CLAIMS)
         self.councils = Gauge(
             "chorus_bridge_councils",
             "Councils in the councils bucket, by state (on the leader)",
@@ -264,13 +260,6 @@ class Metrics:
             self.callouts.labels(outcome=outcome, reason=reason)
         for reason in ACK_DROPS:
             self.acks_dropped.labels(reason=reason)
-        # Claims are counted on the hot path of a race (thousands a second): the labelled
-        # children are looked up once, here, by the reason as the answer says it too.
-        self._claims_by: dict[tuple[str, str], Counter] = {}
-        for outcome, reason in CLAIMS:
-            child = self.claims.labels(outcome=outcome, reason=reason)
-            self._claims_by[(outcome, reason)] = child
-            self._claims_by[(outcome, reason.replace("_", " "))] = child
         for state in COUNCIL_STATES:
             self.councils.labels(state=state)
         for event in COUNCIL_EVENTS:
@@ -279,10 +268,7 @@ class Metrics:
     def count_claim(self, outcome: str, reason: str = "none") -> None:
         """Count one claim: outcome granted|refused|dropped|failed, reason as in CLAIMS (a
         refusal's reason as the answer says it, spaces and all, is accepted too)."""
-        child = self._claims_by.get((outcome, reason))
-        if child is None:
-            child = self.claims.labels(outcome=outcome, reason=reason.replace(" ", "_"))
-        child.inc()
+        self.claims.count(outcome, reason)
 
     def set_councils(self, states: Iterable[str]) -> None:
         """The councils' states now (one item per council)."""
