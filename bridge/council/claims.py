@@ -39,9 +39,9 @@ PENDING_LIMIT = 16_384
 # claim already read without a turn in between, so a burst's answers would all wait in the
 # client's buffer until the whole burst was decided: the agents and the server idle while the
 # bridge works, then the reverse. A turn every SLICE claims lets the answers decided so far
-# leave while the rest are decided. `python bench/council.py`, 5 interleaved runs each, on the
-# bench machine: arbitration 1.19x-1.35x a bare KV create (1.38x-1.57x without), activation of
-# 1,000 agents p95 76-89 ms (91-141 ms); 64, 128 and 512 did no better than 256 within noise.
+# leave while the rest are decided. `python bench/council.py` on the bench machine, 15 runs:
+# arbitration 1.19x-1.47x a bare KV create, median 1.31x (1.38x-1.57x in 5 runs without),
+# activation of 1,000 agents p95 72-89 ms (91-141 ms); 64, 128 and 512 did no better.
 SLICE = 256
 
 
