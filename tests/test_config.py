@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config import ENV_VARIABLES, Settings, load_settings, unknown_variables
+from bridge.config import Settings
+from bridge.environment import ENV_VARIABLES, load_settings, unknown_variables
 from bridge.errors import ConfigError
 
 

@@ -12,7 +12,8 @@ import click
 import structlog
 
 from bridge.cli.exits import fail
-from bridge.config import Settings, load_settings, unknown_variables
+from bridge.config import Settings
+from bridge.environment import load_settings, unknown_variables
 from bridge.errors import BridgeError, ConfigError
 from bridge.ops.logs import configure_logging
 

@@ -19,12 +19,13 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from bridge.agent import connect_agent
-from bridge.config import Settings, load_settings
+from bridge.config import Settings
 from bridge.contract.names import Names
 from bridge.devkit.sim import BusAuth, presence_bucket_config, run_single_agent
 from bridge.edges.nats_client import INITIAL_CONNECT_ATTEMPTS, RECONNECT_WAIT, connect
 from bridge.edges.nats_server import EmbeddedNats
 from bridge.edges.nats_tls import tls_failure
+from bridge.environment import load_settings
 from bridge.errors import ConfigError, NatsError
 from tests.conftest import wait_for
 from tests.tls_support import make_certificates, tls_flags

@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from bridge.broadcast.acks import AckDesk
 from bridge.broadcast.broadcaster import Broadcaster
 from bridge.broadcast.targets import Target
-from bridge.config import Settings, load_settings
+from bridge.config import Settings
 from bridge.contract.buckets import MAX_PRESENCE_BYTES
 from bridge.contract.messages import (
     CLAIM_DECODER,
@@ -35,6 +35,7 @@ from bridge.contract.names import Names
 from bridge.devkit.emulator import EmulatedSwarm
 from bridge.edges.agent_http import AgentHTTP
 from bridge.edges.nats_server import EmbeddedNats
+from bridge.environment import load_settings
 from bridge.errors import ConfigError
 from tests.broadcast.test_broadcaster import Stage, stage
 from tests.conftest import OPPORTUNITY, RecordedCouncils, wait_for

@@ -12,10 +12,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.app import open_bridge
-from bridge.config import Settings, load_settings
+from bridge.config import Settings
 from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
 from bridge.edges.nats_server import EmbeddedNats
 from bridge.edges.nkeys_jwt import new_seed
+from bridge.environment import load_settings
 from bridge.errors import ConfigError
 from tests.callout_support import (
     CalloutFiles,
