@@ -13,105 +13,31 @@ Nothing is assumed of Docker here: equal bytes are the same task in the same sta
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 import msgspec
 import structlog
 
 from bridge.config import Settings
 from bridge.contract.messages import Agent
-from bridge.discovery.base import SwarmRound, endpoint_for
+from bridge.discovery.base import SwarmRound
+from bridge.discovery.task import (
+    Skipped,
+    SkipReason,
+    Task,
+    all_addresses,
+    classify_task,
+    decode_task,
+)
 
-__all__ = ["MixedServicesError", "Skipped", "TaskListDecoder", "classify_task"]
+__all__ = ["MixedServicesError", "TaskListDecoder"]
 
 log = structlog.get_logger(__name__)
 
 
-# gc=False: these only ever hold strings, numbers and each other, never a cycle, so the
-# garbage collector need not traverse them.
-class _Driver(msgspec.Struct, gc=False):
-    Name: str = ""
-
-
-class _NetworkSpec(msgspec.Struct, gc=False):
-    Name: str = ""
-    Ingress: bool = False
-    DriverConfiguration: _Driver | None = None
-
-
-class _Network(msgspec.Struct, gc=False):
-    Spec: _NetworkSpec = msgspec.field(default_factory=_NetworkSpec)
-
-
-class _Attachment(msgspec.Struct, gc=False):
-    Network: _Network = msgspec.field(default_factory=_Network)
-    Addresses: tuple[str, ...] | None = None
-
-
-class _ContainerStatus(msgspec.Struct, gc=False):
-    ContainerID: str | None = None
-
-
-class _Port(msgspec.Struct, gc=False):
-    PublishMode: str = ""
-
-
-class _PortStatus(msgspec.Struct, gc=False):
-    Ports: tuple[_Port, ...] | None = None
-
-
-class _Status(msgspec.Struct, gc=False):
-    State: str = ""
-    ContainerStatus: _ContainerStatus | None = None
-    PortStatus: _PortStatus | None = None
-
-
-class _Task(msgspec.Struct, gc=False):
-    """The fields of a Docker task that discovery reads; the rest is skipped while decoding."""
-
-    ID: str
-    ServiceID: str = ""
-    Status: _Status = msgspec.field(default_factory=_Status)
-    DesiredState: str = ""
-    Slot: int | None = None
-    NodeID: str | None = None
-    NetworksAttachments: tuple[_Attachment, ...] | None = None
-
-
-# Built once: decoders are reused for every list and every task.
+# Built once: reused for every list.
 _SPLIT = msgspec.json.Decoder(list[msgspec.Raw])
-_TASK = msgspec.json.Decoder(_Task)
 # How many tasks of the previous list are tried for each task of a new one (see _match).
 _LOOKAHEAD = 8
-
-
-SkipReason = Literal[
-    "not_desired", "ready", "pending", "without_address", "host_network", "host_port"
-]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Skipped:
-    """A task that is not an agent in this round, and why.
-
-    reason: not_desired: desired state neither running nor ready (the filter should have left
-    it out); ready: desired ready, a replacement waiting to start (after a node went down, a
-    drain, a restart delay); pending: desired running but not running yet (preparing,
-    starting, ...); without_address: running, no address on the configured network(s) yet;
-    host_network, host_port: running on the node's own network (`--network host`), or reached
-    only through a host-mode published port: no address on the service's network will come.
-    slot: what the task stands for, whichever task ID fills it (a replacement has its
-    predecessor's): "slot N" of a replicated service, "node ID" of a global one.
-    """
-
-    task_id: str
-    reason: SkipReason
-    slot: str = ""
-
-    @property
-    def waiting(self) -> bool:
-        """Whether an agent should come of it soon (worth re-checking)."""
-        return self.reason in ("ready", "pending", "without_address")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -123,99 +49,12 @@ class _Outcome:
     addresses: tuple[str, ...]
 
 
-def _slot(task: _Task) -> str:
-    if task.Slot:
-        return f"slot {task.Slot}"
-    return f"node {task.NodeID}" if task.NodeID else f"task {task.ID}"
-
-
-def _host_mode(task: _Task) -> SkipReason | None:
-    """host_network or host_port when the task is reached on its node's own network."""
-    attachments = task.NetworksAttachments or ()
-    for attachment in attachments:
-        spec = attachment.Network.Spec
-        if spec.Name == "host" or (
-            spec.DriverConfiguration and spec.DriverConfiguration.Name == "host"
-        ):
-            return "host_network"
-    ports = task.Status.PortStatus.Ports if task.Status.PortStatus else None
-    if not any(a.Addresses for a in attachments) and any(
-        p.PublishMode == "host" for p in ports or ()
-    ):
-        return "host_port"
-    return None
-
-
 class MixedServicesError(ValueError):
     """The list holds tasks of several services and the service's own ID is not known."""
 
 
-def _is_ingress(spec: _NetworkSpec) -> bool:
-    # No container is reachable at its address on the routing mesh's network.
-    return spec.Ingress or spec.Name == "ingress"
-
-
-def _all_addresses(task: _Task) -> tuple[str, ...]:
-    """Every address of the task, on every network, without its /prefix."""
-    return tuple(
-        address.split("/", 1)[0]
-        for attachment in task.NetworksAttachments or ()
-        for address in attachment.Addresses or ()
-    )
-
-
-def _address(task: _Task, networks: tuple[str, ...]) -> tuple[str, str] | None:
-    """(address without its /prefix, network name) on the first configured network, in order;
-    with no network configured, the first address that is not on the ingress network."""
-    attachments = task.NetworksAttachments or ()
-    if not networks:
-        for attachment in attachments:
-            if attachment.Addresses and not _is_ingress(attachment.Network.Spec):
-                return attachment.Addresses[0].split("/", 1)[0], attachment.Network.Spec.Name
-        return None
-    for wanted in networks:
-        for attachment in attachments:
-            if attachment.Addresses and attachment.Network.Spec.Name == wanted:
-                return attachment.Addresses[0].split("/", 1)[0], wanted
-    return None
-
-
-def _endpoint(address: str, port: int) -> str:
-    # Docker hands out IP literals: only an IPv6 one (it has a ':') needs endpoint_for's
-    # brackets, and its parse of an IPv4 address costs more than the rest of building an agent.
-    return endpoint_for(address, port) if ":" in address else f"http://{address}:{port}"
-
-
-def classify_task(task: _Task, settings: Settings) -> Agent | Skipped:
-    """The agent a task is (desired and state running, with an address on the configured
-    network), or why not."""
-    if task.DesiredState != "running":
-        reason: SkipReason = "ready" if task.DesiredState == "ready" else "not_desired"
-        return Skipped(task.ID, reason, _slot(task))
-    if task.Status.State != "running":
-        return Skipped(task.ID, "pending", _slot(task))
-    found = _address(task, settings.network_names)
-    if found is None:
-        return Skipped(task.ID, _host_mode(task) or "without_address", _slot(task))
-    address, network = found
-    status = task.Status.ContainerStatus
-    return Agent(
-        id=task.ID,
-        endpoint=_endpoint(address, settings.agent_port),
-        address=address,
-        port=settings.agent_port,
-        source="swarm",
-        service=settings.service_name,
-        network=network,
-        task_id=task.ID,
-        slot=task.Slot,
-        node_id=task.NodeID or None,
-        container_id=(status.ContainerID or None) if status else None,
-    )
-
-
-def _outcome(task: _Task, settings: Settings) -> _Outcome:
-    return _Outcome(classify_task(task, settings), task.ServiceID, _all_addresses(task))
+def _outcome(task: Task, settings: Settings) -> _Outcome:
+    return _Outcome(classify_task(task, settings), task.ServiceID, all_addresses(task))
 
 
 class TaskListDecoder:
@@ -327,7 +166,7 @@ class TaskListDecoder:
                     at = index + 1
                     break
             else:
-                append(_outcome(_TASK.decode(raw), settings))
+                append(_outcome(decode_task(raw), settings))
                 decoded += 1
         self.decoded = decoded
         return outcomes
