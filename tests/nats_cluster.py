@@ -20,7 +20,7 @@ import nats
 import nats.errors
 import nats.js.errors
 
-from bridge.edges.nats_server import find_nats_server, write_answer_mapping
+from bridge.edges.nats_process import find_nats_server, write_answer_mapping
 
 __all__ = ["NatsCluster", "NatsProcess", "free_port", "nats_cluster", "nats_process", "settled"]
 

