@@ -72,7 +72,7 @@ def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
     ("module", "wrong_way"),
     [
         ("bridge/contract/names.py", "import bridge.bus.lease"),
-        ("bridge/edges/agent_http.py", "import bridge.broadcast.targets"),
+        ("bridge/edges/agent_http/client.py", "import bridge.broadcast.targets"),
         ("bridge/bus/presence.py", "import bridge.service"),
         ("bridge/service.py", "import bridge.devkit.demo"),
     ],
