@@ -18,7 +18,8 @@ socket (or loopback TCP address) of its own, with failures of its own:
 """
 
 from bridge.devkit.emulator.faults import ERROR_MODES, ErrorMode
-from bridge.devkit.emulator.server import DockerEmulator, serve_in_thread
+from bridge.devkit.emulator.server import DockerEmulator
 from bridge.devkit.emulator.state import EmulatedSwarm
+from bridge.devkit.emulator.thread import serve_in_thread
 
 __all__ = ["ERROR_MODES", "DockerEmulator", "EmulatedSwarm", "ErrorMode", "serve_in_thread"]

@@ -15,24 +15,18 @@ import collections
 import contextlib
 import os
 import re
-import threading
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
-import msgspec
 import structlog
 from aiohttp import web
 
+from bridge.devkit.emulator.answers import error, error_answer, json_answer
 from bridge.devkit.emulator.documents import (
     COMMON_HEADERS,
-    MANAGER_PREPARING,
-    NO_LEADER,
-    NOT_IN_SWARM,
     PING_HEADERS,
-    PROXY_FORBIDDEN,
-    SWARM_LOCKED,
     info_document,
     not_manager_message,
     swarm_header,
@@ -43,25 +37,13 @@ from bridge.devkit.emulator.filters import EngineError, parse_filters
 from bridge.devkit.emulator.nodes import NodeRecord
 from bridge.devkit.emulator.state import EmulatedSwarm
 
-__all__ = ["DockerEmulator", "serve_in_thread"]
+__all__ = ["DockerEmulator"]
 
 log = structlog.get_logger(__name__)
 
 _VERSIONED = re.compile(r"^/v[0-9][0-9.]*(/.*)$")
-_SERVER_ERROR = "rpc error: code = Unknown desc = emulated engine failure"
 _TRUNCATED_EVENT = b'{"Type":"service","Action":"upd'
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _json(document: Any, status: int = 200) -> web.Response:
-    # Go's json.Encoder ends every document with a newline.
-    return web.Response(
-        status=status, body=msgspec.json.encode(document) + b"\n", content_type="application/json"
-    )
-
-
-def _error(status: int, message: str) -> web.Response:
-    return _json({"message": message}, status)
 
 
 class DockerEmulator:
@@ -219,16 +201,16 @@ class DockerEmulator:
         )
         self.requests[path] += 1
         if handler is None:
-            return _error(404, "page not found")
+            return error(404, "page not found")
         if request.method not in ("GET", "HEAD") or (request.method == "HEAD" and path != "/_ping"):
-            return _error(405, f"{request.method} is not allowed on {path}")
+            return error(405, f"{request.method} is not allowed on {path}")
         mode = self.error_for(path)
         try:
             if mode is not None and (failure := await self._fail(mode, path, request)):
                 return failure
             response = await handler(request)
         except EngineError as exc:
-            return _error(exc.status, exc.message)
+            return error(exc.status, exc.message)
         if self.error_for(path) == "bad_json" and isinstance(response, web.Response):
             body = response.body if isinstance(response.body, bytes) else b""
             response.body = body[: len(body) // 2]
@@ -241,28 +223,11 @@ class DockerEmulator:
             while self.error_for(path) == "hang" and not self._closing:
                 await self._change.wait()
             return None
-        if mode == "service_not_found":
+        service = self.swarm.service
+        if mode == "service_not_found":  # the one the request names
             services = parse_filters(request.query.get("filters")).get("service")
-            name = min(services) if services else self.swarm.service
-            return _error(404, f"service {name} not found")
-        if mode == "forbidden":
-            # HAProxy's page: HTML, none of the engine's headers.
-            return web.Response(
-                status=403,
-                text=PROXY_FORBIDDEN,
-                content_type="text/html",
-                headers={"Server": "haproxy", "Cache-Control": "no-cache"},
-            )
-        answers = {
-            "not_manager": (503, NOT_IN_SWARM),
-            "swarm_locked": (503, SWARM_LOCKED),
-            "manager_preparing": (503, MANAGER_PREPARING),
-            "no_leader": (500, NO_LEADER),
-            "server_error": (500, _SERVER_ERROR),
-        }
-        if mode in answers:
-            return _error(*answers[mode])
-        return None
+            service = min(services) if services else service
+        return error_answer(mode, service)
 
     # -- endpoints --------------------------------------------------------------------------
 
@@ -271,11 +236,11 @@ class DockerEmulator:
         return web.Response(text="OK", content_type="text/plain", charset="utf-8", headers=headers)
 
     async def _version(self, request: web.Request) -> web.Response:
-        return _json(version_document())
+        return json_answer(version_document())
 
     async def _info(self, request: web.Request) -> web.Response:
         locked = self.faults.mode == "swarm_locked" or self.swarm.error == "swarm_locked"
-        return _json(info_document(self.swarm, self.node, locked=locked))
+        return json_answer(info_document(self.swarm, self.node, locked=locked))
 
     async def _tasks(self, request: web.Request) -> web.Response:
         # Docker parses the filters before it asks the cluster: a bad one is a 500 anywhere.
@@ -326,44 +291,3 @@ def _bound_port(runner: web.AppRunner) -> int:
         if isinstance(address, tuple):
             return int(address[1])
     raise RuntimeError("the emulator's TCP site has no bound port")
-
-
-@contextlib.contextmanager
-def serve_in_thread(
-    socket_path: str | os.PathLike[str],
-    swarm: EmulatedSwarm | None = None,
-    *,
-    timeout: float = 10.0,
-) -> Iterator[DockerEmulator]:
-    """Run a DockerEmulator on its own loop in a background thread, for blocking callers."""
-    emulator = DockerEmulator(socket_path, swarm)
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(emulator.start())
-        except BaseException as exc:
-            failure.append(exc)
-            return
-        finally:
-            started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, name="docker-emulator", daemon=True)
-    thread.start()
-    try:
-        if not started.wait(timeout) or failure:
-            raise RuntimeError(
-                f"the Docker emulator did not start on {socket_path}: "
-                f"{failure[0] if failure else 'timed out'}"
-            )
-        yield emulator
-    finally:
-        if thread.is_alive() and not failure:
-            asyncio.run_coroutine_threadsafe(emulator.stop(), loop).result(timeout)
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout)
-        loop.close()
