@@ -14,12 +14,8 @@ from bridge.devkit.sim.agent import (
     claim_core_role,
     spread_on_bus,
 )
-from bridge.devkit.sim.bus_agents import (
-    AGENTS_PER_CONNECTION,
-    PRESENCE_INTERVAL,
-    BusAgents,
-    BusAuth,
-)
+from bridge.devkit.sim.bus_agents import AGENTS_PER_CONNECTION, PRESENCE_INTERVAL, BusAgents
+from bridge.devkit.sim.bus_connection import BusAuth
 from bridge.devkit.sim.fleet import Progress, SimFleet
 from bridge.devkit.sim.http_agents import DEFAULT_OPPORTUNITY_PATH, HUGE_BODY_BYTES, HttpAgents
 from bridge.devkit.sim.presence import presence_bucket_config

@@ -11,109 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 
-import msgspec
 import nats.errors
 import structlog
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 
-from bridge.agent import AGENT_INBOX_PREFIX, PRESENCE_INTERVAL, ack_message, claim_message
-from bridge.config import Settings
-from bridge.contract.messages import OPPORTUNITY_DECODER, CouncilOpportunity
+from bridge.agent import AGENT_INBOX_PREFIX, PRESENCE_INTERVAL, claim_message
 from bridge.contract.names import Names
-from bridge.devkit.sim.agent import ClaimPolicy, SimAgent, claimed_roles
+from bridge.devkit.sim.agent import ClaimPolicy, SimAgent
+from bridge.devkit.sim.bus_connection import AgentsConnection, BusAuth
 from bridge.devkit.sim.claims import ClaimAsker
-from bridge.devkit.sim.presence import PresenceWriter, ensure_presence_bucket
+from bridge.devkit.sim.presence import ensure_presence_bucket
 from bridge.edges.nats_client import connect
 from bridge.errors import NatsError
 from bridge.waits import cancel_and_wait, raise_if_cancelled
 
-__all__ = ["AGENTS_PER_CONNECTION", "PRESENCE_INTERVAL", "BusAgents", "BusAuth"]
+__all__ = ["AGENTS_PER_CONNECTION", "PRESENCE_INTERVAL", "BusAgents"]
 
 log = structlog.get_logger(__name__)
 
 AGENTS_PER_CONNECTION = 500
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class BusAuth:
-    """How simulated agents authenticate to NATS (all None: no authentication, no TLS)."""
-
-    user: str | None = None
-    password: str | None = None
-    token: str | None = None
-    # TLS: the CA's path (NATS_TLS_CA), and a client certificate and key where one is used.
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-
-    def settings(self) -> Settings:
-        return Settings(
-            nats_user=self.user,
-            nats_password=self.password,
-            nats_token=self.token,
-            nats_tls_ca=self.tls_ca,
-            nats_tls_cert=self.tls_cert,
-            nats_tls_key=self.tls_key,
-        )
-
-
-class _Connection:
-    """The agents sharing one NATS connection: one subscription answers for all of them."""
-
-    def __init__(
-        self,
-        nc: NATS,
-        names: Names,
-        agents: list[SimAgent],
-        *,
-        claim_policy: ClaimPolicy | None,
-        presence_ttl: int | None,
-        asker: ClaimAsker | None,
-        jetstream: bool,
-    ) -> None:
-        self.nc = nc
-        self.agents = agents
-        self.presence = PresenceWriter(nc, names, ttl=presence_ttl, confirm=jetstream)
-        self._names = names
-        self._claim_policy = claim_policy
-        self.asker = asker
-        self.invalid_messages = 0
-
-    async def subscribe(self) -> None:
-        if self.asker is not None:
-            await self.asker.subscribe()
-        await self.nc.subscribe(self._names.opportunities, cb=self._on_opportunity)
-
-    async def _on_opportunity(self, msg: Msg) -> None:
-        try:
-            opportunity = OPPORTUNITY_DECODER.decode(msg.data)
-        except msgspec.DecodeError:
-            self.invalid_messages += 1
-            return
-        for agent in self.agents:
-            if agent.present:
-                await self._deliver(agent, opportunity)
-
-    async def _deliver(self, agent: SimAgent, opportunity: CouncilOpportunity) -> None:
-        agent.record("bus", opportunity)
-        # The agent library's messages: each agent acks and claims on its own subjects.
-        if agent.behaviour != "no_ack":
-            subject, ack = ack_message(self._names, opportunity.id, agent.id)
-            for _ in range(2 if agent.behaviour == "double_ack" else 1):
-                await self.nc.publish(subject, ack)
-                agent.acks += 1
-        policy = self._claim_policy
-        for role in claimed_roles(policy(agent, opportunity) if policy else None):
-            if self.asker is not None:
-                await self.asker.claim(agent, opportunity.id, role)
-            else:
-                await self.nc.publish(*claim_message(self._names, opportunity.id, agent.id, role))
 
 
 class BusAgents:
@@ -166,8 +85,8 @@ class BusAgents:
         self._ask_claims = ask_claims
         self._jetstream = jetstream
         self._stack = contextlib.AsyncExitStack()
-        self._connections: list[_Connection] = []
-        self._home: dict[str, _Connection] = {}
+        self._connections: list[AgentsConnection] = []
+        self._home: dict[str, AgentsConnection] = {}
         self._written: set[str] = set()  # ids whose entries may be live in the bucket
         self._refresher: asyncio.Task[None] | None = None
         self._healthy = True
@@ -198,7 +117,7 @@ class BusAgents:
                     on_reconnect=self._reconnected(number),
                 )
             )
-            connection = _Connection(
+            connection = AgentsConnection(
                 nc,
                 self._names,
                 agents,
@@ -257,7 +176,7 @@ class BusAgents:
                 raise
             self._set_healthy(False, str(exc))
 
-    async def _join(self, connection: _Connection) -> None:
+    async def _join(self, connection: AgentsConnection) -> None:
         for agent in connection.agents:
             agent.present = True
         if self._resilient:
@@ -268,11 +187,11 @@ class BusAgents:
             for agent in connection.agents:
                 self._on_joined(agent)
 
-    async def _write(self, connection: _Connection, agents: Sequence[SimAgent]) -> None:
+    async def _write(self, connection: AgentsConnection, agents: Sequence[SimAgent]) -> None:
         self._written.update(agent.id for agent in agents)
         await connection.presence.write(agents)
 
-    async def _write_safely(self, connection: _Connection, agents: Sequence[SimAgent]) -> None:
+    async def _write_safely(self, connection: AgentsConnection, agents: Sequence[SimAgent]) -> None:
         try:
             if not self._healthy and self._jetstream:
                 await ensure_presence_bucket(connection.nc, self._names)

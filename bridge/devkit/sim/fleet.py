@@ -12,7 +12,8 @@ import structlog
 from bridge.config import Settings
 from bridge.contract.names import Names
 from bridge.devkit.sim.agent import Behaviour, ClaimPolicy, SimAgent, build_agents, claim_core_role
-from bridge.devkit.sim.bus_agents import PRESENCE_INTERVAL, BusAgents, BusAuth
+from bridge.devkit.sim.bus_agents import PRESENCE_INTERVAL, BusAgents
+from bridge.devkit.sim.bus_connection import BusAuth
 from bridge.devkit.sim.http_agents import DEFAULT_OPPORTUNITY_PATH, HttpAgents
 
 __all__ = ["Progress", "SimFleet"]

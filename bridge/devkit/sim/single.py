@@ -16,7 +16,7 @@ from bridge.devkit.sim.agent import (
     claim_core_role,
     claimed_roles,
 )
-from bridge.devkit.sim.bus_agents import BusAuth
+from bridge.devkit.sim.bus_connection import BusAuth
 from bridge.devkit.sim.http_agents import DEFAULT_OPPORTUNITY_PATH, HttpAgents
 from bridge.waits import cancel_and_wait, raise_if_cancelled
 
