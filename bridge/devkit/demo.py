@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shlex
-import shutil
 import sys
 import tempfile
 import time
@@ -36,6 +34,7 @@ from bridge.contract.messages import (
 )
 from bridge.contract.names import Names
 from bridge.devkit.demo_council import CouncilWatch, Newcomer
+from bridge.devkit.demo_explore import explore
 from bridge.devkit.emulator import DockerEmulator, EmulatedSwarm
 from bridge.devkit.sim import SimAgent, SimFleet, allocate_addresses
 from bridge.edges.nats_server import EmbeddedNats
@@ -194,62 +193,6 @@ async def _broadcast(
         say(line)
 
 
-_NEXT = '{"id": "council-43", "roles": [{"name": "tpm", "core": true}]}'
-_NATS_COMMANDS = (
-    "kv ls chorus_agents",
-    "kv get chorus_agents {first_id}",
-    "kv watch chorus_presence",
-    "kv get chorus_bridge leader",
-    "sub chorus.agents.announce",
-    "sub 'chorus.council.>'",
-    "kv ls chorus_councils",
-    "kv get chorus_councils council-42.tpm",
-    "sub chorus.council.council-42.events",
-    """req chorus.bridge.council '{"opportunity_id": "council-42"}'""",
-    "micro ls",
-    "micro stats chorus-bridge",
-    f"req chorus.bridge.broadcast '{_NEXT}'",
-)
-
-
-def _command() -> str:
-    """How to run chorus-bridge from another terminal: the path of this very command when it
-    is not on PATH (a venv that is not activated), else its name."""
-    found = shutil.which("chorus-bridge")
-    me = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
-    if (
-        me is not None
-        and me.name == "chorus-bridge"
-        and (found is None or Path(found).resolve() != me)
-    ):
-        return shlex.quote(str(me))
-    return "chorus-bridge" if found else f"{shlex.quote(sys.executable)} -m bridge"
-
-
-def _explore(url: str, http_port: int | None, first_id: str, say: Say) -> None:
-    """The commands to explore the running demo with."""
-    command = _command()
-    lines = [
-        "",
-        "The demo keeps running until Ctrl-C. Explore it with the nats CLI "
-        "(natscli, https://github.com/nats-io/natscli):",
-    ]
-    lines += [f"  nats --server {url} " + c.replace("{first_id}", first_id) for c in _NATS_COMMANDS]
-    lines += [
-        "or with these commands:",
-        f"  NATS_URL={url} {command} agents",
-        f"  NATS_URL={url} {command} watch",
-        f"  echo '{_NEXT}' | NATS_URL={url} {command} broadcast -",
-        f"  NATS_URL={url} {command} council council-42 --watch",
-        "and a newcomer's test of the council: type `kill` and Enter here to kill the holder "
-        "of tpm (`kill AGENT_ID` for another): the council degrades, then an idle agent takes "
-        "the role and it is active again (watch it with the council command above)",
-        f"and the bridge's own HTTP: http://127.0.0.1:{http_port}/healthz and /metrics",
-    ]
-    for line in lines:
-        say(line)
-
-
 async def run_demo(
     agents: int = 34, on_bus: int = 17, *, say: Say = _say, keep: asyncio.Event | None = None
 ) -> DemoResult:
@@ -297,7 +240,7 @@ async def run_demo(
                 await _broadcast(watch, fleet, nc, result, say)
                 result.nats_url = server.url
                 if keep is not None:
-                    _explore(server.url, bridge.http_port, min(registry.published), say)
+                    explore(server.url, bridge.http_port, min(registry.published), say)
                     await _kept(keep, Newcomer(watch, swarm, fleet, say))
                     say("\nStopping...")
         say("\nDone: the bridge, the agents, Docker's stand-in and NATS stopped cleanly.")
