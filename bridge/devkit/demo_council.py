@@ -135,16 +135,27 @@ class Newcomer:
         if agent_id is None or role is None:
             raise BridgeError(f"{agent_id or 'nobody'} holds no role of {state.opportunity_id}")
         self._say(f"  killing {agent_id} (holds {role.name}): its task leaves the swarm")
-        released = self._watch.count("released")
+        await self._gone(agent_id, degrades=role.core and state.state == "active")
+        idle = [a for a in self._fleet.bus_agents if a.present and a.id not in held]
+        if idle:
+            self._say(f"  {idle[0].id}, on the bus and idle, claims {role.name}")
+            granted, activated = self._watch.count("granted"), self._watch.count("activated")
+            await self._fleet.claim(idle[0].id, state.opportunity_id, role.name)
+            await self._watch.until("granted", granted + 1)
+            if role.core:
+                await self._watch.until("activated", activated + 1)
+        else:
+            self._say(f"  no agent on the bus is idle to claim {role.name}")
+        for line in self._watch.show(await self._watch.state()):
+            self._say(line)
+
+    async def _gone(self, agent_id: str, *, degrades: bool) -> None:
+        """The agent's task leaves the swarm and the agent the bus; until its role is released
+        (and the council degraded, when it loses a core role of an active council)."""
+        released, degraded = self._watch.count("released"), self._watch.count("degraded")
         self._swarm.remove_task(agent_id)
         if self._fleet.agent(agent_id).on_bus:
             await self._fleet.leave(agent_id)
         await self._watch.until("released", released + 1)
-        idle = next(a for a in self._fleet.bus_agents if a.present and a.id not in held)
-        self._say(f"  {idle.id}, on the bus and idle, claims {role.name}")
-        activated = self._watch.count("activated")
-        await self._fleet.claim(idle.id, state.opportunity_id, role.name)
-        if role.core:
-            await self._watch.until("activated", activated + 1)
-        for line in self._watch.show(await self._watch.state()):
-            self._say(line)
+        if degrades:
+            await self._watch.until("degraded", degraded + 1)

@@ -100,9 +100,9 @@ async def test_demo_keep_lets_a_newcomer_kill_a_holder() -> None:
         "bridge",
         "demo",
         "--agents",
-        "6",
+        "8",
         "--on-bus",
-        "3",
+        "6",
         "--keep",
         env=env(),
         stdin=asyncio.subprocess.PIPE,
@@ -114,9 +114,10 @@ async def test_demo_keep_lets_a_newcomer_kill_a_holder() -> None:
     try:
         out: list[str] = []
 
-        async def until(text: str) -> None:
+        async def until(text: str, after: int = 0) -> None:
+            """Until a line from the `after`-th on holds `text`."""
             async with asyncio.timeout(60):
-                while not any(text in line for line in out):
+                while not any(text in line for line in out[after:]):
                     line = (await proc.stdout.readline()).decode()  # type: ignore[union-attr]
                     assert line, "the demo ended: " + "".join(out)
                     out.append(line)
@@ -133,6 +134,18 @@ async def test_demo_keep_lets_a_newcomer_kill_a_holder() -> None:
         events = [line.split("event: ")[1].split()[0] for line in out if "event: " in line]
         assert events == ["released", "degraded", "granted", "activated"]
         assert any(f"killing {holder.group(1)} (holds tpm)" in line for line in out)
+        said = "".join(out)
+        assert said.index("event: degraded") < said.index("on the bus and idle, claims tpm")
+        # A role that is not core: the table the demo prints shows its new holder.
+        await until("role      qa-engineer", after=len(out))  # the kill's own table
+        qa = re.search(r"role +qa-engineer +held by (\w+)", out[-1])
+        assert qa is not None
+        shown = len(out)
+        proc.stdin.write(f"kill {qa.group(1)}\n".encode())
+        await proc.stdin.drain()
+        await until("role      qa-engineer", after=shown)
+        table = next(line for line in out[shown:] if "role      qa-engineer" in line)
+        assert "(nobody)" not in table and qa.group(1) not in table, "".join(out[shown:])
         os.killpg(proc.pid, signal.SIGINT)
         await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0
