@@ -35,7 +35,11 @@ REQUEST_TIMEOUT = 10.0
 
 def state_table(state: CouncilState) -> str:
     """The council as a table: its state, then each role, whether core, and its holder."""
-    since = f" (active since {state.activated_at})" if state.activated_at else ""
+    # activated_at is the council's latest activation: a degraded council was active then.
+    since = ""
+    if state.activated_at:
+        when = "active since" if state.state == "active" else "last activated"
+        since = f" ({when} {state.activated_at})"
     rows = [("ROLE", "CORE", "HOLDER")] + [
         (role.name, "yes" if role.core else "no", role.holder or "-") for role in state.roles
     ]

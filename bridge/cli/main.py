@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import click
 
 from bridge.cli.exits import Commands, fail, run_until_signal
 from bridge.cli.options import build_settings, client_options, client_settings, setting_flags
+from bridge.contract.messages import OPPORTUNITY_ID_PATTERN
 from bridge.errors import BridgeError
 from bridge.ops.logs import configure_logging
 
@@ -45,6 +47,9 @@ def run(state_dir: Path | None, **flags: Any) -> None:
 
     With NATS_URL unset, an embedded nats-server with JetStream is started on 127.0.0.1
     (port 4222, or a free one when it is taken) and its URL and state directory are logged.
+
+    Exit status: 0 after SIGTERM or SIGINT, 1 the embedded nats-server could not be kept
+    running, 3 NATS could not be reached, 64 a bad variable or flag.
     """
     from bridge.app import nats_for, run_bridge
 
@@ -140,9 +145,18 @@ def broadcast(
     sys.exit(status)
 
 
+def _opportunity_id(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """An id that no broadcast could have: a usage error, not a council the bridge lacks."""
+    if re.match(OPPORTUNITY_ID_PATTERN, value) is None:
+        raise click.BadParameter(
+            f"{value!r} is no opportunity id: 1 to 128 letters, digits, '-' or '_'"
+        )
+    return value
+
+
 @main.command()
 @client_options
-@click.argument("opportunity_id", metavar="ID")
+@click.argument("opportunity_id", metavar="ID", callback=_opportunity_id)
 @click.option("--watch", is_flag=True, help="Then print each event and the state after it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the state (and events) as JSON.")
 def council(
@@ -189,8 +203,9 @@ def council(
 @click.option(
     "--keep",
     is_flag=True,
-    help="Keep everything running after the broadcast, and print the nats commands "
-    "to explore it, until Ctrl-C.",
+    help="Keep everything running after the broadcast, print the nats CLI's and chorus-bridge's "
+    "commands to explore it, and read `kill` (or `kill AGENT_ID`) on stdin: a holder's task "
+    "leaves, the council degrades, an idle agent takes the role; until Ctrl-C.",
 )
 def demo(agents: int, on_bus: int, keep: bool) -> None:
     """The whole story on one machine: discovery, presence, a broadcast, its report.
@@ -203,7 +218,11 @@ def demo(agents: int, on_bus: int, keep: bool) -> None:
     from bridge.devkit.demo import run_demo
 
     if on_bus > agents:
-        fail(click.BadParameter(f"--on-bus {on_bus} is more than --agents {agents}"))
+        raise click.BadParameter(
+            f"{on_bus} is more than --agents {agents}",
+            ctx=click.get_current_context(),
+            param_hint="'--on-bus'",
+        )
     configure_logging("console", "WARNING")
     if keep:
         result = run_until_signal(lambda stop: run_demo(agents, on_bus, keep=stop))

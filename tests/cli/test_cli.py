@@ -199,6 +199,7 @@ async def test_client_commands_say_when_nothing_listens(unused_tcp_port: int) ->
         ("broadcast", "-", "--timeout", "soon"),
         ("agents", "--no-such-flag"),
         ("no-such-command",),
+        ("demo", "--agents", "5", "--on-bus", "10"),
     ],
 )
 async def test_usage_errors_exit_64(args: tuple[str, ...]) -> None:
@@ -207,6 +208,7 @@ async def test_usage_errors_exit_64(args: tuple[str, ...]) -> None:
     code, out, err = await command(*args, NATS_URL="nats://127.0.0.1:9")
     assert code == 64, err
     assert out == "" and "Traceback" not in err
+    assert err.startswith("chorus-bridge: ") and len(err.strip().splitlines()) == 1, err
 
 
 async def test_broadcast_without_nats_exits_3(unused_tcp_port: int) -> None:

@@ -9,8 +9,9 @@ import sys
 import pytest
 from nats.aio.client import Client as NATS
 
+from bridge.cli.council import state_table
 from bridge.config import Settings
-from bridge.contract.messages import COUNCIL_STATE_DECODER, encode
+from bridge.contract.messages import COUNCIL_STATE_DECODER, CouncilState, RoleState, encode
 from bridge.devkit.emulator import EmulatedSwarm
 from bridge.edges.nats_server import EmbeddedNats
 from tests.broadcast.test_broadcaster import stage
@@ -78,3 +79,18 @@ async def test_council_without_a_bridge_is_status_3(nats_server: EmbeddedNats, u
     assert "no bridge is serving" in err and len(err.strip().splitlines()) == 1
     code, _out, err = await command("council")
     assert code == 64 and "usage" in err
+    code, _out, err = await command("council", "bad id!")  # no broadcast could have it
+    assert code == 64 and "no opportunity id" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_degraded_council_says_when_it_was_last_active() -> None:
+    roles = [RoleState(name="tpm", core=True, holder=None)]
+    state = CouncilState(
+        opportunity_id="council-1",
+        state="degraded",
+        roles=roles,
+        activated_at="2026-12-08T02:29:25Z",
+    )
+    assert state_table(state).splitlines()[0] == (
+        "council council-1: degraded (last activated 2026-12-08T02:29:25Z)"
+    )
