@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ import click
 
 from bridge.cli.exits import Commands, fail, run_until_signal
 from bridge.cli.options import build_settings, client_options, client_settings, setting_flags
-from bridge.contract.messages import OPPORTUNITY_ID_PATTERN
+from bridge.contract.messages import is_opportunity_id
 from bridge.errors import BridgeError
 from bridge.ops.logs import configure_logging
 
@@ -147,7 +146,7 @@ def broadcast(
 
 def _opportunity_id(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     """An id that no broadcast could have: a usage error, not a council the bridge lacks."""
-    if re.match(OPPORTUNITY_ID_PATTERN, value) is None:
+    if not is_opportunity_id(value):
         raise click.BadParameter(
             f"{value!r} is no opportunity id: 1 to 128 letters, digits, '-' or '_'"
         )

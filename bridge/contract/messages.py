@@ -7,6 +7,7 @@ older and newer peers interoperate. Encoders and decoders are built once, here, 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
@@ -35,6 +36,7 @@ __all__ = [
     "Seat",
     "WireDecoder",
     "encode",
+    "is_opportunity_id",
     "now_rfc3339",
 ]
 
@@ -51,6 +53,7 @@ ClaimRefusal = Literal[
 # DESIGN.md: an opportunity id is [A-Za-z0-9_-]{1,128}; a request is at most 64 KiB.
 # \Z, not $: msgspec searches with re, whose $ also matches before a final newline.
 OPPORTUNITY_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}\Z"
+_OPPORTUNITY_ID = re.compile(OPPORTUNITY_ID_PATTERN)
 MAX_OPPORTUNITY_BYTES = 64 * 1024
 # DESIGN.md, "Councils": a role name is [A-Za-z0-9_-]{1,64} (a KV key token); "Trust": acks
 # and claims larger than 4 KiB are dropped and counted.
@@ -307,3 +310,8 @@ def decode_reply(data: bytes) -> BroadcastReport | ErrorReply:
 def encode(message: msgspec.Struct) -> bytes:
     """JSON bytes of a wire message."""
     return _ENCODER.encode(message)
+
+
+def is_opportunity_id(text: str) -> bool:
+    """True when `text` is an opportunity id by DESIGN.md's rule (OPPORTUNITY_ID_PATTERN)."""
+    return _OPPORTUNITY_ID.match(text) is not None

@@ -10,8 +10,6 @@ __all__ = ["ANSWER_MAPPING", "SERVICE_NAME", "Names"]
 
 # The NATS micro service the bridge's request endpoints belong to (`nats micro ls` shows it).
 SERVICE_NAME = "chorus-bridge"
-# The rest of an inbox after `_INBOX.<agent id>.`: tokens, each not empty, no wildcard, no
-# whitespace (one pattern for the whole: it is matched for every answer of a race).
 # An agent's inbox as a reply subject: `_INBOX.<agent id>.<rest>`, the rest one or more
 # tokens, none empty, none a wildcard, no white space (one match per answer: every claim of a
 # race asks it). \Z, not $: $ also matches before a final newline.

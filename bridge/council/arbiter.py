@@ -19,7 +19,6 @@ round trip on its way to `activated`.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Protocol
 
@@ -29,13 +28,13 @@ import structlog
 from bridge.bus.councils import Council
 from bridge.contract.buckets import council_key, holder_key, seat_key
 from bridge.contract.messages import (
-    OPPORTUNITY_ID_PATTERN,
     ClaimAnswer,
     CouncilOpportunity,
     CouncilRecord,
     Holder,
     Seat,
     Via,
+    is_opportunity_id,
     now_rfc3339,
 )
 from bridge.council.book import CouncilBook
@@ -46,13 +45,6 @@ from bridge.ops.metrics import Metrics
 __all__ = ["Arbiter", "Lease", "Membership"]
 
 log = structlog.get_logger(__name__)
-
-_OPPORTUNITY_ID = re.compile(OPPORTUNITY_ID_PATTERN)
-
-
-def is_opportunity_id(text: str) -> bool:
-    return _OPPORTUNITY_ID.match(text) is not None
-
 
 # Decisions per claim: each retry follows a write refused for its revision (another writer)
 # or a stale Seat cleared; more than this means the bucket is being fought over.
